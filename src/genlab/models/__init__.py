@@ -1,0 +1,19 @@
+"""The model registry: a name on the command line -> a model class (each with its ``Config`` dataclass)."""
+
+from genlab.models.ae import AE
+from genlab.models.base import GenerativeModel
+from genlab.models.dae import DAE
+
+MODELS: dict[str, type[GenerativeModel]] = {
+    "ae": AE,
+    "dae": DAE,
+}
+
+
+def build(name: str, cfg=None) -> GenerativeModel:
+    from genlab.errors import GenlabError
+
+    if name not in MODELS:
+        raise GenlabError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    cls = MODELS[name]
+    return cls(cfg if cfg is not None else cls.Config())

@@ -1,0 +1,58 @@
+"""The lecture's autoencoder: Linear-Tanh-Linear-Tanh on [-1, 1] pixels, trained with mean squared error.
+
+Under-complete with ``--latent-dim 30`` (the lecture's Figs. 3 and 4), over-complete with 500.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from genlab.config import opt
+from genlab.models.base import GenerativeModel
+
+
+@dataclass
+class AEConfig:
+    latent_dim: int = opt(30, "code size d: 30 is under-complete (the lecture), 500 over-complete")
+
+    def check(self) -> None:
+        if self.latent_dim < 1:
+            from genlab.errors import GenlabError
+            raise GenlabError(f"--latent-dim must be at least 1, got {self.latent_dim}")
+
+
+def squared_error(x_hat: Tensor, x: Tensor) -> Tensor:
+    """Per-example squared error summed over pixels: [N x ...] -> [N]."""
+    return (x_hat - x).pow(2).flatten(1).sum(1)
+
+
+class AE(GenerativeModel):
+    Config = AEConfig
+    pixel_range = "tanh"
+
+    def __init__(self, cfg: AEConfig):
+        super().__init__(cfg)
+        d = cfg.latent_dim
+        self.encoder = nn.Sequential(nn.Linear(784, d), nn.Tanh())
+        self.decoder = nn.Sequential(nn.Linear(d, 784), nn.Tanh())
+
+    def forward(self, x: Tensor) -> Tensor:
+        """:param x: [N x 1 x 28 x 28] in [-1, 1]. :return: the reconstruction, same shape."""
+        return self.decoder(self.encoder(x.flatten(1))).view_as(x)
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self(x)
+
+    def loss(self, x: Tensor) -> dict[str, Tensor]:
+        """``mse``: per-example squared error averaged over the 784 pixels (nn.MSELoss's scale)."""
+        mse = squared_error(self(x), x) / x[0].numel()
+        return {"loss": mse, "mse": mse}
+
+    def energy(self, x: Tensor) -> Tensor:
+        """Reconstruction error ||x - Dec(Enc(x))||^2, summed over pixels: [N]."""
+        return squared_error(self(x), x)
+
+    def encoder_kernels(self) -> Tensor:
+        return self.encoder[0].weight.detach()

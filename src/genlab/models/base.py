@@ -1,0 +1,72 @@
+"""What every genlab model is: an energy-based model with per-example losses.
+
+A model takes images ``x`` as an [N x 1 x 28 x 28] float tensor in its own pixel range (``pixel_range``:
+"tanh" is [-1, 1] as in the lecture's autoencoders, "unit" is [0, 1] as in its VAE) and gives
+
+- ``loss(x)``: a dict of per-example terms, each of shape [N]; ``"loss"`` is what training minimises;
+- ``energy(x)``: shape [N], low on the data manifold, high off it (each model's docstring says whether it is a
+  sum or a mean over pixels);
+- ``reconstruct(x)``: same shape as ``x``, where the model has one;
+- ``sample(n)``: [n x 1 x 28 x 28] in the pixel range, where the model can sample.
+
+Models with two players (GANs) override ``players`` and ``steps``; the one training loop steps one optimiser
+per player, in the order ``steps`` yields them.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Iterator
+
+import torch
+from torch import Tensor, nn
+
+
+class GenerativeModel(nn.Module):
+    Config: ClassVar[type]
+    pixel_range: ClassVar[str] = "tanh"
+    players: ClassVar[tuple[str, ...]] = ("model",)
+    can_sample: ClassVar[bool] = False
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+
+    # -- training -----------------------------------------------------------------------------------------
+    def loss(self, x: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def player_parameters(self, player: str) -> list[nn.Parameter]:
+        """The parameters that ``player``'s optimiser steps."""
+        return list(self.parameters())
+
+    def steps(self, x: Tensor) -> Iterator[tuple[str, dict[str, Tensor]]]:
+        """Yield (player, per-example terms) in order; the loop steps that player's optimiser in between.
+
+        A generator, so a later player sees the earlier player's update (the GAN's (1) update D, (2) update G).
+        """
+        yield "model", self.loss(x)
+
+    def end_of_epoch(self, epoch: int) -> None:
+        """Hook for schedules that move once per epoch (KL warm-up, for example)."""
+
+    # -- evaluation ---------------------------------------------------------------------------------------
+    def eval_terms(self, x: Tensor) -> dict[str, Tensor]:
+        """Per-example evaluation metrics (shape [N] each), averaged over a split by ``genlab evaluate``."""
+        return self.loss(x)
+
+    def energy(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not reconstruct")
+
+    def sample(self, n: int) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} cannot sample")
+
+    def encoder_kernels(self) -> Tensor | None:
+        """Rows of the first encoder layer as [K x 784] (the lecture's Figs. 4 and 6), or None."""
+        return None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device

@@ -1,0 +1,127 @@
+"""The denoising autoencoder: corrupt the input, reconstruct the clean image (the lecture's Figs. 5 to 7).
+
+Corruptions, on [-1, 1] pixels:
+- ``dropout`` exactly as the lecture: the mask is ``Dropout(p)`` applied to ones, so it takes the values
+  {0, 1/(1-p)} ({0, 2} at p = 0.5): kept pixels are scaled up and dropped pixels become 0 (mid-grey).
+  ``--unscaled-mask`` uses the plain {0, 1} mask instead.
+- ``gaussian``: x + noise * N(0, 1), clipped to [-1, 1].
+- ``salt-pepper``: a fraction ``noise`` of pixels set to -1 or +1 with equal chance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from genlab.config import opt
+from genlab.errors import GenlabError
+from genlab.models.ae import squared_error
+from genlab.models.base import GenerativeModel
+
+CORRUPTIONS = ("dropout", "gaussian", "salt-pepper")
+
+
+@dataclass
+class DAEConfig:
+    latent_dim: int = opt(500, "code size d (the lecture: 500, over-complete)")
+    corruption: str = opt("dropout", "how inputs are corrupted", choices=CORRUPTIONS)
+    noise: float = opt(0.5, "corruption level: drop probability, Gaussian std, or salt-and-pepper fraction")
+    unscaled_mask: bool = opt(False, "dropout: use a {0, 1} mask instead of the lecture's {0, 1/(1-p)}")
+    arch: str = opt("mlp", "mlp (the lecture) or conv (a stronger convolutional denoiser)", choices=("mlp", "conv"))
+
+    def check(self) -> None:
+        if self.latent_dim < 1:
+            raise GenlabError(f"--latent-dim must be at least 1, got {self.latent_dim}")
+        if self.corruption in ("dropout", "salt-pepper") and not 0.0 <= self.noise < 1.0:
+            raise GenlabError(f"--noise is a probability for {self.corruption}: expected 0 <= noise < 1, got {self.noise}")
+        if self.noise < 0:
+            raise GenlabError(f"--noise must be non-negative, got {self.noise}")
+
+
+def dropout_mask(shape, p: float, scaled: bool = True, generator: torch.Generator | None = None,
+                 device=None) -> Tensor:
+    """The lecture's noise mask ``Dropout(p)(ones)``: values {0, 1/(1-p)}, or {0, 1} when not ``scaled``."""
+    keep = torch.rand(shape, generator=generator, device=device) >= p
+    scale = 1.0 / (1.0 - p) if scaled else 1.0
+    return keep.float() * scale
+
+
+def corrupt(x: Tensor, cfg: DAEConfig, generator: torch.Generator | None = None) -> Tensor:
+    """Corrupt [N x 1 x 28 x 28] images in [-1, 1] as ``cfg`` says."""
+    if cfg.corruption == "dropout":
+        return x * dropout_mask(x.shape, cfg.noise, not cfg.unscaled_mask, generator, x.device)
+    if cfg.corruption == "gaussian":
+        noise = torch.randn(x.shape, generator=generator, device=x.device)
+        return (x + cfg.noise * noise).clamp(-1, 1)
+    hit = torch.rand(x.shape, generator=generator, device=x.device) < cfg.noise
+    salt = torch.rand(x.shape, generator=generator, device=x.device) < 0.5
+    return torch.where(hit, salt.float() * 2 - 1, x)
+
+
+class ConvDenoiser(nn.Module):
+    """A small convolutional encoder-decoder (28 -> 14 -> 7 -> 14 -> 28) with a skip at full resolution."""
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        w = width
+        self.inp = nn.Sequential(nn.Conv2d(1, w, 3, padding=1), nn.ReLU())
+        self.down = nn.Sequential(
+            nn.Conv2d(w, w, 3, stride=2, padding=1), nn.ReLU(),          # 14 x 14
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.ReLU(),      # 7 x 7
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(),
+        )
+        self.up = nn.Sequential(
+            nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1), nn.ReLU(),  # 14 x 14
+            nn.ConvTranspose2d(w, w, 4, stride=2, padding=1), nn.ReLU(),      # 28 x 28
+        )
+        self.out = nn.Sequential(nn.Conv2d(2 * w, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, 1, 3, padding=1), nn.Tanh())
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x)
+        return self.out(torch.cat([h, self.up(self.down(h))], dim=1))
+
+
+class DAE(GenerativeModel):
+    Config = DAEConfig
+    pixel_range = "tanh"
+
+    def __init__(self, cfg: DAEConfig):
+        super().__init__(cfg)
+        if cfg.arch == "mlp":
+            d = cfg.latent_dim
+            self.encoder = nn.Sequential(nn.Linear(784, d), nn.Tanh())
+            self.decoder = nn.Sequential(nn.Linear(d, 784), nn.Tanh())
+        else:
+            self.net = ConvDenoiser()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """:param x: [N x 1 x 28 x 28] in [-1, 1] (corrupted or not). :return: the denoised image."""
+        if self.cfg.arch == "conv":
+            return self.net(x)
+        return self.decoder(self.encoder(x.flatten(1))).view_as(x)
+
+    def corrupt(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return corrupt(x, self.cfg, generator)
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self(x)
+
+    def loss(self, x: Tensor) -> dict[str, Tensor]:
+        """``loss``: per-example MSE (mean over pixels) of the clean target from a corrupted input."""
+        mse = squared_error(self(self.corrupt(x)), x) / x[0].numel()
+        return {"loss": mse}
+
+    def eval_terms(self, x: Tensor) -> dict[str, Tensor]:
+        """``mse_clean``: clean target from clean input; ``mse_corrupted``: from corrupted input (mean over pixels)."""
+        n = x[0].numel()
+        corrupted = squared_error(self(self.corrupt(x)), x) / n
+        return {"loss": corrupted, "mse_corrupted": corrupted, "mse_clean": squared_error(self(x), x) / n}
+
+    def energy(self, x: Tensor) -> Tensor:
+        """Reconstruction error of the (uncorrupted) input, summed over pixels: [N]."""
+        return squared_error(self(x), x)
+
+    def encoder_kernels(self) -> Tensor | None:
+        return self.encoder[0].weight.detach() if self.cfg.arch == "mlp" else None

@@ -26,6 +26,9 @@ class GenerativeModel(nn.Module):
     pixel_range: ClassVar[str] = "tanh"
     players: ClassVar[tuple[str, ...]] = ("model",)
     can_sample: ClassVar[bool] = False
+    # Training settings this model's literature uses, overriding TrainConfig's defaults (flags still win),
+    # e.g. {"lr": 2e-4, "batch_size": 64} for DCGAN.
+    train_defaults: ClassVar[dict] = {}
 
     def __init__(self, cfg):
         super().__init__()
@@ -39,12 +42,24 @@ class GenerativeModel(nn.Module):
         """The parameters that ``player``'s optimiser steps."""
         return list(self.parameters())
 
+    def optimizer_options(self, player: str) -> dict:
+        """Extra keyword arguments for ``player``'s optimiser, e.g. {"betas": (0.5, 0.999)} for DCGAN."""
+        return {}
+
     def steps(self, x: Tensor) -> Iterator[tuple[str, dict[str, Tensor]]]:
         """Yield (player, per-example terms) in order; the loop steps that player's optimiser in between.
 
         A generator, so a later player sees the earlier player's update (the GAN's (1) update D, (2) update G).
         """
         yield "model", self.loss(x)
+
+    def after_step(self, player: str) -> None:
+        """Called after ``player``'s optimiser step (for example to update an EMA of the generator)."""
+
+    def diverged(self, logs: dict[str, float]) -> str | None:
+        """Given one step's mean terms, return why training has failed (for example a saturated
+        discriminator), or None. NaN and infinite losses are caught by the loop itself."""
+        return None
 
     def end_of_epoch(self, epoch: int) -> None:
         """Hook for schedules that move once per epoch (KL warm-up, for example)."""
@@ -61,6 +76,7 @@ class GenerativeModel(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not reconstruct")
 
     def sample(self, n: int) -> Tensor:
+        """n samples as [n x 1 x 28 x 28] in the model's pixel range (models working at another size resize)."""
         raise NotImplementedError(f"{type(self).__name__} cannot sample")
 
     def encoder_kernels(self) -> Tensor | None:

@@ -62,7 +62,8 @@ class GenerativeModel(nn.Module):
         return None
 
     def end_of_epoch(self, epoch: int) -> None:
-        """Hook for schedules that move once per epoch (KL warm-up, for example)."""
+        """Called after each epoch (and with ``epoch - 1`` before the first one trained, also on resume): set
+        per-epoch schedules such as KL warm-up here, as a function of ``epoch`` alone so resuming is exact."""
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def eval_terms(self, x: Tensor) -> dict[str, Tensor]:

@@ -1,0 +1,101 @@
+"""Training images/s of genlab's loop against a plain PyTorch DataLoader pipeline, in one run.
+
+The baseline is what torchvision's MNIST with ToTensor does: every uint8 image becomes a PIL image, then a
+float tensor, one sample at a time (batch as genlab's, shuffled, no workers); the same model, loss and
+optimiser. genlab's number is its real training loop (``genlab.train.train``, one epoch, figures off).
+
+    python benchmarks/throughput.py [--models ae dae vae] [--limit N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from genlab import config as cfgmod
+from genlab.data import load_dataset
+from genlab.models import MODELS, build
+from genlab.train import default_train_config, train
+
+# model -> (batch size, model config overrides): the settings the issues measure.
+CASES = {"ae": (256, {"latent_dim": 30}), "dae": (256, {"latent_dim": 500}), "vae": (128, {})}
+
+
+class PilMNIST(torch.utils.data.Dataset):
+    """torchvision.datasets.MNIST's per-sample path: uint8 -> PIL image -> ToTensor (-> Normalize)."""
+
+    def __init__(self, images: torch.Tensor, pixel_range: str):
+        self.images, self.pixel_range = images, pixel_range
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        pic = Image.fromarray(self.images[i].numpy(), mode="L")
+        x = torch.from_numpy(np.array(pic, np.uint8, copy=True)).view(28, 28, 1).permute(2, 0, 1).float().div(255)
+        if self.pixel_range == "tanh":
+            x = (x - 0.5) / 0.5  # transforms.Normalize((0.5,), (0.5,))
+        return x, 0
+
+
+def dataloader_rate(name: str, images: torch.Tensor, batch: int, overrides: dict) -> float:
+    torch.manual_seed(0)
+    model = build(name, MODELS[name].Config(**overrides)).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = torch.utils.data.DataLoader(PilMNIST(images, model.pixel_range), batch_size=batch, shuffle=True)
+    start, seen = time.perf_counter(), 0
+    for x, _ in loader:
+        loss = model.loss(x)["loss"].mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        seen += len(x)
+    return seen / (time.perf_counter() - start)
+
+
+def genlab_rate(name: str, images_limit: int, batch: int, overrides: dict, dataset: str) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        tcfg = cfgmod.from_dict(cfgmod.TrainConfig, {**cfgmod.to_dict(default_train_config(name)), "epochs": 1,
+                                "batch_size": batch, "limit": images_limit, "eval_limit": 1000,
+                                "figures": False, "progress": False, "out": out, "dataset": dataset})
+        run_dir = train(name, MODELS[name].Config(**overrides), tcfg)
+        record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    return record["images_per_s"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=[m for m in CASES if m in MODELS])
+    parser.add_argument("--dataset", default="auto", help="auto: full MNIST when found, else mnist-5k")
+    parser.add_argument("--limit", type=int, default=20000, help="training images per measurement")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    from genlab.data import resolve_dataset_name
+    dataset = resolve_dataset_name(args.dataset, None)
+    images = load_dataset(dataset, "train").images[:args.limit]
+    results = {}
+    for name in args.models:
+        batch, overrides = CASES[name]
+        fast = genlab_rate(name, args.limit, batch, overrides, dataset)
+        slow = dataloader_rate(name, images, batch, overrides)
+        results[name] = {"genlab": round(fast, 1), "dataloader": round(slow, 1), "ratio": round(fast / slow, 2)}
+        if not args.json:
+            print(f"{name:<5} batch {batch:<4} genlab {fast:>9.0f} img/s   DataLoader {slow:>8.0f} img/s   "
+                  f"ratio {fast / slow:5.2f}x", flush=True)
+    if args.json:
+        print(json.dumps(results))
+    print(f"({dataset}, {len(images)} training images per measurement, {torch.get_num_threads()} threads)",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The ``genlab`` command: thin wiring of library calls. Bad input ends with one line on stderr and status 2."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from genlab import __version__
+from genlab import config as cfgmod
+from genlab.errors import GenlabError
+
+# Subcommands defined beside the library code they drive: "module" whose add_cli(subparsers) adds them.
+PLUGIN_COMMANDS = (
+    "genlab.metrics.inpainting",   # genlab inpaint
+    "genlab.metrics.anomaly",      # genlab energy
+    "genlab.viz.report",           # genlab report, genlab reproduce
+)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (what was wrong, where to look) and exit status 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+def _train(args) -> int:
+    from genlab.models import MODELS
+    from genlab.train import Interrupted, default_train_config, train
+
+    if args.resume:
+        train_cfg = None
+        if getattr(args, "epochs", None) is not None:
+            train_cfg = cfgmod.from_namespace(cfgmod.TrainConfig, args)
+        try:
+            run_dir = train(None, None, train_cfg, resume=args.resume)
+        except Interrupted as e:
+            print(f"genlab: {e}", file=sys.stderr)
+            return 128 + e.signum
+    else:
+        cls = MODELS[args.model]
+        model_cfg = cfgmod.from_namespace(cls.Config, args)
+        train_cfg = cfgmod.from_namespace(cfgmod.TrainConfig, args, base=default_train_config(args.model))
+        try:
+            run_dir = train(args.model, model_cfg, train_cfg)
+        except Interrupted as e:
+            print(f"genlab: {e}", file=sys.stderr)
+            return 128 + e.signum
+    print(run_dir)
+    return 0
+
+
+def _datasets(args) -> int:
+    from genlab.data import describe_datasets
+
+    rows = describe_datasets(args.data_dir or None)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        state = "found" if row.get("available") else "missing"
+        where = row.get("path") or row.get("why") or ""
+        sizes = row.get("sizes")
+        extra = f"  ({', '.join(f'{k} {v}' for k, v in sizes.items())})" if sizes else ""
+        print(f"{row['name']:<14} {state:<8} {where}{extra}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from genlab.checkpoint import load_run
+    from genlab.evaluate import evaluate_run
+
+    run = load_run(args.run_dir, device=args.device)
+    options = {"iwae_k": tuple(args.iwae_k)} if args.iwae_k else {}
+    results = evaluate_run(run, split=args.split, limit=args.limit, quality=args.quality, **options)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for key, value in results.items():
+            print(f"{key:<24} {value:.6g}" if isinstance(value, float) else f"{key:<24} {value}")
+    return 0
+
+
+def _sample(args) -> int:
+    import torch
+
+    from genlab.checkpoint import load_run
+    from genlab.data.batching import to_unit
+    from genlab.viz.figures import save_grid
+
+    run = load_run(args.run_dir)
+    if not run.model.can_sample:
+        raise GenlabError(f"a {run.model_name} model cannot sample; models that can: vae, ebgan, dcgan")
+    torch.manual_seed(args.seed)
+    with torch.no_grad():
+        images = to_unit(run.model.sample(args.n), run.model.pixel_range)
+    out = Path(args.out)
+    save_grid(out, images, ncol=max(1, round(args.n ** 0.5)), title=f"{run.model_name} samples")
+    print(out)
+    return 0
+
+
+def build_parser() -> Parser:
+    from genlab.models import MODELS
+
+    parser = Parser(prog="genlab", description="Train, evaluate and visualise the classic deep generative "
+                    "models as energy-based models.")
+    parser.add_argument("--version", action="version", version=f"genlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    train = sub.add_parser("train", help="train a model (genlab train MODEL --help for its flags)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
+    train.add_argument("--epochs", type=int, default=argparse.SUPPRESS,
+                       help="with --resume: train up to this many epochs in all")
+    train.set_defaults(func=_train, model=None)
+    models = train.add_subparsers(dest="model", parser_class=Parser, metavar="MODEL")
+    for name, cls in MODELS.items():
+        p = models.add_parser(name, help=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else name)
+        cfgmod.add_arguments(p, cls.Config, f"{name} model")
+        cfgmod.add_arguments(p, cfgmod.TrainConfig, "training")
+
+    ds = sub.add_parser("datasets", help="list the data sets and where they were found, or why not")
+    ds.add_argument("--data-dir", default="", help="data directory (default: $GENLAB_DATA_DIR or the user cache)")
+    ds.add_argument("--json", action="store_true", help="print JSON")
+    ds.set_defaults(func=_datasets)
+
+    ev = sub.add_parser("evaluate", help="test loss, energies and model-specific metrics of a run")
+    ev.add_argument("run_dir", metavar="RUN_DIR")
+    ev.add_argument("--split", default="test", choices=("train", "test"))
+    ev.add_argument("--limit", type=int, default=0, help="use only the first N images (0: all)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object of metric name to value")
+    ev.add_argument("--iwae-k", type=int, nargs="+", help="VAE: importance samples per bound (default: 1 50 5000)")
+    ev.add_argument("--quality", action=argparse.BooleanOptionalAction, default=True,
+                    help="sample-quality metrics for models that sample (default: on)")
+    ev.add_argument("--device", default="cpu", help="cpu or cuda")
+    ev.set_defaults(func=_evaluate)
+
+    sp = sub.add_parser("sample", help="draw samples from a model that can sample")
+    sp.add_argument("run_dir", metavar="RUN_DIR")
+    sp.add_argument("-n", type=int, default=64, help="number of samples")
+    sp.add_argument("--out", default="samples.png", help="output PNG")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=_sample)
+
+    for module in PLUGIN_COMMANDS:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        mod.add_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train" and args.model is None and not args.resume:
+        parser.error("train needs a MODEL (one of the listed choices) or --resume RUN_DIR")
+    try:
+        return args.func(args)
+    except GenlabError as e:
+        print(f"genlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("genlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

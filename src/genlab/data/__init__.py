@@ -1,0 +1,18 @@
+"""Data sets (MNIST, Fashion-MNIST, the embedded mnist-5k), the IDX reader and downloads from public mirrors."""
+
+from genlab.data.datasets import (
+    DATASETS,
+    Dataset,
+    cache_dir,
+    clear_cache,
+    describe_datasets,
+    load_dataset,
+    resolve_data_dir,
+    resolve_dataset_name,
+)
+from genlab.data.idx import DataError, idx_shape, read_idx
+
+__all__ = [
+    "DATASETS", "Dataset", "DataError", "cache_dir", "clear_cache", "describe_datasets", "idx_shape",
+    "load_dataset", "read_idx", "resolve_data_dir", "resolve_dataset_name",
+]

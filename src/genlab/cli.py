@@ -150,7 +150,7 @@ def build_parser() -> Parser:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
-            if e.name != module:
+            if e.name is None or not module.startswith(e.name):  # a missing plug-in is skipped; a broken one raises
                 raise
             continue
         mod.add_cli(sub)

@@ -170,3 +170,14 @@ def test_bad_input_gives_one_line_and_status_2(tmp_path):
         assert result.returncode == 2, (args, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "error" in lines[0], (args, result.stderr)
+
+
+def test_tensorboard_logs_scalars_images_and_histograms(tmp_path):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    run_dir = train("ae", MODELS["ae"].Config(latent_dim=8), quick_config("ae", tmp_path / "tb", epochs=2,
+                                                                          tensorboard=True))
+    acc = event_accumulator.EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()
+    assert [e.step for e in acc.Scalars("test/mse")] == [1, 2]
+    assert "reconstructions" in tags["images"] and "energy/test" in tags["histograms"]

@@ -37,6 +37,7 @@ class TrainConfig:
     eval_limit: int = opt(0, "use only the first N test examples for the per-epoch test loss (0: all)")
     figures: bool = opt(True, "write figures at the end of training")
     progress: bool = opt(True, "show progress bars (only on a terminal)")
+    tensorboard: bool = opt(False, "also log scalars, image grids and energy histograms to RUN_DIR/tensorboard")
 
 
 def fields_of(cls: type) -> list[dataclasses.Field]:

@@ -166,6 +166,11 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
         if ctx.is_main:
             checkpoint.save(run_dir / checkpoint.CHECKPOINT, model, optimizers, rng, counters)
 
+    tensorboard = None
+    if cfg.tensorboard and ctx.is_main:
+        from genlab.viz.tensorboard import TensorBoardLog
+        tensorboard = TensorBoardLog(run_dir)
+
     flag = _SignalFlag()
     model.train()
     with flag.installed():
@@ -209,6 +214,8 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
                 with open(run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
                 say("  ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+                if tensorboard:
+                    tensorboard.epoch(model, epoch + 1, record, test_images)
             model.end_of_epoch(epoch)
             counters.update(epoch=epoch + 1, batch=0, sums={}, count=0)
             save_checkpoint()
@@ -216,6 +223,8 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
                 from genlab.viz.figures import epoch_figures
                 epoch_figures(model_name, model, epoch + 1, test_set, run_dir / "figures")
 
+    if tensorboard:
+        tensorboard.close()
     if ctx.is_main and cfg.figures:
         from genlab.viz.figures import write_figures
         write_figures(model_name, model, test_set, run_dir)

@@ -1,0 +1,191 @@
+"""Reports: one self-contained HTML page (images inline, opens from disk) and its Markdown twin.
+
+A report is a list of sections; each section holds text, figures and tables. The same list renders to both
+formats, so the two never disagree. ``genlab report RUN_DIR ...`` builds one for any runs side by side;
+``genlab reproduce`` (genlab.reproduce) builds the lecture's.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from genlab.errors import GenlabError
+
+
+@dataclass
+class Figure:
+    path: Path
+    caption: str
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list]
+    caption: str = ""
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    blocks: list = field(default_factory=list)  # str (a paragraph), Figure or Table
+
+    def text(self, paragraph: str) -> "Section":
+        self.blocks.append(paragraph)
+        return self
+
+    def figure(self, path: Path, caption: str) -> "Section":
+        if Path(path).is_file():
+            self.blocks.append(Figure(Path(path), caption))
+        return self
+
+    def table(self, headers: list[str], rows: list[list], caption: str = "") -> "Section":
+        self.blocks.append(Table(headers, rows, caption))
+        return self
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
+    return "" if value is None else str(value)
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
+nav ul{columns:2;padding-left:1.2em} figure{margin:1.2em 0;text-align:center}
+figure img{max-width:100%;border:1px solid #eee} figcaption{font-size:.9em;color:#555;margin-top:.3em}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em} th,td{border:1px solid #ccc;padding:.3em .6em;
+text-align:right} th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
+.caption{font-size:.9em;color:#555} pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em}
+"""
+
+
+def render_html(title: str, sections: list[Section]) -> str:
+    out = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1><nav><ul>"]
+    out += [f"<li><a href='#{s.id}'>{html.escape(s.title)}</a></li>" for s in sections]
+    out.append("</ul></nav>")
+    for s in sections:
+        out.append(f"<section id='{s.id}'><h2>{html.escape(s.title)}</h2>")
+        for block in s.blocks:
+            if isinstance(block, Figure):
+                data = base64.b64encode(block.path.read_bytes()).decode()
+                out.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(block.caption)}'>"
+                           f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
+            elif isinstance(block, Table):
+                head = "".join(f"<th>{html.escape(h)}</th>" for h in block.headers)
+                body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in row) + "</tr>"
+                               for row in block.rows)
+                cap = f"<caption class='caption'>{html.escape(block.caption)}</caption>" if block.caption else ""
+                out.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            elif block.startswith("```"):
+                out.append(f"<pre>{html.escape(block.strip('`').strip())}</pre>")
+            else:
+                out.append(f"<p>{html.escape(block)}</p>")
+        out.append("</section>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def render_markdown(title: str, sections: list[Section], base: Path) -> str:
+    out = [f"# {title}", ""]
+    for s in sections:
+        out += [f"## {s.title}", ""]
+        for block in s.blocks:
+            if isinstance(block, Figure):
+                out += [f"![{block.caption}]({os.path.relpath(block.path, base)})", f"*{block.caption}*", ""]
+            elif isinstance(block, Table):
+                if block.caption:
+                    out += [f"*{block.caption}*", ""]
+                out.append("| " + " | ".join(block.headers) + " |")
+                out.append("|" + "---|" * len(block.headers))
+                out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in block.rows]
+                out.append("")
+            else:
+                out += [block, ""]
+    return "\n".join(out)
+
+
+def write_report(out_dir: Path, title: str, sections: list[Section]) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.md`` into ``out_dir`` (atomically) and return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in (("report.html", render_html(title, sections)),
+                       ("report.md", render_markdown(title, sections, out_dir))):
+        tmp = out_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out_dir / name)
+        paths.append(out_dir / name)
+    return paths[0], paths[1]
+
+
+# -- sections for plain runs ---------------------------------------------------------------------------------
+FIGURE_CAPTIONS = {
+    "reconstructions.png": "Inputs (top) and reconstructions (bottom), as the lecture's Fig. 3",
+    "kernels.png": "The first 20 encoder kernels, as the lecture's Fig. 4 (AE) and Fig. 6 (DAE)",
+    "corrupted_inputs.png": "Clean inputs, their corruption and the denoised output",
+    "loss_curves.png": "Training and test loss terms per epoch",
+}
+
+
+def run_section(run_dir: Path, title: str | None = None) -> Section:
+    """A section for one run directory: its final metrics, evaluation, figures and config."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise GenlabError(f"{run_dir} is not a genlab run directory (no config.json)")
+    config = json.loads(cfg_path.read_text())
+    section = Section(run_dir.name.replace(".", "-"), title or f"{config['model']}: {run_dir.name}")
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()] \
+        if (run_dir / "metrics.jsonl").is_file() else []
+    if lines:
+        last = lines[-1]
+        section.text(f"{last['epoch']} epochs, {last.get('seconds', 0):.0f} s of training, "
+                     f"{last.get('images_per_s', 0):.0f} images/s in the last epoch.")
+        section.table(["term", "value"], [[k, v] for k, v in last.items() if "/" in k],
+                      "Loss terms after the last epoch (per example; means over pixels for mse terms)")
+    evaluation = run_dir / "evaluation.json"
+    if evaluation.is_file():
+        data = json.loads(evaluation.read_text())
+        section.table(["metric", "value"], [[k, v] for k, v in data.items() if isinstance(v, (int, float))],
+                      "genlab evaluate")
+    figures = run_dir / "figures"
+    for png in sorted(figures.glob("*.png")) if figures.is_dir() else []:
+        section.figure(png, FIGURE_CAPTIONS.get(png.name, png.stem.replace("_", " ")))
+    section.text("```\n" + json.dumps(config, indent=2) + "\n```")
+    return section
+
+
+def report_runs(run_dirs: list[Path], out_dir: Path) -> tuple[Path, Path]:
+    sections = [run_section(Path(d)) for d in run_dirs]
+    return write_report(out_dir, "genlab report", sections)
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser("report", help="build an HTML and Markdown report for one or more runs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="report", help="output folder (default: ./report)")
+    p.set_defaults(func=_report_cli)
+    try:
+        from genlab.reproduce import add_cli as add_reproduce
+    except ModuleNotFoundError as e:
+        if e.name != "genlab.reproduce":
+            raise
+    else:
+        add_reproduce(subparsers)
+
+
+def _report_cli(args) -> int:
+    html_path, md_path = report_runs([Path(d) for d in args.run_dirs], Path(args.out))
+    print(html_path)
+    print(md_path)
+    return 0

@@ -1,0 +1,45 @@
+"""Optional TensorBoard logging (``--tensorboard``): per-epoch scalars, an image grid and an energy histogram."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from genlab.data.batching import to_pixels, to_unit
+from genlab.errors import GenlabError
+
+
+class TensorBoardLog:
+    """Writes ``run_dir/tensorboard``; open it with ``tensorboard --logdir RUN_DIR``."""
+
+    def __init__(self, run_dir: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise GenlabError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    @torch.no_grad()
+    def epoch(self, model, epoch: int, record: dict, test_images: torch.Tensor) -> None:
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key != "epoch":
+                self.writer.add_scalar(key, value, epoch)
+        was_training = model.training
+        model.eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(epoch)
+            x = to_pixels(test_images[:1000], model.pixel_range).to(model.device)
+            self.writer.add_histogram("energy/test", model.energy(x).cpu(), epoch)
+            if model.can_sample:
+                self.writer.add_images("samples", to_unit(model.sample(32), model.pixel_range).cpu(), epoch)
+            try:
+                self.writer.add_images("reconstructions", to_unit(model.reconstruct(x[:32]), model.pixel_range).cpu(),
+                                       epoch)
+            except NotImplementedError:
+                pass
+        model.train(was_training)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

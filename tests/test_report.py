@@ -1,0 +1,92 @@
+"""The report opens in a real headless Chromium from disk: every image loads, every section is there."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import genlab.reproduce as reproduce_mod
+from genlab.viz.report import Section, render_markdown, write_report
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _open_in_chromium(html_path: Path, screenshot: Path) -> dict:
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have Debian's chromium for the report test (.ci/run installs it)")
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(html_path.resolve().as_uri())
+            page.wait_for_load_state("load")
+            info = page.evaluate("""() => ({
+                images: Array.from(document.images).map(i => ({alt: i.alt, ok: i.complete && i.naturalWidth > 0})),
+                sections: Array.from(document.querySelectorAll('section')).map(s => s.id),
+                links: Array.from(document.querySelectorAll('nav a')).map(a => a.getAttribute('href')),
+                external: Array.from(document.querySelectorAll('[src]')).map(e => e.getAttribute('src'))
+                    .filter(s => !s.startsWith('data:')),
+            })""")
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    return info
+
+
+def test_reproduce_report_in_chromium(tmp_path, monkeypatch):
+    # The real reproduce pipeline on two models with one-epoch schedules, so the check stays quick.
+    short = [dataclasses.replace(s, quick={"epochs": 1}) for s in reproduce_mod.STAGES if s.model in ("ae", "dae")]
+    monkeypatch.setattr(reproduce_mod, "STAGES", short)
+    out = reproduce_mod.reproduce(tmp_path / "repro", quick=True)
+    html_path = out / "report.html"
+    info = _open_in_chromium(html_path, tmp_path / "report.png")
+
+    assert info["external"] == []  # self-contained: nothing to fetch
+    assert len(info["images"]) >= 8
+    broken = [i["alt"] for i in info["images"] if not i["ok"]]
+    assert broken == []
+    for section in ("overview", "metrics", "inpainting", "energy", "departures", "ae", "dae"):
+        assert section in info["sections"], section
+    assert all(link.lstrip("#") in info["sections"] for link in info["links"])
+    assert (tmp_path / "report.png").stat().st_size > 20_000
+    markdown = (out / "report.md").read_text()
+    for fig in ("kernels.png", "reconstructions.png", "inpainting.png", "merged_digits.png"):
+        assert fig in markdown, fig
+
+
+def test_report_command_side_by_side(tmp_path):
+    from genlab.cli import main
+
+    runs = []
+    for name in ("ae", "dae"):
+        assert main(["train", name, "--dataset", "mnist-5k", "--epochs", "1", "--limit", "512",
+                     "--eval-limit", "100", "--no-progress", "--out", str(tmp_path / name)]) == 0
+        runs.append(str(tmp_path / name))
+    assert main(["report", *runs, "--out", str(tmp_path / "report")]) == 0
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert html.count("<section") == 2 and html.count("data:image/png;base64,") >= 5
+
+
+def test_markdown_and_html_share_one_structure(tmp_path):
+    png = tmp_path / "a.png"
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    plt.imsave(png, [[0, 1], [1, 0]])
+    section = Section("s1", "One").text("hello").figure(png, "a figure").table(["k", "v"], [["x", 0.5]], "cap")
+    section.figure(tmp_path / "missing.png", "left out: no such file")
+    html_path, md_path = write_report(tmp_path, "T", [section])
+    html = html_path.read_text()
+    assert "<section id='s1'>" in html and "data:image/png;base64," in html and "<td>0.5</td>" in html
+    assert "missing.png" not in html
+    md = render_markdown("T", [section], tmp_path)
+    assert "![a figure](a.png)" in md and "| x | 0.5 |" in md

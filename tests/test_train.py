@@ -181,3 +181,15 @@ def test_tensorboard_logs_scalars_images_and_histograms(tmp_path):
     tags = acc.Tags()
     assert [e.step for e in acc.Scalars("test/mse")] == [1, 2]
     assert "reconstructions" in tags["images"] and "energy/test" in tags["histograms"]
+
+
+def test_conv_denoiser_learns_on_mnist_5k(tmp_path):
+    run_dir = train("dae", MODELS["dae"].Config(arch="conv"), quick_config("dae", tmp_path / "conv", epochs=2,
+                                                                             limit=1024))
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["test/mse_corrupted"] < lines[0]["test/mse_corrupted"] < 0.4  # learning, not collapsed to -1
+    run = load_run(run_dir)
+    x = to_pixels(load_dataset("mnist-5k", "test").images[:4], "tanh")
+    with torch.no_grad():
+        out = run.model.reconstruct(run.model.corrupt(x))
+    assert out.shape == x.shape and out.min() >= -1 and out.max() <= 1

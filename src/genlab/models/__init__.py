@@ -3,10 +3,12 @@
 from genlab.models.ae import AE
 from genlab.models.base import GenerativeModel
 from genlab.models.dae import DAE
+from genlab.models.vae import VAE
 
 MODELS: dict[str, type[GenerativeModel]] = {
     "ae": AE,
     "dae": DAE,
+    "vae": VAE,
 }
 
 

@@ -1,0 +1,378 @@
+"""The lecture's variational autoencoder (Kingma & Welling 2014) as an energy-based model.
+
+The encoder maps an image to the mean and log-variance of a diagonal Gaussian q(z|x) over d latents; the
+decoder maps z to the logits of 784 independent Bernoulli pixels p(x|z); the prior is N(0, I). Everything is
+per example and in nats:
+
+- ``rec``: -log p(x|z), the binary cross-entropy **summed over the 784 pixels**, computed from logits
+  (softplus form), so it never takes the log of a saturated sigmoid;
+- ``kl``: KL(q(z|x) || N(0, I)) in closed form, summed over the d latents: 0.5 * sum(v - log v - 1 + mu^2);
+- the free energy F(x) = rec + beta * kl (the lecture's F(y) = C(y, y~) + beta * D_KL). With beta = 1 it is
+  the negative ELBO, an upper bound on -log p(x); ``genlab.metrics.likelihood`` tightens it by importance
+  weighting (Burda, Grosse & Salakhutdinov 2016).
+
+Pixels are in [0, 1] (``pixel_range = "unit"``). Binarisation happens here, not in the data pipeline:
+``none`` keeps grey values (the lecture and the PyTorch examples: the "BCE" of grey targets is then a loss,
+not a log-likelihood), ``fixed`` thresholds at 0.5, ``dynamic`` draws x ~ Bernoulli(grey) afresh each time an
+image is used in training (the standard for likelihood numbers). Evaluation binarises deterministically:
+in eval mode each image gets one fixed binarisation, a pseudo-random function of the image itself
+(``hashed_uniform``), so a test number does not depend on batch size, order, device or ``--limit``.
+
+Two choices beyond the lecture make short runs better: the encoder starts near-deterministic (small means,
+log-variance -4), so the decoder sees informative codes from the first step; and evaluation uses an
+exponential moving average of the weights (Polyak & Juditsky 1992; ``--ema-decay 0`` turns it off). In the
+PyTorch examples' setting (batch 128, Adam 1e-3, 10 epochs) they take the test loss from about 105.5 (that
+script's own figure) to about 104.2 nats.
+
+Training tricks, both off by default: a KL warm-up (beta rises linearly from 0 over ``warmup_epochs``;
+Bowman et al. 2016, Sønderby et al. 2016) and free bits (Kingma et al. 2016, Appendix C: a latent dimension
+whose batch-mean KL is below ``free_bits`` nats is not pushed further down). Both change only the training
+loss; evaluation reports the true bound.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genlab.config import opt
+from genlab.errors import GenlabError
+from genlab.models.base import GenerativeModel
+
+BINARIZE = ("none", "fixed", "dynamic")
+EVAL_SEED = 0  # seed of the one fixed binarisation per image used in evaluation (see hashed_uniform)
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class VAEConfig:
+    latent_dim: int = opt(20, "latent size d (the lecture: 20; 2 also draws the manifold figure)")
+    hidden: int = opt(400, "hidden units of encoder and decoder (the lecture: 400)")
+    beta: float = opt(1.0, "KL weight in the free energy rec + beta * KL (1: the ELBO, the lecture)")
+    arch: str = opt("mlp", "mlp (the lecture: 784-400-2d encoder, d-400-784 decoder) or conv", choices=("mlp", "conv"))
+    binarize: str = opt("none", "none: grey pixels in [0, 1] (the lecture); fixed: threshold 0.5; "
+                                "dynamic: Bernoulli redrawn at each use (the standard for likelihoods)",
+                        choices=BINARIZE)
+    warmup_epochs: int = opt(0, "KL warm-up: beta rises linearly from 0 over this many epochs (0: off)")
+    free_bits: float = opt(0.0, "free bits: a latent's batch-mean KL counts as at least this many nats "
+                                "in training (0: off)")
+    ema_decay: float = opt(0.999, "evaluate with an exponential moving average of the weights, updated each step "
+                                  "with this decay (0: off, the last weights)")
+    tsne_epochs: str = opt("0,5,10", "epochs after which to draw the t-SNE of test codes (the lecture: 0,5,10; "
+                                     "empty: none)")
+    sample_eval: bool = opt(True, "the evaluation 'loss' decodes a sampled z (the PyTorch examples' test loss); "
+                                  "--no-sample-eval decodes z = mu (the lecture's notebook); both are reported")
+
+    def check(self) -> None:
+        if self.latent_dim < 1:
+            raise GenlabError(f"--latent-dim must be at least 1, got {self.latent_dim}")
+        if self.hidden < 1:
+            raise GenlabError(f"--hidden must be at least 1, got {self.hidden}")
+        if not self.beta >= 0:
+            raise GenlabError(f"--beta must be non-negative, got {self.beta}")
+        if self.warmup_epochs < 0:
+            raise GenlabError(f"--warmup-epochs must be non-negative, got {self.warmup_epochs}")
+        if not self.free_bits >= 0:
+            raise GenlabError(f"--free-bits must be non-negative (nats per latent), got {self.free_bits}")
+        if not 0 <= self.ema_decay < 1:
+            raise GenlabError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        try:
+            self.figure_epochs()
+        except ValueError:
+            raise GenlabError(f"--tsne-epochs must be comma-separated epoch numbers like 0,5,10, "
+                              f"got {self.tsne_epochs!r}") from None
+
+    def figure_epochs(self) -> set[int]:
+        """The epochs of ``tsne_epochs`` as a set of ints."""
+        return {int(e) for e in self.tsne_epochs.replace(" ", "").split(",") if e}
+
+
+def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
+    """-log Bernoulli(x | sigmoid(logits)) summed over all but the first dimension: [N x ...] -> [N].
+
+    softplus(l) - x * l is the binary cross-entropy written in logits: exact for x in {0, 1}, and the
+    cross-entropy loss for grey x in [0, 1]; it never forms log(sigmoid(l)), which underflows.
+    """
+    return (F.softplus(logits) - x * logits).flatten(1).sum(1)
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, diag(exp(logvar))) || N(0, I)) per latent dimension, in nats: [N x d] -> [N x d]."""
+    return 0.5 * (logvar.exp() - logvar - 1 + mu.pow(2))
+
+
+_U32 = 0xFFFFFFFF
+
+
+def _mix32(h: Tensor) -> Tensor:
+    """An integer hash (xorshift-multiply rounds, after Wellons' "lowbias32") of uint32 values held in int64.
+
+    Multipliers stay below 2^31 so products fit in int64 without overflow.
+    """
+    h = h ^ (h >> 16)
+    h = (h * 0x7FEB352D) & _U32
+    h = h ^ (h >> 15)
+    h = (h * 0x2C1B3C6D) & _U32
+    return h ^ (h >> 16)
+
+
+def hashed_uniform(x: Tensor, seed: int = EVAL_SEED) -> Tensor:
+    """Pseudo-random numbers in (0, 1), one per pixel, that depend only on the image and the pixel's index.
+
+    :param x: [N x ...] grey images in [0, 1]. :return: float64, same shape. Evaluation binarises with
+        ``hashed_uniform(x) < x``: a draw of Bernoulli(x) fixed per image, the same in any batch.
+    """
+    flat = x.flatten(1)
+    idx = torch.arange(flat.shape[1], device=x.device, dtype=torch.int64)
+    levels = (flat * 255).round().to(torch.int64)                                # the 8-bit image
+    weights = (_mix32(idx + 1) & 0x7FFFFF) | 1                                    # per-pixel odd weights < 2^23
+    key = _mix32(((levels * weights).sum(1) & _U32) ^ (seed & _U32))             # [N]: one key per image
+    h = _mix32((key[:, None] + idx * 0x9E3779B1) & _U32)                          # [N x P]
+    return ((h.double() + 0.5) / 2.0 ** 32).view_as(x)
+
+
+class MLPEncoder(nn.Module):
+    """784 -> hidden -> ReLU -> 2d (first d: mean, last d: log-variance), the lecture's encoder."""
+
+    def __init__(self, d: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 2 * d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.flatten(1))
+
+
+class MLPDecoder(nn.Module):
+    """d -> hidden -> ReLU -> 784 logits (the lecture's decoder without its final sigmoid)."""
+
+    def __init__(self, d: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, 784))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z).view(-1, 1, 28, 28)
+
+
+class ConvEncoder(nn.Module):
+    """28 -> 14 -> 7 strided convolutions, then hidden -> 2d."""
+
+    def __init__(self, d: int, hidden: int, width: int = 32):
+        super().__init__()
+        w = width
+        self.net = nn.Sequential(
+            nn.Conv2d(1, w, 4, stride=2, padding=1), nn.ReLU(),          # 14 x 14
+            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), nn.ReLU(),      # 7 x 7
+            nn.Flatten(), nn.Linear(2 * w * 49, hidden), nn.ReLU(), nn.Linear(hidden, 2 * d),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class ConvDecoder(nn.Module):
+    """d -> hidden -> 7 x 7 feature maps, then 7 -> 14 -> 28 transposed convolutions to one logit per pixel."""
+
+    def __init__(self, d: int, hidden: int, width: int = 32):
+        super().__init__()
+        w = width
+        self.net = nn.Sequential(
+            nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, 2 * w * 49), nn.ReLU(),
+            nn.Unflatten(1, (2 * w, 7, 7)),
+            nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1), nn.ReLU(),   # 14 x 14
+            nn.ConvTranspose2d(w, 1, 4, stride=2, padding=1),                  # 28 x 28
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)
+
+
+class VAE(GenerativeModel):
+    Config = VAEConfig
+    pixel_range = "unit"
+    can_sample = True
+    # The PyTorch examples' vae (batch 128, 10 epochs, Adam 1e-3): the setting of the widely reported test
+    # loss of about 105.6. The lecture's notebook uses batch 256 and 10 to 20 epochs (pass --batch-size 256).
+    train_defaults = {"batch_size": 128, "epochs": 10}
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__(cfg)
+        d, h = cfg.latent_dim, cfg.hidden
+        if cfg.arch == "mlp":
+            self.encoder, self.decoder = MLPEncoder(d, h), MLPDecoder(d, h)
+        else:
+            self.encoder, self.decoder = ConvEncoder(d, h), ConvDecoder(d, h)
+        with torch.no_grad():
+            # Start near-deterministic: small means and log-variance -4 (sigma 0.14), so the decoder learns
+            # from informative codes at once instead of unit-variance noise; the KL term then widens q. Worth
+            # about 0.4 nats of test loss after the PyTorch examples' 10 epochs.
+            last = self.encoder.net[-1]
+            last.weight.mul_(0.1)
+            last.bias[:d].zero_()
+            last.bias[d:].fill_(-4.0)
+        if cfg.ema_decay > 0:
+            # Averaged copies of both networks, used in eval mode; not trained (see player_parameters).
+            self.ema_encoder, self.ema_decoder = copy.deepcopy(self.encoder), copy.deepcopy(self.decoder)
+            self.ema_encoder.requires_grad_(False)
+            self.ema_decoder.requires_grad_(False)
+        # Optimiser steps averaged so far and epochs finished (KL warm-up); buffers, so a resume continues.
+        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))
+
+    def player_parameters(self, player: str) -> list[nn.Parameter]:
+        return list(self.encoder.parameters()) + list(self.decoder.parameters())
+
+    def after_step(self, player: str) -> None:
+        """Move the weight average towards the new weights (decay ramped up over the first steps, so the
+        average forgets the random initial weights quickly)."""
+        if self.cfg.ema_decay == 0:
+            return
+        t = int(self.ema_steps)
+        decay = min(self.cfg.ema_decay, (1 + t) / (10 + t))
+        with torch.no_grad():
+            for avg, net in ((self.ema_encoder, self.encoder), (self.ema_decoder, self.decoder)):
+                for a, w in zip(avg.parameters(), net.parameters()):
+                    a.lerp_(w, 1 - decay)
+        self.ema_steps += 1
+
+    def _nets(self) -> tuple[nn.Module, nn.Module]:
+        """(encoder, decoder): the trained ones in training mode, their averages in eval mode."""
+        if self.training or self.cfg.ema_decay == 0:
+            return self.encoder, self.decoder
+        return self.ema_encoder, self.ema_decoder
+
+    # -- the network --------------------------------------------------------------------------------------
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """:param x: [N x 1 x 28 x 28] in [0, 1]. :return: (mu, logvar) of q(z|x), each [N x d]."""
+        mu, logvar = self._nets()[0](x).chunk(2, dim=1)
+        return mu, logvar
+
+    def decode_logits(self, z: Tensor) -> Tensor:
+        """:param z: [N x d]. :return: Bernoulli logits of p(x|z), [N x 1 x 28 x 28]."""
+        return self._nets()[1](z)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """:param z: [N x d]. :return: the mean of p(x|z), [N x 1 x 28 x 28] in [0, 1]."""
+        return torch.sigmoid(self.decode_logits(z))
+
+    @staticmethod
+    def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """z = mu + sigma * eps, eps ~ N(0, I): a sample of q(z|x) that gradients flow through. [N x d]."""
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + (0.5 * logvar).exp() * eps
+
+    def binarize(self, x: Tensor) -> Tensor:
+        """Apply ``cfg.binarize`` to [N x 1 x 28 x 28] grey images in [0, 1].
+
+        ``dynamic`` draws Bernoulli(x) afresh in training mode; in eval mode it uses the one fixed draw
+        ``hashed_uniform(x) < x`` per image. Images already in {0, 1} pass through every mode unchanged.
+        """
+        if self.cfg.binarize == "fixed":
+            return (x > 0.5).to(x.dtype)
+        if self.cfg.binarize == "dynamic":
+            if self.training:
+                return torch.bernoulli(x)
+            return (hashed_uniform(x) < x).to(x.dtype)
+        return x
+
+    # -- per-example terms --------------------------------------------------------------------------------
+    def terms(self, x: Tensor, sample: bool, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """One pass on already binarised x: ``rec`` [N] (BCE summed over pixels), ``kl_dim`` [N x d],
+        ``mu``, ``logvar`` [N x d]. ``sample``: decode a draw of q(z|x), else its mean."""
+        mu, logvar = self.encode(x)
+        z = self.reparameterize(mu, logvar, generator) if sample else mu
+        rec = bernoulli_nll(self.decode_logits(z), x)
+        return {"rec": rec, "kl_dim": gaussian_kl(mu, logvar), "mu": mu, "logvar": logvar}
+
+    @property
+    def beta_now(self) -> float:
+        """The KL weight of the training loss: beta, ramped linearly from 0 during the warm-up."""
+        w = self.cfg.warmup_epochs
+        return self.cfg.beta * (min(1.0, int(self.epochs_done) / w) if w else 1.0)
+
+    def end_of_epoch(self, epoch: int) -> None:
+        """:param epoch: the epoch just finished, counting from 0; moves the KL warm-up on."""
+        self.epochs_done.fill_(epoch + 1)
+
+    def loss(self, x: Tensor) -> dict[str, Tensor]:
+        """Training terms per example, [N] each, in nats: ``loss`` = rec + beta_now * KL (with free bits),
+        ``rec`` (BCE summed over pixels, z sampled) and ``kl`` (the true KL, summed over latents)."""
+        x = self.binarize(x)
+        t = self.terms(x, sample=True)
+        kl_dim = t["kl_dim"]
+        kl_train = kl_dim
+        if self.cfg.free_bits > 0:
+            # Kingma et al. 2016, App. C: the batch-mean KL of a dimension (this process's shard under DDP)
+            # counts as max(lambda, mean). Where the mean is below lambda the dimension gets no gradient;
+            # the constant keeps the value right.
+            below = kl_dim.mean(0, keepdim=True).detach() < self.cfg.free_bits
+            kl_train = torch.where(below, torch.full_like(kl_dim, self.cfg.free_bits), kl_dim)
+        kl = kl_dim.sum(1)
+        return {"loss": t["rec"] + self.beta_now * kl_train.sum(1), "rec": t["rec"], "kl": kl}
+
+    def eval_terms(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Evaluation terms per example, [N] each, in nats (no warm-up, no free bits: the true objective).
+
+        ``loss_sampled`` = rec + beta * KL decoding z ~ q(z|x) (the PyTorch examples' test loss);
+        ``loss_mean`` the same decoding z = mu (the lecture's notebook); ``rec_sampled``, ``rec_mean``, ``kl``;
+        ``neg_elbo`` = rec_sampled + KL, an unbiased estimate of -ELBO >= -log p(x) whatever beta is.
+        ``loss`` is ``loss_sampled`` or, with ``--no-sample-eval``, ``loss_mean``.
+        """
+        x = self.binarize(x)
+        mu, logvar = self.encode(x)
+        kl = gaussian_kl(mu, logvar).sum(1)
+        rec_sampled = bernoulli_nll(self.decode_logits(self.reparameterize(mu, logvar, generator)), x)
+        rec_mean = bernoulli_nll(self.decode_logits(mu), x)
+        b = self.cfg.beta
+        out = {"loss_sampled": rec_sampled + b * kl, "loss_mean": rec_mean + b * kl,
+               "rec_sampled": rec_sampled, "rec_mean": rec_mean, "kl": kl, "neg_elbo": rec_sampled + kl}
+        out["loss"] = out["loss_sampled"] if self.cfg.sample_eval else out["loss_mean"]
+        return out
+
+    def energy(self, x: Tensor) -> Tensor:
+        """The free energy F(x) = rec + beta * KL per example, in nats (rec summed over pixels): [N].
+
+        Decodes z = mu in eval mode (deterministic, the lecture's choice) and a sample of q(z|x) in training.
+        """
+        t = self.terms(self.binarize(x), sample=self.training)
+        return t["rec"] + self.cfg.beta * t["kl_dim"].sum(1)
+
+    # -- importance weighting -----------------------------------------------------------------------------
+    def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+        """log w = log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x) per image: [k x N].
+
+        :param x: [N x 1 x 28 x 28], already binarised. All k * N decoder passes go in one batch; the caller
+            bounds memory by choosing k and N (``genlab.metrics.likelihood.iwae_bound`` chunks them).
+        """
+        mu, logvar = self.encode(x)
+        n, d = mu.shape
+        eps = torch.randn((k, n, d), generator=generator, device=mu.device, dtype=mu.dtype)
+        z = mu + (0.5 * logvar).exp() * eps                                          # [k x N x d]
+        logits = self.decode_logits(z.reshape(k * n, d)).view(k, n, -1)             # [k x N x 784]
+        # -bernoulli_nll, with the x . logits part as one contraction (this loop is IWAE's whole cost).
+        log_px = torch.einsum("knp,np->kn", logits, x.flatten(1)) - F.softplus(logits).sum(-1)  # [k x N]
+        log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
+        log_qz = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(-1)
+        return log_px + log_pz - log_qz
+
+    # -- pictures -----------------------------------------------------------------------------------------
+    def reconstruct(self, x: Tensor, sample: bool | None = None) -> Tensor:
+        """The decoder's mean image for the code of x: [N x 1 x 28 x 28] in [0, 1].
+
+        ``sample`` None decodes z = mu in eval mode and a draw of q(z|x) in training mode.
+        """
+        mu, logvar = self.encode(self.binarize(x))
+        draw = self.training if sample is None else sample
+        return self.decode(self.reparameterize(mu, logvar) if draw else mu)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Decode z ~ N(0, I): the mean images of p(x|z), [n x 1 x 28 x 28] in [0, 1] (grey, as the lecture)."""
+        z = torch.randn((n, self.cfg.latent_dim), generator=generator, device=self.device)
+        return self.decode(z)
+
+    def encoder_kernels(self) -> Tensor | None:
+        return self._nets()[0].net[0].weight.detach() if self.cfg.arch == "mlp" else None

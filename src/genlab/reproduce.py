@@ -44,8 +44,8 @@ STAGES = [
           {"epochs": 20, "batch_size": 256, "lr": 1e-3}, {"epochs": 30}),
     Stage("vae", "Variational autoencoder (d = 20)", {"latent_dim": 20},
           {"epochs": 10, "batch_size": 256, "lr": 1e-3, "seed": 1}, {"epochs": 10}),
-    Stage("ebgan", "Energy-based GAN", {}, {"epochs": 5}, {"epochs": 3}),
-    Stage("dcgan", "DCGAN (28 x 28 variant)", {}, {"epochs": 5}, {"epochs": 3}),
+    Stage("ebgan", "Energy-based GAN", {}, {"epochs": 5}, {"epochs": 2}),
+    Stage("dcgan", "DCGAN (28 x 28 variant)", {}, {"epochs": 5}, {"epochs": 2}),
 ]
 
 DEPARTURES = [
@@ -56,7 +56,7 @@ DEPARTURES = [
     "The VAE decoder outputs Bernoulli logits and the loss is computed from them (numerically stable), where the "
     "note applies a Sigmoid and then binary cross-entropy; the values are the same.",
     "The lecture's DCGAN works on 64 x 64 images; the report's DCGAN is genlab's 28 x 28 variant, the practical "
-    "size on a CPU (the 64 x 64 network is `genlab train dcgan --size 64`).",
+    "size on a CPU (the 64 x 64 network is `genlab train dcgan --image-size 64`).",
     "The EBGAN energy is the squared reconstruction error summed over pixels, as in the lecture (the paper uses "
     "the norm); the margin is set on that scale.",
 ]

@@ -3,12 +3,16 @@
 from genlab.models.ae import AE
 from genlab.models.base import GenerativeModel
 from genlab.models.dae import DAE
+from genlab.models.dcgan import DCGAN
+from genlab.models.ebgan import EBGAN
 from genlab.models.vae import VAE
 
 MODELS: dict[str, type[GenerativeModel]] = {
     "ae": AE,
     "dae": DAE,
     "vae": VAE,
+    "ebgan": EBGAN,
+    "dcgan": DCGAN,
 }
 
 

@@ -1,0 +1,276 @@
+"""Pieces both GANs share: DCGAN-style networks, an EMA of the generator, divergence checks, energy histograms.
+
+Images are [N x 1 x S x S] in [-1, 1] (the generators end in Tanh); S is 28 (MNIST's own size) or 64 (the
+lecture's DCGAN, which trains on MNIST resized to 64 x 64).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+# -- initialisation -----------------------------------------------------------------------------------------
+def dcgan_init(module: nn.Module) -> None:
+    """DCGAN's initialisation (Radford et al. 2016, Sec. 4): convolutions N(0, 0.02), batch norm scale
+    N(1, 0.02) and shift 0. Apply with ``net.apply(dcgan_init)``."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+# -- generators: z [N x nz] -> images [N x 1 x S x S] in [-1, 1] --------------------------------------------
+class MLPGenerator(nn.Module):
+    """A fully connected generator: nz -> hidden -> ... -> 784 -> Tanh, batch norm between layers."""
+
+    def __init__(self, nz: int, hidden: int = 1024, layers: int = 2):
+        super().__init__()
+        blocks, width = [], nz
+        for _ in range(layers):
+            blocks += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU()]
+            width = hidden
+        self.net = nn.Sequential(*blocks, nn.Linear(width, 784), nn.Tanh())
+
+    def forward(self, z: Tensor) -> Tensor:
+        """:param z: [N x nz]. :return: [N x 1 x 28 x 28]."""
+        return self.net(z).view(-1, 1, 28, 28)
+
+
+class ConvGenerator28(nn.Module):
+    """The lecture's DCGAN generator with one upsampling stage fewer, sized for MNIST's own 28 x 28 pixels:
+    z -> 4 ngf x 4 x 4 -> 2 ngf x 7 x 7 -> ngf x 14 x 14 -> 1 x 28 x 28 (batch norm, ReLU, Tanh output).
+
+    The 4 -> 7 step uses a 3 x 3 kernel (stride 2, padding 1), the others DCGAN's 4 x 4; with ngf = 64 a
+    step costs about a tenth of the 64 x 64 generator's.
+    """
+
+    def __init__(self, nz: int = 100, ngf: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(nz, 4 * ngf, 4, 1, 0, bias=False), nn.BatchNorm2d(4 * ngf), nn.ReLU(),        # 4
+            nn.ConvTranspose2d(4 * ngf, 2 * ngf, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * ngf), nn.ReLU(),   # 7
+            nn.ConvTranspose2d(2 * ngf, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(),           # 14
+            nn.ConvTranspose2d(ngf, 1, 4, 2, 1, bias=False), nn.Tanh(),                                       # 28
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        """:param z: [N x nz]. :return: [N x 1 x 28 x 28]."""
+        return self.net(z[:, :, None, None])
+
+
+class ConvGenerator64(nn.Module):
+    """The lecture's DCGAN generator (the PyTorch examples' dcgan): z -> 8 ngf x 4 x 4 -> ... -> 1 x 64 x 64."""
+
+    def __init__(self, nz: int = 100, ngf: int = 64):
+        super().__init__()
+
+        def up(c_in, c_out):  # doubles the side: 4 x 4 kernel, stride 2, padding 1
+            return [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(nz, 8 * ngf, 4, 1, 0, bias=False), nn.BatchNorm2d(8 * ngf), nn.ReLU(),  # 4
+            *up(8 * ngf, 4 * ngf), *up(4 * ngf, 2 * ngf), *up(2 * ngf, ngf),                           # 8, 16, 32
+            nn.ConvTranspose2d(ngf, 1, 4, 2, 1, bias=False), nn.Tanh(),                                 # 64
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        """:param z: [N x nz]. :return: [N x 1 x 64 x 64]."""
+        return self.net(z[:, :, None, None])
+
+
+def make_generator(kind: str, nz: int, width: int, size: int = 28) -> nn.Module:
+    """``kind`` "mlp" or "conv"; ``size`` 28 or 64 (conv only). DCGAN-initialised."""
+    if kind == "mlp":
+        net = MLPGenerator(nz, hidden=width * 16)
+    elif size == 64:
+        net = ConvGenerator64(nz, width)
+    else:
+        net = ConvGenerator28(nz, width)
+    net.apply(dcgan_init)
+    return net
+
+
+def to_28(x: Tensor) -> Tensor:
+    """[N x C x S x S] -> [N x C x 28 x 28] by area averaging (the inverse of the 64 x 64 models' resize)."""
+    return x if x.shape[-1] == 28 else F.interpolate(x, size=(28, 28), mode="area")
+
+
+def to_64(x: Tensor) -> Tensor:
+    """[N x C x 28 x 28] -> [N x C x 64 x 64], bilinear: the lecture trains its DCGAN on MNIST resized to 64."""
+    return x if x.shape[-1] == 64 else F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
+
+
+# -- EMA of the generator -----------------------------------------------------------------------------------
+class EMA(nn.Module):
+    """An exponential moving average of a network's weights (Yazici et al. 2019, "The unusual effectiveness
+    of averaging in GAN training").
+
+    A submodule, so the averaged weights and the step counter are in the model's ``state_dict`` and every
+    checkpoint keeps them. The decay ramps up as min(decay, (1 + t) / (10 + t)) so the average forgets the
+    random initialisation within the first few hundred steps. Buffers (batch-norm statistics) are copied.
+    """
+
+    def __init__(self, net: nn.Module, decay: float):
+        super().__init__()
+        self.decay = decay
+        self.net = copy.deepcopy(net).requires_grad_(False)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, source: nn.Module) -> None:
+        t = float(self.steps)
+        decay = min(self.decay, (1.0 + t) / (10.0 + t))
+        for avg, p in zip(self.net.parameters(), source.parameters()):
+            avg.lerp_(p.detach(), 1.0 - decay)
+        for avg, b in zip(self.net.buffers(), source.buffers()):
+            avg.copy_(b)
+        self.steps += 1
+
+    def forward(self, *args):
+        return self.net(*args)
+
+
+# -- batch statistics for the divergence checks ---------------------------------------------------------------
+def spread(x: Tensor) -> Tensor:
+    """Each example's mean Euclidean distance to the other examples of its batch: [N x ...] -> [N].
+
+    Its mean is the batch's mean pairwise distance; a generator collapsed onto one mode drives it to 0.
+    """
+    flat = x.detach().flatten(1).float()
+    n = flat.shape[0]
+    if n < 2:
+        return torch.zeros(n, device=x.device)
+    return torch.cdist(flat, flat).sum(1) / (n - 1)
+
+
+def find_log(logs: dict[str, float], name: str) -> float | None:
+    """``logs[name]``, also when the loop prefixed the key with its player ("d/name", "d.name", "d_name")."""
+    if name in logs:
+        return logs[name]
+    for key, value in logs.items():
+        if key.endswith(("/" + name, "." + name)):
+            return value
+    return None
+
+
+class Streak:
+    """Counts consecutive steps on which a condition held; fires once the count reaches ``patience``.
+
+    Divergence in a GAN is a state, not an event: one batch with D(G(z)) near 0 happens in healthy runs, a
+    few hundred in a row does not.
+    """
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.count = 0
+
+    def update(self, condition: bool) -> bool:
+        self.count = self.count + 1 if condition else 0
+        return self.count >= self.patience
+
+
+class CollapseCheck:
+    """Generator collapse: the generated batch's mean pairwise distance ``spread_fake`` stays below
+    ``ratio`` times the real batch's ``spread_real`` for ``patience`` consecutive steps, after ``warmup``.
+
+    On MNIST in [-1, 1] a real batch has a mean pairwise distance of about 20 (42 at 64 x 64). A generator that
+    emits one image (up to small jitter) falls below 0.1 of that; healthy generators reach 0.9 within a few
+    hundred steps and stay there, and partial mode dropping keeps the ratio well above 0.5. Only the first
+    steps of a run come near the threshold: the untrained generator's outputs are alike (ratios 0.1 to 0.3 in
+    the first 100 steps of the 64 x 64 DCGAN), hence the warm-up and a streak of 200 steps rather than one.
+    """
+
+    def __init__(self, ratio: float = 0.1, patience: int = 200, warmup: int = 500):
+        self.ratio = ratio
+        self.streak = Streak(patience)
+        self.warmup = warmup
+        self.seen = 0
+
+    def __call__(self, logs: dict[str, float]) -> str | None:
+        fake, real = find_log(logs, "spread_fake"), find_log(logs, "spread_real")
+        if fake is None or real is None or not real > 0:
+            return None
+        self.seen += 1
+        if self.seen <= self.warmup:
+            return None
+        if self.streak.update(fake < self.ratio * real):
+            return (f"generator collapsed: generated images have mean pairwise distance {fake:.3g}, below "
+                    f"{self.ratio} x the real data's {real:.3g}, for {self.streak.count} steps in a row")
+        return None
+
+
+# -- energy histograms ----------------------------------------------------------------------------------------
+@torch.no_grad()
+def energy_histogram_figure(model, real_batch: Tensor, path: str | Path, title: str = "") -> Path:
+    """Histograms of ``model.energy`` on a real batch and on as many generated samples; written to ``path``.
+
+    :param real_batch: [N x 1 x 28 x 28] in the model's pixel range.
+    A healthy EBGAN shows the two histograms overlapping below the margin; a discriminator that separates
+    them completely (no overlap) is winning, which precedes divergence.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    was_training = model.training
+    model.eval()
+    try:
+        real = model.energy(real_batch.to(model.device)).float().cpu()
+        fake = model.energy(model.sample(real_batch.shape[0])).float().cpu()
+    finally:
+        model.train(was_training)
+    lo = float(torch.minimum(real.min(), fake.min()))
+    hi = float(torch.maximum(real.max(), fake.max()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        lo, hi = 0.0, 1.0
+    bins = torch.linspace(lo, hi if hi > lo else lo + 1.0, 41).numpy()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.hist(real.numpy(), bins=bins, alpha=0.6, label=f"real (mean {real.mean():.3g})", color="tab:blue")
+    ax.hist(fake.numpy(), bins=bins, alpha=0.6, label=f"generated (mean {fake.mean():.3g})", color="tab:red")
+    if hasattr(model, "margin_value"):  # EBGAN: the discriminator pushes generated energies up to m
+        ax.axvline(model.margin_value, color="k", linestyle="--", linewidth=1, label=f"margin m = {model.margin_value:g}")
+    ax.set_xlabel("energy")
+    ax.set_ylabel("images")
+    ax.set_title(title or f"{type(model).__name__}: energy of real vs generated images")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# -- the figure hooks genlab.viz.figures calls for both GANs ---------------------------------------------------
+def _real_batch(model, test_set, n: int = 500) -> Tensor:
+    from genlab.data.batching import to_pixels
+    return to_pixels(test_set.images[:n], model.pixel_range).to(model.device)
+
+
+def epoch_figures(model, epoch: int, test_set, fig_dir: Path) -> list[Path]:
+    """After every epoch: ``energy_hist_epoch<k>.png``, energies of 500 test digits vs 500 samples."""
+    path = Path(fig_dir) / f"energy_hist_epoch{epoch:03d}.png"
+    title = f"{type(model).__name__}, epoch {epoch}: energy of real vs generated"
+    return [energy_histogram_figure(model, _real_batch(model, test_set), path, title)]
+
+
+@torch.no_grad()
+def final_figures(model, test_set, fig_dir: Path) -> list[Path]:
+    """At the end of training: a grid of 64 samples and the final energy histogram."""
+    from genlab.data.batching import to_unit
+    from genlab.viz.figures import save_grid
+
+    fig_dir = Path(fig_dir)
+    samples = to_unit(model.sample(64).cpu(), model.pixel_range).clamp(0, 1)
+    paths = [save_grid(fig_dir / "samples.png", samples, ncol=8, title=f"{type(model).__name__}: samples")]
+    paths.append(energy_histogram_figure(model, _real_batch(model, test_set), fig_dir / "energy_hist.png"))
+    return paths

@@ -75,9 +75,9 @@ def test_reconstruction_energy_scales():
     assert torch.allclose(reconstruction_energy(x_hat, x, "sum"), torch.tensor([196.0, 196.0]))
     assert torch.allclose(reconstruction_energy(x_hat, x, "mean"), torch.tensor([0.25, 0.25]))
     assert torch.allclose(reconstruction_energy(x_hat, x, "norm"), torch.tensor([14.0, 14.0]))
-    # The default margins follow the same scales.
+    # The default margins follow the same scales: a factor of 784 between the squared sum and mean.
     assert math.isclose(DEFAULT_MARGINS["mean"] * 784, DEFAULT_MARGINS["sum"])
-    assert math.isclose(DEFAULT_MARGINS["norm"] ** 2, DEFAULT_MARGINS["sum"])
+    assert DEFAULT_MARGINS["norm"] == 10.0  # the paper's MNIST margin
 
 
 def test_ebgan_discriminator_loss_is_the_per_sample_hinge_of_its_energies(digits):

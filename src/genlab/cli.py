@@ -106,6 +106,7 @@ def _sample(args) -> int:
 
 def build_parser() -> Parser:
     from genlab.models import MODELS
+    from genlab.train import default_train_config
 
     parser = Parser(prog="genlab", description="Train, evaluate and visualise the classic deep generative "
                     "models as energy-based models.")
@@ -121,7 +122,7 @@ def build_parser() -> Parser:
     for name, cls in MODELS.items():
         p = models.add_parser(name, help=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else name)
         cfgmod.add_arguments(p, cls.Config, f"{name} model")
-        cfgmod.add_arguments(p, cfgmod.TrainConfig, "training")
+        cfgmod.add_arguments(p, cfgmod.TrainConfig, "training", defaults=default_train_config(name))
 
     ds = sub.add_parser("datasets", help="list the data sets and where they were found, or why not")
     ds.add_argument("--data-dir", default="", help="data directory (default: $GENLAB_DATA_DIR or the user cache)")

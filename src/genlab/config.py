@@ -48,13 +48,15 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
-    """Add one ``--kebab-case`` flag per field of the dataclass ``cls``."""
+def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str, defaults: Any = None) -> None:
+    """Add one ``--kebab-case`` flag per field of the dataclass ``cls``; ``defaults`` (an instance) sets the
+    defaults shown in the help, where they differ from the dataclass's own (a model's training defaults)."""
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
     for f in fields_of(cls):
         kind = hints[f.name]
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        shown = getattr(defaults, f.name) if defaults is not None else f.default
+        help_text = f"{f.metadata.get('help', '')} (default: {shown})"
         if kind is bool:
             group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_text)

@@ -30,30 +30,52 @@ from genlab.train import default_train_config, make_optimizer, train
 CASES = {"ae": (256, {"latent_dim": 30}), "dae": (256, {"latent_dim": 500}), "vae": (128, {})}
 
 
-class PilMNIST(torch.utils.data.Dataset):
-    """torchvision.datasets.MNIST's per-sample path: uint8 -> PIL image -> ToTensor (-> Normalize)."""
+class TorchvisionStyleMNIST(torch.utils.data.Dataset):
+    """torchvision.datasets.MNIST's per-sample path, step for step: the uint8 image becomes a PIL image, then
+    ``Compose([ToTensor(), Normalize((0.5,), (0.5,))])`` (the lecture's [-1, 1] pixels) or ``ToTensor()`` alone
+    ([0, 1] pixels) makes it a float tensor; the label is returned as a Python int."""
 
-    def __init__(self, images: torch.Tensor, pixel_range: str):
-        self.images, self.pixel_range = images, pixel_range
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, pixel_range: str):
+        self.images, self.labels = images, labels
+        self.transforms = [to_tensor] + ([normalize_half] if pixel_range == "tanh" else [])
 
     def __len__(self):
         return len(self.images)
 
-    def __getitem__(self, i):
-        pic = Image.fromarray(self.images[i].numpy(), mode="L")
-        x = torch.from_numpy(np.array(pic, np.uint8, copy=True)).view(28, 28, 1).permute(2, 0, 1).float().div(255)
-        if self.pixel_range == "tanh":
-            x = (x - 0.5) / 0.5  # transforms.Normalize((0.5,), (0.5,))
-        return x, 0
+    def __getitem__(self, index):
+        img, target = self.images[index], int(self.labels[index])
+        img = Image.fromarray(img.numpy(), mode="L")
+        for transform in self.transforms:
+            img = transform(img)
+        return img, target
 
 
-def dataloader_rate(name: str, images: torch.Tensor, batch: int, overrides: dict, genlab_optimizer: bool) -> float:
+def to_tensor(pic: Image.Image) -> torch.Tensor:
+    """What ``transforms.ToTensor`` does to an 8-bit PIL image: H x W x C bytes -> C x H x W floats / 255."""
+    if not isinstance(pic, Image.Image):
+        raise TypeError(f"expected a PIL image, got {type(pic)}")
+    img = torch.from_numpy(np.array(pic, np.uint8, copy=True))
+    img = img.view(pic.size[1], pic.size[0], len(pic.getbands())).permute((2, 0, 1)).contiguous()
+    return img.to(dtype=torch.get_default_dtype()).div(255)
+
+
+def normalize_half(tensor: torch.Tensor) -> torch.Tensor:
+    """What ``transforms.Normalize((0.5,), (0.5,))`` does (not in place): (x - mean) / std, per channel."""
+    tensor = tensor.clone()
+    mean = torch.as_tensor((0.5,), dtype=tensor.dtype, device=tensor.device)
+    std = torch.as_tensor((0.5,), dtype=tensor.dtype, device=tensor.device)
+    if (std == 0).any():
+        raise ValueError("std evaluated to zero")
+    return tensor.sub_(mean.view(-1, 1, 1)).div_(std.view(-1, 1, 1))
+
+
+def dataloader_rate(name: str, images: torch.Tensor, labels: torch.Tensor, batch: int, overrides: dict, genlab_optimizer: bool) -> float:
     torch.manual_seed(0)
     model = build(name, MODELS[name].Config(**overrides)).train()
     lr = default_train_config(name).lr
     opt = make_optimizer(default_train_config(name), list(model.parameters()), {}) if genlab_optimizer \
         else torch.optim.Adam(model.parameters(), lr=lr)
-    loader = torch.utils.data.DataLoader(PilMNIST(images, model.pixel_range), batch_size=batch, shuffle=True)
+    loader = torch.utils.data.DataLoader(TorchvisionStyleMNIST(images, labels, model.pixel_range), batch_size=batch, shuffle=True)
     start, seen = time.perf_counter(), 0
     for x, _ in loader:
         loss = model.loss(x)["loss"].mean()
@@ -84,13 +106,14 @@ def main() -> int:
 
     from genlab.data import resolve_dataset_name
     dataset = resolve_dataset_name(args.dataset, None)
-    images = load_dataset(dataset, "train").images[:args.limit]
+    train_split = load_dataset(dataset, "train")
+    images, labels = train_split.images[:args.limit], train_split.labels[:args.limit]
     results = {}
     for name in args.models:
         batch, overrides = CASES[name]
         fast = genlab_rate(name, args.limit, batch, overrides, dataset)
-        slow = dataloader_rate(name, images, batch, overrides, genlab_optimizer=False)
-        same = dataloader_rate(name, images, batch, overrides, genlab_optimizer=True)
+        slow = dataloader_rate(name, images, labels, batch, overrides, genlab_optimizer=False)
+        same = dataloader_rate(name, images, labels, batch, overrides, genlab_optimizer=True)
         results[name] = {"genlab": round(fast, 1), "dataloader": round(slow, 1), "ratio": round(fast / slow, 2),
                          "dataloader_same_optimizer": round(same, 1), "ratio_same_optimizer": round(fast / same, 2)}
         if not args.json:

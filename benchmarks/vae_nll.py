@@ -38,6 +38,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                             "by 1.3 and 0.3 nats at a 3.4 CPU-minute budget)")
     p.add_argument("--lr-final", type=float, default=1e-4, help="learning rate at the end of the cosine decay")
     p.add_argument("--warmup-epochs", type=int, default=5, help="KL warm-up epochs")
+    p.add_argument("--train-k", type=int, default=1,
+                   help="importance samples of the training objective: 1 is the ELBO, k > 1 the IWAE bound L_k "
+                        "(Burda et al. 2016), which fits the decoder to the likelihood more closely")
+    p.add_argument("--train-k-from", type=float, default=0.0,
+                   help="share of the budget trained on the ELBO before switching to L_k (0: L_k throughout)")
     p.add_argument("--iwae-k", type=int, nargs="+", default=[5000], help="importance samples of the test bound")
     p.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N test images (0: all)")
     p.add_argument("--probe-every", type=int, default=0, help="print IWAE_100 on 500 test images every N epochs")
@@ -84,7 +89,13 @@ def main(argv=None) -> int:
             # Cosine decay from --lr to --lr-final over the run (by CPU time, so the budget is kept exactly).
             for group in opt.param_groups:
                 group["lr"] = args.lr_final + (args.lr - args.lr_final) * 0.5 * (1 + math.cos(math.pi * p))
-            loss = model.loss(to_pixels(shard, "unit"))["loss"].mean()
+            x = to_pixels(shard, "unit")
+            if args.train_k > 1 and p >= args.train_k_from:
+                # -L_k = -(logsumexp_k log w - log k), per image; the KL warm-up does not apply to it.
+                log_w = model.log_weights(model.binarize(x), args.train_k)
+                loss = (math.log(args.train_k) - torch.logsumexp(log_w, 0)).mean()
+            else:
+                loss = model.loss(x)["loss"].mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -115,6 +126,7 @@ def main(argv=None) -> int:
            "neg_elbo": results["neg_elbo"], "active_units": results["active_units"],
            "cpu_minutes": (train_cpu + eval_cpu) / 60, "train_cpu_minutes": train_cpu / 60,
            "eval_cpu_minutes": eval_cpu / 60, "epochs": round(steps / len(batches), 2), "threads": args.threads,
+           "train_k": args.train_k, "train_k_from": args.train_k_from,
            "test_images": len(test_images), **{f"iwae_{j}": results[f"iwae_{j}"] for j in args.iwae_k}}
     if args.json:
         print(json.dumps(out))

@@ -4,6 +4,7 @@ lecture's 64 x 64 networks."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -169,6 +170,24 @@ def test_forced_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, 
     assert run.counters["epoch"] == 1  # the checkpoint written after epoch 1, before the NaN
     assert all(torch.isfinite(v).all() for v in run.model.state_dict().values() if v.is_floating_point())
     assert torch.isfinite(run.model.sample(4)).all()
+
+
+def test_only_real_batches_move_the_discriminators_running_statistics(digits):
+    # A full two-player step on one batch must leave D's batch-norm running statistics exactly where a forward
+    # pass of the real batch alone puts them, so evaluation mode normalises real images with real statistics.
+    m = small_dcgan().train()
+    reference = copy.deepcopy(m.discriminator)
+    reference(digits)
+    for _ in m.steps(digits):
+        pass
+    bns = [(a, b) for a, b in zip(m.discriminator.modules(), reference.modules()) if isinstance(a, torch.nn.BatchNorm2d)]
+    assert bns
+    for ours, real_only in bns:
+        assert torch.equal(ours.running_mean, real_only.running_mean)
+        assert torch.equal(ours.running_var, real_only.running_var)
+    # The generated batches did go through batch norm in training mode (batch statistics), and their
+    # momentum is restored afterwards.
+    assert all(bn.momentum == 0.1 for bn, _ in bns)
 
 
 def test_dcgan_saturation_needs_a_streak():

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from genlab.config import opt
 from genlab.errors import GenlabError
 from genlab.models.base import GenerativeModel
-from genlab.models.gan_common import EMA, CollapseCheck, Streak, dcgan_init, find_log, make_generator, spread, to_28, to_64
+from genlab.models.gan_common import (EMA, CollapseCheck, Streak, dcgan_init, find_log, make_generator,
+                                      running_stats_frozen, spread, to_28, to_64)
 
 
 @dataclass
@@ -144,7 +145,10 @@ class DCGAN(GenerativeModel):
 
         # (1) Update D: maximise log D(x) + log(1 - D(G(z))). G's output is detached: D's step must not
         # push gradients into G.
-        s_real, s_fake = self.discriminator(real), self.discriminator(fake.detach())
+        # Only real batches update D's batch-norm running statistics (see running_stats_frozen).
+        s_real = self.discriminator(real)
+        with running_stats_frozen(self.discriminator):
+            s_fake = self.discriminator(fake.detach())
         loss_d = (F.binary_cross_entropy_with_logits(s_real, ones, reduction="none")
                   + F.binary_cross_entropy_with_logits(s_fake, zeros, reduction="none"))
         yield "d", {"loss": loss_d, "d_x": torch.sigmoid(s_real).detach(), "d_g_z1": torch.sigmoid(s_fake).detach(),
@@ -152,7 +156,8 @@ class DCGAN(GenerativeModel):
 
         # (2) Update G: maximise log D(G(z)) with the updated D (the non-saturating loss of Goodfellow et al.
         # 2014, Sec. 3: labels "real" for the fakes), re-using the same fakes as the lecture does.
-        s_fake = self.discriminator(fake)
+        with running_stats_frozen(self.discriminator):
+            s_fake = self.discriminator(fake)
         loss_g = F.binary_cross_entropy_with_logits(s_fake, ones, reduction="none")
         yield "g", {"loss": loss_g, "d_g_z2": torch.sigmoid(s_fake).detach()}
 

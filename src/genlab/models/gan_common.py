@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -110,6 +112,23 @@ def to_64(x: Tensor) -> Tensor:
 
 
 # -- EMA of the generator -----------------------------------------------------------------------------------
+@contextmanager
+def running_stats_frozen(net: nn.Module) -> Iterator[None]:
+    """Batch norm in ``net`` normalises with the batch's statistics as usual but leaves its running statistics
+    alone (momentum 0). A discriminator sees two generated batches for each real one; if they all fed the
+    running statistics, evaluation mode (which uses them) would normalise real images with the statistics of
+    fakes, and the energy of a real test image would mean nothing."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+
+
 class EMA(nn.Module):
     """An exponential moving average of a network's weights (Yazici et al. 2019, "The unusual effectiveness
     of averaging in GAN training").

@@ -253,12 +253,8 @@ def figure_energy_histograms(report: dict, path) -> Path:
 
 
 def _save(fig, path) -> Path:
-    plt = _plt()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    from genlab.viz.figures import save_figure
+    return save_figure(fig, path)
 
 
 # -- command line ------------------------------------------------------------------------------------------

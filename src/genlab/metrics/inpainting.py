@@ -306,12 +306,8 @@ def figure_inpainting(dae_model, images_u8, path, p: float = 0.5, seed: int = 0,
             ax.set_yticks([])
         axes[r, 0].set_ylabel(title, fontsize=9)
     fig.suptitle(f"Inpainting at drop rate p = {p}", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    from genlab.viz.figures import save_figure
+    return save_figure(fig, path)
 
 
 # -- command line ------------------------------------------------------------------------------------------

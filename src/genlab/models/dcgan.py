@@ -23,9 +23,8 @@ from torch import Tensor, nn
 
 from genlab.config import opt
 from genlab.errors import GenlabError
-from genlab.models.base import GenerativeModel
-from genlab.models.gan_common import (EMA, CollapseCheck, Streak, dcgan_init, find_log, make_generator,
-                                      running_stats_frozen, spread, to_28, to_64)
+from genlab.models.gan_common import (EMA, CollapseCheck, Streak, TwoPlayerGAN, dcgan_init, find_log,
+                                      make_generator, running_stats_frozen, spread, to_64)
 
 
 @dataclass
@@ -86,11 +85,8 @@ class Discriminator64(nn.Module):
         return self.net(x).flatten()
 
 
-class DCGAN(GenerativeModel):
+class DCGAN(TwoPlayerGAN):
     Config = DCGANConfig
-    pixel_range = "tanh"
-    players = ("d", "g")
-    can_sample = True
     # The lecture's (PyTorch examples') optimiser settings. One epoch of the 28 x 28 variant took 200 s on a
     # 2-core CPU (the 64 x 64 networks about ten times as long); genlab's quality benchmark uses lr 5e-4 and two
     # epochs, which reach recognisable digits sooner.
@@ -119,17 +115,7 @@ class DCGAN(GenerativeModel):
         """The discriminator's logit s(x), D(x) = sigmoid(s(x)). :param x: [N x 1 x 28 x 28]. :return: [N]."""
         return self.discriminator(self._resize(x))
 
-    def noise(self, n: int) -> Tensor:
-        return torch.randn(n, self.cfg.nz, device=self.device)
-
     # -- training -------------------------------------------------------------------------------------------
-    def player_parameters(self, player: str) -> list[nn.Parameter]:
-        net = {"d": self.discriminator, "g": self.generator}[player]
-        return list(net.parameters())
-
-    def optimizer_options(self, player: str) -> dict:
-        return {"betas": (0.5, 0.999)}  # DCGAN, Sec. 4: beta1 = 0.9 oscillated, 0.5 stabilised training
-
     def steps(self, x: Tensor) -> Iterator[tuple[str, dict[str, Tensor]]]:
         """:param x: [N x 1 x 28 x 28] real images in [-1, 1].
 
@@ -161,10 +147,6 @@ class DCGAN(GenerativeModel):
         loss_g = F.binary_cross_entropy_with_logits(s_fake, ones, reduction="none")
         yield "g", {"loss": loss_g, "d_g_z2": torch.sigmoid(s_fake).detach()}
 
-    def after_step(self, player: str) -> None:
-        if player == "g" and self.g_ema is not None:
-            self.g_ema.update(self.generator)
-
     def diverged(self, logs: dict[str, float]) -> str | None:
         d_x, d_g_z = find_log(logs, "d_x"), find_log(logs, "d_g_z1")
         if d_x is not None and d_g_z is not None:
@@ -175,26 +157,6 @@ class DCGAN(GenerativeModel):
         return self._collapsed(logs)
 
     # -- evaluation -----------------------------------------------------------------------------------------
-    def loss(self, x: Tensor) -> dict[str, Tensor]:
-        """Both players' terms on one batch, no update: D's loss as ``loss``, G's as ``loss_g`` (each [N])."""
-        terms = {}
-        for player, t in self.steps(x):
-            for key, value in t.items():
-                terms["loss_g" if (player == "g" and key == "loss") else key] = value.detach()
-        return terms
-
     def energy(self, x: Tensor) -> Tensor:
         """-s(x), the negative discriminator logit: [N]. Low where D takes x for real data."""
         return -self.logit(x)
-
-    @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
-        """n samples [n x 1 x 28 x 28] in [-1, 1], from the EMA generator when ``--ema`` is on. The generator
-        runs in evaluation mode (batch-norm running statistics), so sampling never changes the model."""
-        net = self.g_ema.net if self.g_ema is not None else self.generator
-        was_training = net.training
-        net.eval()
-        try:
-            return to_28(net(self.noise(n)))
-        finally:
-            net.train(was_training)

@@ -26,8 +26,7 @@ from torch import Tensor, nn
 
 from genlab.config import opt
 from genlab.errors import GenlabError
-from genlab.models.base import GenerativeModel
-from genlab.models.gan_common import EMA, CollapseCheck, Streak, find_log, make_generator, spread
+from genlab.models.gan_common import EMA, CollapseCheck, Streak, TwoPlayerGAN, find_log, make_generator, spread
 
 ENERGIES = ("sum", "mean", "norm")
 
@@ -142,11 +141,8 @@ class MLPAutoencoder(nn.Module):
         return self.decoder(code).view_as(x), code
 
 
-class EBGAN(GenerativeModel):
+class EBGAN(TwoPlayerGAN):
     Config = EBGANConfig
-    pixel_range = "tanh"
-    players = ("d", "g")
-    can_sample = True
     # Adam with betas (0.5, 0.999) as DCGAN; the paper's lr 1e-3 (its MNIST grid search) with batch 64. Three
     # epochs on full MNIST took 7 minutes on a 2-core CPU and give recognisable digits of every class.
     train_defaults = {"lr": 1e-3, "batch_size": 64, "epochs": 3}
@@ -177,17 +173,7 @@ class EBGAN(GenerativeModel):
         x_hat, code = self.discriminator(x)
         return reconstruction_energy(x_hat, x, self.cfg.energy), code
 
-    def noise(self, n: int) -> Tensor:
-        return torch.randn(n, self.cfg.nz, device=self.device)
-
     # -- training -------------------------------------------------------------------------------------------
-    def player_parameters(self, player: str) -> list[nn.Parameter]:
-        net = {"d": self.discriminator, "g": self.generator}[player]
-        return list(net.parameters())
-
-    def optimizer_options(self, player: str) -> dict:
-        return {"betas": (0.5, 0.999)}  # as DCGAN; Adam's default beta1 = 0.9 oscillates more
-
     def steps(self, x: Tensor) -> Iterator[tuple[str, dict[str, Tensor]]]:
         """:param x: [N x 1 x 28 x 28] real images in [-1, 1].
 
@@ -213,10 +199,6 @@ class EBGAN(GenerativeModel):
         pt = pulling_away_term(code)
         yield "g", {"loss": e_fake + self.cfg.pt_weight * pt, "g_energy": e_fake.detach(), "pt": pt.detach()}
 
-    def after_step(self, player: str) -> None:
-        if player == "g" and self.g_ema is not None:
-            self.g_ema.update(self.generator)
-
     def diverged(self, logs: dict[str, float]) -> str | None:
         active = find_log(logs, "hinge_active")
         if active is not None and self._saturated.update(active == 0.0):
@@ -226,14 +208,6 @@ class EBGAN(GenerativeModel):
         return self._collapsed(logs)
 
     # -- evaluation -----------------------------------------------------------------------------------------
-    def loss(self, x: Tensor) -> dict[str, Tensor]:
-        """Both players' terms on one batch, no update: D's loss as ``loss``, G's as ``loss_g`` (each [N])."""
-        terms = {}
-        for player, t in self.steps(x):
-            for key, value in t.items():
-                terms["loss_g" if (player == "g" and key == "loss") else key] = value.detach()
-        return terms
-
     def energy(self, x: Tensor) -> Tensor:
         """The discriminator's reconstruction energy D(x), [N]: summed over pixels for ``--energy sum``,
         averaged over pixels for ``mean``, the (unsquared) Euclidean norm for ``norm``."""
@@ -242,15 +216,3 @@ class EBGAN(GenerativeModel):
     def reconstruct(self, x: Tensor) -> Tensor:
         """The discriminator autoencoder's output Dec(Enc(x)), same shape as x."""
         return self.discriminator(x)[0]
-
-    @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
-        """n samples [n x 1 x 28 x 28] in [-1, 1], from the EMA generator when ``--ema`` is on. The generator
-        runs in evaluation mode (batch-norm running statistics), so sampling never changes the model."""
-        net = self.g_ema.net if self.g_ema is not None else self.generator
-        was_training = net.training
-        net.eval()
-        try:
-            return net(self.noise(n))
-        finally:
-            net.train(was_training)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genlab.models.base import GenerativeModel
+
 
 # -- initialisation -----------------------------------------------------------------------------------------
 def dcgan_init(module: nn.Module) -> None:
@@ -109,6 +111,53 @@ def to_28(x: Tensor) -> Tensor:
 def to_64(x: Tensor) -> Tensor:
     """[N x C x 28 x 28] -> [N x C x 64 x 64], bilinear: the lecture trains its DCGAN on MNIST resized to 64."""
     return x if x.shape[-1] == 64 else F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
+
+
+# -- what both GANs do alike --------------------------------------------------------------------------------
+class TwoPlayerGAN(GenerativeModel):
+    """A discriminator ``d`` and a generator ``g`` stepped in that order by the one training loop; subclasses
+    set ``generator``, ``discriminator``, ``g_ema`` (an ``EMA`` or None), ``cfg.nz`` and ``steps(x)``."""
+
+    pixel_range = "tanh"
+    players = ("d", "g")
+    can_sample = True
+
+    def noise(self, n: int) -> Tensor:
+        """The generator's input z ~ N(0, I): [n x nz]."""
+        return torch.randn(n, self.cfg.nz, device=self.device)
+
+    def player_parameters(self, player: str) -> list[nn.Parameter]:
+        net = {"d": self.discriminator, "g": self.generator}[player]
+        return list(net.parameters())
+
+    def optimizer_options(self, player: str) -> dict:
+        # Adam with beta1 = 0.5 for both players (DCGAN, Sec. 4: the default 0.9 oscillated and was unstable).
+        return {"betas": (0.5, 0.999)}
+
+    def after_step(self, player: str) -> None:
+        if player == "g" and self.g_ema is not None:
+            self.g_ema.update(self.generator)
+
+    def loss(self, x: Tensor) -> dict[str, Tensor]:
+        """Both players' terms on one batch, no update: D's loss as ``loss``, G's as ``loss_g`` (each [N])."""
+        terms = {}
+        for player, t in self.steps(x):
+            for key, value in t.items():
+                terms["loss_g" if (player == "g" and key == "loss") else key] = value.detach()
+        return terms
+
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        """n samples [n x 1 x 28 x 28] in [-1, 1] (64 x 64 output is reduced to 28), from the EMA generator when
+        ``--ema`` is on. The generator runs in evaluation mode (batch-norm running statistics), so sampling
+        never changes the model."""
+        net = self.g_ema.net if self.g_ema is not None else self.generator
+        was_training = net.training
+        net.eval()
+        try:
+            return to_28(net(self.noise(n)))
+        finally:
+            net.train(was_training)
 
 
 # -- EMA of the generator -----------------------------------------------------------------------------------
@@ -261,12 +310,8 @@ def energy_histogram_figure(model, real_batch: Tensor, path: str | Path, title: 
     ax.set_ylabel("images")
     ax.set_title(title or f"{type(model).__name__}: energy of real vs generated images")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    from genlab.viz.figures import save_figure
+    return save_figure(fig, path)
 
 
 # -- the figure hooks genlab.viz.figures calls for both GANs ---------------------------------------------------

@@ -50,7 +50,7 @@ def save_rows(path: Path, rows: list[tuple[str, torch.Tensor]], title: str = "")
         axes[r][0].set_title(label, fontsize=8, loc="left")
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_grid(path: Path, images: torch.Tensor, ncol: int = 8, title: str = "") -> Path:
@@ -67,10 +67,11 @@ def save_grid(path: Path, images: torch.Tensor, ncol: int = 8, title: str = "") 
     ax.axis("off")
     if title:
         ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write a matplotlib figure to ``path`` (PNG, folders made, replaced atomically) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -91,7 +92,7 @@ def kernels_figure(path: Path, weights: torch.Tensor, title: str) -> Path:
         if i < len(w):
             ax.imshow(w[i].view(28, 28).numpy(), cmap="gray")
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def loss_curves(path: Path, metrics_file: Path) -> Path | None:
@@ -109,7 +110,7 @@ def loss_curves(path: Path, metrics_file: Path) -> Path | None:
         ax.set_title(term, fontsize=9)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()

@@ -75,6 +75,7 @@ def _write_json(path: Path, data) -> None:
 def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None = None,
               models: list[str] | None = None) -> Path:
     """Train, evaluate and report every model of the lecture; return the folder holding ``report.html``."""
+    began = time.perf_counter()
     dataset = "mnist-5k" if quick else resolve_dataset_name("auto", data_dir)
     out = Path(out) if out else Path("runs") / f"reproduce-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     if (out / "report.html").exists():
@@ -156,11 +157,13 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
     overall.update(1)
     overall.close()
 
+    timings["all stages"] = time.perf_counter() - began
     _write_json(out / "tables.json", {"dataset": dataset, "quick": quick, "timings_s": timings,
                                       **{k: v for k, v in tables.items()}})
     sections = build_sections(runs, tables, timings, dataset, quick, figures)
     html_path, _ = write_report(out, "genlab: the generative-models lecture, reproduced", sections)
-    _log(f"report: {html_path}")
+    minutes, seconds = divmod(round(time.perf_counter() - began), 60)
+    _log(f"report: {html_path} ({minutes} min {seconds} s in all)")
     return out
 
 

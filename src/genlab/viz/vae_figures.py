@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from genlab.data.batching import to_pixels  # noqa: E402
-from genlab.viz.figures import _save, save_grid, save_rows  # noqa: E402
+from genlab.viz.figures import save_figure, save_grid, save_rows  # noqa: E402
 
 TSNE_IMAGES = 1000  # the lecture's t-SNE uses the first 1000 test images
 
@@ -91,7 +91,7 @@ def tsne_figure(model, images_u8: Tensor, labels: Tensor, epoch: int, path: Path
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(f"VAE: t-SNE of the test means, epoch {epoch} (first {len(mu)} test images)", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def epoch_figures(model, epoch: int, test_set, fig_dir: Path) -> list[Path]:

@@ -2,11 +2,16 @@
 
 Training: the ELBO on images binarised afresh at every use (``--binarize dynamic``), Adam with the learning
 rate decayed along a cosine to ``--lr-final`` over the CPU budget (training stops when it is spent), a KL
-warm-up, evaluation with the averaged weights. Evaluation: -L_5000, the importance-weighted bound with k = 5000 (Burda, Grosse & Salakhutdinov
-2016), on the 10,000 test images binarised once (a fixed draw per image). CPU time is ``time.process_time``
-of this process (all its threads), training and evaluation reported separately and in total.
+warm-up, evaluation with the averaged weights. With ``--train-k K --train-k-from F`` the last (1 - F) of the
+budget trains on the importance-weighted bound L_K instead, which fits the decoder to the likelihood more
+closely than the ELBO does (at 5 CPU-minutes: 90.4 to 90.5 nats against 90.95 for the ELBO alone).
 
-    GENLAB_DATA_DIR=/work/shared/data python benchmarks/vae_nll.py --train-cpu-minutes 45 --json
+Evaluation: -L_5000, the importance-weighted bound with k = 5000 (Burda, Grosse & Salakhutdinov 2016), on the
+10,000 test images binarised once (a fixed draw per image). CPU time is ``time.process_time`` of this process
+(all its threads), training and evaluation reported separately and in total.
+
+    GENLAB_DATA_DIR=/work/shared/data python benchmarks/vae_nll.py --train-cpu-minutes 60 --train-k 10 \
+        --train-k-from 0.6 --json
 
 Reference: Burda et al. report 86.76 nats for a one-stochastic-layer VAE (two hidden layers of 200 units,
 50 latents) trained for 3280 epochs.

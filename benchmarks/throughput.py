@@ -4,15 +4,18 @@ The baseline is what torchvision's MNIST with ToTensor does: every uint8 image b
 float tensor, one sample at a time (batch as genlab's, shuffled, no workers), on the same model and loss with
 the plain ``torch.optim.Adam(model.parameters(), lr)`` such a script uses: ``ratio`` is genlab against that.
 ``ratio_same_optimizer`` gives the baseline genlab's own optimiser (fused Adam where PyTorch has it), so it
-isolates the data path and the loop. genlab's number is its real training loop (``genlab.train.train``, one epoch, figures off).
+isolates the data path and the loop. genlab's number is its real training loop (``genlab.train.train``, one
+epoch, figures off). On a shared machine single measurements swing by a third, so ``--rounds`` (3) repeats all
+three and reports medians, with the range of the rounds' ratios.
 
-    python benchmarks/throughput.py [--models ae dae vae] [--limit N] [--json]
+    python benchmarks/throughput.py [--models ae dae vae] [--limit N] [--rounds R] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -101,6 +104,7 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=[m for m in CASES if m in MODELS])
     parser.add_argument("--dataset", default="auto", help="auto: full MNIST when found, else mnist-5k")
     parser.add_argument("--limit", type=int, default=20000, help="training images per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="measurement rounds; medians are reported")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -111,18 +115,27 @@ def main() -> int:
     results = {}
     for name in args.models:
         batch, overrides = CASES[name]
-        fast = genlab_rate(name, args.limit, batch, overrides, dataset)
-        slow = dataloader_rate(name, images, labels, batch, overrides, genlab_optimizer=False)
-        same = dataloader_rate(name, images, labels, batch, overrides, genlab_optimizer=True)
-        results[name] = {"genlab": round(fast, 1), "dataloader": round(slow, 1), "ratio": round(fast / slow, 2),
-                         "dataloader_same_optimizer": round(same, 1), "ratio_same_optimizer": round(fast / same, 2)}
+        # Rounds alternate the three measurements, so a slow spell of a shared machine hits both sides; each
+        # figure is the median over rounds, each ratio the median of the rounds' ratios.
+        rounds = []
+        for _ in range(args.rounds):
+            fast = genlab_rate(name, args.limit, batch, overrides, dataset)
+            slow = dataloader_rate(name, images, labels, batch, overrides, genlab_optimizer=False)
+            same = dataloader_rate(name, images, labels, batch, overrides, genlab_optimizer=True)
+            rounds.append((fast, slow, same, fast / slow, fast / same))
+        fast, slow, same, ratio, ratio_same = (statistics.median(column) for column in zip(*rounds))
+        results[name] = {"genlab": round(fast, 1), "dataloader": round(slow, 1), "ratio": round(ratio, 2),
+                         "dataloader_same_optimizer": round(same, 1), "ratio_same_optimizer": round(ratio_same, 2),
+                         "ratio_range": [round(min(r[3] for r in rounds), 2), round(max(r[3] for r in rounds), 2)]}
         if not args.json:
             print(f"{name:<5} batch {batch:<4} genlab {fast:>9.0f} img/s   DataLoader {slow:>8.0f} img/s   "
-                  f"ratio {fast / slow:5.2f}x   (same optimiser: {same:>8.0f} img/s, {fast / same:5.2f}x)",
+                  f"ratio {ratio:5.2f}x (rounds {results[name]['ratio_range'][0]:.2f}-"
+                  f"{results[name]['ratio_range'][1]:.2f})   (same optimiser: {same:>8.0f} img/s, {ratio_same:5.2f}x)",
                   flush=True)
     if args.json:
         print(json.dumps(results))
-    print(f"({dataset}, {len(images)} training images per measurement, {torch.get_num_threads()} threads)",
+    print(f"({dataset}, {len(images)} training images per measurement, {args.rounds} rounds, "
+          f"{torch.get_num_threads()} threads)",
           file=sys.stderr)
     return 0
 

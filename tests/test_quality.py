@@ -294,3 +294,27 @@ def test_model_quality_maps_tanh_samples_and_restores_the_random_state(quick_cla
     assert row["precision"] > 0.5 and row["min_class_share"] > 0.03
     with pytest.raises(GenlabError, match="cannot sample"):
         Q.draw_samples(torch.nn.Linear(1, 1), 3)
+
+
+def test_the_reference_row_is_computed_once_per_classifier(quick_classifier, tmp_path, monkeypatch):
+    import copy
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    reference = Q.features_and_probs(Q.reference_images("mnist-5k", n=300), quick_classifier)
+    calls = []
+    real_row = Q.reference_row
+    monkeypatch.setattr(Q, "reference_row", lambda *a: calls.append(1) or real_row(*a))
+    data_dir = str(tmp_path / "data")
+    first = Q.cached_reference_row("mnist-5k", data_dir, quick_classifier, reference)
+    again = Q.cached_reference_row("mnist-5k", data_dir, quick_classifier, reference)
+    assert len(calls) == 1 and again == first and first["fid"] > 0
+    assert (tmp_path / "data" / "classifiers" / "mnist-5k-reference.json").is_file()
+    # Another classifier (different metadata) must not reuse the row.
+    other = copy.copy(quick_classifier)
+    other.meta = {**quick_classifier.meta, "test_accuracy": 0.5}
+    Q.cached_reference_row("mnist-5k", data_dir, other, reference)
+    assert len(calls) == 2
+    # A damaged file is recomputed, not trusted.
+    (tmp_path / "data" / "classifiers" / "mnist-5k-reference.json").write_text("{not json")
+    assert Q.cached_reference_row("mnist-5k", data_dir, quick_classifier, reference) == first
+    assert len(calls) == 3

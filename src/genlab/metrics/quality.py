@@ -288,6 +288,36 @@ def reference_row(dataset_name: str, data_dir: str | None = None, classifier=Non
     return quality_from_features(fs, ps, reference[0])
 
 
+def cached_reference_row(dataset_name: str, data_dir: str | None, classifier, reference) -> dict:
+    """``reference_row``, computed once per classifier and kept as JSON in the classifier cache folders
+    (``<dataset>-reference.json``, tagged with the classifier's metadata and the reference set's size); a
+    file written for another classifier or reference size, or unreadable, is recomputed. The row depends only on the data and the classifier, and takes
+    as long to compute as a model's own row."""
+    import json
+
+    from genlab.config import write_json
+    from genlab.metrics.classifier import cache_dirs
+
+    names = [d / f"{dataset_name}-reference.json" for d in cache_dirs(data_dir)]
+    for path in names:
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if (stored.get("classifier") == classifier.meta and stored.get("reference_size") == len(reference[0])
+                and isinstance(stored.get("row"), dict)):
+            return stored["row"]
+    row = reference_row(dataset_name, data_dir, classifier, reference)
+    for path in names:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, {"classifier": classifier.meta, "reference_size": len(reference[0]), "row": row})
+            break
+        except OSError:
+            continue
+    return row
+
+
 @torch.no_grad()
 def draw_samples(model, n: int, seed: int = 0, batch_size: int = 1000) -> Tensor:
     """``n`` samples of a genlab model mapped to [0, 1]: [n x 1 x 28 x 28]. Seeded, without disturbing the
@@ -337,7 +367,7 @@ def evaluate_samples(run, seed: int = 0, **options) -> dict:
     clf = get_classifier(name, data_dir)
     reference = features_and_probs(reference_images(name, data_dir), clf)
     results = model_quality(run.model, name, data_dir, clf, reference, seed)
-    ref_row = reference_row(name, data_dir, clf, reference)
+    ref_row = cached_reference_row(name, data_dir, clf, reference)
     results.update({f"reference_{key}": ref_row[key] for key in REFERENCE_KEYS})
     results["classifier_accuracy"] = clf.test_accuracy
     return results

@@ -6,8 +6,8 @@ Every model draws 10,000 samples; FID, KID, precision and recall compare their f
 smallest share of the 10 classes the classifier assigns; the classifier score is the inception score with it.
 The reference row scores the test split itself: what a perfect model would get.
 
-Without run directories each model is trained here on full MNIST, on the CPU, with the settings below
-(``SETTINGS``), each within 15 minutes on an unloaded 2-core machine:
+Without run directories each model is trained here on full MNIST, on the CPU, with the settings of
+``genlab reproduce`` (``genlab.reproduce.STAGES``), each within 15 minutes on an unloaded 2-core machine:
 - ebgan: the lecture's energy, squared error summed over pixels, margin m = 200 (see
   ``genlab.models.ebgan.DEFAULT_MARGINS``), lambda_PT = 0.1, conv generator (ngf = 64) and conv autoencoder
   (ndf = 32, 64-d code), Adam 1e-3 with betas (0.5, 0.999), batch 64, 3 epochs, samples from an EMA (0.999)
@@ -37,19 +37,18 @@ from pathlib import Path
 from genlab import config as cfgmod
 from genlab.checkpoint import load_run
 from genlab.metrics.classifier import get_classifier
-from genlab.metrics.quality import REFERENCE_KEYS, features_and_probs, model_quality, reference_images, reference_row
+from genlab.metrics.quality import (REFERENCE_KEYS, cached_reference_row, features_and_probs, model_quality,
+                                    reference_images)
 from genlab.models import MODELS
+from genlab.reproduce import STAGES
 from genlab.train import default_train_config, train
 
 MODEL_NAMES = ("ebgan", "dcgan", "vae")
 MIN_SHARE, MAX_SECONDS = 0.05, 15 * 60
 
-# model -> (model config overrides, training overrides): the settings the acceptance runs use.
-SETTINGS = {
-    "ebgan": ({"energy": "sum", "margin": 200.0, "ema": 0.999}, {"lr": 1e-3, "batch_size": 64, "epochs": 3}),
-    "dcgan": ({"image_size": 28, "ema": 0.999}, {"lr": 5e-4, "batch_size": 64, "epochs": 2}),
-    "vae": ({}, {"lr": 1e-3, "batch_size": 256, "epochs": 10, "seed": 1}),
-}
+# model -> (model config overrides, training overrides): those of genlab reproduce, so that the benchmark and
+# the report measure the same runs.
+SETTINGS = {stage.model: (stage.model_config, stage.train) for stage in STAGES if stage.model in MODEL_NAMES}
 
 
 def train_setting(name: str, out: Path, data_dir: str | None, epochs: int = 0) -> Path:
@@ -76,7 +75,7 @@ def quality_table(runs: dict[str, Path], data_dir: str | None, seed: int = 0) ->
         row["model_config"] = cfgmod.to_dict(run.model_cfg)
         row["train_config"] = {k: getattr(run.train_cfg, k) for k in ("lr", "batch_size", "epochs", "seed")}
         rows[name] = row
-    rows["reference"] = reference_row("mnist", data_dir, clf, reference)
+    rows["reference"] = cached_reference_row("mnist", data_dir, clf, reference)
     return {"rows": rows, "classifier_test_accuracy": clf.test_accuracy}
 
 

@@ -132,10 +132,10 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
     samplers = [name for name, run in runs.items() if run.model.can_sample]
     if samplers:
         from genlab.metrics.classifier import get_classifier
-        from genlab.metrics.quality import features_and_probs, model_quality, reference_images, reference_row
+        from genlab.metrics.quality import cached_reference_row, features_and_probs, model_quality, reference_images
         clf = get_classifier(dataset, data_dir)
         reference = features_and_probs(reference_images(dataset, data_dir), clf)
-        tables["quality"] = {"reference (test vs train)": reference_row(dataset, data_dir, clf)}
+        tables["quality"] = {"reference (test vs train)": cached_reference_row(dataset, data_dir, clf, reference)}
         for name in samplers:
             tables["quality"][name] = model_quality(runs[name].model, dataset, data_dir, clf, reference)
         timings["sample quality"] = time.perf_counter() - started

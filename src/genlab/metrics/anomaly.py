@@ -222,7 +222,8 @@ def figure_merged(model, merged_u8, path, n: int = 8) -> Path | None:
     axes[0, 0].set_ylabel("merged", fontsize=9)
     axes[1, 0].set_ylabel("reconstruction", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    from genlab.viz.figures import save_figure
+    return save_figure(fig, path)
 
 
 def figure_energy_histograms(report: dict, path) -> Path:
@@ -249,10 +250,6 @@ def figure_energy_histograms(report: dict, path) -> Path:
                  fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
-
-
-def _save(fig, path) -> Path:
     from genlab.viz.figures import save_figure
     return save_figure(fig, path)
 

@@ -291,8 +291,8 @@ def reference_row(dataset_name: str, data_dir: str | None = None, classifier=Non
 def cached_reference_row(dataset_name: str, data_dir: str | None, classifier, reference) -> dict:
     """``reference_row``, computed once per classifier and kept as JSON in the classifier cache folders
     (``<dataset>-reference.json``, tagged with the classifier's metadata and the reference set's size); a
-    file written for another classifier or reference size, or unreadable, is recomputed. The row depends only on the data and the classifier, and takes
-    as long to compute as a model's own row."""
+    file written for another classifier or reference size, or unreadable, is recomputed. The row depends only
+    on the data and the classifier."""
     import json
 
     from genlab.config import write_json

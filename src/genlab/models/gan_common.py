@@ -160,7 +160,7 @@ class TwoPlayerGAN(GenerativeModel):
             net.train(was_training)
 
 
-# -- EMA of the generator -----------------------------------------------------------------------------------
+# -- batch norm in the discriminator -------------------------------------------------------------------------
 @contextmanager
 def running_stats_frozen(net: nn.Module) -> Iterator[None]:
     """Batch norm in ``net`` normalises with the batch's statistics as usual but leaves its running statistics
@@ -178,6 +178,7 @@ def running_stats_frozen(net: nn.Module) -> Iterator[None]:
             m.momentum = momentum
 
 
+# -- EMA of the generator -----------------------------------------------------------------------------------
 class EMA(nn.Module):
     """An exponential moving average of a network's weights (Yazici et al. 2019, "The unusual effectiveness
     of averaging in GAN training").

@@ -130,6 +130,45 @@ def test_iwae_does_not_get_worse_with_k_on_a_trained_model(trained, data):
     assert bounds[0] - bounds[2] < 30                                              # a bound, not a collapse
 
 
+def _iwae_gradients(model: VAE, x: torch.Tensor, k: int, dreg: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss [N], encoder gradient, decoder gradient) of the mean of ``model.iwae_loss``, each flattened."""
+    model.zero_grad()
+    loss = model.iwae_loss(x, k, dreg=dreg)
+    loss.mean().backward()
+    flat = lambda net: torch.cat([p.grad.flatten() for p in net.parameters()])  # noqa: E731
+    return loss.detach(), flat(model.encoder), flat(model.decoder)
+
+
+def test_dreg_keeps_the_value_and_the_decoder_gradient_of_iwae():
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(latent_dim=4, hidden=16, binarize="dynamic"))
+    x = (torch.rand(8, 1, 28, 28) < 0.3).float()
+    torch.manual_seed(1)
+    plain = _iwae_gradients(model, x, 5, dreg=False)
+    torch.manual_seed(1)
+    dreg = _iwae_gradients(model, x, 5, dreg=True)
+    assert torch.equal(plain[0], dreg[0])
+    assert torch.allclose(plain[2], dreg[2], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(plain[1], dreg[1], rtol=0.1, atol=1e-3)             # the encoder's path differs
+
+
+def test_dreg_encoder_gradient_has_the_iwae_gradient_as_its_mean():
+    """Averaged over 16 x 1000 draws per image, DReG's encoder gradient matches plain IWAE's within 5 standard
+    errors in every coordinate. Dropping the squared weights (w instead of w^2) misses by over 100 of them."""
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(latent_dim=2, hidden=8, binarize="dynamic", ema_decay=0))
+    x = (torch.rand(2, 1, 28, 28) < 0.3).float().repeat(1000, 1, 1, 1)
+
+    def encoder_gradients(dreg: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        return torch.stack([_iwae_gradients(model, x, 5, dreg)[1] for _ in range(16)])
+
+    plain, dreg = encoder_gradients(False), encoder_gradients(True)
+    se = ((plain.var(0) + dreg.var(0)) / len(plain)).sqrt()
+    z = (plain.mean(0) - dreg.mean(0)).abs() / se.clamp_min(1e-12)
+    assert z.max() < 5, z.max()
+
+
 class TableOfLogWeights:
     """A stand-in model whose log-weights come from a fixed [k x N] table, in the order they are asked for."""
 

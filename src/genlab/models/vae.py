@@ -359,6 +359,36 @@ class VAE(GenerativeModel):
         log_qz = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(-1)
         return log_px + log_pz - log_qz
 
+    def iwae_loss(self, x: Tensor, k: int, dreg: bool = False) -> Tensor:
+        """-L_k, the importance-weighted bound with k draws, per image: [N] nats (a training objective).
+
+        :param x: [N x 1 x 28 x 28], already binarised.
+        :param dreg: take the encoder's gradient by the doubly reparameterised estimator (Tucker, Lawson, Gu &
+            Maddison 2019): same value, same decoder gradient, same expected encoder gradient, but the encoder
+            gets it through z alone, weighted by the squared normalised weights, which keeps its signal as k
+            grows instead of letting it fade (Rainforth et al. 2018).
+        """
+        if not dreg:
+            return math.log(k) - torch.logsumexp(self.log_weights(x, k), 0)
+        mu, logvar = self.encode(x)
+        n, d = mu.shape
+        eps = torch.randn((k, n, d), device=mu.device, dtype=mu.dtype)
+        z = mu + (0.5 * logvar).exp() * eps                                          # [k x N x d]
+        logits = self.decode_logits(z.reshape(k * n, d)).view(k, n, -1)
+        log_px = torch.einsum("knp,np->kn", logits, x.flatten(1)) - F.softplus(logits).sum(-1)
+        log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
+        # log q(z|x) with q's parameters held fixed: its value is unchanged, but the encoder's gradient now
+        # flows only through z (the score-function term, zero in expectation, is dropped).
+        m, lv = mu.detach(), logvar.detach()
+        log_qz = -0.5 * ((z - m).pow(2) / lv.exp() + lv + LOG_2PI).sum(-1)
+        log_w = log_px + log_pz - log_qz                                              # [k x N]
+        w = torch.softmax(log_w.detach(), 0)
+        if z.requires_grad:
+            z.register_hook(lambda grad: grad * w.unsqueeze(-1))  # the encoder's weights w -> w^2
+        surrogate = -(w * log_w).sum(0)
+        value = math.log(k) - torch.logsumexp(log_w.detach(), 0)
+        return value + (surrogate - surrogate.detach())
+
     # -- pictures -----------------------------------------------------------------------------------------
     def reconstruct(self, x: Tensor, sample: bool | None = None) -> Tensor:
         """The decoder's mean image for the code of x: [N x 1 x 28 x 28] in [0, 1].

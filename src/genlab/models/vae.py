@@ -348,6 +348,12 @@ class VAE(GenerativeModel):
         :param x: [N x 1 x 28 x 28], already binarised. All k * N decoder passes go in one batch; the caller
             bounds memory by choosing k and N (``genlab.metrics.likelihood.iwae_bound`` chunks them).
         """
+        return self._log_weights(x, k, generator)[0]
+
+    def _log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None,
+                     fixed_q: bool = False) -> tuple[Tensor, Tensor]:
+        """(log w [k x N], the draws z [k x N x d]). ``fixed_q`` holds q's parameters fixed inside log q(z|x):
+        same value, but the encoder's gradient then flows through z alone (the score term is dropped)."""
         mu, logvar = self.encode(x)
         n, d = mu.shape
         eps = torch.randn((k, n, d), generator=generator, device=mu.device, dtype=mu.dtype)
@@ -356,8 +362,12 @@ class VAE(GenerativeModel):
         # -bernoulli_nll, with the x . logits part as one contraction (this loop is IWAE's whole cost).
         log_px = torch.einsum("knp,np->kn", logits, x.flatten(1)) - F.softplus(logits).sum(-1)  # [k x N]
         log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
-        log_qz = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(-1)
-        return log_px + log_pz - log_qz
+        if fixed_q:
+            m, lv = mu.detach(), logvar.detach()
+            log_qz = -0.5 * ((z - m).pow(2) / lv.exp() + lv + LOG_2PI).sum(-1)
+        else:
+            log_qz = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(-1)
+        return log_px + log_pz - log_qz, z
 
     def iwae_loss(self, x: Tensor, k: int, dreg: bool = False) -> Tensor:
         """-L_k, the importance-weighted bound with k draws, per image: [N] nats (a training objective).
@@ -370,18 +380,7 @@ class VAE(GenerativeModel):
         """
         if not dreg:
             return math.log(k) - torch.logsumexp(self.log_weights(x, k), 0)
-        mu, logvar = self.encode(x)
-        n, d = mu.shape
-        eps = torch.randn((k, n, d), device=mu.device, dtype=mu.dtype)
-        z = mu + (0.5 * logvar).exp() * eps                                          # [k x N x d]
-        logits = self.decode_logits(z.reshape(k * n, d)).view(k, n, -1)
-        log_px = torch.einsum("knp,np->kn", logits, x.flatten(1)) - F.softplus(logits).sum(-1)
-        log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
-        # log q(z|x) with q's parameters held fixed: its value is unchanged, but the encoder's gradient now
-        # flows only through z (the score-function term, zero in expectation, is dropped).
-        m, lv = mu.detach(), logvar.detach()
-        log_qz = -0.5 * ((z - m).pow(2) / lv.exp() + lv + LOG_2PI).sum(-1)
-        log_w = log_px + log_pz - log_qz                                              # [k x N]
+        log_w, z = self._log_weights(x, k, fixed_q=True)
         w = torch.softmax(log_w.detach(), 0)
         if z.requires_grad:
             z.register_hook(lambda grad: grad * w.unsqueeze(-1))  # the encoder's weights w -> w^2

@@ -169,6 +169,23 @@ def test_dreg_encoder_gradient_has_the_iwae_gradient_as_its_mean():
     assert z.max() < 5, z.max()
 
 
+def test_bf16_autocast_runs_the_networks_in_bf16_and_keeps_the_loss_terms_float32():
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(binarize="dynamic"))
+    x = (torch.rand(16, 1, 28, 28) < 0.3).float()
+    torch.manual_seed(1)
+    exact = model.iwae_loss(x, 10)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = model.iwae_loss(x, 10)
+        mu, logvar = model.encode(x)
+        assert model.decode_logits(mu).dtype == mu.dtype == logvar.dtype == torch.float32
+        assert model.loss(x)["loss"].dtype == torch.float32
+    assert fast.dtype == torch.float32
+    assert not torch.equal(fast, exact)                                 # the products did run in bf16 ...
+    assert torch.allclose(fast, exact, rtol=1e-3, atol=0)               # ... and only rounding differs
+
+
 class TableOfLogWeights:
     """A stand-in model whose log-weights come from a fixed [k x N] table, in the order they are asked for."""
 

@@ -248,12 +248,14 @@ class VAE(GenerativeModel):
     # -- the network --------------------------------------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """:param x: [N x 1 x 28 x 28] in [0, 1]. :return: (mu, logvar) of q(z|x), each [N x d]."""
-        mu, logvar = self._nets()[0](x).chunk(2, dim=1)
+        # .float(): under bf16 autocast the networks' matrix products run in bf16, but every probabilistic
+        # term (KL, log-densities, log-sum-exp over draws) stays in float32. A no-op otherwise.
+        mu, logvar = self._nets()[0](x).float().chunk(2, dim=1)
         return mu, logvar
 
     def decode_logits(self, z: Tensor) -> Tensor:
         """:param z: [N x d]. :return: Bernoulli logits of p(x|z), [N x 1 x 28 x 28]."""
-        return self._nets()[1](z)
+        return self._nets()[1](z).float()
 
     def decode(self, z: Tensor) -> Tensor:
         """:param z: [N x d]. :return: the mean of p(x|z), [N x 1 x 28 x 28] in [0, 1]."""

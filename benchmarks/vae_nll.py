@@ -81,7 +81,8 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     cfg = VAEConfig(latent_dim=20, hidden=400, binarize="dynamic", warmup_epochs=args.warmup_epochs)
     model = VAE(cfg)
-    opt = torch.optim.Adam(model.player_parameters("model"), lr=args.lr)
+    # Fused Adam (as ``genlab train``): the per-tensor loop took a third of an ELBO step here.
+    opt = torch.optim.Adam(model.player_parameters("model"), lr=args.lr, fused=True)
     batches = Batches(train_images, args.batch_size, seed=args.seed)
     budget = args.train_cpu_minutes * 60
     start, probing = time.process_time(), 0.0

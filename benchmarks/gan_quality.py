@@ -36,6 +36,7 @@ from pathlib import Path
 
 from genlab import config as cfgmod
 from genlab.checkpoint import load_run
+from genlab.errors import one_line_errors
 from genlab.metrics.classifier import get_classifier
 from genlab.metrics.quality import (REFERENCE_KEYS, cached_reference_row, features_and_probs, model_quality,
                                     reference_images)
@@ -142,4 +143,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(one_line_errors(main, "gan_quality.py"))

@@ -21,6 +21,7 @@ import time
 
 from genlab import config as cfgmod
 from genlab.checkpoint import load_run
+from genlab.errors import one_line_errors
 from genlab.metrics.anomaly import run_dataset
 from genlab.metrics.inpainting import DROP_RATES, format_table, inpainting_table, load_dae_run
 from genlab.models.dae import DAEConfig
@@ -70,4 +71,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(one_line_errors(main, "inpainting.py"))

@@ -26,6 +26,7 @@ from PIL import Image
 
 from genlab import config as cfgmod
 from genlab.data import load_dataset
+from genlab.errors import one_line_errors
 from genlab.models import MODELS, build
 from genlab.train import default_train_config, make_optimizer, train
 
@@ -141,4 +142,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(one_line_errors(main, "throughput.py"))

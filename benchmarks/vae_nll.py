@@ -33,6 +33,7 @@ import torch
 
 from genlab.data import load_dataset
 from genlab.data.batching import Batches, to_pixels
+from genlab.errors import one_line_errors
 from genlab.metrics.likelihood import evaluate_vae, iwae_bound
 from genlab.models.vae import VAE, VAEConfig
 
@@ -57,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False,
                    help="train with the networks' matrix products in bfloat16 (torch.autocast; the loss terms stay "
                         "float32; evaluation is float32). Fast only on CPUs with bf16 instructions (AVX512_BF16/AMX)")
+    p.add_argument("--ema-decay", type=float, default=0.999,
+                   help="evaluate the exponential moving average of the weights with this decay (0: last weights)")
     p.add_argument("--iwae-k", type=int, nargs="+", default=[5000], help="importance samples of the test bound")
     p.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N test images (0: all)")
     p.add_argument("--probe-every", type=int, default=0, help="print IWAE_100 on 500 test images every N epochs")
@@ -73,13 +76,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    cfg = VAEConfig(latent_dim=20, hidden=400, binarize="dynamic", warmup_epochs=args.warmup_epochs,
+                    ema_decay=args.ema_decay)
+    cfg.check()
     train_images = load_dataset("mnist", "train", args.data_dir).images
     test_images = load_dataset("mnist", "test", args.data_dir).images
     if args.eval_limit:
         test_images = test_images[:args.eval_limit]
 
     torch.manual_seed(args.seed)
-    cfg = VAEConfig(latent_dim=20, hidden=400, binarize="dynamic", warmup_epochs=args.warmup_epochs)
     model = VAE(cfg)
     # Fused Adam (as ``genlab train``): the per-tensor loop took a third of an ELBO step here.
     opt = torch.optim.Adam(model.player_parameters("model"), lr=args.lr, fused=True)
@@ -142,6 +147,7 @@ def main(argv=None) -> int:
            "cpu_minutes": (train_cpu + eval_cpu) / 60, "train_cpu_minutes": train_cpu / 60,
            "eval_cpu_minutes": eval_cpu / 60, "epochs": round(steps / len(batches), 2), "threads": args.threads,
            "train_k": args.train_k, "train_k_from": args.train_k_from, "dreg": args.dreg, "bf16": args.bf16,
+           "ema_decay": args.ema_decay,
            "test_images": len(test_images), **{f"iwae_{j}": results[f"iwae_{j}"] for j in args.iwae_k}}
     if args.json:
         print(json.dumps(out))
@@ -152,4 +158,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(one_line_errors(main, "vae_nll.py"))

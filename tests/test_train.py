@@ -170,6 +170,14 @@ def test_bad_input_gives_one_line_and_status_2(tmp_path):
         assert result.returncode == 2, (args, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "error" in lines[0], (args, result.stderr)
+    # The benchmarks too: a bad setting, and a data directory without the data.
+    for args, env in [(["vae_nll.py", "--ema-decay", "1.5"], {}),
+                      (["vae_nll.py"], {"GENLAB_DATA_DIR": str(tmp_path / "empty"), "GENLAB_OFFLINE": "1"})]:
+        result = subprocess.run([sys.executable, str(REPO / "benchmarks" / args[0]), *args[1:]], capture_output=True,
+                                text=True, env={**os.environ, **env}, cwd=REPO, timeout=120)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("vae_nll.py: error:"), (args, result.stderr)
 
 
 def test_tensorboard_logs_scalars_images_and_histograms(tmp_path):

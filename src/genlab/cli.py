@@ -10,7 +10,7 @@ from pathlib import Path
 
 from genlab import __version__
 from genlab import config as cfgmod
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, one_line_errors
 
 # Subcommands defined beside the library code they drive: "module" whose add_cli(subparsers) adds them.
 PLUGIN_COMMANDS = (
@@ -163,14 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "train" and args.model is None and not args.resume:
         parser.error("train needs a MODEL (one of the listed choices) or --resume RUN_DIR")
-    try:
-        return args.func(args)
-    except GenlabError as e:
-        print(f"genlab: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("genlab: interrupted", file=sys.stderr)
-        return 130
+    return one_line_errors(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ this process (all its threads), training and evaluation reported separately and 
     GENLAB_DATA_DIR=/work/shared/data python benchmarks/vae_nll.py --json
 
 With the defaults (60 CPU-minutes on one thread: 36 on the ELBO, 24 on L_10; bf16; fused Adam) one run reached
-87.94 nats in 777 epochs, with 12.9 more CPU-minutes for the evaluation (beside another run on the other core). The same settings in float32 with the
+87.94 nats in 777 epochs (beside another run on the other core) and, with ``--seed 1``, 87.85 in 849 epochs
+(mostly alone); the evaluation took 12.5 to 12.9 more CPU-minutes. The same settings in float32 with the
 per-tensor Adam loop reached 88.12 (483 epochs); bf16 with that Adam loop 88.04 (557 epochs); the ELBO alone
 (float32, 48 CPU-minutes) 89.36. Other float32 runs, 60 CPU-minutes: L_10 from 40% 88.16, from 20% 88.27; L_20
 from 75% 88.22; L_10 from 60% with ``--dreg`` 88.13.

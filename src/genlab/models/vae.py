@@ -380,15 +380,15 @@ class VAE(GenerativeModel):
             gets it through z alone, weighted by the squared normalised weights, which keeps its signal as k
             grows instead of letting it fade (Rainforth et al. 2018).
         """
+        log_w, z = self._log_weights(x, k, fixed_q=dreg)
+        value = math.log(k) - torch.logsumexp(log_w, 0)
         if not dreg:
-            return math.log(k) - torch.logsumexp(self.log_weights(x, k), 0)
-        log_w, z = self._log_weights(x, k, fixed_q=True)
+            return value
         w = torch.softmax(log_w.detach(), 0)
         if z.requires_grad:
             z.register_hook(lambda grad: grad * w.unsqueeze(-1))  # the encoder's weights w -> w^2
         surrogate = -(w * log_w).sum(0)
-        value = math.log(k) - torch.logsumexp(log_w.detach(), 0)
-        return value + (surrogate - surrogate.detach())
+        return value.detach() + (surrogate - surrogate.detach())
 
     # -- pictures -----------------------------------------------------------------------------------------
     def reconstruct(self, x: Tensor, sample: bool | None = None) -> Tensor:

@@ -1,14 +1,20 @@
-"""Training images/s of genlab's loop against a plain PyTorch DataLoader pipeline, in one run.
+"""Training images/s of genlab's loop against a plain PyTorch loop over the same networks, in one run.
 
-The baseline is what torchvision's MNIST with ToTensor does: every uint8 image becomes a PIL image, then a
-float tensor, one sample at a time (batch as genlab's, shuffled, no workers), on the same model and loss with
-the plain ``torch.optim.Adam(model.parameters(), lr)`` such a script uses: ``ratio`` is genlab against that.
-``ratio_same_optimizer`` gives the baseline genlab's own optimiser (fused Adam where PyTorch has it), so it
-isolates the data path and the loop. genlab's number is its real training loop (``genlab.train.train``, one
-epoch, figures off). On a shared machine single measurements swing by a third, so ``--rounds`` (3) repeats all
-three and reports medians, with the range of the rounds' ratios.
+On a CPU (the default) the baseline is what torchvision's MNIST with ToTensor does: every uint8 image becomes
+a PIL image, then a float tensor, one sample at a time (batch as genlab's, shuffled, no workers), on the same
+model and loss with the plain ``torch.optim.Adam(model.parameters(), lr)`` such a script uses: ``ratio`` is
+genlab against that. ``ratio_same_optimizer`` gives the baseline genlab's own optimiser (fused Adam where
+PyTorch has it), so it isolates the data path and the loop. genlab's number is its real training loop
+(``genlab.train.train``, one epoch, figures off). ``--rounds`` (3) repeats all three, alternating, and
+reports medians with the range of the rounds' ratios.
+
+With ``--device cuda`` every model is measured at the lecture's batch size and at a GPU-sized one, against
+the best plain loop over genlab's own networks: the data on the GPU, a shuffled index per epoch, fused Adam,
+each player's loss from ``model.steps`` and no host synchronisation. genlab's figure is the last of three
+epochs of its real training loop (the first warms the GPU up).
 
     python benchmarks/throughput.py [--models ae dae vae] [--limit N] [--rounds R] [--json]
+    python benchmarks/throughput.py --device cuda [--models ae dae vae ebgan dcgan] [--json]
 """
 
 from __future__ import annotations
@@ -26,12 +32,15 @@ from PIL import Image
 
 from genlab import config as cfgmod
 from genlab.data import load_dataset
-from genlab.errors import one_line_errors
+from genlab.errors import GenlabError, one_line_errors
 from genlab.models import MODELS, build
 from genlab.train import default_train_config, make_optimizer, train
 
-# model -> (batch size, model config overrides): the settings the issues measure.
+# model -> (batch size, model config overrides): the lecture's settings.
 CASES = {"ae": (256, {"latent_dim": 30}), "dae": (256, {"latent_dim": 500}), "vae": (128, {})}
+# On a GPU, every model at the lecture's batch size and at one that fills the card.
+GPU_CASES = {"ae": ((256, 2048), {"latent_dim": 30}), "dae": ((256, 2048), {"latent_dim": 500}),
+             "vae": ((128, 1024), {}), "ebgan": ((64, 512), {}), "dcgan": ((64, 512), {})}
 
 
 class TorchvisionStyleMNIST(torch.utils.data.Dataset):
@@ -90,14 +99,62 @@ def dataloader_rate(name: str, images: torch.Tensor, labels: torch.Tensor, batch
     return seen / (time.perf_counter() - start)
 
 
-def genlab_rate(name: str, images_limit: int, batch: int, overrides: dict, dataset: str) -> float:
+def genlab_rate(name: str, images_limit: int, batch: int, overrides: dict, dataset: str, device: str = "cpu",
+                epochs: int = 1) -> float:
+    """images/s of ``genlab.train.train`` in its last epoch."""
     with tempfile.TemporaryDirectory() as out:
-        tcfg = cfgmod.from_dict(cfgmod.TrainConfig, {**cfgmod.to_dict(default_train_config(name)), "epochs": 1,
-                                "batch_size": batch, "limit": images_limit, "eval_limit": 1000,
+        tcfg = cfgmod.from_dict(cfgmod.TrainConfig, {**cfgmod.to_dict(default_train_config(name)), "epochs": epochs,
+                                "batch_size": batch, "limit": images_limit, "eval_limit": 1000, "device": device,
                                 "figures": False, "progress": False, "out": out, "dataset": dataset})
         run_dir = train(name, MODELS[name].Config(**overrides), tcfg)
         record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     return record["images_per_s"]
+
+
+def plain_rate(name: str, images: torch.Tensor, batch: int, overrides: dict, device: str = "cuda",
+               epochs: int = 3) -> float:
+    """images/s of the best plain loop over genlab's networks on ``device``, in its last epoch."""
+    from genlab.data.batching import to_pixels
+
+    torch.manual_seed(0)
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    model = build(name, MODELS[name].Config(**overrides)).to(device).train()
+    cfg = default_train_config(name)
+    opts = {p: torch.optim.Adam(model.player_parameters(p), lr=cfg.lr, fused=True, **model.optimizer_options(p))
+            for p in model.players}
+    data = images.to(device)
+    n = len(data)
+    for _ in range(epochs):
+        sync()
+        start = time.perf_counter()
+        perm = torch.randperm(n, device=device)
+        for i in range(0, n, batch):
+            x = to_pixels(data.index_select(0, perm[i:i + batch]), model.pixel_range)
+            for player, terms in model.steps(x):
+                loss = terms["loss"].mean()
+                opts[player].zero_grad(set_to_none=True)
+                loss.backward()
+                opts[player].step()
+                model.after_step(player)
+        sync()
+    return n / (time.perf_counter() - start)
+
+
+def gpu_main(args, dataset: str, images: torch.Tensor, device: str = "cuda") -> dict:
+    results = {}
+    where = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    name_of_device = f"{where}, PyTorch {torch.__version__}"
+    for name in args.models:
+        batches, overrides = GPU_CASES[name]
+        for batch in batches:
+            fast = genlab_rate(name, len(images), batch, overrides, dataset, device=device, epochs=3)
+            plain = plain_rate(name, images, batch, overrides, device)
+            results[f"{name} b{batch}"] = {"genlab": round(fast), "plain": round(plain), "ratio": round(fast / plain, 3)}
+            if not args.json:
+                print(f"{name:<5} batch {batch:<5} genlab {fast:>9.0f} img/s   plain loop {plain:>9.0f} img/s   "
+                      f"ratio {fast / plain:5.2f}x   ({name_of_device})", flush=True)
+    return {"device": name_of_device, "results": results}
 
 
 def main() -> int:
@@ -107,11 +164,21 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=20000, help="training images per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="measurement rounds; medians are reported")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
 
     from genlab.data import resolve_dataset_name
     dataset = resolve_dataset_name(args.dataset, None)
     train_split = load_dataset(dataset, "train")
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise GenlabError("--device cuda: no CUDA GPU here")
+        models = args.models if args.models != parser.get_default("models") else list(GPU_CASES)
+        args.models = models
+        out = gpu_main(args, dataset, train_split.images[:args.limit] if args.limit else train_split.images)
+        if args.json:
+            print(json.dumps(out))
+        return 0
     images, labels = train_split.images[:args.limit], train_split.labels[:args.limit]
     results = {}
     for name in args.models:

@@ -134,7 +134,7 @@ def test_energy_report_scores_fashion_mnist_above_mnist(dae_run, tmp_path):
     run = load_run(dae_run)
     report = anomaly.energy_report(run, limit=300)
     assert report["in_dataset"] == "mnist-5k" and report["ood_dataset"] == "fashion-mnist"
-    assert report["n"] == {"test": 300, "merged": 300, "ood": 300}
+    assert report["n"] == {"test": 300, "merged": 300, "photos": 300, "ood": 300} and report["missing"] is None
     e = report["energies"]
     assert report["auroc_ood"] == pytest.approx(anomaly.auroc(e["test"], e["ood"]))
     assert report["auroc_ood"] > 0.6  # a trained DAE reconstructs digits better than clothes
@@ -143,6 +143,39 @@ def test_energy_report_scores_fashion_mnist_above_mnist(dae_run, tmp_path):
     assert anomaly.figure_energy_histograms(report, tmp_path / "h.png").stat().st_size > 1000
     merged = anomaly.split_images(run, "merged", 6)
     assert anomaly.figure_merged(run.model, merged, tmp_path / "m.png").stat().st_size > 1000
+
+
+def test_energy_report_without_fashion_mnist_still_has_an_ood_column(dae_run, tmp_path, monkeypatch):
+    """A newcomer's machine: no data directory, no Debian data sets. The photo patches that scikit-learn and
+    scikit-image ship are the out-of-distribution set; the Fashion-MNIST comparison is left out with one line
+    saying how to get it, and nothing is downloaded."""
+    from genlab.checkpoint import load_run
+    from genlab.data import clear_cache
+
+    monkeypatch.setenv("GENLAB_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("GENLAB_NO_SYSTEM_DATA", "1")
+    monkeypatch.delenv("GENLAB_OFFLINE", raising=False)  # even online, a report never downloads
+    monkeypatch.setattr("genlab.data.datasets.download_files", lambda *a, **k: pytest.fail("a report downloaded"))
+    clear_cache()
+    run = load_run(dae_run)
+    report = anomaly.energy_report(run, limit=200)
+    assert set(report["energies"]) == {"test", "merged", "photos"} and report["auroc_ood"] is None
+    e = report["energies"]
+    assert len(e["photos"]) == 200 and report["auroc_photos"] == pytest.approx(anomaly.auroc(e["test"], e["photos"]))
+    missing = report["missing"]
+    assert "fashion-mnist" in missing and "\n" not in missing
+    assert str(tmp_path / "empty" / "fashion-mnist") in missing and "dataset-fashion-mnist" in missing
+    assert "genlab datasets --download fashion-mnist" in missing
+    assert anomaly.figure_energy_histograms(report, tmp_path / "h.png").stat().st_size > 1000
+
+
+def test_photo_patches_are_fixed_grey_28_by_28_images():
+    from genlab.data.photos import photo_patches
+
+    a, b = photo_patches(50, seed=3), photo_patches(50, seed=3)
+    assert a.shape == (50, 28, 28) and a.dtype == torch.uint8 and torch.equal(a, b)
+    assert not torch.equal(a, photo_patches(50, seed=4))
+    assert a.float().std() > 20  # real photographs, not flat fields
 
 
 def _cli(argv):

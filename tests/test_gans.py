@@ -250,7 +250,7 @@ def test_ema_update_and_round_trip(tmp_path):
     assert int(model.g_ema.steps) == 1
     # Checkpoints keep the averaged weights: save with the training loop's writer, load into a fresh model.
     path = tmp_path / "ckpt.safetensors"
-    checkpoint.save(path, model, {}, [torch.get_rng_state()], {})
+    checkpoint.save(path, model, {}, {"cpu": [torch.get_rng_state()]}, {})
     fresh = small_dcgan(ema=0.9)
     fresh.load_state_dict(checkpoint.load(path).model_state)
     for a, b in zip(fresh.g_ema.net.parameters(), model.g_ema.net.parameters()):

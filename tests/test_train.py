@@ -60,7 +60,7 @@ def test_checkpoint_round_trip(tmp_path):
     opt = torch.optim.Adam(first.model.parameters())
     opt.load_state_dict(ckpt.optimizer_states["model"])
     copy = tmp_path / "copy.safetensors"
-    checkpoint.save(copy, first.model, {"model": opt}, ckpt.rng_states, ckpt.counters)
+    checkpoint.save(copy, first.model, {"model": opt}, {"cpu": ckpt.rng_states}, ckpt.counters)
     again = checkpoint.load(copy)
     assert again.counters == ckpt.counters
     for key, value in ckpt.model_state.items():

@@ -1,7 +1,8 @@
 """Checkpoints are data, not code: one safetensors file, written atomically, never unpickled.
 
 The file holds the model's tensors (``model/...``), each optimiser's tensors (``optim/<player>/<param>/<key>``)
-and the random-number states (``rng/<rank>``); everything else (counters, optimiser hyper-parameters, running
+and the random-number states (``rng/<rank>`` for the CPU, ``cuda_rng/<rank>`` for the GPU of a run trained on
+one); everything else (counters, optimiser hyper-parameters, running
 sums of the current epoch) is JSON in the file's metadata. ``config.json`` beside it rebuilds the model.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from genlab.errors import GenlabError
 
 CHECKPOINT = "checkpoint.safetensors"
 CONFIG = "config.json"
+RNG_PREFIXES = {"cpu": "rng", "cuda": "cuda_rng"}  # generator kind -> tensor name prefix, one tensor per rank
 
 
 def _optimizer_to_flat(name: str, opt: torch.optim.Optimizer, tensors: dict) -> dict:
@@ -51,13 +53,17 @@ def _optimizer_from_flat(name: str, meta: dict, tensors: dict) -> dict:
 
 
 def save(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-         rng_states: list[torch.Tensor], counters: dict) -> None:
-    """Write the checkpoint to a temporary file in the same folder, fsync it, then rename it into place."""
+         rng_states: dict[str, list[torch.Tensor]], counters: dict) -> None:
+    """Write the checkpoint to a temporary file in the same folder, fsync it, then rename it into place.
+
+    ``rng_states``: {"cpu": [state per rank]} and, for a run on CUDA, "cuda": [state per rank].
+    """
     path = Path(path)
     tensors = {f"model/{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     optim_meta = {name: _optimizer_to_flat(name, opt, tensors) for name, opt in optimizers.items()}
-    for rank, state in enumerate(rng_states):
-        tensors[f"rng/{rank}"] = state.cpu().contiguous()
+    for kind, prefix in RNG_PREFIXES.items():
+        for rank, state in enumerate(rng_states.get(kind, ())):
+            tensors[f"{prefix}/{rank}"] = state.cpu().contiguous()
     meta = {"counters": json.dumps(counters), "optimizers": json.dumps(optim_meta), "format": "genlab-1"}
     fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -75,8 +81,9 @@ def save(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.O
 class Checkpoint:
     model_state: dict[str, torch.Tensor]
     optimizer_states: dict[str, dict]
-    rng_states: list[torch.Tensor]
+    rng_states: list[torch.Tensor]  # CPU generator state per rank
     counters: dict
+    cuda_rng_states: list[torch.Tensor] = field(default_factory=list)  # per rank, for a run trained on CUDA
 
 
 def load(path: Path) -> Checkpoint:
@@ -96,8 +103,10 @@ def load(path: Path) -> Checkpoint:
                           "retrain, or restore the file") from None
     model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     optimizers = {name: _optimizer_from_flat(name, m, tensors) for name, m in optim_meta.items()}
-    ranks = sorted(int(k.split("/")[1]) for k in tensors if k.startswith("rng/"))
-    return Checkpoint(model_state, optimizers, [tensors[f"rng/{r}"] for r in ranks], counters)
+    states = {kind: [tensors[key] for key in sorted((k for k in tensors if k.startswith(prefix + "/")),
+                                                      key=lambda k: int(k.split("/")[1]))]
+              for kind, prefix in RNG_PREFIXES.items()}
+    return Checkpoint(model_state, optimizers, states["cpu"], counters, states["cuda"])
 
 
 @dataclass
@@ -127,9 +136,12 @@ def read_configs(run_dir: Path):
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
-    """Rebuild the model of a run directory from its config and load its last checkpoint."""
+    """Rebuild the model of a run directory from its config and load its last checkpoint onto ``device``
+    ("auto": CUDA when present). Checkpoints hold CPU tensors, so a run trained on a GPU loads anywhere."""
+    from genlab.distributed import resolve_device
     from genlab.models import build
 
+    device = resolve_device(device) if isinstance(device, str) else device
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise GenlabError(f"run directory {run_dir} does not exist")

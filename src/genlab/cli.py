@@ -55,8 +55,11 @@ def _train(args) -> int:
 
 
 def _datasets(args) -> int:
-    from genlab.data import describe_datasets
+    from genlab.data import describe_datasets, load_dataset
 
+    for name in args.download or ():
+        for split in ("train", "test"):  # fetches whatever files are missing, checked by MD5
+            load_dataset(name, split, args.data_dir or None, download=True)
     rows = describe_datasets(args.data_dir or None)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -90,13 +93,13 @@ def _sample(args) -> int:
 
     from genlab.checkpoint import load_run
     from genlab.data.batching import to_unit
+    from genlab.rng import seeded
     from genlab.viz.figures import save_grid
 
-    run = load_run(args.run_dir)
+    run = load_run(args.run_dir, device=args.device)
     if not run.model.can_sample:
         raise GenlabError(f"a {run.model_name} model cannot sample; models that can: vae, ebgan, dcgan")
-    torch.manual_seed(args.seed)
-    with torch.no_grad():
+    with torch.no_grad(), seeded(args.seed):
         images = to_unit(run.model.sample(args.n), run.model.pixel_range)
     out = Path(args.out)
     save_grid(out, images, ncol=max(1, round(args.n ** 0.5)), title=f"{run.model_name} samples")
@@ -127,6 +130,8 @@ def build_parser() -> Parser:
     ds = sub.add_parser("datasets", help="list the data sets and where they were found, or why not")
     ds.add_argument("--data-dir", default="", help="data directory (default: $GENLAB_DATA_DIR or the user cache)")
     ds.add_argument("--json", action="store_true", help="print JSON")
+    ds.add_argument("--download", nargs="+", choices=("mnist", "fashion-mnist"), metavar="NAME",
+                    help="download the missing files of these data sets (mnist, fashion-mnist) into the data directory")
     ds.set_defaults(func=_datasets)
 
     ev = sub.add_parser("evaluate", help="test loss, energies and model-specific metrics of a run")
@@ -137,7 +142,7 @@ def build_parser() -> Parser:
     ev.add_argument("--iwae-k", type=int, nargs="+", help="VAE: importance samples per bound (default: 1 50 5000)")
     ev.add_argument("--quality", action=argparse.BooleanOptionalAction, default=True,
                     help="sample-quality metrics for models that sample (default: on)")
-    ev.add_argument("--device", default="cpu", help="cpu or cuda")
+    ev.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     ev.set_defaults(func=_evaluate)
 
     sp = sub.add_parser("sample", help="draw samples from a model that can sample")
@@ -145,6 +150,7 @@ def build_parser() -> Parser:
     sp.add_argument("-n", type=int, default=64, help="number of samples")
     sp.add_argument("--out", default="samples.png", help="output PNG")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     sp.set_defaults(func=_sample)
 
     for module in PLUGIN_COMMANDS:

@@ -31,7 +31,11 @@ class TrainConfig:
     lr: float = opt(1e-3, "learning rate")
     optimizer: str = opt("adam", "optimiser", choices=("adam", "sgd"))
     seed: int = opt(0, "random seed (weights, shuffling, noise)")
-    device: str = opt("auto", "auto (CUDA when present, else CPU), cpu or cuda")
+    device: str = opt("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    precision: str = opt("fp32", "fp32, or bf16: matrix products in bfloat16 under autocast (faster on GPUs at "
+                         "large batches and on CPUs with bf16 instructions)", choices=("fp32", "bf16"))
+    deterministic: bool = opt(False, "deterministic algorithms only, so a GPU run repeats (and resumes) bit for bit; "
+                              "somewhat slower on a GPU")
     out: str = opt("", "run directory (default: runs/<model>-<time>)")
     limit: int = opt(0, "use only the first N training examples (0: all); for quick checks")
     eval_limit: int = opt(0, "use only the first N test examples for the per-epoch test loss (0: all)")

@@ -1,18 +1,28 @@
-"""Data parallelism under ``torchrun``: one process per rank, gradients averaged by all-reduce.
+"""Data parallelism under ``torchrun``: one process per rank, each player's parameters in PyTorch's own
+DistributedDataParallel (gloo on a CPU, nccl on CUDA), so gradient all-reduces overlap the backward pass.
 
-genlab averages gradients itself (one flat all-reduce per optimiser step) rather than wrapping the model in
-DistributedDataParallel: two-player models step two optimisers on two losses per batch, which DDP's
-forward-hook bookkeeping does not fit, and one explicit all-reduce is easy to read and to check. Each rank's
-loss is its shard's sum divided by the *global* batch size, so the summed gradients equal a one-process run's.
+A model's players (one for the autoencoders, discriminator and generator for the GANs) each get a
+``PlayerStep``: a small module that owns that player's parameters and whose forward advances the model's
+``steps`` generator to that player's turn. Wrapped in DDP, the player's backward pass all-reduces exactly its
+own gradients; the model itself, its ``state_dict`` and its checkpoints are untouched by the wrapping.
+
+Each rank's loss is its shard's sum divided by the *global* batch size, times the number of processes: DDP
+averages gradients over the processes, so the result equals a one-process run's gradient of the global mean.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+from genlab.errors import GenlabError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -26,19 +36,38 @@ class Context:
         return self.rank == 0
 
 
-def setup(device: str = "auto") -> Context:
-    """Join the process group when launched by torchrun (gloo on CPU, nccl on CUDA); else a single process."""
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" -> CUDA when present, else CPU; a device that is not there is one line naming those that are."""
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        dev = None
+    present = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cuda" and (
+            not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count())):
+        raise GenlabError(f"--device {device} is not available here; choose auto or one of: {', '.join(present)}")
+    return dev
+
+
+def setup(device: str = "auto", deterministic: bool = False) -> Context:
+    """Join the process group when launched by torchrun (gloo on CPU, nccl on CUDA); else a single process.
+
+    ``deterministic``: PyTorch's deterministic algorithms only (cuBLAS needs its workspace setting before its
+    first use in the process, so it is set here), which makes GPU runs repeat bit for bit.
+    """
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)  # an op without one warns, never fails a run
+    dev = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return Context(device=torch.device(device))
+        return Context(device=dev)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "cuda":
+    if dev.type == "cuda":
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return Context(rank, world, dev)
@@ -49,32 +78,88 @@ def teardown(ctx: Context) -> None:
         dist.destroy_process_group()
 
 
-def sum_grads_and(params: list[torch.nn.Parameter], extra: torch.Tensor, ctx: Context) -> torch.Tensor:
-    """All-reduce (sum) the gradients of ``params`` and the 1-D tensor ``extra`` in one message; return ``extra``."""
-    if ctx.world == 1:
-        return extra
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads] + [extra.to(grads[0].dtype if grads else extra.dtype)])
-    dist.all_reduce(flat)
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
-    return flat[offset:]
+def agree(ctx: Context, work: Callable[[], T]) -> T:
+    """Run ``work`` on every rank; if it raises a GenlabError on any rank, raise one on every rank.
 
-
-def broadcast_parameters(module: torch.nn.Module, ctx: Context) -> None:
-    """Make every rank start from rank 0's weights and buffers."""
+    Without this, a user error found by one rank (a run directory that already holds a run, say) would leave
+    the other ranks waiting in their next collective until the launcher kills them with a traceback.
+    """
+    error = None
+    try:
+        result = work()
+    except GenlabError as e:
+        error = e
     if ctx.world > 1:
-        for t in list(module.parameters()) + list(module.buffers()):
+        failed = torch.tensor([float(error is not None)], device=ctx.device)
+        dist.all_reduce(failed)
+        if failed.item() > 0 and error is None:
+            raise GenlabError(f"rank {ctx.rank}: another process stopped on bad input (see its message)")
+    if error is not None:
+        raise error
+    return result
+
+
+def sum_across(values: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """The element-wise sum of a 1-D tensor over all ranks (the tensor itself on one process)."""
+    if ctx.world > 1:
+        values = values.to(ctx.device)
+        dist.all_reduce(values)
+    return values
+
+
+def broadcast_buffers(module: nn.Module, ctx: Context) -> None:
+    """Make every rank start from rank 0's buffers (DDP broadcasts the parameters itself)."""
+    if ctx.world > 1:
+        for t in module.buffers():
             dist.broadcast(t.data, src=0)
 
 
-def gather_rng(ctx: Context) -> list[torch.Tensor]:
-    """Every rank's CPU random-number state (rank order), for exact resumption."""
-    state = torch.get_rng_state()
+class PlayerStep(nn.Module):
+    """One player's parameters as a module whose forward returns that player's loss terms.
+
+    ``forward(turns)`` takes the iterator of the model's ``steps(x)`` and advances it to this player's turn,
+    so the player's computation runs inside DDP's forward. The parameters are the model's own (shared).
+    """
+
+    def __init__(self, player: str, parameters: list[nn.Parameter]):
+        super().__init__()
+        self.player = player
+        self.params = nn.ParameterList(parameters)
+
+    def forward(self, turns: Iterator[tuple[str, dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+        player, terms = next(turns)
+        if player != self.player:
+            raise RuntimeError(f"the model's steps yielded player {player!r} where {self.player!r} was expected")
+        return terms
+
+
+def player_steps(model, ctx: Context) -> dict[str, nn.Module]:
+    """A ``PlayerStep`` per player, wrapped in DistributedDataParallel when there is more than one process."""
+    steps: dict[str, nn.Module] = {}
+    for player in model.players:
+        step = PlayerStep(player, model.player_parameters(player))
+        if ctx.world > 1:
+            ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            step = nn.parallel.DistributedDataParallel(step, device_ids=ids)  # no buffers of its own
+        steps[player] = step
+    return steps
+
+
+def gather_rng(ctx: Context) -> dict[str, list[torch.Tensor]]:
+    """Every rank's random-number states in rank order: {"cpu": [...], "cuda": [...]} (CUDA only on a GPU).
+
+    The states travel through the process group on the group's device (nccl only moves CUDA tensors) and
+    come back as CPU uint8 tensors.
+    """
+    states = {"cpu": torch.get_rng_state()}
+    if ctx.device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(ctx.device)
     if ctx.world == 1:
-        return [state]
-    states = [torch.empty_like(state) for _ in range(ctx.world)]
-    dist.all_gather(states, state)
-    return states
+        return {kind: [state] for kind, state in states.items()}
+    gathered = {}
+    for kind, state in states.items():
+        local = state.to(ctx.device)
+        parts = [torch.empty_like(local) for _ in range(ctx.world)]
+        dist.all_gather(parts, local)
+        gathered[kind] = [p.cpu() for p in parts]
+    return gathered

@@ -15,6 +15,7 @@ from genlab.checkpoint import Run
 from genlab.data import load_dataset
 from genlab.data.batching import to_pixels
 from genlab.train import evaluate_terms
+from genlab.rng import seeded
 
 # Model family -> "module:function" called as function(run, images_u8, **options) -> dict of extra metrics.
 EXTRA_METRICS = {
@@ -25,8 +26,7 @@ EXTRA_METRICS = {
 @torch.no_grad()
 def mean_energy(model, images_u8: torch.Tensor, batch_size: int = 1000) -> float:
     total = 0.0
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with seeded(0):
         for i in range(0, len(images_u8), batch_size):
             x = to_pixels(images_u8[i:i + batch_size], model.pixel_range).to(model.device)
             total += model.energy(x).double().sum().item()

@@ -24,6 +24,7 @@ from genlab.data import load_dataset, resolve_dataset_name
 from genlab.data.batching import Batches, to_pixels
 from genlab.errors import GenlabError
 from genlab.models import MODELS, build
+from genlab.rng import seeded
 
 
 class TrainingDiverged(GenlabError):
@@ -62,8 +63,7 @@ def evaluate_terms(model, images_u8: torch.Tensor, batch_size: int = 1000, seed:
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         for i in range(0, len(images_u8), batch_size):
             x = to_pixels(images_u8[i:i + batch_size], model.pixel_range).to(model.device)
             for key, value in model.eval_terms(x).items():
@@ -108,11 +108,13 @@ def train(model_name: str, model_cfg=None, train_cfg: TrainConfig | None = None,
         train_cfg = train_cfg if train_cfg is not None else default_train_config(model_name)
         run_dir = Path(train_cfg.out) if train_cfg.out else default_run_dir(model_name)
 
-    ctx = distributed.setup(train_cfg.device)
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    ctx = distributed.setup(train_cfg.device, train_cfg.deterministic)  # a missing device is a GenlabError here
     try:
         return _train(model_name, model_cfg, train_cfg, run_dir, resume is not None, ctx)
     finally:
         distributed.teardown(ctx)
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
 
 
 def default_train_config(model_name: str) -> TrainConfig:
@@ -122,48 +124,18 @@ def default_train_config(model_name: str) -> TrainConfig:
 
 def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: bool, ctx) -> Path:
     say = (lambda msg: tqdm.write(msg, file=sys.stderr)) if ctx.is_main else (lambda msg: None)
-    dataset = resolve_dataset_name(cfg.dataset, cfg.data_dir or None)
-    train_set = load_dataset(dataset, "train", cfg.data_dir or None)
-    test_set = load_dataset(dataset, "test", cfg.data_dir or None)
-    train_images = train_set.images[:cfg.limit] if cfg.limit else train_set.images
-    test_images = test_set.images[:cfg.eval_limit] if cfg.eval_limit else test_set.images
-
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = build(model_name, model_cfg).to(ctx.device)
-    distributed.broadcast_parameters(model, ctx)
-    optimizers = {p: make_optimizer(cfg, model.player_parameters(p), model.optimizer_options(p))
-                  for p in model.players}
-    torch.manual_seed(cfg.seed * 1000 + 1 + ctx.rank)  # per-rank noise (corruption, sampling)
-
-    counters = {"epoch": 0, "batch": 0, "step": 0, "sums": {}, "count": 0, "seconds": 0.0}
-    if resuming:
-        ckpt = checkpoint.load(run_dir / checkpoint.CHECKPOINT)
-        model.load_state_dict(ckpt.model_state)
-        for name, opt in optimizers.items():
-            opt.load_state_dict(ckpt.optimizer_states[name])
-        if len(ckpt.rng_states) != ctx.world:
-            raise GenlabError(f"{run_dir} was trained on {len(ckpt.rng_states)} process(es); "
-                              f"resume it with the same number (got {ctx.world})")
-        torch.set_rng_state(ckpt.rng_states[ctx.rank])
-        counters = ckpt.counters
-        say(f"resuming {run_dir} at epoch {counters['epoch'] + 1}, batch {counters['batch']}")
-    elif ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if (run_dir / checkpoint.CHECKPOINT).exists():
-            raise GenlabError(f"{run_dir} already holds a run; choose another --out or continue it with --resume")
-        cfgmod.write_json(run_dir / checkpoint.CONFIG, {
-            "model": model_name, "model_config": cfgmod.to_dict(model_cfg),
-            "train_config": {**cfgmod.to_dict(cfg), "dataset": dataset}, "genlab_version": __version__,
-            "world_size": ctx.world})
-        (run_dir / "metrics.jsonl").touch()
-        say(f"training {model_name} on {dataset} ({len(train_images)} images) -> {run_dir}")
-        from genlab.viz.figures import epoch_figures
-        epoch_figures(model_name, model, 0, test_set, run_dir / "figures")  # the untrained model, "epoch 0"
+    # Everything that can fail on bad input happens before the first collective, and every rank learns of
+    # a failure on any rank (distributed.agree), so no rank waits on another that has already given up.
+    model, optimizers, counters, data = distributed.agree(
+        ctx, lambda: _prepare(model_name, model_cfg, cfg, run_dir, resuming, ctx, say))
+    train_images, test_images, test_set = data
+    distributed.broadcast_buffers(model, ctx)
+    steps = distributed.player_steps(model, ctx)  # DDP puts rank 0's parameters on every rank here
     model.end_of_epoch(counters["epoch"] - 1)  # schedules are functions of the epoch: set them for this one
 
     batches = Batches(train_images, cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world=ctx.world,
                       device=ctx.device)
-    params = {p: model.player_parameters(p) for p in model.players}
+    log = _Log(model, ctx, counters, run_dir)
 
     def save_checkpoint():
         rng = distributed.gather_rng(ctx)
@@ -186,27 +158,23 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
                        file=sys.stderr)
             for shard, global_n in batches.epoch(epoch, counters["batch"]):
                 x = to_pixels(shard, model.pixel_range)
-                logs = _step(model, x, global_n, optimizers, params, ctx, flag)
-                stop = logs.pop("_stop", 0.0) > 0
+                log.pending.append(_step(model, x, global_n, optimizers, steps, ctx, cfg.precision))
                 counters["step"] += 1
                 counters["batch"] += 1
-                counters["count"] += 1
-                for key, value in logs.items():
-                    counters["sums"][key] = counters["sums"].get(key, 0.0) + value
                 images_seen += global_n
                 bar.update(1)
-                if counters["step"] % 10 == 0:
+                # One process checks the signal flag at every step; several agree on it when they sync.
+                stop_here = ctx.world == 1 and flag.signum > 0
+                if stop_here or len(log.pending) >= log.every:
+                    stop = log.flush(epoch, stop=flag.signum > 0)
                     rate = images_seen / max(time.perf_counter() - started, 1e-9)
-                    bar.set_postfix(loss=f"{logs.get('loss', next(iter(logs.values()))):.4f}", img_s=f"{rate:.0f}")
-                problem = model.diverged(logs)
-                if problem:
-                    raise TrainingDiverged(f"training stopped at epoch {epoch + 1}, step {counters['step']}: "
-                                           f"{problem}; the last good checkpoint in {run_dir} is kept")
-                if stop:
-                    counters["seconds"] += time.perf_counter() - started
-                    save_checkpoint()
-                    bar.close()
-                    raise Interrupted(run_dir, flag.signum or signal.SIGTERM)
+                    bar.set_postfix(loss=f"{log.last_loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
+                    if stop:
+                        counters["seconds"] += time.perf_counter() - started
+                        save_checkpoint()
+                        bar.close()
+                        raise Interrupted(run_dir, flag.signum or signal.SIGTERM)
+            log.flush(epoch, stop=False)
             bar.close()
             seconds = time.perf_counter() - started
             counters["seconds"] += seconds
@@ -223,7 +191,7 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
             model.end_of_epoch(epoch)
             counters.update(epoch=epoch + 1, batch=0, sums={}, count=0)
             save_checkpoint()
-            if ctx.is_main:
+            if ctx.is_main and cfg.figures:
                 from genlab.viz.figures import epoch_figures
                 epoch_figures(model_name, model, epoch + 1, test_set, run_dir / "figures")
 
@@ -235,25 +203,131 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
     return run_dir
 
 
-def _step(model, x, global_n, optimizers, params, ctx, flag) -> dict[str, float]:
-    """One batch: each player in turn computes its loss, backpropagates, averages gradients, steps."""
-    logs: dict[str, float] = {}
-    for player, terms in model.steps(x):
-        loss = terms["loss"].sum() / global_n  # this shard's share of the global-batch mean
+def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: bool, ctx, say):
+    """Load the data, build the model and its optimisers, and either restore the checkpoint or start the run
+    directory. Returns (model, optimizers, counters, (train images, test images, test set))."""
+    dataset = resolve_dataset_name(cfg.dataset, cfg.data_dir or None)
+    train_set = load_dataset(dataset, "train", cfg.data_dir or None)
+    test_set = load_dataset(dataset, "test", cfg.data_dir or None)
+    train_images = train_set.images[:cfg.limit] if cfg.limit else train_set.images
+    test_images = test_set.images[:cfg.eval_limit] if cfg.eval_limit else test_set.images
+    if cfg.batch_size < ctx.world:
+        raise GenlabError(f"--batch-size {cfg.batch_size} is smaller than the {ctx.world} processes")
+
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = build(model_name, model_cfg).to(ctx.device)
+    optimizers = {p: make_optimizer(cfg, model.player_parameters(p), model.optimizer_options(p))
+                  for p in model.players}
+    torch.manual_seed(cfg.seed * 1000 + 1 + ctx.rank)  # per-rank noise (corruption, sampling)
+
+    counters = {"epoch": 0, "batch": 0, "step": 0, "sums": {}, "count": 0, "seconds": 0.0}
+    if resuming:
+        ckpt = checkpoint.load(run_dir / checkpoint.CHECKPOINT)
+        if len(ckpt.rng_states) != ctx.world:
+            raise GenlabError(f"{run_dir} was trained on {len(ckpt.rng_states)} process(es); "
+                              f"resume it with the same number (got {ctx.world})")
+        model.load_state_dict(ckpt.model_state)
+        for name, opt in optimizers.items():
+            opt.load_state_dict(ckpt.optimizer_states[name])
+        torch.set_rng_state(ckpt.rng_states[ctx.rank])
+        if ctx.device.type == "cuda" and ckpt.cuda_rng_states:
+            torch.cuda.set_rng_state(ckpt.cuda_rng_states[ctx.rank], ctx.device)
+        elif (ctx.device.type == "cuda") != bool(ckpt.cuda_rng_states):
+            trained = "a GPU" if ckpt.cuda_rng_states else "a CPU"
+            say(f"note: {run_dir} was trained on {trained} and resumes on {ctx.device.type}; its random stream "
+                "continues differently, so the result will not equal an uninterrupted run bit for bit")
+        counters = ckpt.counters
+        say(f"resuming {run_dir} at epoch {counters['epoch'] + 1}, batch {counters['batch']}")
+    elif ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if (run_dir / checkpoint.CHECKPOINT).exists():
+            raise GenlabError(f"{run_dir} already holds a run; choose another --out or continue it with --resume")
+        cfgmod.write_json(run_dir / checkpoint.CONFIG, {
+            "model": model_name, "model_config": cfgmod.to_dict(model_cfg),
+            "train_config": {**cfgmod.to_dict(cfg), "dataset": dataset}, "genlab_version": __version__,
+            "world_size": ctx.world})
+        (run_dir / "metrics.jsonl").touch()
+        say(f"training {model_name} on {dataset} ({len(train_images)} images) -> {run_dir}")
+        if cfg.figures:
+            from genlab.viz.figures import epoch_figures
+            epoch_figures(model_name, model, 0, test_set, run_dir / "figures")  # the untrained model, "epoch 0"
+    return model, optimizers, counters, (train_images, test_images, test_set)
+
+
+def _step(model, x, global_n, optimizers, steps, ctx, precision: str) -> tuple[list[str], torch.Tensor]:
+    """One batch: each player in turn computes its loss, backpropagates (DDP averages the gradients across
+    processes during the backward pass), steps. Returns the terms' names and their batch means as one tensor
+    on the device, so nothing waits for the device here; ``_Log.flush`` reads them in one transfer."""
+    names: list[str] = []
+    means: list[torch.Tensor] = []
+    turns = model.steps(x)
+    for player in model.players:
+        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            terms = steps[player](turns)
+        # This shard's share of the global-batch mean, times the processes whose gradients DDP averages.
+        loss = terms["loss"].sum() * (ctx.world / global_n)
         optimizers[player].zero_grad(set_to_none=True)
         model.zero_grad(set_to_none=True)
         loss.backward()
-        # One all-reduce carries the gradients, the loss (to check it on every rank) and the stop flag.
-        extra = torch.stack([loss.detach(), torch.tensor(float(flag.signum > 0))]).to(loss.device)
-        total_loss, stop = distributed.sum_grads_and(params[player], extra, ctx).tolist()
-        if not math.isfinite(total_loss):
-            raise TrainingDiverged(f"the {player} loss became {total_loss} (not finite); lower --lr or check "
-                                   "the data; the last good checkpoint is kept")
         optimizers[player].step()
         model.after_step(player)
         prefix = "" if player == "model" else f"{player}/"
-        for key, value in terms.items():
-            logs[prefix + key] = value.detach().float().mean().item()
-        if stop > 0:
-            logs["_stop"] = 1.0
-    return logs
+        names += [prefix + key for key in terms]
+        means.append(_batch_means(list(terms.values())))
+    return names, torch.cat(means)
+
+
+def _batch_means(values: list[torch.Tensor]) -> torch.Tensor:
+    """The mean of each per-example term, float32 [len(values)], in as few kernels as the shapes allow."""
+    values = [v.detach() for v in values]
+    if values[0].dim() == 1 and all(v.shape == values[0].shape for v in values):
+        return torch.stack(values).float().mean(1)
+    return torch.stack([v.float().mean() for v in values])
+
+
+class _Log:
+    """Per-step terms waiting on the device, read back every ``every`` steps in one transfer (every step on
+    a CPU, where reading costs nothing; every 50 on a GPU, so the host never waits for a step to finish).
+
+    On reading, every rank gets the mean over ranks (one all-reduce, which also carries the stop flag), so
+    the non-finite-loss check and the model's own divergence checks reach the same verdict on every rank.
+    The running sums are added step by step in order, so when the reads happen never changes a number.
+    """
+
+    def __init__(self, model, ctx, counters: dict, run_dir: Path):
+        self.model, self.ctx, self.counters, self.run_dir = model, ctx, counters, run_dir
+        self.every = 50 if ctx.device.type == "cuda" else 1
+        self.pending: list[tuple[list[str], torch.Tensor]] = []  # per step: term names, their means
+        self.last_loss = float("nan")
+
+    def flush(self, epoch: int, stop: bool) -> bool:
+        """Read the pending terms, check them, add them to the epoch's sums; return the agreed stop flag."""
+        pending, self.pending = self.pending, []
+        flag = torch.tensor([float(stop)], device=pending[0][1].device if pending else None)
+        flat = torch.cat([means for _, means in pending] + [flag])
+        if self.ctx.world > 1:
+            flat = distributed.sum_across(flat, self.ctx)
+            flat[:-1] /= self.ctx.world
+        numbers = flat.tolist()
+        i = 0
+        step = self.counters["step"] - len(pending)
+        for names, _ in pending:
+            step += 1
+            means = dict(zip(names, numbers[i:i + len(names)]))
+            i += len(names)
+            for key, value in means.items():
+                if (key == "loss" or key.endswith("/loss")) and not math.isfinite(value):
+                    player = key.split("/")[0] if "/" in key else "model"
+                    raise TrainingDiverged(f"the {player} loss became {value} (not finite) at epoch {epoch + 1}, "
+                                           f"step {step}; lower --lr or check the data; the last good "
+                                           f"checkpoint in {self.run_dir} is kept")
+            sums = self.counters["sums"]
+            for key, value in means.items():
+                sums[key] = sums.get(key, 0.0) + value
+            self.counters["count"] += 1
+            self.last_loss = means.get("loss", next(iter(means.values())))
+            problem = self.model.diverged(means)
+            if problem:
+                raise TrainingDiverged(f"training stopped at epoch {epoch + 1}, step {step}: {problem}; the last "
+                                       f"good checkpoint in {self.run_dir} is kept")
+        return numbers[-1] > 0

@@ -6,6 +6,7 @@ from genlab.data.datasets import (
     cache_dir,
     clear_cache,
     describe_datasets,
+    how_to_get,
     load_dataset,
     resolve_data_dir,
     resolve_dataset_name,
@@ -13,6 +14,6 @@ from genlab.data.datasets import (
 from genlab.data.idx import DataError, idx_shape, read_idx
 
 __all__ = [
-    "DATASETS", "Dataset", "DataError", "cache_dir", "clear_cache", "describe_datasets", "idx_shape",
+    "DATASETS", "Dataset", "DataError", "cache_dir", "clear_cache", "describe_datasets", "how_to_get", "idx_shape",
     "load_dataset", "read_idx", "resolve_data_dir", "resolve_dataset_name",
 ]

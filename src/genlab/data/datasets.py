@@ -73,12 +73,27 @@ def _stems() -> list[str]:
     return [stem for pair in IDX_FILES.values() for stem in pair]
 
 
+def system_dirs(name: str) -> tuple[Path, ...]:
+    """Where Debian's packages put ``name``; none when GENLAB_NO_SYSTEM_DATA is set (a newcomer's machine)."""
+    return () if os.environ.get("GENLAB_NO_SYSTEM_DATA", "") not in ("", "0") else SYSTEM_DIRS.get(name, ())
+
+
 def find_idx_dir(name: str, data_dir: str | Path | None = None) -> Path | None:
     """The first directory holding all four IDX files of ``name``: ``<data dir>/<name>``, then system copies."""
-    for directory in (resolve_data_dir(data_dir) / name, *SYSTEM_DIRS.get(name, ())):
+    for directory in (resolve_data_dir(data_dir) / name, *system_dirs(name)):
         if all(_idx_file(directory, stem) for stem in _stems()):
             return directory
     return None
+
+
+def how_to_get(name: str, data_dir: str | Path | None = None) -> str:
+    """One sentence naming the ways to get data set ``name`` onto this machine."""
+    ways = [f"put its four IDX files into {resolve_data_dir(data_dir) / name} (--data-dir or GENLAB_DATA_DIR "
+            "choose the data directory)"]
+    if name == "fashion-mnist":
+        ways.append("install Debian's dataset-fashion-mnist package")
+    ways.append(f"download them with: genlab datasets --download {name}")
+    return ", or ".join(ways)
 
 
 def _missing(name: str, root: Path) -> tuple[Path, list[str]]:

@@ -5,8 +5,10 @@ An energy-based model should give low energy on the data manifold and high energ
 - merged digits: the lecture averages two test digits 50/50; the result is no digit, and the DAE cannot map it
   back to one, so its reconstruction error (energy) is high. AUROC of the energy separating merged from clean
   test digits.
-- out of distribution: a model trained on MNIST scored on the Fashion-MNIST test split against the MNIST test
-  split (and the other way round for a model trained on Fashion-MNIST).
+- out of distribution: 28 x 28 grey patches of the sample photographs that scikit-learn and scikit-image ship
+  (``photos``, always at hand), and, where its files are on disk, the other data set's test split (``ood``:
+  Fashion-MNIST for a model of digits, MNIST for a model of clothes). A missing data set leaves its
+  comparison out with one line saying how to get it; it never fails the report.
 
 In both, the anomalous inputs are the positive class and the energy is the score: AUROC 1 means every
 anomalous input has a higher energy than every clean one, 0.5 is chance.
@@ -23,9 +25,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from genlab.errors import GenlabError
+from genlab.rng import seeded
 
-SPLITS = ("test", "merged", "ood")
-SPLIT_TITLES = {"test": "clean test digits", "merged": "merged digits", "ood": "out of distribution"}
+SPLITS = ("test", "merged", "photos", "ood")
+SPLIT_TITLES = {"test": "clean test digits", "merged": "merged digits", "photos": "photo patches",
+                "ood": "other data set"}
 
 
 def _numpy(a) -> np.ndarray:
@@ -91,8 +95,7 @@ def energies(model, images_u8, batch_size: int = 1000, seed: int = 0) -> np.ndar
     u = torch.as_tensor(_numpy(images_u8))
     device = model.device
     out = []
-    with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with torch.no_grad(), seeded(seed):
         for i in range(0, len(u), batch_size):
             x = to_pixels(u[i:i + batch_size], model.pixel_range).to(device)
             try:
@@ -142,14 +145,18 @@ def run_dataset(run, split: str = "test", name: str | None = None):
     return load_dataset(name or in_distribution_name(run), split, _data_dir(run))
 
 
-def split_images(run, split: str, limit: int = 0, seed: int = 0) -> torch.Tensor:
-    """uint8 [N x 28 x 28] inputs for ``split``: "test" (the run's test split), "merged" (merged test digits)
-    or "ood" (the other data set's test split); the first ``limit`` of them (0: all)."""
+def split_images(run, split: str, limit: int = 0, seed: int = 0, download: bool = True) -> torch.Tensor:
+    """uint8 [N x 28 x 28] inputs for ``split``: "test" (the run's test split), "merged" (merged test digits),
+    "photos" (patches of the shipped sample photographs; 2,000, or ``limit``) or "ood" (the other data set's
+    test split, downloaded when missing unless ``download`` is False); the first ``limit`` of them (0: all)."""
     if split not in SPLITS:
         raise GenlabError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split == "photos":
+        from genlab.data.photos import photo_patches
+        return photo_patches(limit or 2000, seed)
     if split == "ood":
-        data = run_dataset(run, "test", ood_name(in_distribution_name(run)))
-        images = data.images
+        from genlab.data import load_dataset
+        images = load_dataset(ood_name(in_distribution_name(run)), "test", _data_dir(run), download=download).images
     else:
         data = run_dataset(run, "test")
         images, labels = data.images, data.labels
@@ -161,22 +168,38 @@ def split_images(run, split: str, limit: int = 0, seed: int = 0) -> torch.Tensor
 
 
 def energy_report(run, limit: int = 0, seed: int = 0, batch_size: int = 1000) -> dict:
-    """Energies of the clean test split, merged test digits and the out-of-distribution test split.
+    """Energies of the clean test split, merged test digits, photo patches and, when its files are on disk,
+    the other data set's test split (nothing is downloaded here).
 
     :return: ``{"model", "in_dataset", "ood_dataset", "n": {split: N}, "mean_energy": {split: float},
-        "auroc_merged", "auroc_ood", "energies": {split: float64 [N]}}`` (the arrays are left out of
-        ``report_json``).
+        "auroc_merged", "auroc_photos", "auroc_ood" (None when the other data set is missing), "missing" (one
+        line saying which comparison is left out and how to get it, or None), "energies": {split: float64 [N]}}``
+        (the arrays are left out of ``report_json``).
     """
+    from genlab.data import DataError, how_to_get
+
     in_name = in_distribution_name(run)
-    e = {s: energies(run.model, split_images(run, s, limit, seed), batch_size, seed) for s in SPLITS}
+    other = ood_name(in_name)
+    e, missing = {}, None
+    for s in SPLITS:
+        try:
+            images = split_images(run, s, limit, seed, download=False)
+        except DataError:
+            if s != "ood":
+                raise
+            missing = f"the {other} comparison is left out: {how_to_get(other, _data_dir(run))}"
+            continue
+        e[s] = energies(run.model, images, batch_size, seed)
     return {
         "model": run.model_name,
         "in_dataset": in_name,
-        "ood_dataset": ood_name(in_name),
+        "ood_dataset": other,
         "n": {s: int(len(v)) for s, v in e.items()},
         "mean_energy": {s: float(v.mean()) for s, v in e.items()},
         "auroc_merged": auroc(e["test"], e["merged"]),
-        "auroc_ood": auroc(e["test"], e["ood"]),
+        "auroc_photos": auroc(e["test"], e["photos"]),
+        "auroc_ood": auroc(e["test"], e["ood"]) if "ood" in e else None,
+        "missing": missing,
         "energies": e,
     }
 
@@ -230,7 +253,7 @@ def figure_energy_histograms(report: dict, path) -> Path:
     """Energy histograms of clean, merged and out-of-distribution inputs, overlaid, for one model."""
     plt = _plt()
     e = report["energies"]
-    pooled = np.concatenate([e[s] for s in SPLITS])
+    pooled = np.concatenate(list(e.values()))
     # Shared bins over the bulk of the pooled energies (a few huge values would squash every histogram);
     # logarithmic when all energies are positive, since out-of-distribution energies can be 10x the clean ones.
     lo, hi = np.percentile(pooled, [0.0, 99.9])
@@ -240,14 +263,16 @@ def figure_energy_histograms(report: dict, path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if log:
         ax.set_xscale("log")
-    names = {"test": f"{report['in_dataset']} test", "merged": "merged digits", "ood": f"{report['ood_dataset']} test"}
-    for s in SPLITS:
+    names = {"test": f"{report['in_dataset']} test", "merged": "merged digits", "photos": "photo patches",
+             "ood": f"{report['ood_dataset']} test"}
+    for s in e:
         ax.hist(np.clip(e[s], bins[0], bins[-1]), bins=bins, density=True, histtype="stepfilled", alpha=0.4,
                 label=f"{names[s]} (n = {len(e[s])})")
     ax.set_xlabel("energy")
     ax.set_ylabel("density")
-    ax.set_title(f"{report['model']}: AUROC merged {report['auroc_merged']:.3f}, OOD {report['auroc_ood']:.3f}",
-                 fontsize=10)
+    ax.set_title(f"{report['model']}: " + ", ".join(f"AUROC {label} {report[key]:.3f}" for key, label in (
+        ("auroc_merged", "merged"), ("auroc_photos", "photos"), ("auroc_ood", report["ood_dataset"]))
+        if report[key] is not None), fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     from genlab.viz.figures import save_figure
@@ -273,9 +298,11 @@ def _cmd_energy(args: argparse.Namespace) -> int:
 
     if args.limit < 0:
         raise GenlabError(f"--limit must be 0 (all) or a positive number of images, got {args.limit}")
-    run = load_run(args.run_dir)
+    run = load_run(args.run_dir, device=args.device)
     if args.auroc:
         report = energy_report(run, args.limit, args.seed)
+        if args.out and args.split not in report["energies"]:
+            raise GenlabError(report["missing"])
         figs = Path(args.figures) if args.figures else Path(run.dir) / "figures"
         written = [figure_energy_histograms(report, figs / "energy_histograms.png")]
         merged = figure_merged(run.model, split_images(run, "merged", args.limit, args.seed), figs / "fig8_merged.png")
@@ -285,10 +312,14 @@ def _cmd_energy(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(report_json(report), indent=2))
         else:
+            ood = (f"{report['ood_dataset']} vs {report['in_dataset']} {report['auroc_ood']:.4f}"
+                   if report["auroc_ood"] is not None else f"{report['ood_dataset']} missing")
             print(f"{run.model_name}: AUROC merged vs clean {report['auroc_merged']:.4f}, "
-                  f"{report['ood_dataset']} vs {report['in_dataset']} {report['auroc_ood']:.4f}")
-            for s in SPLITS:
+                  f"photo patches vs clean {report['auroc_photos']:.4f}, {ood}")
+            for s in report["energies"]:
                 print(f"  mean energy {SPLIT_TITLES[s]:<20} {report['mean_energy'][s]:.4g} (n = {report['n'][s]})")
+            if report["missing"]:
+                print(f"note: {report['missing']}")
             print("wrote " + ", ".join(map(str, written)))
         return 0
     values = energies(run.model, split_images(run, args.split, args.limit, args.seed), seed=args.seed)
@@ -318,5 +349,6 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="use only the first N images of each split (0: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the digit pairing and of stochastic energies")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")
     p.set_defaults(func=_cmd_energy)
     return p

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from genlab.config import write_json
 from genlab.errors import GenlabError
+from genlab.rng import seeded
 
 FORMAT_VERSION = 1  # bump when the network or its training changes, so stale caches are retrained
 FEATURE_DIM = 128  # width of the hidden layer whose activations are the "features"
@@ -158,8 +159,7 @@ def train_classifier(dataset_name: str, data_dir: str | None = None, settings: C
     test = load_dataset(dataset_name, split="test", data_dir=data_dir)
     start = time.perf_counter()
 
-    with torch.random.fork_rng(devices=[]):  # seed the initial weights without touching the caller's RNG
-        torch.manual_seed(s.seed)
+    with seeded(s.seed):  # seed the initial weights without touching the caller's RNG
         net = DigitCNN()
     gen = torch.Generator().manual_seed(s.seed)
     opt = torch.optim.Adam(net.parameters(), lr=s.lr)

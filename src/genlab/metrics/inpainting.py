@@ -311,11 +311,11 @@ def figure_inpainting(dae_model, images_u8, path, p: float = 0.5, seed: int = 0,
 
 
 # -- command line ------------------------------------------------------------------------------------------
-def load_dae_run(run_dir):
+def load_dae_run(run_dir, device: str = "cpu"):
     """``genlab.checkpoint.load_run`` for a run that must hold a DAE; GenlabError otherwise."""
     from genlab.checkpoint import load_run
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, device)
     if run.model_name != "dae":
         raise GenlabError(f"{run_dir} holds a {run.model_name} run; genlab inpaint needs a dae run "
                           "(train one with: genlab train dae)")
@@ -332,7 +332,7 @@ def _run_images(run, split: str, limit: int):
 def _cmd_inpaint(args: argparse.Namespace) -> int:
     if args.limit < 0:
         raise GenlabError(f"--limit must be 0 (all) or a positive number of images, got {args.limit}")
-    run = load_dae_run(args.run_dir)
+    run = load_dae_run(args.run_dir, args.device)
     images = _run_images(run, args.split, args.limit)
     table = inpainting_table(run.model, images, DROP_RATES, seed=args.seed)
     out = Path(args.out) if args.out else Path(run.dir) / "figures"
@@ -359,5 +359,6 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.add_argument("--out", default="", help="directory for fig7_inpainting.png and inpainting.json "
                                              "(default: RUN_DIR/figures)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     p.set_defaults(func=_cmd_inpaint)
     return p

@@ -34,6 +34,7 @@ from scipy.special import xlogy
 from torch import Tensor
 
 from genlab.errors import GenlabError
+from genlab.rng import seeded
 
 # Chunks of pairwise distances hold at most this many float64 entries (80 MB).
 _CHUNK_ENTRIES = 10_000_000
@@ -328,8 +329,7 @@ def draw_samples(model, n: int, seed: int = 0, batch_size: int = 1000) -> Tensor
         raise GenlabError(f"{type(model).__name__} cannot sample; sample quality needs a model that samples")
     was_training = model.training
     model.eval()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         x = torch.cat([model.sample(min(batch_size, n - i)).cpu().float() for i in range(0, n, batch_size)])
     model.train(was_training)
     return to_unit(x, model.pixel_range)

@@ -193,16 +193,21 @@ class EMA(nn.Module):
         self.decay = decay
         self.net = copy.deepcopy(net).requires_grad_(False)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self._t: int | None = None  # ``steps`` as a Python int, read once, so no step waits for a GPU
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._t = None
 
     @torch.no_grad()
     def update(self, source: nn.Module) -> None:
-        t = float(self.steps)
-        decay = min(self.decay, (1.0 + t) / (10.0 + t))
-        for avg, p in zip(self.net.parameters(), source.parameters()):
-            avg.lerp_(p.detach(), 1.0 - decay)
-        for avg, b in zip(self.net.buffers(), source.buffers()):
-            avg.copy_(b)
+        if self._t is None:
+            self._t = int(self.steps)
+        decay = min(self.decay, (1.0 + self._t) / (10.0 + self._t))
+        torch._foreach_lerp_(list(self.net.parameters()), [p.detach() for p in source.parameters()], 1.0 - decay)
+        torch._foreach_copy_(list(self.net.buffers()), list(source.buffers()))
         self.steps += 1
+        self._t += 1
 
     def forward(self, *args):
         return self.net(*args)

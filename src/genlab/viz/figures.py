@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from genlab.data.batching import to_pixels, to_unit  # noqa: E402
+from genlab.rng import seeded  # noqa: E402
 
 # Model families' own figures: model name -> "module:function", called as function(model, test_set, fig_dir)
 # at the end of training, and "module:function" called as function(model, epoch, test_set, fig_dir) after
@@ -121,8 +122,7 @@ def write_figures(model_name: str, model, test_set, run_dir: Path, n: int = 10) 
     written = []
     x = to_pixels(test_set.images[:n], model.pixel_range).to(model.device)
     unit = lambda t: to_unit(t, model.pixel_range)  # noqa: E731
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with seeded(0):
         try:
             rows = [("input", unit(x))]
             if hasattr(model, "corrupt"):
@@ -152,7 +152,6 @@ def epoch_figures(model_name: str, model, epoch: int, test_set, fig_dir: Path) -
     if model_name in EPOCH_FIGURES:
         was_training = model.training
         model.eval()
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(epoch)
+        with torch.no_grad(), seeded(epoch):
             _resolve(EPOCH_FIGURES[model_name])(model, epoch, test_set, Path(fig_dir))
         model.train(was_training)

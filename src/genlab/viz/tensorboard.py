@@ -8,6 +8,7 @@ import torch
 
 from genlab.data.batching import to_pixels, to_unit
 from genlab.errors import GenlabError
+from genlab.rng import seeded
 
 
 class TensorBoardLog:
@@ -27,8 +28,7 @@ class TensorBoardLog:
                 self.writer.add_scalar(key, value, epoch)
         was_training = model.training
         model.eval()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(epoch)
+        with seeded(epoch):
             x = to_pixels(test_images[:1000], model.pixel_range).to(model.device)
             self.writer.add_histogram("energy/test", model.energy(x).cpu(), epoch)
             if model.can_sample:

@@ -1,0 +1,105 @@
+"""genlab on a GPU: exact resume with the CUDA random state, checkpoints that move between GPU and CPU, seeded
+blocks that leave the CUDA stream alone, and training steps that never wait for the device.
+
+Every test here needs CUDA and is skipped without it (CI has no GPU); ``benchmarks/gpu_check.sh`` runs them on
+a GPU machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+
+import genlab.train as train_mod
+from genlab import checkpoint, config as cfgmod
+from genlab.checkpoint import load_run
+from genlab.models import MODELS
+from genlab.rng import seeded
+from genlab.train import Interrupted, default_train_config, train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def cuda_config(name, out, **overrides) -> cfgmod.TrainConfig:
+    base = cfgmod.to_dict(default_train_config(name))
+    base.update(dataset="mnist-5k", epochs=2, batch_size=64, limit=640, eval_limit=200, progress=False,
+                figures=False, out=str(out), device="cuda", deterministic=True)
+    base.update(overrides)
+    return cfgmod.from_dict(cfgmod.TrainConfig, base)
+
+
+def state_of(run_dir) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in checkpoint.load(run_dir / checkpoint.CHECKPOINT).model_state.items()}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_sigterm_then_resume_on_cuda_equals_an_uninterrupted_run(name, tmp_path, monkeypatch):
+    # Noise on the GPU (corruption, latent draws, z) comes from the CUDA generator: without its state in the
+    # checkpoint the resumed run would draw other noise and end elsewhere.
+    cfg = MODELS[name].Config()
+    whole = train(name, cfg, cuda_config(name, tmp_path / "whole"))
+    real_step, calls = train_mod._step, {"n": 0}
+
+    def step_then_signal(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 13:  # inside the second epoch (10 batches per epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_step", step_then_signal)
+    with pytest.raises(Interrupted):
+        train(name, cfg, cuda_config(name, tmp_path / "split"))
+    monkeypatch.setattr(train_mod, "_step", real_step)
+    ckpt = checkpoint.load(tmp_path / "split" / checkpoint.CHECKPOINT)
+    assert (ckpt.counters["epoch"], ckpt.counters["batch"]) == (1, 3) and len(ckpt.cuda_rng_states) == 1
+    train(None, resume=tmp_path / "split")
+    a, b = state_of(whole), state_of(tmp_path / "split")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_a_checkpoint_written_on_the_gpu_loads_on_a_cpu_and_back(tmp_path):
+    run_dir = train("vae", MODELS["vae"].Config(latent_dim=8), cuda_config("vae", tmp_path / "vae", epochs=1))
+    on_cpu, on_gpu = load_run(run_dir, "cpu"), load_run(run_dir, "cuda")
+    assert on_cpu.model.device.type == "cpu" and on_gpu.model.device.type == "cuda"
+    x = torch.rand(16, 1, 28, 28)
+    with torch.no_grad():
+        a = on_cpu.model.decode(on_cpu.model.encode(x)[0])
+        b = on_gpu.model.decode(on_gpu.model.encode(x.cuda())[0]).cpu()
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # And a run started on the CPU continues on the GPU (with a note that the random stream differs).
+    cpu_run = train("ae", MODELS["ae"].Config(latent_dim=8), cuda_config("ae", tmp_path / "ae", epochs=1,
+                                                                          device="cpu"))
+    train(None, cuda_config("ae", tmp_path / "ae", epochs=2), resume=cpu_run)
+    assert load_run(cpu_run).counters["epoch"] == 2
+
+
+def test_seeded_blocks_leave_the_cuda_generator_alone():
+    torch.cuda.manual_seed(7)
+    torch.randn(1, device="cuda")  # initialise CUDA's generator
+    before = torch.cuda.get_rng_state()
+    with seeded(3):
+        first = torch.randn(5, device="cuda")
+    assert torch.equal(torch.cuda.get_rng_state(), before)
+    with seeded(3):
+        assert torch.equal(torch.randn(5, device="cuda"), first)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_training_steps_never_wait_for_the_gpu(name, tmp_path, monkeypatch):
+    # CUDA's sync debug mode raises on any operation that makes the host wait for the device: the data, the
+    # forward and backward passes, the optimiser and the logging of a step must all stay on the GPU.
+    real_step = train_mod._step
+
+    def strict_step(*args, **kwargs):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return real_step(*args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(train_mod, "_step", strict_step)
+    train(name, MODELS[name].Config(), cuda_config(name, tmp_path / name, epochs=1, deterministic=False))

@@ -10,7 +10,8 @@
 #   throughput  benchmarks/throughput.py --device cuda on full MNIST: every model at the lecture's batch size and
 #               a GPU-sized one, against a plain PyTorch loop over the same networks
 #   reproduce   genlab reproduce on full MNIST (every model trained for at least two epochs, every figure), timed
-# Each stage writes its log (and JSON where there is one) into OUT_DIR; a failing stage does not stop the others.
+# Each stage writes its log into OUT_DIR (the reproduction itself goes to $REPRODUCE_DIR, by default
+# OUT_DIR/reproduce); a failing stage does not stop the others.
 set -u
 out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR [tests] [throughput] [reproduce]}
 shift
@@ -33,9 +34,9 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to OUT_DI
 }
 for s in $stages; do
   case $s in
-    tests) stage tests 200 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py ;;
-    throughput) stage throughput 200 python3 benchmarks/throughput.py --device cuda --limit 60000 ;;
-    reproduce) stage reproduce 330 python3 -m genlab.cli reproduce --device cuda --out "$out/reproduce" ;;
+    tests) stage tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py ;;
+    throughput) stage throughput 170 python3 benchmarks/throughput.py --device cuda --limit 60000 ;;
+    reproduce) stage reproduce 290 python3 -m genlab.cli reproduce --device cuda --out "${REPRODUCE_DIR:-$out/reproduce}" ;;
     *) echo "unknown stage $s" >&2; status=2 ;;
   esac
 done

@@ -10,8 +10,8 @@ reports medians with the range of the rounds' ratios.
 
 With ``--device cuda`` every model is measured at the lecture's batch size and at a GPU-sized one, against
 the best plain loop over genlab's own networks: the data on the GPU, a shuffled index per epoch, fused Adam,
-each player's loss from ``model.steps`` and no host synchronisation. genlab's figure is the last of three
-epochs of its real training loop (the first warms the GPU up).
+each player's loss from ``model.steps`` and no host synchronisation. Both figures are the second of two epochs
+(the first warms the GPU up), genlab's from its real training loop.
 
     python benchmarks/throughput.py [--models ae dae vae] [--limit N] [--rounds R] [--json]
     python benchmarks/throughput.py --device cuda [--models ae dae vae ebgan dcgan] [--json]
@@ -112,7 +112,7 @@ def genlab_rate(name: str, images_limit: int, batch: int, overrides: dict, datas
 
 
 def plain_rate(name: str, images: torch.Tensor, batch: int, overrides: dict, device: str = "cuda",
-               epochs: int = 3) -> float:
+               epochs: int = 2) -> float:
     """images/s of the best plain loop over genlab's networks on ``device``, in its last epoch."""
     from genlab.data.batching import to_pixels
 
@@ -148,7 +148,7 @@ def gpu_main(args, dataset: str, images: torch.Tensor, device: str = "cuda") -> 
     for name in args.models:
         batches, overrides = GPU_CASES[name]
         for batch in batches:
-            fast = genlab_rate(name, len(images), batch, overrides, dataset, device=device, epochs=3)
+            fast = genlab_rate(name, len(images), batch, overrides, dataset, device=device, epochs=2)
             plain = plain_rate(name, images, batch, overrides, device)
             results[f"{name} b{batch}"] = {"genlab": round(fast), "plain": round(plain), "ratio": round(fast / plain, 3)}
             if not args.json:

@@ -35,7 +35,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to OUT_DI
 for s in $stages; do
   case $s in
     tests) stage tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py ;;
-    throughput) stage throughput 170 python3 benchmarks/throughput.py --device cuda --limit 60000 ;;
+    throughput) stage throughput 240 python3 benchmarks/throughput.py --device cuda --limit 60000 ;;
     reproduce) stage reproduce 290 python3 -m genlab.cli reproduce --device cuda --out "${REPRODUCE_DIR:-$out/reproduce}" ;;
     *) echo "unknown stage $s" >&2; status=2 ;;
   esac

@@ -10,8 +10,8 @@ reports medians with the range of the rounds' ratios.
 
 With ``--device cuda`` every model is measured at the lecture's batch size and at a GPU-sized one, against
 the best plain loop over genlab's own networks: the data on the GPU, a shuffled index per epoch, fused Adam,
-each player's loss from ``model.steps`` and no host synchronisation. Both figures are the second of two epochs
-(the first warms the GPU up), genlab's from its real training loop.
+each player's loss from ``model.steps`` and no host synchronisation. After one epoch to warm up, the plain loop
+runs whole epochs for at least 4 seconds and genlab's real training loop as many epochs.
 
     python benchmarks/throughput.py [--models ae dae vae] [--limit N] [--rounds R] [--json]
     python benchmarks/throughput.py --device cuda [--models ae dae vae ebgan dcgan] [--json]
@@ -101,19 +101,25 @@ def dataloader_rate(name: str, images: torch.Tensor, labels: torch.Tensor, batch
 
 def genlab_rate(name: str, images_limit: int, batch: int, overrides: dict, dataset: str, device: str = "cpu",
                 epochs: int = 1) -> float:
-    """images/s of ``genlab.train.train`` in its last epoch."""
+    """images/s of ``genlab.train.train``: over its last epoch, or with ``epochs`` > 1 over every epoch but the
+    first (which warms the device up)."""
     with tempfile.TemporaryDirectory() as out:
         tcfg = cfgmod.from_dict(cfgmod.TrainConfig, {**cfgmod.to_dict(default_train_config(name)), "epochs": epochs,
                                 "batch_size": batch, "limit": images_limit, "eval_limit": 1000, "device": device,
                                 "figures": False, "progress": False, "out": out, "dataset": dataset})
         run_dir = train(name, MODELS[name].Config(**overrides), tcfg)
-        record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-    return record["images_per_s"]
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    if epochs == 1:
+        return records[-1]["images_per_s"]
+    n = min(images_limit, len(load_dataset(dataset, "train").images)) if images_limit else \
+        len(load_dataset(dataset, "train").images)
+    return n * (epochs - 1) / (records[-1]["seconds"] - records[0]["seconds"])  # "seconds" is cumulative
 
 
 def plain_rate(name: str, images: torch.Tensor, batch: int, overrides: dict, device: str = "cuda",
-               epochs: int = 2) -> float:
-    """images/s of the best plain loop over genlab's networks on ``device``, in its last epoch."""
+               min_seconds: float = 4.0) -> tuple[float, int]:
+    """images/s of the best plain loop over genlab's networks on ``device`` and the epochs it took: one epoch
+    to warm up, then whole epochs until ``min_seconds`` have passed (a window long enough to measure)."""
     from genlab.data.batching import to_pixels
 
     torch.manual_seed(0)
@@ -125,9 +131,8 @@ def plain_rate(name: str, images: torch.Tensor, batch: int, overrides: dict, dev
             for p in model.players}
     data = images.to(device)
     n = len(data)
-    for _ in range(epochs):
-        sync()
-        start = time.perf_counter()
+
+    def epoch():
         perm = torch.randperm(n, device=device)
         for i in range(0, n, batch):
             x = to_pixels(data.index_select(0, perm[i:i + batch]), model.pixel_range)
@@ -137,23 +142,33 @@ def plain_rate(name: str, images: torch.Tensor, batch: int, overrides: dict, dev
                 loss.backward()
                 opts[player].step()
                 model.after_step(player)
+
+    epoch()
+    sync()
+    start, epochs = time.perf_counter(), 0
+    while time.perf_counter() - start < min_seconds:
+        epoch()
         sync()
-    return n / (time.perf_counter() - start)
+        epochs += 1
+    return n * epochs / (time.perf_counter() - start), epochs
 
 
 def gpu_main(args, dataset: str, images: torch.Tensor, device: str = "cuda") -> dict:
+    """Every model at the lecture's and a GPU-sized batch: the plain loop over a window of several seconds,
+    then genlab's loop over as many epochs (after one to warm up)."""
     results = {}
     where = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     name_of_device = f"{where}, PyTorch {torch.__version__}"
     for name in args.models:
         batches, overrides = GPU_CASES[name]
         for batch in batches:
-            fast = genlab_rate(name, len(images), batch, overrides, dataset, device=device, epochs=2)
-            plain = plain_rate(name, images, batch, overrides, device)
-            results[f"{name} b{batch}"] = {"genlab": round(fast), "plain": round(plain), "ratio": round(fast / plain, 3)}
+            plain, epochs = plain_rate(name, images, batch, overrides, device)
+            fast = genlab_rate(name, len(images), batch, overrides, dataset, device=device, epochs=1 + epochs)
+            results[f"{name} b{batch}"] = {"genlab": round(fast), "plain": round(plain), "ratio": round(fast / plain, 3),
+                                           "epochs": epochs}
             if not args.json:
                 print(f"{name:<5} batch {batch:<5} genlab {fast:>9.0f} img/s   plain loop {plain:>9.0f} img/s   "
-                      f"ratio {fast / plain:5.2f}x   ({name_of_device})", flush=True)
+                      f"ratio {fast / plain:5.2f}x   over {epochs} epochs   ({name_of_device})", flush=True)
     return {"device": name_of_device, "results": results}
 
 

@@ -70,11 +70,11 @@ def test_a_checkpoint_written_on_the_gpu_loads_on_a_cpu_and_back(tmp_path):
         a = on_cpu.model.decode(on_cpu.model.encode(x)[0])
         b = on_gpu.model.decode(on_gpu.model.encode(x.cuda())[0]).cpu()
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    # And a run started on the CPU continues on the GPU (with a note that the random stream differs).
-    cpu_run = train("ae", MODELS["ae"].Config(latent_dim=8), cuda_config("ae", tmp_path / "ae", epochs=1,
-                                                                          device="cpu"))
-    train(None, cuda_config("ae", tmp_path / "ae", epochs=2), resume=cpu_run)
-    assert load_run(cpu_run).counters["epoch"] == 2
+    # A run goes on on the other device (with a note that the random stream differs): GPU -> CPU -> GPU.
+    train(None, train_cfg=cuda_config("vae", run_dir, epochs=2), resume=run_dir, device="cpu")
+    train(None, train_cfg=cuda_config("vae", run_dir, epochs=3), resume=run_dir, device="cuda")
+    assert load_run(run_dir).counters["epoch"] == 3
+    assert len(checkpoint.load(run_dir / checkpoint.CHECKPOINT).cuda_rng_states) == 1
 
 
 def test_seeded_blocks_leave_the_cuda_generator_alone():

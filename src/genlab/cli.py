@@ -37,7 +37,7 @@ def _train(args) -> int:
         if getattr(args, "epochs", None) is not None:
             train_cfg = cfgmod.from_namespace(cfgmod.TrainConfig, args)
         try:
-            run_dir = train(None, None, train_cfg, resume=args.resume)
+            run_dir = train(None, None, train_cfg, resume=args.resume, device=getattr(args, "device", None))
         except Interrupted as e:
             print(f"genlab: {e}", file=sys.stderr)
             return 128 + e.signum
@@ -120,6 +120,8 @@ def build_parser() -> Parser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
     train.add_argument("--epochs", type=int, default=argparse.SUPPRESS,
                        help="with --resume: train up to this many epochs in all")
+    train.add_argument("--device", default=argparse.SUPPRESS,
+                       help="with --resume: continue on this device (auto, cpu, cuda, cuda:N) instead of the run's own")
     train.set_defaults(func=_train, model=None)
     models = train.add_subparsers(dest="model", parser_class=Parser, metavar="MODEL")
     for name, cls in MODELS.items():

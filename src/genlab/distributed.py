@@ -47,7 +47,8 @@ def resolve_device(device: str = "auto") -> torch.device:
     present = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cuda" and (
             not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count())):
-        raise GenlabError(f"--device {device} is not available here; choose auto or one of: {', '.join(present)}")
+        raise GenlabError(f"--device {device} is not available here; choose auto or one of: {', '.join(present)} "
+                          "(genlab train --resume RUN_DIR takes --device too)")
     return dev
 
 

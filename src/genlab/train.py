@@ -11,7 +11,7 @@ import math
 import signal
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -92,15 +92,18 @@ class _SignalFlag:
 
 
 def train(model_name: str, model_cfg=None, train_cfg: TrainConfig | None = None,
-          resume: str | Path | None = None) -> Path:
-    """Train ``model_name`` (or continue the run in ``resume``) and return the run directory."""
+          resume: str | Path | None = None, device: str | None = None) -> Path:
+    """Train ``model_name`` (or continue the run in ``resume``) and return the run directory.
+
+    On resume only the schedule length (``train_cfg.epochs``) and the device (``device``: a run trained on a
+    GPU can go on on a CPU, and back) may change; everything else must match the original run.
+    """
     if resume is not None:
         run_dir = Path(resume)
-        model_name, saved_model_cfg, saved_train_cfg = checkpoint.read_configs(run_dir)
-        model_cfg = saved_model_cfg
-        # Only the schedule length may change on resume; everything else must match the original run.
-        train_cfg = saved_train_cfg if train_cfg is None else \
-            cfgmod.from_dict(TrainConfig, {**cfgmod.to_dict(saved_train_cfg), "epochs": train_cfg.epochs})
+        model_name, model_cfg, saved = checkpoint.read_configs(run_dir)
+        changes = {"epochs": train_cfg.epochs} if train_cfg is not None else {}
+        changes.update({"device": device} if device else {})
+        train_cfg = cfgmod.from_dict(TrainConfig, {**cfgmod.to_dict(saved), **changes})
     else:
         if model_name not in MODELS:
             raise GenlabError(f"unknown model {model_name!r}; choose one of: {', '.join(MODELS)}")
@@ -167,8 +170,9 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
                 stop_here = ctx.world == 1 and flag.signum > 0
                 if stop_here or len(log.pending) >= log.every:
                     stop = log.flush(epoch, stop=flag.signum > 0)
-                    rate = images_seen / max(time.perf_counter() - started, 1e-9)
-                    bar.set_postfix(loss=f"{log.last_loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
+                    if counters["step"] % 50 == 0:
+                        rate = images_seen / max(time.perf_counter() - started, 1e-9)
+                        bar.set_postfix(loss=f"{log.last_loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
                     if stop:
                         counters["seconds"] += time.perf_counter() - started
                         save_checkpoint()
@@ -262,12 +266,11 @@ def _step(model, x, global_n, optimizers, steps, ctx, precision: str) -> tuple[l
     means: list[torch.Tensor] = []
     turns = model.steps(x)
     for player in model.players:
-        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(ctx.device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext():
             terms = steps[player](turns)
         # This shard's share of the global-batch mean, times the processes whose gradients DDP averages.
         loss = terms["loss"].sum() * (ctx.world / global_n)
-        optimizers[player].zero_grad(set_to_none=True)
-        model.zero_grad(set_to_none=True)
+        optimizers[player].zero_grad(set_to_none=True)  # also clears what the other player's backward left here
         loss.backward()
         optimizers[player].step()
         model.after_step(player)
@@ -303,12 +306,15 @@ class _Log:
     def flush(self, epoch: int, stop: bool) -> bool:
         """Read the pending terms, check them, add them to the epoch's sums; return the agreed stop flag."""
         pending, self.pending = self.pending, []
-        flag = torch.tensor([float(stop)], device=pending[0][1].device if pending else None)
-        flat = torch.cat([means for _, means in pending] + [flag])
-        if self.ctx.world > 1:
-            flat = distributed.sum_across(flat, self.ctx)
-            flat[:-1] /= self.ctx.world
-        numbers = flat.tolist()
+        if not pending and self.ctx.world == 1:
+            return stop
+        flat = torch.cat([means for _, means in pending]) if pending else torch.zeros(0)
+        if self.ctx.world == 1:
+            numbers = flat.tolist()
+        else:
+            flag = torch.tensor([float(stop)], device=self.ctx.device)
+            *numbers, agreed = distributed.sum_across(torch.cat([flat.to(self.ctx.device), flag]), self.ctx).tolist()
+            numbers, stop = [value / self.ctx.world for value in numbers], agreed > 0
         i = 0
         step = self.counters["step"] - len(pending)
         for names, _ in pending:
@@ -330,4 +336,4 @@ class _Log:
             if problem:
                 raise TrainingDiverged(f"training stopped at epoch {epoch + 1}, step {step}: {problem}; the last "
                                        f"good checkpoint in {self.run_dir} is kept")
-        return numbers[-1] > 0
+        return stop

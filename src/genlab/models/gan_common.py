@@ -193,16 +193,14 @@ class EMA(nn.Module):
         self.decay = decay
         self.net = copy.deepcopy(net).requires_grad_(False)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        self._t: int | None = None  # ``steps`` as a Python int, read once, so no step waits for a GPU
+        self._t = 0  # ``steps`` mirrored as a Python int, so no step waits for a GPU to read it
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self._t = None
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._t = int(self.steps)  # once, when a checkpoint is loaded
 
     @torch.no_grad()
     def update(self, source: nn.Module) -> None:
-        if self._t is None:
-            self._t = int(self.steps)
         decay = min(self.decay, (1.0 + self._t) / (10.0 + self._t))
         torch._foreach_lerp_(list(self.net.parameters()), [p.detach() for p in source.parameters()], 1.0 - decay)
         torch._foreach_copy_(list(self.net.buffers()), list(source.buffers()))

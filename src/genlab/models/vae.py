@@ -222,7 +222,7 @@ class VAE(GenerativeModel):
         # Optimiser steps averaged so far and epochs finished (KL warm-up); buffers, so a resume continues.
         self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))
-        self._ema_t: int | None = None
+        self._ema_t = 0  # ``ema_steps`` mirrored as a Python int, so no step waits for a GPU to read it
 
     def player_parameters(self, player: str) -> list[nn.Parameter]:
         return list(self.encoder.parameters()) + list(self.decoder.parameters())
@@ -232,8 +232,6 @@ class VAE(GenerativeModel):
         average forgets the random initial weights quickly)."""
         if self.cfg.ema_decay == 0:
             return
-        if self._ema_t is None:  # ``ema_steps`` as a Python int, read once, so no step waits for a GPU
-            self._ema_t = int(self.ema_steps)
         decay = min(self.cfg.ema_decay, (1 + self._ema_t) / (10 + self._ema_t))
         with torch.no_grad():
             for avg, net in ((self.ema_encoder, self.encoder), (self.ema_decoder, self.decoder)):
@@ -241,9 +239,9 @@ class VAE(GenerativeModel):
         self.ema_steps += 1
         self._ema_t += 1
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self._ema_t = None
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._ema_t = int(self.ema_steps)  # once, when a checkpoint is loaded
 
     def _nets(self) -> tuple[nn.Module, nn.Module]:
         """(encoder, decoder): the trained ones in training mode, their averages in eval mode."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from pathlib import Path
@@ -43,10 +44,22 @@ def _open_in_chromium(html_path: Path, screenshot: Path) -> dict:
 
 
 def test_reproduce_report_in_chromium(tmp_path, monkeypatch):
-    # The real reproduce pipeline on two models with one-epoch schedules, so the check stays quick.
+    # The real reproduce pipeline on two models with one-epoch schedules, so the check stays quick, on a
+    # newcomer's machine: an empty data directory and cache, no Debian data sets, so no Fashion-MNIST.
+    from genlab.data import clear_cache
+
+    for name in ("GENLAB_DATA_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / "empty"))
+    monkeypatch.setenv("GENLAB_NO_SYSTEM_DATA", "1")
+    clear_cache()
     short = [dataclasses.replace(s, quick={"epochs": 1}) for s in reproduce_mod.STAGES if s.model in ("ae", "dae")]
     monkeypatch.setattr(reproduce_mod, "STAGES", short)
     out = reproduce_mod.reproduce(tmp_path / "repro", quick=True)
+    tables = json.loads((out / "tables.json").read_text())
+    for name in ("ae", "dae"):  # the out-of-distribution column that needs no download, and a note for the other
+        energy = tables["energy"][name]
+        assert 0.0 <= energy["auroc_photos"] <= 1.0 and energy["auroc_ood"] is None
+        assert "genlab datasets --download fashion-mnist" in energy["missing"]
     html_path = out / "report.html"
     info = _open_in_chromium(html_path, tmp_path / "report.png")
 
@@ -59,6 +72,7 @@ def test_reproduce_report_in_chromium(tmp_path, monkeypatch):
     assert all(link.lstrip("#") in info["sections"] for link in info["links"])
     assert (tmp_path / "report.png").stat().st_size > 20_000
     markdown = (out / "report.md").read_text()
+    assert "AUROC OOD: photo patches" in markdown and "the fashion-mnist comparison is left out" in markdown
     for fig in ("kernels.png", "reconstructions.png", "inpainting.png", "merged_digits.png"):
         assert fig in markdown, fig
 

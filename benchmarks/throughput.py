@@ -161,8 +161,8 @@ def gpu_main(args, dataset: str, images: torch.Tensor, device: str = "cuda") -> 
     name_of_device = f"{where}, PyTorch {torch.__version__}"
     for name in args.models:
         batches, overrides = GPU_CASES[name]
-        for batch in batches:
-            plain, epochs = plain_rate(name, images, batch, overrides, device)
+        for batch in (b for b in batches if not args.batch_sizes or b in args.batch_sizes):
+            plain, epochs = plain_rate(name, images, batch, overrides, device, args.min_seconds)
             fast = genlab_rate(name, len(images), batch, overrides, dataset, device=device, epochs=1 + epochs)
             results[f"{name} b{batch}"] = {"genlab": round(fast), "plain": round(plain), "ratio": round(fast / plain, 3),
                                            "epochs": epochs}
@@ -180,6 +180,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="measurement rounds; medians are reported")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--batch-sizes", type=int, nargs="+", help="with --device cuda: only these batch sizes")
+    parser.add_argument("--min-seconds", type=float, default=4.0, help="with --device cuda: the shortest window")
     args = parser.parse_args()
 
     from genlab.data import resolve_dataset_name

@@ -269,7 +269,7 @@ def _step(model, x, global_n, optimizers, steps, ctx, precision: str) -> tuple[l
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext():
             terms = steps[player](turns)
         # This shard's share of the global-batch mean, times the processes whose gradients DDP averages.
-        loss = terms["loss"].sum() * (ctx.world / global_n)
+        loss = terms["loss"].mean() if ctx.world == 1 else terms["loss"].sum() * (ctx.world / global_n)
         optimizers[player].zero_grad(set_to_none=True)  # also clears what the other player's backward left here
         loss.backward()
         optimizers[player].step()
@@ -277,7 +277,7 @@ def _step(model, x, global_n, optimizers, steps, ctx, precision: str) -> tuple[l
         prefix = "" if player == "model" else f"{player}/"
         names += [prefix + key for key in terms]
         means.append(_batch_means(list(terms.values())))
-    return names, torch.cat(means)
+    return names, means[0] if len(means) == 1 else torch.cat(means)
 
 
 def _batch_means(values: list[torch.Tensor]) -> torch.Tensor:

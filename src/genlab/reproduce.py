@@ -34,6 +34,7 @@ class Stage:
     model_config: dict
     train: dict  # TrainConfig overrides for the full run
     quick: dict = field(default_factory=dict)  # overrides on top of ``train`` for --quick
+    quick_model: dict = field(default_factory=dict)  # overrides on top of ``model_config`` for --quick
 
 
 # The lecture's settings (SETTINGS.md beside the lecture note); GAN schedules are bounded for a CPU.
@@ -102,7 +103,8 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
                     "out": str(out / stage.model)}
         started = time.perf_counter()
         model_cfg = cfgmod.from_dict(MODELS[stage.model].Config,
-                                     {**cfgmod.to_dict(MODELS[stage.model].Config()), **stage.model_config})
+                                     {**cfgmod.to_dict(MODELS[stage.model].Config()), **stage.model_config,
+                                      **(stage.quick_model if quick else {})})
         run_dir = out / stage.model
         if (run_dir / "checkpoint.safetensors").exists():
             _log(f"{stage.model}: reusing the trained run in {run_dir}")

@@ -89,9 +89,9 @@ function drawingPixels() {
   sctx.imageSmoothingQuality = "high";
   sctx.drawImage($("pad"), 0, 0, SEND_SIDE, SEND_SIDE);
   const data = sctx.getImageData(0, 0, SEND_SIDE, SEND_SIDE).data;
-  const out = new Array(SEND_SIDE * SEND_SIDE);
-  for (let i = 0; i < out.length; i++) out[i] = data[4 * i];
-  return out;
+  let bytes = "";  // base64 of the red channel, one uint8 per pixel, as the API takes drawings
+  for (let i = 0; i < SEND_SIDE * SEND_SIDE; i++) bytes += String.fromCharCode(data[4 * i]);
+  return btoa(bytes);
 }
 
 function requestDraw() {

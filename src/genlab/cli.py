@@ -108,9 +108,10 @@ def _serve(args) -> int:
     try:
         from genlab.serve.app import serve
     except ModuleNotFoundError as e:
-        if e.name not in ("starlette", "uvicorn"):
+        missing = (e.name or "").split(".")[0]
+        if missing not in ("starlette", "uvicorn"):
             raise
-        raise GenlabError(f"genlab serve needs {e.name}, which is not installed: pip install 'genlab[serve]' "
+        raise GenlabError(f"genlab serve needs {missing}, which is not installed: pip install 'genlab[serve]' "
                           "(Starlette and uvicorn)") from None
     return serve(args.run_dirs, args.watch, host=args.host, port=args.port, allow_hosts=args.allow_host,
                  test_limit=args.test_limit, threads=args.threads, device=args.device)

@@ -427,18 +427,25 @@ def serve(run_dirs=(), watch=(), host: str = "127.0.0.1", port: int = 8000, allo
 
     if threads < 1:
         raise GenlabError(f"--threads must be at least 1, got {threads}")
+    if not 0 <= port <= 65535:
+        raise GenlabError(f"--port must be from 0 to 65535 (0: any free one), got {port}")
     torch.set_num_threads(threads)  # small requests: more threads add overhead, not speed
-    explorer = Explorer(run_dirs, watch, test_limit=test_limit, device=device)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)  # connections queue from the moment the address is printed
     except OSError as e:
         sock.close()
         raise GenlabError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port (0: any free one)") \
             from None
     port = sock.getsockname()[1]
+    try:  # the port is held while the runs load, so a bad --port fails before the wait
+        explorer = Explorer(run_dirs, watch, test_limit=test_limit, device=device)
+    except BaseException:
+        sock.close()
+        raise
     if not _is_loopback(host):
         print(f"genlab serve: warning: listening on {host}, reachable from other machines; the explorer has no "
               "login. Requests must name the address in their Host header (add names with --allow-host)",

@@ -211,19 +211,20 @@ class Explorer:
             raise GenlabError("nothing to serve: name run directories, a genlab reproduce folder, or --watch RUN_DIR")
 
     # -- loading ----------------------------------------------------------------------------------------
-    @torch.inference_mode()
     def _load(self, name: str, path: Path) -> Loaded:
+        # Loaded outside inference mode: weights made inside it could never take part in a gradient (descend).
         run = load_run(path, self.device)
         cfg = run.train_cfg
         test = load_dataset(cfg.dataset, "test", cfg.data_dir or None, download=False)
         images, labels = test.images[:self.test_limit], test.labels[:self.test_limit]
-        x = _to_model(images.float().div(255).unsqueeze(1).to(self.device), run.model)
-        energies = torch.cat([run.model.energy(x[i:i + 500]) for i in range(0, len(x), 500)])
-        loaded = Loaded(name, run, images, labels, np.sort(energies.double().cpu().numpy()),
-                        _has_reconstruction(run.model))
-        if run.model_name == "vae":
-            mu = run.model.encode(run.model.binarize(x))[0].float().cpu()
-            loaded.latent = LatentMap.of(mu)
+        with torch.inference_mode():
+            x = _to_model(images.float().div(255).unsqueeze(1).to(self.device), run.model)
+            energies = torch.cat([run.model.energy(x[i:i + 500]) for i in range(0, len(x), 500)])
+            loaded = Loaded(name, run, images, labels, np.sort(energies.double().cpu().numpy()),
+                            _has_reconstruction(run.model))
+            if run.model_name == "vae":
+                mu = run.model.encode(run.model.binarize(x))[0].float().cpu()
+                loaded.latent = LatentMap.of(mu)
         return loaded
 
     def get(self, name: str) -> Loaded:

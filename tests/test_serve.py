@@ -341,7 +341,9 @@ def test_descend_lowers_the_energy_and_samples_and_walks_are_bounded(server):
                                                       "step_size": 0.02})
     assert status == 200, body
     answer = json.loads(body)
-    assert len(answer["frames"]) == 7 and answer["energies"][-1] < answer["energies"][0]
+    energies = answer["energies"]
+    assert 2 <= len(answer["frames"]) == len(energies) <= 7 and energies[-1] < energies[0]
+    assert all(b <= a for a, b in zip(energies, energies[1:]))  # every frame downhill
     for name in ("vae", "ebgan", "dcgan"):
         status, body = http(port, "POST", "/api/sample", {"model": name, "n": 64, "seed": 5})
         assert status == 200 and len(json.loads(body)["images"]) == 64
@@ -457,7 +459,7 @@ def test_page_in_chromium(server, tmp_path):
                     assert second[name]["error"], name
             page.select_option("#descend-model", "dae")
             page.click("#descend")
-            page.wait_for_function("() => document.querySelectorAll('#descend-frames figure').length === 9")
+            page.wait_for_function("() => document.querySelectorAll('#descend-frames figure').length >= 2")
 
             # 2. Corrupt and repair: three repairs, each with its PSNR.
             page.wait_for_function("() => document.querySelectorAll('.repair-item').length === 3")

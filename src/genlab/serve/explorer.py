@@ -267,30 +267,41 @@ class Explorer:
 
     def descend(self, name: str, image: np.ndarray, steps: int, step_size: float) -> dict:
         """Move ``image`` downhill on model ``name``'s energy: ``steps`` gradient steps, each of RMS size
-        ``step_size`` (on the [0, 1] pixel scale), kept inside the pixel range.
+        ``step_size`` (on the [0, 1] pixel scale), kept inside the pixel range. A step that would raise the
+        energy is halved (up to 6 times), so the frames go downhill: a fixed step overshoots near the bottom.
 
-        :return: {"frames": [base64 image], "energies": [float]}, the start first (steps + 1 of each).
+        :return: {"frames": [base64 image], "energies": [float], "step_sizes": [float]}, the start first.
         """
-        m = self.get(name)
-        model = m.model
+        model = self.get(name).model
         x = _to_model(torch.from_numpy(image.astype(np.float32)).view(1, 1, 28, 28).to(self.device), model)
         lo, span = (-1.0, 2.0) if model.pixel_range == "tanh" else (0.0, 1.0)
-        frames, energies = [], []
-        with torch.enable_grad():
-            for k in range(steps + 1):
-                x = x.detach().requires_grad_(True)
-                e = self._energy_for_gradient(model, x)
-                frames.append(encode_image(to_unit(x.detach()[0], model.pixel_range)))
-                with torch.inference_mode():
-                    energies.append(float(model.energy(x.detach())[0]))
-                if k == steps:
+
+        def energy_of(v: Tensor) -> float:
+            with torch.inference_mode():
+                return float(model.energy(v)[0])
+
+        frames, energies, sizes = [encode_image(to_unit(x[0], model.pixel_range))], [energy_of(x)], []
+        for _ in range(steps):
+            with torch.enable_grad():
+                xg = x.detach().requires_grad_(True)
+                (g,) = torch.autograd.grad(self._energy_for_gradient(model, xg).sum(), xg)
+            rms = g.pow(2).mean().sqrt()
+            if not rms > 0:  # flat: nothing further downhill from here
+                break
+            size = step_size
+            for _ in range(7):
+                candidate = (x - size * span * g / rms).clamp(lo, lo + span)
+                e = energy_of(candidate)
+                if e <= energies[-1]:
                     break
-                (g,) = torch.autograd.grad(e.sum(), x)
-                rms = g.pow(2).mean().sqrt()
-                if not rms > 0:  # flat: nothing further downhill from here
-                    break
-                x = (x - step_size * span * g / rms).clamp(lo, lo + span)
-        return {"frames": frames, "energies": energies}
+                size /= 2
+            else:  # no step lowers the energy: a (local) minimum at this resolution
+                break
+            x = candidate
+            frames.append(encode_image(to_unit(x[0], model.pixel_range)))
+            energies.append(e)
+            sizes.append(size)
+        return {"frames": frames, "energies": energies, "step_sizes": sizes}
 
     @staticmethod
     def _energy_for_gradient(model, x: Tensor) -> Tensor:

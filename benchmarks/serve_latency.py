@@ -140,9 +140,9 @@ def main(argv=None) -> int:
         n_models = len(models) or len(line.split("(", 1)[1].split(";")[0].split(","))
         bodies = drawings(models=models)
         asyncio.run(_load(host, port, bodies, args.warmup, args.clients, n_models))
-        cpu0 = _cpu_seconds(server.pid)
+        cpu0, client0 = _cpu_seconds(server.pid), _cpu_seconds(os.getpid())
         latencies, errors, seconds = asyncio.run(_load(host, port, bodies, args.requests, args.clients, n_models))
-        server_cpu = _cpu_seconds(server.pid) - cpu0
+        server_cpu, client_cpu = _cpu_seconds(server.pid) - cpu0, _cpu_seconds(os.getpid()) - client0
         rss = _rss_mib(server.pid)
     finally:
         server.send_signal(signal.SIGINT)
@@ -157,7 +157,8 @@ def main(argv=None) -> int:
         "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
         "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max()), "mean_ms": float(ms.mean()),
         "requests_per_s": len(latencies) / seconds,
-        "server_cpu_ms_per_request": 1000 * server_cpu / len(latencies), "load_average": os.getloadavg()[0], "rss_mib": rss.get("VmRSS"), "peak_rss_mib": rss.get("VmHWM"),
+        "server_cpu_ms_per_request": 1000 * server_cpu / len(latencies),
+        "client_cpu_ms_per_request": 1000 * client_cpu / len(latencies), "load_average": os.getloadavg()[0], "rss_mib": rss.get("VmRSS"), "peak_rss_mib": rss.get("VmHWM"),
         "cpus": cpus, "machine": f"{platform.machine()} {os.cpu_count()} CPUs ({platform.processor() or 'cpu'})",
         "first_errors": errors[:3],
     }
@@ -169,7 +170,8 @@ def main(argv=None) -> int:
         print(f"{result['requests']} draws x {n_models} models from {args.clients} clients on CPUs {cpus}: "
               f"p50 {result['p50_ms']:.1f} ms, p95 {result['p95_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
               f"max {result['max_ms']:.1f} ms; {result['requests_per_s']:.0f} requests/s; {result['errors']} errors; "
-              f"server CPU {result['server_cpu_ms_per_request']:.2f} ms/request; load average "
+              f"CPU per request: server {result['server_cpu_ms_per_request']:.2f} ms, clients "
+              f"{result['client_cpu_ms_per_request']:.2f} ms; load average "
               f"{result['load_average']:.1f}; "
               f"server RSS {result['rss_mib']:.0f} MiB (peak {result['peak_rss_mib']:.0f} MiB); "
               f"{'PASS' if result['pass'] else 'FAIL'} (p50 <= 20 ms, p95 <= 50 ms, peak RSS <= 1024 MiB)")

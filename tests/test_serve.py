@@ -73,6 +73,17 @@ def test_mnist_style_refuses_a_blank_drawing():
         mnist_style(np.zeros((56, 56)))
 
 
+def test_only_the_served_address_is_a_valid_host():
+    _need_server_stack()
+    from genlab.serve.app import _is_loopback, allowed_hosts
+
+    assert allowed_hosts("127.0.0.1", 8000) == {"127.0.0.1:8000", "localhost:8000"}
+    assert allowed_hosts("::1", 8000) == {"[::1]:8000"}
+    assert allowed_hosts("0.0.0.0", 80, ["lab.example"]) == {"0.0.0.0:80", "0.0.0.0", "lab.example:80", "lab.example"}
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
+    assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.5") and not _is_loopback("example.org")
+
+
 # -- one pass per model gives the models' own energies -------------------------------------------------------------
 @pytest.mark.parametrize("name", MODELS)
 def test_one_pass_energy_and_reconstruction_equal_the_models_own(name):

@@ -46,8 +46,8 @@ def mnist_style(drawing: np.ndarray) -> np.ndarray:
     box = cv2.resize(crop, (new_w, new_h), interpolation=interp)
     box = np.clip(box, 0.0, 1.0)
     mass = float(box.sum())
-    ys, xs = np.indices(box.shape)
-    com_y, com_x = float((ys * box).sum() / mass), float((xs * box).sum() / mass)
+    com_y = float(box.sum(1) @ np.arange(new_h, dtype=np.float32)) / mass
+    com_x = float(box.sum(0) @ np.arange(new_w, dtype=np.float32)) / mass
     top = int(np.clip(round((FIELD - 1) / 2 - com_y), 0, FIELD - new_h))
     left = int(np.clip(round((FIELD - 1) / 2 - com_x), 0, FIELD - new_w))
     out = np.zeros((FIELD, FIELD), dtype=np.float32)

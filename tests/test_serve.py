@@ -391,7 +391,8 @@ def test_serve_without_the_extra_says_how_to_install_it(monkeypatch, capsys, run
     from genlab.cli import main
 
     monkeypatch.delitem(sys.modules, "genlab.serve.app", raising=False)
-    monkeypatch.setitem(sys.modules, "starlette", None)  # as if not installed: importing it fails
+    for name in [m for m in sys.modules if m == "starlette" or m.startswith("starlette.")] or ["starlette"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed: importing any of it fails
     assert main(["serve", str(runs[0])]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'genlab[serve]'" in err

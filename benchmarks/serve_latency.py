@@ -158,7 +158,8 @@ def main(argv=None) -> int:
         "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max()), "mean_ms": float(ms.mean()),
         "requests_per_s": len(latencies) / seconds,
         "server_cpu_ms_per_request": 1000 * server_cpu / len(latencies),
-        "client_cpu_ms_per_request": 1000 * client_cpu / len(latencies), "load_average": os.getloadavg()[0], "rss_mib": rss.get("VmRSS"), "peak_rss_mib": rss.get("VmHWM"),
+        "client_cpu_ms_per_request": 1000 * client_cpu / len(latencies), "load_average": os.getloadavg()[0],
+        "rss_mib": rss.get("VmRSS"), "peak_rss_mib": rss.get("VmHWM"),
         "cpus": cpus, "machine": f"{platform.machine()} {os.cpu_count()} CPUs ({platform.processor() or 'cpu'})",
         "first_errors": errors[:3],
     }

@@ -134,8 +134,8 @@ def server(runs):
     log = run_root.parent / "server.log"
     with open(log, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "genlab.cli", "serve", str(run_root), "--watch", str(watched),
-                                 "--watch", str(run_root.parent / "live"), "--port", "0", "--test-limit", "200"], stdout=subprocess.PIPE, stderr=err,
-                                text=True, env=env)
+                                 "--watch", str(run_root.parent / "live"), "--port", "0", "--test-limit", "200"],
+                                stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     lines = []
     reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)
     reader.start()
@@ -220,11 +220,16 @@ def hostile_requests(server) -> list[tuple[str, bytes]]:
     host = f"127.0.0.1:{port}"
     image = b64(digit())
     watched = server["watched"].name
-    post = lambda path, text: (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"  # noqa: E731
-                               f"Content-Length: {len(text.encode())}\r\nConnection: close\r\n\r\n{text}").encode()
-    post_bytes = lambda path, data: (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"  # noqa: E731
-                                     f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data
-    get = lambda path, h=host: f"GET {path} HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n".encode()  # noqa: E731
+    def post_bytes(path: str, data: bytes) -> bytes:
+        return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data
+
+    def post(path: str, text: str) -> bytes:
+        return post_bytes(path, text.encode())
+
+    def get(path: str, h: str = host) -> bytes:
+        return f"GET {path} HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n".encode()
+
     nested = "[" * 20000 + "]" * 20000
     chunk = b"x" * 4096
     chunked = (f"POST /api/draw HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
@@ -234,8 +239,8 @@ def hostile_requests(server) -> list[tuple[str, bytes]]:
         ("right name, wrong port in Host", get("/api/models", "127.0.0.1:1")),
         ("no Host header", b"GET /api/models HTTP/1.0\r\n\r\n"),
         ("another site's Origin", (f"POST /api/draw HTTP/1.1\r\nHost: {host}\r\nOrigin: http://evil.example\r\n"
-                                   f"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}")
-         .encode()),
+                                   "Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n"
+                                   "\r\n{}").encode()),
         ("a 10 MB body announced", (f"POST /api/draw HTTP/1.1\r\nHost: {host}\r\nContent-Length: 10000000\r\n"
                                     "Connection: close\r\n\r\n").encode() + b"x" * 1000),
         ("a 160 KiB chunked body", chunked),
@@ -478,7 +483,8 @@ def test_page_in_chromium(server, tmp_path):
             psnrs = page.eval_on_selector_all(".repair-item", "els => els.map(e => [e.dataset.method, e.dataset.psnr])")
             assert sorted(m for m, _ in psnrs) == ["dae", "ns", "telea"]
             assert all(5 < float(v) < 60 for _, v in psnrs), psnrs
-            assert all("dB" in t for t in page.eval_on_selector_all(".repair-item figcaption", "els => els.map(e => e.textContent)"))
+            captions = page.eval_on_selector_all(".repair-item figcaption", "els => els.map(e => e.textContent)")
+            assert all("dB" in t for t in captions)
 
             # 3. Latent map: hovering decodes; two clicks give an interpolation strip.
             lmap = page.locator("#latent-map")
@@ -498,8 +504,8 @@ def test_page_in_chromium(server, tmp_path):
             page.wait_for_function("() => document.querySelectorAll('#latent-samples figure').length === 10")
 
             # 4. Generators: a grid of 16 samples with energies and a walk of 9, for both GANs.
-            page.wait_for_function("() => Array.from(document.querySelectorAll('.gen-card')).length === 2 && "
-                                   "Array.from(document.querySelectorAll('.gen-card .grid')).every(g => g.children.length === 16)")
+            page.wait_for_function("() => document.querySelectorAll('.gen-card').length === 2 && Array.from("
+                                   "document.querySelectorAll('.gen-card .grid')).every(g => g.children.length === 16)")
 
             # 5. Watch training: a new metrics line shows without reloading.
             run_view = ".watch-run[data-run='watched']"

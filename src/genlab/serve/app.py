@@ -227,7 +227,7 @@ def _model(d: dict, explorer: Explorer, need: str | None = None) -> str:
     if not ok:
         what = {"dae": "a denoising autoencoder (dae) run", "latent": "a VAE",
                 "sample": "a model that can sample (vae, ebgan, dcgan)"}[need]
-        raise ApiError(400, f"model {name!r} is a {m.run.model_name}; this needs {what}")
+        raise ApiError(400, f"model {name!r} ({m.run.model_name}) cannot do this; it needs {what}")
     return name
 
 

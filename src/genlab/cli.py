@@ -107,6 +107,19 @@ def _sample(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    try:
+        from genlab.serve.app import serve
+    except ModuleNotFoundError as e:
+        missing = (e.name or "").split(".")[0]
+        if missing not in ("starlette", "uvicorn"):
+            raise
+        raise GenlabError(f"genlab serve needs {missing}, which is not installed: pip install 'genlab[serve]' "
+                          "(Starlette and uvicorn)") from None
+    return serve(args.run_dirs, args.watch, host=args.host, port=args.port, allow_hosts=args.allow_host,
+                 test_limit=args.test_limit, threads=args.threads, device=args.device)
+
+
 def build_parser() -> Parser:
     from genlab.models import MODELS
     from genlab.train import default_train_config
@@ -154,6 +167,21 @@ def build_parser() -> Parser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     sp.set_defaults(func=_sample)
+
+    sv = sub.add_parser("serve", help="a local explorer page: draw, corrupt, walk, and every model answers")
+    sv.add_argument("run_dirs", metavar="RUN_DIR", nargs="*",
+                    help="run directories, or a folder of them (what genlab reproduce wrote)")
+    sv.add_argument("--watch", metavar="RUN_DIR", action="append", default=[],
+                    help="follow a run in progress: its metrics, figures and samples update live (repeatable)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (0: any free one; default: 8000)")
+    sv.add_argument("--allow-host", metavar="NAME", action="append", default=[],
+                    help="another name clients may use in the Host header (with --host)")
+    sv.add_argument("--test-limit", type=int, default=1000,
+                    help="test digits per model for the energy percentiles and the latent map (default: 1000)")
+    sv.add_argument("--threads", type=int, default=1, help="PyTorch threads (default: 1)")
+    sv.add_argument("--device", default="cpu", help="cpu or cuda")
+    sv.set_defaults(func=_serve)
 
     for module in PLUGIN_COMMANDS:
         try:

@@ -1,0 +1,465 @@
+"""What the explorer computes, with no web framework: the loaded runs and one method per action of the page.
+
+Every image goes in and out as [28 x 28] float on [0, 1] (0 = background, 1 = ink), whatever the model's own
+pixel range; ``encode_image`` turns one into the wire format (base64 of 784 uint8 bytes, row-major). Everything
+a request may ask for is bounded here (``LIMITS``), so the same caps hold for the page and for scripts.
+
+Loaded once at start-up, per model: its run (weights from safetensors, eval mode), its data set's first
+``test_limit`` test digits, their energies (sorted, for the percentile gauge) and, for a VAE, the 2-D layout of
+their means (PCA, see ``LatentMap``). Requests never copy a model; the caller runs them one at a time.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from genlab.checkpoint import CHECKPOINT, CONFIG, Run, load_run
+from genlab.data import load_dataset
+from genlab.data.batching import to_unit
+from genlab.errors import GenlabError
+from genlab.models.base import GenerativeModel
+
+# Caps on the work one request may ask for.
+LIMITS = {
+    "descend_steps": 32,   # gradient steps of one descent
+    "samples": 64,         # images of one sample grid
+    "walk_steps": 16,      # images of one walk through z or one interpolation strip
+    "draw_batch": 64,      # drawings scored in one batched pass
+}
+METRICS_TAIL = 2000  # metrics lines of a watched run sent to the page
+
+
+def encode_image(unit: np.ndarray | Tensor) -> str:
+    """[28 x 28] (or [1 x 28 x 28]) on [0, 1] -> base64 of 784 uint8 bytes, row-major (255 = ink)."""
+    a = unit.detach().float().cpu().numpy() if isinstance(unit, Tensor) else np.asarray(unit, np.float32)
+    return base64.b64encode(np.rint(np.clip(a.reshape(-1), 0, 1) * 255).astype(np.uint8).tobytes()).decode()
+
+
+def decode_image(text: str) -> np.ndarray:
+    """The inverse of ``encode_image``: [28 x 28] float32 on [0, 1]."""
+    return np.frombuffer(base64.b64decode(text), np.uint8).reshape(28, 28).astype(np.float32) / 255
+
+
+def find_runs(paths) -> list[Path]:
+    """Run directories named by ``paths``: each a run (it holds config.json) or a folder of runs (as
+    ``genlab reproduce`` writes: one sub-folder per model)."""
+    runs = []
+    for p in map(Path, paths):
+        if (p / CONFIG).is_file():
+            runs.append(p)
+        elif p.is_dir():
+            inner = sorted(d for d in p.iterdir() if (d / CONFIG).is_file())
+            if not inner:
+                raise GenlabError(f"{p} is neither a run directory (no {CONFIG}) nor a folder of runs; "
+                                  "pass what genlab train or genlab reproduce wrote")
+            runs.extend(inner)
+        else:
+            raise GenlabError(f"run directory {p} does not exist")
+    return runs
+
+
+def _unique_name(path: Path, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.-]", "-", path.name)[:40] or "run"
+    name, k = base, 2
+    while name in taken:
+        name, k = f"{base}-{k}", k + 1
+    taken.add(name)
+    return name
+
+
+def _has_reconstruction(model) -> bool:
+    return type(model).reconstruct is not GenerativeModel.reconstruct
+
+
+def _to_model(x_unit: Tensor, model) -> Tensor:
+    """[N x 1 x 28 x 28] on [0, 1] -> the model's pixel range."""
+    return x_unit * 2 - 1 if model.pixel_range == "tanh" else x_unit
+
+
+def _seeded_normal(n: int, d: int, seed: int) -> Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def energy_and_reconstruction(model, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    """``(model.energy(x) [N], model.reconstruct(x) [N x 1 x 28 x 28] or None)`` from one pass where the energy
+    is a reconstruction error (autoencoders, EBGAN's discriminator, the VAE decoding z = mu): the draw
+    endpoint's work, halved. Same values as the two calls (checked in the tests); eval mode only."""
+    from genlab.models.ae import AE, squared_error
+    from genlab.models.dae import DAE
+    from genlab.models.ebgan import EBGAN, reconstruction_energy
+    from genlab.models.vae import VAE, bernoulli_nll, gaussian_kl
+
+    if isinstance(model, (AE, DAE)):
+        recon = model.reconstruct(x)
+        return squared_error(recon, x), recon
+    if isinstance(model, EBGAN):
+        recon = model.discriminator(x)[0]
+        return reconstruction_energy(recon, x, model.cfg.energy), recon
+    if isinstance(model, VAE) and not model.training:
+        xb = model.binarize(x)
+        mu, logvar = model.encode(xb)
+        logits = model.decode_logits(mu)
+        energy = bernoulli_nll(logits, xb) + model.cfg.beta * gaussian_kl(mu, logvar).sum(1)
+        return energy, torch.sigmoid(logits)
+    return model.energy(x), (model.reconstruct(x) if _has_reconstruction(model) else None)
+
+
+@dataclass
+class LatentMap:
+    """A VAE's test means laid out in 2-D by PCA: ``xy = (mu - mean) @ axes``.
+
+    PCA rather than t-SNE: it is computed in milliseconds at start-up, is the same on every start, and is a
+    linear map, so the straight interpolation between two codes is a straight line on the map too. Hovering
+    decodes the mean of the test digit nearest to the cursor (a real code: a 2-D point of a d-dimensional
+    latent has no unique code, and the PCA plane alone decodes to blurred averages when d > 2).
+    """
+
+    mu: Tensor        # [N x d] test means
+    xy: np.ndarray    # [N x 2] their layout
+    explained: list   # share of the variance along each of the two axes
+
+    @classmethod
+    def of(cls, mu: Tensor) -> "LatentMap":
+        centred = mu - mu.mean(0, keepdim=True)
+        _, s, vt = torch.linalg.svd(centred, full_matrices=False)
+        k = min(2, vt.shape[0])
+        xy = (centred @ vt[:k].T).numpy()
+        if k == 1:  # a 1-D latent: the second axis is 0
+            xy = np.concatenate([xy, np.zeros_like(xy)], 1)
+        var = (s ** 2) / max(float((s ** 2).sum()), 1e-12)
+        return cls(mu, xy.astype(np.float64), [float(v) for v in var[:2]])
+
+    def nearest(self, x: float, y: float) -> int:
+        return int(np.argmin(((self.xy - [x, y]) ** 2).sum(1)))
+
+
+@dataclass
+class Loaded:
+    """One run as the explorer uses it."""
+    name: str
+    run: Run
+    images: Tensor                 # uint8 [N x 28 x 28], the first test digits of its data set
+    labels: Tensor                 # int64 [N]
+    energies: np.ndarray           # float64 [N], sorted: the test digits' energies
+    reconstructs: bool
+    latent: LatentMap | None = None
+
+    @property
+    def model(self):
+        return self.run.model
+
+    def describe(self) -> dict:
+        m = self.model
+        info = {"name": self.name, "model": self.run.model_name, "dir_name": self.run.dir.name,
+                "pixel_range": m.pixel_range, "reconstructs": self.reconstructs, "can_sample": m.can_sample,
+                "dataset": self.run.train_cfg.dataset, "epochs": self.run.counters.get("epoch"),
+                "test_images": len(self.images),
+                "energy_percentiles": {str(q): float(np.percentile(self.energies, q)) for q in (5, 50, 95)},
+                "energy_doc": (type(m).energy.__doc__ or "").strip().splitlines()[0]}
+        if self.latent is not None:
+            info["latent_dim"] = int(self.latent.mu.shape[1])
+        if hasattr(m.cfg, "nz"):
+            info["nz"] = int(m.cfg.nz)
+        return info
+
+    def percentile(self, energy: float) -> float:
+        """Percent of the test digits whose energy is at most ``energy``."""
+        return 100.0 * float(np.searchsorted(self.energies, energy, side="right")) / len(self.energies)
+
+
+@dataclass
+class Watched:
+    """A run in progress: its metrics and figures are read afresh on each poll, its checkpoint reloaded
+    when it changes (for a sample grid from fixed noise)."""
+    name: str
+    dir: Path
+    ckpt_mtime: float = -1.0
+    samples: list = field(default_factory=list)
+    sample_epoch: int | None = None
+    note: str = ""
+
+
+class Explorer:
+    """The runs named on the command line, loaded once; each method is one action of the page."""
+
+    def __init__(self, run_dirs=(), watch_dirs=(), test_limit: int = 1000, device: str = "cpu"):
+        if test_limit < 10:
+            raise GenlabError(f"--test-limit must be at least 10, got {test_limit}")
+        self.device = torch.device(device)
+        self.test_limit = test_limit
+        taken: set[str] = set()
+        self.models: dict[str, Loaded] = {}
+        for path in find_runs(run_dirs) if run_dirs else []:
+            name = _unique_name(path, taken)
+            self.models[name] = self._load(name, path)
+        self.watched: dict[str, Watched] = {}
+        for path in map(Path, watch_dirs):
+            if not path.is_dir():
+                raise GenlabError(f"--watch {path}: no such directory (start genlab train --out {path} first)")
+            name = _unique_name(path, taken)
+            self.watched[name] = Watched(name, path)
+        if not self.models and not self.watched:
+            raise GenlabError("nothing to serve: name run directories, a genlab reproduce folder, or --watch RUN_DIR")
+
+    # -- loading ----------------------------------------------------------------------------------------
+    def _load(self, name: str, path: Path) -> Loaded:
+        # Loaded outside inference mode: weights made inside it could never take part in a gradient (descend).
+        run = load_run(path, self.device)
+        cfg = run.train_cfg
+        test = load_dataset(cfg.dataset, "test", cfg.data_dir or None, download=False)
+        images, labels = test.images[:self.test_limit], test.labels[:self.test_limit]
+        with torch.inference_mode():
+            x = _to_model(images.float().div(255).unsqueeze(1).to(self.device), run.model)
+            energies = torch.cat([run.model.energy(x[i:i + 500]) for i in range(0, len(x), 500)])
+            loaded = Loaded(name, run, images, labels, np.sort(energies.double().cpu().numpy()),
+                            _has_reconstruction(run.model))
+            if run.model_name == "vae":
+                mu = run.model.encode(run.model.binarize(x))[0].float().cpu()
+                loaded.latent = LatentMap.of(mu)
+        return loaded
+
+    def get(self, name: str) -> Loaded:
+        if name not in self.models:
+            raise KeyError(name)
+        return self.models[name]
+
+    def describe(self) -> dict:
+        return {"models": [m.describe() for m in self.models.values()], "watch": list(self.watched),
+                "limits": LIMITS}
+
+    # -- draw -------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def draw(self, inputs: list[np.ndarray], wanted: list[list[str]]) -> list[dict]:
+        """Score a batch of drawings with the models each asks for, one batched pass per model.
+
+        :param inputs: B arrays [28 x 28] on [0, 1] (already MNIST-style). :param wanted: B lists of model names.
+        :return: B dicts {model name: {energy, percentile, reconstruction, error}} (images base64, see
+            ``encode_image``; ``error`` is |input - reconstruction| per pixel on [0, 1]).
+        """
+        out: list[dict] = [{} for _ in inputs]
+        x_all = torch.from_numpy(np.stack(inputs).astype(np.float32)).unsqueeze(1).to(self.device)
+        for name, m in self.models.items():
+            idx = [i for i, w in enumerate(wanted) if name in w]
+            if not idx:
+                continue
+            x_unit = x_all[idx]
+            x = _to_model(x_unit, m.model)
+            energy, recon = energy_and_reconstruction(m.model, x)
+            energy = energy.double().cpu().numpy()
+            if recon is not None:  # both images of the whole batch to uint8 at once: [B x 2 x 784]
+                recon = to_unit(recon, m.model.pixel_range)
+                pair = torch.stack([recon, (recon - x_unit).abs()], 1).flatten(2)
+                pair = pair.mul(255).round_().to(torch.uint8).cpu().numpy()
+            for j, i in enumerate(idx):
+                e = float(energy[j])
+                item = {"energy": e if math.isfinite(e) else None, "percentile": m.percentile(e)}
+                if recon is not None:
+                    item["reconstruction"] = base64.b64encode(pair[j, 0].tobytes()).decode()
+                    item["error"] = base64.b64encode(pair[j, 1].tobytes()).decode()
+                out[i][name] = item
+        return out
+
+    def descend(self, name: str, image: np.ndarray, steps: int, step_size: float) -> dict:
+        """Move ``image`` downhill on model ``name``'s energy: ``steps`` gradient steps, each of RMS size
+        ``step_size`` (on the [0, 1] pixel scale), kept inside the pixel range. A step that would raise the
+        energy is halved (up to 6 times), so the frames go downhill: a fixed step overshoots near the bottom.
+
+        :return: {"frames": [base64 image], "energies": [float], "step_sizes": [float]}, the start first.
+        """
+        model = self.get(name).model
+        x = _to_model(torch.from_numpy(image.astype(np.float32)).view(1, 1, 28, 28).to(self.device), model)
+        lo, span = (-1.0, 2.0) if model.pixel_range == "tanh" else (0.0, 1.0)
+
+        def energy_of(v: Tensor) -> float:
+            with torch.inference_mode():
+                return float(model.energy(v)[0])
+
+        frames, energies, sizes = [encode_image(to_unit(x[0], model.pixel_range))], [energy_of(x)], []
+        for _ in range(steps):
+            with torch.enable_grad():
+                xg = x.detach().requires_grad_(True)
+                (g,) = torch.autograd.grad(self._energy_for_gradient(model, xg).sum(), xg)
+            rms = g.pow(2).mean().sqrt()
+            if not rms > 0:  # flat: nothing further downhill from here
+                break
+            size = step_size
+            for _ in range(7):
+                candidate = (x - size * span * g / rms).clamp(lo, lo + span)
+                e = energy_of(candidate)
+                if e <= energies[-1]:
+                    break
+                size /= 2
+            else:  # no step lowers the energy: a (local) minimum at this resolution
+                break
+            x = candidate
+            frames.append(encode_image(to_unit(x[0], model.pixel_range)))
+            energies.append(e)
+            sizes.append(size)
+        return {"frames": frames, "energies": energies, "step_sizes": sizes}
+
+    @staticmethod
+    def _energy_for_gradient(model, x: Tensor) -> Tensor:
+        # A VAE that binarises its input has a zero gradient through the threshold; its free energy of the
+        # grey image (rec + beta * KL, z = mu) gives the direction. The frames' energies are the model's own.
+        from genlab.models.vae import VAE
+        if isinstance(model, VAE):
+            t = model.terms(x, sample=False)
+            return t["rec"] + model.cfg.beta * t["kl_dim"].sum(1)
+        return model.energy(x)
+
+    # -- corrupt and repair ------------------------------------------------------------------------------
+    def repair(self, name: str, index: int, rate: float, seed: int) -> dict:
+        """Test digit ``index`` of DAE ``name``'s data set, the lecture's dropout corruption at ``rate``, and
+        the DAE, Telea and Navier-Stokes repairs with their PSNR (dB, whole image and dropped pixels only)."""
+        from genlab.metrics.inpainting import inpaint_all, psnr
+
+        m = self.get(name)
+        clean_u8 = m.images[index:index + 1]
+        with torch.inference_mode():
+            c, outs = inpaint_all(m.model, clean_u8, rate, seed=seed)
+        clean = clean_u8.numpy().astype(np.float64) / 255
+        dropped = c.dropped
+        repairs = {}
+        for method, title in (("dae", "DAE"), ("telea", "Telea"), ("ns", "Navier-Stokes")):
+            img = outs[method]
+            whole, holes = float(psnr(img, clean)[0]), float(psnr(img, clean, dropped)[0])
+            repairs[method] = {"title": title, "image": encode_image(img[0]),
+                               "psnr": whole if math.isfinite(whole) else None,
+                               "psnr_dropped": holes if math.isfinite(holes) else None}
+        return {"index": index, "label": int(m.labels[index]), "rate": rate, "seed": seed,
+                "clean": encode_image(clean[0]), "corrupted": encode_image(c.img8[0] / 255),
+                "dropped": int(dropped.sum()), "repairs": repairs}
+
+    # -- latent map ---------------------------------------------------------------------------------------
+    def latent_points(self, name: str) -> dict:
+        lm = self.get(name).latent
+        m = self.get(name)
+        return {"method": "pca", "explained": lm.explained, "xy": np.round(lm.xy, 4).tolist(),
+                "labels": m.labels.tolist(), "latent_dim": int(lm.mu.shape[1])}
+
+    @torch.inference_mode()
+    def latent_decode(self, name: str, x: float, y: float) -> dict:
+        m = self.get(name)
+        i = m.latent.nearest(x, y)
+        img = m.model.decode(m.latent.mu[i:i + 1].to(self.device))[0]
+        return {"index": i, "label": int(m.labels[i]), "xy": m.latent.xy[i].tolist(), "image": encode_image(img)}
+
+    @torch.inference_mode()
+    def interpolate(self, name: str, a: int, b: int, steps: int) -> dict:
+        m = self.get(name)
+        mu = m.latent.mu.to(self.device)
+        t = torch.linspace(0, 1, steps, device=self.device).unsqueeze(1)
+        imgs = m.model.decode((1 - t) * mu[a] + t * mu[b])
+        return {"a": a, "b": b, "images": [encode_image(i) for i in imgs],
+                "labels": [int(m.labels[a]), int(m.labels[b])]}
+
+    # -- sampling and walks ----------------------------------------------------------------------------------
+    @staticmethod
+    def _latent_size(model) -> int:
+        return int(model.cfg.nz if hasattr(model.cfg, "nz") else model.cfg.latent_dim)
+
+    def _generate(self, model, z: Tensor) -> Tensor:
+        """Images [N x 1 x 28 x 28] in the model's range from codes z [N x nz]: a VAE's decoder mean, a GAN's
+        (averaged, where kept) generator in evaluation mode."""
+        z = z.to(self.device)
+        if not hasattr(model, "generator"):
+            return model.decode(z)
+        from genlab.models.gan_common import to_28
+        net = model.g_ema.net if getattr(model, "g_ema", None) is not None else model.generator
+        return to_28(net(z))
+
+    @torch.inference_mode()
+    def sample(self, name: str, n: int, seed: int) -> dict:
+        """``n`` samples from fixed noise (``seed``) and each one's energy under the same model (for a GAN,
+        its discriminator's)."""
+        m = self.get(name)
+        imgs = self._generate(m.model, _seeded_normal(n, self._latent_size(m.model), seed))
+        energies = m.model.energy(imgs).double().cpu().tolist()
+        unit = to_unit(imgs, m.model.pixel_range)
+        return {"images": [encode_image(i) for i in unit], "energies": energies,
+                "percentiles": [m.percentile(e) for e in energies]}
+
+    @torch.inference_mode()
+    def walk(self, name: str, seed: int, steps: int, scale: float) -> dict:
+        """A straight walk z0 + t u, t from -scale to scale, with z0 and the unit direction u drawn from ``seed``."""
+        m = self.get(name)
+        d = self._latent_size(m.model)
+        z0 = _seeded_normal(1, d, seed)
+        u = _seeded_normal(1, d, seed + 1)
+        u = u / u.norm()
+        t = torch.linspace(-scale, scale, steps).unsqueeze(1)
+        imgs = self._generate(m.model, z0 + t * u)
+        energies = m.model.energy(imgs).double().cpu().tolist()
+        return {"images": [encode_image(i) for i in to_unit(imgs, m.model.pixel_range)], "energies": energies,
+                "t": t[:, 0].tolist()}
+
+    # -- watching a run in progress ----------------------------------------------------------------------------
+    def watch_state(self) -> dict:
+        """Each watched run's metrics (the last ``METRICS_TAIL`` complete lines), its figures (name, mtime) and a
+        sample grid of its latest checkpoint when it can sample."""
+        return {"runs": [self._watch_one(w) for w in self.watched.values()]}
+
+    def _watch_one(self, w: Watched) -> dict:
+        metrics = []
+        path = w.dir / "metrics.jsonl"
+        if path.is_file():
+            with open(path, "rb") as f:
+                lines = f.read().split(b"\n")
+            for line in lines[-METRICS_TAIL - 1:]:
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line still being written, or a blank one
+                    continue
+                if isinstance(record, dict):
+                    metrics.append({k: v for k, v in record.items()
+                                    if isinstance(v, (int, float)) and math.isfinite(v)})
+        self._refresh_samples(w)
+        return {"name": w.name, "dir_name": w.dir.name, "metrics": metrics[-METRICS_TAIL:],
+                "figures": [{"name": k, "mtime": v[1]} for k, v in self._figures(w).items()],
+                "samples": w.samples, "sample_epoch": w.sample_epoch, "note": w.note}
+
+    @staticmethod
+    def _figures(w: Watched) -> dict[str, tuple[Path, float]]:
+        """The run's PNG figures by file name, newest first: the only files ``figure`` will read."""
+        found = []
+        fig_dir = w.dir / "figures"
+        if fig_dir.is_dir():
+            for entry in fig_dir.iterdir():
+                if entry.suffix == ".png" and entry.is_file() and not entry.is_symlink():
+                    found.append((entry.name, (entry, entry.stat().st_mtime)))
+        return dict(sorted(found, key=lambda kv: -kv[1][1]))
+
+    def figure(self, run: str, file_name: str) -> bytes:
+        """The bytes of figure ``file_name`` of watched run ``run``, looked up in the run's own listing (never
+        a path built from the request)."""
+        figures = self._figures(self.watched[run])
+        return figures[file_name][0].read_bytes()
+
+    @torch.inference_mode()
+    def _refresh_samples(self, w: Watched) -> None:
+        ckpt = w.dir / CHECKPOINT
+        if not ckpt.is_file():
+            w.note = "no checkpoint yet"
+            return
+        mtime = ckpt.stat().st_mtime
+        if mtime == w.ckpt_mtime:
+            return
+        try:
+            run = load_run(w.dir, self.device)
+        except GenlabError as e:  # caught between writes, or a damaged file: try again at the next poll
+            w.note = str(e)
+            return
+        w.ckpt_mtime, w.note = mtime, ""
+        w.sample_epoch = run.counters.get("epoch")
+        if run.model.can_sample:
+            imgs = self._generate(run.model, _seeded_normal(16, self._latent_size(run.model), 0))
+            w.samples = [encode_image(i) for i in to_unit(imgs, run.model.pixel_range)]

@@ -1,0 +1,529 @@
+"""genlab serve: the MNIST-style preprocessing against hand examples, the one-pass energies against the models',
+and a real server process (uvicorn on a free 127.0.0.1 port, five tiny runs and a watched one) driven by
+hostile requests, by the JSON API and by Debian's headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genlab.errors import GenlabError
+from genlab.serve.explorer import decode_image, energy_and_reconstruction
+from genlab.serve.preprocess import mnist_style
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+MODELS = ("ae", "dae", "vae", "ebgan", "dcgan")
+
+
+def _need_server_stack():
+    for name in ("starlette", "uvicorn"):
+        try:
+            __import__(name)
+        except ModuleNotFoundError:
+            if os.environ.get("CI"):
+                pytest.fail(f"CI installs .[test], which includes {name}")
+            pytest.skip(f"{name} is not installed (pip install 'genlab[serve]')")
+
+
+# -- preprocessing ----------------------------------------------------------------------------------------------
+def test_mnist_style_scales_the_bounding_box_to_20_pixels_and_centres_it():
+    # A 10 x 4 bar anywhere on a 100 x 100 canvas becomes a 20 x 8 bar; its centre of mass goes to (13.5, 13.5),
+    # so it covers rows 4..23 and columns 10..17.
+    canvas = np.zeros((100, 100), np.float32)
+    canvas[70:80, 3:7] = 0.8
+    expected = np.zeros((28, 28), np.float32)
+    expected[4:24, 10:18] = 1.0
+    np.testing.assert_allclose(mnist_style(canvas), expected, atol=1e-6)
+    # Shrinking works the same way: a 200 x 80 block becomes 20 x 8.
+    big = np.zeros((300, 300), np.float32)
+    big[50:250, 100:180] = 1.0
+    np.testing.assert_allclose(mnist_style(big), expected, atol=1e-6)
+
+
+def test_mnist_style_centres_by_mass_not_by_box():
+    # A "Γ": a 20 x 2 stem and a 2 x 8 bar to its right at the top; bounding box 20 x 10, so no scaling.
+    # Mass: 40 stem pixels at (9.5, 0.5), 16 bar pixels at (0.5, 5.5): centre (6.93, 1.93), moved to
+    # (13.5, 13.5) by whole pixels: down 7 (round 6.57), right 12 (round 11.57).
+    canvas = np.zeros((60, 60), np.float32)
+    canvas[30:50, 5:7] = 1.0
+    canvas[30:32, 7:15] = 1.0
+    out = mnist_style(canvas)
+    expected = np.zeros((28, 28), np.float32)
+    expected[7:27, 12:14] = 1.0
+    expected[7:9, 14:22] = 1.0
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_mnist_style_refuses_a_blank_drawing():
+    with pytest.raises(GenlabError, match="blank"):
+        mnist_style(np.zeros((56, 56)))
+
+
+def test_only_the_served_address_is_a_valid_host():
+    _need_server_stack()
+    from genlab.serve.app import _is_loopback, allowed_hosts
+
+    assert allowed_hosts("127.0.0.1", 8000) == {"127.0.0.1:8000", "localhost:8000"}
+    assert allowed_hosts("::1", 8000) == {"[::1]:8000"}
+    assert allowed_hosts("0.0.0.0", 80, ["lab.example"]) == {"0.0.0.0:80", "0.0.0.0", "lab.example:80", "lab.example"}
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
+    assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.5") and not _is_loopback("example.org")
+
+
+# -- one pass per model gives the models' own energies -------------------------------------------------------------
+@pytest.mark.parametrize("name", MODELS)
+def test_one_pass_energy_and_reconstruction_equal_the_models_own(name):
+    from genlab.data import load_dataset
+    from genlab.data.batching import to_pixels
+    from genlab.models import MODELS as REGISTRY, build
+
+    torch.manual_seed(0)
+    model = build(name, REGISTRY[name].Config()).eval()
+    x = to_pixels(load_dataset("mnist-5k", "test").images[:6], model.pixel_range)
+    with torch.inference_mode():
+        energy, recon = energy_and_reconstruction(model, x)
+        torch.testing.assert_close(energy, model.energy(x), rtol=1e-5, atol=1e-4)
+        if name == "dcgan":
+            assert recon is None
+        else:
+            torch.testing.assert_close(recon, model.reconstruct(x), rtol=1e-5, atol=1e-5)
+
+
+# -- a real server -------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Five one-epoch runs on 256 digits of mnist-5k (seconds), and a copy of the EBGAN run to watch."""
+    from genlab.config import TrainConfig
+    from genlab.models import MODELS as REGISTRY
+    from genlab.train import train
+
+    root = tmp_path_factory.mktemp("serve")
+    overrides = {"ae": {"latent_dim": 30}, "dae": {"latent_dim": 64}, "vae": {"tsne_epochs": ""},
+                 "ebgan": {"ndf": 16, "ngf": 32}, "dcgan": {"ndf": 16, "ngf": 32}}
+    torch.manual_seed(0)
+    for name in MODELS:
+        cfg = REGISTRY[name].Config(**overrides[name])
+        train(name, cfg, TrainConfig(dataset="mnist-5k", epochs=1, limit=256, batch_size=64, eval_limit=100,
+                                     figures=False, progress=False, out=str(root / "runs" / name), device="cpu"))
+    watched = root / "watched"
+    shutil.copytree(root / "runs" / "ebgan", watched)
+    (root / "live").mkdir()  # a run that a test trains while the server watches
+    return root / "runs", watched
+
+
+@pytest.fixture(scope="module")
+def server(runs):
+    _need_server_stack()
+    run_root, watched = runs
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "GENLAB_OFFLINE": "1"}
+    log = run_root.parent / "server.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "genlab.cli", "serve", str(run_root), "--watch", str(watched),
+                                 "--watch", str(run_root.parent / "live"), "--port", "0", "--test-limit", "200"],
+                                stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout=120)
+    if not lines or not lines[0].startswith("genlab serve: http://127.0.0.1:"):
+        proc.kill()
+        pytest.fail(f"the server did not start: {lines} {log.read_text()[-2000:]}")
+    port = int(lines[0].split()[2].rstrip("/").rsplit(":", 1)[1])
+    yield {"port": port, "base": f"http://127.0.0.1:{port}", "log": log, "watched": watched, "runs": run_root,
+           "live": run_root.parent / "live", "env": env}
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def raw(port: int, request: bytes, timeout: float = 30) -> tuple[int, bytes]:
+    """Send bytes as they are; return (status, body) of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        try:
+            s.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):  # the server answered and closed before reading it all
+            pass
+        data = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            if sep:
+                length = [int(v) for k, _, v in (h.partition(b":") for h in head.split(b"\r\n")[1:])
+                          if k.strip().lower() == b"content-length"]
+                if length and len(body) >= length[0]:
+                    break
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def http(port: int, method: str, path: str, body: bytes | dict | None = None, host: str | None = None,
+         headers: dict | None = None) -> tuple[int, bytes]:
+    if isinstance(body, dict):
+        body = json.dumps(body).encode()
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host or f'127.0.0.1:{port}'}", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    if body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    return raw(port, ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b""))
+
+
+def digit(i: int = 0, side: int = 56) -> np.ndarray:
+    """A test digit, off-centre on a side x side canvas, uint8 (a stand-in for a drawing)."""
+    from genlab.data import load_dataset
+
+    img = load_dataset("mnist-5k", "test").images[i].numpy()
+    if side == 28:
+        return img
+    canvas = np.zeros((side, side), np.uint8)
+    canvas[3:31, side - 30:side - 2] = img
+    return canvas
+
+
+def b64(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a, np.uint8).tobytes()).decode()
+
+
+def good_draw(port: int) -> dict:
+    status, body = http(port, "POST", "/api/draw", {"image": b64(digit())})
+    assert status == 200, body
+    answer = json.loads(body)
+    assert set(answer["models"]) == set(MODELS)
+    return answer
+
+
+def hostile_requests(server) -> list[tuple[str, bytes]]:
+    port = server["port"]
+    host = f"127.0.0.1:{port}"
+    image = b64(digit())
+    watched = server["watched"].name
+    def post_bytes(path: str, data: bytes) -> bytes:
+        return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data
+
+    def post(path: str, text: str) -> bytes:
+        return post_bytes(path, text.encode())
+
+    def get(path: str, h: str = host) -> bytes:
+        return f"GET {path} HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n".encode()
+
+    nested = "[" * 20000 + "]" * 20000
+    chunk = b"x" * 4096
+    chunked = (f"POST /api/draw HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+               .encode() + b"".join(b"1000\r\n" + chunk + b"\r\n" for _ in range(40)) + b"0\r\n\r\n")
+    return [
+        ("wrong Host (DNS rebinding)", get("/api/models", f"evil.example:{port}")),
+        ("right name, wrong port in Host", get("/api/models", "127.0.0.1:1")),
+        ("no Host header", b"GET /api/models HTTP/1.0\r\n\r\n"),
+        ("another site's Origin", (f"POST /api/draw HTTP/1.1\r\nHost: {host}\r\nOrigin: http://evil.example\r\n"
+                                   "Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n"
+                                   "\r\n{}").encode()),
+        ("a 10 MB body announced", (f"POST /api/draw HTTP/1.1\r\nHost: {host}\r\nContent-Length: 10000000\r\n"
+                                    "Connection: close\r\n\r\n").encode() + b"x" * 1000),
+        ("a 160 KiB chunked body", chunked),
+        ("not JSON", post("/api/draw", "hello")),
+        ("invalid UTF-8", post_bytes("/api/draw", b'{"image": "\xff\xfe"}')),
+        ("a JSON array", post("/api/draw", "[1, 2, 3]")),
+        ("20,000 nested brackets", post("/api/draw", nested)),
+        ("NaN pixels", post("/api/draw", '{"image": [' + ",".join(["NaN"] * 784) + "]}")),
+        ("infinite pixels", post("/api/draw", '{"image": [' + ",".join(["1e999"] * 784) + "]}")),
+        ("784 string pixels", post("/api/draw", json.dumps({"image": ["0"] * 784}))),
+        ("pixels above 255", post("/api/draw", json.dumps({"image": [300] * 784}))),
+        ("100 pixels (not square)", post("/api/draw", json.dumps({"image": [1] * 100}))),
+        ("a 120 x 120 drawing", post("/api/draw", json.dumps({"image": b64(np.ones((120, 120)))}))),
+        ("a 20 x 20 drawing", post("/api/draw", json.dumps({"image": b64(np.ones((20, 20)))}))),
+        ("invalid base64", post("/api/draw", json.dumps({"image": "!!!not base64!!!"}))),
+        ("a blank drawing", post("/api/draw", json.dumps({"image": b64(np.zeros((56, 56)))}))),
+        ("56 x 56 without preprocessing", post("/api/draw", json.dumps({"image": image, "preprocess": False}))),
+        ("preprocess not a bool", post("/api/draw", json.dumps({"image": image, "preprocess": "yes"}))),
+        ("unknown model", post("/api/draw", json.dumps({"image": image, "models": ["gpt"]}))),
+        ("models not a list", post("/api/draw", json.dumps({"image": image, "models": "ae"}))),
+        ("unknown field", post("/api/draw", json.dumps({"image": image, "path": "/etc/passwd"}))),
+        ("a path as model", post("/api/descend", json.dumps({"model": "../../etc/passwd", "image": image}))),
+        ("too many steps", post("/api/descend", json.dumps({"model": "ae", "image": image, "steps": 10000}))),
+        ("zero steps", post("/api/descend", json.dumps({"model": "ae", "image": image, "steps": 0}))),
+        ("steps as a bool", post("/api/descend", json.dumps({"model": "ae", "image": image, "steps": True}))),
+        ("fractional steps", post("/api/descend", json.dumps({"model": "ae", "image": image, "steps": 2.5}))),
+        ("negative step size", post("/api/descend", json.dumps({"model": "ae", "image": image, "step_size": -1}))),
+        ("Infinity step size", post("/api/descend", '{"model": "ae", "image": "%s", "step_size": Infinity}' % image)),
+        ("repair with an AE", post("/api/repair", json.dumps({"model": "ae", "index": 0}))),
+        ("test digit out of range", post("/api/repair", json.dumps({"model": "dae", "index": 10 ** 9}))),
+        ("drop rate 1", post("/api/repair", json.dumps({"model": "dae", "rate": 1.0}))),
+        ("negative seed", post("/api/repair", json.dumps({"model": "dae", "seed": -5}))),
+        ("100,000 samples", post("/api/sample", json.dumps({"model": "dcgan", "n": 100000}))),
+        ("samples of an AE", post("/api/sample", json.dumps({"model": "ae", "n": 4}))),
+        ("a 1,000-step walk", post("/api/walk", json.dumps({"model": "ebgan", "steps": 1000}))),
+        ("interpolation of 1 step", post("/api/latent/interpolate", json.dumps({"model": "vae", "a": 0, "b": 1,
+                                                                                 "steps": 1}))),
+        ("latent decode at a string", post("/api/latent/decode", json.dumps({"model": "vae", "x": "a", "y": 0}))),
+        ("latent map of an AE", get("/api/latent/ae")),
+        ("latent map of a path", get("/api/latent/..%2F..%2Fetc%2Fpasswd")),
+        ("a watched figure by path", get(f"/api/watch/{watched}/..%2Fconfig.json")),
+        ("a watched figure by absolute path", get(f"/api/watch/{watched}/%2Fetc%2Fpasswd")),
+        ("an unwatched run", get("/api/watch/secret/x.png")),
+        ("a static file by path", get("/static/..%2Fapp.py")),
+        ("an unknown endpoint", get("/api/nope")),
+        ("GET on a POST endpoint", get("/api/draw")),
+        ("no body", post("/api/draw", "")),
+    ]
+
+
+def test_hostile_requests_get_a_4xx_and_one_line_of_json_and_the_server_keeps_serving(server):
+    port = server["port"]
+    cases = hostile_requests(server)
+    assert len(cases) >= 30
+    failures = []
+    for what, request in cases:
+        status, body = raw(port, request)
+        line = body.decode("utf-8", "replace")
+        try:
+            error = json.loads(line)["error"]
+        except (ValueError, KeyError, TypeError):
+            error = None
+        if not (400 <= status < 500 and isinstance(error, str) and error and "\n" not in line.strip()):
+            failures.append(f"{what}: {status} {line[:200]!r}")
+        good_draw(port)  # the next good request still succeeds
+    assert failures == []
+    assert "Traceback" not in server["log"].read_text()
+
+
+def test_draw_answers_with_the_models_own_energies(server, runs):
+    from genlab.checkpoint import load_run
+    from genlab.data.batching import to_pixels, to_uint8
+
+    status, body = http(server["port"], "POST", "/api/draw", {"image": b64(digit(3, 28)), "preprocess": False})
+    assert status == 200
+    answer = json.loads(body)
+    assert np.array_equal(decode_image(answer["input"]), digit(3, 28).astype(np.float32) / 255)
+    x_u8 = torch.from_numpy(digit(3, 28))[None]
+    for name in MODELS:
+        run = load_run(runs[0] / name)
+        x = to_pixels(x_u8, run.model.pixel_range)
+        with torch.inference_mode():
+            expected = float(run.model.energy(x)[0])
+            got = answer["models"][name]
+            assert got["energy"] == pytest.approx(expected, rel=1e-4, abs=1e-4), name
+            assert 0.0 <= got["percentile"] <= 100.0
+            if name != "dcgan":
+                recon = to_uint8(run.model.reconstruct(x), run.model.pixel_range)[0].numpy()
+                sent = np.frombuffer(base64.b64decode(got["reconstruction"]), np.uint8).reshape(28, 28)
+                assert np.abs(sent.astype(int) - recon.astype(int)).max() <= 1, name
+            else:
+                assert "reconstruction" not in got
+
+
+def test_repair_matches_the_inpainting_benchmark(server, runs):
+    from genlab.checkpoint import load_run
+    from genlab.data import load_dataset
+    from genlab.metrics.inpainting import inpaint_all, psnr
+
+    status, body = http(server["port"], "POST", "/api/repair", {"model": "dae", "index": 7, "rate": 0.5, "seed": 3})
+    assert status == 200, body
+    answer = json.loads(body)
+    images = load_dataset("mnist-5k", "test").images[7:8]
+    _, outs = inpaint_all(load_run(runs[0] / "dae").model, images, 0.5, seed=3)
+    clean = images.numpy() / 255
+    assert set(answer["repairs"]) == {"dae", "telea", "ns"}
+    for method, out in outs.items():
+        assert answer["repairs"][method]["psnr"] == pytest.approx(float(psnr(out, clean)[0]), abs=1e-9)
+
+
+def test_descend_lowers_the_energy_and_samples_and_walks_are_bounded(server):
+    port = server["port"]
+    status, body = http(port, "POST", "/api/descend", {"model": "dae", "image": b64(digit(1)), "steps": 6,
+                                                      "step_size": 0.02})
+    assert status == 200, body
+    answer = json.loads(body)
+    energies = answer["energies"]
+    assert 2 <= len(answer["frames"]) == len(energies) <= 7 and energies[-1] < energies[0]
+    assert all(b <= a for a, b in zip(energies, energies[1:]))  # every frame downhill
+    for name in ("vae", "ebgan", "dcgan"):
+        status, body = http(port, "POST", "/api/sample", {"model": name, "n": 64, "seed": 5})
+        assert status == 200 and len(json.loads(body)["images"]) == 64
+        status, body = http(port, "POST", "/api/walk", {"model": name, "steps": 16})
+        assert status == 200 and len(json.loads(body)["energies"]) == 16
+    # fixed noise: the same seed gives the same samples
+    assert http(port, "POST", "/api/sample", {"model": "dcgan", "n": 4, "seed": 9}) == \
+        http(port, "POST", "/api/sample", {"model": "dcgan", "n": 4, "seed": 9})
+
+
+def test_watch_follows_a_real_training_run(server):
+    # genlab train writes into the watched folder while the server runs: its metrics lines and the samples of its
+    # latest checkpoint show up in /api/watch.
+    port, live = server["port"], server["live"]
+    status, body = http(port, "GET", "/api/watch")
+    before = next(r for r in json.loads(body)["runs"] if r["name"] == "live")
+    assert before["metrics"] == [] and before["samples"] == []
+    train = subprocess.run([sys.executable, "-m", "genlab.cli", "train", "dcgan", "--dataset", "mnist-5k",
+                            "--epochs", "2", "--limit", "128", "--batch-size", "64", "--eval-limit", "64", "--ndf", "8",
+                            "--ngf", "16", "--no-figures", "--no-progress", "--out", str(live)],
+                           env=server["env"], capture_output=True, text=True, timeout=300)
+    assert train.returncode == 0, train.stderr[-2000:]
+    status, body = http(port, "GET", "/api/watch")
+    after = next(r for r in json.loads(body)["runs"] if r["name"] == "live")
+    assert [m["epoch"] for m in after["metrics"]] == [1, 2]
+    assert after["sample_epoch"] == 2 and len(after["samples"]) == 16
+    assert after["figures"]  # the per-epoch energy histograms
+    figure = after["figures"][0]["name"]
+    status, png = http(port, "GET", f"/api/watch/live/{figure}")
+    assert status == 200 and png.startswith(b"\x89PNG")
+
+
+def test_serve_without_the_extra_says_how_to_install_it(monkeypatch, capsys, runs):
+    from genlab.cli import main
+
+    monkeypatch.delitem(sys.modules, "genlab.serve.app", raising=False)
+    for name in [m for m in sys.modules if m == "starlette" or m.startswith("starlette.")] or ["starlette"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed: importing any of it fails
+    assert main(["serve", str(runs[0])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'genlab[serve]'" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "nothing to serve"),
+    (["/no/such/run"], "does not exist"),
+    (["--port", "70000", "/no/such/run"], "--port"),
+])
+def test_serve_bad_arguments_end_with_one_line(argv, message, capsys):
+    _need_server_stack()
+    from genlab.cli import main
+
+    assert main(["serve", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+# -- the page in a real browser ------------------------------------------------------------------------------------
+def _stroke(page, points):
+    box = page.locator("#pad").bounding_box()
+    page.mouse.move(box["x"] + points[0][0], box["y"] + points[0][1])
+    page.mouse.down()
+    for x, y in points[1:]:
+        page.mouse.move(box["x"] + x, box["y"] + y, steps=4)
+    page.mouse.up()
+
+
+def _card_state(page) -> dict:
+    return page.evaluate("""() => Object.fromEntries(Array.from(document.querySelectorAll('.card')).map(c =>
+        [c.dataset.model, {energy: c.dataset.energy ?? null, text: c.querySelector('.energy').textContent,
+                           recon: c.querySelector('canvas.recon')?.dataset.image ?? null,
+                           error: c.querySelector('canvas.err')?.dataset.image ?? null}]))""")
+
+
+def test_page_in_chromium(server, tmp_path):
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have Debian's chromium for the explorer test (.ci/run installs it)")
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    base = server["base"]
+    errors, requests = [], []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(base + "/")
+            page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+
+            # 1. Draw: a vertical stroke, then a different shape; every model answers, and every answer changes.
+            _stroke(page, [(140, 40), (140, 240)])
+            page.wait_for_function("() => Array.from(document.querySelectorAll('.card')).every(c => c.dataset.energy)"
+                                   " && document.querySelector('#input28').dataset.image", timeout=30_000)
+            page.wait_for_timeout(300)  # the last throttled draw lands
+            first = _card_state(page)
+            assert set(first) == set(MODELS)
+            page.click("#clear")
+            _stroke(page, [(60, 60), (220, 60), (110, 250)])  # a 7
+            page.wait_for_function("(old) => Array.from(document.querySelectorAll('.card')).every(c => "
+                                   "c.dataset.energy && c.dataset.energy !== old[c.dataset.model].energy)",
+                                   arg=first, timeout=30_000)
+            page.wait_for_timeout(300)
+            second = _card_state(page)
+            for name in MODELS:
+                assert second[name]["energy"] != first[name]["energy"], name
+                assert second[name]["text"] not in ("", "-"), name
+                if name != "dcgan":  # DCGAN's energy is its discriminator's: no reconstruction
+                    assert first[name]["recon"] and second[name]["recon"] != first[name]["recon"], name
+                    assert second[name]["error"], name
+            page.select_option("#descend-model", "dae")
+            page.click("#descend")
+            page.wait_for_function("() => document.querySelectorAll('#descend-frames figure').length >= 2")
+
+            # 2. Corrupt and repair: three repairs, each with its PSNR.
+            page.wait_for_function("() => document.querySelectorAll('.repair-item').length === 3")
+            psnrs = page.eval_on_selector_all(".repair-item", "els => els.map(e => [e.dataset.method, e.dataset.psnr])")
+            assert sorted(m for m, _ in psnrs) == ["dae", "ns", "telea"]
+            assert all(5 < float(v) < 60 for _, v in psnrs), psnrs
+            captions = page.eval_on_selector_all(".repair-item figcaption", "els => els.map(e => e.textContent)")
+            assert all("dB" in t for t in captions)
+
+            # 3. Latent map: hovering decodes; two clicks give an interpolation strip.
+            lmap = page.locator("#latent-map")
+            lmap.scroll_into_view_if_needed()
+            box = lmap.bounding_box()
+            seen = set()
+            for fx, fy in ((0.2, 0.2), (0.8, 0.8), (0.2, 0.8), (0.8, 0.2), (0.5, 0.5)):
+                page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"], steps=3)
+                page.wait_for_function("() => document.querySelector('#latent-hover').dataset.image", timeout=10_000)
+                page.wait_for_timeout(250)
+                seen.add(page.eval_on_selector("#latent-hover", "c => c.dataset.image"))
+            assert len(seen) >= 2  # the decoded image follows the cursor
+            page.mouse.click(box["x"] + 0.2 * box["width"], box["y"] + 0.5 * box["height"])
+            page.mouse.click(box["x"] + 0.8 * box["width"], box["y"] + 0.5 * box["height"])
+            page.wait_for_function("() => document.querySelectorAll('#latent-strip figure').length === 10")
+            page.click("#latent-sample")
+            page.wait_for_function("() => document.querySelectorAll('#latent-samples figure').length === 10")
+
+            # 4. Generators: a grid of 16 samples with energies and a walk of 9, for both GANs.
+            page.wait_for_function("() => document.querySelectorAll('.gen-card').length === 2 && Array.from("
+                                   "document.querySelectorAll('.gen-card .grid')).every(g => g.children.length === 16)")
+
+            # 5. Watch training: a new metrics line shows without reloading.
+            run_view = ".watch-run[data-run='watched']"
+            page.wait_for_function(f"() => document.querySelector(\"{run_view} .epoch\")?.dataset.epochs === '1'",
+                                   timeout=15_000)
+            with open(server["watched"] / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"epoch": 2, "step": 8, "train/loss": 1.5, "test/loss": 1.25}) + "\n")
+            page.wait_for_function(f"() => document.querySelector(\"{run_view} .epoch\").textContent === 'epoch 2'",
+                                   timeout=15_000)
+            assert page.eval_on_selector_all(f"{run_view} .grid figure", "els => els.length") == 16  # its samples
+            page.wait_for_timeout(500)
+            page.evaluate("() => window.scrollTo(0, 0)")  # the sticky header back on top for the screenshot
+            page.screenshot(path=str(tmp_path / "explorer.png"), full_page=True)
+        finally:
+            browser.close()
+    assert errors == []
+    strangers = [u for u in requests if not (u.startswith(base + "/") or u.startswith("data:"))]
+    assert strangers == []
+    assert (tmp_path / "explorer.png").stat().st_size > 50_000
+    shot_dir = os.environ.get("GENLAB_SCREENSHOT_DIR")
+    if shot_dir:  # keep the screenshot for a person to look at
+        shutil.copy(tmp_path / "explorer.png", Path(shot_dir) / "explorer.png")

@@ -8,6 +8,7 @@ sums of the current epoch) is JSON in the file's metadata. ``config.json`` besid
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from genlab import config as cfgmod
@@ -23,6 +24,7 @@ from genlab.errors import GenlabError
 
 CHECKPOINT = "checkpoint.safetensors"
 CONFIG = "config.json"
+TMP_PREFIX, TMP_SUFFIX = ".checkpoint-", ".tmp"  # a save in progress; stale ones are removed on the next claim
 
 
 def _optimizer_to_flat(name: str, opt: torch.optim.Optimizer, tensors: dict) -> dict:
@@ -37,17 +39,29 @@ def _optimizer_to_flat(name: str, opt: torch.optim.Optimizer, tensors: dict) -> 
     return {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _optimizer_from_flat(name: str, meta: dict, tensors: dict) -> dict:
+def _optimizer_from_flat(name: str, meta: Any, tensors: dict, where: Path) -> dict:
+    """The ``state_dict`` of optimiser ``name``, from its tensors and its JSON; a malformed part is a GenlabError."""
+    if not (isinstance(meta, dict) and isinstance(meta.get("param_groups"), list)
+            and isinstance(meta.get("scalars"), dict)):
+        raise GenlabError(f"checkpoint {where}: optimiser {name!r} has no param_groups/scalars; the file is damaged")
     state: dict[int, dict] = {}
     prefix = f"optim/{name}/"
     for key, value in tensors.items():
         if key.startswith(prefix):
-            pid, field = key[len(prefix):].split("/", 1)
-            state.setdefault(int(pid), {})[field] = value
+            pid, field = _param_key(key[len(prefix):], key, where)
+            state.setdefault(pid, {})[field] = value
     for key, value in meta["scalars"].items():
-        pid, field = key.split("/", 1)
-        state.setdefault(int(pid), {})[field] = value
+        pid, field = _param_key(key, f"optimiser {name} scalar {key}", where)
+        state.setdefault(pid, {})[field] = value
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _param_key(key: str, what: str, where: Path) -> tuple[int, str]:
+    """"<param index>/<state key>" -> (index, key)."""
+    pid, _, field = key.partition("/")
+    if not (pid.isdigit() and field):
+        raise GenlabError(f"checkpoint {where}: {what!r} is not <parameter index>/<state key>; the file is damaged")
+    return int(pid), field
 
 
 def save(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
@@ -59,15 +73,22 @@ def save(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.O
     for rank, state in enumerate(rng_states):
         tensors[f"rng/{rank}"] = state.cpu().contiguous()
     meta = {"counters": json.dumps(counters), "optimizers": json.dumps(optim_meta), "format": "genlab-1"}
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=path.parent)
+        os.close(fd)
         save_file(tensors, tmp, metadata=meta)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as e:
+        # A full disk (ENOSPC, or EFBIG past a file-size limit) lands here: the rename never happened, so the
+        # previous checkpoint is whole; say so in one line.
+        kept = f"the last good checkpoint {path} is kept" if path.exists() else "no checkpoint was written"
+        raise GenlabError(f"cannot write the checkpoint {path} ({getattr(e, 'strerror', None) or e}); {kept}; "
+                          f"free space and continue with --resume") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -80,24 +101,159 @@ class Checkpoint:
 
 
 def load(path: Path) -> Checkpoint:
-    """Read a checkpoint written by ``save``; a missing or damaged file is a GenlabError."""
+    """Read a checkpoint written by ``save``; a missing, damaged or malformed file is a GenlabError.
+
+    Only the file's own structure is checked here (tensor names, metadata types); ``check`` compares it with
+    the model and optimisers it is meant for.
+    """
     path = Path(path)
     if not path.is_file():
         raise GenlabError(f"no checkpoint at {path}; train first, or point at a genlab run directory")
     try:
         tensors = load_file(str(path))
-        from safetensors import safe_open
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        counters = json.loads(meta["counters"])
-        optim_meta = json.loads(meta["optimizers"])
-    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        counters = json.loads(meta["counters"], parse_constant=_no_constant)
+        optim_meta = json.loads(meta["optimizers"], parse_constant=_no_constant)
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError, RecursionError) as e:
         raise GenlabError(f"checkpoint {path} is damaged or not a genlab checkpoint ({e}); "
                           "retrain, or restore the file") from None
+    if not isinstance(counters, dict) or not isinstance(optim_meta, dict):
+        raise GenlabError(f"checkpoint {path}: its counters and optimisers must be JSON objects; the file is damaged")
+    rng: dict[int, torch.Tensor] = {}
+    for key, value in tensors.items():
+        family, _, rest = key.partition("/")
+        if family == "model" and rest:
+            continue
+        if family == "optim" and rest.partition("/")[0] in optim_meta:
+            continue
+        if family in ("rng", "cuda_rng") and rest.isdigit():
+            if value.dtype != torch.uint8 or value.dim() != 1:
+                raise GenlabError(f"checkpoint {path}: random state {key} must be a 1-D uint8 tensor, found "
+                                  f"{_describe(value)}; the file is damaged")
+            if family == "rng":
+                rng[int(rest)] = value
+            continue
+        raise GenlabError(f"checkpoint {path}: unexpected tensor {key!r}; not a genlab checkpoint")
+    if sorted(rng) != list(range(len(rng))):
+        raise GenlabError(f"checkpoint {path}: random states for ranks {sorted(rng)}, expected 0..{len(rng) - 1}")
     model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-    optimizers = {name: _optimizer_from_flat(name, m, tensors) for name, m in optim_meta.items()}
-    ranks = sorted(int(k.split("/")[1]) for k in tensors if k.startswith("rng/"))
-    return Checkpoint(model_state, optimizers, [tensors[f"rng/{r}"] for r in ranks], counters)
+    optimizers = {name: _optimizer_from_flat(name, m, tensors, path) for name, m in optim_meta.items()}
+    return Checkpoint(model_state, optimizers, [rng[r] for r in range(len(rng))], counters)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _describe(t: torch.Tensor) -> str:
+    return f"shape {list(t.shape)} {str(t.dtype).replace('torch.', '')}"
+
+
+# Per-parameter state each optimiser keeps; "step" is a count, every other entry has the parameter's shape.
+OPTIMIZER_STATE = {"Adam": {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}, "SGD": {"momentum_buffer"}}
+COUNTERS = ("epoch", "batch", "step", "count")
+
+
+def check(ckpt: Checkpoint, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer] | None = None,
+          world: int | None = None, where: Path | str = "checkpoint") -> None:
+    """Check every tensor of ``ckpt`` (name, shape, dtype) against ``model`` and ``optimizers`` as built from the
+    run's config, and its counters and random states, before anything is loaded; a mismatch is one line
+    naming the tensor. (Loading unchecked optimiser state can crash a fused kernel outright.)"""
+    _check_tensors(model.state_dict(), ckpt.model_state, "model/", where)
+    if optimizers is not None:
+        if set(optimizers) != set(ckpt.optimizer_states):
+            raise GenlabError(f"{where}: optimisers {sorted(ckpt.optimizer_states)} do not match the model's "
+                              f"players {sorted(optimizers)}; the checkpoint does not fit its config.json")
+        for name, opt in optimizers.items():
+            _check_optimizer(name, opt, ckpt.optimizer_states[name], where)
+        _check_counters(ckpt.counters, where)
+    if world is not None:
+        if len(ckpt.rng_states) != world:
+            raise GenlabError(f"{where} was trained on {len(ckpt.rng_states)} process(es); "
+                              f"resume it with the same number (got {world})")
+        size = torch.get_rng_state().numel()
+        for rank, state in enumerate(ckpt.rng_states):
+            if state.numel() != size:
+                raise GenlabError(f"{where}: random state rng/{rank} has {state.numel()} bytes, expected {size}; "
+                                  "the file is damaged")
+
+
+def _check_tensors(expected: dict[str, torch.Tensor], found: dict, prefix: str, where) -> None:
+    for name in sorted(set(expected) | set(found)):
+        if name not in found:
+            raise GenlabError(f"{where}: tensor {prefix}{name} is missing; the checkpoint does not fit its config.json")
+        if name not in expected:
+            raise GenlabError(f"{where}: unexpected tensor {prefix}{name}; the checkpoint does not fit its config.json")
+        want, got = expected[name], found[name]
+        if not torch.is_tensor(got) or got.shape != want.shape or got.dtype != want.dtype:
+            shown = _describe(got) if torch.is_tensor(got) else repr(got)
+            raise GenlabError(f"{where}: tensor {prefix}{name} has {shown}, expected {_describe(want)}; "
+                              "the checkpoint does not fit its config.json")
+
+
+def _check_optimizer(name: str, opt: torch.optim.Optimizer, saved: dict, where) -> None:
+    fresh = opt.state_dict()["param_groups"]
+    groups = saved["param_groups"]
+    if len(groups) != len(fresh):
+        raise GenlabError(f"{where}: optimiser {name} has {len(groups)} parameter group(s), expected {len(fresh)}")
+    for i, (got, want) in enumerate(zip(groups, fresh)):
+        if not isinstance(got, dict) or set(got) != set(want):
+            raise GenlabError(f"{where}: optimiser {name} group {i} has settings "
+                              f"{sorted(got) if isinstance(got, dict) else got!r}, expected {sorted(want)}")
+        for key, value in want.items():
+            if not _same_kind(got[key], value):
+                raise GenlabError(f"{where}: optimiser {name} group {i} setting {key} is {got[key]!r}, "
+                                  f"expected a value like {value!r}")
+    params = [p for group in opt.param_groups for p in group["params"]]
+    allowed = OPTIMIZER_STATE.get(type(opt).__name__)
+    for pid, entries in saved["state"].items():
+        if pid >= len(params):
+            raise GenlabError(f"{where}: optimiser {name} holds state for parameter {pid}, but it has only "
+                              f"{len(params)} parameters")
+        param = params[pid]
+        for key, value in entries.items():
+            label = f"optim/{name}/{pid}/{key}"
+            if allowed is not None and key not in allowed:
+                raise GenlabError(f"{where}: unexpected optimiser state {label}")
+            if key == "step":
+                ok = (torch.is_tensor(value) and value.numel() == 1 and value.is_floating_point()
+                      and bool(torch.isfinite(value).all()) and float(value) >= 0) or \
+                     (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf)
+                if not ok:
+                    raise GenlabError(f"{where}: optimiser state {label} must be a non-negative step count, "
+                                      f"found {_describe(value) if torch.is_tensor(value) else repr(value)}")
+            elif not torch.is_tensor(value) or value.shape != param.shape or value.dtype != param.dtype:
+                shown = _describe(value) if torch.is_tensor(value) else repr(value)
+                raise GenlabError(f"{where}: tensor {label} has {shown}, expected {_describe(param)} like its "
+                                  "parameter; the checkpoint does not fit its config.json")
+
+
+def _same_kind(got: Any, want: Any) -> bool:
+    """Whether a saved optimiser setting can stand in for the fresh one (JSON turns tuples into lists)."""
+    if want is None or isinstance(want, bool):
+        return got is None or isinstance(got, bool)
+    if isinstance(want, (int, float)):
+        return isinstance(got, (int, float)) and not isinstance(got, bool) and math.isfinite(got)
+    if isinstance(want, (list, tuple)):
+        return isinstance(got, (list, tuple)) and len(got) == len(want) and all(map(_same_kind, got, want))
+    return type(got) is type(want)
+
+
+def _check_counters(counters: dict, where) -> None:
+    for key in COUNTERS:
+        value = counters.get(key)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            raise GenlabError(f"{where}: counter {key} must be a non-negative whole number, found {value!r}")
+    seconds = counters.get("seconds")
+    if not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 <= seconds < math.inf):
+        raise GenlabError(f"{where}: counter seconds must be a non-negative number, found {seconds!r}")
+    sums = counters.get("sums")
+    if not (isinstance(sums, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                           for v in sums.values())):
+        raise GenlabError(f"{where}: counter sums must map loss terms to numbers, found {sums!r}")
+    if "record" in counters and not isinstance(counters["record"], dict):
+        raise GenlabError(f"{where}: counter record must be a JSON object, found {counters['record']!r}")
 
 
 @dataclass
@@ -116,13 +272,20 @@ def read_configs(run_dir: Path):
     from genlab.models import MODELS
     from genlab.config import TrainConfig
 
-    data = cfgmod.read_json(Path(run_dir) / CONFIG)
+    path = Path(run_dir) / CONFIG
+    data = cfgmod.read_json(path)
     name = data.get("model")
-    if name not in MODELS:
-        raise GenlabError(f"{run_dir}/{CONFIG} names model {name!r}, which this genlab does not know "
+    if not isinstance(name, str) or name not in MODELS:
+        raise GenlabError(f"{path} names model {name!r}, which this genlab does not know "
                           f"(known: {', '.join(MODELS)})")
-    model_cfg = cfgmod.from_dict(MODELS[name].Config, data["model_config"])
-    train_cfg = cfgmod.from_dict(TrainConfig, data["train_config"])
+    for key in ("model_config", "train_config"):
+        if key not in data:
+            raise GenlabError(f"{path} lacks {key!r}; the run directory is damaged")
+    try:
+        model_cfg = cfgmod.from_dict(MODELS[name].Config, data["model_config"])
+        train_cfg = cfgmod.from_dict(TrainConfig, data["train_config"])
+    except GenlabError as e:
+        raise GenlabError(f"{path}: {e}") from None
     return name, model_cfg, train_cfg
 
 
@@ -136,9 +299,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     name, model_cfg, train_cfg = read_configs(run_dir)
     ckpt = load(run_dir / CHECKPOINT)
     model = build(name, model_cfg)
-    try:
-        model.load_state_dict(ckpt.model_state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise GenlabError(f"checkpoint in {run_dir} does not fit its config.json ({first})") from None
+    check(ckpt, model, where=run_dir / CHECKPOINT)
+    model.load_state_dict(ckpt.model_state)
     return Run(run_dir, name, model.to(device).eval(), model_cfg, train_cfg, ckpt.counters)

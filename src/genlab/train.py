@@ -6,7 +6,6 @@ A run directory holds ``config.json`` (enough to rebuild the model), ``metrics.j
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from genlab import __version__, checkpoint, config as cfgmod, distributed
+from genlab import __version__, checkpoint, config as cfgmod, distributed, rundir
 from genlab.config import TrainConfig
 from genlab.data import load_dataset, resolve_dataset_name
 from genlab.data.batching import Batches, to_pixels
@@ -108,9 +107,11 @@ def train(model_name: str, model_cfg=None, train_cfg: TrainConfig | None = None,
         train_cfg = train_cfg if train_cfg is not None else default_train_config(model_name)
         run_dir = Path(train_cfg.out) if train_cfg.out else default_run_dir(model_name)
 
+    cfgmod.check_device(train_cfg.device)
     ctx = distributed.setup(train_cfg.device)
     try:
-        return _train(model_name, model_cfg, train_cfg, run_dir, resume is not None, ctx)
+        with rundir.claim(run_dir, owner=ctx.is_main):  # one owner per run directory: see genlab.rundir
+            return _train(model_name, model_cfg, train_cfg, run_dir, resume is not None, ctx)
     finally:
         distributed.teardown(ctx)
 
@@ -138,14 +139,17 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
     counters = {"epoch": 0, "batch": 0, "step": 0, "sums": {}, "count": 0, "seconds": 0.0}
     if resuming:
         ckpt = checkpoint.load(run_dir / checkpoint.CHECKPOINT)
+        checkpoint.check(ckpt, model, optimizers, ctx.world, where=run_dir / checkpoint.CHECKPOINT)
+        if ckpt.counters["epoch"] > cfg.epochs:
+            raise GenlabError(f"{run_dir} has already trained {ckpt.counters['epoch']} epochs; --epochs must be "
+                              f"at least that, got {cfg.epochs}")
         model.load_state_dict(ckpt.model_state)
         for name, opt in optimizers.items():
             opt.load_state_dict(ckpt.optimizer_states[name])
-        if len(ckpt.rng_states) != ctx.world:
-            raise GenlabError(f"{run_dir} was trained on {len(ckpt.rng_states)} process(es); "
-                              f"resume it with the same number (got {ctx.world})")
         torch.set_rng_state(ckpt.rng_states[ctx.rank])
         counters = ckpt.counters
+        if ctx.is_main:
+            rundir.recover_metrics(run_dir, counters)
         say(f"resuming {run_dir} at epoch {counters['epoch'] + 1}, batch {counters['batch']}")
     elif ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -215,15 +219,15 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
             if ctx.is_main:
                 record.update({f"test/{k}": v for k, v in evaluate_terms(model, test_images).items()})
                 record.update({"seconds": counters["seconds"], "images_per_s": images_seen / max(seconds, 1e-9)})
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                say("  ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
                 if tensorboard:
                     tensorboard.epoch(model, epoch + 1, record, test_images)
             model.end_of_epoch(epoch)
-            counters.update(epoch=epoch + 1, batch=0, sums={}, count=0)
+            # One commit per epoch: the checkpoint (holding the record), then the log line (see genlab.rundir).
+            counters.update(epoch=epoch + 1, batch=0, sums={}, count=0, record=record)
             save_checkpoint()
             if ctx.is_main:
+                rundir.commit_metrics(run_dir, record)
+                say("  ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
                 from genlab.viz.figures import epoch_figures
                 epoch_figures(model_name, model, epoch + 1, test_set, run_dir / "figures")
 

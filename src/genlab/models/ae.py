@@ -15,12 +15,8 @@ from genlab.models.base import GenerativeModel
 
 @dataclass
 class AEConfig:
-    latent_dim: int = opt(30, "code size d: 30 is under-complete (the lecture), 500 over-complete")
+    latent_dim: int = opt(30, "code size d: 30 is under-complete (the lecture), 500 over-complete", min=1, max=10_000)
 
-    def check(self) -> None:
-        if self.latent_dim < 1:
-            from genlab.errors import GenlabError
-            raise GenlabError(f"--latent-dim must be at least 1, got {self.latent_dim}")
 
 
 def squared_error(x_hat: Tensor, x: Tensor) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -18,6 +19,9 @@ PLUGIN_COMMANDS = (
     "genlab.metrics.anomaly",      # genlab energy
     "genlab.viz.report",           # genlab report, genlab reproduce
 )
+
+
+MAX_SAMPLES = 10_000  # one grid of 100 x 100 digits; more is a typo, not a figure
 
 
 class Parser(argparse.ArgumentParser):
@@ -74,15 +78,21 @@ def _evaluate(args) -> int:
     from genlab.checkpoint import load_run
     from genlab.evaluate import evaluate_run
 
+    cfgmod.check_device(args.device)
     run = load_run(args.run_dir, device=args.device)
     options = {"iwae_k": tuple(args.iwae_k)} if args.iwae_k else {}
     results = evaluate_run(run, split=args.split, limit=args.limit, quality=args.quality, **options)
     if args.json:
-        print(json.dumps(results))
+        print(json.dumps(finite_or_null(results), allow_nan=False))
     else:
         for key, value in results.items():
             print(f"{key:<24} {value:.6g}" if isinstance(value, float) else f"{key:<24} {value}")
     return 0
+
+
+def finite_or_null(results: dict) -> dict:
+    """NaN and infinities are not JSON: ``evaluate --json`` prints them as null (a diverged model's metrics)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in results.items()}
 
 
 def _sample(args) -> int:
@@ -115,7 +125,7 @@ def build_parser() -> Parser:
 
     train = sub.add_parser("train", help="train a model (genlab train MODEL --help for its flags)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
-    train.add_argument("--epochs", type=int, default=argparse.SUPPRESS,
+    train.add_argument("--epochs", type=cfgmod.bounded_int(1), default=argparse.SUPPRESS,
                        help="with --resume: train up to this many epochs in all")
     train.set_defaults(func=_train, model=None)
     models = train.add_subparsers(dest="model", parser_class=Parser, metavar="MODEL")
@@ -132,19 +142,21 @@ def build_parser() -> Parser:
     ev = sub.add_parser("evaluate", help="test loss, energies and model-specific metrics of a run")
     ev.add_argument("run_dir", metavar="RUN_DIR")
     ev.add_argument("--split", default="test", choices=("train", "test"))
-    ev.add_argument("--limit", type=int, default=0, help="use only the first N images (0: all)")
-    ev.add_argument("--json", action="store_true", help="print one JSON object of metric name to value")
-    ev.add_argument("--iwae-k", type=int, nargs="+", help="VAE: importance samples per bound (default: 1 50 5000)")
+    ev.add_argument("--limit", type=cfgmod.bounded_int(0), default=0, help="use only the first N images (0: all)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object of metric name to value "
+                    "(a value that is not finite, NaN or infinite, prints as null)")
+    ev.add_argument("--iwae-k", type=cfgmod.bounded_int(1, 100_000), nargs="+", help="VAE: importance samples per bound (default: 1 50 5000)")
     ev.add_argument("--quality", action=argparse.BooleanOptionalAction, default=True,
                     help="sample-quality metrics for models that sample (default: on)")
-    ev.add_argument("--device", default="cpu", help="cpu or cuda")
+    ev.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ev.set_defaults(func=_evaluate)
 
     sp = sub.add_parser("sample", help="draw samples from a model that can sample")
     sp.add_argument("run_dir", metavar="RUN_DIR")
-    sp.add_argument("-n", type=int, default=64, help="number of samples")
+    sp.add_argument("-n", type=cfgmod.bounded_int(1, MAX_SAMPLES), default=64,
+                    help=f"number of samples, 1 to {MAX_SAMPLES} (one grid image)")
     sp.add_argument("--out", default="samples.png", help="output PNG")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=cfgmod.bounded_int(0, 2**32 - 1), default=0)
     sp.set_defaults(func=_sample)
 
     for module in PLUGIN_COMMANDS:

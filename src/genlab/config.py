@@ -81,6 +81,21 @@ def check_device(name: str) -> None:
                           f"{', '.join(present)} (or auto)")
 
 
+def bounded_int(low: int, high: int | None = None) -> typing.Callable[[str], int]:
+    """An argparse ``type`` for a whole-number flag in [low, high]: a bad value is argparse's one-line error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            span = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {value}")
+        return value
+    parse.__name__ = "whole number"
+    return parse
+
+
 def fields_of(cls: type) -> list[dataclasses.Field]:
     return list(dataclasses.fields(cls))
 
@@ -129,17 +144,13 @@ def from_dict(cls: type, data: dict) -> Any:
     return obj
 
 
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
 def _describe_range(meta: dict) -> str:
-    parts = []
-    if meta.get("above") is not None:
-        parts.append(f"> {meta['above']:g}")
-    if meta.get("min") is not None:
-        parts.append(f">= {meta['min']:g}")
-    if meta.get("below") is not None:
-        parts.append(f"< {meta['below']:g}")
-    if meta.get("max") is not None:
-        parts.append(f"<= {meta['max']:g}")
-    return " and ".join(parts)
+    bounds = (("above", ">"), ("min", ">="), ("below", "<"), ("max", "<="))
+    return " and ".join(f"{sign} {_number(meta[key])}" for key, sign in bounds if meta.get(key) is not None)
 
 
 def _check_type(name: str, kind: type, value: Any) -> Any:
@@ -176,7 +187,7 @@ def validate(obj: Any) -> None:
                 or (meta.get("max") is not None and value > meta["max"])
                 or (meta.get("above") is not None and value <= meta["above"])
                 or (meta.get("below") is not None and value >= meta["below"])):
-            raise GenlabError(f"{flag} must be {_describe_range(meta)}, got {value:g}")
+            raise GenlabError(f"{flag} must be {_describe_range(meta)}, got {_number(value)}")
     if hasattr(obj, "check"):
         obj.check()
 

@@ -150,8 +150,9 @@ def _describe(t: torch.Tensor) -> str:
     return f"shape {list(t.shape)} {str(t.dtype).replace('torch.', '')}"
 
 
-# Per-parameter state each optimiser keeps; "step" is a count, every other entry has the parameter's shape.
-OPTIMIZER_STATE = {"Adam": {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}, "SGD": {"momentum_buffer"}}
+# The per-parameter state each optimiser keeps, all of it or none (a parameter not stepped yet); "step" is a
+# count, every other entry has the parameter's shape and dtype. Adam adds max_exp_avg_sq with amsgrad.
+OPTIMIZER_STATE = {"Adam": {"step", "exp_avg", "exp_avg_sq"}, "SGD": {"momentum_buffer"}}
 COUNTERS = ("epoch", "batch", "step", "count")
 
 
@@ -202,24 +203,31 @@ def _check_optimizer(name: str, opt: torch.optim.Optimizer, saved: dict, where) 
             raise GenlabError(f"{where}: optimiser {name} group {i} has settings "
                               f"{sorted(got) if isinstance(got, dict) else got!r}, expected {sorted(want)}")
         for key, value in want.items():
-            if not _same_kind(got[key], value):
+            if (value is None or isinstance(value, bool)) and got[key] is not value:
+                # amsgrad, fused, ... decide which state the step reads: they must be this config's own
+                raise GenlabError(f"{where}: optimiser {name} group {i} setting {key} is {got[key]!r}, "
+                                  f"expected {value!r}; the checkpoint does not fit its config.json")
+            if not _same_kind(got[key], value) or (key == "params" and list(got[key]) != list(value)):
                 raise GenlabError(f"{where}: optimiser {name} group {i} setting {key} is {got[key]!r}, "
                                   f"expected a value like {value!r}")
-    params = [p for group in opt.param_groups for p in group["params"]]
-    allowed = OPTIMIZER_STATE.get(type(opt).__name__)
+    params = [(p, group) for group in opt.param_groups for p in group["params"]]
     for pid, entries in saved["state"].items():
         if pid >= len(params):
             raise GenlabError(f"{where}: optimiser {name} holds state for parameter {pid}, but it has only "
                               f"{len(params)} parameters")
-        param = params[pid]
+        param, group = params[pid]
+        required = OPTIMIZER_STATE.get(type(opt).__name__)
+        if required is not None:
+            required = required | ({"max_exp_avg_sq"} if group.get("amsgrad") else set())
+            if set(entries) != required:
+                odd = sorted(set(entries) ^ required)
+                raise GenlabError(f"{where}: optimiser state optim/{name}/{pid}/{odd[0]} is "
+                                  f"{'unexpected' if odd[0] in entries else 'missing'}; the checkpoint is damaged")
         for key, value in entries.items():
             label = f"optim/{name}/{pid}/{key}"
-            if allowed is not None and key not in allowed:
-                raise GenlabError(f"{where}: unexpected optimiser state {label}")
             if key == "step":
-                ok = (torch.is_tensor(value) and value.numel() == 1 and value.is_floating_point()
-                      and bool(torch.isfinite(value).all()) and float(value) >= 0) or \
-                     (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf)
+                ok = torch.is_tensor(value) and value.dim() == 0 and value.dtype == torch.float32 and \
+                    bool(torch.isfinite(value)) and float(value) >= 0
                 if not ok:
                     raise GenlabError(f"{where}: optimiser state {label} must be a non-negative step count, "
                                       f"found {_describe(value) if torch.is_tensor(value) else repr(value)}")

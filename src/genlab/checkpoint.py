@@ -113,8 +113,10 @@ def load(path: Path) -> Checkpoint:
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        counters = json.loads(meta["counters"], parse_constant=_no_constant)
-        optim_meta = json.loads(meta["optimizers"], parse_constant=_no_constant)
+        # genlab writes these with json.dumps, which spells a diverged term NaN: accepted here, while the
+        # optimiser's settings are checked to be finite numbers in ``check``.
+        counters = json.loads(meta["counters"])
+        optim_meta = json.loads(meta["optimizers"])
     except (SafetensorError, OSError, KeyError, ValueError, TypeError, RecursionError) as e:
         raise GenlabError(f"checkpoint {path} is damaged or not a genlab checkpoint ({e}); "
                           "retrain, or restore the file") from None
@@ -142,10 +144,6 @@ def load(path: Path) -> Checkpoint:
     return Checkpoint(model_state, optimizers, [rng[r] for r in range(len(rng))], counters)
 
 
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
 def _describe(t: torch.Tensor) -> str:
     return f"shape {list(t.shape)} {str(t.dtype).replace('torch.', '')}"
 
@@ -170,6 +168,8 @@ def check(ckpt: Checkpoint, model: torch.nn.Module, optimizers: dict[str, torch.
             _check_optimizer(name, opt, ckpt.optimizer_states[name], where)
         _check_counters(ckpt.counters, where)
     if world is not None:
+        if not ckpt.rng_states:
+            raise GenlabError(f"{where}: random state rng/0 is missing; the file is damaged")
         if len(ckpt.rng_states) != world:
             raise GenlabError(f"{where} was trained on {len(ckpt.rng_states)} process(es); "
                               f"resume it with the same number (got {world})")
@@ -303,7 +303,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise GenlabError(f"run directory {run_dir} does not exist")
+        raise GenlabError(f"run directory {run_dir} " + ("is a file, not a directory" if run_dir.exists()
+                                                           else "does not exist"))
     name, model_cfg, train_cfg = read_configs(run_dir)
     ckpt = load(run_dir / CHECKPOINT)
     model = build(name, model_cfg)

@@ -102,6 +102,8 @@ def _sample(args) -> int:
     from genlab.data.batching import to_unit
     from genlab.viz.figures import save_grid
 
+    if Path(args.out).is_dir():
+        raise GenlabError(f"--out {args.out} is a directory; give the file name of a PNG")
     run = load_run(args.run_dir)
     if not run.model.can_sample:
         raise GenlabError(f"a {run.model_name} model cannot sample; models that can: vae, ebgan, dcgan")

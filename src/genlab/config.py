@@ -49,6 +49,9 @@ class TrainConfig:
     progress: bool = opt(True, "show progress bars (only on a terminal)")
     tensorboard: bool = opt(False, "also log scalars, image grids and energy histograms to RUN_DIR/tensorboard")
 
+    def __post_init__(self) -> None:
+        validate(self)  # the declared ranges hold however the config is built: flags, JSON or Python
+
     def check(self) -> None:
         check_device_name(self.device)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from genlab.config import opt
+from genlab.config import opt, validate
 from genlab.errors import GenlabError
 from genlab.models.ae import squared_error
 from genlab.models.base import GenerativeModel
@@ -31,6 +31,9 @@ class DAEConfig:
                        min=0.0, max=100.0)
     unscaled_mask: bool = opt(False, "dropout: use a {0, 1} mask instead of the lecture's {0, 1/(1-p)}")
     arch: str = opt("mlp", "mlp (the lecture) or conv (a stronger convolutional denoiser)", choices=("mlp", "conv"))
+
+    def __post_init__(self) -> None:
+        validate(self)  # the declared ranges hold however the config is built: flags, JSON or Python
 
     def check(self) -> None:
         if self.corruption in ("dropout", "salt-pepper") and not 0.0 <= self.noise < 1.0:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.config import opt
+from genlab.config import opt, validate
 from genlab.models.gan_common import (EMA, CollapseCheck, Streak, TwoPlayerGAN, dcgan_init, find_log,
                                       make_generator, running_stats_frozen, spread, to_64)
 
@@ -35,6 +35,9 @@ class DCGANConfig:
     ndf: int = opt(64, "discriminator width (channels of its first layer)", min=1, max=256)
     ema: float = opt(0.0, "decay of an exponential moving average of the generator used for sampling (0: off; "
                           "0.999 is typical)", min=0.0, below=1.0)
+
+    def __post_init__(self) -> None:
+        validate(self)  # the declared ranges hold however the config is built: flags, JSON or Python
 
 
 class Discriminator28(nn.Module):

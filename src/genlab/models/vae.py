@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.config import opt
+from genlab.config import opt, validate
 from genlab.errors import GenlabError
 from genlab.models.base import GenerativeModel
 
@@ -70,6 +70,9 @@ class VAEConfig:
                                      "empty: none)")
     sample_eval: bool = opt(True, "the evaluation 'loss' decodes a sampled z (the PyTorch examples' test loss); "
                                   "--no-sample-eval decodes z = mu (the lecture's notebook); both are reported")
+
+    def __post_init__(self) -> None:
+        validate(self)  # the declared ranges hold however the config is built: flags, JSON or Python
 
     def check(self) -> None:
         try:

@@ -30,7 +30,8 @@ EXAMPLES = int(os.environ.get("GENLAB_PROPERTY_EXAMPLES", "0"))
 SETTINGS = settings(max_examples=EXAMPLES or 120, deadline=None, derandomize=not EXAMPLES,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.sampled_from([10**400, -10**400])
+                    | st.floats() | st.text(max_size=8),
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                     max_leaves=12)
 

@@ -148,7 +148,9 @@ def from_dict(cls: type, data: dict) -> Any:
 
 
 def _number(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+    if isinstance(x, int):  # JSON ints are unbounded: 10**400 has no float
+        return str(x) if abs(x) < 10**15 else f"a {len(str(abs(x)))}-digit number"
+    return str(int(x)) if x.is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
 def _describe_range(meta: dict) -> str:

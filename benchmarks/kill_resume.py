@@ -1,10 +1,12 @@
 """kill -9 at random moments of a run with many short epochs, each followed by ``genlab train --resume``: the
 final checkpoint and ``metrics.jsonl`` must equal an uninterrupted run's.
 
-One reference run trains straight through. Then each trial starts the same run in a fresh directory, kills it
-with SIGKILL after a uniformly random delay within the reference's wall time, notes what the kill left (the
-checkpoint's epoch, the lines logged, any half-written ``.checkpoint-*.tmp``), and resumes it (or starts it
-again when it died before its first checkpoint). Checked per trial: every tensor of the final checkpoint equals
+One reference run trains straight through; its training phase is timed from its first checkpoint (after
+start-up, data loading and epoch 1) to its exit. Then each trial starts the same run in a fresh directory, waits
+for its first checkpoint, kills it with SIGKILL after a uniformly random further delay within the reference's
+training phase (so the kills land in training, evaluation, checkpoint writes and log appends rather than in
+Python's start-up), notes what the kill left (the checkpoint's epoch, the lines logged, any half-written
+``.checkpoint-*.tmp``), and resumes it. Checked per trial: every tensor of the final checkpoint equals
 the reference's, ``metrics.jsonl`` equals the reference's without its timing fields, no epoch is logged twice,
 no temporary file is left.
 
@@ -50,6 +52,13 @@ def metrics(out: Path) -> list[dict]:
             for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def wait_for(path: Path, proc: subprocess.Popen) -> float:
+    """Poll until ``path`` exists (or ``proc`` ends); the time it appeared."""
+    while not path.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    return time.perf_counter()
+
+
 def checkpoint_epoch(out: Path) -> int | None:
     try:
         with safe_open(str(out / "checkpoint.safetensors"), framework="pt") as f:
@@ -71,22 +80,27 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="genlab-kill-") as tmp:
         root = Path(tmp)
         started = time.perf_counter()
-        ref = run(command(args.model, args.epochs, root / "ref"))
-        wall = time.perf_counter() - started
+        ref = subprocess.Popen(command(args.model, args.epochs, root / "ref"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+        first = wait_for(root / "ref" / "checkpoint.safetensors", ref)
+        _, err = ref.communicate(timeout=600)
+        wall, training = time.perf_counter() - started, time.perf_counter() - first
         if ref.returncode:
-            print(ref.stderr, file=sys.stderr)
+            print(err, file=sys.stderr)
             return 1
         want_metrics, want_tensors = metrics(root / "ref"), load_file(str(root / "ref" / "checkpoint.safetensors"))
-        print(f"reference: {args.model}, {args.epochs} epochs of 8 batches, {wall:.1f} s wall (with start-up)")
-        print("| trial | kill after s | checkpoint epoch at kill | lines logged at kill | temporary files at kill "
+        print(f"reference: {args.model}, {args.epochs} epochs of 8 batches, {wall:.1f} s wall, of which "
+              f"{training:.1f} s after its first checkpoint")
+        print("| trial | kill s after first checkpoint | checkpoint epoch at kill | lines logged at kill | temporary files at kill "
               "| then | final tensors equal | metrics equal | epochs logged twice | temporary files left |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         failures = 0
         for trial in range(1, args.trials + 1):
             out = root / f"t{trial}"
-            delay = rng.uniform(0.0, wall)
+            delay = rng.uniform(0.0, training)
             proc = subprocess.Popen(command(args.model, args.epochs, out), stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
+            wait_for(out / "checkpoint.safetensors", proc)
             time.sleep(delay)
             proc.kill()
             proc.wait()

@@ -256,8 +256,8 @@ def flag_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
         Case("flags", "evaluate a file as run", ["evaluate", str(runs["ae"] / "config.json")]),
         Case("flags", "energy --limit -2", ["energy", ae, "--limit", "-2"]),
         Case("flags", "inpaint on an ae run", ["inpaint", ae, "--limit", "10"]),
-        Case("flags", "datasets --data-dir a file", ["datasets", "--data-dir", str(runs["ae"] / "config.json")],
-             expect=0),
+        Case("flags", "datasets --data-dir a file (documented: 0, lists the data sets as missing)",
+             ["datasets", "--data-dir", str(runs["ae"] / "config.json")], expect=0),
         Case("flags", "unknown command", ["frobnicate"]),
         Case("flags", "report on a missing run", ["report", str(root / "nope"), "--out", str(root / "rep0")]),
     ]

@@ -35,6 +35,7 @@ import time
 
 import torch
 
+from genlab.config import validate
 from genlab.data import load_dataset
 from genlab.data.batching import Batches, to_pixels
 from genlab.errors import one_line_errors
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     cfg = VAEConfig(latent_dim=20, hidden=400, binarize="dynamic", warmup_epochs=args.warmup_epochs,
                     ema_decay=args.ema_decay)
-    cfg.check()
+    validate(cfg)
     train_images = load_dataset("mnist", "train", args.data_dir).images
     test_images = load_dataset("mnist", "test", args.data_dir).images
     if args.eval_limit:

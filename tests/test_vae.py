@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from genlab.config import validate
 from genlab.data import load_dataset
 from genlab.data.batching import Batches, to_pixels
 from genlab.errors import GenlabError
@@ -312,7 +313,7 @@ def test_weight_average_is_used_in_eval_mode(data):
 def test_config_errors_are_one_line():
     for bad in (dict(beta=-1.0), dict(latent_dim=0), dict(ema_decay=1.0), dict(tsne_epochs="0,five")):
         with pytest.raises(GenlabError) as info:
-            VAEConfig(**bad).check()
+            validate(VAEConfig(**bad))
         assert "\n" not in str(info.value) and "--" in str(info.value)
     assert VAEConfig(tsne_epochs="0, 5,10").figure_epochs() == {0, 5, 10}
 

@@ -9,6 +9,7 @@ sums of the current epoch) is JSON in the file's metadata. ``config.json`` besid
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from genlab import config as cfgmod
@@ -25,6 +26,7 @@ from genlab.errors import GenlabError
 CHECKPOINT = "checkpoint.safetensors"
 CONFIG = "config.json"
 RNG_PREFIXES = {"cpu": "rng", "cuda": "cuda_rng"}  # generator kind -> tensor name prefix, one tensor per rank
+TMP_PREFIX, TMP_SUFFIX = ".checkpoint-", ".tmp"  # a save in progress; stale ones are removed on the next claim
 
 
 def _optimizer_to_flat(name: str, opt: torch.optim.Optimizer, tensors: dict) -> dict:
@@ -39,17 +41,29 @@ def _optimizer_to_flat(name: str, opt: torch.optim.Optimizer, tensors: dict) -> 
     return {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _optimizer_from_flat(name: str, meta: dict, tensors: dict) -> dict:
+def _optimizer_from_flat(name: str, meta: Any, tensors: dict, where: Path) -> dict:
+    """The ``state_dict`` of optimiser ``name``, from its tensors and its JSON; a malformed part is a GenlabError."""
+    if not (isinstance(meta, dict) and isinstance(meta.get("param_groups"), list)
+            and isinstance(meta.get("scalars"), dict)):
+        raise GenlabError(f"checkpoint {where}: optimiser {name!r} has no param_groups/scalars; the file is damaged")
     state: dict[int, dict] = {}
     prefix = f"optim/{name}/"
     for key, value in tensors.items():
         if key.startswith(prefix):
-            pid, field = key[len(prefix):].split("/", 1)
-            state.setdefault(int(pid), {})[field] = value
+            pid, field = _param_key(key[len(prefix):], key, where)
+            state.setdefault(pid, {})[field] = value
     for key, value in meta["scalars"].items():
-        pid, field = key.split("/", 1)
-        state.setdefault(int(pid), {})[field] = value
+        pid, field = _param_key(key, f"optimiser {name} scalar {key}", where)
+        state.setdefault(pid, {})[field] = value
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _param_key(key: str, what: str, where: Path) -> tuple[int, str]:
+    """"<param index>/<state key>" -> (index, key)."""
+    pid, _, field = key.partition("/")
+    if not (pid.isdigit() and field):
+        raise GenlabError(f"checkpoint {where}: {what!r} is not <parameter index>/<state key>; the file is damaged")
+    return int(pid), field
 
 
 def save(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
@@ -65,15 +79,22 @@ def save(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.O
         for rank, state in enumerate(rng_states.get(kind, ())):
             tensors[f"{prefix}/{rank}"] = state.cpu().contiguous()
     meta = {"counters": json.dumps(counters), "optimizers": json.dumps(optim_meta), "format": "genlab-1"}
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=path.parent)
+        os.close(fd)
         save_file(tensors, tmp, metadata=meta)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as e:
+        # A full disk (ENOSPC, or EFBIG past a file-size limit) lands here: the rename never happened, so the
+        # previous checkpoint is whole; say so in one line.
+        kept = f"the last good checkpoint {path} is kept" if path.exists() else "no checkpoint was written"
+        raise GenlabError(f"cannot write the checkpoint {path} ({getattr(e, 'strerror', None) or e}); {kept}; "
+                          f"free space and continue with --resume") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -87,26 +108,172 @@ class Checkpoint:
 
 
 def load(path: Path) -> Checkpoint:
-    """Read a checkpoint written by ``save``; a missing or damaged file is a GenlabError."""
+    """Read a checkpoint written by ``save``; a missing, damaged or malformed file is a GenlabError.
+
+    Only the file's own structure is checked here (tensor names, metadata types); ``check`` compares it with
+    the model and optimisers it is meant for.
+    """
     path = Path(path)
     if not path.is_file():
         raise GenlabError(f"no checkpoint at {path}; train first, or point at a genlab run directory")
     try:
         tensors = load_file(str(path))
-        from safetensors import safe_open
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+        # genlab writes these with json.dumps, which spells a diverged term NaN: accepted here, while the
+        # optimiser's settings are checked to be finite numbers in ``check``.
         counters = json.loads(meta["counters"])
         optim_meta = json.loads(meta["optimizers"])
-    except (SafetensorError, OSError, KeyError, ValueError) as e:
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError, RecursionError) as e:
         raise GenlabError(f"checkpoint {path} is damaged or not a genlab checkpoint ({e}); "
                           "retrain, or restore the file") from None
+    if not isinstance(counters, dict) or not isinstance(optim_meta, dict):
+        raise GenlabError(f"checkpoint {path}: its counters and optimisers must be JSON objects; the file is damaged")
+    rng: dict[str, dict[int, torch.Tensor]] = {"rng": {}, "cuda_rng": {}}
+    for key, value in tensors.items():
+        family, _, rest = key.partition("/")
+        if family == "model" and rest:
+            continue
+        if family == "optim" and rest.partition("/")[0] in optim_meta:
+            continue
+        if family in ("rng", "cuda_rng") and rest.isdigit():
+            if value.dtype != torch.uint8 or value.dim() != 1:
+                raise GenlabError(f"checkpoint {path}: random state {key} must be a 1-D uint8 tensor, found "
+                                  f"{_describe(value)}; the file is damaged")
+            rng[family][int(rest)] = value
+            continue
+        raise GenlabError(f"checkpoint {path}: unexpected tensor {key!r}; not a genlab checkpoint")
+    for family, states in rng.items():
+        if sorted(states) != list(range(len(states))):
+            raise GenlabError(f"checkpoint {path}: {family} states for ranks {sorted(states)}, expected "
+                              f"0..{len(states) - 1}")
+    if rng["cuda_rng"] and len(rng["cuda_rng"]) != len(rng["rng"]):
+        raise GenlabError(f"checkpoint {path}: {len(rng['cuda_rng'])} CUDA random states for {len(rng['rng'])} "
+                          "processes; the file is damaged")
     model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-    optimizers = {name: _optimizer_from_flat(name, m, tensors) for name, m in optim_meta.items()}
-    states = {kind: [tensors[key] for key in sorted((k for k in tensors if k.startswith(prefix + "/")),
-                                                      key=lambda k: int(k.split("/")[1]))]
-              for kind, prefix in RNG_PREFIXES.items()}
-    return Checkpoint(model_state, optimizers, states["cpu"], counters, states["cuda"])
+    optimizers = {name: _optimizer_from_flat(name, m, tensors, path) for name, m in optim_meta.items()}
+    return Checkpoint(model_state, optimizers, [rng["rng"][r] for r in range(len(rng["rng"]))], counters,
+                      [rng["cuda_rng"][r] for r in range(len(rng["cuda_rng"]))])
+
+
+def _describe(t: torch.Tensor) -> str:
+    return f"shape {list(t.shape)} {str(t.dtype).replace('torch.', '')}"
+
+
+# The per-parameter state each optimiser keeps, all of it or none (a parameter not stepped yet); "step" is a
+# count, every other entry has the parameter's shape and dtype. Adam adds max_exp_avg_sq with amsgrad.
+OPTIMIZER_STATE = {"Adam": {"step", "exp_avg", "exp_avg_sq"}, "SGD": {"momentum_buffer"}}
+COUNTERS = ("epoch", "batch", "step", "count")
+
+
+def check(ckpt: Checkpoint, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer] | None = None,
+          world: int | None = None, where: Path | str = "checkpoint") -> None:
+    """Check every tensor of ``ckpt`` (name, shape, dtype) against ``model`` and ``optimizers`` as built from the
+    run's config, and its counters and random states, before anything is loaded; a mismatch is one line
+    naming the tensor. (Loading unchecked optimiser state can crash a fused kernel outright.)"""
+    _check_tensors(model.state_dict(), ckpt.model_state, "model/", where)
+    if optimizers is not None:
+        if set(optimizers) != set(ckpt.optimizer_states):
+            raise GenlabError(f"{where}: optimisers {sorted(ckpt.optimizer_states)} do not match the model's "
+                              f"players {sorted(optimizers)}; the checkpoint does not fit its config.json")
+        for name, opt in optimizers.items():
+            _check_optimizer(name, opt, ckpt.optimizer_states[name], where)
+        _check_counters(ckpt.counters, where)
+    if world is not None:
+        if not ckpt.rng_states:
+            raise GenlabError(f"{where}: random state rng/0 is missing; the file is damaged")
+        if len(ckpt.rng_states) != world:
+            raise GenlabError(f"{where} was trained on {len(ckpt.rng_states)} process(es); "
+                              f"resume it with the same number (got {world})")
+        size = torch.get_rng_state().numel()
+        for rank, state in enumerate(ckpt.rng_states):
+            if state.numel() != size:
+                raise GenlabError(f"{where}: random state rng/{rank} has {state.numel()} bytes, expected {size}; "
+                                  "the file is damaged")
+
+
+def _check_tensors(expected: dict[str, torch.Tensor], found: dict, prefix: str, where) -> None:
+    for name in sorted(set(expected) | set(found)):
+        if name not in found:
+            raise GenlabError(f"{where}: tensor {prefix}{name} is missing; the checkpoint does not fit its config.json")
+        if name not in expected:
+            raise GenlabError(f"{where}: unexpected tensor {prefix}{name}; the checkpoint does not fit its config.json")
+        want, got = expected[name], found[name]
+        if not torch.is_tensor(got) or got.shape != want.shape or got.dtype != want.dtype:
+            shown = _describe(got) if torch.is_tensor(got) else repr(got)
+            raise GenlabError(f"{where}: tensor {prefix}{name} has {shown}, expected {_describe(want)}; "
+                              "the checkpoint does not fit its config.json")
+
+
+def _check_optimizer(name: str, opt: torch.optim.Optimizer, saved: dict, where) -> None:
+    fresh = opt.state_dict()["param_groups"]
+    groups = saved["param_groups"]
+    if len(groups) != len(fresh):
+        raise GenlabError(f"{where}: optimiser {name} has {len(groups)} parameter group(s), expected {len(fresh)}")
+    for i, (got, want) in enumerate(zip(groups, fresh)):
+        if not isinstance(got, dict) or set(got) != set(want):
+            raise GenlabError(f"{where}: optimiser {name} group {i} has settings "
+                              f"{sorted(got) if isinstance(got, dict) else got!r}, expected {sorted(want)}")
+        for key, value in want.items():
+            if (value is None or isinstance(value, bool)) and got[key] is not value:
+                # amsgrad, fused, ... decide which state the step reads: they must be this config's own
+                raise GenlabError(f"{where}: optimiser {name} group {i} setting {key} is {got[key]!r}, "
+                                  f"expected {value!r}; the checkpoint does not fit its config.json")
+            if not _same_kind(got[key], value) or (key == "params" and list(got[key]) != list(value)):
+                raise GenlabError(f"{where}: optimiser {name} group {i} setting {key} is {got[key]!r}, "
+                                  f"expected a value like {value!r}")
+    params = [(p, group) for group in opt.param_groups for p in group["params"]]
+    for pid, entries in saved["state"].items():
+        if pid >= len(params):
+            raise GenlabError(f"{where}: optimiser {name} holds state for parameter {pid}, but it has only "
+                              f"{len(params)} parameters")
+        param, group = params[pid]
+        required = OPTIMIZER_STATE.get(type(opt).__name__)
+        if required is not None:
+            required = required | ({"max_exp_avg_sq"} if group.get("amsgrad") else set())
+            if set(entries) != required:
+                odd = sorted(set(entries) ^ required)
+                raise GenlabError(f"{where}: optimiser state optim/{name}/{pid}/{odd[0]} is "
+                                  f"{'unexpected' if odd[0] in entries else 'missing'}; the checkpoint is damaged")
+        for key, value in entries.items():
+            label = f"optim/{name}/{pid}/{key}"
+            if key == "step":
+                ok = torch.is_tensor(value) and value.dim() == 0 and value.dtype == torch.float32 and \
+                    bool(torch.isfinite(value)) and float(value) >= 0
+                if not ok:
+                    raise GenlabError(f"{where}: optimiser state {label} must be a non-negative step count, "
+                                      f"found {_describe(value) if torch.is_tensor(value) else repr(value)}")
+            elif not torch.is_tensor(value) or value.shape != param.shape or value.dtype != param.dtype:
+                shown = _describe(value) if torch.is_tensor(value) else repr(value)
+                raise GenlabError(f"{where}: tensor {label} has {shown}, expected {_describe(param)} like its "
+                                  "parameter; the checkpoint does not fit its config.json")
+
+
+def _same_kind(got: Any, want: Any) -> bool:
+    """Whether a saved optimiser setting can stand in for the fresh one (JSON turns tuples into lists)."""
+    if want is None or isinstance(want, bool):
+        return got is None or isinstance(got, bool)
+    if isinstance(want, (int, float)):
+        return isinstance(got, (int, float)) and not isinstance(got, bool) and abs(got) < 1e300  # not inf, not NaN
+    if isinstance(want, (list, tuple)):
+        return isinstance(got, (list, tuple)) and len(got) == len(want) and all(map(_same_kind, got, want))
+    return type(got) is type(want)
+
+
+def _check_counters(counters: dict, where) -> None:
+    for key in COUNTERS:
+        value = counters.get(key)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            raise GenlabError(f"{where}: counter {key} must be a non-negative whole number, found {value!r}")
+    seconds = counters.get("seconds")
+    if not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 <= seconds < math.inf):
+        raise GenlabError(f"{where}: counter seconds must be a non-negative number, found {seconds!r}")
+    sums = counters.get("sums")
+    if not (isinstance(sums, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                           for v in sums.values())):
+        raise GenlabError(f"{where}: counter sums must map loss terms to numbers, found {sums!r}")
+    if "record" in counters and not isinstance(counters["record"], dict):
+        raise GenlabError(f"{where}: counter record must be a JSON object, found {counters['record']!r}")
 
 
 @dataclass
@@ -125,13 +292,20 @@ def read_configs(run_dir: Path):
     from genlab.models import MODELS
     from genlab.config import TrainConfig
 
-    data = cfgmod.read_json(Path(run_dir) / CONFIG)
+    path = Path(run_dir) / CONFIG
+    data = cfgmod.read_json(path)
     name = data.get("model")
-    if name not in MODELS:
-        raise GenlabError(f"{run_dir}/{CONFIG} names model {name!r}, which this genlab does not know "
+    if not isinstance(name, str) or name not in MODELS:
+        raise GenlabError(f"{path} names model {name!r}, which this genlab does not know "
                           f"(known: {', '.join(MODELS)})")
-    model_cfg = cfgmod.from_dict(MODELS[name].Config, data["model_config"])
-    train_cfg = cfgmod.from_dict(TrainConfig, data["train_config"])
+    for key in ("model_config", "train_config"):
+        if key not in data:
+            raise GenlabError(f"{path} lacks {key!r}; the run directory is damaged")
+    try:
+        model_cfg = cfgmod.from_dict(MODELS[name].Config, data["model_config"])
+        train_cfg = cfgmod.from_dict(TrainConfig, data["train_config"])
+    except GenlabError as e:
+        raise GenlabError(f"{path}: {e}") from None
     return name, model_cfg, train_cfg
 
 
@@ -144,13 +318,11 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     device = resolve_device(device) if isinstance(device, str) else device
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise GenlabError(f"run directory {run_dir} does not exist")
+        raise GenlabError(f"run directory {run_dir} " + ("is a file, not a directory" if run_dir.exists()
+                                                           else "does not exist"))
     name, model_cfg, train_cfg = read_configs(run_dir)
     ckpt = load(run_dir / CHECKPOINT)
     model = build(name, model_cfg)
-    try:
-        model.load_state_dict(ckpt.model_state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise GenlabError(f"checkpoint in {run_dir} does not fit its config.json ({first})") from None
+    check(ckpt, model, where=run_dir / CHECKPOINT)
+    model.load_state_dict(ckpt.model_state)
     return Run(run_dir, name, model.to(device).eval(), model_cfg, train_cfg, ckpt.counters)

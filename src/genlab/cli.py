@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -18,6 +19,9 @@ PLUGIN_COMMANDS = (
     "genlab.metrics.anomaly",      # genlab energy
     "genlab.viz.report",           # genlab report, genlab reproduce
 )
+
+
+MAX_SAMPLES = 10_000  # one grid of 100 x 100 digits; more is a typo, not a figure
 
 
 class Parser(argparse.ArgumentParser):
@@ -81,11 +85,16 @@ def _evaluate(args) -> int:
     options = {"iwae_k": tuple(args.iwae_k)} if args.iwae_k else {}
     results = evaluate_run(run, split=args.split, limit=args.limit, quality=args.quality, **options)
     if args.json:
-        print(json.dumps(results))
+        print(json.dumps(finite_or_null(results), allow_nan=False))
     else:
         for key, value in results.items():
             print(f"{key:<24} {value:.6g}" if isinstance(value, float) else f"{key:<24} {value}")
     return 0
+
+
+def finite_or_null(results: dict) -> dict:
+    """NaN and infinities are not JSON: ``evaluate --json`` prints them as null (a diverged model's metrics)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in results.items()}
 
 
 def _sample(args) -> int:
@@ -96,6 +105,8 @@ def _sample(args) -> int:
     from genlab.rng import seeded
     from genlab.viz.figures import save_grid
 
+    if Path(args.out).is_dir():
+        raise GenlabError(f"--out {args.out} is a directory; give the file name of a PNG")
     run = load_run(args.run_dir, device=args.device)
     if not run.model.can_sample:
         raise GenlabError(f"a {run.model_name} model cannot sample; models that can: vae, ebgan, dcgan")
@@ -131,7 +142,7 @@ def build_parser() -> Parser:
 
     train = sub.add_parser("train", help="train a model (genlab train MODEL --help for its flags)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
-    train.add_argument("--epochs", type=int, default=argparse.SUPPRESS,
+    train.add_argument("--epochs", type=cfgmod.bounded_int(1), default=argparse.SUPPRESS,
                        help="with --resume: train up to this many epochs in all")
     train.add_argument("--device", default=argparse.SUPPRESS,
                        help="with --resume: continue on this device (auto, cpu, cuda, cuda:N) instead of the run's own")
@@ -152,9 +163,10 @@ def build_parser() -> Parser:
     ev = sub.add_parser("evaluate", help="test loss, energies and model-specific metrics of a run")
     ev.add_argument("run_dir", metavar="RUN_DIR")
     ev.add_argument("--split", default="test", choices=("train", "test"))
-    ev.add_argument("--limit", type=int, default=0, help="use only the first N images (0: all)")
-    ev.add_argument("--json", action="store_true", help="print one JSON object of metric name to value")
-    ev.add_argument("--iwae-k", type=int, nargs="+", help="VAE: importance samples per bound (default: 1 50 5000)")
+    ev.add_argument("--limit", type=cfgmod.bounded_int(0), default=0, help="use only the first N images (0: all)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object of metric name to value "
+                    "(a value that is not finite, NaN or infinite, prints as null)")
+    ev.add_argument("--iwae-k", type=cfgmod.bounded_int(1, 100_000), nargs="+", help="VAE: importance samples per bound (default: 1 50 5000)")
     ev.add_argument("--quality", action=argparse.BooleanOptionalAction, default=True,
                     help="sample-quality metrics for models that sample (default: on)")
     ev.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
@@ -162,9 +174,10 @@ def build_parser() -> Parser:
 
     sp = sub.add_parser("sample", help="draw samples from a model that can sample")
     sp.add_argument("run_dir", metavar="RUN_DIR")
-    sp.add_argument("-n", type=int, default=64, help="number of samples")
+    sp.add_argument("-n", type=cfgmod.bounded_int(1, MAX_SAMPLES), default=64,
+                    help=f"number of samples, 1 to {MAX_SAMPLES} (one grid image)")
     sp.add_argument("--out", default="samples.png", help="output PNG")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=cfgmod.bounded_int(0, 2**32 - 1), default=0)
     sp.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     sp.set_defaults(func=_sample)
 

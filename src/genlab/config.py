@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,31 +19,88 @@ from typing import Any
 from genlab.errors import GenlabError
 
 
-def opt(default: Any, help: str, choices: tuple | None = None) -> Any:
-    """A config field with its default, a one-line help text and, optionally, the allowed values."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def opt(default: Any, help: str, choices: tuple | None = None, min: float | None = None,
+        max: float | None = None, above: float | None = None, below: float | None = None) -> Any:
+    """A config field with its default, a one-line help text and what values it takes: ``choices``, or a range
+    (``min``/``max`` inclusive, ``above``/``below`` exclusive). Float fields must also be finite.
+
+    ``validate`` checks all of this however the config was built (flags, a run's JSON, Python), so the three
+    give the same one-line error; the upper bounds keep a typo from asking for gigabytes.
+    """
+    return field(default=default, metadata={"help": help, "choices": choices, "min": min, "max": max,
+                                            "above": above, "below": below})
 
 
 @dataclass
 class TrainConfig:
-    dataset: str = opt("auto", "data set: auto (mnist when found on disk, else mnist-5k), mnist, fashion-mnist, mnist-5k")
+    dataset: str = opt("auto", "data set: auto (mnist when found on disk, else mnist-5k), mnist, fashion-mnist, mnist-5k",
+                       choices=("auto", "mnist", "fashion-mnist", "mnist-5k"))
     data_dir: str = opt("", "data directory (default: $GENLAB_DATA_DIR, else the per-user cache)")
-    epochs: int = opt(20, "passes over the training split")
-    batch_size: int = opt(256, "global batch size (split across DDP processes)")
-    lr: float = opt(1e-3, "learning rate")
+    epochs: int = opt(20, "passes over the training split", min=1, max=1_000_000)
+    batch_size: int = opt(256, "global batch size (split across DDP processes)", min=1, max=65536)
+    lr: float = opt(1e-3, "learning rate", above=0.0, max=10.0)
     optimizer: str = opt("adam", "optimiser", choices=("adam", "sgd"))
-    seed: int = opt(0, "random seed (weights, shuffling, noise)")
+    seed: int = opt(0, "random seed (weights, shuffling, noise)", min=0, max=2**32 - 1)
     device: str = opt("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     precision: str = opt("fp32", "fp32, or bf16: matrix products in bfloat16 under autocast (faster on GPUs at "
                          "large batches and on CPUs with bf16 instructions)", choices=("fp32", "bf16"))
     deterministic: bool = opt(False, "deterministic algorithms only, so a GPU run repeats (and resumes) bit for bit; "
                               "somewhat slower on a GPU")
     out: str = opt("", "run directory (default: runs/<model>-<time>)")
-    limit: int = opt(0, "use only the first N training examples (0: all); for quick checks")
-    eval_limit: int = opt(0, "use only the first N test examples for the per-epoch test loss (0: all)")
+    limit: int = opt(0, "use only the first N training examples (0: all); for quick checks", min=0)
+    eval_limit: int = opt(0, "use only the first N test examples for the per-epoch test loss (0: all)", min=0)
     figures: bool = opt(True, "write figures at the end of training")
     progress: bool = opt(True, "show progress bars (only on a terminal)")
     tensorboard: bool = opt(False, "also log scalars, image grids and energy histograms to RUN_DIR/tensorboard")
+
+    def __post_init__(self) -> None:
+        validate(self)  # the declared ranges hold however the config is built: flags, JSON or Python
+
+    def check(self) -> None:
+        check_device_name(self.device)
+
+
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device_name(name: str) -> None:
+    """A device the config may name (whether it is present is ``check_device``'s question, asked at run time:
+    a run trained on a GPU must still load its config on a machine without one)."""
+    if not DEVICE_NAME.fullmatch(name):
+        raise GenlabError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}; available here: "
+                          f"{', '.join(available_devices())}")
+
+
+def available_devices() -> list[str]:
+    import torch
+
+    return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
+
+
+def check_device(name: str) -> None:
+    """Refuse, in one line naming the devices that are here, a device this machine does not have."""
+    check_device_name(name)
+    if name in ("auto", "cpu"):
+        return
+    present = available_devices()
+    if name not in present and not (name == "cuda" and len(present) > 1):
+        raise GenlabError(f"--device {name} is not available on this machine; available: "
+                          f"{', '.join(present)} (or auto)")
+
+
+def bounded_int(low: int, high: int | None = None) -> typing.Callable[[str], int]:
+    """An argparse ``type`` for a whole-number flag in [low, high]: a bad value is argparse's one-line error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            span = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {value}")
+        return value
+    parse.__name__ = "whole number"
+    return parse
 
 
 def fields_of(cls: type) -> list[dataclasses.Field]:
@@ -80,6 +139,9 @@ def from_namespace(cls: type, ns: argparse.Namespace, base: Any = None) -> Any:
 
 def from_dict(cls: type, data: dict) -> Any:
     """Rebuild ``cls`` from a saved dict, refusing unknown keys so a stale config is noticed."""
+    if not isinstance(data, dict):
+        raise GenlabError(f"config for {cls.__name__} must be a JSON object of field names to values, "
+                          f"got {type(data).__name__}")
     names = {f.name for f in fields_of(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -89,13 +151,52 @@ def from_dict(cls: type, data: dict) -> Any:
     return obj
 
 
+def _number(x: float) -> str:
+    if isinstance(x, int):  # JSON ints are unbounded: 10**400 has no float
+        return str(x) if abs(x) < 10**15 else f"a {len(str(abs(x)))}-digit number"
+    return str(int(x)) if x.is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+def _describe_range(meta: dict) -> str:
+    bounds = (("above", ">"), ("min", ">="), ("below", "<"), ("max", "<="))
+    return " and ".join(f"{sign} {_number(meta[key])}" for key, sign in bounds if meta.get(key) is not None)
+
+
+def _check_type(name: str, kind: type, value: Any) -> Any:
+    """``value`` as ``kind`` (an int is a float too), or a GenlabError: a JSON file can hold anything."""
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        words = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+        raise GenlabError(f"--{name.replace('_', '-')} must be {words.get(kind, kind.__name__)}, got {value!r}")
+    return float(value) if kind is float else value
+
+
 def validate(obj: Any) -> None:
-    """Check choices and simple ranges so a bad value fails before any work starts."""
+    """Check types, choices and the ranges declared with ``opt`` so a bad value fails before any work starts."""
+    hints = typing.get_type_hints(type(obj))
     for f in fields_of(type(obj)):
-        value = getattr(obj, f.name)
+        flag = f"--{f.name.replace('_', '-')}"
+        value = _check_type(f.name, hints[f.name], getattr(obj, f.name))
+        object.__setattr__(obj, f.name, value)
         choices = f.metadata.get("choices")
         if choices and value not in choices:
-            raise GenlabError(f"--{f.name.replace('_', '-')} must be one of {', '.join(map(str, choices))}, got {value!r}")
+            raise GenlabError(f"{flag} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise GenlabError(f"{flag} must be a finite number, got {value}")
+        meta = f.metadata
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                (meta.get("min") is not None and value < meta["min"])
+                or (meta.get("max") is not None and value > meta["max"])
+                or (meta.get("above") is not None and value <= meta["above"])
+                or (meta.get("below") is not None and value >= meta["below"])):
+            raise GenlabError(f"{flag} must be {_describe_range(meta)}, got {_number(value)}")
     if hasattr(obj, "check"):
         obj.check()
 
@@ -108,15 +209,29 @@ def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically: a temporary file beside the target, then a rename."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written file behind
+        raise GenlabError(f"cannot write {path} ({e.strerror or e})") from None
 
 
 def read_json(path: Path) -> dict:
+    """A run file's JSON object; a missing, unreadable or damaged file (or one holding no object) is one line."""
     path = Path(path)
     if not path.is_file():
         raise GenlabError(f"{path} not found; is this a genlab run directory?")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(path.read_text(), parse_constant=_no_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise GenlabError(f"{path} is not valid JSON ({e}); the run directory is damaged") from None
+    except OSError as e:
+        raise GenlabError(f"cannot read {path} ({e.strerror or e})") from None
+    if not isinstance(data, dict):
+        raise GenlabError(f"{path} must hold a JSON object, found {type(data).__name__}; the run directory is damaged")
+    return data
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, TypeVar
+from contextlib import ExitStack, contextmanager
+from typing import Callable, ContextManager, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -38,18 +39,10 @@ class Context:
 
 def resolve_device(device: str = "auto") -> torch.device:
     """"auto" -> CUDA when present, else CPU; a device that is not there is one line naming those that are."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        dev = None
-    present = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cuda" and (
-            not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count())):
-        raise GenlabError(f"--device {device} is not available here; choose auto or one of: {', '.join(present)} "
-                          "(genlab train --resume RUN_DIR takes --device too)")
-    return dev
+    from genlab.config import check_device
+
+    check_device(device)
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
 
 
 def setup(device: str = "auto", deterministic: bool = False) -> Context:
@@ -98,6 +91,14 @@ def agree(ctx: Context, work: Callable[[], T]) -> T:
     if error is not None:
         raise error
     return result
+
+
+@contextmanager
+def agreed(ctx: Context, manager: ContextManager[T]) -> Iterator[T]:
+    """Enter ``manager`` on every rank as ``agree`` runs work: a GenlabError entering it on any rank is raised
+    on every rank (and the ranks that did enter leave it again)."""
+    with ExitStack() as stack:
+        yield agree(ctx, lambda: stack.enter_context(manager))
 
 
 def sum_across(values: torch.Tensor, ctx: Context) -> torch.Tensor:

@@ -1,22 +1,65 @@
-"""The one exception type genlab raises for bad input: the CLI prints its message as one line and exits 2."""
+"""The one exception type genlab raises for bad input, and the wrapper that turns every expected failure into
+one line on stderr and exit status 2.
+
+Expected failures are a GenlabError, an OSError (a path the user gave that is missing, unreadable or
+unwritable, a full disk) and running out of memory. Anything else is a bug in genlab: its traceback is shown,
+followed by one line asking for a report, and the exit status is 70 (EX_SOFTWARE), so a script can tell the two
+apart.
+"""
 
 from __future__ import annotations
 
+import errno
 import sys
+import traceback
 from collections.abc import Callable
+
+BUG_STATUS = 70
 
 
 class GenlabError(Exception):
     """A problem the user can fix: the message names what was wrong and what to do."""
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line (a message that quotes another error may hold newlines)."""
+    return " ".join(str(text).split())
+
+
+def describe_os_error(e: OSError) -> str:
+    """An OSError as one line naming the path(s) and what to do about a full disk."""
+    where = ", ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    why = e.strerror or str(e)
+    text = f"{where}: {why}" if where else why
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        text += "; free space (or raise the limit) and try again"
+    return one_line(text)
+
+
 def one_line_errors(main: Callable[[], int], prog: str = "genlab") -> int:
-    """Run ``main``; a GenlabError becomes one line on stderr and exit status 2, Ctrl-C exit status 130."""
+    """Run ``main``; an expected failure becomes one line on stderr and exit status 2, Ctrl-C exit status 130,
+    and a bug its traceback plus one line asking for a report (status ``BUG_STATUS``)."""
     try:
         return main()
     except GenlabError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        print(f"{prog}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"{prog}: error: out of memory; ask for less (a smaller --batch-size, -n or --limit)", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - the last resort: a bug, said as such
+        if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
+            print(f"{prog}: error: out of device memory ({one_line(e).split('. ')[0]}); lower --batch-size",
+                  file=sys.stderr)
+            return 2
+        traceback.print_exc()
+        from genlab import __version__
+        print(f"{prog}: internal error: this is a bug in genlab {__version__}; please report it with the "
+              "command and the traceback above", file=sys.stderr)
+        return BUG_STATUS

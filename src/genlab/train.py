@@ -6,7 +6,6 @@ A run directory holds ``config.json`` (enough to rebuild the model), ``metrics.j
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from genlab import __version__, checkpoint, config as cfgmod, distributed
+from genlab import __version__, checkpoint, config as cfgmod, distributed, rundir
 from genlab.config import TrainConfig
 from genlab.data import load_dataset, resolve_dataset_name
 from genlab.data.batching import Batches, to_pixels
@@ -114,7 +113,9 @@ def train(model_name: str, model_cfg=None, train_cfg: TrainConfig | None = None,
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     ctx = distributed.setup(train_cfg.device, train_cfg.deterministic)  # a missing device is a GenlabError here
     try:
-        return _train(model_name, model_cfg, train_cfg, run_dir, resume is not None, ctx)
+        # One owner per run directory (see genlab.rundir); a refusal reaches every rank.
+        with distributed.agreed(ctx, rundir.claim(run_dir, owner=ctx.is_main)):
+            return _train(model_name, model_cfg, train_cfg, run_dir, resume is not None, ctx)
     finally:
         distributed.teardown(ctx)
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
@@ -187,14 +188,15 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
             if ctx.is_main:
                 record.update({f"test/{k}": v for k, v in evaluate_terms(model, test_images).items()})
                 record.update({"seconds": counters["seconds"], "images_per_s": images_seen / max(seconds, 1e-9)})
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                say("  ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
                 if tensorboard:
                     tensorboard.epoch(model, epoch + 1, record, test_images)
             model.end_of_epoch(epoch)
-            counters.update(epoch=epoch + 1, batch=0, sums={}, count=0)
+            # One commit per epoch: the checkpoint (holding the record), then the log line (see genlab.rundir).
+            counters.update(epoch=epoch + 1, batch=0, sums={}, count=0, record=record)
             save_checkpoint()
+            if ctx.is_main:
+                rundir.commit_metrics(run_dir, record)
+                say("  ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
             if ctx.is_main and cfg.figures:
                 from genlab.viz.figures import epoch_figures
                 epoch_figures(model_name, model, epoch + 1, test_set, run_dir / "figures")
@@ -227,9 +229,10 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
     counters = {"epoch": 0, "batch": 0, "step": 0, "sums": {}, "count": 0, "seconds": 0.0}
     if resuming:
         ckpt = checkpoint.load(run_dir / checkpoint.CHECKPOINT)
-        if len(ckpt.rng_states) != ctx.world:
-            raise GenlabError(f"{run_dir} was trained on {len(ckpt.rng_states)} process(es); "
-                              f"resume it with the same number (got {ctx.world})")
+        checkpoint.check(ckpt, model, optimizers, ctx.world, where=run_dir / checkpoint.CHECKPOINT)
+        if ckpt.counters["epoch"] > cfg.epochs:
+            raise GenlabError(f"{run_dir} has already trained {ckpt.counters['epoch']} epochs; --epochs must be "
+                              f"at least that, got {cfg.epochs}")
         model.load_state_dict(ckpt.model_state)
         for name, opt in optimizers.items():
             opt.load_state_dict(ckpt.optimizer_states[name])
@@ -241,6 +244,8 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
             say(f"note: {run_dir} was trained on {trained} and resumes on {ctx.device.type}; its random stream "
                 "continues differently, so the result will not equal an uninterrupted run bit for bit")
         counters = ckpt.counters
+        if ctx.is_main:
+            rundir.recover_metrics(run_dir, counters)
         say(f"resuming {run_dir} at epoch {counters['epoch'] + 1}, batch {counters['batch']}")
     elif ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,9 @@ fixed: per class, the first 450 digits train and the last 50 test. Both splits a
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
+import json
 import os
 import tempfile
 import zipfile
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genlab.data.download import CHECKSUMS, DownloadFailed, download_files, mirrors_for
+from genlab.data.download import CHECKSUMS, IDX_CHECKSUMS, DownloadFailed, download_files, mirrors_for
 from genlab.data.idx import DataError, idx_shape, read_idx
 
 DATASETS = ("mnist", "fashion-mnist", "mnist-5k")
@@ -158,7 +160,66 @@ def _load_idx(name: str, split: str, directory: str) -> Dataset:
                         f"{labels_path}; the two files do not belong together")
     if labels.size and labels.max() > 9:
         raise DataError(f"{labels_path}: label {labels.max()} found, expected classes 0..9")
+    for stem, path, array in zip(IDX_FILES[split], (images_path, labels_path), (images, labels)):
+        verify_idx(name, stem, path, array)
     return Dataset(name, split, torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)), directory)
+
+
+# -- checksums ------------------------------------------------------------------------------------------------
+VERIFIED = "verified-idx.json"  # in the user cache: path -> [size, mtime_ns, md5] of files that passed
+
+
+def idx_md5(array: np.ndarray) -> str:
+    """MD5 of the IDX file ``array`` was read from, decompressed: its header follows from the shape (unsigned
+    bytes, magic 0x0000080<ndim>), so the bytes need not be read twice."""
+    header = np.array([0x800 + array.ndim, *array.shape], ">u4").tobytes()
+    return hashlib.md5(header + array.tobytes(), usedforsecurity=False).hexdigest()
+
+
+def verify_idx(name: str, stem: str, path: Path, array: np.ndarray) -> None:
+    """Check a known data set's file against its published checksum once per file version: a pass is noted
+    with the file's size and modification time in the user cache, so later loads skip the hashing."""
+    expected = IDX_CHECKSUMS.get(name, {}).get(stem)
+    if expected is None:
+        return
+    try:
+        info = Path(path).stat()
+        key, stamp = str(Path(path).resolve()), [info.st_size, info.st_mtime_ns, expected]
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    stamps = _read_stamps()
+    if stamps.get(key) == stamp:
+        return
+    got = idx_md5(array)
+    if got != expected:
+        raise DataError(f"{path}: its contents fail {name}'s published checksum (MD5 of the decompressed "
+                        f"{stem} is {got}, expected {expected}); the file is damaged or altered: delete it "
+                        "and fetch it again")
+    _write_stamps({**stamps, key: stamp})
+
+
+def _read_stamps() -> dict:
+    try:
+        stamps = json.loads((cache_dir() / VERIFIED).read_text())
+        return stamps if isinstance(stamps, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_stamps(stamps: dict) -> None:
+    """Atomically; an unwritable cache only means hashing again next time."""
+    path = cache_dir() / VERIFIED
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(stamps, f)
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
 
 
 @functools.lru_cache(maxsize=1)

@@ -44,6 +44,24 @@ CHECKSUMS = {
     },
 }
 
+# MD5 of each decompressed IDX file: what genlab checks on first use, whatever the compression (or none) on disk.
+# Fashion-MNIST's are the authors' (see above); MNIST's were computed from the files whose .gz MD5s are above and
+# agree with the SHA-256 of the uncompressed files listed beside the shared copy of the data.
+IDX_CHECKSUMS = {
+    "mnist": {
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
+}
+
 
 class DownloadFailed(DataError):
     """No mirror delivered a file: offline, blocked, or the file is gone. The message lists each attempt."""

@@ -9,18 +9,16 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from genlab.config import opt
+from genlab.config import opt, validate
 from genlab.models.base import GenerativeModel
 
 
 @dataclass
 class AEConfig:
-    latent_dim: int = opt(30, "code size d: 30 is under-complete (the lecture), 500 over-complete")
+    latent_dim: int = opt(30, "code size d: 30 is under-complete (the lecture), 500 over-complete", min=1, max=10_000)
 
-    def check(self) -> None:
-        if self.latent_dim < 1:
-            from genlab.errors import GenlabError
-            raise GenlabError(f"--latent-dim must be at least 1, got {self.latent_dim}")
+    def __post_init__(self) -> None:
+        validate(self)  # the declared ranges hold however the config is built: flags, JSON or Python
 
 
 def squared_error(x_hat: Tensor, x: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from genlab.config import opt
+from genlab.config import opt, validate
 from genlab.errors import GenlabError
 from genlab.models.ae import squared_error
 from genlab.models.base import GenerativeModel
@@ -25,19 +25,19 @@ CORRUPTIONS = ("dropout", "gaussian", "salt-pepper")
 
 @dataclass
 class DAEConfig:
-    latent_dim: int = opt(500, "code size d (the lecture: 500, over-complete)")
+    latent_dim: int = opt(500, "code size d (the lecture: 500, over-complete)", min=1, max=10_000)
     corruption: str = opt("dropout", "how inputs are corrupted", choices=CORRUPTIONS)
-    noise: float = opt(0.5, "corruption level: drop probability, Gaussian std, or salt-and-pepper fraction")
+    noise: float = opt(0.5, "corruption level: drop probability, Gaussian std, or salt-and-pepper fraction",
+                       min=0.0, max=100.0)
     unscaled_mask: bool = opt(False, "dropout: use a {0, 1} mask instead of the lecture's {0, 1/(1-p)}")
     arch: str = opt("mlp", "mlp (the lecture) or conv (a stronger convolutional denoiser)", choices=("mlp", "conv"))
 
+    def __post_init__(self) -> None:
+        validate(self)  # the declared ranges hold however the config is built: flags, JSON or Python
+
     def check(self) -> None:
-        if self.latent_dim < 1:
-            raise GenlabError(f"--latent-dim must be at least 1, got {self.latent_dim}")
         if self.corruption in ("dropout", "salt-pepper") and not 0.0 <= self.noise < 1.0:
             raise GenlabError(f"--noise is a probability for {self.corruption}: expected 0 <= noise < 1, got {self.noise}")
-        if self.noise < 0:
-            raise GenlabError(f"--noise must be non-negative, got {self.noise}")
 
 
 def dropout_mask(shape, p: float, scaled: bool = True, generator: torch.Generator | None = None,

@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.config import opt
-from genlab.errors import GenlabError
+from genlab.config import opt, validate
 from genlab.models.gan_common import (EMA, CollapseCheck, Streak, TwoPlayerGAN, dcgan_init, find_log,
                                       make_generator, running_stats_frozen, spread, to_64)
 
@@ -31,18 +30,14 @@ from genlab.models.gan_common import (EMA, CollapseCheck, Streak, TwoPlayerGAN, 
 class DCGANConfig:
     image_size: int = opt(28, "28: networks sized for MNIST's 28 x 28 pixels (the CPU default); 64: the lecture's "
                               "networks on MNIST resized to 64 x 64", choices=(28, 64))
-    nz: int = opt(100, "size of the latent noise z")
-    ngf: int = opt(64, "generator width (channels of its last hidden layer)")
-    ndf: int = opt(64, "discriminator width (channels of its first layer)")
+    nz: int = opt(100, "size of the latent noise z", min=1, max=10_000)
+    ngf: int = opt(64, "generator width (channels of its last hidden layer)", min=1, max=256)
+    ndf: int = opt(64, "discriminator width (channels of its first layer)", min=1, max=256)
     ema: float = opt(0.0, "decay of an exponential moving average of the generator used for sampling (0: off; "
-                          "0.999 is typical)")
+                          "0.999 is typical)", min=0.0, below=1.0)
 
-    def check(self) -> None:
-        for name in ("nz", "ngf", "ndf"):
-            if getattr(self, name) < 1:
-                raise GenlabError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 <= self.ema < 1.0:
-            raise GenlabError(f"--ema is a decay: expected 0 <= ema < 1 (0 turns it off), got {self.ema}")
+    def __post_init__(self) -> None:
+        validate(self)  # the declared ranges hold however the config is built: flags, JSON or Python
 
 
 class Discriminator28(nn.Module):

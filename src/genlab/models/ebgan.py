@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.config import opt
+from genlab.config import opt, validate
 from genlab.errors import GenlabError
 from genlab.models.gan_common import EMA, CollapseCheck, Streak, TwoPlayerGAN, find_log, make_generator, spread
 
@@ -42,27 +42,24 @@ DEFAULT_MARGINS = {"sum": 200.0, "norm": 10.0, "mean": 200.0 / 784}
 class EBGANConfig:
     generator: str = opt("conv", "generator: conv (DCGAN-style, 4 -> 7 -> 14 -> 28 pixels) or mlp", choices=("conv", "mlp"))
     discriminator: str = opt("conv", "the discriminator autoencoder: conv or mlp", choices=("conv", "mlp"))
-    nz: int = opt(100, "size of the latent noise z")
-    ngf: int = opt(64, "generator width: channels of its last hidden layer (conv) or hidden units / 16 (mlp)")
-    ndf: int = opt(32, "discriminator width: channels of its first layer (conv) or hidden units / 16 (mlp)")
-    code_dim: int = opt(64, "size of the discriminator autoencoder's code (the PT acts on it)")
+    nz: int = opt(100, "size of the latent noise z", min=1, max=10_000)
+    ngf: int = opt(64, "generator width: channels of its last hidden layer (conv) or hidden units / 16 (mlp)",
+                   min=1, max=256)
+    ndf: int = opt(32, "discriminator width: channels of its first layer (conv) or hidden units / 16 (mlp)",
+                   min=1, max=256)
+    code_dim: int = opt(64, "size of the discriminator autoencoder's code (the PT acts on it)", min=1,
+                        max=10_000)
     energy: str = opt("sum", "D(x): sum (squared error summed over pixels, the lecture), mean (averaged over "
                              "pixels) or norm (Euclidean norm, the paper)", choices=ENERGIES)
     margin: float = opt(0.0, "hinge margin m; 0 picks the default matched to --energy (sum 200, norm 10, "
-                             "mean 200/784)")
-    pt_weight: float = opt(0.1, "weight lambda_PT of the pulling-away term in the generator's loss (0: off)")
-    ema: float = opt(0.0, "decay of an exponential moving average of the generator used for sampling (0: off)")
+                             "mean 200/784)", min=0.0, max=1e6)
+    pt_weight: float = opt(0.1, "weight lambda_PT of the pulling-away term in the generator's loss (0: off)",
+                           min=0.0, max=1e6)
+    ema: float = opt(0.0, "decay of an exponential moving average of the generator used for sampling (0: off)",
+                     min=0.0, below=1.0)
 
-    def check(self) -> None:
-        for name in ("nz", "ngf", "ndf", "code_dim"):
-            if getattr(self, name) < 1:
-                raise GenlabError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.margin < 0:
-            raise GenlabError(f"--margin must be positive (or 0 for the default of --energy), got {self.margin}")
-        if self.pt_weight < 0:
-            raise GenlabError(f"--pt-weight must be non-negative, got {self.pt_weight}")
-        if not 0.0 <= self.ema < 1.0:
-            raise GenlabError(f"--ema is a decay: expected 0 <= ema < 1 (0 turns it off), got {self.ema}")
+    def __post_init__(self) -> None:
+        validate(self)  # the declared ranges hold however the config is built: flags, JSON or Python
 
 
 # -- the energy and the two loss terms, as functions so they can be checked against known answers ----------

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.config import opt
+from genlab.config import opt, validate
 from genlab.errors import GenlabError
 from genlab.models.base import GenerativeModel
 
@@ -51,36 +51,30 @@ LOG_2PI = math.log(2 * math.pi)
 
 @dataclass
 class VAEConfig:
-    latent_dim: int = opt(20, "latent size d (the lecture: 20; 2 also draws the manifold figure)")
-    hidden: int = opt(400, "hidden units of encoder and decoder (the lecture: 400)")
-    beta: float = opt(1.0, "KL weight in the free energy rec + beta * KL (1: the ELBO, the lecture)")
+    latent_dim: int = opt(20, "latent size d (the lecture: 20; 2 also draws the manifold figure)",
+                          min=1, max=10_000)
+    hidden: int = opt(400, "hidden units of encoder and decoder (the lecture: 400)", min=1, max=10_000)
+    beta: float = opt(1.0, "KL weight in the free energy rec + beta * KL (1: the ELBO, the lecture)",
+                      min=0.0, max=1e6)
     arch: str = opt("mlp", "mlp (the lecture: 784-400-2d encoder, d-400-784 decoder) or conv", choices=("mlp", "conv"))
     binarize: str = opt("none", "none: grey pixels in [0, 1] (the lecture); fixed: threshold 0.5; "
                                 "dynamic: Bernoulli redrawn at each use (the standard for likelihoods)",
                         choices=BINARIZE)
-    warmup_epochs: int = opt(0, "KL warm-up: beta rises linearly from 0 over this many epochs (0: off)")
+    warmup_epochs: int = opt(0, "KL warm-up: beta rises linearly from 0 over this many epochs (0: off)",
+                             min=0, max=1_000_000)
     free_bits: float = opt(0.0, "free bits: a latent's batch-mean KL counts as at least this many nats "
-                                "in training (0: off)")
+                                "in training (0: off)", min=0.0, max=1e6)
     ema_decay: float = opt(0.999, "evaluate with an exponential moving average of the weights, updated each step "
-                                  "with this decay (0: off, the last weights)")
+                                  "with this decay (0: off, the last weights)", min=0.0, below=1.0)
     tsne_epochs: str = opt("0,5,10", "epochs after which to draw the t-SNE of test codes (the lecture: 0,5,10; "
                                      "empty: none)")
     sample_eval: bool = opt(True, "the evaluation 'loss' decodes a sampled z (the PyTorch examples' test loss); "
                                   "--no-sample-eval decodes z = mu (the lecture's notebook); both are reported")
 
+    def __post_init__(self) -> None:
+        validate(self)  # the declared ranges hold however the config is built: flags, JSON or Python
+
     def check(self) -> None:
-        if self.latent_dim < 1:
-            raise GenlabError(f"--latent-dim must be at least 1, got {self.latent_dim}")
-        if self.hidden < 1:
-            raise GenlabError(f"--hidden must be at least 1, got {self.hidden}")
-        if not self.beta >= 0:
-            raise GenlabError(f"--beta must be non-negative, got {self.beta}")
-        if self.warmup_epochs < 0:
-            raise GenlabError(f"--warmup-epochs must be non-negative, got {self.warmup_epochs}")
-        if not self.free_bits >= 0:
-            raise GenlabError(f"--free-bits must be non-negative (nats per latent), got {self.free_bits}")
-        if not 0 <= self.ema_decay < 1:
-            raise GenlabError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         try:
             self.figure_epochs()
         except ValueError:

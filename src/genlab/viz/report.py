@@ -139,14 +139,15 @@ FIGURE_CAPTIONS = {
 
 def run_section(run_dir: Path, title: str | None = None) -> Section:
     """A section for one run directory: its final metrics, evaluation, figures and config."""
+    from genlab.config import read_json
+
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise GenlabError(f"{run_dir} is not a genlab run directory (no config.json)")
-    config = json.loads(cfg_path.read_text())
-    section = Section(run_dir.name.replace(".", "-"), title or f"{config['model']}: {run_dir.name}")
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()] \
-        if (run_dir / "metrics.jsonl").is_file() else []
+    config = read_json(cfg_path)
+    section = Section(run_dir.name.replace(".", "-"), title or f"{config.get('model', '?')}: {run_dir.name}")
+    lines = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     if lines:
         last = lines[-1]
         section.text(f"{last['epoch']} epochs, {last.get('seconds', 0):.0f} s of training, "
@@ -155,7 +156,7 @@ def run_section(run_dir: Path, title: str | None = None) -> Section:
                       "Loss terms after the last epoch (per example; means over pixels for mse terms)")
     evaluation = run_dir / "evaluation.json"
     if evaluation.is_file():
-        data = json.loads(evaluation.read_text())
+        data = read_json(evaluation)
         section.table(["metric", "value"], [[k, v] for k, v in data.items() if isinstance(v, (int, float))],
                       "genlab evaluate")
     figures = run_dir / "figures"
@@ -165,7 +166,25 @@ def run_section(run_dir: Path, title: str | None = None) -> Section:
     return section
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a ``metrics.jsonl``; a damaged line is one GenlabError naming it."""
+    records = []
+    for i, line in enumerate(Path(path).read_text(errors="replace").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise GenlabError(f"{path} line {i + 1} is not a metrics record; the run directory is damaged")
+        records.append(record)
+    return records
+
+
 def report_runs(run_dirs: list[Path], out_dir: Path) -> tuple[Path, Path]:
+    if (Path(out_dir) / "report.html").exists():  # as genlab reproduce: never replace a report silently
+        raise GenlabError(f"{out_dir} already holds a report; choose another --out or remove it")
     sections = [run_section(Path(d)) for d in run_dirs]
     return write_report(out_dir, "genlab report", sections)
 

@@ -1,0 +1,452 @@
+"""Bad and unusual input, as an adversarial user gives it: every case is a real ``genlab`` subprocess, and the
+table shows its exit status and the first line of its stderr.
+
+The promise being checked: bad input ends with exit status 2 and exactly one line on stderr (no traceback, no
+exit 1, no crash); the few cases marked with another expected status are documented successes (a run that
+stops on SIGTERM exits 143 with one line saying how to resume it; ``evaluate --json`` of a model whose metrics
+are not finite prints null). Kinds: flags, run directories and their files (config.json, checkpoints,
+metrics.jsonl), damaged data files, output paths, signals, concurrent runs, a full disk (a 2 MB tmpfs; needs
+root, skipped otherwise).
+
+    python benchmarks/adversarial.py [--jobs 2] [--only SUBSTRING] [--json]
+
+Needs GENLAB_DATA_DIR pointing at the real MNIST for the damaged-data cases (skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import gzip
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+REPO = Path(__file__).resolve().parents[1]
+PROGRESS = ("training ", "epoch ", "resuming ")
+QUICK = ["--dataset", "mnist-5k", "--limit", "128", "--eval-limit", "100", "--batch-size", "64", "--epochs", "1",
+         "--no-progress", "--no-figures"]
+
+
+@dataclass
+class Case:
+    kind: str
+    name: str
+    argv: list[str] = field(default_factory=list)
+    expect: int = 2
+    env: dict = field(default_factory=dict)
+    special: str = ""  # "" (one subprocess) or the name of a scripted scenario
+
+
+def genlab(argv, env=None, timeout=300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "genlab.cli", *argv], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout, **kw)
+
+
+# -- fixtures: good runs, then damaged copies ---------------------------------------------------------------
+def make_fixtures(root: Path) -> dict[str, Path]:
+    from genlab import config as cfgmod
+    from genlab.models import MODELS
+    from genlab.train import default_train_config, train
+
+    runs = {}
+    for name, model_cfg in (("ae", {"latent_dim": 8}), ("vae", {"latent_dim": 4, "hidden": 32})):
+        settings = {**cfgmod.to_dict(default_train_config(name)), "dataset": "mnist-5k", "limit": 128,
+                    "eval_limit": 100, "batch_size": 64, "epochs": 1, "progress": False, "figures": False,
+                    "out": str(root / name)}
+        runs[name] = train(name, MODELS[name].Config(**model_cfg), cfgmod.from_dict(cfgmod.TrainConfig, settings))
+    return runs
+
+
+def copy_run(src: Path, dst: Path, config=None, tensors=None, meta=None, raw: bytes | None = None) -> Path:
+    shutil.copytree(src, dst)
+    if config is not None:
+        (dst / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    ckpt = dst / "checkpoint.safetensors"
+    if raw is not None:
+        ckpt.write_bytes(raw)
+    elif tensors is not None or meta is not None:
+        from safetensors import safe_open
+        with safe_open(str(ckpt), framework="pt") as f:
+            old_meta = f.metadata()
+        t = load_file(str(ckpt))
+        t = tensors(t) if tensors else t
+        save_file(t, str(ckpt), metadata=meta(old_meta) if meta else old_meta)
+    return dst
+
+
+def checkpoint_cases(root: Path, ae: Path) -> list[Case]:
+    def edit_tensor(key, fn):
+        return lambda t: {**t, key: fn(t[key])}
+
+    def counters(**changes):
+        def edit(meta):
+            c = json.loads(meta["counters"])
+            c.update(changes)
+            return {**meta, "counters": json.dumps(c)}
+        return edit
+
+    first_param = "optim/model/0/exp_avg"
+    variants = {
+        "optimiser state of the wrong shape (was a segfault)": dict(tensors=edit_tensor(first_param, lambda v: torch.zeros(3, 3))),
+        "optimiser state of the wrong dtype": dict(tensors=edit_tensor(first_param, lambda v: v.double())),
+        "optimiser step of the wrong shape": dict(tensors=edit_tensor("optim/model/0/step", lambda v: torch.zeros(5))),
+        "optimiser state for a parameter that is not there": dict(tensors=lambda t: {**t, "optim/model/99/exp_avg": torch.zeros(2)}),
+        "unknown optimiser state key": dict(tensors=lambda t: {**t, "optim/model/0/bogus": torch.zeros(2)}),
+        "model tensor of the wrong shape": dict(tensors=edit_tensor("model/encoder.0.weight", lambda v: torch.zeros(2, 2))),
+        "model tensor of the wrong dtype": dict(tensors=edit_tensor("model/encoder.0.weight", lambda v: v.half())),
+        "model tensor missing": dict(tensors=lambda t: {k: v for k, v in t.items() if k != "model/encoder.0.bias"}),
+        "unexpected tensor": dict(tensors=lambda t: {**t, "evil/payload": torch.zeros(1)}),
+        "random state of the wrong dtype": dict(tensors=edit_tensor("rng/0", lambda v: v.float())),
+        "random state cut short": dict(tensors=edit_tensor("rng/0", lambda v: v[:100].clone())),
+        "random state missing": dict(tensors=lambda t: {k: v for k, v in t.items() if k != "rng/0"}),
+        "cuda random state of the wrong dtype": dict(tensors=lambda t: {**t, "cuda_rng/0": torch.zeros(4)}),
+        "negative epoch counter": dict(meta=counters(epoch=-3)),
+        "string epoch counter": dict(meta=counters(epoch="one")),
+        "counters not an object": dict(meta=lambda m: {**m, "counters": "[1, 2]"}),
+        "counters not JSON": dict(meta=lambda m: {**m, "counters": "{oops"}),
+        "optimiser settings a string": dict(meta=lambda m: {**m, "optimizers": json.dumps(
+            {"model": {"param_groups": [{**json.loads(m["optimizers"])["model"]["param_groups"][0], "lr": "fast"}],
+                       "scalars": {}}})}),
+        "optimiser metadata missing": dict(meta=lambda m: {k: v for k, v in m.items() if k != "optimizers"}),
+        "optimiser for another player": dict(meta=lambda m: {**m, "optimizers": json.dumps(
+            {"generator": json.loads(m["optimizers"])["model"]})}),
+    }
+    raw = (ae / "checkpoint.safetensors").read_bytes()
+    import pickle
+    raws = {
+        "truncated checkpoint": raw[:len(raw) // 2],
+        "empty checkpoint": b"",
+        "random bytes": os.urandom(4096),
+        "a pickle named checkpoint.safetensors": pickle.dumps({"x": 1}),
+        "header length beyond the file": (10**12).to_bytes(8, "little") + b"{}",
+        "header that is not JSON": (8).to_bytes(8, "little") + b"notjson!",
+    }
+    cases = []
+    for i, (label, how) in enumerate({**variants, **{k: {"raw": v} for k, v in raws.items()}}.items()):
+        run = copy_run(ae, root / f"ckpt{i}", **how)
+        cases.append(Case("checkpoint", f"resume: {label}", ["train", "--resume", str(run), "--epochs", "2"]))
+        if i % 3 == 0:
+            # evaluate loads only the model's tensors: damage confined to the optimiser state does not stop it
+            optimiser_only = label.startswith("optimiser state")
+            cases.append(Case("checkpoint", f"evaluate: {label}" + (" (documented: 0, evaluate reads only the "
+                              "model's tensors)" if optimiser_only else ""),
+                              ["evaluate", str(run), "--limit", "50", "--no-quality"], expect=0 if optimiser_only else 2))
+    return cases
+
+
+def config_cases(root: Path, ae: Path) -> list[Case]:
+    good = json.loads((ae / "config.json").read_text())
+    variants = {
+        "a list": [1, 2, 3],
+        "not JSON": "{model: ae",
+        "empty": "",
+        "lacks model_config": {k: v for k, v in good.items() if k != "model_config"},
+        "lacks train_config": {k: v for k, v in good.items() if k != "train_config"},
+        "unknown model": {**good, "model": "gpt"},
+        "model a number": {**good, "model": 7},
+        "a string where a number belongs": {**good, "model_config": {"latent_dim": "eight"}},
+        "NaN learning rate": '{"model": "ae", "model_config": {"latent_dim": 8}, "train_config": {"lr": NaN}}',
+        "negative batch size": {**good, "train_config": {**good["train_config"], "batch_size": -4}},
+        "unknown key": {**good, "model_config": {"latent_dim": 8, "depth": 3}},
+        "model_config a list": {**good, "model_config": [8]},
+        "latent size that does not fit the checkpoint": {**good, "model_config": {"latent_dim": 9}},
+        "bool where a number belongs": {**good, "train_config": {**good["train_config"], "epochs": True}},
+        "huge nesting": "[" * 100000 + "]" * 100000,
+    }
+    cases = []
+    for i, (label, data) in enumerate(variants.items()):
+        run = copy_run(ae, root / f"cfg{i}", config=data)
+        cases.append(Case("config.json", f"resume: config.json {label}", ["train", "--resume", str(run)]))
+        cases.append(Case("config.json", f"sample: config.json {label}", ["sample", str(run), "--out",
+                                                                          str(root / f"cfg{i}.png")]))
+    return cases
+
+
+def data_cases(root: Path) -> list[Case]:
+    real = Path(os.environ.get("GENLAB_DATA_DIR", "")) / "mnist"
+    if not (real / "t10k-images-idx3-ubyte.gz").is_file():
+        return []
+    stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+    def data_dir(label, stem, fn):
+        d = root / f"data-{label}"
+        (d / "mnist").mkdir(parents=True)
+        for s in stems:
+            if s == stem:
+                fn(gzip.decompress((real / f"{s}.gz").read_bytes()), d / "mnist" / s)
+            else:
+                (d / "mnist" / f"{s}.gz").symlink_to(real / f"{s}.gz")
+        return d
+
+    def overwrite(raw, path, at=16 + 784 * 7 + 300, data=b"\xff" * 40):
+        path.write_bytes(raw[:at] + data + raw[at + len(data):])
+
+    variants = {
+        "pixels overwritten in the test images": ("t10k-images-idx3-ubyte", overwrite),
+        "pixels overwritten in the train images": ("train-images-idx3-ubyte", overwrite),
+        "one label changed": ("t10k-labels-idx1-ubyte", lambda raw, p: overwrite(raw, p, at=20, data=b"\x03")),
+        "label out of range": ("t10k-labels-idx1-ubyte", lambda raw, p: overwrite(raw, p, at=20, data=b"\x0c")),
+        "truncated images": ("t10k-images-idx3-ubyte", lambda raw, p: p.write_bytes(raw[:len(raw) // 2])),
+        "wrong magic": ("t10k-images-idx3-ubyte", lambda raw, p: p.write_bytes(b"\x00\x00\x09\x03" + raw[4:])),
+        "trailing bytes": ("t10k-labels-idx1-ubyte", lambda raw, p: p.write_bytes(raw + b"xx")),
+        "corrupt gzip": ("t10k-labels-idx1-ubyte", lambda raw, p: (p.with_name(p.name + ".gz")).write_bytes(
+            gzip.compress(raw)[:-20] + b"\x00" * 20)),
+        "empty file": ("t10k-images-idx3-ubyte", lambda raw, p: p.write_bytes(b"")),
+        "a directory where a file belongs": ("t10k-images-idx3-ubyte", lambda raw, p: p.mkdir()),
+    }
+    cases = []
+    for i, (label, (stem, fn)) in enumerate(variants.items()):
+        d = data_dir(i, stem, fn)
+        cases.append(Case("data", f"train on {label}", ["train", "ae", *QUICK, "--dataset", "mnist", "--data-dir",
+                                                         str(d), "--out", str(root / f"data-run{i}")]))
+    return cases
+
+
+def flag_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
+    ae, vae = str(runs["ae"]), str(runs["vae"])
+    out = lambda i: ["--out", str(root / f"flag-run{i}")]  # noqa: E731
+    train_flags = [
+        ["--batch-size", "0"], ["--batch-size", "-8"], ["--batch-size", "10000000"], ["--lr", "nan"], ["--lr", "-1"],
+        ["--lr", "0"], ["--lr", "inf"], ["--lr", "1e9"], ["--epochs", "0"], ["--epochs", "-3"],
+        ["--limit", "-5"], ["--eval-limit", "-1"], ["--seed", "-1"], ["--seed", "99999999999999999999"],
+        ["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "cuda:99"], ["--device", "tpu9"],
+        ["--device", "cuda:x"], ["--latent-dim", "100000000"], ["--latent-dim", "0"], ["--latent-dim", "abc"],
+        ["--optimizer", "rmsprop"], ["--dataset", "cifar"], ["--epochs", "1.5"], ["--lr", "fast"],
+    ]
+    cases = [Case("flags", f"train ae {' '.join(f)}", ["train", "ae", *QUICK, *out(i), *f])
+             for i, f in enumerate(train_flags)]
+    cases += [
+        Case("flags", "train dae --noise 1.5 with dropout", ["train", "dae", *QUICK, *out(100), "--noise", "1.5"]),
+        Case("flags", "train dae --noise nan", ["train", "dae", *QUICK, *out(101), "--noise", "nan"]),
+        Case("flags", "train vae --beta -1", ["train", "vae", *QUICK, *out(102), "--beta", "-1"]),
+        Case("flags", "train vae --ema-decay 1", ["train", "vae", *QUICK, *out(103), "--ema-decay", "1"]),
+        Case("flags", "train vae --hidden 1000000", ["train", "vae", *QUICK, *out(104), "--hidden", "1000000"]),
+        Case("flags", "train vae --tsne-epochs x", ["train", "vae", *QUICK, *out(105), "--tsne-epochs", "x"]),
+        Case("flags", "train dcgan --ngf 100000", ["train", "dcgan", *QUICK, *out(106), "--ngf", "100000"]),
+        Case("flags", "train dcgan --image-size 32", ["train", "dcgan", *QUICK, *out(107), "--image-size", "32"]),
+        Case("flags", "train ebgan --margin -1", ["train", "ebgan", *QUICK, *out(108), "--margin", "-1"]),
+        Case("flags", "train ebgan --nz 0", ["train", "ebgan", *QUICK, *out(109), "--nz", "0"]),
+        Case("flags", "train nosuchmodel", ["train", "nosuchmodel"]),
+        Case("flags", "train (no model)", ["train"]),
+        Case("flags", "train --resume RUN --epochs -1", ["train", "--resume", ae, "--epochs", "-1"]),
+        Case("flags", "train --resume RUN --epochs 0", ["train", "--resume", ae, "--epochs", "0"]),
+        Case("flags", "train --resume missing dir", ["train", "--resume", str(root / "nope")]),
+        Case("flags", "sample -n 0", ["sample", vae, "-n", "0", "--out", str(root / "s0.png")]),
+        Case("flags", "sample -n -5", ["sample", vae, "-n", "-5", "--out", str(root / "s1.png")]),
+        Case("flags", "sample -n 10000000", ["sample", vae, "-n", "10000000", "--out", str(root / "s2.png")]),
+        Case("flags", "sample a model that cannot sample", ["sample", ae, "--out", str(root / "s3.png")]),
+        Case("flags", "sample --seed -1", ["sample", vae, "--seed", "-1", "--out", str(root / "s4.png")]),
+        Case("flags", "evaluate --limit -1", ["evaluate", ae, "--limit", "-1"]),
+        Case("flags", "evaluate --iwae-k 0", ["evaluate", vae, "--iwae-k", "0"]),
+        Case("flags", "evaluate --device tpu9", ["evaluate", ae, "--device", "tpu9"]),
+        Case("flags", "evaluate --device cuda:7", ["evaluate", ae, "--device", "cuda:7"]),
+        Case("flags", "evaluate --split valid", ["evaluate", ae, "--split", "valid"]),
+        Case("flags", "evaluate a missing run", ["evaluate", str(root / "nope")]),
+        Case("flags", "evaluate a file as run", ["evaluate", str(runs["ae"] / "config.json")]),
+        Case("flags", "energy --limit -2", ["energy", ae, "--limit", "-2"]),
+        Case("flags", "inpaint on an ae run", ["inpaint", ae, "--limit", "10"]),
+        Case("flags", "datasets --data-dir a file (documented: 0, lists the data sets as missing)",
+             ["datasets", "--data-dir", str(runs["ae"] / "config.json")], expect=0),
+        Case("flags", "unknown command", ["frobnicate"]),
+        Case("flags", "report on a missing run", ["report", str(root / "nope"), "--out", str(root / "rep0")]),
+    ]
+    return cases
+
+
+def path_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
+    ae, vae = runs["ae"], runs["vae"]
+    afile = root / "a-file"
+    afile.write_text("x")
+    existing_report = root / "rep-existing"
+    existing_report.mkdir()
+    (existing_report / "report.html").write_text("<p>keep me</p>")
+    damaged_metrics = copy_run(ae, root / "bad-metrics")
+    (damaged_metrics / "metrics.jsonl").write_text('{"epoch": 1, "train/loss": 0.5}\n{"epoch": 2, "train/lo')
+    notdict_metrics = copy_run(ae, root / "bad-metrics2")
+    (notdict_metrics / "metrics.jsonl").write_text("[1, 2]\n")
+    damaged_eval = copy_run(ae, root / "bad-eval")
+    (damaged_eval / "evaluation.json").write_text("{nan")
+    return [
+        Case("paths", "train --out an existing file", ["train", "ae", *QUICK, "--out", str(afile)]),
+        Case("paths", "train --out under a file", ["train", "ae", *QUICK, "--out", str(afile / "run")]),
+        Case("paths", "train --out in /proc", ["train", "ae", *QUICK, "--out", "/proc/genlab-run"]),
+        Case("paths", "train --out an existing run", ["train", "ae", *QUICK, "--out", str(ae)]),
+        Case("paths", "sample --out in a missing folder (documented: 0, the folder is made)",
+             ["sample", str(vae), "--out", str(root / "no" / "x.png")], expect=0),
+        Case("paths", "sample --out a directory", ["sample", str(vae), "--out", str(root)]),
+        Case("paths", "sample --out in /proc", ["sample", str(vae), "--out", "/proc/x.png"]),
+        Case("paths", "report --out over an existing report", ["report", str(ae), "--out", str(existing_report)]),
+        Case("paths", "report --out a file", ["report", str(ae), "--out", str(afile)]),
+        Case("paths", "report of a damaged metrics.jsonl", ["report", str(damaged_metrics), "--out",
+                                                            str(root / "rep1")]),
+        Case("paths", "report of a metrics.jsonl holding a list", ["report", str(notdict_metrics), "--out",
+                                                                   str(root / "rep2")]),
+        Case("paths", "report of a damaged evaluation.json", ["report", str(damaged_eval), "--out",
+                                                              str(root / "rep3")]),
+        Case("paths", "energy --out in a missing folder (documented: 0, the folder is made)",
+             ["energy", str(ae), "--limit", "10", "--out", str(root / "no" / "e.npy")], expect=0),
+        Case("paths", "energy --out under a file", ["energy", str(ae), "--limit", "10", "--out",
+                                                    str(afile / "e.npy")]),
+        Case("paths", "energy --out with an unknown suffix", ["energy", str(ae), "--limit", "10", "--out",
+                                                              str(root / "e.txt")]),
+        Case("paths", "reproduce --out over an existing report", ["reproduce", "--quick", "--out",
+                                                                  str(existing_report)]),
+    ]
+
+
+def scenario_cases() -> list[Case]:
+    return [
+        Case("signals", "SIGTERM during training (documented: 143, one line, resumable)", expect=143,
+             special="sigterm"),
+        Case("signals", "--resume after SIGTERM", expect=0, special="sigterm-resume"),
+        Case("concurrency", "two trainers on one --out: the second", special="two-trainers"),
+        Case("concurrency", "--resume of a run another process is training", special="resume-while-training"),
+        Case("disk", "a full disk (2 MB tmpfs) while saving a checkpoint", special="full-disk"),
+        Case("disk", "evaluate the last good checkpoint after the full disk (documented: 0)", expect=0,
+             special="full-disk-evaluate"),
+        Case("signals", "kill -9 then --resume (documented: 0, no temporary file left)", expect=0,
+             special="kill9-resume"),
+    ]
+
+
+# -- scenarios --------------------------------------------------------------------------------------------------
+def _long_train(out: Path, epochs=200) -> list[str]:
+    return ["train", "ae", "--dataset", "mnist-5k", "--limit", "512", "--eval-limit", "100", "--batch-size", "64",
+            "--epochs", str(epochs), "--no-progress", "--no-figures", "--out", str(out)]
+
+
+def _popen(argv):
+    return subprocess.Popen([sys.executable, "-m", "genlab.cli", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, timeout=120.0):
+    end = time.time() + timeout
+    while not path.exists() and time.time() < end:
+        time.sleep(0.1)
+
+
+def run_scenario(case: Case, root: Path, state: dict) -> tuple[int, str]:
+    if case.special == "sigterm":
+        out = root / "sig"
+        proc = _popen(_long_train(out))
+        _wait_for(out / "checkpoint.safetensors")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        return proc.returncode, err
+    if case.special == "sigterm-resume":
+        done = len((root / "sig" / "metrics.jsonl").read_text().splitlines())
+        r = genlab(["train", "--resume", str(root / "sig"), "--epochs", str(done + 2)])
+        return r.returncode, r.stderr if r.returncode else ""
+    if case.special in ("two-trainers", "resume-while-training"):
+        out = root / case.special
+        first = _popen(_long_train(out))
+        _wait_for(out / "checkpoint.safetensors")
+        argv = ["train", "--resume", str(out)] if case.special.startswith("resume") else _long_train(out, 2)
+        r = genlab(argv)
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+        return r.returncode, r.stderr
+    if case.special == "full-disk":
+        mnt = root / "tmpfs"
+        mnt.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)]).returncode:
+            return -1, "skipped: cannot mount a tmpfs here (needs root)"
+        state["tmpfs"] = mnt
+        r = genlab(["train", "ae", "--dataset", "mnist-5k", "--limit", "512", "--eval-limit", "100",
+                    "--batch-size", "64", "--epochs", "10", "--latent-dim", "64", "--no-progress", "--no-figures",
+                    "--out", str(mnt / "run")])
+        return r.returncode, r.stderr
+    if case.special == "full-disk-evaluate":
+        mnt = state.get("tmpfs")
+        if not mnt:
+            return -1, "skipped: no tmpfs"
+        r = genlab(["evaluate", str(mnt / "run"), "--limit", "50", "--no-quality"])
+        left = list((mnt / "run").glob(".checkpoint-*"))
+        subprocess.run(["mount", "-o", "remount,size=16m", str(mnt)])  # free space: the run resumes
+        r2 = genlab(["train", "--resume", str(mnt / "run")])
+        lines = [json.loads(x)["epoch"] for x in (mnt / "run" / "metrics.jsonl").read_text().splitlines()]
+        subprocess.run(["umount", str(mnt)])
+        ok = r.returncode == 0 and r2.returncode == 0 and not left and lines == list(range(1, 11))
+        return (0 if ok else 1), (f"evaluate {r.returncode}, resume after freeing space {r2.returncode}, "
+                                  f"epochs logged {lines}, temporary files {len(left)}")
+    if case.special == "kill9-resume":
+        out = root / "kill9"
+        proc = _popen(_long_train(out, 6))
+        _wait_for(out / "checkpoint.safetensors")
+        time.sleep(0.3)
+        proc.kill()
+        proc.communicate()
+        r = genlab(["train", "--resume", str(out)])
+        epochs = [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+        left = list(out.glob(".checkpoint-*"))
+        ok = r.returncode == 0 and epochs == list(range(1, 7)) and not left
+        return (0 if ok else 1), f"epochs logged {epochs}, temporary files {len(left)}" + (r.stderr if r.returncode else "")
+    raise ValueError(case.special)
+
+
+def run_case(case: Case, root: Path, state: dict) -> dict:
+    started = time.time()
+    if case.special:
+        status, err = run_scenario(case, root, state)
+    else:
+        r = genlab(case.argv, env=case.env)
+        status, err = r.returncode, r.stderr
+    # A training command logs its progress ("training ...", one line per epoch) on stderr; the verdict is the
+    # rest, which must be one line.
+    lines = [x for x in err.strip().splitlines() if x.strip() and not x.startswith(PROGRESS)]
+    one_line = len(lines) <= 1 and "Traceback" not in err
+    ok = status == -1 or (status == case.expect and (one_line if status != 0 else True))
+    return {"kind": case.kind, "case": case.name, "status": status, "expected": case.expect, "lines": len(lines),
+            "first_line": lines[0] if lines else "", "ok": ok, "seconds": round(time.time() - started, 1)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--jobs", type=int, default=2, help="cases run at once (default 2)")
+    p.add_argument("--only", default="", help="only cases whose name contains this")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = p.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])
+    with tempfile.TemporaryDirectory(prefix="genlab-adversarial-") as tmp:
+        root = Path(tmp)
+        runs = make_fixtures(root)
+        cases = (flag_cases(root, runs) + path_cases(root, runs) + config_cases(root, runs["ae"])
+                 + checkpoint_cases(root, runs["ae"]) + data_cases(root))
+        cases = [c for c in cases if args.only in c.name]
+        scenarios = [c for c in scenario_cases() if args.only in c.name]
+        state: dict = {}
+        with cf.ThreadPoolExecutor(args.jobs) as pool:
+            rows = list(pool.map(lambda c: run_case(c, root, state), cases))
+        rows += [run_case(c, root, state) for c in scenarios]  # in order: each builds on the one before
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print("| # | kind | case | exit | expected | stderr lines (not progress) | first stderr line (not progress) |")
+        print("|---|---|---|---|---|---|---|")
+        for i, r in enumerate(rows, 1):
+            mark = "" if r["ok"] else " **NOT OK**"
+            first = r["first_line"].replace("|", "\\|")[:160]
+            print(f"| {i} | {r['kind']} | {r['case']} | {r['status']}{mark} | {r['expected']} | {r['lines']} | {first} |")
+    ran = [r for r in rows if r["status"] != -1]
+    print(f"\n{len(rows)} cases, {len(ran)} ran ({len(rows) - len(ran)} skipped): "
+          f"{sum(r['ok'] and r['status'] == 2 for r in ran)} exit 2 with one line, "
+          f"{sum(r['ok'] and r['status'] != 2 for r in ran)} documented other outcomes, "
+          f"{sum(not r['ok'] for r in ran)} not as promised", file=sys.stderr)
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""A run directory has one owner and one history.
+
+- One owner: a run holds an exclusive ``flock`` on ``RUN_DIR/.lock`` for its whole life, so a second
+  ``genlab train`` on the same directory (a fresh run or a ``--resume``) is refused in one line instead of
+  interleaving its files with the first's. The kernel drops the lock when the process dies, even by kill -9.
+- One history: each epoch ends with one commit. The checkpoint is written first and carries the epoch's metrics
+  record in its counters; the line in ``metrics.jsonl`` follows. On resume, lines past the checkpoint's epoch
+  (from a run killed after logging) are dropped and a line the checkpoint has but the log lacks (a kill between
+  the two writes) is restored, so no epoch is logged twice or lost.
+- No debris: a checkpoint save killed half-way leaves a ``.checkpoint-*.tmp``; the next owner removes it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from genlab.checkpoint import TMP_PREFIX, TMP_SUFFIX
+from genlab.errors import GenlabError
+
+LOCK = ".lock"
+METRICS = "metrics.jsonl"
+
+
+@contextmanager
+def claim(run_dir: Path, owner: bool = True) -> Iterator[None]:
+    """Create ``run_dir`` if needed and hold its lock for the ``with`` block; ``owner=False`` (a DDP rank that
+    writes nothing) claims nothing. A directory held by another process is a GenlabError."""
+    if not owner:
+        yield
+        return
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise GenlabError(f"{run_dir} is a file, not a run directory; choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise GenlabError(f"cannot use {run_dir} as a run directory ({e.strerror or e}); choose another --out") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise GenlabError(f"{run_dir} is in use by another genlab process{who}; wait for it to finish or "
+                              "choose another --out") from None
+        try:  # the pid only makes the refusal above more helpful; a full disk must not stop the run here
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
+        remove_stale_temporaries(run_dir)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete half-written checkpoints and config files left by a killed run (call only while holding the lock)."""
+    stale = [path for pattern in (f"{TMP_PREFIX}*{TMP_SUFFIX}", "*.json.tmp", f".{METRICS}.tmp")
+             for path in Path(run_dir).glob(pattern)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def commit_metrics(run_dir: Path, record: dict) -> None:
+    """Append the epoch's line to ``metrics.jsonl`` (after its checkpoint is on disk) and flush it to disk."""
+    path = Path(run_dir) / METRICS
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise GenlabError(f"cannot append to {path} ({e.strerror or e}); the checkpoint of epoch {record['epoch']} "
+                          "is saved and holds this line: free space and continue with --resume") from None
+
+
+def recover_metrics(run_dir: Path, counters: dict) -> int:
+    """Make ``metrics.jsonl`` agree with a checkpoint's ``counters``: keep the lines of epochs 1..E, drop later
+    ones and a last line cut short by a kill, restore line E from the checkpoint when missing. Returns how
+    many lines were dropped."""
+    path = Path(run_dir) / METRICS
+    epoch = counters["epoch"]
+    try:
+        lines = path.read_text().splitlines() if path.exists() else []
+    except (OSError, UnicodeDecodeError) as e:
+        raise GenlabError(f"cannot read {path} ({getattr(e, 'strerror', None) or e})") from None
+    kept, dropped = [], 0
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+            line_epoch = record["epoch"]
+            if not isinstance(line_epoch, int):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            if i == len(lines) - 1:  # the append of a killed run: drop it, the checkpoint decides
+                dropped += 1
+                continue
+            raise GenlabError(f"{path} line {i + 1} is damaged; restore the file or remove that line") from None
+        if line_epoch <= epoch:
+            kept.append(line)
+        else:
+            dropped += 1
+    record = counters.get("record")
+    if epoch > 0 and isinstance(record, dict) and record.get("epoch") == epoch and \
+            not any(json.loads(line)["epoch"] == epoch for line in kept):
+        kept.append(json.dumps(record))
+    elif not dropped:
+        return 0
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise GenlabError(f"cannot rewrite {path} ({e.strerror or e}); free space and resume again") from None
+    return dropped

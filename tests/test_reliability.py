@@ -1,0 +1,320 @@
+"""Bad input is one line and status 2 from every entry point; checkpoints are checked before use; a run
+directory has one owner and one history; data files are checked against their published checksums."""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from genlab import checkpoint, config as cfgmod, rundir
+from genlab.cli import main
+from genlab.data import DataError, clear_cache, load_dataset
+from genlab.errors import BUG_STATUS, GenlabError, one_line_errors
+from genlab.models import MODELS
+from genlab.train import default_train_config, train
+
+from conftest import needs_mnist
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = ["--dataset", "mnist-5k", "--limit", "128", "--eval-limit", "100", "--batch-size", "64", "--epochs", "1",
+         "--no-progress", "--no-figures"]
+
+
+def quick_config(out: Path, **overrides) -> cfgmod.TrainConfig:
+    base = {**cfgmod.to_dict(default_train_config("ae")), "dataset": "mnist-5k", "epochs": 2, "batch_size": 64,
+            "limit": 128, "eval_limit": 100, "progress": False, "figures": False, "out": str(out), **overrides}
+    return cfgmod.from_dict(cfgmod.TrainConfig, base)
+
+
+@pytest.fixture(scope="module")
+def ae_run(tmp_path_factory) -> Path:
+    """A finished 2-epoch AE run; tests copy it before changing anything."""
+    return train("ae", MODELS["ae"].Config(latent_dim=8), quick_config(tmp_path_factory.mktemp("runs") / "ae"))
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def cli(capsys, *argv) -> tuple[int, list[str], str]:
+    """Run ``genlab ARGV`` in this process: (status, stderr lines, stdout)."""
+    try:
+        status = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's errors
+        status = e.code
+    out = capsys.readouterr()
+    return status, [x for x in out.err.splitlines() if x.strip()], out.out
+
+
+def assert_one_line(status, lines, *words):
+    assert status == 2 and len(lines) == 1 and "Traceback" not in lines[0], (status, lines)
+    for word in words:
+        assert word in lines[0], (word, lines)
+
+
+def edit_checkpoint(run: Path, tensors=None, counters=None) -> None:
+    path = run / checkpoint.CHECKPOINT
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    t = load_file(str(path))
+    if tensors:
+        t = tensors(t)
+    if counters:
+        meta = {**meta, "counters": json.dumps({**json.loads(meta["counters"]), **counters})}
+    save_file(t, str(path), metadata=meta)
+
+
+# -- validation in one place --------------------------------------------------------------------------------
+@pytest.mark.parametrize("field,flag_value,value,words", [
+    ("batch_size", "0", 0, "--batch-size must be >= 1"),
+    ("lr", "nan", float("nan"), "--lr must be a finite number"),
+    ("lr", "-1", -1.0, "--lr must be > 0"),
+    ("epochs", "0", 0, "--epochs must be >= 1"),
+    ("limit", "-5", -5, "--limit must be >= 0"),
+    ("eval_limit", "-1", -1, "--eval-limit must be >= 0"),
+    ("device", "tpu9", "tpu9", "--device must be auto, cpu, cuda or cuda:N"),
+])
+def test_flags_json_and_python_give_the_same_error(field, flag_value, value, words, capsys, ae_run, tmp_path):
+    status, lines, _ = cli(capsys, "train", "ae", *QUICK, "--out", tmp_path / "flag", f"--{field.replace('_', '-')}",
+                           flag_value)
+    assert_one_line(status, lines, words)
+    with pytest.raises(GenlabError, match=words.replace("+", r"\+")):
+        cfgmod.validate(cfgmod.TrainConfig(**{field: value}))
+    if isinstance(value, float) and value != value:
+        return  # NaN is not JSON: read_json refuses it before validation (tested below)
+    run = copy_run(ae_run, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config["train_config"][field] = value
+    (run / "config.json").write_text(json.dumps(config))
+    status, lines, _ = cli(capsys, "train", "--resume", run)
+    assert_one_line(status, lines, words, "config.json")
+
+
+@pytest.mark.parametrize("name,fields", [
+    ("ae", {"latent_dim": 10**8}), ("vae", {"hidden": 10**6}), ("dcgan", {"ngf": 10**5}),
+    ("dae", {"noise": float("inf")}), ("ebgan", {"margin": -1.0}), ("vae", {"ema_decay": 1.0}),
+    ("ae", {"latent_dim": "eight"}), ("vae", {"sample_eval": 1}),
+])
+def test_model_config_ranges_are_declared_with_the_fields(name, fields):
+    with pytest.raises(GenlabError, match="^--"):
+        cfgmod.from_dict(MODELS[name].Config, fields)
+
+
+def test_device_that_is_not_there_names_the_ones_that_are(capsys, tmp_path):
+    missing = "cuda:99" if torch.cuda.is_available() else "cuda"
+    status, lines, _ = cli(capsys, "train", "ae", *QUICK, "--out", tmp_path / "r", "--device", missing)
+    assert_one_line(status, lines, "not available", "available: cpu")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("config,words", [
+    ([1, 2, 3], "must hold a JSON object"),
+    ("{not json", "is not valid JSON"),
+    ('{"model": "ae", "model_config": {}, "train_config": {"lr": NaN}}', "is not valid JSON"),
+    ({"model": "ae", "train_config": {}}, "lacks 'model_config'"),
+    ({"model": "ae", "model_config": {"latent_dim": "8"}, "train_config": {}}, "--latent-dim must be a whole number"),
+    ({"model": "ae", "model_config": [8], "train_config": {}}, "must be a JSON object"),
+    ({"model": 3, "model_config": {}, "train_config": {}}, "names model 3"),
+])
+def test_damaged_config_json_is_one_line(config, words, capsys, ae_run, tmp_path):
+    run = copy_run(ae_run, tmp_path / "run")
+    (run / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    for argv in (["train", "--resume", run], ["evaluate", run, "--no-quality"], ["sample", run]):
+        assert_one_line(*cli(capsys, *argv)[:2], words)
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["sample", "{run}", "-n", "0"], "must be between 1 and 10000"),
+    (["sample", "{run}", "-n", "-5"], "must be between 1 and 10000"),
+    (["sample", "{run}", "-n", "10000000"], "must be between 1 and 10000"),
+    (["train", "--resume", "{run}", "--epochs", "-1"], "must be at least 1"),
+    (["train", "--resume", "{run}", "--epochs", "1"], "already trained 2 epochs"),
+    (["evaluate", "{run}", "--limit", "-1"], "must be at least 0"),
+    (["evaluate", "{run}", "--device", "tpu9"], "--device must be"),
+    (["evaluate", "{run}", "--iwae-k", "0"], "must be between 1"),
+    (["train", "ae", *QUICK, "--out", "{run}/config.json"], "is a file, not a run directory"),
+    (["energy", "{run}", "--limit", "10", "--out", "{run}/config.json/e.npy"], "config.json: File exists"),
+])
+def test_out_of_range_requests_are_one_line(argv, words, capsys, ae_run, tmp_path):
+    run = copy_run(ae_run, tmp_path / "run")
+    assert_one_line(*cli(capsys, *[a.format(run=run) for a in argv])[:2], words)
+
+
+def test_evaluate_json_prints_null_for_values_that_are_not_finite(capsys, ae_run, tmp_path):
+    run = copy_run(ae_run, tmp_path / "run")
+    edit_checkpoint(run, tensors=lambda t: {**t, "model/encoder.0.weight": torch.full_like(
+        t["model/encoder.0.weight"], float("nan"))})
+    status, lines, out = cli(capsys, "evaluate", run, "--json", "--no-quality", "--limit", "20")
+    assert status == 0
+    results = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} printed: not JSON"))
+    assert results["loss"] is None and results["images"] == 20
+
+
+def test_report_does_not_replace_an_existing_report(capsys, ae_run, tmp_path):
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "report.html").write_text("keep")
+    assert_one_line(*cli(capsys, "report", ae_run, "--out", out)[:2], "already holds a report")
+    assert (out / "report.html").read_text() == "keep"
+    damaged = copy_run(ae_run, tmp_path / "damaged")
+    (damaged / "metrics.jsonl").write_text('{"epoch": 1}\n{"epo')
+    assert_one_line(*cli(capsys, "report", damaged, "--out", tmp_path / "rep2")[:2], "line 2")
+
+
+def test_a_bug_shows_its_traceback_and_asks_for_a_report(capsys):
+    def bug():
+        raise ZeroDivisionError("oops")
+    assert one_line_errors(bug) == BUG_STATUS
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError" in err and err.strip().splitlines()[-1].startswith(
+        "genlab: internal error: this is a bug")
+
+    def full():
+        raise OSError(errno.ENOSPC, "No space left on device", "/some/file")
+    assert one_line_errors(full) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "/some/file: No space left on device; free space" in lines[0]
+
+
+# -- checkpoints checked before use -------------------------------------------------------------------------
+@pytest.mark.parametrize("label,tensors,counters,words", [
+    ("optimiser state of the wrong shape", lambda t: {**t, "optim/model/0/exp_avg": torch.zeros(3, 3)}, None,
+     "optim/model/0/exp_avg has shape [3, 3]"),
+    ("optimiser state of the wrong dtype", lambda t: {**t, "optim/model/1/exp_avg_sq": t["optim/model/1/exp_avg_sq"].double()},
+     None, "optim/model/1/exp_avg_sq has shape [8] float64"),
+    ("a parameter the optimiser does not have", lambda t: {**t, "optim/model/9/exp_avg": torch.zeros(1)}, None,
+     "parameter 9"),
+    ("model tensor of the wrong shape", lambda t: {**t, "model/decoder.0.weight": torch.zeros(784, 9)}, None,
+     "model/decoder.0.weight has shape [784, 9]"),
+    ("model tensor missing", lambda t: {k: v for k, v in t.items() if k != "model/decoder.0.bias"}, None,
+     "model/decoder.0.bias is missing"),
+    ("random state cut short", lambda t: {**t, "rng/0": t["rng/0"][:10].clone()}, None, "rng/0 has 10 bytes"),
+    ("random state of the wrong dtype", lambda t: {**t, "rng/0": t["rng/0"].float()}, None, "rng/0 must be a 1-D uint8"),
+    ("CUDA random state of the wrong dtype", lambda t: {**t, "cuda_rng/0": torch.zeros(3)}, None, "cuda_rng/0"),
+    ("an unknown tensor", lambda t: {**t, "payload": torch.zeros(1)}, None, "unexpected tensor 'payload'"),
+    ("a negative counter", None, {"epoch": -1}, "counter epoch"),
+    ("a string counter", None, {"step": "7"}, "counter step"),
+])
+def test_checkpoint_is_checked_before_loading(label, tensors, counters, words, capsys, ae_run, tmp_path):
+    run = copy_run(ae_run, tmp_path / "run")
+    edit_checkpoint(run, tensors, counters)
+    with pytest.raises(GenlabError) as info:
+        train(None, None, quick_config(run, epochs=3), resume=run)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_optional_cuda_random_state_is_accepted(ae_run, tmp_path):
+    run = copy_run(ae_run, tmp_path / "run")
+    edit_checkpoint(run, tensors=lambda t: {**t, "cuda_rng/0": torch.zeros(16, dtype=torch.uint8)})
+    ckpt = checkpoint.load(run / checkpoint.CHECKPOINT)
+    checkpoint.check(ckpt, checkpoint.load_run(run).model)
+
+
+# -- one owner, one history -----------------------------------------------------------------------------------
+def test_a_second_writer_is_refused(ae_run, tmp_path):
+    run = copy_run(ae_run, tmp_path / "run")
+    with rundir.claim(run):
+        with pytest.raises(GenlabError, match=f"in use by another genlab process \\(pid {os.getpid()}\\)"):
+            train(None, None, quick_config(run, epochs=3), resume=run)
+        with pytest.raises(GenlabError, match="in use"):
+            train("ae", MODELS["ae"].Config(latent_dim=8), quick_config(run))
+    train(None, None, quick_config(run, epochs=3), resume=run)  # the lock went with its holder
+
+
+def test_two_trainers_started_at_once_on_one_out(tmp_path):
+    out = tmp_path / "shared"
+    argv = [sys.executable, "-m", "genlab.cli", "train", "ae", *QUICK, "--epochs", "3", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    procs = [subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [0, 2], results
+    refused = next(err for status, err in results if status == 2).strip().splitlines()
+    assert len(refused) == 1 and ("in use by another genlab process" in refused[0]
+                                  or "already holds a run" in refused[0]), refused  # the loser lost the race early
+    epochs = [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+def test_resume_drops_lines_past_the_checkpoint_and_stale_temporaries(ae_run, tmp_path):
+    run = copy_run(ae_run, tmp_path / "run")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    # A run killed after logging epoch 3 but before its checkpoint, half-way through a save and an append:
+    (run / "metrics.jsonl").write_text("\n".join(lines + [json.dumps({"epoch": 3, "train/loss": 9.0})]) + '\n{"ep')
+    (run / ".checkpoint-abc.tmp").write_bytes(b"half")
+    train(None, None, quick_config(run, epochs=3), resume=run)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3] and records[2]["train/loss"] != 9.0
+    assert not list(run.glob(".checkpoint-*"))
+
+
+def test_a_line_lost_after_its_checkpoint_is_restored_from_it(ae_run, tmp_path):
+    run = copy_run(ae_run, tmp_path / "run")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(lines[0] + "\n")  # killed between epoch 2's checkpoint and its line
+    train(None, None, quick_config(run, epochs=2), resume=run)
+    assert (run / "metrics.jsonl").read_text().splitlines() == lines
+
+
+def test_a_full_disk_while_saving_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real_save, calls = checkpoint.save_file, []
+
+    def save_until_full(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) == 2:  # the second epoch's checkpoint: half a file, then the disk is full
+            Path(filename).write_bytes(b"\0" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device", filename)
+        return real_save(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(checkpoint, "save_file", save_until_full)
+    run = tmp_path / "run"
+    with pytest.raises(GenlabError, match=r"No space left on device\); the last good checkpoint .* is kept") as info:
+        train("ae", MODELS["ae"].Config(latent_dim=8), quick_config(run, epochs=3))
+    assert "\n" not in str(info.value)
+    assert not list(run.glob(".checkpoint-*"))
+    assert checkpoint.load(run / checkpoint.CHECKPOINT).counters["epoch"] == 1
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    monkeypatch.setattr(checkpoint, "save_file", real_save)
+    train(None, None, None, resume=run)
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+# -- data checked against published checksums ---------------------------------------------------------------
+@needs_mnist
+def test_overwritten_pixels_fail_the_checksum_once_and_a_pass_is_remembered(tmp_path, monkeypatch):
+    from genlab.data import datasets
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    real = Path(os.environ["GENLAB_DATA_DIR"]) / "mnist"
+    root = tmp_path / "data" / "mnist"
+    root.mkdir(parents=True)
+    for f in real.glob("*.gz"):
+        (root / f.name).symlink_to(f)
+    (root / "t10k-images-idx3-ubyte.gz").unlink()
+    raw = bytearray(gzip.decompress((real / "t10k-images-idx3-ubyte.gz").read_bytes()))
+    raw[16 + 784 * 5 + 400: 16 + 784 * 5 + 420] = b"\xff" * 20  # a plausible image, altered
+    (root / "t10k-images-idx3-ubyte").write_bytes(bytes(raw))
+    clear_cache()
+    with pytest.raises(DataError, match="fail mnist's published checksum") as info:
+        load_dataset("mnist", "test", data_dir=tmp_path / "data", download=False)
+    assert "\n" not in str(info.value) and "t10k-images-idx3-ubyte" in str(info.value)
+    # The sound train split passes, is remembered, and is not hashed again.
+    assert len(load_dataset("mnist", "train", data_dir=tmp_path / "data", download=False)) == 60000
+    assert (tmp_path / "cache" / "genlab" / datasets.VERIFIED).is_file()
+    clear_cache()
+    monkeypatch.setattr(datasets, "idx_md5", lambda array: pytest.fail("hashed twice"))
+    assert len(load_dataset("mnist", "train", data_dir=tmp_path / "data", download=False)) == 60000
+    clear_cache()

@@ -93,13 +93,34 @@ def _sample(args) -> int:
     from genlab.viz.figures import save_grid
 
     run = load_run(args.run_dir)
-    if not run.model.can_sample:
-        raise GenlabError(f"a {run.model_name} model cannot sample; models that can: vae, ebgan, dcgan")
+    model = run.model
+    if not model.can_sample:
+        hint = ("; it completes digits from observed quadrants (see figures/completions.png of the run)"
+                if getattr(model, "quadrants", False) else "")
+        raise GenlabError(f"a {run.model_name} model cannot sample{hint}; models that can: vae, ebgan, dcgan, "
+                          "cdcgan, cvae --condition label")
+    if args.n < 1:
+        raise GenlabError(f"-n must be at least 1, got {args.n}")
+    if args.label is not None and not model.conditional:
+        raise GenlabError(f"--label needs a conditional model (cvae, cdcgan); {run.model_name} is not one")
+    if args.label is not None and not 0 <= args.label <= 9:
+        raise GenlabError(f"--label is a digit class 0..9, got {args.label}")
     torch.manual_seed(args.seed)
+    ncol = max(1, round(args.n ** 0.5))
+    title = f"{run.model_name} samples"
     with torch.no_grad():
-        images = to_unit(run.model.sample(args.n), run.model.pixel_range)
+        if not model.conditional:
+            images = model.sample(args.n)
+        elif args.label is not None:
+            images = model.sample(args.n, args.label)
+            title += f" of class {args.label}"
+        else:  # one row per class, 0 at the top
+            ncol = max(1, -(-args.n // 10))
+            images = model.sample(10 * ncol, torch.arange(10).repeat_interleave(ncol))
+            title += ", one row per class 0-9"
+        images = to_unit(images, model.pixel_range)
     out = Path(args.out)
-    save_grid(out, images, ncol=max(1, round(args.n ** 0.5)), title=f"{run.model_name} samples")
+    save_grid(out, images, ncol=ncol, title=title)
     print(out)
     return 0
 
@@ -145,6 +166,8 @@ def build_parser() -> Parser:
     sp.add_argument("-n", type=int, default=64, help="number of samples")
     sp.add_argument("--out", default="samples.png", help="output PNG")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--label", type=int, default=None,
+                    help="conditional models: draw digits of this class 0-9 (default: a grid, one row per class)")
     sp.set_defaults(func=_sample)
 
     for module in PLUGIN_COMMANDS:

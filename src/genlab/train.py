@@ -54,8 +54,10 @@ def default_run_dir(model_name: str) -> Path:
 
 
 @torch.no_grad()
-def evaluate_terms(model, images_u8: torch.Tensor, batch_size: int = 1000, seed: int = 1234) -> dict[str, float]:
+def evaluate_terms(model, images_u8: torch.Tensor, batch_size: int = 1000, seed: int = 1234,
+                   labels: torch.Tensor | None = None) -> dict[str, float]:
     """Mean of each of ``model.eval_terms`` over ``images_u8``, with fixed noise so the numbers are repeatable.
+    A conditional model also gets the ``labels`` (int64 [N]) of the images.
 
     Runs under a forked random state: evaluation neither depends on nor disturbs the training's random stream.
     """
@@ -66,7 +68,8 @@ def evaluate_terms(model, images_u8: torch.Tensor, batch_size: int = 1000, seed:
         torch.manual_seed(seed)
         for i in range(0, len(images_u8), batch_size):
             x = to_pixels(images_u8[i:i + batch_size], model.pixel_range).to(model.device)
-            for key, value in model.eval_terms(x).items():
+            cond = (labels[i:i + batch_size].to(model.device),) if model.conditional else ()
+            for key, value in model.eval_terms(x, *cond).items():
                 sums[key] = sums.get(key, 0.0) + value.double().sum().item()
     model.train(was_training)
     return {key: value / len(images_u8) for key, value in sums.items()}
@@ -127,6 +130,7 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
     test_set = load_dataset(dataset, "test", cfg.data_dir or None)
     train_images = train_set.images[:cfg.limit] if cfg.limit else train_set.images
     test_images = test_set.images[:cfg.eval_limit] if cfg.eval_limit else test_set.images
+    test_labels = test_set.labels[:len(test_images)]
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build(model_name, model_cfg).to(ctx.device)
@@ -162,7 +166,7 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
     model.end_of_epoch(counters["epoch"] - 1)  # schedules are functions of the epoch: set them for this one
 
     batches = Batches(train_images, cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world=ctx.world,
-                      device=ctx.device)
+                      device=ctx.device, labels=train_set.labels[:len(train_images)] if model.conditional else None)
     params = {p: model.player_parameters(p) for p in model.players}
 
     def save_checkpoint():
@@ -184,9 +188,9 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
             bar = tqdm(total=len(batches), initial=counters["batch"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        unit="batch", leave=False, disable=not (ctx.is_main and cfg.progress) or None,
                        file=sys.stderr)
-            for shard, global_n in batches.epoch(epoch, counters["batch"]):
+            for shard, global_n, *labels in batches.epoch(epoch, counters["batch"]):
                 x = to_pixels(shard, model.pixel_range)
-                logs = _step(model, x, global_n, optimizers, params, ctx, flag)
+                logs = _step(model, (x, *labels), global_n, optimizers, params, ctx, flag)
                 stop = logs.pop("_stop", 0.0) > 0
                 counters["step"] += 1
                 counters["batch"] += 1
@@ -213,7 +217,7 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
             record = {"epoch": epoch + 1, "step": counters["step"],
                       **{f"train/{k}": v / max(counters["count"], 1) for k, v in counters["sums"].items()}}
             if ctx.is_main:
-                record.update({f"test/{k}": v for k, v in evaluate_terms(model, test_images).items()})
+                record.update({f"test/{k}": v for k, v in evaluate_terms(model, test_images, labels=test_labels).items()})
                 record.update({"seconds": counters["seconds"], "images_per_s": images_seen / max(seconds, 1e-9)})
                 with open(run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -235,10 +239,11 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
     return run_dir
 
 
-def _step(model, x, global_n, optimizers, params, ctx, flag) -> dict[str, float]:
-    """One batch: each player in turn computes its loss, backpropagates, averages gradients, steps."""
+def _step(model, inputs, global_n, optimizers, params, ctx, flag) -> dict[str, float]:
+    """One batch: each player in turn computes its loss, backpropagates, averages gradients, steps.
+    ``inputs``: (images,) or, for a conditional model, (images, labels)."""
     logs: dict[str, float] = {}
-    for player, terms in model.steps(x):
+    for player, terms in model.steps(*inputs):
         loss = terms["loss"].sum() / global_n  # this shard's share of the global-batch mean
         optimizers[player].zero_grad(set_to_none=True)
         model.zero_grad(set_to_none=True)

@@ -135,12 +135,12 @@ def evaluate_model(model, dataset_name: str, data_dir: str | None = None, per_cl
 
 def evaluate_run(run, images_u8: Tensor, iwae_k=None, per_class: int = PER_CLASS, **options) -> dict:
     """``genlab evaluate``'s extra metrics of a conditional run: the quadrant likelihoods of a quadrant cvae
-    (``iwae_k``: importance samples, the first value given; default ``DEFAULT_K``), the conditional-sample
+    (``iwae_k``: importance samples, the largest value given; default ``DEFAULT_K``), the conditional-sample
     metrics of the others."""
     from genlab.data import resolve_dataset_name
 
     if getattr(run.model, "quadrants", False):
-        k = int(iwae_k[0]) if iwae_k else DEFAULT_K
+        k = int(max(iwae_k)) if iwae_k else DEFAULT_K
         return quadrant_nll(run.model, images_u8, k)
     data_dir = run.train_cfg.data_dir or None
     return evaluate_model(run.model, resolve_dataset_name(run.train_cfg.dataset, data_dir), data_dir, per_class)

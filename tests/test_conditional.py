@@ -226,6 +226,7 @@ def genlab(capsys):
     return run
 
 
+@pytest.mark.slow
 def test_every_command_on_the_conditional_models(tmp_path, genlab):
     runs = {}
     for tag, extra in (("quad", ["cvae", "--condition", "quadrants"]), ("label", ["cvae"]),

@@ -53,9 +53,9 @@ STAGES = [
     # Beyond the lecture: the conditional models as benchmarks/conditional.py trains them (RESULTS.md); each
     # needs more minutes than --quick has, so they run in the full reproduction only.
     Stage("cvae", "Conditional VAE: completing digits from 1, 2, 3 observed quadrants (Sohn et al. 2015)",
-          {"condition": "quadrants"}, {"epochs": 65, "batch_size": 128, "lr": 1e-3}, quick_too=False),
+          {"condition": "quadrants"}, {"epochs": 30, "batch_size": 128, "lr": 1e-3}, quick_too=False),
     Stage("cdcgan", "Conditional DCGAN (projection discriminator)", {"ema": 0.999},
-          {"epochs": 3, "batch_size": 64, "lr": 5e-4}, quick_too=False),
+          {"epochs": 2, "batch_size": 64, "lr": 5e-4}, quick_too=False),
 ]
 
 DEPARTURES = [

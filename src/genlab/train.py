@@ -217,7 +217,8 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
             record = {"epoch": epoch + 1, "step": counters["step"],
                       **{f"train/{k}": v / max(counters["count"], 1) for k, v in counters["sums"].items()}}
             if ctx.is_main:
-                record.update({f"test/{k}": v for k, v in evaluate_terms(model, test_images, labels=test_labels).items()})
+                test_terms = evaluate_terms(model, test_images, labels=test_labels)
+                record.update({f"test/{k}": v for k, v in test_terms.items()})
                 record.update({"seconds": counters["seconds"], "images_per_s": images_seen / max(seconds, 1e-9)})
                 with open(run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")

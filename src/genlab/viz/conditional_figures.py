@@ -80,7 +80,7 @@ def report_section(evaluation: dict, figures: dict[str, Path]):
     section = Section("conditional", "Conditional models")
     if len(rows_q) > len(PYRO_TABLE):
         section.table(["model", "1 quadrant", "2 quadrants", "3 quadrants"], rows_q,
-                      "Negative conditional log-likelihood of the unseen quadrants, MNIST test set, nats per image "
+                      "Negative conditional log-likelihood of the unseen quadrants of the test digits, nats per image "
                       "(grey targets, as Pyro's reproduction of Sohn et al. 2015)")
     for name, path in figures.items():
         section.figure(path, f"{name}: inputs, sampled completions, truth")

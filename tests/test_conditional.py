@@ -18,7 +18,7 @@ from genlab.checkpoint import load_run
 from genlab.data import load_dataset
 from genlab.data.batching import Batches, to_pixels
 from genlab.errors import GenlabError
-from genlab.metrics.conditional import class_samples, conditional_quality, mean_pairwise_distance, quadrant_nll
+from genlab.metrics.conditional import class_samples, conditional_quality, mean_pairwise_distance
 from genlab.models import build
 from genlab.models.cdcgan import CDCGAN, CDCGANConfig
 from genlab.models.cvae import CVAE, CVAEConfig, gaussian_kl2, quadrant_mask, task_masks

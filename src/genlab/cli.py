@@ -108,12 +108,29 @@ def _sample(args) -> int:
     if Path(args.out).is_dir():
         raise GenlabError(f"--out {args.out} is a directory; give the file name of a PNG")
     run = load_run(args.run_dir, device=args.device)
-    if not run.model.can_sample:
-        raise GenlabError(f"a {run.model_name} model cannot sample; models that can: vae, ebgan, dcgan")
+    model = run.model
+    if not model.can_sample:
+        hint = ("; it completes digits from observed quadrants (see figures/completions.png of the run)"
+                if getattr(model, "quadrants", False) else "")
+        raise GenlabError(f"a {run.model_name} model cannot sample{hint}; models that can: vae, ebgan, dcgan, "
+                          "cdcgan, cvae --condition label")
+    if args.label is not None and not model.conditional:
+        raise GenlabError(f"--label needs a conditional model (cvae, cdcgan); {run.model_name} is not one")
+    ncol = max(1, round(args.n ** 0.5))
+    title = f"{run.model_name} samples"
     with torch.no_grad(), seeded(args.seed):
-        images = to_unit(run.model.sample(args.n), run.model.pixel_range)
+        if not model.conditional:
+            images = model.sample(args.n)
+        elif args.label is not None:
+            images = model.sample(args.n, args.label)
+            title += f" of class {args.label}"
+        else:  # one row per class, 0 at the top
+            ncol = max(1, -(-args.n // 10))
+            images = model.sample(10 * ncol, torch.arange(10, device=model.device).repeat_interleave(ncol))
+            title += ", one row per class 0-9"
+        images = to_unit(images, model.pixel_range)
     out = Path(args.out)
-    save_grid(out, images, ncol=max(1, round(args.n ** 0.5)), title=f"{run.model_name} samples")
+    save_grid(out, images, ncol=ncol, title=title)
     print(out)
     return 0
 
@@ -179,6 +196,8 @@ def build_parser() -> Parser:
     sp.add_argument("--out", default="samples.png", help="output PNG")
     sp.add_argument("--seed", type=cfgmod.bounded_int(0, 2**32 - 1), default=0)
     sp.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    sp.add_argument("--label", type=cfgmod.bounded_int(0, 9), default=None,
+                    help="conditional models: draw digits of this class 0-9 (default: a grid, one row per class)")
     sp.set_defaults(func=_sample)
 
     sv = sub.add_parser("serve", help="a local explorer page: draw, corrupt, walk, and every model answers")

@@ -20,16 +20,20 @@ from genlab.rng import seeded
 # Model family -> "module:function" called as function(run, images_u8, **options) -> dict of extra metrics.
 EXTRA_METRICS = {
     "vae": "genlab.metrics.likelihood:evaluate_run",
+    "cvae": "genlab.metrics.conditional:evaluate_run",
+    "cdcgan": "genlab.metrics.conditional:evaluate_run",
 }
 
 
 @torch.no_grad()
-def mean_energy(model, images_u8: torch.Tensor, batch_size: int = 1000) -> float:
+def mean_energy(model, images_u8: torch.Tensor, batch_size: int = 1000, labels: torch.Tensor | None = None) -> float:
+    """Mean energy of ``images_u8``; a conditional model's given each image's label in ``labels``."""
     total = 0.0
     with seeded(0):
         for i in range(0, len(images_u8), batch_size):
             x = to_pixels(images_u8[i:i + batch_size], model.pixel_range).to(model.device)
-            total += model.energy(x).double().sum().item()
+            cond = (labels[i:i + batch_size].to(model.device),) if labels is not None else ()
+            total += model.energy(x, *cond).double().sum().item()
     return total / len(images_u8)
 
 
@@ -39,8 +43,9 @@ def evaluate_run(run: Run, split: str = "test", limit: int = 0, quality: bool = 
     data = load_dataset(cfg.dataset, split, cfg.data_dir or None)
     images = data.images[:limit] if limit else data.images
     results: dict = {"model": run.model_name, "dataset": cfg.dataset, "split": split, "images": len(images)}
-    results.update(evaluate_terms(run.model, images))
-    results["energy"] = mean_energy(run.model, images)
+    labels = data.labels[:len(images)] if run.model.conditional else None
+    results.update(evaluate_terms(run.model, images, labels=labels))
+    results["energy"] = mean_energy(run.model, images, labels=labels)
     if run.model_name in EXTRA_METRICS:
         module, func = EXTRA_METRICS[run.model_name].split(":")
         results.update(getattr(importlib.import_module(module), func)(run, images, **options))

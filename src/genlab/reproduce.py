@@ -35,6 +35,7 @@ class Stage:
     train: dict  # TrainConfig overrides for the full run
     quick: dict = field(default_factory=dict)  # overrides on top of ``train`` for --quick
     quick_model: dict = field(default_factory=dict)  # overrides on top of ``model_config`` for --quick
+    quick_too: bool = True  # part of --quick (False: only in the full run, or when named with --models)
 
 
 # The lecture's settings (SETTINGS.md beside the lecture note); GAN schedules are bounded for a CPU.
@@ -50,6 +51,12 @@ STAGES = [
     # digit-like strokes (FID 319 against 954 after two); DCGAN needs far more steps than the quick budget has.
     Stage("ebgan", "Energy-based GAN", {"ema": 0.999}, {"epochs": 3}, {"epochs": 4}),
     Stage("dcgan", "DCGAN (28 x 28 variant)", {"ema": 0.999}, {"epochs": 2, "lr": 5e-4}, {"epochs": 2}),
+    # Beyond the lecture: the conditional models as benchmarks/conditional.py trains them (RESULTS.md); each
+    # needs more minutes than --quick has, so they run in the full reproduction only.
+    Stage("cvae", "Conditional VAE: completing digits from 1, 2, 3 observed quadrants (Sohn et al. 2015)",
+          {"condition": "quadrants"}, {"epochs": 30, "batch_size": 128, "lr": 1e-3}, quick_too=False),
+    Stage("cdcgan", "Conditional DCGAN (projection discriminator)", {"ema": 0.999},
+          {"epochs": 2, "batch_size": 64, "lr": 5e-4}, quick_too=False),
 ]
 
 DEPARTURES = [
@@ -86,7 +93,8 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
     if (out / "report.html").exists():
         raise GenlabError(f"{out} already holds a report; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    stages = [s for s in STAGES if s.model in MODELS and (not models or s.model in models)]
+    stages = [s for s in STAGES if s.model in MODELS and (not models or s.model in models)
+              and (not quick or s.quick_too or models)]
     if models and len(stages) != len(models):
         unknown = sorted(set(models) - {s.model for s in stages})
         raise GenlabError(f"unknown model(s) {', '.join(unknown)} for reproduce; choose from "
@@ -123,7 +131,7 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
     from genlab.evaluate import evaluate_run
     iwae_k = (1, 50) if quick else (1, 50, 500)
     for name, run in runs.items():
-        results = evaluate_run(run, limit=limit, quality=False, iwae_k=iwae_k)
+        results = evaluate_run(run, limit=limit, quality=False, **({"iwae_k": iwae_k} if name == "vae" else {}))
         _write_json(run.dir / "evaluation.json", results)
         tables.setdefault("evaluation", {})[name] = results
     timings["evaluate"] = time.perf_counter() - started
@@ -232,6 +240,13 @@ def build_sections(runs, tables, timings, dataset, quick, figures: Path) -> list
                 "FID and KID on the penultimate features of genlab's MNIST classifier; the reference row is the "
                 "test split against the training split")
         sections.append(q)
+
+    from genlab.viz.conditional_figures import report_section
+    completions = {name: run.dir / "figures" / "completions.png" for name, run in runs.items()
+                   if getattr(run.model, "quadrants", False)}
+    conditional = report_section(ev, completions)
+    if conditional:
+        sections.append(conditional)
 
     for name, run in runs.items():
         stage = next(s for s in STAGES if s.model == name)

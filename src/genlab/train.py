@@ -54,8 +54,10 @@ def default_run_dir(model_name: str) -> Path:
 
 
 @torch.no_grad()
-def evaluate_terms(model, images_u8: torch.Tensor, batch_size: int = 1000, seed: int = 1234) -> dict[str, float]:
+def evaluate_terms(model, images_u8: torch.Tensor, batch_size: int = 1000, seed: int = 1234,
+                   labels: torch.Tensor | None = None) -> dict[str, float]:
     """Mean of each of ``model.eval_terms`` over ``images_u8``, with fixed noise so the numbers are repeatable.
+    A conditional model also gets the ``labels`` (int64 [N]) of the images.
 
     Runs under a forked random state: evaluation neither depends on nor disturbs the training's random stream.
     """
@@ -65,7 +67,8 @@ def evaluate_terms(model, images_u8: torch.Tensor, batch_size: int = 1000, seed:
     with seeded(seed):
         for i in range(0, len(images_u8), batch_size):
             x = to_pixels(images_u8[i:i + batch_size], model.pixel_range).to(model.device)
-            for key, value in model.eval_terms(x).items():
+            cond = (labels[i:i + batch_size].to(model.device),) if model.conditional else ()
+            for key, value in model.eval_terms(x, *cond).items():
                 sums[key] = sums.get(key, 0.0) + value.double().sum().item()
     model.train(was_training)
     return {key: value / len(images_u8) for key, value in sums.items()}
@@ -132,13 +135,13 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
     # a failure on any rank (distributed.agree), so no rank waits on another that has already given up.
     model, optimizers, counters, data = distributed.agree(
         ctx, lambda: _prepare(model_name, model_cfg, cfg, run_dir, resuming, ctx, say))
-    train_images, test_images, test_set = data
+    train_images, train_labels, test_images, test_labels, test_set = data
     distributed.broadcast_buffers(model, ctx)
     steps = distributed.player_steps(model, ctx)  # DDP puts rank 0's parameters on every rank here
     model.end_of_epoch(counters["epoch"] - 1)  # schedules are functions of the epoch: set them for this one
 
     batches = Batches(train_images, cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world=ctx.world,
-                      device=ctx.device)
+                      device=ctx.device, labels=train_labels if model.conditional else None)
     log = _Log(model, ctx, counters, run_dir)
 
     def save_checkpoint():
@@ -160,9 +163,9 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
             bar = tqdm(total=len(batches), initial=counters["batch"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        unit="batch", leave=False, disable=not (ctx.is_main and cfg.progress) or None,
                        file=sys.stderr)
-            for shard, global_n in batches.epoch(epoch, counters["batch"]):
+            for shard, global_n, *labels in batches.epoch(epoch, counters["batch"]):
                 x = to_pixels(shard, model.pixel_range)
-                log.pending.append(_step(model, x, global_n, optimizers, steps, ctx, cfg.precision))
+                log.pending.append(_step(model, (x, *labels), global_n, optimizers, steps, ctx, cfg.precision))
                 counters["step"] += 1
                 counters["batch"] += 1
                 images_seen += global_n
@@ -186,7 +189,8 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
             record = {"epoch": epoch + 1, "step": counters["step"],
                       **{f"train/{k}": v / max(counters["count"], 1) for k, v in counters["sums"].items()}}
             if ctx.is_main:
-                record.update({f"test/{k}": v for k, v in evaluate_terms(model, test_images).items()})
+                test_terms = evaluate_terms(model, test_images, labels=test_labels)
+                record.update({f"test/{k}": v for k, v in test_terms.items()})
                 record.update({"seconds": counters["seconds"], "images_per_s": images_seen / max(seconds, 1e-9)})
                 if tensorboard:
                     tensorboard.epoch(model, epoch + 1, record, test_images)
@@ -211,12 +215,14 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
 
 def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: bool, ctx, say):
     """Load the data, build the model and its optimisers, and either restore the checkpoint or start the run
-    directory. Returns (model, optimizers, counters, (train images, test images, test set))."""
+    directory. Returns (model, optimizers, counters, (train images, train labels, test images, test labels,
+    test set))."""
     dataset = resolve_dataset_name(cfg.dataset, cfg.data_dir or None)
     train_set = load_dataset(dataset, "train", cfg.data_dir or None)
     test_set = load_dataset(dataset, "test", cfg.data_dir or None)
     train_images = train_set.images[:cfg.limit] if cfg.limit else train_set.images
     test_images = test_set.images[:cfg.eval_limit] if cfg.eval_limit else test_set.images
+    train_labels, test_labels = train_set.labels[:len(train_images)], test_set.labels[:len(test_images)]
     if cfg.batch_size < ctx.world:
         raise GenlabError(f"--batch-size {cfg.batch_size} is smaller than the {ctx.world} processes")
 
@@ -260,16 +266,17 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
         if cfg.figures:
             from genlab.viz.figures import epoch_figures
             epoch_figures(model_name, model, 0, test_set, run_dir / "figures")  # the untrained model, "epoch 0"
-    return model, optimizers, counters, (train_images, test_images, test_set)
+    return model, optimizers, counters, (train_images, train_labels, test_images, test_labels, test_set)
 
 
-def _step(model, x, global_n, optimizers, steps, ctx, precision: str) -> tuple[list[str], torch.Tensor]:
+def _step(model, inputs, global_n, optimizers, steps, ctx, precision: str) -> tuple[list[str], torch.Tensor]:
     """One batch: each player in turn computes its loss, backpropagates (DDP averages the gradients across
-    processes during the backward pass), steps. Returns the terms' names and their batch means as one tensor
-    on the device, so nothing waits for the device here; ``_Log.flush`` reads them in one transfer."""
+    processes during the backward pass), steps. ``inputs``: (images,) or, for a conditional model, (images,
+    labels). Returns the terms' names and their batch means as one tensor on the device, so nothing waits for
+    the device here; ``_Log.flush`` reads them in one transfer."""
     names: list[str] = []
     means: list[torch.Tensor] = []
-    turns = model.steps(x)
+    turns = model.steps(*inputs)
     for player in model.players:
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext():
             terms = steps[player](turns)

@@ -41,13 +41,17 @@ class Batches:
     Each epoch draws one global permutation from (seed, epoch), identical on every process; global batch i is
     ``perm[i*B:(i+1)*B]`` and process ``rank`` takes every ``world``-th element of it. So a run on W processes
     sees exactly the global batches of a run on one process, and resuming at (epoch, batch) needs no state.
+    With ``labels`` (int64 [N]) each batch also carries its labels, taken by the same index.
     """
 
     def __init__(self, images: Tensor, batch_size: int, *, seed: int = 0, shuffle: bool = True,
-                 rank: int = 0, world: int = 1, device: torch.device | str = "cpu"):
+                 rank: int = 0, world: int = 1, device: torch.device | str = "cpu", labels: Tensor | None = None):
         if batch_size < world:
             raise ValueError(f"batch size {batch_size} is smaller than the number of processes {world}")
+        if labels is not None and len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images.to(device)
+        self.labels = labels.to(device) if labels is not None else None
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.rank, self.world = rank, world
 
@@ -55,8 +59,9 @@ class Batches:
         """Global batches per epoch (the last one may be smaller)."""
         return -(-len(self.images) // self.batch_size)
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, int]]:
-        """Yield (this process's uint8 shard [n x 28 x 28], size of the global batch) from batch ``start`` on."""
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, ...]]:
+        """Yield (this process's uint8 shard [n x 28 x 28], size of the global batch) from batch ``start`` on;
+        with labels, (shard, size of the global batch, the shard's labels [n])."""
         n = len(self.images)
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
@@ -65,4 +70,8 @@ class Batches:
             perm = torch.arange(n, device=self.images.device)
         for i in range(start, len(self)):
             idx = perm[i * self.batch_size:(i + 1) * self.batch_size]
-            yield self.images.index_select(0, idx[self.rank::self.world]), len(idx)
+            mine = idx[self.rank::self.world]
+            if self.labels is None:
+                yield self.images.index_select(0, mine), len(idx)
+            else:
+                yield self.images.index_select(0, mine), len(idx), self.labels.index_select(0, mine)

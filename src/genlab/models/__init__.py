@@ -2,6 +2,8 @@
 
 from genlab.models.ae import AE
 from genlab.models.base import GenerativeModel
+from genlab.models.cdcgan import CDCGAN
+from genlab.models.cvae import CVAE
 from genlab.models.dae import DAE
 from genlab.models.dcgan import DCGAN
 from genlab.models.ebgan import EBGAN
@@ -13,6 +15,8 @@ MODELS: dict[str, type[GenerativeModel]] = {
     "vae": VAE,
     "ebgan": EBGAN,
     "dcgan": DCGAN,
+    "cvae": CVAE,
+    "cdcgan": CDCGAN,
 }
 
 

@@ -11,6 +11,9 @@ A model takes images ``x`` as an [N x 1 x 28 x 28] float tensor in its own pixel
 
 Models with two players (GANs) override ``players`` and ``steps``; the one training loop steps one optimiser
 per player, in the order ``steps`` yields them.
+
+Conditional models (``conditional = True``) also take the digit labels ``y`` (int64 [N]) of their images: the
+loop calls ``steps(x, y)`` and ``eval_terms(x, y)``, and ``sample(n, y)`` draws images of the given classes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ class GenerativeModel(nn.Module):
     pixel_range: ClassVar[str] = "tanh"
     players: ClassVar[tuple[str, ...]] = ("model",)
     can_sample: ClassVar[bool] = False
+    # True: the loop passes each batch's labels, steps(x, y) and eval_terms(x, y) (see the module docstring).
+    conditional: ClassVar[bool] = False
     # Training settings this model's literature uses, overriding TrainConfig's defaults (flags still win),
     # e.g. {"lr": 2e-4, "batch_size": 64} for DCGAN.
     train_defaults: ClassVar[dict] = {}
@@ -46,12 +51,13 @@ class GenerativeModel(nn.Module):
         """Extra keyword arguments for ``player``'s optimiser, e.g. {"betas": (0.5, 0.999)} for DCGAN."""
         return {}
 
-    def steps(self, x: Tensor) -> Iterator[tuple[str, dict[str, Tensor]]]:
+    def steps(self, x: Tensor, *cond: Tensor) -> Iterator[tuple[str, dict[str, Tensor]]]:
         """Yield (player, per-example terms) in order; the loop steps that player's optimiser in between.
 
         A generator, so a later player sees the earlier player's update (the GAN's (1) update D, (2) update G).
+        ``cond``: the labels [N] of a conditional model, nothing otherwise.
         """
-        yield "model", self.loss(x)
+        yield "model", self.loss(x, *cond)
 
     def after_step(self, player: str) -> None:
         """Called after ``player``'s optimiser step (for example to update an EMA of the generator)."""
@@ -66,9 +72,9 @@ class GenerativeModel(nn.Module):
         per-epoch schedules such as KL warm-up here, as a function of ``epoch`` alone so resuming is exact."""
 
     # -- evaluation ---------------------------------------------------------------------------------------
-    def eval_terms(self, x: Tensor) -> dict[str, Tensor]:
+    def eval_terms(self, x: Tensor, *cond: Tensor) -> dict[str, Tensor]:
         """Per-example evaluation metrics (shape [N] each), averaged over a split by ``genlab evaluate``."""
-        return self.loss(x)
+        return self.loss(x, *cond)
 
     def energy(self, x: Tensor) -> Tensor:
         raise NotImplementedError

@@ -25,11 +25,14 @@ FINAL_FIGURES = {
     "vae": "genlab.viz.vae_figures:final_figures",
     "ebgan": "genlab.models.gan_common:final_figures",
     "dcgan": "genlab.models.gan_common:final_figures",
+    "cvae": "genlab.viz.conditional_figures:final_figures",
+    "cdcgan": "genlab.viz.conditional_figures:final_figures",
 }
 EPOCH_FIGURES = {
     "vae": "genlab.viz.vae_figures:epoch_figures",
     "ebgan": "genlab.models.gan_common:epoch_figures",
     "dcgan": "genlab.models.gan_common:epoch_figures",
+    "cdcgan": "genlab.models.gan_common:epoch_figures",
 }
 
 

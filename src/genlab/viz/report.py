@@ -134,6 +134,9 @@ FIGURE_CAPTIONS = {
     "kernels.png": "The first 20 encoder kernels, as the lecture's Fig. 4 (AE) and Fig. 6 (DAE)",
     "corrupted_inputs.png": "Clean inputs, their corruption and the denoised output",
     "loss_curves.png": "Training and test loss terms per epoch",
+    "completions.png": "Quadrant completion: the observed quadrants (unseen pixels grey), completions drawn from "
+                       "the conditional prior, and the truth (after Sohn et al. 2015, Fig. 4)",
+    "class_grid.png": "Samples asked for by class, one row per class 0-9",
 }
 
 

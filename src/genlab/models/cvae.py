@@ -1,0 +1,327 @@
+"""The conditional VAE (Sohn, Lee & Yan 2015, "Learning structured output representation using deep conditional
+generative models") as an energy-based model: the energy of an output y given a condition c is the
+conditional free energy F(y | c) = -E_q[log p(y | c, z)] + KL(q(z | c, y) || p(z | c)), an upper bound on
+-log p(y | c) in nats.
+
+Two conditions (``--condition``):
+
+- ``label``: y is the whole image, c its digit class (one-hot). Recognition q(z | x, c), generation p(x | z, c),
+  prior N(0, I). Sampling a class: z ~ N(0, I), decode with that class's one-hot.
+- ``quadrants``: the paper's structured-output task on MNIST. c is a digit with 1, 2 or 3 of its 14 x 14
+  quadrants observed (the rest set to -1, so the mask is part of the input), y the unseen quadrants. As in
+  Pyro's reproduction of the paper, 1 quadrant is the bottom-left one, 2 the left half, 3 all but the
+  bottom-right one (``quadrant_mask``). The prior is learned, p(z | c) (the paper's "conditional prior
+  network"); recognition q(z | c, y) sees the whole image; generation p(y | c, z) gives Bernoulli logits of
+  every pixel but only the unseen ones count. One model serves all three tasks: each training image gets a
+  task drawn uniformly from {1, 2, 3}, while Pyro trains one model per task.
+
+Everything is per example, in nats. Pixels are in [0, 1] (``pixel_range = "unit"``) and the targets keep their
+grey values, as Pyro's reproduction does (its ``MaskedBCELoss`` and Bernoulli likelihood on ``ToTensor``
+digits), so the bound and the importance-sampled negative conditional log-likelihood
+(``genlab.metrics.conditional``) compare with its table; ``rec`` is the binary cross-entropy **summed over the
+target pixels** (784 for ``label``, the unseen 588 / 392 / 196 for ``quadrants``).
+
+Networks are the lecture VAE's MLPs, two hidden layers of ``hidden`` units each (Pyro uses 500 and 500).
+As in genlab's VAE, q starts near-deterministic (log-variance -4) and evaluation uses an exponential moving
+average of the weights (``--ema-decay``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genlab.config import opt
+from genlab.errors import GenlabError
+from genlab.models.base import GenerativeModel
+
+CONDITIONS = ("label", "quadrants")
+TASKS = (1, 2, 3)  # observed quadrants in the structured-output task
+LOG_2PI = math.log(2 * math.pi)
+MASKED = -1.0  # the value unseen pixels take in the condition (Pyro's choice; observed pixels are in [0, 1])
+
+
+@dataclass
+class CVAEConfig:
+    condition: str = opt("label", "label: generate a digit of a given class; quadrants: complete a digit from "
+                                  "1, 2 or 3 observed quadrants (Sohn et al. 2015, Sec. 5.1)", choices=CONDITIONS)
+    latent_dim: int = opt(32, "latent size d")
+    hidden: int = opt(500, "units of each of the two hidden layers of every network (Pyro's reproduction: 500)")
+    ema_decay: float = opt(0.999, "evaluate with an exponential moving average of the weights, updated each step "
+                                  "with this decay (0: off, the last weights)")
+
+    def check(self) -> None:
+        if self.latent_dim < 1:
+            raise GenlabError(f"--latent-dim must be at least 1, got {self.latent_dim}")
+        if self.hidden < 1:
+            raise GenlabError(f"--hidden must be at least 1, got {self.hidden}")
+        if not 0 <= self.ema_decay < 1:
+            raise GenlabError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+
+
+def quadrant_mask(observed: int) -> Tensor:
+    """The observed pixels of a task as a bool [28 x 28]: 1 = bottom-left quadrant, 2 = left half, 3 = all but
+    the bottom-right quadrant."""
+    if observed not in TASKS:
+        raise GenlabError(f"the number of observed quadrants must be 1, 2 or 3, got {observed}")
+    m = torch.zeros(28, 28, dtype=torch.bool)
+    m[14:, :14] = True
+    if observed >= 2:
+        m[:, :14] = True
+    if observed == 3:
+        m[:14, :] = True
+    return m
+
+
+def task_masks(tasks: Tensor) -> Tensor:
+    """Observed-pixel masks of a batch: int [N] tasks in {1, 2, 3} -> bool [N x 1 x 28 x 28]."""
+    table = torch.stack([quadrant_mask(t) for t in TASKS]).to(tasks.device)  # [3 x 28 x 28]
+    return table[tasks.long() - 1].unsqueeze(1)
+
+
+def gaussian_kl2(mu_q: Tensor, lv_q: Tensor, mu_p: Tensor, lv_p: Tensor) -> Tensor:
+    """KL(N(mu_q, e^lv_q) || N(mu_p, e^lv_p)) summed over the last dimension, in nats: [N x d] -> [N]."""
+    return 0.5 * (lv_p - lv_q + (lv_q.exp() + (mu_q - mu_p).pow(2)) / lv_p.exp() - 1).sum(-1)
+
+
+def gaussian_log_density(z: Tensor, mu: Tensor, lv: Tensor) -> Tensor:
+    """log N(z; mu, diag(e^lv)) summed over the last dimension: [... x d] -> [...]."""
+    return -0.5 * ((z - mu).pow(2) / lv.exp() + lv + LOG_2PI).sum(-1)
+
+
+def masked_bce(logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Binary cross-entropy (logits form) summed over the pixels where ``weight`` is 1: [N x ...] -> [N].
+    ``weight`` broadcasts against ``logits``."""
+    return ((F.softplus(logits) - target * logits) * weight).flatten(1).sum(1)
+
+
+def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         nn.Linear(hidden, n_out))
+
+
+class CVAENets(nn.Module):
+    """recognition [x, c] -> (mu, logvar) of q(z | c, x); prior c -> (mu, logvar) of p(z | c) (quadrants only);
+    decoder [z, c] -> 784 logits. ``c`` is a one-hot [N x 10] or a masked image [N x 784]."""
+
+    def __init__(self, cond_dim: int, d: int, hidden: int, learned_prior: bool):
+        super().__init__()
+        self.recognition = _mlp(784 + cond_dim, hidden, 2 * d)
+        self.prior = _mlp(cond_dim, hidden, 2 * d) if learned_prior else None
+        self.decoder = _mlp(d + cond_dim, hidden, 784)
+        with torch.no_grad():
+            # q starts near-deterministic (sigma 0.14), as in genlab's VAE: the decoder learns from informative
+            # codes at once; the KL term widens q.
+            last = self.recognition[-1]
+            last.weight.mul_(0.1)
+            last.bias[:d].zero_()
+            last.bias[d:].fill_(-4.0)
+
+
+class CVAE(GenerativeModel):
+    Config = CVAEConfig
+    pixel_range = "unit"
+    conditional = True
+    can_sample = True
+    train_defaults = {"batch_size": 128, "epochs": 20}
+
+    def __init__(self, cfg: CVAEConfig):
+        super().__init__(cfg)
+        self.quadrants = cfg.condition == "quadrants"
+        # A quadrant model completes digits rather than drawing them (``complete``), so it does not ``sample``.
+        self.can_sample = not self.quadrants
+        self.nets = CVAENets(784 if self.quadrants else 10, cfg.latent_dim, cfg.hidden, self.quadrants)
+        if cfg.ema_decay > 0:
+            self.ema_nets = copy.deepcopy(self.nets).requires_grad_(False)
+        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
+
+    def player_parameters(self, player: str) -> list[nn.Parameter]:
+        return list(self.nets.parameters())
+
+    def after_step(self, player: str) -> None:
+        """Move the weight average towards the new weights (decay ramped up as in genlab's VAE)."""
+        if self.cfg.ema_decay == 0:
+            return
+        t = int(self.ema_steps)
+        decay = min(self.cfg.ema_decay, (1 + t) / (10 + t))
+        with torch.no_grad():
+            for a, w in zip(self.ema_nets.parameters(), self.nets.parameters()):
+                a.lerp_(w, 1 - decay)
+        self.ema_steps += 1
+
+    def _nets(self) -> CVAENets:
+        """The trained networks in training mode, their average in eval mode."""
+        return self.nets if self.training or self.cfg.ema_decay == 0 else self.ema_nets
+
+    # -- conditions -----------------------------------------------------------------------------------------
+    def condition(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """(condition vector, target weight) of a batch.
+
+        :param x: [N x 1 x 28 x 28] in [0, 1].
+        :param c: int [N]: the digit classes (``label``) or the observed quadrants 1, 2, 3 (``quadrants``).
+        :return: the condition [N x 10] (one-hot) or [N x 784] (the image, unseen pixels at -1), and the
+            weight of each pixel in the likelihood, [N x 1 x 28 x 28] (quadrants: 1 on unseen pixels) or [1].
+        """
+        if self.quadrants:
+            if c.min() < 1 or c.max() > 3:
+                raise GenlabError("observed quadrants must be 1, 2 or 3")
+            seen = task_masks(c)
+            return torch.where(seen, x, torch.full_like(x, MASKED)).flatten(1), (~seen).to(x.dtype)
+        if c.min() < 0 or c.max() > 9:
+            raise GenlabError("digit labels must be in 0..9")
+        return F.one_hot(c.long(), 10).to(x.dtype), torch.ones(1, device=x.device, dtype=x.dtype)
+
+    def _q(self, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
+        return self._nets().recognition(torch.cat([x.flatten(1), cond], 1)).chunk(2, dim=1)
+
+    def _p(self, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """(mu, logvar) of the prior p(z | c): learned for quadrants, N(0, I) for labels. Each [N x d]."""
+        if self.quadrants:
+            return self._nets().prior(cond).chunk(2, dim=1)
+        zeros = cond.new_zeros(len(cond), self.cfg.latent_dim)
+        return zeros, zeros
+
+    def decode_logits(self, z: Tensor, cond: Tensor) -> Tensor:
+        """:param z: [N x d]; :param cond: [N x C]. :return: Bernoulli logits [N x 1 x 28 x 28]."""
+        return self._nets().decoder(torch.cat([z, cond], 1)).view(-1, 1, 28, 28)
+
+    # -- per-example terms ----------------------------------------------------------------------------------
+    def terms(self, x: Tensor, c: Tensor, sample: bool = True) -> dict[str, Tensor]:
+        """``rec`` (BCE summed over the target pixels, z drawn from q or at its mean), ``kl``
+        (KL(q(z | c, x) || p(z | c))) and ``loss`` = rec + kl, the conditional free energy; each [N] nats."""
+        cond, weight = self.condition(x, c)
+        mu, lv = self._q(x, cond)
+        z = mu + (0.5 * lv).exp() * torch.randn_like(mu) if sample else mu
+        rec = masked_bce(self.decode_logits(z, cond), x, weight)
+        kl = gaussian_kl2(mu, lv, *self._p(cond))
+        return {"loss": rec + kl, "rec": rec, "kl": kl}
+
+    def _tasks_for(self, x: Tensor, y: Tensor | None) -> Tensor:
+        """The condition of each image in training: its label, or (quadrants) a task drawn from {1, 2, 3}."""
+        if self.quadrants:
+            return torch.randint(1, 4, (len(x),), device=x.device)
+        if y is None:
+            raise GenlabError("a cvae with --condition label needs the digit labels of its images")
+        return y
+
+    def loss(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+        """Training terms [N] each: the conditional free energy ``loss`` = rec + kl (the negative ELBO).
+        ``y``: digit labels [N]; a quadrant model ignores them and draws a task per image."""
+        return self.terms(x, self._tasks_for(x, y))
+
+    def eval_terms(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+        """Evaluation terms [N] each, z drawn from q. ``label``: ``loss`` (= -ELBO of x given its label y),
+        ``rec``, ``kl``. ``quadrants``: ``neg_elbo_q1/q2/q3`` (the bound on -log p(unseen | seen) for 1, 2, 3
+        observed quadrants) and ``loss``, their mean."""
+        if not self.quadrants:
+            return self.terms(x, self._tasks_for(x, y))
+        out = {}
+        for t in TASKS:
+            out[f"neg_elbo_q{t}"] = self.terms(x, torch.full((len(x),), t, device=x.device))["loss"]
+        out["loss"] = sum(out.values()) / len(TASKS)
+        return out
+
+    def energy(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """The conditional free energy per example, [N] nats, z at the mean of q in eval mode.
+
+        ``label`` with labels ``y``: F(x | y). Without labels: -log (1/10) sum_y exp(-F(x | y)), the free
+        energy of x under a uniform class prior (an upper bound on -log p(x), as each F(x | y) bounds
+        -log p(x | y)). ``quadrants``: the mean over the three tasks of F(unseen | seen) (labels unused).
+        """
+        sample = self.training
+        if self.quadrants:
+            return sum(self.terms(x, torch.full((len(x),), t, device=x.device), sample)["loss"]
+                       for t in TASKS) / len(TASKS)
+        if y is not None:
+            return self.terms(x, y, sample)["loss"]
+        per_class = torch.stack([self.terms(x, torch.full((len(x),), k, device=x.device), sample)["loss"]
+                                 for k in range(10)])                                  # [10 x N]
+        return math.log(10) - torch.logsumexp(-per_class, 0)
+
+    # -- importance weighting -------------------------------------------------------------------------------
+    def log_weights(self, x: Tensor, c: Tensor, k: int) -> Tensor:
+        """log w = log p(y | c, z) + log p(z | c) - log q(z | c, y) for k draws z ~ q per example: [k x N].
+
+        Its log-mean-exp over the k draws is a lower bound on log p(y | c) that tightens as k grows (Burda et al.
+        2016); k = 1 is the ELBO in expectation.
+        """
+        cond, weight = self.condition(x, c)
+        mu, lv = self._q(x, cond)
+        mu_p, lv_p = self._p(cond)
+        n, d = mu.shape
+        eps = torch.randn(k, n, d, device=x.device, dtype=mu.dtype)
+        z = mu + (0.5 * lv).exp() * eps                                                  # [k x N x d]
+        # The decoder's first layer splits into its z part (per draw) and its condition part (once per image).
+        dec = self._nets().decoder
+        first = dec[0]
+        h_cond = F.linear(cond, first.weight[:, d:], first.bias)                         # [N x H]
+        h = torch.relu(F.linear(z, first.weight[:, :d]) + h_cond)                       # [k x N x H]
+        logits = dec[1:](h)                                                              # [k x N x 784]
+        target, w = x.flatten(1), weight.flatten(1) if weight.dim() > 1 else weight
+        log_py = -((F.softplus(logits) - target * logits) * w).sum(-1)                   # [k x N]
+        log_pz = gaussian_log_density(z, mu_p, lv_p)
+        log_qz = -0.5 * (eps.pow(2) + lv + LOG_2PI).sum(-1)
+        return log_py + log_pz - log_qz
+
+    # -- generation -----------------------------------------------------------------------------------------
+    def complete(self, x: Tensor, observed: int, n: int = 1) -> Tensor:
+        """``n`` completions of each image from ``observed`` quadrants: z ~ p(z | c), the decoder's mean on the
+        unseen pixels, the observed pixels kept. :param x: [N x 1 x 28 x 28]. :return: [n x N x 1 x 28 x 28]."""
+        if not self.quadrants:
+            raise GenlabError("completing quadrants needs a cvae trained with --condition quadrants")
+        c = torch.full((len(x),), observed, device=x.device)
+        cond, weight = self.condition(x, c)
+        mu_p, lv_p = self._p(cond)
+        out = []
+        for _ in range(n):
+            z = mu_p + (0.5 * lv_p).exp() * torch.randn_like(mu_p)
+            mean = torch.sigmoid(self.decode_logits(z, cond))
+            out.append(torch.where(weight > 0, mean, x))
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def sample(self, n: int, y: Tensor | int | None = None) -> Tensor:
+        """Decode z ~ N(0, I) with class ``y`` (int [n], one int, or None for 0, 1, ..., 9, 0, ...): the mean
+        images [n x 1 x 28 x 28] in [0, 1]."""
+        if self.quadrants:
+            raise GenlabError("a cvae with --condition quadrants completes digits (see figures/completions.png); "
+                              "train --condition label to draw digits of a class")
+        labels = class_labels(n, y, self.device)
+        z = torch.randn(n, self.cfg.latent_dim, device=self.device)
+        cond = F.one_hot(labels, 10).to(z.dtype)
+        return torch.sigmoid(self.decode_logits(z, cond))
+
+    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Label models: the decoder's mean for the code of x given its class (``y``; default: the class of the
+        smallest free energy). Quadrant models: the completion from 2 observed quadrants at the prior's mean."""
+        if self.quadrants:
+            c = torch.full((len(x),), 2, device=x.device)
+            cond, weight = self.condition(x, c)
+            mean = torch.sigmoid(self.decode_logits(self._p(cond)[0], cond))
+            return torch.where(weight > 0, mean, x)
+        if y is None:
+            y = torch.stack([self.terms(x, torch.full((len(x),), k, device=x.device), False)["loss"]
+                             for k in range(10)]).argmin(0)
+        cond, _ = self.condition(x, y)
+        return torch.sigmoid(self.decode_logits(self._q(x, cond)[0], cond))
+
+
+def class_labels(n: int, y: Tensor | int | None, device) -> Tensor:
+    """Labels for ``n`` conditional samples: ``y`` as given (int [n] or one class for all), or 0..9 cycled."""
+    if y is None:
+        return torch.arange(n, device=device) % 10
+    if isinstance(y, int):
+        if not 0 <= y <= 9:
+            raise GenlabError(f"a digit class is 0..9, got {y}")
+        return torch.full((n,), y, device=device, dtype=torch.long)
+    y = torch.as_tensor(y, device=device).long()
+    if y.shape != (n,):
+        raise GenlabError(f"expected {n} labels, got shape {list(y.shape)}")
+    if len(y) and (y.min() < 0 or y.max() > 9):
+        raise GenlabError("digit labels must be in 0..9")
+    return y

@@ -378,7 +378,7 @@ def test_watch_follows_a_real_training_run(server):
     assert before["metrics"] == [] and before["samples"] == []
     train = subprocess.run([sys.executable, "-m", "genlab.cli", "train", "dcgan", "--dataset", "mnist-5k",
                             "--epochs", "2", "--limit", "128", "--batch-size", "64", "--eval-limit", "64", "--ndf", "8",
-                            "--ngf", "16", "--no-figures", "--no-progress", "--out", str(live)],
+                            "--ngf", "16", "--no-progress", "--out", str(live)],
                            env=server["env"], capture_output=True, text=True, timeout=300)
     assert train.returncode == 0, train.stderr[-2000:]
     status, body = http(port, "GET", "/api/watch")

@@ -7,7 +7,6 @@ tables as JSON, the cross-model figures, ``report.html`` (self-contained) and ``
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field

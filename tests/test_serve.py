@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -124,16 +125,14 @@ def runs(tmp_path_factory):
     return root / "runs", watched
 
 
-@pytest.fixture(scope="module")
-def server(runs):
+@contextmanager
+def running_server(args: list[str], log: Path):
+    """``genlab serve ARGS --port 0`` in a subprocess: yields (port, env) once it prints its address."""
     _need_server_stack()
-    run_root, watched = runs
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "GENLAB_OFFLINE": "1"}
-    log = run_root.parent / "server.log"
     with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "genlab.cli", "serve", str(run_root), "--watch", str(watched),
-                                 "--watch", str(run_root.parent / "live"), "--port", "0", "--test-limit", "200"],
+        proc = subprocess.Popen([sys.executable, "-m", "genlab.cli", "serve", *args, "--port", "0"],
                                 stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     lines = []
     reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)
@@ -142,15 +141,25 @@ def server(runs):
     if not lines or not lines[0].startswith("genlab serve: http://127.0.0.1:"):
         proc.kill()
         pytest.fail(f"the server did not start: {lines} {log.read_text()[-2000:]}")
-    port = int(lines[0].split()[2].rstrip("/").rsplit(":", 1)[1])
-    yield {"port": port, "base": f"http://127.0.0.1:{port}", "log": log, "watched": watched, "runs": run_root,
-           "live": run_root.parent / "live", "env": env}
-    proc.send_signal(signal.SIGINT)
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        yield int(lines[0].split()[2].rstrip("/").rsplit(":", 1)[1]), env
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(runs):
+    run_root, watched = runs
+    log = run_root.parent / "server.log"
+    with running_server([str(run_root), "--watch", str(watched), "--watch", str(run_root.parent / "live"),
+                         "--test-limit", "200"], log) as (port, env):
+        yield {"port": port, "base": f"http://127.0.0.1:{port}", "log": log, "watched": watched, "runs": run_root,
+               "live": run_root.parent / "live", "env": env}
 
 
 def raw(port: int, request: bytes, timeout: float = 30) -> tuple[int, bytes]:
@@ -367,6 +376,29 @@ def test_descend_lowers_the_energy_and_samples_and_walks_are_bounded(server):
     # fixed noise: the same seed gives the same samples
     assert http(port, "POST", "/api/sample", {"model": "dcgan", "n": 4, "seed": 9}) == \
         http(port, "POST", "/api/sample", {"model": "dcgan", "n": 4, "seed": 9})
+
+
+def test_conditional_models_take_a_digit_and_keep_it_along_the_style_walk(tmp_path):
+    # cvae and cdcgan in the generator panel: a digit picker (``label``) and a walk in z with the digit kept.
+    from genlab.config import TrainConfig
+    from genlab.models import MODELS as REGISTRY
+    from genlab.train import train
+
+    for name, cfg in (("cvae", {}), ("cdcgan", {"ndf": 8, "ngf": 8})):
+        train(name, REGISTRY[name].Config(**cfg), TrainConfig(dataset="mnist-5k", epochs=1, limit=128, batch_size=64,
+              eval_limit=64, figures=False, progress=False, out=str(tmp_path / "runs" / name), device="cpu"))
+    with running_server([str(tmp_path / "runs"), "--test-limit", "50"], tmp_path / "server.log") as (port, _):
+        models = {m["name"]: m for m in json.loads(http(port, "GET", "/api/models")[1])["models"]}
+        assert all(models[n]["conditional"] and "nz" in models[n] for n in ("cvae", "cdcgan"))
+        for name in ("cvae", "cdcgan"):
+            one = json.loads(http(port, "POST", "/api/sample", {"model": name, "n": 4, "seed": 5, "label": 1})[1])
+            seven = json.loads(http(port, "POST", "/api/sample", {"model": name, "n": 4, "seed": 5, "label": 7})[1])
+            assert len(one["images"]) == 4 and one["images"] != seven["images"]  # same noise, another digit
+            status, body = http(port, "POST", "/api/walk", {"model": name, "seed": 5, "steps": 5, "label": 3})
+            assert status == 200 and len(json.loads(body)["images"]) == 5
+            for bad in ({"label": 12}, {"label": "7"}, {"label": 2.5}):
+                status, body = http(port, "POST", "/api/sample", {"model": name, "n": 4, **bad})
+                assert status == 400 and "label" in json.loads(body)["error"]
 
 
 def test_watch_follows_a_real_training_run(server):

@@ -15,8 +15,10 @@ Endpoints (``GET /api`` lists them). Images travel as base64 of 784 uint8 bytes,
 - ``GET  /api/latent/{model}``: a VAE's test means laid out by PCA, with labels.
 - ``POST /api/latent/decode`` ``{"model", "x", "y"}``: the decoded mean of the test digit nearest (x, y).
 - ``POST /api/latent/interpolate`` ``{"model", "a", "b", "steps"}``: decodes along the line between two codes.
-- ``POST /api/sample`` ``{"model", "n", "seed"}``: samples from fixed noise with each one's energy.
-- ``POST /api/walk`` ``{"model", "seed", "steps", "scale"}``: a straight walk in z with energies.
+- ``POST /api/sample`` ``{"model", "n", "seed", "label"?}``: samples from fixed noise with each one's energy;
+  ``label`` (0-9) picks the digit of a conditional model (cvae, cdcgan).
+- ``POST /api/walk`` ``{"model", "seed", "steps", "scale", "label"?}``: a straight walk in z with energies; for
+  a conditional model the digit stays ``label`` while z, its style, moves.
 - ``GET  /api/watch``: the watched runs' metrics, figures and samples of their latest checkpoint.
 - ``GET  /api/watch/{run}/{figure}``: one PNG figure of a watched run, by the name ``/api/watch`` gave.
 
@@ -351,20 +353,28 @@ def build_app(explorer: Explorer, hosts: set[str]) -> Guard:
         steps = _number(d, "steps", 2, LIMITS["walk_steps"], 8, integer=True)
         return JSONResponse(await compute(explorer.interpolate, name, a, b, steps))
 
+    def _label(d: dict, name: str) -> int | None:
+        """The optional digit class of a conditional model's samples; a label for another model is a 400."""
+        if d.get("label") is None:
+            return None
+        if not explorer.get(name).describe()["conditional"]:
+            raise ApiError(400, f"model {name!r} is not conditional: it takes no 'label'")
+        return _number(d, "label", 0, 9, integer=True)
+
     async def sample(request: Request):
-        d = await read_json(request, {"model", "n", "seed"})
+        d = await read_json(request, {"model", "n", "seed", "label"})
         name = _model(d, explorer, "sample")
         n = _number(d, "n", 1, LIMITS["samples"], 16, integer=True)
         seed = _number(d, "seed", 0, 2**31 - 1, 0, integer=True)
-        return JSONResponse(await compute(explorer.sample, name, n, seed))
+        return JSONResponse(await compute(explorer.sample, name, n, seed, _label(d, name)))
 
     async def walk(request: Request):
-        d = await read_json(request, {"model", "seed", "steps", "scale"})
+        d = await read_json(request, {"model", "seed", "steps", "scale", "label"})
         name = _model(d, explorer, "sample")
         seed = _number(d, "seed", 0, 2**31 - 2, 0, integer=True)
         steps = _number(d, "steps", 2, LIMITS["walk_steps"], 9, integer=True)
         scale = _number(d, "scale", 0.0, 10.0, 3.0)
-        return JSONResponse(await compute(explorer.walk, name, seed, steps, scale))
+        return JSONResponse(await compute(explorer.walk, name, seed, steps, scale, _label(d, name)))
 
     async def watch(request: Request):
         return JSONResponse(await compute(explorer.watch_state))

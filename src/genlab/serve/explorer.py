@@ -167,8 +167,9 @@ class Loaded:
                 "energy_doc": (type(m).energy.__doc__ or "").strip().splitlines()[0]}
         if self.latent is not None:
             info["latent_dim"] = int(self.latent.mu.shape[1])
-        if hasattr(m.cfg, "nz"):
-            info["nz"] = int(m.cfg.nz)
+        info["conditional"] = bool(getattr(m, "conditional", False))
+        if hasattr(m.cfg, "nz") or (info["conditional"] and m.can_sample):  # a generator panel: GANs, cvae
+            info["nz"] = Explorer._latent_size(m)
         return info
 
     def percentile(self, energy: float) -> float:
@@ -367,10 +368,21 @@ class Explorer:
     def _latent_size(model) -> int:
         return int(model.cfg.nz if hasattr(model.cfg, "nz") else model.cfg.latent_dim)
 
-    def _generate(self, model, z: Tensor) -> Tensor:
+    def _generate(self, model, z: Tensor, label: int | None = None) -> Tensor:
         """Images [N x 1 x 28 x 28] in the model's range from codes z [N x nz]: a VAE's decoder mean, a GAN's
-        (averaged, where kept) generator in evaluation mode."""
+        (averaged, where kept) generator in evaluation mode. A conditional model draws digits of class
+        ``label`` (None: the classes 0..9 in turn); the others take no label."""
         z = z.to(self.device)
+        if getattr(model, "conditional", False):
+            y = torch.full((len(z),), label, device=self.device) if label is not None else \
+                torch.arange(len(z), device=self.device) % 10
+            cond = torch.nn.functional.one_hot(y, 10).to(z.dtype)
+            if not hasattr(model, "generator"):  # cvae: the decoder's mean given the class
+                return torch.sigmoid(model.decode_logits(z, cond))
+            net = model.g_ema.net if getattr(model, "g_ema", None) is not None else model.generator
+            return net(torch.cat([z, cond], 1))
+        if label is not None:
+            raise GenlabError(f"{type(model).__name__.lower()} is not conditional: it takes no label")
         if not hasattr(model, "generator"):
             return model.decode(z)
         from genlab.models.gan_common import to_28
@@ -378,26 +390,27 @@ class Explorer:
         return to_28(net(z))
 
     @torch.inference_mode()
-    def sample(self, name: str, n: int, seed: int) -> dict:
-        """``n`` samples from fixed noise (``seed``) and each one's energy under the same model (for a GAN,
-        its discriminator's)."""
+    def sample(self, name: str, n: int, seed: int, label: int | None = None) -> dict:
+        """``n`` samples from fixed noise (``seed``), of class ``label`` for a conditional model, and each one's
+        energy under the same model (for a GAN, its discriminator's)."""
         m = self.get(name)
-        imgs = self._generate(m.model, _seeded_normal(n, self._latent_size(m.model), seed))
+        imgs = self._generate(m.model, _seeded_normal(n, self._latent_size(m.model), seed), label)
         energies = m.model.energy(imgs).double().cpu().tolist()
         unit = to_unit(imgs, m.model.pixel_range)
         return {"images": [encode_image(i) for i in unit], "energies": energies,
                 "percentiles": [m.percentile(e) for e in energies]}
 
     @torch.inference_mode()
-    def walk(self, name: str, seed: int, steps: int, scale: float) -> dict:
-        """A straight walk z0 + t u, t from -scale to scale, with z0 and the unit direction u drawn from ``seed``."""
+    def walk(self, name: str, seed: int, steps: int, scale: float, label: int | None = None) -> dict:
+        """A straight walk z0 + t u, t from -scale to scale, with z0 and the unit direction u drawn from ``seed``;
+        for a conditional model the class stays ``label`` while z, the style, moves."""
         m = self.get(name)
         d = self._latent_size(m.model)
         z0 = _seeded_normal(1, d, seed)
         u = _seeded_normal(1, d, seed + 1)
         u = u / u.norm()
         t = torch.linspace(-scale, scale, steps).unsqueeze(1)
-        imgs = self._generate(m.model, z0 + t * u)
+        imgs = self._generate(m.model, z0 + t * u, label)
         energies = m.model.energy(imgs).double().cpu().tolist()
         return {"images": [encode_image(i) for i in to_unit(imgs, m.model.pixel_range)], "energies": energies,
                 "t": t[:, 0].tolist()}

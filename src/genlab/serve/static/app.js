@@ -271,19 +271,26 @@ function setupGenerators() {
   for (const m of gans) {
     const seed = el("input", {type: "number", value: 0, min: 0});
     const grid = el("div", {class: "grid"}), walk = el("div", {class: "strip"});
+    // A conditional model (cvae, cdcgan) gets a digit picker; its walk in z is then a style slider for that digit.
+    const digit = el("select", {class: "digit"}, el("option", {value: "", text: "0-9 in turn"}),
+      ...[...Array(10).keys()].map((d) => el("option", {value: String(d), text: String(d)})));
     const card = el("div", {class: "gen-card", "data-model": m.name},
-      el("h3", {text: `${m.name}: samples and the discriminator's energy of each`}),
+      el("h3", {text: `${m.name}: samples and the ${m.conditional ? "model's" : "discriminator's"} energy of each`}),
       el("label", {}, "noise seed ", seed), " ", el("button", {type: "button", text: "New noise",
         onclick: () => { seed.value = Number(seed.value) + 1; run(); }}),
-      grid, el("h3", {text: "A walk along one direction in z (t from -3 to 3)"}), walk);
+      ...(m.conditional ? [" ", el("label", {}, "digit ", digit)] : []),
+      grid, el("h3", {text: m.conditional ? "Style: one direction in z, the digit kept (t from -3 to 3)"
+                                          : "A walk along one direction in z (t from -3 to 3)"}), walk);
     const run = async () => {
       const s = Math.max(0, Number(seed.value) | 0);
-      const g = await api("POST", "/api/sample", {model: m.name, n: 16, seed: s});
+      const label = m.conditional && digit.value !== "" ? {label: Number(digit.value)} : {};
+      const g = await api("POST", "/api/sample", {model: m.name, n: 16, seed: s, ...label});
       grid.replaceChildren(...g.images.map((im, i) => imageFigure(im, fmt(g.energies[i]))));
-      const w = await api("POST", "/api/walk", {model: m.name, seed: s, steps: 9, scale: 3});
+      const w = await api("POST", "/api/walk", {model: m.name, seed: s, steps: 9, scale: 3, ...label});
       walk.replaceChildren(...w.images.map((im, i) => imageFigure(im, `t ${w.t[i].toFixed(1)}: ${fmt(w.energies[i])}`)));
     };
     seed.addEventListener("change", run);
+    digit.addEventListener("change", run);
     $("generator-cards").append(card);
     run();
   }

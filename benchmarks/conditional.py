@@ -3,11 +3,11 @@
 - cvae, ``--condition quadrants``: negative conditional log-likelihood of the unseen quadrants of the 10,000
   test digits for 1, 2, 3 observed quadrants, importance sampled (``--k`` draws of q, default 100) and as the
   bound (-ELBO, one draw), beside Pyro's reproduction of Sohn et al. 2015 (NN baseline 100.4 / 61.9 / 25.4,
-  CVAE 71.8 / 51.0 / 24.2 nats, from the ELBO). Acceptance: importance-sampled values below Pyro's CVAE for all
-  three, after at most 30 CPU-minutes of training.
+  CVAE 71.8 / 51.0 / 24.2 nats, from the ELBO). Target: importance-sampled values below Pyro's CVAE for all three,
+  after at most 30 CPU-minutes of training.
 - cdcgan: 1,000 samples asked for per class, scored by genlab's MNIST classifier: accuracy (>= 0.95), the FID of
   each class against the real test digits of that class (each within 2x the unconditional DCGAN's overall FID,
-  ``--dcgan-fid``, by default the 46.6 that ``benchmarks/gan_quality.py`` measured), and each class's spread
+  ``--dcgan-fid``, by default the figure of ``benchmarks/gan_quality.py`` in ``benchmarks/RESULTS.md``), and each class's spread
   (mean pairwise pixel distance) over the real class's (no class below 0.5); at most 15 CPU-minutes of training.
 
 Without run directories each model is trained here with the settings of ``genlab reproduce``

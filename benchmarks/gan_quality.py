@@ -19,7 +19,7 @@ Without run directories each model is trained here on full MNIST, on the CPU, wi
 
     python benchmarks/gan_quality.py [--ebgan RUN] [--dcgan RUN] [--vae RUN] [--json]
 
-Acceptance (the issue): each GAN gives every digit class at least 5% of its samples and a lower FID than the
+Target: each GAN gives every digit class at least 5% of its samples and a lower FID than the
 VAE, after at most 15 minutes of training.
 """
 

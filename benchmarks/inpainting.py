@@ -7,7 +7,7 @@ p = 0.5, Adam 1e-3, batch 256, 20 epochs on MNIST) is trained first, a few minut
 
     python benchmarks/inpainting.py [--run RUN_DIR] [--limit N] [--epochs E] [--json]
 
-Acceptance (the issue): at p = 0.5 the DAE's PSNR is at least the better classical method's + 1.0 dB.
+Target: at p = 0.5 the DAE's PSNR is at least the better classical method's + 1.0 dB.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ preprocessing. Reports latency percentiles, errors, throughput and the server's 
 
     python benchmarks/serve_latency.py RUNS_DIR [--requests 1000] [--clients 8] [--cpus 0,1] [--json]
 
-``RUNS_DIR`` is what ``genlab reproduce --quick --out RUNS_DIR`` wrote (five models). Acceptance: p50 <= 20 ms,
+``RUNS_DIR`` is what ``genlab reproduce --quick --out RUNS_DIR`` wrote (five models). Targets: p50 <= 20 ms,
 p95 <= 50 ms, no error, peak RSS <= 1 GiB.
 """
 

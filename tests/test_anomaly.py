@@ -1,6 +1,5 @@
 """Energies as anomaly scores: AUROC, merged digits, deterministic energies, the report and ``genlab energy``."""
 
-import argparse
 import json
 
 import numpy as np
@@ -13,10 +12,12 @@ from genlab.data import load_dataset
 from genlab.data.batching import to_pixels
 from genlab.data.datasets import find_idx_dir
 from genlab.errors import GenlabError
+from genlab.cli import build_parser
 from genlab.metrics import anomaly
 from genlab.models import build
 from genlab.models.ae import AEConfig
 from genlab.models.dae import DAEConfig
+from genlab.viz import metric_figures
 
 needs_fashion = pytest.mark.skipif(find_idx_dir("fashion-mnist") is None,
                                    reason="Fashion-MNIST is not on disk (tests never download)")
@@ -140,9 +141,9 @@ def test_energy_report_scores_fashion_mnist_above_mnist(dae_run, tmp_path):
     assert report["auroc_ood"] > 0.6  # a trained DAE reconstructs digits better than clothes
     assert 0.0 <= report["auroc_merged"] <= 1.0
     json.dumps(anomaly.report_json(report))
-    assert anomaly.figure_energy_histograms(report, tmp_path / "h.png").stat().st_size > 1000
+    assert metric_figures.figure_energy_histograms(report, tmp_path / "h.png").stat().st_size > 1000
     merged = anomaly.split_images(run, "merged", 6)
-    assert anomaly.figure_merged(run.model, merged, tmp_path / "m.png").stat().st_size > 1000
+    assert metric_figures.figure_merged(run.model, merged, tmp_path / "m.png").stat().st_size > 1000
 
 
 def test_energy_report_without_fashion_mnist_still_has_an_ood_column(dae_run, tmp_path, monkeypatch):
@@ -166,7 +167,7 @@ def test_energy_report_without_fashion_mnist_still_has_an_ood_column(dae_run, tm
     assert "fashion-mnist" in missing and "\n" not in missing
     assert str(tmp_path / "empty" / "fashion-mnist") in missing and "dataset-fashion-mnist" in missing
     assert "genlab datasets --download fashion-mnist" in missing
-    assert anomaly.figure_energy_histograms(report, tmp_path / "h.png").stat().st_size > 1000
+    assert metric_figures.figure_energy_histograms(report, tmp_path / "h.png").stat().st_size > 1000
 
 
 def test_photo_patches_are_fixed_grey_28_by_28_images():
@@ -179,9 +180,7 @@ def test_photo_patches_are_fixed_grey_28_by_28_images():
 
 
 def _cli(argv):
-    parser = argparse.ArgumentParser()
-    anomaly.add_cli(parser.add_subparsers())
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

@@ -19,7 +19,8 @@ from genlab.data.batching import to_pixels
 from genlab.errors import GenlabError
 from genlab.models.dcgan import DCGAN, DCGANConfig
 from genlab.models.ebgan import DEFAULT_MARGINS, EBGAN, EBGANConfig, hinge_loss, pulling_away_term, reconstruction_energy
-from genlab.models.gan_common import EMA, energy_histogram_figure, spread
+from genlab.models.gan_common import spread
+from genlab.viz.gan_figures import energy_histogram_figure
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from genlab.errors import GenlabError
 from genlab.metrics import inpainting as inp
 from genlab.models import build
 from genlab.models.dae import DAEConfig
+from genlab.viz.metric_figures import figure_inpainting
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +179,7 @@ def test_table_has_every_method_and_rate_and_a_perfect_fill_scores_inf_on_droppe
 
 def test_figure_is_written(digits, tmp_path):
     model = build("dae", DAEConfig(latent_dim=16))
-    path = inp.figure_inpainting(model, digits, tmp_path / "fig7.png", n=4)
+    path = figure_inpainting(model, digits, tmp_path / "fig7.png", n=4)
     assert path.stat().st_size > 1000
 
 
@@ -194,11 +195,9 @@ def _train(name, cfg, out):
 
 
 def _cli(argv):
-    import argparse
+    from genlab.cli import build_parser
 
-    parser = argparse.ArgumentParser()
-    inp.add_cli(parser.add_subparsers())
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import genlab.reproduce as reproduce_mod
-from genlab.viz.report import Section, render_markdown, write_report
+from genlab.report import Section, render_markdown, write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

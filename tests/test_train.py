@@ -20,6 +20,7 @@ from genlab.checkpoint import load_run
 from genlab.data import load_dataset
 from genlab.data.batching import to_pixels
 from genlab.models import MODELS
+from genlab.viz import training_callbacks
 from genlab.train import Interrupted, default_train_config, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +40,8 @@ def params_of(model) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_smoke_trains_on_mnist_5k(name, tmp_path):
-    run_dir = train(name, MODELS[name].Config(), quick_config(name, tmp_path / name, figures=True))
+    cfg = quick_config(name, tmp_path / name, figures=True)
+    run_dir = train(name, MODELS[name].Config(), cfg, callbacks=training_callbacks(cfg))
     record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["epoch"] == 1
     losses = [v for k, v in record.items() if k.endswith("loss")]
@@ -50,6 +52,17 @@ def test_every_model_smoke_trains_on_mnist_5k(name, tmp_path):
         energy = run.model.energy(x)
     assert energy.shape == (16,) and torch.isfinite(energy).all()
     assert (run_dir / "figures" / "loss_curves.png").stat().st_size > 1000
+
+
+def test_no_figures_means_no_figures(tmp_path):
+    """--no-figures draws nothing at all (the VAE's per-epoch t-SNE included); the library loop never draws."""
+    out = tmp_path / "vae"
+    result = _cli("train", "vae", "--dataset", "mnist-5k", "--limit", "256", "--eval-limit", "100", "--epochs", "1",
+                     "--tsne-epochs", "0,1", "--no-figures", "--no-progress", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert not (out / "figures").exists() or not any((out / "figures").iterdir())
+    run_dir = train("vae", MODELS["vae"].Config(tsne_epochs="0,1"), quick_config("vae", tmp_path / "lib", figures=True))
+    assert not (run_dir / "figures").exists()  # figures come from callbacks (genlab.viz.training_callbacks)
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -182,8 +195,8 @@ def test_bad_input_gives_one_line_and_status_2(tmp_path):
 
 def test_tensorboard_logs_scalars_images_and_histograms(tmp_path):
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    run_dir = train("ae", MODELS["ae"].Config(latent_dim=8), quick_config("ae", tmp_path / "tb", epochs=2,
-                                                                          tensorboard=True))
+    cfg = quick_config("ae", tmp_path / "tb", epochs=2, tensorboard=True)
+    run_dir = train("ae", MODELS["ae"].Config(latent_dim=8), cfg, callbacks=training_callbacks(cfg))
     acc = event_accumulator.EventAccumulator(str(run_dir / "tensorboard"))
     acc.Reload()
     tags = acc.Tags()

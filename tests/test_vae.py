@@ -304,10 +304,25 @@ def test_weight_average_is_used_in_eval_mode(data):
         live = model.train().encode(x)[0]
     assert not torch.allclose(averaged, live)
     off = train_briefly(VAEConfig(latent_dim=4, hidden=64, ema_decay=0.0), data[0].images[:1024], epochs=1)
-    assert not hasattr(off, "ema_encoder")
+    assert off.ema is None
     with torch.no_grad():
         assert torch.equal(off.eval().encode(x)[0], off.train().encode(x)[0])
-    assert set(map(id, model.player_parameters("model"))).isdisjoint(map(id, model.ema_encoder.parameters()))
+    assert set(map(id, model.player_parameters("model"))).isdisjoint(map(id, model.ema.parameters()))
+
+
+def test_checkpoint_of_genlab_0_1_loads_with_its_weight_average(tmp_path):
+    """genlab 0.1 named the VAE's averaged networks ema_encoder/ema_decoder; such a run still loads, average included."""
+    model = VAE(VAEConfig(latent_dim=4, hidden=16))
+    with torch.no_grad():
+        for p in model.ema.parameters():
+            p.normal_()
+    old = {k.replace("ema.net.encoder.", "ema_encoder.").replace("ema.net.decoder.", "ema_decoder.")
+           .replace("ema.steps", "ema_steps"): v for k, v in model.state_dict().items()}
+    assert any(k.startswith("ema_encoder.") for k in old)
+    fresh = VAE(VAEConfig(latent_dim=4, hidden=16))
+    fresh.load_state_dict(fresh.upgrade_state(old))
+    for a, b in zip(fresh.ema.parameters(), model.ema.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_config_errors_are_one_line():

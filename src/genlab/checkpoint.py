@@ -170,7 +170,10 @@ def check(ckpt: Checkpoint, model: torch.nn.Module, optimizers: dict[str, torch.
           world: int | None = None, where: Path | str = "checkpoint") -> None:
     """Check every tensor of ``ckpt`` (name, shape, dtype) against ``model`` and ``optimizers`` as built from the
     run's config, and its counters and random states, before anything is loaded; a mismatch is one line
-    naming the tensor. (Loading unchecked optimiser state can crash a fused kernel outright.)"""
+    naming the tensor. (Loading unchecked optimiser state can crash a fused kernel outright.) Weights an older
+    genlab named differently are renamed first (``upgrade_state``), so its runs still load."""
+    if hasattr(model, "upgrade_state"):
+        ckpt.model_state = model.upgrade_state(ckpt.model_state)
     _check_tensors(model.state_dict(), ckpt.model_state, "model/", where)
     if optimizers is not None:
         if set(optimizers) != set(ckpt.optimizer_states):

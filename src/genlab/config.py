@@ -1,12 +1,11 @@
 """Typed configs: one dataclass per model plus one for training, turned into CLI flags and saved as JSON.
 
-Every field has a default and a help line (``opt(default, "help")``); the CLI derives ``--kebab-case`` flags
-from the fields, and a run's ``config.json`` holds enough to rebuild its model exactly.
+Every field has a default and a help line (``opt(default, "help")``); the commands derive ``--kebab-case``
+flags from the fields (genlab.commands.flags), and a run's ``config.json`` holds enough to rebuild its model.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -35,7 +34,7 @@ def opt(default: Any, help: str, choices: tuple | None = None, min: float | None
 class TrainConfig:
     dataset: str = opt("auto", "data set: auto (mnist when found on disk, else mnist-5k), mnist, fashion-mnist, mnist-5k",
                        choices=("auto", "mnist", "fashion-mnist", "mnist-5k"))
-    data_dir: str = opt("", "data directory (default: $GENLAB_DATA_DIR, else the per-user cache)")
+    data_dir: str | None = opt(None, "data directory (default: $GENLAB_DATA_DIR, else the per-user cache)")
     epochs: int = opt(20, "passes over the training split", min=1, max=1_000_000)
     batch_size: int = opt(256, "global batch size (split across DDP processes)", min=1, max=65536)
     lr: float = opt(1e-3, "learning rate", above=0.0, max=10.0)
@@ -54,6 +53,8 @@ class TrainConfig:
     tensorboard: bool = opt(False, "also log scalars, image grids and energy histograms to RUN_DIR/tensorboard")
 
     def __post_init__(self) -> None:
+        if self.data_dir == "":  # how genlab 0.1 wrote "not given" in a run's config.json
+            self.data_dir = None
         validate(self)  # the declared ranges hold however the config is built: flags, JSON or Python
 
     def check(self) -> None:
@@ -88,53 +89,8 @@ def check_device(name: str) -> None:
                           f"{', '.join(present)} (or auto)")
 
 
-def bounded_int(low: int, high: int | None = None) -> typing.Callable[[str], int]:
-    """An argparse ``type`` for a whole-number flag in [low, high]: a bad value is argparse's one-line error."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            span = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise argparse.ArgumentTypeError(f"must be {span}, got {value}")
-        return value
-    parse.__name__ = "whole number"
-    return parse
-
-
 def fields_of(cls: type) -> list[dataclasses.Field]:
     return list(dataclasses.fields(cls))
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str, defaults: Any = None) -> None:
-    """Add one ``--kebab-case`` flag per field of the dataclass ``cls``; ``defaults`` (an instance) sets the
-    defaults shown in the help, where they differ from the dataclass's own (a model's training defaults)."""
-    group = parser.add_argument_group(title)
-    hints = typing.get_type_hints(cls)
-    for f in fields_of(cls):
-        kind = hints[f.name]
-        shown = getattr(defaults, f.name) if defaults is not None else f.default
-        help_text = f"{f.metadata.get('help', '')} (default: {shown})"
-        if kind is bool:
-            group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=help_text)
-        else:
-            group.add_argument(_flag(f.name), dest=f.name, type=kind, default=argparse.SUPPRESS,
-                               choices=f.metadata.get("choices"), help=help_text, metavar=f.name.upper())
-
-
-def from_namespace(cls: type, ns: argparse.Namespace, base: Any = None) -> Any:
-    """Build ``cls`` from parsed flags; fields not given on the command line keep ``base``'s or the default."""
-    given = {f.name: getattr(ns, f.name) for f in fields_of(cls) if hasattr(ns, f.name)}
-    obj = base if base is not None else cls()
-    obj = dataclasses.replace(obj, **given)
-    validate(obj)
-    return obj
 
 
 def from_dict(cls: type, data: dict) -> Any:
@@ -162,8 +118,18 @@ def _describe_range(meta: dict) -> str:
     return " and ".join(f"{sign} {_number(meta[key])}" for key, sign in bounds if meta.get(key) is not None)
 
 
+def optional_of(kind: Any) -> type | None:
+    """``X`` for a field typed ``X | None``, else None."""
+    args = typing.get_args(kind)
+    if type(None) in args and len(args) == 2:
+        return next(a for a in args if a is not type(None))
+    return None
+
+
 def _check_type(name: str, kind: type, value: Any) -> Any:
     """``value`` as ``kind`` (an int is a float too), or a GenlabError: a JSON file can hold anything."""
+    if optional_of(kind) is not None:
+        return None if value is None else _check_type(name, optional_of(kind), value)
     if kind is bool:
         ok = isinstance(value, bool)
     elif kind is int:

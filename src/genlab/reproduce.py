@@ -22,7 +22,8 @@ from genlab.data import load_dataset, resolve_dataset_name
 from genlab.errors import GenlabError
 from genlab.models import MODELS
 from genlab.train import default_train_config, train
-from genlab.viz.report import Section, write_report
+from genlab.report import Section, write_report
+from genlab.viz import metric_figures, training_callbacks
 
 
 @dataclass
@@ -108,7 +109,7 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
     for stage in stages:
         overall.set_postfix_str(f"training {stage.model}")
         settings = {**cfgmod.to_dict(default_train_config(stage.model)), **stage.train,
-                    **(stage.quick if quick else {}), "dataset": dataset, "data_dir": data_dir or "", "device": device,
+                    **(stage.quick if quick else {}), "dataset": dataset, "data_dir": data_dir, "device": device,
                     "out": str(out / stage.model)}
         started = time.perf_counter()
         model_cfg = cfgmod.from_dict(MODELS[stage.model].Config,
@@ -118,7 +119,8 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
         if (run_dir / "checkpoint.safetensors").exists():
             _log(f"{stage.model}: reusing the trained run in {run_dir}")
         else:
-            train(stage.model, model_cfg, cfgmod.from_dict(cfgmod.TrainConfig, settings))
+            train_cfg = cfgmod.from_dict(cfgmod.TrainConfig, settings)
+            train(stage.model, model_cfg, train_cfg, callbacks=training_callbacks(train_cfg))
         timings[f"train {stage.model}"] = time.perf_counter() - started
         runs[stage.model] = load_run(run_dir, device)
         overall.update(1)
@@ -162,14 +164,14 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
         tables["energy"][name] = anomaly.report_json(report)
         if report["missing"] and name == next(iter(runs)):
             _log(f"note: {report['missing']}")
-        anomaly.figure_energy_histograms(report, figures / f"energy_histograms_{name}.png")
+        metric_figures.figure_energy_histograms(report, figures / f"energy_histograms_{name}.png")
         if name == "dae":
             merged = anomaly.merged_digits(test.images[:200], seed=0, labels=test.labels[:200])
-            anomaly.figure_merged(run.model, merged, figures / "merged_digits.png")
+            metric_figures.figure_merged(run.model, merged, figures / "merged_digits.png")
     if "dae" in runs:
         from genlab.metrics import inpainting
         tables["inpainting"] = inpainting.inpainting_table(runs["dae"].model, test.images[:limit or None])
-        inpainting.figure_inpainting(runs["dae"].model, test.images, figures / "inpainting.png")
+        metric_figures.figure_inpainting(runs["dae"].model, test.images, figures / "inpainting.png")
     timings["energy and inpainting"] = time.perf_counter() - started
     overall.update(1)
     overall.close()
@@ -189,7 +191,7 @@ def _fmt_rows(data: dict, keys: list[str]) -> list[list]:
 
 
 def build_sections(runs, tables, timings, dataset, quick, figures: Path) -> list[Section]:
-    from genlab.viz.report import run_section
+    from genlab.report import run_section
 
     overview = Section("overview", "Overview")
     device = next(iter(runs.values())).model.device if runs else torch.device("cpu")
@@ -242,7 +244,6 @@ def build_sections(runs, tables, timings, dataset, quick, figures: Path) -> list
                 "test split against the training split")
         sections.append(q)
 
-    from genlab.viz.conditional_figures import report_section
     completions = {name: run.dir / "figures" / "completions.png" for name, run in runs.items()
                    if getattr(run.model, "quadrants", False)}
     conditional = report_section(ev, completions)
@@ -260,18 +261,37 @@ def build_sections(runs, tables, timings, dataset, quick, figures: Path) -> list
     return sections
 
 
-def add_cli(subparsers) -> None:
-    p = subparsers.add_parser("reproduce", help="train and evaluate every model of the lecture; write a report")
-    p.add_argument("--quick", action="store_true", help="mnist-5k and short schedules (a few minutes on a CPU)")
-    p.add_argument("--out", default="", help="output folder (default: runs/reproduce-<time>)")
-    p.add_argument("--data-dir", default="", help="data directory (default: $GENLAB_DATA_DIR or the user cache)")
-    p.add_argument("--models", nargs="+", help="only these models")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
-    p.set_defaults(func=_cmd_reproduce)
+# Pyro's reproduction of Sohn et al.'s MNIST quadrant task: negative conditional log-likelihood of the unseen
+# quadrants on the test set, nats per image, for 1 / 2 / 3 observed quadrants (its README table, from the ELBO).
+PYRO_TABLE = {"NN baseline (Pyro)": (100.4, 61.9, 25.4), "CVAE (Pyro)": (71.8, 51.0, 24.2)}
 
 
-def _cmd_reproduce(args) -> int:
-    out = reproduce(Path(args.out) if args.out else None, args.quick, args.data_dir or None, args.models,
-                    args.device)
-    print(out / "report.html")
-    return 0
+def report_section(evaluation: dict, figures: dict[str, Path]):
+    """A report section with the quadrant table beside Pyro's and the conditional-sample table, from
+    ``genlab evaluate`` results (model name -> results) of the conditional runs; None when there are none."""
+    rows_q = [[name, *values] for name, values in PYRO_TABLE.items()]
+    rows_c = []
+    for name, r in evaluation.items():
+        if "nll_is_q1" in r:
+            k = r.get("nll_is_k")
+            rows_q.append([f"{name}, importance sampled (k = {k})", *(r[f"nll_is_q{t}"] for t in (1, 2, 3))])
+            rows_q.append([f"{name}, bound (-ELBO)", *(r[f"nll_bound_q{t}"] for t in (1, 2, 3))])
+        if "cond_accuracy" in r:
+            rows_c.append([name, r["cond_accuracy"], r.get("classifier_accuracy"), r["cond_fid_mean"],
+                           r["cond_fid_max"], r["cond_spread_min"]])
+    if len(rows_q) == len(PYRO_TABLE) and not rows_c:
+        return None
+    section = Section("conditional", "Conditional models")
+    if len(rows_q) > len(PYRO_TABLE):
+        section.table(["model", "1 quadrant", "2 quadrants", "3 quadrants"], rows_q,
+                      "Negative conditional log-likelihood of the unseen quadrants of the test digits, nats per image "
+                      "(grey targets, as Pyro's reproduction of Sohn et al. 2015)")
+    for name, path in figures.items():
+        section.figure(path, f"{name}: inputs, sampled completions, truth")
+    if rows_c:
+        section.table(["model", "accuracy", "classifier test accuracy", "mean class FID", "worst class FID",
+                       "narrowest class spread"], rows_c,
+                      "1,000 samples asked for per class: genlab's classifier accuracy on them, FID of each class "
+                      "against the real test digits of that class, and each class's mean pairwise distance over "
+                      "the real digits'")
+    return section

@@ -2,6 +2,9 @@
 
 A run directory holds ``config.json`` (enough to rebuild the model), ``metrics.jsonl`` (one line per epoch),
 ``checkpoint.safetensors`` (weights, optimiser and random state, counters) and ``figures/``.
+
+The loop draws nothing itself: figures and TensorBoard logs are callbacks (``genlab.viz.training_callbacks``),
+called on the main process when a run starts, after every epoch and at the end.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ import signal
 import sys
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from tqdm import tqdm
@@ -23,7 +28,7 @@ from genlab.data import load_dataset, resolve_dataset_name
 from genlab.data.batching import Batches, to_pixels
 from genlab.errors import GenlabError
 from genlab.models import MODELS, build
-from genlab.rng import seeded
+from genlab.models.base import per_example
 
 
 class TrainingDiverged(GenlabError):
@@ -53,25 +58,35 @@ def default_run_dir(model_name: str) -> Path:
     return Path("runs") / f"{model_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-@torch.no_grad()
 def evaluate_terms(model, images_u8: torch.Tensor, batch_size: int = 1000, seed: int = 1234,
                    labels: torch.Tensor | None = None) -> dict[str, float]:
-    """Mean of each of ``model.eval_terms`` over ``images_u8``, with fixed noise so the numbers are repeatable.
-    A conditional model also gets the ``labels`` (int64 [N]) of the images.
+    """Mean of each of ``model.eval_terms`` over ``images_u8``, with fixed noise so the numbers are repeatable
+    (``genlab.models.per_example``). A conditional model also gets the ``labels`` (int64 [N]) of the images."""
+    terms = per_example(model, images_u8, model.eval_terms, batch_size, seed,
+                        labels if model.conditional else None)
+    return {key: value.mean().item() for key, value in terms.items()}
 
-    Runs under a forked random state: evaluation neither depends on nor disturbs the training's random stream.
-    """
-    was_training = model.training
-    model.eval()
-    sums: dict[str, float] = {}
-    with seeded(seed):
-        for i in range(0, len(images_u8), batch_size):
-            x = to_pixels(images_u8[i:i + batch_size], model.pixel_range).to(model.device)
-            cond = (labels[i:i + batch_size].to(model.device),) if model.conditional else ()
-            for key, value in model.eval_terms(x, *cond).items():
-                sums[key] = sums.get(key, 0.0) + value.double().sum().item()
-    model.train(was_training)
-    return {key: value / len(images_u8) for key, value in sums.items()}
+
+@dataclass
+class RunState:
+    """What a callback sees: the run being trained."""
+    model_name: str
+    model: Any
+    run_dir: Path
+    test_set: Any  # genlab.data.Dataset, the test split
+
+
+class Callback:
+    """Hooks of the training loop, each a no-op here; called on the main process only."""
+
+    def on_start(self, run: RunState, resuming: bool) -> None:
+        """Before the first step (``resuming``: the run continues from a checkpoint)."""
+
+    def on_epoch(self, run: RunState, epoch: int, record: dict) -> None:
+        """After epoch ``epoch`` (1-based) was checkpointed; ``record`` is its line of metrics.jsonl."""
+
+    def on_end(self, run: RunState) -> None:
+        """After the last epoch."""
 
 
 class _SignalFlag:
@@ -94,8 +109,12 @@ class _SignalFlag:
 
 
 def train(model_name: str, model_cfg=None, train_cfg: TrainConfig | None = None,
-          resume: str | Path | None = None, device: str | None = None) -> Path:
+          resume: str | Path | None = None, device: str | None = None,
+          callbacks: Sequence[Callback] = ()) -> Path:
     """Train ``model_name`` (or continue the run in ``resume``) and return the run directory.
+
+    ``callbacks``: see ``Callback``; ``genlab.viz.training_callbacks(train_cfg)`` gives the figures and
+    TensorBoard logs that ``train_cfg.figures`` and ``train_cfg.tensorboard`` ask for.
 
     On resume only the schedule length (``train_cfg.epochs``) and the device (``device``: a run trained on a
     GPU can go on on a CPU, and back) may change; everything else must match the original run.
@@ -118,7 +137,8 @@ def train(model_name: str, model_cfg=None, train_cfg: TrainConfig | None = None,
     try:
         # One owner per run directory (see genlab.rundir); a refusal reaches every rank.
         with distributed.agreed(ctx, rundir.claim(run_dir, owner=ctx.is_main)):
-            return _train(model_name, model_cfg, train_cfg, run_dir, resume is not None, ctx)
+            return _train(model_name, model_cfg, train_cfg, run_dir, resume is not None, ctx,
+                          callbacks if ctx.is_main else ())
     finally:
         distributed.teardown(ctx)
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
@@ -129,7 +149,7 @@ def default_train_config(model_name: str) -> TrainConfig:
     return cfgmod.from_dict(TrainConfig, {**cfgmod.to_dict(TrainConfig()), **MODELS[model_name].train_defaults})
 
 
-def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: bool, ctx) -> Path:
+def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: bool, ctx, callbacks) -> Path:
     say = (lambda msg: tqdm.write(msg, file=sys.stderr)) if ctx.is_main else (lambda msg: None)
     # Everything that can fail on bad input happens before the first collective, and every rank learns of
     # a failure on any rank (distributed.agree), so no rank waits on another that has already given up.
@@ -149,10 +169,9 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
         if ctx.is_main:
             checkpoint.save(run_dir / checkpoint.CHECKPOINT, model, optimizers, rng, counters)
 
-    tensorboard = None
-    if cfg.tensorboard and ctx.is_main:
-        from genlab.viz.tensorboard import TensorBoardLog
-        tensorboard = TensorBoardLog(run_dir)
+    state = RunState(model_name, model, run_dir, test_set)
+    for callback in callbacks:
+        callback.on_start(state, resuming)
 
     flag = _SignalFlag()
     model.train()
@@ -192,8 +211,6 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
                 test_terms = evaluate_terms(model, test_images, labels=test_labels)
                 record.update({f"test/{k}": v for k, v in test_terms.items()})
                 record.update({"seconds": counters["seconds"], "images_per_s": images_seen / max(seconds, 1e-9)})
-                if tensorboard:
-                    tensorboard.epoch(model, epoch + 1, record, test_images)
             model.end_of_epoch(epoch)
             # One commit per epoch: the checkpoint (holding the record), then the log line (see genlab.rundir).
             counters.update(epoch=epoch + 1, batch=0, sums={}, count=0, record=record)
@@ -201,15 +218,11 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
             if ctx.is_main:
                 rundir.commit_metrics(run_dir, record)
                 say("  ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
-            if ctx.is_main and cfg.figures:
-                from genlab.viz.figures import epoch_figures
-                epoch_figures(model_name, model, epoch + 1, test_set, run_dir / "figures")
+            for callback in callbacks:
+                callback.on_epoch(state, epoch + 1, record)
 
-    if tensorboard:
-        tensorboard.close()
-    if ctx.is_main and cfg.figures:
-        from genlab.viz.figures import write_figures
-        write_figures(model_name, model, test_set, run_dir)
+    for callback in callbacks:
+        callback.on_end(state)
     return run_dir
 
 
@@ -217,9 +230,9 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
     """Load the data, build the model and its optimisers, and either restore the checkpoint or start the run
     directory. Returns (model, optimizers, counters, (train images, train labels, test images, test labels,
     test set))."""
-    dataset = resolve_dataset_name(cfg.dataset, cfg.data_dir or None)
-    train_set = load_dataset(dataset, "train", cfg.data_dir or None)
-    test_set = load_dataset(dataset, "test", cfg.data_dir or None)
+    dataset = resolve_dataset_name(cfg.dataset, cfg.data_dir)
+    train_set = load_dataset(dataset, "train", cfg.data_dir)
+    test_set = load_dataset(dataset, "test", cfg.data_dir)
     train_images = train_set.images[:cfg.limit] if cfg.limit else train_set.images
     test_images = test_set.images[:cfg.eval_limit] if cfg.eval_limit else test_set.images
     train_labels, test_labels = train_set.labels[:len(train_images)], test_set.labels[:len(test_images)]
@@ -263,9 +276,6 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
             "world_size": ctx.world})
         (run_dir / "metrics.jsonl").touch()
         say(f"training {model_name} on {dataset} ({len(train_images)} images) -> {run_dir}")
-        if cfg.figures:
-            from genlab.viz.figures import epoch_figures
-            epoch_figures(model_name, model, 0, test_set, run_dir / "figures")  # the untrained model, "epoch 0"
     return model, optimizers, counters, (train_images, train_labels, test_images, test_labels, test_set)
 
 

@@ -16,8 +16,6 @@ anomalous input has a higher energy than every clean one, 0.5 is chance.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from genlab.errors import GenlabError
-from genlab.rng import seeded
+from genlab.models.base import per_example
 
 SPLITS = ("test", "merged", "photos", "ood")
 SPLIT_TITLES = {"test": "clean test digits", "merged": "merged digits", "photos": "photo patches",
@@ -85,25 +83,14 @@ def merged_digits(images_u8, seed: int = 0, labels=None) -> torch.Tensor:
 def energies(model, images_u8, batch_size: int = 1000, seed: int = 0) -> np.ndarray:
     """``model.energy`` of uint8 images [N x 28 x 28] in the model's pixel range: float64 [N].
 
-    No gradients; the model is put in eval mode. The global random state is forked and seeded with ``seed``
-    so a stochastic energy (a sampled latent, for example) is reproducible and leaves the caller's RNG alone.
-    Whether the value is a sum or a mean over pixels is the model's (see its ``energy`` docstring).
+    Batched, seeded and gradient-free (``genlab.models.per_example``), so a stochastic energy (a sampled
+    latent, for example) is reproducible and leaves the caller's RNG alone. Whether the value is a sum or a
+    mean over pixels is the model's (see its ``energy`` docstring).
     """
-    from genlab.data.batching import to_pixels
-
-    model.eval()
-    u = torch.as_tensor(_numpy(images_u8))
-    device = model.device
-    out = []
-    with torch.no_grad(), seeded(seed):
-        for i in range(0, len(u), batch_size):
-            x = to_pixels(u[i:i + batch_size], model.pixel_range).to(device)
-            try:
-                e = model.energy(x)
-            except NotImplementedError:
-                raise GenlabError(f"{type(model).__name__} defines no energy, so it has no anomaly score") from None
-            out.append(e.double().cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0)
+    try:
+        return per_example(model, torch.as_tensor(_numpy(images_u8)), batch_size=batch_size, seed=seed).numpy()
+    except NotImplementedError:
+        raise GenlabError(f"{type(model).__name__} defines no energy, so it has no anomaly score") from None
 
 
 def auroc(energy_in, energy_out) -> float:
@@ -122,15 +109,11 @@ def auroc(energy_in, energy_out) -> float:
 
 
 # -- a run's data ------------------------------------------------------------------------------------------
-def _data_dir(run) -> str | None:
-    return getattr(run.train_cfg, "data_dir", "") or None
-
-
 def in_distribution_name(run) -> str:
     """The data set a run was trained on, as ``load_dataset`` names it."""
     from genlab.data import resolve_dataset_name
 
-    return resolve_dataset_name(run.train_cfg.dataset, _data_dir(run))
+    return resolve_dataset_name(run.train_cfg.dataset, run.train_cfg.data_dir)
 
 
 def ood_name(in_name: str) -> str:
@@ -142,7 +125,7 @@ def run_dataset(run, split: str = "test", name: str | None = None):
     """``genlab.data.load_dataset`` of the run's training data set (or ``name``) and ``split``."""
     from genlab.data import load_dataset
 
-    return load_dataset(name or in_distribution_name(run), split, _data_dir(run))
+    return load_dataset(name or in_distribution_name(run), split, run.train_cfg.data_dir)
 
 
 def split_images(run, split: str, limit: int = 0, seed: int = 0, download: bool = True) -> torch.Tensor:
@@ -156,7 +139,7 @@ def split_images(run, split: str, limit: int = 0, seed: int = 0, download: bool 
         return photo_patches(limit or 2000, seed)
     if split == "ood":
         from genlab.data import load_dataset
-        images = load_dataset(ood_name(in_distribution_name(run)), "test", _data_dir(run), download=download).images
+        images = load_dataset(ood_name(in_distribution_name(run)), "test", run.train_cfg.data_dir, download=download).images
     else:
         data = run_dataset(run, "test")
         images, labels = data.images, data.labels
@@ -187,7 +170,7 @@ def energy_report(run, limit: int = 0, seed: int = 0, batch_size: int = 1000) ->
         except DataError:
             if s != "ood":
                 raise
-            missing = f"the {other} comparison is left out: {how_to_get(other, _data_dir(run))}"
+            missing = f"the {other} comparison is left out: {how_to_get(other, run.train_cfg.data_dir)}"
             continue
         e[s] = energies(run.model, images, batch_size, seed)
     return {
@@ -209,77 +192,7 @@ def report_json(report: dict) -> dict:
     return {k: v for k, v in report.items() if k != "energies"}
 
 
-# -- figures -----------------------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def figure_merged(model, merged_u8, path, n: int = 8) -> Path | None:
-    """The lecture's Fig. 8: ``n`` merged digits (top row) and the model's reconstructions (bottom row).
-
-    Returns None (and writes nothing) for a model that does not reconstruct.
-    """
-    from genlab.data.batching import to_pixels
-
-    u = torch.as_tensor(_numpy(merged_u8))[:n]
-    x = to_pixels(u, model.pixel_range).to(model.device)
-    model.eval()
-    try:
-        with torch.no_grad():
-            y = model.reconstruct(x).float().cpu()
-    except NotImplementedError:
-        return None
-    lo, hi = (-1.0, 1.0) if model.pixel_range == "tanh" else (0.0, 1.0)
-    plt = _plt()
-    k = len(u)
-    fig, axes = plt.subplots(2, k, figsize=(1.2 * k + 1.2, 2.6), squeeze=False)
-    for j in range(k):
-        axes[0, j].imshow(u[j].numpy(), cmap="gray", vmin=0, vmax=255)
-        axes[1, j].imshow(y[j, 0].numpy(), cmap="gray", vmin=lo, vmax=hi)
-        for ax in axes[:, j]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    axes[0, 0].set_ylabel("merged", fontsize=9)
-    axes[1, 0].set_ylabel("reconstruction", fontsize=9)
-    fig.tight_layout()
-    from genlab.viz.figures import save_figure
-    return save_figure(fig, path)
-
-
-def figure_energy_histograms(report: dict, path) -> Path:
-    """Energy histograms of clean, merged and out-of-distribution inputs, overlaid, for one model."""
-    plt = _plt()
-    e = report["energies"]
-    pooled = np.concatenate(list(e.values()))
-    # Shared bins over the bulk of the pooled energies (a few huge values would squash every histogram);
-    # logarithmic when all energies are positive, since out-of-distribution energies can be 10x the clean ones.
-    lo, hi = np.percentile(pooled, [0.0, 99.9])
-    hi = hi if hi > lo else lo + 1.0
-    log = lo > 0
-    bins = np.geomspace(lo, hi, 60) if log else np.linspace(lo, hi, 60)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if log:
-        ax.set_xscale("log")
-    names = {"test": f"{report['in_dataset']} test", "merged": "merged digits", "photos": "photo patches",
-             "ood": f"{report['ood_dataset']} test"}
-    for s in e:
-        ax.hist(np.clip(e[s], bins[0], bins[-1]), bins=bins, density=True, histtype="stepfilled", alpha=0.4,
-                label=f"{names[s]} (n = {len(e[s])})")
-    ax.set_xlabel("energy")
-    ax.set_ylabel("density")
-    ax.set_title(f"{report['model']}: " + ", ".join(f"AUROC {label} {report[key]:.3f}" for key, label in (
-        ("auroc_merged", "merged"), ("auroc_photos", "photos"), ("auroc_ood", report["ood_dataset"]))
-        if report[key] is not None), fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    from genlab.viz.figures import save_figure
-    return save_figure(fig, path)
-
-
-# -- command line ------------------------------------------------------------------------------------------
+# -- saving ------------------------------------------------------------------------------------------
 def save_energies(values: np.ndarray, path) -> Path:
     """Write per-example energies to ``.npy`` or ``.csv`` (one value a line, with an ``energy`` header)."""
     path = Path(path)
@@ -291,64 +204,3 @@ def save_energies(values: np.ndarray, path) -> Path:
     else:
         np.savetxt(path, values, fmt="%.9g", header="energy", comments="")
     return path
-
-
-def _cmd_energy(args: argparse.Namespace) -> int:
-    from genlab.checkpoint import load_run
-
-    if args.limit < 0:
-        raise GenlabError(f"--limit must be 0 (all) or a positive number of images, got {args.limit}")
-    run = load_run(args.run_dir, device=args.device)
-    if args.auroc:
-        report = energy_report(run, args.limit, args.seed)
-        if args.out and args.split not in report["energies"]:
-            raise GenlabError(report["missing"])
-        figs = Path(args.figures) if args.figures else Path(run.dir) / "figures"
-        written = [figure_energy_histograms(report, figs / "energy_histograms.png")]
-        merged = figure_merged(run.model, split_images(run, "merged", args.limit, args.seed), figs / "fig8_merged.png")
-        written += [merged] if merged else []
-        if args.out:
-            save_energies(report["energies"][args.split], args.out)
-        if args.json:
-            print(json.dumps(report_json(report), indent=2))
-        else:
-            ood = (f"{report['ood_dataset']} vs {report['in_dataset']} {report['auroc_ood']:.4f}"
-                   if report["auroc_ood"] is not None else f"{report['ood_dataset']} missing")
-            print(f"{run.model_name}: AUROC merged vs clean {report['auroc_merged']:.4f}, "
-                  f"photo patches vs clean {report['auroc_photos']:.4f}, {ood}")
-            for s in report["energies"]:
-                print(f"  mean energy {SPLIT_TITLES[s]:<20} {report['mean_energy'][s]:.4g} (n = {report['n'][s]})")
-            if report["missing"]:
-                print(f"note: {report['missing']}")
-            print("wrote " + ", ".join(map(str, written)))
-        return 0
-    values = energies(run.model, split_images(run, args.split, args.limit, args.seed), seed=args.seed)
-    if args.out:
-        path = save_energies(values, args.out)
-        if not args.json:
-            print(f"wrote {len(values)} energies of the {args.split} split to {path}")
-    if args.json:
-        print(json.dumps({"model": run.model_name, "split": args.split, "energies": values.tolist()}))
-    elif not args.out:
-        print("\n".join(f"{v:.9g}" for v in values))
-    return 0
-
-
-def add_cli(subparsers) -> argparse.ArgumentParser:
-    """Add ``genlab energy RUN_DIR``: per-example energies of a split, or AUROCs with ``--auroc``."""
-    p = subparsers.add_parser("energy", help="per-example energies; AUROC for merged and out-of-distribution inputs",
-                              description="Print or save a run's per-example energies on the test split, merged "
-                                          "test digits or the out-of-distribution test split; with --auroc, the "
-                                          "AUROC of the energy for merged and out-of-distribution inputs and the "
-                                          "histogram and merged-digit figures.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by genlab train")
-    p.add_argument("--split", default="test", choices=SPLITS, help="inputs to score (default: test)")
-    p.add_argument("--out", default="", help="save the energies to FILE.npy or FILE.csv instead of printing them")
-    p.add_argument("--auroc", action="store_true", help="AUROC of merged and out-of-distribution vs clean, and figures")
-    p.add_argument("--figures", default="", help="directory for the --auroc figures (default: RUN_DIR/figures)")
-    p.add_argument("--limit", type=int, default=0, help="use only the first N images of each split (0: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the digit pairing and of stochastic energies")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")
-    p.set_defaults(func=_cmd_energy)
-    return p

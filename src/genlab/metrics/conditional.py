@@ -33,7 +33,7 @@ from torch import Tensor
 
 from genlab.data.batching import to_pixels, to_unit
 from genlab.errors import GenlabError
-from genlab.rng import seeded
+from genlab.models.base import evaluating
 
 DEFAULT_K = 100  # importance samples for the quadrant likelihood
 PER_CLASS = 1000  # conditional samples per class
@@ -48,10 +48,8 @@ def quadrant_nll(model, images_u8: Tensor, k: int = DEFAULT_K, batch_size: int =
         raise GenlabError(f"importance sampling needs k >= 1 draws, got {k}")
     if not getattr(model, "quadrants", False):
         raise GenlabError("quadrant completion needs a cvae trained with --condition quadrants")
-    was_training = model.training
-    model.eval()
     sums: dict[str, float] = {}
-    with seeded(seed):
+    with evaluating(model, seed):
         for i in range(0, len(images_u8), batch_size):
             x = to_pixels(images_u8[i:i + batch_size], model.pixel_range).to(model.device)
             for t in (1, 2, 3):
@@ -61,7 +59,6 @@ def quadrant_nll(model, images_u8: Tensor, k: int = DEFAULT_K, batch_size: int =
                 nll = -(torch.logsumexp(lw, 0) - math.log(k)).sum().item()
                 sums[f"nll_bound_q{t}"] = sums.get(f"nll_bound_q{t}", 0.0) + bound
                 sums[f"nll_is_q{t}"] = sums.get(f"nll_is_q{t}", 0.0) + nll
-    model.train(was_training)
     out = {key: value / len(images_u8) for key, value in sorted(sums.items())}
     out["nll_is_k"] = k
     return out
@@ -72,12 +69,9 @@ def quadrant_nll(model, images_u8: Tensor, k: int = DEFAULT_K, batch_size: int =
 def class_samples(model, per_class: int = PER_CLASS, seed: int = 0, batch_size: int = 1000) -> tuple[Tensor, Tensor]:
     """``per_class`` samples of each class 0..9: (images [10 per_class x 1 x 28 x 28] in [0, 1], labels int)."""
     labels = torch.arange(10).repeat_interleave(per_class)
-    was_training = model.training
-    model.eval()
-    with seeded(seed):
+    with evaluating(model, seed):
         parts = [model.sample(len(labels[i:i + batch_size]), labels[i:i + batch_size].to(model.device)).cpu().float()
                  for i in range(0, len(labels), batch_size)]
-    model.train(was_training)
     return to_unit(torch.cat(parts), model.pixel_range), labels
 
 
@@ -141,5 +135,5 @@ def evaluate_run(run, images_u8: Tensor, iwae_k=None, per_class: int = PER_CLASS
     if getattr(run.model, "quadrants", False):
         k = int(max(iwae_k)) if iwae_k else DEFAULT_K
         return quadrant_nll(run.model, images_u8, k)
-    data_dir = run.train_cfg.data_dir or None
+    data_dir = run.train_cfg.data_dir
     return evaluate_model(run.model, resolve_dataset_name(run.train_cfg.dataset, data_dir), data_dir, per_class)

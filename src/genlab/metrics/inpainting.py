@@ -40,10 +40,7 @@ lecture's DAE (d = 500, 20 epochs) 20.3 dB over the whole image.
 
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -66,7 +63,7 @@ def _numpy(a) -> np.ndarray:
     return a.detach().cpu().numpy() if isinstance(a, Tensor) else np.asarray(a)
 
 
-def _images(a) -> np.ndarray:
+def image_batch(a) -> np.ndarray:
     """[N x 28 x 28] or [N x 1 x 28 x 28] -> [N x H x W] numpy."""
     a = _numpy(a)
     if a.ndim == 4:
@@ -139,7 +136,7 @@ def inpaint_classical(img8, mask8, method: str = "telea", radius: int = 3) -> np
     """
     if method not in CV2_FLAGS:
         raise GenlabError(f"unknown inpainting method {method!r}; choose telea or ns")
-    img8, mask8 = _images(img8), _images(mask8)
+    img8, mask8 = image_batch(img8), image_batch(mask8)
     if img8.dtype != np.uint8 or img8.shape != mask8.shape:
         raise GenlabError(f"inpaint_classical needs uint8 images and a mask of the same shape, got "
                           f"{img8.dtype} {list(img8.shape)} and {list(mask8.shape)}")
@@ -194,14 +191,14 @@ def psnr(a, b, mask=None) -> np.ndarray:
     :param mask: optional [N x H x W] bool; the MSE is then the mean over the masked pixels only.
     :return: float [N]; ``inf`` where the images agree exactly, ``nan`` where the mask is empty.
     """
-    a, b = _images(a).astype(np.float64), _images(b).astype(np.float64)
+    a, b = image_batch(a).astype(np.float64), image_batch(b).astype(np.float64)
     if a.shape != b.shape:
         raise GenlabError(f"psnr needs images of the same shape, got {list(a.shape)} and {list(b.shape)}")
     err = (a - b) ** 2
     if mask is None:
         mse = err.reshape(len(err), -1).mean(1)
     else:
-        m = _images(mask).astype(bool).reshape(len(err), -1)
+        m = image_batch(mask).astype(bool).reshape(len(err), -1)
         with np.errstate(invalid="ignore"):
             mse = (err.reshape(len(err), -1) * m).sum(1) / m.sum(1)
     with np.errstate(divide="ignore"):
@@ -223,10 +220,10 @@ def _ssim_one(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None) -> tuple[fl
 
 def ssim_pair(a, b, mask=None) -> tuple[np.ndarray, np.ndarray]:
     """Whole-image SSIM and masked SSIM per image in one pass: two float [N] arrays (see ``ssim``)."""
-    a, b = _images(a).astype(np.float64), _images(b).astype(np.float64)
+    a, b = image_batch(a).astype(np.float64), image_batch(b).astype(np.float64)
     if a.shape != b.shape:
         raise GenlabError(f"ssim needs images of the same shape, got {list(a.shape)} and {list(b.shape)}")
-    m = None if mask is None else _images(mask).astype(bool)
+    m = None if mask is None else image_batch(mask).astype(bool)
     pairs = [_ssim_one(a[i], b[i], None if m is None else m[i]) for i in range(len(a))]
     out = np.array(pairs, dtype=np.float64).reshape(len(a), 2)
     return out[:, 0], out[:, 1]
@@ -259,7 +256,7 @@ def inpainting_table(dae_model, images_u8, drop_rates=DROP_RATES, seed: int = 0,
         "psnr_dropped", "ssim_dropped"}}}}`` with methods "dae", "telea", "ns"; every value is a mean over the
         N images of a per-image score.
     """
-    images_u8 = _images(images_u8)
+    images_u8 = image_batch(images_u8)
     clean = images_u8.astype(np.float64) / 255
     results: dict[str, dict[str, dict[str, float]]] = {m: {} for m in METHODS}
     for p in drop_rates:
@@ -281,35 +278,6 @@ def format_table(table: dict) -> str:
     return "\n".join(lines)
 
 
-# -- figure ------------------------------------------------------------------------------------------------
-def figure_inpainting(dae_model, images_u8, path, p: float = 0.5, seed: int = 0, n: int = 8) -> Path:
-    """The lecture's Fig. 7: rows noise mask, corrupted input, DAE, Telea, Navier-Stokes; ``n`` digits as columns.
-
-    The corrupted input is the 8-bit picture OpenCV inpaints (at p = 0.5 exactly the lecture's). Saved as PNG.
-    """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    images_u8 = _images(images_u8)[:n]
-    c, outs = inpaint_all(dae_model, images_u8, p, seed)
-    rows = [("noise mask", _numpy(c.noise)[:, 0], (0, float(c.noise.max()))),
-            ("corrupted", c.img8, (0, 255))]
-    rows += [(METHOD_TITLES[m], outs[m], (0, 1)) for m in METHODS]
-    k = len(images_u8)
-    fig, axes = plt.subplots(len(rows), k, figsize=(1.2 * k + 1.2, 1.2 * len(rows)), squeeze=False)
-    for r, (title, imgs, (lo, hi)) in enumerate(rows):
-        for j in range(k):
-            ax = axes[r, j]
-            ax.imshow(imgs[j], cmap="gray", vmin=lo, vmax=hi)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r, 0].set_ylabel(title, fontsize=9)
-    fig.suptitle(f"Inpainting at drop rate p = {p}", fontsize=10)
-    from genlab.viz.figures import save_figure
-    return save_figure(fig, path)
-
-
 # -- command line ------------------------------------------------------------------------------------------
 def load_dae_run(run_dir, device: str = "cpu"):
     """``genlab.checkpoint.load_run`` for a run that must hold a DAE; GenlabError otherwise."""
@@ -320,45 +288,3 @@ def load_dae_run(run_dir, device: str = "cpu"):
         raise GenlabError(f"{run_dir} holds a {run.model_name} run; genlab inpaint needs a dae run "
                           "(train one with: genlab train dae)")
     return run
-
-
-def _run_images(run, split: str, limit: int):
-    from genlab.metrics.anomaly import run_dataset
-
-    images = run_dataset(run, split).images
-    return images[:limit] if limit else images
-
-
-def _cmd_inpaint(args: argparse.Namespace) -> int:
-    if args.limit < 0:
-        raise GenlabError(f"--limit must be 0 (all) or a positive number of images, got {args.limit}")
-    run = load_dae_run(args.run_dir, args.device)
-    images = _run_images(run, args.split, args.limit)
-    table = inpainting_table(run.model, images, DROP_RATES, seed=args.seed)
-    out = Path(args.out) if args.out else Path(run.dir) / "figures"
-    fig = figure_inpainting(run.model, images, out / "fig7_inpainting.png", p=0.5, seed=args.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "inpainting.json").write_text(json.dumps(table, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(table, indent=2))
-    else:
-        print(format_table(table))
-        print(f"wrote {fig} and {out / 'inpainting.json'}")
-    return 0
-
-
-def add_cli(subparsers) -> argparse.ArgumentParser:
-    """Add ``genlab inpaint RUN_DIR``: the DAE against Telea and Navier-Stokes at p = 0.25, 0.5, 0.75."""
-    p = subparsers.add_parser("inpaint", help="inpainting benchmark: a DAE run against OpenCV Telea and Navier-Stokes",
-                              description="Corrupt the test digits with the lecture's dropout mask at p = 0.25, "
-                                          "0.5, 0.75 and compare the DAE with OpenCV inpainting (PSNR, SSIM).")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by genlab train dae")
-    p.add_argument("--split", default="test", choices=("test", "train"), help="split to corrupt (default: test)")
-    p.add_argument("--limit", type=int, default=0, help="use only the first N images (0: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the corruption masks (default: 0)")
-    p.add_argument("--json", action="store_true", help="print the table as JSON")
-    p.add_argument("--out", default="", help="directory for fig7_inpainting.png and inpainting.json "
-                                             "(default: RUN_DIR/figures)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
-    p.set_defaults(func=_cmd_inpaint)
-    return p

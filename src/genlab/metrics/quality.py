@@ -34,7 +34,7 @@ from scipy.special import xlogy
 from torch import Tensor
 
 from genlab.errors import GenlabError
-from genlab.rng import seeded
+from genlab.models.base import evaluating
 
 # Chunks of pairwise distances hold at most this many float64 entries (80 MB).
 _CHUNK_ENTRIES = 10_000_000
@@ -327,11 +327,8 @@ def draw_samples(model, n: int, seed: int = 0, batch_size: int = 1000) -> Tensor
 
     if not getattr(model, "can_sample", False):
         raise GenlabError(f"{type(model).__name__} cannot sample; sample quality needs a model that samples")
-    was_training = model.training
-    model.eval()
-    with seeded(seed):
+    with evaluating(model, seed):
         x = torch.cat([model.sample(min(batch_size, n - i)).cpu().float() for i in range(0, n, batch_size)])
-    model.train(was_training)
     return to_unit(x, model.pixel_range)
 
 
@@ -362,7 +359,7 @@ def evaluate_samples(run, seed: int = 0, **options) -> dict:
     from genlab.data import resolve_dataset_name
     from genlab.metrics.classifier import get_classifier
 
-    data_dir = run.train_cfg.data_dir or None
+    data_dir = run.train_cfg.data_dir
     name = resolve_dataset_name(run.train_cfg.dataset, data_dir)
     clf = get_classifier(name, data_dir)
     reference = features_and_probs(reference_images(name, data_dir), clf)

@@ -18,10 +18,15 @@ loop calls ``steps(x, y)`` and ``eval_terms(x, y)``, and ``sample(n, y)`` draws 
 
 from __future__ import annotations
 
-from typing import ClassVar, Iterator
+import copy
+from contextlib import contextmanager
+from typing import Callable, ClassVar, Iterator
 
 import torch
 from torch import Tensor, nn
+
+from genlab.data.batching import to_pixels
+from genlab.rng import seeded
 
 
 class GenerativeModel(nn.Module):
@@ -34,6 +39,10 @@ class GenerativeModel(nn.Module):
     # Training settings this model's literature uses, overriding TrainConfig's defaults (flags still win),
     # e.g. {"lr": 2e-4, "batch_size": 64} for DCGAN.
     train_defaults: ClassVar[dict] = {}
+    # The figure sets genlab.viz.callbacks draws for this model besides everyone's: "vae", "gan", "conditional".
+    figure_sets: ClassVar[tuple[str, ...]] = ()
+    # The metric families genlab.evaluate adds for this model: "likelihood" (IWAE bounds), "conditional".
+    extra_metrics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg):
         super().__init__()
@@ -86,6 +95,10 @@ class GenerativeModel(nn.Module):
         """n samples as [n x 1 x 28 x 28] in the model's pixel range (models working at another size resize)."""
         raise NotImplementedError(f"{type(self).__name__} cannot sample")
 
+    def upgrade_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A checkpoint's weights with the names an older genlab gave them renamed to this one's (see the VAE)."""
+        return state
+
     def encoder_kernels(self) -> Tensor | None:
         """Rows of the first encoder layer as [K x 784] (the lecture's Figs. 4 and 6), or None."""
         return None
@@ -93,3 +106,71 @@ class GenerativeModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+class EMA(nn.Module):
+    """An exponential moving average of a network's weights: the one weight average of every genlab model
+    (Polyak & Juditsky 1992; for GAN generators, Yazici et al. 2019).
+
+    A submodule, so the averaged weights and the step counter are in the model's ``state_dict`` and every
+    checkpoint keeps them. The decay ramps up as min(decay, (1 + t) / (10 + t)) so the average forgets the
+    random initialisation within the first few hundred steps. Buffers (batch-norm statistics) are copied.
+    """
+
+    def __init__(self, net: nn.Module, decay: float):
+        super().__init__()
+        self.decay = decay
+        self.net = copy.deepcopy(net).requires_grad_(False)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self._t = 0  # ``steps`` mirrored as a Python int, so no step waits for a GPU to read it
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._t = int(self.steps)  # once, when a checkpoint is loaded
+
+    @torch.no_grad()
+    def update(self, source: nn.Module) -> None:
+        decay = min(self.decay, (1.0 + self._t) / (10.0 + self._t))
+        torch._foreach_lerp_(list(self.net.parameters()), [p.detach() for p in source.parameters()], 1.0 - decay)
+        buffers = list(self.net.buffers())
+        if buffers:
+            torch._foreach_copy_(buffers, list(source.buffers()))
+        self.steps += 1
+        self._t += 1
+
+    def forward(self, *args):
+        return self.net(*args)
+
+
+# -- evaluation: the one batched, seeded, gradient-free loop ----------------------------------------------------
+@contextmanager
+def evaluating(model: nn.Module, seed: int = 0) -> Iterator[nn.Module]:
+    """``model`` in eval mode, without gradients, under a forked random state seeded with ``seed``
+    (``genlab.rng.seeded``): the numbers repeat, and the caller's random streams (CPU and CUDA) and the
+    model's mode are as they were afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), seeded(seed):
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def per_example(model: GenerativeModel, images_u8: Tensor, fn: Callable | None = None, batch_size: int = 1000,
+                seed: int = 0, labels: Tensor | None = None) -> Tensor | dict[str, Tensor]:
+    """``fn(x)`` (default ``model.energy``; ``fn(x, y)`` with ``labels``) over uint8 images [N x ...] in the
+    model's pixel range, ``batch_size`` at a time on the model's device, under ``evaluating(model, seed)``.
+
+    :return: float64 [N] on the CPU, or a dict of them when ``fn`` returns a dict of per-example terms.
+    """
+    fn = fn or model.energy
+    parts = []
+    with evaluating(model, seed):
+        for i in range(0, len(images_u8), batch_size):
+            x = to_pixels(images_u8[i:i + batch_size], model.pixel_range).to(model.device)
+            cond = () if labels is None else (labels[i:i + batch_size].to(model.device),)
+            parts.append(fn(x, *cond))
+    if parts and isinstance(parts[0], dict):
+        return {key: torch.cat([p[key].double().cpu() for p in parts]) for key in parts[0]}
+    return torch.cat([p.double().cpu() for p in parts]) if parts else torch.zeros(0, dtype=torch.float64)

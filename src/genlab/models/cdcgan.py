@@ -34,7 +34,8 @@ from genlab.config import opt
 from genlab.errors import GenlabError
 from genlab.models.cvae import class_labels
 from genlab.models.dcgan import DCGAN
-from genlab.models.gan_common import (EMA, CollapseCheck, Streak, TwoPlayerGAN, dcgan_init, make_generator,
+from genlab.models.base import EMA
+from genlab.models.gan_common import (CollapseCheck, Streak, TwoPlayerGAN, dcgan_init, make_generator,
                                       running_stats_frozen, spread)
 
 
@@ -85,6 +86,8 @@ class CDCGAN(TwoPlayerGAN):
     conditional = True
     # genlab's DCGAN quality settings (benchmarks/gan_quality.py): Adam 5e-4, batch 64.
     train_defaults = {"lr": 5e-4, "batch_size": 64, "epochs": 2}
+    figure_sets = ("conditional", "gan")
+    extra_metrics = ("conditional",)
     SATURATION_D_X, SATURATION_D_G_Z, SATURATION_PATIENCE = DCGAN.SATURATION_D_X, DCGAN.SATURATION_D_G_Z, \
         DCGAN.SATURATION_PATIENCE
     diverged = DCGAN.diverged

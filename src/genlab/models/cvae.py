@@ -28,7 +28,6 @@ average of the weights (``--ema-decay``).
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -38,7 +37,7 @@ from torch import Tensor, nn
 
 from genlab.config import opt
 from genlab.errors import GenlabError
-from genlab.models.base import GenerativeModel
+from genlab.models.base import EMA, GenerativeModel
 
 CONDITIONS = ("label", "quadrants")
 TASKS = (1, 2, 3)  # observed quadrants in the structured-output task
@@ -129,6 +128,8 @@ class CVAE(GenerativeModel):
     conditional = True
     can_sample = True
     train_defaults = {"batch_size": 128, "epochs": 20}
+    figure_sets = ("conditional",)
+    extra_metrics = ("conditional",)
 
     def __init__(self, cfg: CVAEConfig):
         super().__init__(cfg)
@@ -136,27 +137,31 @@ class CVAE(GenerativeModel):
         # A quadrant model completes digits rather than drawing them (``complete``), so it does not ``sample``.
         self.can_sample = not self.quadrants
         self.nets = CVAENets(784 if self.quadrants else 10, cfg.latent_dim, cfg.hidden, self.quadrants)
-        if cfg.ema_decay > 0:
-            self.ema_nets = copy.deepcopy(self.nets).requires_grad_(False)
-        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
+        self.ema = EMA(self.nets, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
     def player_parameters(self, player: str) -> list[nn.Parameter]:
         return list(self.nets.parameters())
 
     def after_step(self, player: str) -> None:
-        """Move the weight average towards the new weights (decay ramped up as in genlab's VAE)."""
-        if self.cfg.ema_decay == 0:
-            return
-        t = int(self.ema_steps)
-        decay = min(self.cfg.ema_decay, (1 + t) / (10 + t))
-        with torch.no_grad():
-            for a, w in zip(self.ema_nets.parameters(), self.nets.parameters()):
-                a.lerp_(w, 1 - decay)
-        self.ema_steps += 1
+        if self.ema is not None:
+            self.ema.update(self.nets)
+
+    def upgrade_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Checkpoints of genlab 0.1 kept the average as ``ema_nets`` and ``ema_steps``."""
+        out = {}
+        for key, value in state.items():
+            if key.startswith("ema_nets."):
+                out["ema.net." + key[len("ema_nets."):]] = value
+            elif key == "ema_steps":
+                if self.ema is not None:
+                    out["ema.steps"] = value
+            else:
+                out[key] = value
+        return out
 
     def _nets(self) -> CVAENets:
         """The trained networks in training mode, their average in eval mode."""
-        return self.nets if self.training or self.cfg.ema_decay == 0 else self.ema_nets
+        return self.nets if self.training or self.ema is None else self.ema.net
 
     # -- conditions -----------------------------------------------------------------------------------------
     def condition(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab.config import opt, validate
-from genlab.models.gan_common import (EMA, CollapseCheck, Streak, TwoPlayerGAN, dcgan_init, find_log,
+from genlab.models.base import EMA
+from genlab.models.gan_common import (CollapseCheck, Streak, TwoPlayerGAN, dcgan_init, find_log,
                                       make_generator, running_stats_frozen, spread, to_64)
 
 
@@ -86,6 +87,7 @@ class DCGAN(TwoPlayerGAN):
     # 2-core CPU (the 64 x 64 networks about ten times as long); genlab's quality benchmark uses lr 5e-4 and two
     # epochs, which reach recognisable digits sooner.
     train_defaults = {"lr": 2e-4, "batch_size": 64, "epochs": 3}
+    figure_sets = ("gan",)
 
     # Saturation: D(x) > 0.999 and D(G(z)) < 1e-3 on average over the batch, 100 steps in a row. A healthy
     # run keeps D(G(z)) around 0.1 to 0.4 after the first hundred steps; once D separates everything this

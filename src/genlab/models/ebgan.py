@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from genlab.config import opt, validate
 from genlab.errors import GenlabError
-from genlab.models.gan_common import EMA, CollapseCheck, Streak, TwoPlayerGAN, find_log, make_generator, spread
+from genlab.models.base import EMA
+from genlab.models.gan_common import CollapseCheck, Streak, TwoPlayerGAN, find_log, make_generator, spread
 
 ENERGIES = ("sum", "mean", "norm")
 
@@ -143,6 +144,7 @@ class EBGAN(TwoPlayerGAN):
     # Adam with betas (0.5, 0.999) as DCGAN; the paper's lr 1e-3 (its MNIST grid search) with batch 64. Three
     # epochs on full MNIST took 7 minutes on a 2-core CPU and give recognisable digits of every class.
     train_defaults = {"lr": 1e-3, "batch_size": 64, "epochs": 3}
+    figure_sets = ("gan",)
 
     # Saturation: the hinge inactive for every generated image (all D(G(z)) >= m) for 200 steps in a row.
     # D then gets no gradient from fakes and G's samples are all far off the data; in healthy runs some

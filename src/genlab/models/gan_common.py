@@ -1,4 +1,5 @@
-"""Pieces both GANs share: DCGAN-style networks, an EMA of the generator, divergence checks, energy histograms.
+"""Pieces the GANs share: DCGAN-style networks, the two-player step and the divergence checks (their figures
+are in genlab.viz.gan_figures).
 
 Images are [N x 1 x S x S] in [-1, 1] (the generators end in Tanh); S is 28 (MNIST's own size) or 64 (the
 lecture's DCGAN, which trains on MNIST resized to 64 x 64).
@@ -6,10 +7,7 @@ lecture's DCGAN, which trains on MNIST resized to 64 x 64).
 
 from __future__ import annotations
 
-import copy
-import math
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -179,38 +177,6 @@ def running_stats_frozen(net: nn.Module) -> Iterator[None]:
 
 
 # -- EMA of the generator -----------------------------------------------------------------------------------
-class EMA(nn.Module):
-    """An exponential moving average of a network's weights (Yazici et al. 2019, "The unusual effectiveness
-    of averaging in GAN training").
-
-    A submodule, so the averaged weights and the step counter are in the model's ``state_dict`` and every
-    checkpoint keeps them. The decay ramps up as min(decay, (1 + t) / (10 + t)) so the average forgets the
-    random initialisation within the first few hundred steps. Buffers (batch-norm statistics) are copied.
-    """
-
-    def __init__(self, net: nn.Module, decay: float):
-        super().__init__()
-        self.decay = decay
-        self.net = copy.deepcopy(net).requires_grad_(False)
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        self._t = 0  # ``steps`` mirrored as a Python int, so no step waits for a GPU to read it
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._t = int(self.steps)  # once, when a checkpoint is loaded
-
-    @torch.no_grad()
-    def update(self, source: nn.Module) -> None:
-        decay = min(self.decay, (1.0 + self._t) / (10.0 + self._t))
-        torch._foreach_lerp_(list(self.net.parameters()), [p.detach() for p in source.parameters()], 1.0 - decay)
-        torch._foreach_copy_(list(self.net.buffers()), list(source.buffers()))
-        self.steps += 1
-        self._t += 1
-
-    def forward(self, *args):
-        return self.net(*args)
-
-
 # -- batch statistics for the divergence checks ---------------------------------------------------------------
 def spread(x: Tensor) -> Tensor:
     """Each example's mean Euclidean distance to the other examples of its batch: [N x ...] -> [N].
@@ -278,67 +244,3 @@ class CollapseCheck:
             return (f"generator collapsed: generated images have mean pairwise distance {fake:.3g}, below "
                     f"{self.ratio} x the real data's {real:.3g}, for {self.streak.count} steps in a row")
         return None
-
-
-# -- energy histograms ----------------------------------------------------------------------------------------
-@torch.no_grad()
-def energy_histogram_figure(model, real_batch: Tensor, path: str | Path, title: str = "") -> Path:
-    """Histograms of ``model.energy`` on a real batch and on as many generated samples; written to ``path``.
-
-    :param real_batch: [N x 1 x 28 x 28] in the model's pixel range.
-    A healthy EBGAN shows the two histograms overlapping below the margin; a discriminator that separates
-    them completely (no overlap) is winning, which precedes divergence.
-    """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    was_training = model.training
-    model.eval()
-    try:
-        real = model.energy(real_batch.to(model.device)).float().cpu()
-        fake = model.energy(model.sample(real_batch.shape[0])).float().cpu()
-    finally:
-        model.train(was_training)
-    lo = float(torch.minimum(real.min(), fake.min()))
-    hi = float(torch.maximum(real.max(), fake.max()))
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        lo, hi = 0.0, 1.0
-    bins = torch.linspace(lo, hi if hi > lo else lo + 1.0, 41).numpy()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.hist(real.numpy(), bins=bins, alpha=0.6, label=f"real (mean {real.mean():.3g})", color="tab:blue")
-    ax.hist(fake.numpy(), bins=bins, alpha=0.6, label=f"generated (mean {fake.mean():.3g})", color="tab:red")
-    if hasattr(model, "margin_value"):  # EBGAN: the discriminator pushes generated energies up to m
-        ax.axvline(model.margin_value, color="k", linestyle="--", linewidth=1, label=f"margin m = {model.margin_value:g}")
-    ax.set_xlabel("energy")
-    ax.set_ylabel("images")
-    ax.set_title(title or f"{type(model).__name__}: energy of real vs generated images")
-    ax.legend(fontsize=8)
-    from genlab.viz.figures import save_figure
-    return save_figure(fig, path)
-
-
-# -- the figure hooks genlab.viz.figures calls for both GANs ---------------------------------------------------
-def _real_batch(model, test_set, n: int = 500) -> Tensor:
-    from genlab.data.batching import to_pixels
-    return to_pixels(test_set.images[:n], model.pixel_range).to(model.device)
-
-
-def epoch_figures(model, epoch: int, test_set, fig_dir: Path) -> list[Path]:
-    """After every epoch: ``energy_hist_epoch<k>.png``, energies of 500 test digits vs 500 samples."""
-    path = Path(fig_dir) / f"energy_hist_epoch{epoch:03d}.png"
-    title = f"{type(model).__name__}, epoch {epoch}: energy of real vs generated"
-    return [energy_histogram_figure(model, _real_batch(model, test_set), path, title)]
-
-
-@torch.no_grad()
-def final_figures(model, test_set, fig_dir: Path) -> list[Path]:
-    """At the end of training: a grid of 64 samples and the final energy histogram."""
-    from genlab.data.batching import to_unit
-    from genlab.viz.figures import save_grid
-
-    fig_dir = Path(fig_dir)
-    samples = to_unit(model.sample(64).cpu(), model.pixel_range).clamp(0, 1)
-    paths = [save_grid(fig_dir / "samples.png", samples, ncol=8, title=f"{type(model).__name__}: samples")]
-    paths.append(energy_histogram_figure(model, _real_batch(model, test_set), fig_dir / "energy_hist.png"))
-    return paths

@@ -32,7 +32,6 @@ loss; evaluation reports the true bound.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -42,7 +41,7 @@ from torch import Tensor, nn
 
 from genlab.config import opt, validate
 from genlab.errors import GenlabError
-from genlab.models.base import GenerativeModel
+from genlab.models.base import EMA, GenerativeModel
 
 BINARIZE = ("none", "fixed", "dynamic")
 EVAL_SEED = 0  # seed of the one fixed binarisation per image used in evaluation (see hashed_uniform)
@@ -192,6 +191,8 @@ class VAE(GenerativeModel):
     # The PyTorch examples' vae (batch 128, 10 epochs, Adam 1e-3): the setting of the widely reported test
     # loss of about 105.6. The lecture's notebook uses batch 256 and 10 to 20 epochs (pass --batch-size 256).
     train_defaults = {"batch_size": 128, "epochs": 10}
+    figure_sets = ("vae",)
+    extra_metrics = ("likelihood",)
 
     def __init__(self, cfg: VAEConfig):
         super().__init__(cfg)
@@ -208,40 +209,36 @@ class VAE(GenerativeModel):
             last.weight.mul_(0.1)
             last.bias[:d].zero_()
             last.bias[d:].fill_(-4.0)
-        if cfg.ema_decay > 0:
-            # Averaged copies of both networks, used in eval mode; not trained (see player_parameters).
-            self.ema_encoder, self.ema_decoder = copy.deepcopy(self.encoder), copy.deepcopy(self.decoder)
-            self.ema_encoder.requires_grad_(False)
-            self.ema_decoder.requires_grad_(False)
-        # Optimiser steps averaged so far and epochs finished (KL warm-up); buffers, so a resume continues.
-        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
+        # The averaged networks, used in eval mode (not trained: see player_parameters).
+        self.ema = EMA(nn.ModuleDict({"encoder": self.encoder, "decoder": self.decoder}), cfg.ema_decay) \
+            if cfg.ema_decay > 0 else None
+        # Epochs finished (KL warm-up); a buffer, so a resume continues the schedule.
         self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))
-        self._ema_t = 0  # ``ema_steps`` mirrored as a Python int, so no step waits for a GPU to read it
 
     def player_parameters(self, player: str) -> list[nn.Parameter]:
         return list(self.encoder.parameters()) + list(self.decoder.parameters())
 
     def after_step(self, player: str) -> None:
-        """Move the weight average towards the new weights (decay ramped up over the first steps, so the
-        average forgets the random initial weights quickly)."""
-        if self.cfg.ema_decay == 0:
-            return
-        decay = min(self.cfg.ema_decay, (1 + self._ema_t) / (10 + self._ema_t))
-        with torch.no_grad():
-            for avg, net in ((self.ema_encoder, self.encoder), (self.ema_decoder, self.decoder)):
-                torch._foreach_lerp_(list(avg.parameters()), [w.detach() for w in net.parameters()], 1 - decay)
-        self.ema_steps += 1
-        self._ema_t += 1
+        if self.ema is not None:
+            self.ema.update(nn.ModuleDict({"encoder": self.encoder, "decoder": self.decoder}))
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._ema_t = int(self.ema_steps)  # once, when a checkpoint is loaded
+    def upgrade_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Checkpoints of genlab 0.1 kept the averages as ``ema_encoder``/``ema_decoder``/``ema_steps``."""
+        renamed = {"ema_encoder.": "ema.net.encoder.", "ema_decoder.": "ema.net.decoder.", "ema_steps": "ema.steps"}
+        out = {}
+        for key, value in state.items():
+            old = next((o for o in renamed if key.startswith(o)), None)
+            if old is None:
+                out[key] = value
+            elif self.ema is not None:  # an old run without an average kept an unused ema_steps
+                out[renamed[old] + key[len(old):]] = value
+        return out
 
     def _nets(self) -> tuple[nn.Module, nn.Module]:
         """(encoder, decoder): the trained ones in training mode, their averages in eval mode."""
-        if self.training or self.cfg.ema_decay == 0:
+        if self.training or self.ema is None:
             return self.encoder, self.decoder
-        return self.ema_encoder, self.ema_decoder
+        return self.ema.net["encoder"], self.ema.net["decoder"]
 
     # -- the network --------------------------------------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -216,7 +216,7 @@ class Explorer:
         # Loaded outside inference mode: weights made inside it could never take part in a gradient (descend).
         run = load_run(path, self.device)
         cfg = run.train_cfg
-        test = load_dataset(cfg.dataset, "test", cfg.data_dir or None, download=False)
+        test = load_dataset(cfg.dataset, "test", cfg.data_dir, download=False)
         images, labels = test.images[:self.test_limit], test.labels[:self.test_limit]
         with torch.inference_mode():
             x = _to_model(images.float().div(255).unsqueeze(1).to(self.device), run.model)

@@ -1,10 +1,9 @@
-"""The figures every run writes: reconstructions (lecture Fig. 3), encoder kernels (Figs. 4 and 6), corrupted
-inputs for the denoising autoencoder, loss curves; plus each model family's own figures.
+"""Drawing: image rows and grids, encoder kernels (the lecture's Figs. 4 and 6), loss curves, and the one way
+a figure is written (``save_figure``). Which figures a run gets is genlab.viz.callbacks's business.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -14,31 +13,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-from genlab.data.batching import to_pixels, to_unit  # noqa: E402
-from genlab.rng import seeded  # noqa: E402
-
-# Model families' own figures: model name -> "module:function", called as function(model, test_set, fig_dir)
-# at the end of training, and "module:function" called as function(model, epoch, test_set, fig_dir) after
-# every epoch.
-FINAL_FIGURES = {
-    "vae": "genlab.viz.vae_figures:final_figures",
-    "ebgan": "genlab.models.gan_common:final_figures",
-    "dcgan": "genlab.models.gan_common:final_figures",
-    "cvae": "genlab.viz.conditional_figures:final_figures",
-    "cdcgan": "genlab.viz.conditional_figures:final_figures",
-}
-EPOCH_FIGURES = {
-    "vae": "genlab.viz.vae_figures:epoch_figures",
-    "ebgan": "genlab.models.gan_common:epoch_figures",
-    "dcgan": "genlab.models.gan_common:epoch_figures",
-    "cdcgan": "genlab.models.gan_common:epoch_figures",
-}
-
-
-def _resolve(spec: str):
-    module, func = spec.split(":")
-    return getattr(importlib.import_module(module), func)
 
 
 def save_rows(path: Path, rows: list[tuple[str, torch.Tensor]], title: str = "") -> Path:
@@ -115,46 +89,3 @@ def loss_curves(path: Path, metrics_file: Path) -> Path | None:
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
     return save_figure(fig, path)
-
-
-@torch.no_grad()
-def write_figures(model_name: str, model, test_set, run_dir: Path, n: int = 10) -> list[Path]:
-    """Write every figure that applies to ``model`` into ``run_dir/figures`` and return their paths."""
-    fig_dir = Path(run_dir) / "figures"
-    model.eval()
-    written = []
-    x = to_pixels(test_set.images[:n], model.pixel_range).to(model.device)
-    unit = lambda t: to_unit(t, model.pixel_range)  # noqa: E731
-    with seeded(0):
-        try:
-            rows = [("input", unit(x))]
-            if hasattr(model, "corrupt"):
-                corrupted = model.corrupt(x)
-                rows += [("corrupted", unit(corrupted)), ("output", unit(model.reconstruct(corrupted)))]
-                written.append(save_rows(fig_dir / "corrupted_inputs.png", rows,
-                                         f"{model_name}: clean input, corrupted input, reconstruction"))
-                rows = [("input", unit(x))]
-            rows.append(("output", unit(model.reconstruct(x))))
-            written.append(save_rows(fig_dir / "reconstructions.png", rows,
-                                     f"{model_name}: inputs (top) and reconstructions (bottom)"))
-        except NotImplementedError:
-            pass
-    kernels = model.encoder_kernels()
-    if kernels is not None:
-        written.append(kernels_figure(fig_dir / "kernels.png", kernels, f"{model_name}: encoder kernels"))
-    curves = loss_curves(fig_dir / "loss_curves.png", Path(run_dir) / "metrics.jsonl")
-    if curves:
-        written.append(curves)
-    if model_name in FINAL_FIGURES:
-        written += list(_resolve(FINAL_FIGURES[model_name])(model, test_set, fig_dir) or [])
-    return written
-
-
-def epoch_figures(model_name: str, model, epoch: int, test_set, fig_dir: Path) -> None:
-    """Per-epoch figures of a model family (t-SNE of VAE codes, GAN energy histograms), where it has any."""
-    if model_name in EPOCH_FIGURES:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad(), seeded(epoch):
-            _resolve(EPOCH_FIGURES[model_name])(model, epoch, test_set, Path(fig_dir))
-        model.train(was_training)

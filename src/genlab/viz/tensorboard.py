@@ -9,20 +9,25 @@ import torch
 from genlab.data.batching import to_pixels, to_unit
 from genlab.errors import GenlabError
 from genlab.rng import seeded
+from genlab.train import Callback, RunState
 
 
-class TensorBoardLog:
-    """Writes ``run_dir/tensorboard``; open it with ``tensorboard --logdir RUN_DIR``."""
+class TensorBoardLog(Callback):
+    """Writes ``RUN_DIR/tensorboard``; open it with ``tensorboard --logdir RUN_DIR``."""
 
-    def __init__(self, run_dir: Path):
-        try:
+    def __init__(self):
+        try:  # here, so a missing package stops the command before any training
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise GenlabError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        self.writer_class, self.writer = SummaryWriter, None
+
+    def on_start(self, run: RunState, resuming: bool) -> None:
+        self.writer = self.writer_class(str(Path(run.run_dir) / "tensorboard"))
 
     @torch.no_grad()
-    def epoch(self, model, epoch: int, record: dict, test_images: torch.Tensor) -> None:
+    def on_epoch(self, run: RunState, epoch: int, record: dict) -> None:
+        model, test_images = run.model, run.test_set.images
         for key, value in record.items():
             if isinstance(value, (int, float)) and key != "epoch":
                 self.writer.add_scalar(key, value, epoch)
@@ -41,5 +46,5 @@ class TensorBoardLog:
         model.train(was_training)
         self.writer.flush()
 
-    def close(self) -> None:
+    def on_end(self, run: RunState) -> None:
         self.writer.close()

@@ -190,24 +190,3 @@ def report_runs(run_dirs: list[Path], out_dir: Path) -> tuple[Path, Path]:
         raise GenlabError(f"{out_dir} already holds a report; choose another --out or remove it")
     sections = [run_section(Path(d)) for d in run_dirs]
     return write_report(out_dir, "genlab report", sections)
-
-
-def add_cli(subparsers) -> None:
-    p = subparsers.add_parser("report", help="build an HTML and Markdown report for one or more runs")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", default="report", help="output folder (default: ./report)")
-    p.set_defaults(func=_report_cli)
-    try:
-        from genlab.reproduce import add_cli as add_reproduce
-    except ModuleNotFoundError as e:
-        if e.name != "genlab.reproduce":
-            raise
-    else:
-        add_reproduce(subparsers)
-
-
-def _report_cli(args) -> int:
-    html_path, md_path = report_runs([Path(d) for d in args.run_dirs], Path(args.out))
-    print(html_path)
-    print(md_path)
-    return 0

@@ -1,0 +1,72 @@
+"""``genlab energy RUN_DIR``: per-example energies of a split, or the AUROCs of merged digits and
+out-of-distribution inputs with ``--auroc``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from genlab.checkpoint import load_run
+from genlab.commands.flags import DEVICE_HELP
+from genlab.errors import GenlabError
+from genlab.metrics.anomaly import SPLIT_TITLES, SPLITS, energies, energy_report, report_json, save_energies, split_images
+
+
+def add(subparsers) -> None:
+    p = subparsers.add_parser("energy", help="per-example energies; AUROC for merged and out-of-distribution inputs",
+                              description="Print or save a run's per-example energies on the test split, merged "
+                                          "test digits or the out-of-distribution test split; with --auroc, the "
+                                          "AUROC of the energy for merged and out-of-distribution inputs and the "
+                                          "histogram and merged-digit figures.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by genlab train")
+    p.add_argument("--split", default="test", choices=SPLITS, help="inputs to score (default: test)")
+    p.add_argument("--out", default="", help="save the energies to FILE.npy or FILE.csv instead of printing them")
+    p.add_argument("--auroc", action="store_true", help="AUROC of merged and out-of-distribution vs clean, and figures")
+    p.add_argument("--figures", default="", help="directory for the --auroc figures (default: RUN_DIR/figures)")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N images of each split (0: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the digit pairing and of stochastic energies")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    if args.limit < 0:
+        raise GenlabError(f"--limit must be 0 (all) or a positive number of images, got {args.limit}")
+    run = load_run(args.run_dir, device=args.device)
+    if args.auroc:
+        from genlab.viz import metric_figures
+
+        report = energy_report(run, args.limit, args.seed)
+        if args.out and args.split not in report["energies"]:
+            raise GenlabError(report["missing"])
+        figs = Path(args.figures) if args.figures else Path(run.dir) / "figures"
+        written = [metric_figures.figure_energy_histograms(report, figs / "energy_histograms.png")]
+        merged = metric_figures.figure_merged(run.model, split_images(run, "merged", args.limit, args.seed), figs / "fig8_merged.png")
+        written += [merged] if merged else []
+        if args.out:
+            save_energies(report["energies"][args.split], args.out)
+        if args.json:
+            print(json.dumps(report_json(report), indent=2))
+        else:
+            ood = (f"{report['ood_dataset']} vs {report['in_dataset']} {report['auroc_ood']:.4f}"
+                   if report["auroc_ood"] is not None else f"{report['ood_dataset']} missing")
+            print(f"{run.model_name}: AUROC merged vs clean {report['auroc_merged']:.4f}, "
+                  f"photo patches vs clean {report['auroc_photos']:.4f}, {ood}")
+            for s in report["energies"]:
+                print(f"  mean energy {SPLIT_TITLES[s]:<20} {report['mean_energy'][s]:.4g} (n = {report['n'][s]})")
+            if report["missing"]:
+                print(f"note: {report['missing']}")
+            print("wrote " + ", ".join(map(str, written)))
+        return 0
+    values = energies(run.model, split_images(run, args.split, args.limit, args.seed), seed=args.seed)
+    if args.out:
+        path = save_energies(values, args.out)
+        if not args.json:
+            print(f"wrote {len(values)} energies of the {args.split} split to {path}")
+    if args.json:
+        print(json.dumps({"model": run.model_name, "split": args.split, "energies": values.tolist()}))
+    elif not args.out:
+        print("\n".join(f"{v:.9g}" for v in values))
+    return 0

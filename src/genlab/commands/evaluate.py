@@ -1,0 +1,100 @@
+"""``genlab evaluate RUN_DIR`` (every metric of a run) and ``genlab sample RUN_DIR`` (a grid of samples)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from genlab.commands.flags import DEVICE_HELP, bounded_int
+from genlab.errors import GenlabError
+from genlab.models import MODELS
+
+MAX_SAMPLES = 10_000  # one grid of 100 x 100 digits; more is a typo, not a figure
+
+
+def add(subparsers) -> None:
+    ev = subparsers.add_parser("evaluate", help="test loss, energies and model-specific metrics of a run")
+    ev.add_argument("run_dir", metavar="RUN_DIR")
+    ev.add_argument("--split", default="test", choices=("train", "test"))
+    ev.add_argument("--limit", type=bounded_int(0), default=0, help="use only the first N images (0: all)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object of metric name to value "
+                    "(a value that is not finite, NaN or infinite, prints as null)")
+    ev.add_argument("--iwae-k", type=bounded_int(1, 100_000), nargs="+",
+                    help="VAE: importance samples per bound (default: 1 50 5000)")
+    ev.add_argument("--quality", action=argparse.BooleanOptionalAction, default=True,
+                    help="sample-quality metrics for models that sample (default: on)")
+    ev.add_argument("--device", default="auto", help=DEVICE_HELP)
+    ev.set_defaults(func=evaluate)
+
+    sp = subparsers.add_parser("sample", help="draw samples from a model that can sample")
+    sp.add_argument("run_dir", metavar="RUN_DIR")
+    sp.add_argument("-n", type=bounded_int(1, MAX_SAMPLES), default=64,
+                    help=f"number of samples, 1 to {MAX_SAMPLES} (one grid image)")
+    sp.add_argument("--out", default="samples.png", help="output PNG")
+    sp.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0)
+    sp.add_argument("--device", default="auto", help=DEVICE_HELP)
+    sp.add_argument("--label", type=bounded_int(0, 9), default=None,
+                    help="conditional models: draw digits of this class 0-9 (default: a grid, one row per class)")
+    sp.set_defaults(func=sample)
+
+
+def evaluate(args) -> int:
+    from genlab.checkpoint import load_run
+    from genlab.evaluate import evaluate_run
+
+    run = load_run(args.run_dir, device=args.device)
+    options = {"iwae_k": tuple(args.iwae_k)} if args.iwae_k else {}
+    results = evaluate_run(run, split=args.split, limit=args.limit, quality=args.quality, **options)
+    if args.json:
+        print(json.dumps(finite_or_null(results), allow_nan=False))
+    else:
+        for key, value in results.items():
+            print(f"{key:<24} {value:.6g}" if isinstance(value, float) else f"{key:<24} {value}")
+    return 0
+
+
+def finite_or_null(results: dict) -> dict:
+    """NaN and infinities are not JSON: ``evaluate --json`` prints them as null (a diverged model's metrics)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in results.items()}
+
+
+def sample(args) -> int:
+    import torch
+
+    from genlab.checkpoint import load_run
+    from genlab.data.batching import to_unit
+    from genlab.models import evaluating
+    from genlab.viz.figures import save_grid
+
+    if Path(args.out).is_dir():
+        raise GenlabError(f"--out {args.out} is a directory; give the file name of a PNG")
+    run = load_run(args.run_dir, device=args.device)
+    model = run.model
+    if not model.can_sample:
+        hint = ("; it completes digits from observed quadrants (see figures/completions.png of the run)"
+                if getattr(model, "quadrants", False) else "")
+        can = ", ".join(name for name, cls in MODELS.items() if cls.can_sample)
+        raise GenlabError(f"a {run.model_name} model cannot sample{hint}; models that can: {can} "
+                          "(cvae with --condition label)")
+    if args.label is not None and not model.conditional:
+        conditional = ", ".join(name for name, cls in MODELS.items() if cls.conditional)
+        raise GenlabError(f"--label needs a conditional model ({conditional}); {run.model_name} is not one")
+    ncol = max(1, round(args.n ** 0.5))
+    title = f"{run.model_name} samples"
+    with evaluating(model, args.seed):
+        if not model.conditional:
+            images = model.sample(args.n)
+        elif args.label is not None:
+            images = model.sample(args.n, args.label)
+            title += f" of class {args.label}"
+        else:  # one row per class, 0 at the top
+            ncol = max(1, -(-args.n // 10))
+            images = model.sample(10 * ncol, torch.arange(10, device=model.device).repeat_interleave(ncol))
+            title += ", one row per class 0-9"
+        images = to_unit(images, model.pixel_range)
+    out = Path(args.out)
+    save_grid(out, images, ncol=ncol, title=title)
+    print(out)
+    return 0

@@ -1,0 +1,69 @@
+"""Flags from configs: one ``--kebab-case`` flag per dataclass field, whole-number flags with ranges, and the
+parser whose errors are one line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from typing import Any
+
+from genlab.config import fields_of, optional_of, validate
+
+DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (what was wrong, where to look) and exit status 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+def bounded_int(low: int, high: int | None = None) -> typing.Callable[[str], int]:
+    """An argparse ``type`` for a whole-number flag in [low, high]: a bad value is argparse's one-line error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            span = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {value}")
+        return value
+    parse.__name__ = "whole number"
+    return parse
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str, defaults: Any = None) -> None:
+    """Add one ``--kebab-case`` flag per field of the dataclass ``cls``; ``defaults`` (an instance) sets the
+    defaults shown in the help, where they differ from the dataclass's own (a model's training defaults)."""
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for f in fields_of(cls):
+        kind = optional_of(hints[f.name]) or hints[f.name]
+        shown = getattr(defaults, f.name) if defaults is not None else f.default
+        help_text = f"{f.metadata.get('help', '')} (default: {shown})"
+        if kind is bool:
+            group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=help_text)
+        else:
+            group.add_argument(_flag(f.name), dest=f.name, type=kind, default=argparse.SUPPRESS,
+                               choices=f.metadata.get("choices"), help=help_text, metavar=f.name.upper())
+
+
+def from_namespace(cls: type, ns: argparse.Namespace, base: Any = None) -> Any:
+    """Build ``cls`` from parsed flags; fields not given on the command line keep ``base``'s or the default."""
+    given = {f.name: getattr(ns, f.name) for f in fields_of(cls) if hasattr(ns, f.name)}
+    obj = base if base is not None else cls()
+    obj = dataclasses.replace(obj, **given)
+    validate(obj)
+    return obj
+
+

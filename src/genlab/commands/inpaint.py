@@ -1,0 +1,53 @@
+"""``genlab inpaint RUN_DIR``: a DAE run against OpenCV's Telea and Navier-Stokes inpainting at p = 0.25, 0.5
+and 0.75 (PSNR, SSIM), and the lecture's Fig. 7."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from genlab.commands.flags import DEVICE_HELP
+from genlab.errors import GenlabError
+from genlab.metrics.anomaly import run_dataset
+from genlab.metrics.inpainting import DROP_RATES, format_table, inpainting_table, load_dae_run
+
+
+def add(subparsers) -> None:
+    p = subparsers.add_parser("inpaint", help="inpainting benchmark: a DAE run against OpenCV Telea and Navier-Stokes",
+                              description="Corrupt the test digits with the lecture's dropout mask at p = 0.25, "
+                                          "0.5, 0.75 and compare the DAE with OpenCV inpainting (PSNR, SSIM).")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by genlab train dae")
+    p.add_argument("--split", default="test", choices=("test", "train"), help="split to corrupt (default: test)")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N images (0: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the corruption masks (default: 0)")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.add_argument("--out", default="", help="directory for fig7_inpainting.png and inpainting.json "
+                                             "(default: RUN_DIR/figures)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.set_defaults(func=command)
+
+
+def _run_images(run, split: str, limit: int):
+    images = run_dataset(run, split).images
+    return images[:limit] if limit else images
+
+
+def command(args: argparse.Namespace) -> int:
+    from genlab.viz.metric_figures import figure_inpainting
+
+    if args.limit < 0:
+        raise GenlabError(f"--limit must be 0 (all) or a positive number of images, got {args.limit}")
+    run = load_dae_run(args.run_dir, args.device)
+    images = _run_images(run, args.split, args.limit)
+    table = inpainting_table(run.model, images, DROP_RATES, seed=args.seed)
+    out = Path(args.out) if args.out else Path(run.dir) / "figures"
+    fig = figure_inpainting(run.model, images, out / "fig7_inpainting.png", p=0.5, seed=args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "inpainting.json").write_text(json.dumps(table, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(table, indent=2))
+    else:
+        print(format_table(table))
+        print(f"wrote {fig} and {out / 'inpainting.json'}")
+    return 0

@@ -1,0 +1,40 @@
+"""``genlab report RUN_DIR ...`` (a report of any runs side by side) and ``genlab reproduce`` (train and
+evaluate every model of the lecture, and write its report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from genlab.commands.flags import DEVICE_HELP
+
+
+def add(subparsers) -> None:
+    p = subparsers.add_parser("report", help="build an HTML and Markdown report for one or more runs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="report", help="output folder (default: ./report)")
+    p.set_defaults(func=report)
+
+    p = subparsers.add_parser("reproduce", help="train and evaluate every model of the lecture; write a report")
+    p.add_argument("--quick", action="store_true", help="mnist-5k and short schedules (a few minutes on a CPU)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/reproduce-<time>)")
+    p.add_argument("--data-dir", default=None, help="data directory (default: $GENLAB_DATA_DIR or the user cache)")
+    p.add_argument("--models", nargs="+", help="only these models")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.set_defaults(func=reproduce)
+
+
+def report(args) -> int:
+    from genlab.report import report_runs
+
+    html_path, md_path = report_runs([Path(d) for d in args.run_dirs], Path(args.out))
+    print(html_path)
+    print(md_path)
+    return 0
+
+
+def reproduce(args) -> int:
+    from genlab.reproduce import reproduce
+
+    out = reproduce(Path(args.out) if args.out else None, args.quick, args.data_dir, args.models, args.device)
+    print(out / "report.html")
+    return 0

@@ -1,0 +1,46 @@
+"""``genlab train MODEL`` (one sub-command per model, its flags made from the model's and the training's
+configs) and ``genlab train --resume RUN_DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from genlab import checkpoint, config as cfgmod
+from genlab.commands.flags import DEVICE_HELP, Parser, add_arguments, bounded_int, from_namespace
+from genlab.models import MODELS
+from genlab.train import Interrupted, default_train_config, train
+from genlab.viz import training_callbacks
+
+
+def add(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a model (genlab train MODEL --help for its flags)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
+    p.add_argument("--epochs", type=bounded_int(1), default=argparse.SUPPRESS,
+                   help="with --resume: train up to this many epochs in all")
+    p.add_argument("--device", default=argparse.SUPPRESS,
+                   help=f"with --resume: continue on this device ({DEVICE_HELP}) instead of the run's own")
+    p.set_defaults(func=command, model=None)
+    models = p.add_subparsers(dest="model", parser_class=Parser, metavar="MODEL")
+    for name, cls in MODELS.items():
+        m = models.add_parser(name, help=(cls.__doc__ or name).strip().splitlines()[0])
+        add_arguments(m, cls.Config, f"{name} model")
+        add_arguments(m, cfgmod.TrainConfig, "training", defaults=default_train_config(name))
+
+
+def command(args) -> int:
+    try:
+        if args.resume:
+            train_cfg = from_namespace(cfgmod.TrainConfig, args) if hasattr(args, "epochs") else None
+            saved = checkpoint.read_configs(args.resume)[2]
+            run_dir = train(None, None, train_cfg, resume=args.resume, device=getattr(args, "device", None),
+                            callbacks=training_callbacks(saved))
+        else:
+            model_cfg = from_namespace(MODELS[args.model].Config, args)
+            train_cfg = from_namespace(cfgmod.TrainConfig, args, base=default_train_config(args.model))
+            run_dir = train(args.model, model_cfg, train_cfg, callbacks=training_callbacks(train_cfg))
+    except Interrupted as e:
+        print(f"genlab: {e}", file=sys.stderr)
+        return 128 + e.signum
+    print(run_dir)
+    return 0

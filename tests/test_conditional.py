@@ -61,6 +61,7 @@ def _constant_cvae(mu_q: float, lv_q: float, mu_p: float, lv_p: float, logit: fl
     return model
 
 
+@pytest.mark.slow
 def test_conditional_bound_against_a_hand_example():
     # Decoder logit 0 everywhere: each unseen pixel costs log 2 whatever its value. q = N(0.5, 1), p(z|c) = N(0, 1)
     # in 2 latents: KL = 2 * 0.5 * 0.5^2 = 0.25 nats. So F(unseen | seen) = (unseen pixels) * log 2 + 0.25.
@@ -140,6 +141,7 @@ def trained_label_cvae(tmp_path_factory):
                           quick_config("cvae", out, epochs=6, limit=0, batch_size=64)))
 
 
+@pytest.mark.slow
 def test_conditioning_changes_the_class(trained_label_cvae):
     from genlab.metrics.classifier import get_classifier
 

@@ -146,6 +146,7 @@ def test_names_and_data_dir_resolution(tmp_path, monkeypatch):
     assert [d["name"] for d in describe_datasets()] == list(DATASETS)
 
 
+@pytest.mark.slow
 def test_mnist5k_split():
     train, test = load_dataset("mnist-5k", "train"), load_dataset("mnist-5k", "test")
     assert (len(train), len(test)) == (4500, 500)
@@ -156,6 +157,7 @@ def test_mnist5k_split():
     assert len({row.tobytes() for row in both}) == 5000  # train and test are disjoint
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_mnist5k_digits_are_genuine_mnist():
     # Every digit is a real MNIST training digit, with the same label.

@@ -305,6 +305,7 @@ def test_bad_settings_fail_with_one_line():
         assert "\n" not in str(info.value) and "--" in str(info.value)
 
 
+@pytest.mark.slow
 def test_a_short_ebgan_run_separates_digits_from_noise(digits):
     """After 60 steps on real digits, the discriminator's energy is lower on held-out digits than on noise."""
     torch.manual_seed(0)

@@ -161,6 +161,7 @@ def test_classifier_trains_on_mnist_5k(quick_classifier):
     assert torch.allclose(quick_classifier.outputs(x, batch_size=5)[0], feats, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_classifier_training_is_deterministic():
     s = C.ClassifierSettings(epochs=1)
     nets = []

@@ -233,6 +233,7 @@ def test_a_second_writer_is_refused(ae_run, tmp_path):
     train(None, None, quick_config(run, epochs=3), resume=run)  # the lock went with its holder
 
 
+@pytest.mark.slow
 def test_two_trainers_started_at_once_on_one_out(tmp_path):
     out = tmp_path / "shared"
     argv = [sys.executable, "-m", "genlab.cli", "train", "ae", *QUICK, "--epochs", "3", "--out", str(out)]

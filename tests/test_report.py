@@ -13,6 +13,8 @@ import pytest
 import genlab.reproduce as reproduce_mod
 from genlab.report import Section, render_markdown, write_report
 
+pytestmark = pytest.mark.slow  # real server processes and a real browser
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

@@ -24,6 +24,8 @@ from genlab.errors import GenlabError
 from genlab.serve.explorer import decode_image, energy_and_reconstruction
 from genlab.serve.preprocess import mnist_style
 
+pytestmark = pytest.mark.slow  # real server processes and a real browser
+
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MODELS = ("ae", "dae", "vae", "ebgan", "dcgan")

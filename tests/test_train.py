@@ -19,6 +19,7 @@ from genlab import checkpoint, config as cfgmod
 from genlab.checkpoint import load_run
 from genlab.data import load_dataset
 from genlab.data.batching import to_pixels
+from genlab.errors import GenlabError
 from genlab.models import MODELS
 from genlab.viz import training_callbacks
 from genlab.train import Interrupted, default_train_config, train
@@ -38,6 +39,7 @@ def params_of(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_smoke_trains_on_mnist_5k(name, tmp_path):
     cfg = quick_config(name, tmp_path / name, figures=True)
@@ -54,6 +56,7 @@ def test_every_model_smoke_trains_on_mnist_5k(name, tmp_path):
     assert (run_dir / "figures" / "loss_curves.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_no_figures_means_no_figures(tmp_path):
     """--no-figures draws nothing at all (the VAE's per-epoch t-SNE included); the library loop never draws."""
     out = tmp_path / "vae"
@@ -85,12 +88,41 @@ def test_checkpoint_round_trip(tmp_path):
     assert torch.equal(again.rng_states[0], ckpt.rng_states[0])
 
 
+class _RunsCodeWhenUnpickled:
+    """Unpickling this writes a file: the proof that a loader ran code from the checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
 def test_checkpoint_never_unpickles_and_refuses_garbage(tmp_path):
     bad = tmp_path / checkpoint.CHECKPOINT
     bad.write_bytes(b"\x80\x04not a safetensors file")
     with pytest.raises(Exception) as info:
         checkpoint.load(bad)
     assert "damaged" in str(info.value)
+
+
+def test_a_checkpoint_holding_a_code_running_pickle_is_refused_and_its_code_never_runs(tmp_path):
+    import pickle
+
+    run_dir = train("ae", MODELS["ae"].Config(latent_dim=8), quick_config("ae", tmp_path / "run"))
+    pickle.loads(pickle.dumps(_RunsCodeWhenUnpickled(tmp_path / "control")))  # the payload does run when unpickled
+    assert (tmp_path / "control").read_text() == "ran"
+    marker = tmp_path / "code-ran"
+    ckpt = run_dir / checkpoint.CHECKPOINT
+    for write in (lambda payload: ckpt.write_bytes(pickle.dumps(payload)), lambda payload: torch.save(payload, ckpt)):
+        write({"model": _RunsCodeWhenUnpickled(marker)})
+        with pytest.raises(GenlabError, match="damaged or not a genlab checkpoint"):
+            load_run(run_dir)
+        with pytest.raises(GenlabError, match="damaged or not a genlab checkpoint"):
+            train(None, resume=run_dir)
+    result = _cli("evaluate", str(run_dir), "--limit", "10")  # the command too: one line, exit status 2
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not marker.exists()
 
 
 def test_resume_after_sigterm_mid_epoch_is_bitwise_exact(tmp_path, monkeypatch):
@@ -128,6 +160,7 @@ def _cli(*args, env=None, **kwargs):
                           env={**os.environ, **(env or {})}, cwd=REPO, **kwargs)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tmp_path):
     common = ["ae", "--latent-dim", "16", "--dataset", "mnist-5k", "--epochs", "1", "--batch-size", "128",
               "--limit", "1024", "--eval-limit", "100", "--no-figures", "--no-progress"]
@@ -146,6 +179,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_kill_9_leaves_last_checkpoint_loadable(tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "genlab.cli", "train", "dae", "--latent-dim", "500",
@@ -165,6 +199,7 @@ def test_kill_9_leaves_last_checkpoint_loadable(tmp_path):
     assert run.counters["epoch"] >= 1 and run.counters["batch"] == 0
 
 
+@pytest.mark.slow
 def test_bad_input_gives_one_line_and_status_2(tmp_path):
     cases = [
         ("train", "nosuchmodel"),
@@ -204,6 +239,7 @@ def test_tensorboard_logs_scalars_images_and_histograms(tmp_path):
     assert "reconstructions" in tags["images"] and "energy/test" in tags["histograms"]
 
 
+@pytest.mark.slow
 def test_conv_denoiser_learns_on_mnist_5k(tmp_path):
     run_dir = train("dae", MODELS["dae"].Config(arch="conv"), quick_config("dae", tmp_path / "conv", epochs=2,
                                                                              limit=1024))

@@ -153,6 +153,7 @@ def test_dreg_keeps_the_value_and_the_decoder_gradient_of_iwae():
     assert not torch.allclose(plain[1], dreg[1], rtol=0.1, atol=1e-3)             # the encoder's path differs
 
 
+@pytest.mark.slow
 def test_dreg_encoder_gradient_has_the_iwae_gradient_as_its_mean():
     """Averaged over 16 x 1000 draws per image, DReG's encoder gradient matches plain IWAE's within 5 standard
     errors in every coordinate. Dropping the squared weights (w instead of w^2) misses by over 100 of them."""
@@ -333,6 +334,7 @@ def test_config_errors_are_one_line():
     assert VAEConfig(tsne_epochs="0, 5,10").figure_epochs() == {0, 5, 10}
 
 
+@pytest.mark.slow
 def test_figures(trained, data, tmp_path):
     test_set = data[1]
     paths = vae_figures.final_figures(trained, test_set, tmp_path)

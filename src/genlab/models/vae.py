@@ -69,8 +69,9 @@ class VAEConfig:
     free_bits: float = opt(0.0, "free bits: a latent's batch-mean KL counts as at least this many nats "
                                 "in training (0: off)", min=0.0, max=1e6)
     objective: str = opt("elbo", "training objective: elbo (rec + beta * KL, the lecture) or iwae: from epoch "
-                                 "--iwae-from on, -L_k, the importance-weighted bound with --iwae-k draws (Burda et al. "
-                                 "2016), which fits the decoder to the likelihood more closely", choices=("elbo", "iwae"))
+                                 "--iwae-from on, -L_k, the importance-weighted bound with --iwae-k draws "
+                                 "(Burda et al. 2016), which fits the decoder to the likelihood more closely",
+                         choices=("elbo", "iwae"))
     iwae_k: int = opt(10, "importance samples of the training bound L_k (--objective iwae)", min=1, max=10_000)
     iwae_from: int = opt(0, "epochs trained on the ELBO before L_k replaces it (--objective iwae; 0: L_k throughout)",
                          min=0, max=1_000_000)

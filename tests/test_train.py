@@ -155,6 +155,59 @@ def test_resume_after_sigterm_mid_epoch_is_bitwise_exact(tmp_path, monkeypatch):
     assert [strip(x) for x in lines_a] == [strip(x) for x in lines_b]
 
 
+def test_cosine_learning_rate_from_lr_to_lr_final():
+    cfg = cfgmod.TrainConfig(lr=3e-3, lr_schedule="cosine", lr_final=1e-4)
+    assert train_mod.learning_rate(cfg, 0, 1000) == pytest.approx(3e-3)
+    assert train_mod.learning_rate(cfg, 500, 1000) == pytest.approx((3e-3 + 1e-4) / 2)
+    assert train_mod.learning_rate(cfg, 750, 1000) < train_mod.learning_rate(cfg, 250, 1000)
+    assert train_mod.learning_rate(cfg, 1000, 1000) == pytest.approx(1e-4)
+    assert train_mod.learning_rate(cfgmod.TrainConfig(lr=3e-3), 500, 1000) == 3e-3  # constant: the default
+
+
+def test_resume_with_cosine_schedule_and_iwae_objective_is_bitwise_exact(tmp_path, monkeypatch):
+    # The learning rate and the objective are functions of the counters, so a resumed run repeats exactly;
+    # the signal comes in epoch 2, where L_k has replaced the ELBO.
+    cfg_model = MODELS["vae"].Config(latent_dim=8, hidden=64, binarize="dynamic", warmup_epochs=2,
+                                     objective="iwae", iwae_k=3, iwae_from=1, dreg=True)
+    options = dict(epochs=2, lr=3e-3, lr_schedule="cosine", lr_final=1e-4, precision="bf16")
+    whole = train("vae", cfg_model, quick_config("vae", tmp_path / "whole", **options))
+    real_step, calls = train_mod._step, {"n": 0}
+
+    def step_then_signal(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 11:  # 8 batches per epoch
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_step", step_then_signal)
+    with pytest.raises(Interrupted):
+        train("vae", cfg_model, quick_config("vae", tmp_path / "split", **options))
+    monkeypatch.setattr(train_mod, "_step", real_step)
+    train(None, resume=tmp_path / "split")
+
+    a, b = load_run(whole), load_run(tmp_path / "split")
+    for key, value in params_of(a.model).items():
+        assert torch.equal(value, params_of(b.model)[key]), key
+    lines_a = (whole / "metrics.jsonl").read_text().splitlines()
+    lines_b = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda line: {k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s")}  # noqa: E731
+    assert [strip(x) for x in lines_a] == [strip(x) for x in lines_b]
+    # The cosine reached --lr-final at the last step.
+    opt_state = checkpoint.load(whole / checkpoint.CHECKPOINT).optimizer_states["model"]
+    assert opt_state["param_groups"][0]["lr"] == pytest.approx(train_mod.learning_rate(
+        a.train_cfg, 15, 16))
+
+
+def test_train_vae_help_lists_the_schedule_and_objective_flags(capsys):
+    from genlab.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "vae", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--lr-schedule", "--lr-final", "--objective", "--iwae-k", "--iwae-from", "--dreg"):
+        assert flag in out, flag
+
+
 def _cli(*args, env=None, **kwargs):
     return subprocess.run([sys.executable, "-m", "genlab.cli", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, cwd=REPO, **kwargs)

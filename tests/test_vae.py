@@ -349,3 +349,42 @@ def test_figures(trained, data, tmp_path):
     p = vae_figures.tsne_figure(trained, test_set.images, test_set.labels, 3, tmp_path / "t.png", n=150)
     assert p.stat().st_size > 2000
     assert vae_figures.epoch_figures(trained, 7, test_set, tmp_path) == []           # 7 is not a t-SNE epoch
+
+
+def test_objective_switches_to_iwae_at_iwae_from_without_warmup(data):
+    x = to_pixels(data[1].images[:32], "unit")
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(latent_dim=8, hidden=64, binarize="fixed", warmup_epochs=10, objective="iwae",
+                          iwae_k=5, iwae_from=2)).train()
+    model.end_of_epoch(-1)                                                           # before the first epoch
+    assert not model.iwae_now
+    torch.manual_seed(1)
+    elbo = model.loss(x)
+    model.end_of_epoch(0)
+    assert not model.iwae_now                                                        # one epoch done, of two
+    model.end_of_epoch(1)
+    assert model.iwae_now
+    torch.manual_seed(1)
+    terms = model.loss(x)
+    torch.manual_seed(1)
+    expected = model.iwae_loss(model.binarize(x), 5)
+    # -L_k exactly, with no warm-up weight (beta_now is still 0.2 here) and no beta.
+    assert model.beta_now == pytest.approx(0.2)
+    assert torch.equal(terms["loss"], expected)
+    assert set(terms) == set(elbo) == {"loss", "rec", "kl"}
+    assert torch.allclose(terms["kl"], elbo["kl"])                                  # the same q, the same KL
+    assert (terms["rec"] > 0).all() and not terms["rec"].requires_grad
+    # An ELBO-only config never switches.
+    plain = VAE(VAEConfig(latent_dim=8, hidden=64, iwae_from=0))
+    plain.end_of_epoch(5)
+    assert not plain.iwae_now
+
+
+def test_iwae_objective_trains_with_dreg_gradients(data):
+    x = to_pixels(data[1].images[:16], "unit")
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(latent_dim=4, hidden=32, objective="iwae", iwae_k=4, dreg=True)).train()
+    model.end_of_epoch(-1)
+    model.loss(x)["loss"].mean().backward()
+    grads = [p.grad for p in model.player_parameters("model")]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)

@@ -37,7 +37,11 @@ class TrainConfig:
     data_dir: str | None = opt(None, "data directory (default: $GENLAB_DATA_DIR, else the per-user cache)")
     epochs: int = opt(20, "passes over the training split", min=1, max=1_000_000)
     batch_size: int = opt(256, "global batch size (split across DDP processes)", min=1, max=65536)
-    lr: float = opt(1e-3, "learning rate", above=0.0, max=10.0)
+    lr: float = opt(1e-3, "learning rate (the initial one under --lr-schedule cosine)", above=0.0, max=10.0)
+    lr_schedule: str = opt("constant", "constant: --lr throughout; cosine: from --lr down to --lr-final along half "
+                           "a cosine over all the run's steps (epochs x batches per epoch)",
+                           choices=("constant", "cosine"))
+    lr_final: float = opt(0.0, "learning rate at the end of the cosine schedule", min=0.0, max=10.0)
     optimizer: str = opt("adam", "optimiser", choices=("adam", "sgd"))
     seed: int = opt(0, "random seed (weights, shuffling, noise)", min=0, max=2**32 - 1)
     device: str = opt("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N")

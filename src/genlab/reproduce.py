@@ -134,7 +134,7 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
     from genlab.evaluate import evaluate_run
     iwae_k = (1, 50) if quick else (1, 50, 500)
     for name, run in runs.items():
-        results = evaluate_run(run, limit=limit, quality=False, **({"iwae_k": iwae_k} if name == "vae" else {}))
+        results = evaluate_run(run, limit=limit, quality=False, **({"iwae_k": iwae_k} if "likelihood" in run.model.extra_metrics else {}))
         _write_json(run.dir / "evaluation.json", results)
         tables.setdefault("evaluation", {})[name] = results
     timings["evaluate"] = time.perf_counter() - started

@@ -54,6 +54,15 @@ def make_optimizer(cfg: TrainConfig, params: list, extra: dict) -> torch.optim.O
         return cls(params, lr=cfg.lr, foreach=True, **options, **extra)
 
 
+def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate of step ``step`` (counting from 0) of a run of ``total_steps``: a function of the
+    counters alone, so a resumed run sets the same rates as an uninterrupted one."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    progress = min(step / max(total_steps, 1), 1.0)
+    return cfg.lr_final + (cfg.lr - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def default_run_dir(model_name: str) -> Path:
     return Path("runs") / f"{model_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -184,6 +193,11 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
                        file=sys.stderr)
             for shard, global_n, *labels in batches.epoch(epoch, counters["batch"]):
                 x = to_pixels(shard, model.pixel_range)
+                if cfg.lr_schedule != "constant":
+                    lr = learning_rate(cfg, counters["step"], cfg.epochs * len(batches))
+                    for opt in optimizers.values():
+                        for group in opt.param_groups:
+                            group["lr"] = lr
                 log.pending.append(_step(model, (x, *labels), global_n, optimizers, steps, ctx, cfg.precision))
                 counters["step"] += 1
                 counters["batch"] += 1

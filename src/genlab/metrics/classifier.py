@@ -151,6 +151,10 @@ def train_classifier(dataset_name: str, data_dir: str | None = None, settings: C
 
     Deterministic given ``settings.seed`` (on one device and thread count). Batches are drawn from the uint8
     image tensor by a seeded permutation each epoch; Adam with a cosine-annealed learning rate.
+
+    Not ``genlab.train``'s loop: that loop trains a ``GenerativeModel`` (unlabelled images in, per-example
+    energy terms out, a run directory with checkpoints), while this is a supervised classifier with label
+    targets and random shifts, cached as one file; moving it would also change every cached classifier.
     """
     from genlab.data import load_dataset
 

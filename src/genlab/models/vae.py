@@ -28,6 +28,10 @@ Training tricks, both off by default: a KL warm-up (beta rises linearly from 0 o
 Bowman et al. 2016, Sønderby et al. 2016) and free bits (Kingma et al. 2016, Appendix C: a latent dimension
 whose batch-mean KL is below ``free_bits`` nats is not pushed further down). Both change only the training
 loss; evaluation reports the true bound.
+
+A second objective, ``--objective iwae``: from epoch ``iwae_from`` on the training loss is -L_k, the
+importance-weighted bound with ``iwae_k`` draws (optionally with the doubly reparameterised encoder gradient,
+``--dreg``). L_k is a bound on log p(x) itself: beta, the warm-up and free bits do not apply to it.
 """
 
 from __future__ import annotations
@@ -63,6 +67,14 @@ class VAEConfig:
                              min=0, max=1_000_000)
     free_bits: float = opt(0.0, "free bits: a latent's batch-mean KL counts as at least this many nats "
                                 "in training (0: off)", min=0.0, max=1e6)
+    objective: str = opt("elbo", "training objective: elbo (rec + beta * KL, the lecture) or iwae: from epoch "
+                                 "--iwae-from on, -L_k, the importance-weighted bound with --iwae-k draws "
+                                 "(Burda et al. 2016), which fits the decoder to the likelihood more closely",
+                         choices=("elbo", "iwae"))
+    iwae_k: int = opt(10, "importance samples of the training bound L_k (--objective iwae)", min=1, max=10_000)
+    iwae_from: int = opt(0, "epochs trained on the ELBO before L_k replaces it (--objective iwae; 0: L_k throughout)",
+                         min=0, max=1_000_000)
+    dreg: bool = opt(False, "train the encoder on L_k with the doubly reparameterised gradient (Tucker et al. 2019)")
     ema_decay: float = opt(0.999, "evaluate with an exponential moving average of the weights, updated each step "
                                   "with this decay (0: off, the last weights)", min=0.0, below=1.0)
     tsne_epochs: str = opt("0,5,10", "epochs after which to draw the t-SNE of test codes (the lecture: 0,5,10; "
@@ -214,6 +226,7 @@ class VAE(GenerativeModel):
             if cfg.ema_decay > 0 else None
         # Epochs finished (KL warm-up); a buffer, so a resume continues the schedule.
         self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))
+        self._epochs = 0  # ``epochs_done`` mirrored as a Python int, so no step waits for a GPU to read it
 
     def player_parameters(self, player: str) -> list[nn.Parameter]:
         return list(self.encoder.parameters()) + list(self.decoder.parameters())
@@ -233,6 +246,10 @@ class VAE(GenerativeModel):
             elif self.ema is not None:  # an old run without an average kept an unused ema_steps
                 out[renamed[old] + key[len(old):]] = value
         return out
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._epochs = int(self.epochs_done)  # once, when a checkpoint is loaded
 
     def _nets(self) -> tuple[nn.Module, nn.Module]:
         """(encoder, decoder): the trained ones in training mode, their averages in eval mode."""
@@ -289,16 +306,27 @@ class VAE(GenerativeModel):
     def beta_now(self) -> float:
         """The KL weight of the training loss: beta, ramped linearly from 0 during the warm-up."""
         w = self.cfg.warmup_epochs
-        return self.cfg.beta * (min(1.0, int(self.epochs_done) / w) if w else 1.0)
+        return self.cfg.beta * (min(1.0, self._epochs / w) if w else 1.0)
+
+    @property
+    def iwae_now(self) -> bool:
+        """Whether the training loss is -L_k (``--objective iwae`` from epoch ``iwae_from`` on)."""
+        return self.cfg.objective == "iwae" and self._epochs >= self.cfg.iwae_from
 
     def end_of_epoch(self, epoch: int) -> None:
-        """:param epoch: the epoch just finished, counting from 0; moves the KL warm-up on."""
+        """:param epoch: the epoch just finished, counting from 0; moves the KL warm-up and the objective on."""
         self.epochs_done.fill_(epoch + 1)
+        self._epochs = epoch + 1
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         """Training terms per example, [N] each, in nats: ``loss`` = rec + beta_now * KL (with free bits),
-        ``rec`` (BCE summed over pixels, z sampled) and ``kl`` (the true KL, summed over latents)."""
+        ``rec`` (BCE summed over pixels, z sampled) and ``kl`` (the true KL, summed over latents).
+
+        While ``iwae_now``: ``loss`` = -L_k, ``rec`` the BCE averaged over the k draws, ``kl`` the true KL.
+        """
         x = self.binarize(x)
+        if self.iwae_now:
+            return self._iwae_terms(x, self.cfg.iwae_k, self.cfg.dreg)
         t = self.terms(x, sample=True)
         kl_dim = t["kl_dim"]
         kl_train = kl_dim
@@ -348,9 +376,10 @@ class VAE(GenerativeModel):
         return self._log_weights(x, k, generator)[0]
 
     def _log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None,
-                     fixed_q: bool = False) -> tuple[Tensor, Tensor]:
-        """(log w [k x N], the draws z [k x N x d]). ``fixed_q`` holds q's parameters fixed inside log q(z|x):
-        same value, but the encoder's gradient then flows through z alone (the score term is dropped)."""
+                     fixed_q: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(log w [k x N], the draws z [k x N x d], log p(x|z) [k x N], KL(q(z|x) || p(z)) [N]). ``fixed_q``
+        holds q's parameters fixed inside log q(z|x): same value, but the encoder's gradient then flows through
+        z alone (the score term is dropped)."""
         mu, logvar = self.encode(x)
         n, d = mu.shape
         eps = torch.randn((k, n, d), generator=generator, device=mu.device, dtype=mu.dtype)
@@ -364,7 +393,7 @@ class VAE(GenerativeModel):
             log_qz = -0.5 * ((z - m).pow(2) / lv.exp() + lv + LOG_2PI).sum(-1)
         else:
             log_qz = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(-1)
-        return log_px + log_pz - log_qz, z
+        return log_px + log_pz - log_qz, z, log_px, gaussian_kl(mu, logvar).sum(1)
 
     def iwae_loss(self, x: Tensor, k: int, dreg: bool = False) -> Tensor:
         """-L_k, the importance-weighted bound with k draws, per image: [N] nats (a training objective).
@@ -375,15 +404,21 @@ class VAE(GenerativeModel):
             gets it through z alone, weighted by the squared normalised weights, which keeps its signal as k
             grows instead of letting it fade (Rainforth et al. 2018).
         """
-        log_w, z = self._log_weights(x, k, fixed_q=dreg)
+        return self._iwae_terms(x, k, dreg)["loss"]
+
+    def _iwae_terms(self, x: Tensor, k: int, dreg: bool) -> dict[str, Tensor]:
+        """``iwae_loss`` as ``loss``, with ``rec`` (-log p(x|z) averaged over the k draws) and ``kl`` (the
+        closed-form KL) for the log, [N] each; ``rec`` and ``kl`` carry no gradient."""
+        log_w, z, log_px, kl = self._log_weights(x, k, fixed_q=dreg)
         value = math.log(k) - torch.logsumexp(log_w, 0)
+        logged = {"rec": -log_px.detach().mean(0), "kl": kl.detach()}
         if not dreg:
-            return value
+            return {"loss": value, **logged}
         w = torch.softmax(log_w.detach(), 0)
         if z.requires_grad:
             z.register_hook(lambda grad: grad * w.unsqueeze(-1))  # the encoder's weights w -> w^2
         surrogate = -(w * log_w).sum(0)
-        return value.detach() + (surrogate - surrogate.detach())
+        return {"loss": value.detach() + (surrogate - surrogate.detach()), **logged}
 
     # -- pictures -----------------------------------------------------------------------------------------
     def reconstruct(self, x: Tensor, sample: bool | None = None) -> Tensor:

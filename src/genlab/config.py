@@ -51,6 +51,8 @@ class TrainConfig:
                               "somewhat slower on a GPU")
     out: str = opt("", "run directory (default: runs/<model>-<time>)")
     limit: int = opt(0, "use only the first N training examples (0: all); for quick checks", min=0)
+    classes: str = opt("", "train only on these labels, comma-separated (e.g. 3 or 0,1,2; empty: all); the test "
+                       "split keeps every class")
     eval_limit: int = opt(0, "use only the first N test examples for the per-epoch test loss (0: all)", min=0)
     figures: bool = opt(True, "write figures at the end of training")
     progress: bool = opt(True, "show progress bars (only on a terminal)")
@@ -63,6 +65,19 @@ class TrainConfig:
 
     def check(self) -> None:
         check_device_name(self.device)
+        self.class_list()
+
+    def class_list(self) -> list[int]:
+        """The labels of ``classes`` as sorted distinct ints in 0..9 (empty: every class)."""
+        text = self.classes.replace(" ", "")
+        try:
+            labels = sorted({int(c) for c in text.split(",")}) if text else []
+        except ValueError:
+            labels = [-1]
+        if any(not 0 <= c <= 9 for c in labels):
+            raise GenlabError(f"--classes must be comma-separated labels from 0 to 9 like 3 or 0,1,2, "
+                              f"got {self.classes!r}")
+        return labels
 
 
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")

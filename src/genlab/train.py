@@ -247,9 +247,13 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
     dataset = resolve_dataset_name(cfg.dataset, cfg.data_dir)
     train_set = load_dataset(dataset, "train", cfg.data_dir)
     test_set = load_dataset(dataset, "test", cfg.data_dir)
-    train_images = train_set.images[:cfg.limit] if cfg.limit else train_set.images
+    train_images, train_labels = train_set.images, train_set.labels
+    if cfg.classes:
+        keep = torch.isin(torch.as_tensor(train_labels), torch.tensor(cfg.class_list()))
+        train_images, train_labels = train_images[keep], train_labels[keep]
+    train_images = train_images[:cfg.limit] if cfg.limit else train_images
     test_images = test_set.images[:cfg.eval_limit] if cfg.eval_limit else test_set.images
-    train_labels, test_labels = train_set.labels[:len(train_images)], test_set.labels[:len(test_images)]
+    train_labels, test_labels = train_labels[:len(train_images)], test_set.labels[:len(test_images)]
     if cfg.batch_size < ctx.world:
         raise GenlabError(f"--batch-size {cfg.batch_size} is smaller than the {ctx.world} processes")
 

@@ -1,0 +1,326 @@
+"""Data sets from your own files: ``folder:PATH`` (PNG, JPEG or BMP images) and ``npz:FILE`` (numpy arrays).
+
+Images are uint8, [N, H, W] when grey and [N, C, H, W] (C = 3, RGB) when in colour, the layout genlab uses
+everywhere (the built-in data sets are [N, 28, 28] grey).
+
+``folder:PATH``
+    Every PNG/JPEG/BMP file below PATH (hidden files and other files are skipped). One sub-folder per class
+    gives labels: the sorted sub-folder names are classes 0..K-1 (``Dataset.classes`` keeps the names);
+    images directly in PATH have no class (label 0). When PATH holds ``train/`` and ``test/`` they are the
+    splits, else a seeded tenth of the images (at least one) is the test split.
+``npz:FILE``
+    ``images`` [N, H, W] or [N, H, W, C] uint8 and optionally ``labels`` [N] (split as a folder is), or
+    ``x_train``/``x_test`` with optional ``y_train``/``y_test`` (Keras' layout).
+
+All images of a data set must have one size unless ``image_size`` (``--image-size N``) resizes each to
+N x N (OpenCV's INTER_AREA; the aspect ratio is not kept). The data set is grey when every image is (a colour
+file whose three channels are equal counts as grey), else RGB; ``grey`` (``--grey``) converts colour to grey.
+
+Decoded images are cached as one uint8 array in the user cache (``cache_dir()/images/``), keyed by a hash of
+the files' names, sizes and modification times and the options, so a second load reads one file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from genlab.data.idx import DataError
+
+PREFIXES = ("folder:", "npz:")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+TEST_SHARE, SPLIT_SEED = 0.1, 0
+CACHE_VERSION = "genlab-images-1"
+
+
+def is_file_dataset(name: str) -> bool:
+    return isinstance(name, str) and name.startswith(PREFIXES)
+
+
+def resolve_spec(name: str) -> str:
+    """``folder:PATH`` / ``npz:FILE`` with PATH made absolute (so a run finds its data from any folder), after
+    checking that the path exists and is of the right kind."""
+    kind, _, raw = name.partition(":")
+    if not raw:
+        raise DataError(f"--dataset {name}: give a path after '{kind}:', e.g. --dataset {kind}:"
+                        f"{'my_images/' if kind == 'folder' else 'images.npz'}")
+    path = Path(raw).expanduser().absolute()
+    if not path.exists():
+        raise DataError(f"--dataset {name}: {path} does not exist; check the path")
+    if kind == "folder" and not path.is_dir():
+        raise DataError(f"--dataset {name}: {path} is a file; use npz:{raw} for a numpy file or give a folder")
+    if kind == "npz" and not path.is_file():
+        raise DataError(f"--dataset {name}: {path} is a folder; use folder:{raw} for a folder of images")
+    return f"{kind}:{path}"
+
+
+# -- decoding ---------------------------------------------------------------------------------------------------
+def list_images(root: Path) -> list[Path]:
+    """The image files below ``root``, sorted, hidden files and folders skipped."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(folder) / f for f in sorted(files)
+                  if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)]
+    return found
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One file as uint8 [H, W] (grey) or [H, W, 3] (RGB); an unreadable file is a DataError naming it."""
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        why = "cannot be read" if not os.access(path, os.R_OK) else "is not a readable PNG, JPEG or BMP image"
+        raise DataError(f"{path} {why}; fix or remove that file")
+    return _normalise(image, str(path))
+
+
+def _normalise(image: np.ndarray, where: str) -> np.ndarray:
+    """An image as OpenCV or a user gives it -> uint8 [H, W] or [H, W, 3] RGB (16-bit scaled, alpha dropped)."""
+    import cv2
+
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    if image.dtype != np.uint8:
+        raise DataError(f"{where}: pixels are {image.dtype}, expected 8-bit (uint8) images")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB) if where != "array" else image[:, :, :3]
+    elif image.ndim == 3 and image.shape[2] == 3 and where != "array":
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+        raise DataError(f"{where}: expected a grey or colour image, found shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def _is_grey(image: np.ndarray) -> bool:
+    return image.ndim == 2 or (np.array_equal(image[..., 0], image[..., 1])
+                               and np.array_equal(image[..., 1], image[..., 2]))
+
+
+def stack_images(images: Sequence[np.ndarray], names: Sequence[str], image_size: int = 0, grey: bool = False,
+                 shape: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Decoded images -> one uint8 array [N, H, W] (grey) or [N, 3, H, W].
+
+    ``shape`` (C, H, W) forces a layout (resize to H x W, grey or colour as C says): how new images are fitted
+    to a trained model. Otherwise ``image_size`` resizes to N x N, ``grey`` converts, and images of different
+    sizes are an error naming two of them.
+    """
+    import cv2
+
+    if not len(images):
+        raise DataError("no images to stack")
+    if shape is not None:
+        channels, height, width = shape
+    else:
+        channels = 1 if grey or all(_is_grey(im) for im in images) else 3
+        if image_size:
+            height = width = image_size
+        else:
+            height, width = images[0].shape[:2]
+            for im, name in zip(images, names):
+                if im.shape[:2] != (height, width):
+                    raise DataError(f"{name} is {im.shape[1]} x {im.shape[0]} pixels but {names[0]} is {width} x "
+                                    f"{height}; pass --image-size N to resize every image to N x N")
+    out = np.empty((len(images), height, width, channels) if channels > 1 else (len(images), height, width), np.uint8)
+    for i, im in enumerate(images):
+        if im.shape[:2] != (height, width):
+            im = cv2.resize(im, (width, height), interpolation=cv2.INTER_AREA)
+        if channels == 1 and im.ndim == 3:
+            im = cv2.cvtColor(im, cv2.COLOR_RGB2GRAY)
+        elif channels == 3 and im.ndim == 2:
+            im = np.repeat(im[:, :, None], 3, axis=2)
+        out[i] = im
+    return out if channels == 1 else np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def _fingerprint(paths: Iterable[Path], *options) -> str:
+    """A hash of the files' names, sizes and modification times and of ``options``."""
+    h = hashlib.sha256(repr((CACHE_VERSION, options)).encode())
+    for path in paths:
+        try:
+            info = path.stat()
+        except OSError as e:
+            raise DataError(f"{path} cannot be read ({e.strerror}); fix or remove that file") from None
+        h.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def _cache_path(key: str) -> Path:
+    from genlab.data.datasets import cache_dir
+    return cache_dir() / "images" / f"{key}.npz"
+
+
+def _read_cache(key: str) -> dict | None:
+    import zipfile
+    try:
+        with np.load(_cache_path(key), allow_pickle=False) as saved:
+            return {k: saved[k] for k in saved.files}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+
+
+def _write_cache(key: str, **arrays) -> None:
+    from genlab.data.datasets import _write_cache_file
+    _write_cache_file(_cache_path(key), lambda f: np.savez(f, **arrays))
+
+
+def decode_files(paths: Sequence[Path], shape: tuple[int, int, int] | None = None, image_size: int = 0,
+                 grey: bool = False) -> np.ndarray:
+    """``paths`` decoded and stacked (``stack_images``), through the cache."""
+    paths = [Path(p) for p in paths]
+    key = _fingerprint(paths, "files", shape, image_size, grey)
+    cached = _read_cache(key)
+    if cached is not None and len(cached.get("images", ())) == len(paths):
+        return cached["images"]
+    images = stack_images([read_image(p) for p in paths], [str(p) for p in paths], image_size, grey, shape)
+    _write_cache(key, images=images)
+    return images
+
+
+def image_paths(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files and folders (searched recursively) -> image files, in the order given; nothing found is an error."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            listed = list_images(path)
+            if not listed:
+                raise DataError(f"{path} holds no PNG, JPEG or BMP images; put image files there")
+            found += listed
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise DataError(f"{path} does not exist; give image files or folders of them")
+    return found
+
+
+# -- data sets --------------------------------------------------------------------------------------------------
+def _seeded_split(n: int) -> np.ndarray:
+    """bool [n]: which examples are test examples (a seeded tenth, at least one)."""
+    if n < 2:
+        raise DataError(f"a data set needs at least 2 images (one to train, one to test), found {n}")
+    n_test = max(1, int(round(TEST_SHARE * n)))
+    is_test = np.zeros(n, bool)
+    is_test[np.random.default_rng(SPLIT_SEED).permutation(n)[:n_test]] = True
+    return is_test
+
+
+def _folder_listing(root: Path) -> tuple[list[Path], np.ndarray, np.ndarray, list[str]]:
+    """(files, labels [N], is_test [N], class names) of a folder data set."""
+    split_roots = [root / "train", root / "test"]
+    has_splits = all(p.is_dir() for p in split_roots)
+    groups = [(p, p.name == "test") for p in split_roots] if has_splits else [(root, False)]
+    entries: list[tuple[Path, str | None, bool]] = []
+    for base, test in groups:
+        files = list_images(base)
+        if not files:
+            raise DataError(f"{base} holds no PNG, JPEG or BMP images; put image files there (one sub-folder per "
+                            "class)")
+        for f in files:
+            parts = f.relative_to(base).parts
+            entries.append((f, parts[0] if len(parts) > 1 else None, test))
+    classes = sorted({c for _, c, _ in entries if c is not None})
+    if classes and any(c is None for _, c, _ in entries):
+        loose = next(f for f, c, _ in entries if c is None)
+        raise DataError(f"{loose} lies beside the class sub-folders of {loose.parent}; move it into a class "
+                        "sub-folder or remove it")
+    index = {c: i for i, c in enumerate(classes)}
+    files = [f for f, _, _ in entries]
+    labels = np.array([index[c] if c is not None else 0 for _, c, _ in entries], np.int64)
+    is_test = np.array([t for _, _, t in entries]) if has_splits else _seeded_split(len(files))
+    return files, labels, is_test, classes
+
+
+def _load_npz(path: Path, image_size: int, grey: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    import zipfile
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            arrays = {k: saved[k] for k in saved.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path} is not a readable .npz file ({e}); write it with numpy.savez") from None
+    if "images" in arrays:
+        parts = [("images", "labels")]
+    elif "x_train" in arrays and "x_test" in arrays:
+        parts = [("x_train", "y_train"), ("x_test", "y_test")]
+    else:
+        raise DataError(f"{path} holds {sorted(arrays)}; expected 'images' (and optionally 'labels'), or "
+                        "'x_train' and 'x_test' (and optionally 'y_train', 'y_test')")
+    images, labels, is_test = [], [], []
+    for i, (xk, yk) in enumerate(parts):
+        x = arrays[xk]
+        if x.dtype != np.uint8 or x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[3] not in (1, 3, 4)):
+            raise DataError(f"{path}: '{xk}' is {x.dtype} of shape {list(x.shape)}; expected uint8 [N, H, W] or "
+                            "[N, H, W, C] with C = 1, 3 or 4")
+        y = arrays.get(yk)
+        if y is None:
+            y = np.zeros(len(x), np.int64)
+        elif y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+            raise DataError(f"{path}: '{yk}' must be [N] whole numbers >= 0, one per image of '{xk}' "
+                            f"({len(x)}), found {y.dtype} of shape {list(y.shape)}")
+        names = [f"{path}:{xk}[{j}]" for j in range(len(x))]
+        images.append(stack_images([_normalise(im, "array") for im in x], names, image_size, grey)
+                      if (image_size or grey or x.ndim == 4) else x)
+        labels.append(y.astype(np.int64))
+        is_test.append(np.full(len(x), i == 1))
+    if len(parts) == 2 and images[0].shape[1:] != images[1].shape[1:]:
+        raise DataError(f"{path}: x_train images are {list(images[0].shape[1:])} but x_test images are "
+                        f"{list(images[1].shape[1:])}; pass --image-size N to resize both")
+    all_images, all_labels = np.concatenate(images), np.concatenate(labels)
+    split = np.concatenate(is_test) if len(parts) == 2 else _seeded_split(len(all_images))
+    if not split.any() or split.all():
+        raise DataError(f"{path}: both splits need at least one image")
+    n_classes = int(all_labels.max()) + 1 if len(all_labels) else 0
+    return all_images, all_labels, split, [str(c) for c in range(n_classes)] if "labels" in arrays or \
+        "y_train" in arrays else []
+
+
+def load_files(spec: str, image_size: int = 0, grey: bool = False) -> dict:
+    """A ``folder:``/``npz:`` data set, both splits: {"images", "labels", "is_test", "classes", "source"}.
+
+    ``spec`` must be resolved (``resolve_spec``). Cached on disk, keyed by the files' names, sizes and times.
+    """
+    kind, _, raw = spec.partition(":")
+    path = Path(raw)
+    if kind == "folder":
+        files, labels, is_test, classes = _folder_listing(path)
+        key = _fingerprint(files, "folder", str(path), image_size, grey)
+    else:
+        files = [path]
+        key = _fingerprint(files, "npz", image_size, grey)
+    cached = _read_cache(key)
+    if cached is not None and {"images", "labels", "is_test", "classes"} <= set(cached):
+        return {"images": cached["images"], "labels": cached["labels"], "is_test": cached["is_test"],
+                "classes": [str(c) for c in cached["classes"]], "source": str(_cache_path(key))}
+    if kind == "folder":
+        images = stack_images([read_image(f) for f in files], [str(f) for f in files], image_size, grey)
+    else:
+        images, labels, is_test, classes = _load_npz(path, image_size, grey)
+    if is_test.all() or not is_test.any():
+        raise DataError(f"{spec}: both splits need at least one image")
+    _write_cache(key, images=images, labels=labels, is_test=is_test, classes=np.array(classes, dtype=str))
+    return {"images": images, "labels": labels, "is_test": is_test, "classes": classes, "source": str(path)}
+
+
+def image_shape(images) -> tuple[int, int, int]:
+    """(channels, height, width) of uint8 images [N, H, W] or [N, C, H, W]."""
+    shape = tuple(images.shape)
+    return (1, *shape[1:3]) if len(shape) == 3 else shape[1:4]
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 [H, W] or [3, H, W] (genlab's layout) -> PNG bytes."""
+    import cv2
+    if image.ndim == 3:
+        image = cv2.cvtColor(np.ascontiguousarray(image.transpose(1, 2, 0)), cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise DataError("could not encode a PNG")
+    return io.BytesIO(buf.tobytes()).getvalue()

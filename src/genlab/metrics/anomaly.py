@@ -151,6 +151,10 @@ def split_images(run, split: str, limit: int = 0, seed: int = 0, download: bool 
     test split, downloaded when missing unless ``download`` is False); the first ``limit`` of them (0: all)."""
     if split not in SPLITS:
         raise GenlabError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    shape = tuple(getattr(run.model_cfg, "shape", (1, 28, 28)))
+    if split in ("photos", "ood") and shape != (1, 28, 28):
+        raise GenlabError(f"--split {split} and --auroc compare with 28 x 28 grey images, but this run works on "
+                          f"{' x '.join(map(str, shape))} images; score images of your own with --images PATH")
     if split == "photos":
         from genlab.data.photos import photo_patches
         return photo_patches(limit or 2000, seed)

@@ -46,8 +46,7 @@ class LoadedModel:
 
         if isinstance(images, (str, Path)) or (isinstance(images, (list, tuple)) and images
                                                and all(isinstance(i, (str, Path)) for i in images)):
-            paths = image_paths([images] if isinstance(images, (str, Path)) else images)
-            return torch.from_numpy(decode_files(paths, shape=self.shape))
+            return self.images_from_files(image_paths([images] if isinstance(images, (str, Path)) else images))
         if isinstance(images, torch.Tensor):
             t = images.detach().cpu()
             if t.is_floating_point():
@@ -67,6 +66,11 @@ class LoadedModel:
         decoded = [_normalise(im, "array") for im in array]
         return torch.from_numpy(stack_images(decoded, [f"image {i}" for i in range(len(decoded))], shape=self.shape))
 
+    def images_from_files(self, files: Sequence[str | Path]) -> torch.Tensor:
+        """Image files (not folders) decoded into the run's shape, through the user cache."""
+        from genlab.data.files import decode_files
+        return torch.from_numpy(decode_files(files, shape=self.shape))
+
     # -- energies ---------------------------------------------------------------------------------------------
     def energy(self, images, batch_size: int = 1000) -> np.ndarray:
         """The model's energy of each image: float64 [N], low on the run's data, high off it."""
@@ -80,11 +84,33 @@ class LoadedModel:
         return energies(self.model, u8, batch_size)
 
     def heldout_energies(self) -> np.ndarray:
-        """Energies of the run's held-out images (its test split), sorted: float64 [M]."""
+        """Energies of the run's held-out images (its test split), sorted: float64 [M]. Kept in the user cache,
+        keyed by the checkpoint's and the data's size and modification time, so a second command reuses them."""
         if self._heldout is None:
             from genlab.data import run_dataset
-            self._heldout = np.sort(self._energies(run_dataset(self.run.train_cfg, "test", download=False).images))
+            key = self._heldout_key()
+            cached = _read_heldout(key)
+            if cached is None:
+                cached = np.sort(self._energies(run_dataset(self.run.train_cfg, "test", download=False).images))
+                _write_heldout(key, cached)
+            self._heldout = cached
         return self._heldout
+
+    def _heldout_key(self) -> str:
+        import hashlib
+        import json
+        from genlab.checkpoint import CHECKPOINT, CONFIG
+        from genlab.config import to_dict
+
+        stamps = []
+        dataset = self.run.train_cfg.dataset
+        for path in (Path(self.run.dir) / CHECKPOINT, Path(self.run.dir) / CONFIG,
+                     Path(dataset.partition(":")[2]) if dataset.startswith(("folder:", "npz:")) else None):
+            if path is not None and path.exists():
+                info = path.stat()
+                stamps.append([str(path.resolve()), info.st_size, info.st_mtime_ns])
+        text = json.dumps([stamps, to_dict(self.run.train_cfg)], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def percentile(self, energy) -> np.ndarray:
         """Share (in %) of the held-out energies at or below each energy."""
@@ -122,6 +148,24 @@ class LoadedModel:
         return torch.cat(out).numpy()
 
 
+def _heldout_path(key: str) -> Path:
+    from genlab.data import cache_dir
+    return cache_dir() / "heldout" / f"{key}.npy"
+
+
+def _read_heldout(key: str) -> np.ndarray | None:
+    try:
+        values = np.load(_heldout_path(key), allow_pickle=False)
+        return values if values.dtype == np.float64 and values.ndim == 1 and len(values) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _write_heldout(key: str, values: np.ndarray) -> None:
+    from genlab.data.datasets import _write_cache_file
+    _write_cache_file(_heldout_path(key), lambda f: np.save(f, values))
+
+
 def load(run_dir: str | Path, device: str = "cpu") -> LoadedModel:
     """A trained run directory as a ``LoadedModel`` with ``.energy(images)`` and ``.denoise(images)``."""
     from genlab.checkpoint import load_run
@@ -137,7 +181,7 @@ def energy_command(args: argparse.Namespace) -> int:
         raise GenlabError(f"--out with --images writes a CSV: give a name ending in .csv, got {args.out}")
     model = load(args.run_dir, args.device)
     paths = image_paths(args.images)
-    energy = model.energy(paths)
+    energy = model._energies(model.images_from_files(paths))
     percentile, threshold = model.percentile(energy), model.threshold(args.fpr)
     flags = energy > threshold
     out = open(args.out, "w", newline="") if args.out else sys.stdout
@@ -160,16 +204,17 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
     model = load(args.run_dir, args.device)
     paths = image_paths(args.images)
-    inputs = model.images(paths).numpy()
+    inputs = model.images_from_files(paths).numpy()
     repaired = model.denoise(torch.from_numpy(inputs))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     for path, before, after in zip(paths, inputs, repaired):
-        stem, k = path.stem, 1
+        base = Path(path).stem
+        stem, k = base, 1
         while stem in used:  # files of the same name in different folders
             k += 1
-            stem = f"{path.stem}-{k}"
+            stem = f"{base}-{k}"
         used.add(stem)
         gap = np.full(before.shape[:-1] + (2,), 255, np.uint8)
         (out / f"{stem}.png").write_bytes(encode_png(after))

@@ -211,18 +211,18 @@ def decode_files(paths: Sequence[Path], shape: tuple[int, int, int] | None = Non
     return images
 
 
-def image_paths(inputs: Sequence[str | Path]) -> list[Path]:
+def image_paths(inputs: Sequence[str | Path]) -> list[str]:
     """Files and folders (searched recursively) -> image files, in the order given; nothing found is an error."""
-    found: list[Path] = []
+    found: list[str] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            listed = list_images(path)
+            listed = [p for p, _, _ in scan_images(path)]
             if not listed:
                 raise DataError(f"{path} holds no PNG, JPEG or BMP images; put image files there")
             found += listed
         elif path.is_file():
-            found.append(path)
+            found.append(str(path))
         else:
             raise DataError(f"{path} does not exist; give image files or folders of them")
     return found

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 from genlab.errors import GenlabError
 from genlab.rng import seeded
@@ -118,6 +117,7 @@ def auroc(energy_in, energy_out) -> float:
     if not (np.isfinite(e_in).all() and np.isfinite(e_out).all()):
         raise GenlabError("AUROC needs finite energies; the model gave NaN or infinite energies")
     y = np.concatenate([np.zeros(len(e_in)), np.ones(len(e_out))])
+    from sklearn.metrics import roc_auc_score  # imported here: scikit-learn takes seconds to import
     return float(roc_auc_score(y, np.concatenate([e_in, e_out])))
 
 

@@ -243,35 +243,45 @@ def _seeded_split(n: int) -> np.ndarray:
 
 
 def _folder_listing(root: Path) -> tuple[list[tuple[str, int, int]], np.ndarray, np.ndarray, list[str]]:
-    """(files as ``scan_images``' triples, labels [N], is_test [N], class names) of a folder data set."""
+    """(files as ``scan_images``' triples, labels [N], is_test [N], class names) of a folder data set.
+
+    Files are ordered by their name below the class folder, then by class: files named by their index keep
+    the original order across class folders (a written-out data set reads back in its own order).
+    """
     split_roots = [root / "train", root / "test"]
     has_splits = all(p.is_dir() for p in split_roots)
-    groups = [(p, p.name == "test") for p in split_roots] if has_splits else [(root, False)]
-    entries: list[tuple[tuple[str, int, int], str | None, bool]] = []
-    for base, test in groups:
-        files = scan_images(base, ordered=False)  # sorted below
+    listed = []  # per split: (files, [(class folder, separator, name below it)])
+    for base in (split_roots if has_splits else [root]):
+        files = scan_images(base, ordered=False)  # ordered below, all at once
         if not files:
             raise DataError(f"{base} holds no PNG, JPEG or BMP images; put image files there (one sub-folder per "
                             "class)")
-        # Ordered by the name below the class folder, then the class: files named by their index keep the
-        # original order across class folders (a written-out data set reads back in its own order).
-        split_entries = []
         cut = len(str(base)) + 1
-        for f in files:
-            head, sep, rest = f[0][cut:].partition(os.sep)  # class folder, name below it
-            split_entries.append((f"{rest}\0{head}", f, head) if sep else (head, f, None))
-        split_entries.sort()
-        entries += [(f, cls, test) for _, f, cls in split_entries]
-    classes = sorted({c for _, c, _ in entries if c is not None})
-    if classes and any(c is None for _, c, _ in entries):
-        loose = next(f[0] for f, c, _ in entries if c is None)
+        rel = [f[0][cut:].partition(os.sep) for f in files]  # (class folder, sep, name below it)
+        listed.append((files, rel))
+    nested = [any(sep for _, sep, _ in rel) for _, rel in listed]
+    if any(nested) and not all(all(sep for _, sep, _ in rel) for _, rel in listed):
+        loose = next(f[0] for files, rel in listed for f, (_, sep, _) in zip(files, rel) if not sep)
         raise DataError(f"{loose} lies beside the class sub-folders of {os.path.dirname(loose)}; move it into a "
                         "class sub-folder or remove it")
+    classes = sorted({head for _, rel in listed for head, _, _ in rel}) if any(nested) else []
     index = {c: i for i, c in enumerate(classes)}
-    files = [f for f, _, _ in entries]
-    labels = np.array([index[c] if c is not None else 0 for _, c, _ in entries], np.int64)
-    is_test = np.array([t for _, _, t in entries]) if has_splits else _seeded_split(len(files))
-    return files, labels, is_test, classes
+    all_files, labels = [], []
+    for files, rel in listed:
+        if classes:
+            names = np.array([rest for _, _, rest in rel])
+            cls = np.array([index[head] for head, _, _ in rel], np.int64)
+        else:
+            names, cls = np.array([head for head, _, _ in rel]), np.zeros(len(rel), np.int64)
+        order = np.lexsort((cls, names))  # by name, then class
+        all_files += [files[i] for i in order.tolist()]
+        labels.append(cls[order])
+    labels_all = np.concatenate(labels)
+    if has_splits:  # train, then test
+        split = np.concatenate([np.full(len(part), i == 1) for i, part in enumerate(labels)])
+    else:
+        split = _seeded_split(len(all_files))
+    return all_files, labels_all, split, classes
 
 
 def _load_npz(path: Path, image_size: int, grey: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:

@@ -223,3 +223,34 @@ def test_denoise_refused_for_a_gan(tmp_path, capsys):
     assert_one_line(cli(capsys, "denoise", run, "--images", tmp_path / "g", "--out", tmp_path / "o"),
                     "no reconstruction")
     assert genlab.load(run).energy(tmp_path / "g").shape == (16,)
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 64, 64)])
+def test_gans_take_the_data_shape(shape):
+    from genlab.models import MODELS, build
+
+    c, h, w = shape
+    for name, extra in (("ebgan", {"code_dim": 8}), ("dcgan", {}), ("dcgan", {"image_size": 32})):
+        model = build(name, MODELS[name].Config(channels=c, height=h, width=w, ngf=4, ndf=4, **extra))
+        x = torch.rand(4, *shape) * 2 - 1
+        terms = dict(model.steps(x))
+        assert terms["d"]["loss"].shape == (4,) and terms["g"]["loss"].shape == (4,)
+        assert model.sample(3).shape == (3, *shape) and model.energy(x).shape == (4,)
+
+
+def test_unsupported_shapes_are_refused_in_one_line():
+    from genlab.errors import GenlabError
+    from genlab.models import MODELS, build
+
+    for name, kw, words in (("ebgan", {}, "28, 32 or 64"), ("vae", {"arch": "conv"}, "multiples of 4"),
+                            ("cdcgan", {}, "28 x 28 grey")):
+        with pytest.raises(GenlabError, match=words) as info:
+            build(name, MODELS[name].Config(channels=1, height=30, width=30, **kw))
+        assert "\n" not in str(info.value)
+
+
+def test_a_file_beside_class_folders_is_named(tmp_path):
+    write_folder(tmp_path / "d", blobs(4, (8, 8)), np.arange(4) % 2, ["a", "b"])
+    (tmp_path / "d" / "stray.png").write_bytes(encode_png(np.zeros((8, 8), np.uint8)))
+    with pytest.raises(Exception, match="stray.png lies beside the class sub-folders"):
+        load_dataset(f"folder:{tmp_path / 'd'}", "train")

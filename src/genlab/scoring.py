@@ -40,7 +40,8 @@ class LoadedModel:
     # -- inputs -----------------------------------------------------------------------------------------------
     def images(self, images) -> torch.Tensor:
         """uint8 [N x H x W] or [N x C x H x W] in the run's shape, from: paths (files or folders, one or a list),
-        a numpy uint8 array ([H x W], [N x H x W] or [N x H x W x C], an image library's layout) or a tensor
+        a numpy uint8 array ([H x W], [N x H x W] or [N x H x W x C], an image library's layout, or a list of
+        such images of any sizes) or a tensor
         (uint8 [N x H x W] or [N x C x H x W], genlab's layout; float in [0, 1] is taken as 255 levels)."""
         from genlab.data.files import _normalise, decode_files, image_paths, stack_images
 
@@ -55,6 +56,11 @@ class LoadedModel:
                 raise GenlabError(f"expected a uint8 tensor [N x H x W] or [N x C x H x W], got {t.dtype} "
                                   f"{list(t.shape)}")
             array = t.numpy() if t.dim() == 3 else t.permute(0, 2, 3, 1).numpy()
+        elif isinstance(images, (list, tuple)) and images and all(isinstance(i, np.ndarray) for i in images):
+            array = list(images)  # images of different sizes: each is resized below
+            bad = next((im for im in array if im.dtype != np.uint8 or im.ndim not in (2, 3)), None)
+            if bad is not None:
+                raise GenlabError(f"expected uint8 images [H x W] or [H x W x C], got {bad.dtype} {list(bad.shape)}")
         else:
             array = np.asarray(images)
             if array.dtype != np.uint8 or array.ndim not in (2, 3, 4):

@@ -299,7 +299,7 @@ def test_energy_histogram_is_written(tmp_path, digits):
 
 def test_bad_settings_fail_with_one_line():
     for cls, kwargs in ((EBGANConfig, {"margin": -1.0}), (EBGANConfig, {"energy": "l1"}),
-                        (DCGANConfig, {"ema": 1.0}), (DCGANConfig, {"image_size": 32})):
+                        (DCGANConfig, {"ema": 1.0}), (DCGANConfig, {"image_size": 48})):
         with pytest.raises(GenlabError) as info:
             cfgmod.validate(cls(**kwargs))
         assert "\n" not in str(info.value) and "--" in str(info.value)

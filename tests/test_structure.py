@@ -14,7 +14,7 @@ FLOORS = [
     ("data", ("genlab.data",)),
     ("models", ("genlab.models",)),
     ("training", ("genlab.train", "genlab.distributed", "genlab.checkpoint", "genlab.rundir")),
-    ("metrics", ("genlab.metrics", "genlab.evaluate")),
+    ("metrics", ("genlab.metrics", "genlab.evaluate", "genlab.scoring")),
     ("viz", ("genlab.viz",)),
     ("report", ("genlab.report", "genlab.reproduce")),
     ("commands", ("genlab.commands", "genlab.cli", "genlab.serve")),

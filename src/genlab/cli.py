@@ -6,11 +6,11 @@ from __future__ import annotations
 import sys
 
 from genlab import __version__
-from genlab.commands import data, energy, evaluate, inpaint, report, serve, train
+from genlab.commands import data, denoise, energy, evaluate, inpaint, report, serve, train
 from genlab.commands.flags import Parser
 from genlab.errors import one_line_errors
 
-COMMANDS = (train, data, evaluate, energy, inpaint, report, serve)  # in the order --help lists them
+COMMANDS = (train, data, evaluate, energy, denoise, inpaint, report, serve)  # in the order --help lists them
 
 
 def build_parser() -> Parser:

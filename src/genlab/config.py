@@ -19,22 +19,27 @@ from genlab.errors import GenlabError
 
 
 def opt(default: Any, help: str, choices: tuple | None = None, min: float | None = None,
-        max: float | None = None, above: float | None = None, below: float | None = None) -> Any:
+        max: float | None = None, above: float | None = None, below: float | None = None, cli: bool = True) -> Any:
     """A config field with its default, a one-line help text and what values it takes: ``choices``, or a range
     (``min``/``max`` inclusive, ``above``/``below`` exclusive). Float fields must also be finite.
 
     ``validate`` checks all of this however the config was built (flags, a run's JSON, Python), so the three
-    give the same one-line error; the upper bounds keep a typo from asking for gigabytes.
+    give the same one-line error; the upper bounds keep a typo from asking for gigabytes. ``cli=False``: no
+    flag (a value genlab sets itself, such as a model's image shape, taken from the data).
     """
     return field(default=default, metadata={"help": help, "choices": choices, "min": min, "max": max,
-                                            "above": above, "below": below})
+                                            "above": above, "below": below, "cli": cli})
 
 
 @dataclass
 class TrainConfig:
-    dataset: str = opt("auto", "data set: auto (mnist when found on disk, else mnist-5k), mnist, fashion-mnist, mnist-5k",
-                       choices=("auto", "mnist", "fashion-mnist", "mnist-5k"))
+    dataset: str = opt("auto", "data set: auto (mnist when found on disk, else mnist-5k), mnist, fashion-mnist, "
+                       "mnist-5k, folder:PATH (PNG/JPEG/BMP files, one sub-folder per class) or npz:FILE (arrays "
+                       "'images' [N,H,W(,C)] uint8 and 'labels')")
     data_dir: str | None = opt(None, "data directory (default: $GENLAB_DATA_DIR, else the per-user cache)")
+    image_size: int = opt(0, "folder:/npz: data sets: resize every image to N x N (0: keep the size, which must "
+                          "then be the same for all)", min=0, max=1024)
+    grey: bool = opt(False, "folder:/npz: data sets: convert colour images to grey")
     epochs: int = opt(20, "passes over the training split", min=1, max=1_000_000)
     batch_size: int = opt(256, "global batch size (split across DDP processes)", min=1, max=65536)
     lr: float = opt(1e-3, "learning rate (the initial one under --lr-schedule cosine)", above=0.0, max=10.0)
@@ -66,6 +71,7 @@ class TrainConfig:
     def check(self) -> None:
         check_device_name(self.device)
         self.class_list()
+        check_dataset_name(self.dataset)
 
     def class_list(self) -> list[int]:
         """The labels of ``classes`` as sorted distinct ints in 0..9 (empty: every class)."""
@@ -78,6 +84,34 @@ class TrainConfig:
             raise GenlabError(f"--classes must be comma-separated labels from 0 to 9 like 3 or 0,1,2, "
                               f"got {self.classes!r}")
         return labels
+
+
+BUILTIN_DATASETS = ("auto", "mnist", "fashion-mnist", "mnist-5k")
+FILE_PREFIXES = ("folder:", "npz:")
+
+
+def check_dataset_name(name: str) -> None:
+    """A built-in data set's name, or folder:PATH / npz:FILE (whether the path exists is asked when loading)."""
+    prefix = next((p for p in FILE_PREFIXES if name.startswith(p)), None)
+    if name in BUILTIN_DATASETS or (prefix and len(name) > len(prefix)):
+        return
+    if prefix:
+        raise GenlabError(f"--dataset {name}: give a path after '{prefix}', e.g. --dataset {prefix}my_images")
+    raise GenlabError(f"--dataset must be one of {', '.join(BUILTIN_DATASETS)}, folder:PATH or npz:FILE, "
+                      f"got {name!r}")
+
+
+@dataclass
+class ImageShape:
+    """The image shape a model is built for; ``genlab train`` sets it from the data (no flags). The defaults,
+    one grey channel of 28 x 28, are MNIST's, so configs saved before the fields existed still load."""
+    channels: int = opt(1, "image channels: 1 grey, 3 RGB (set from the data)", min=1, max=4, cli=False)
+    height: int = opt(28, "image height in pixels (set from the data)", min=1, max=4096, cli=False)
+    width: int = opt(28, "image width in pixels (set from the data)", min=1, max=4096, cli=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
 
 
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")

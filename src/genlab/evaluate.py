@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from genlab.checkpoint import Run
-from genlab.data import load_dataset
+from genlab.data import run_dataset
 from genlab.metrics import conditional, likelihood
 from genlab.models.base import per_example
 from genlab.train import evaluate_terms
@@ -27,7 +27,7 @@ def mean_energy(model, images_u8: torch.Tensor, batch_size: int = 1000, labels: 
 def evaluate_run(run: Run, split: str = "test", limit: int = 0, quality: bool = True, **options) -> dict:
     """All metrics of ``run`` on ``split`` (the first ``limit`` images when ``limit`` > 0), as name -> value."""
     cfg = run.train_cfg
-    data = load_dataset(cfg.dataset, split, cfg.data_dir)
+    data = run_dataset(cfg, split)
     images = data.images[:limit] if limit else data.images
     results: dict = {"model": run.model_name, "dataset": cfg.dataset, "split": split, "images": len(images)}
     labels = data.labels[:len(images)] if run.model.conditional else None
@@ -35,7 +35,8 @@ def evaluate_run(run: Run, split: str = "test", limit: int = 0, quality: bool = 
     results["energy"] = mean_energy(run.model, images, labels=labels)
     for name in run.model.extra_metrics:
         results.update(EXTRA_METRICS[name](run, images, **options))
-    if quality and run.model.can_sample:
+    mnist_like = tuple(run.model_cfg.shape) == (1, 28, 28) and not cfg.dataset.startswith(("folder:", "npz:"))
+    if quality and run.model.can_sample and mnist_like:  # the quality metrics' classifier knows the built-ins
         from genlab.metrics.quality import evaluate_samples
         results.update(evaluate_samples(run, **options))
     return results

@@ -24,7 +24,9 @@ from tqdm import tqdm
 
 from genlab import __version__, checkpoint, config as cfgmod, distributed, rundir
 from genlab.config import TrainConfig
-from genlab.data import load_dataset, resolve_dataset_name
+import dataclasses
+
+from genlab.data import image_shape, load_dataset, resolve_dataset_name
 from genlab.data.batching import Batches, to_pixels
 from genlab.errors import GenlabError
 from genlab.models import MODELS, build
@@ -245,8 +247,10 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
     directory. Returns (model, optimizers, counters, (train images, train labels, test images, test labels,
     test set))."""
     dataset = resolve_dataset_name(cfg.dataset, cfg.data_dir)
-    train_set = load_dataset(dataset, "train", cfg.data_dir)
-    test_set = load_dataset(dataset, "test", cfg.data_dir)
+    options = {"image_size": cfg.image_size, "grey": cfg.grey}
+    train_set = load_dataset(dataset, "train", cfg.data_dir, **options)
+    test_set = load_dataset(dataset, "test", cfg.data_dir, **options)
+    model_cfg = fit_image_shape(model_name, model_cfg, train_set, resuming)
     train_images, train_labels = train_set.images, train_set.labels
     if cfg.classes:
         keep = torch.isin(torch.as_tensor(train_labels), torch.tensor(cfg.class_list()))
@@ -290,11 +294,26 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
             raise GenlabError(f"{run_dir} already holds a run; choose another --out or continue it with --resume")
         cfgmod.write_json(run_dir / checkpoint.CONFIG, {
             "model": model_name, "model_config": cfgmod.to_dict(model_cfg),
+            "image_shape": {"channels": model_cfg.channels, "height": model_cfg.height, "width": model_cfg.width},
+            "classes": list(train_set.classes),
             "train_config": {**cfgmod.to_dict(cfg), "dataset": dataset}, "genlab_version": __version__,
             "world_size": ctx.world})
         (run_dir / "metrics.jsonl").touch()
         say(f"training {model_name} on {dataset} ({len(train_images)} images) -> {run_dir}")
     return model, optimizers, counters, (train_images, train_labels, test_images, test_labels, test_set)
+
+
+def fit_image_shape(model_name: str, model_cfg, data, resuming: bool):
+    """``model_cfg`` with the image shape (channels, height, width) of ``data``. A resumed run must find the
+    shape it was built for; a conditional model needs labels 0..9."""
+    shape = image_shape(data.images)
+    if resuming and tuple(model_cfg.shape) != shape:
+        raise GenlabError(f"the data set now has {' x '.join(map(str, shape))} images but the run was built for "
+                          f"{' x '.join(map(str, model_cfg.shape))}; use the run's own data and options")
+    if MODELS[model_name].conditional and len(data.labels) and int(data.labels.max()) > 9:
+        raise GenlabError(f"{model_name} is conditioned on 10 classes; this data set has labels up to "
+                          f"{int(data.labels.max())}")
+    return dataclasses.replace(model_cfg, channels=shape[0], height=shape[1], width=shape[2])
 
 
 def _step(model, inputs, global_n, optimizers, steps, ctx, precision: str) -> tuple[list[str], torch.Tensor]:

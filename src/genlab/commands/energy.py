@@ -4,9 +4,12 @@ out-of-distribution inputs with ``--auroc``."""
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import sys
 from pathlib import Path
 
+import genlab.scoring
 from genlab.checkpoint import load_run
 from genlab.commands.flags import DEVICE_HELP
 from genlab.errors import GenlabError
@@ -28,10 +31,16 @@ def add(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the digit pairing and of stochastic energies")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--images", nargs="+", metavar="PATH", help="score these image files or folders instead: one "
+                   "CSV row per file (path, energy, percentile among the held-out energies, flag)")
+    p.add_argument("--fpr", type=float, default=0.01, help="with --images: flag energies above the threshold this "
+                   "share of held-out images exceed (default: 0.01)")
     p.set_defaults(func=command)
 
 
 def command(args: argparse.Namespace) -> int:
+    if args.images:
+        return score_images(args)
     if args.limit < 0:
         raise GenlabError(f"--limit must be 0 (all) or a positive number of images, got {args.limit}")
     run = load_run(args.run_dir, device=args.device)
@@ -69,4 +78,30 @@ def command(args: argparse.Namespace) -> int:
         print(json.dumps({"model": run.model_name, "split": args.split, "energies": values.tolist()}))
     elif not args.out:
         print("\n".join(f"{v:.9g}" for v in values))
+    return 0
+
+
+def score_images(args: argparse.Namespace) -> int:
+    """``genlab energy RUN --images PATH... [--out scores.csv] [--fpr 0.01]``: one CSV row per image file."""
+    from genlab.data.files import image_paths
+
+    if args.out and not args.out.endswith(".csv"):
+        raise GenlabError(f"--out with --images writes a CSV: give a name ending in .csv, got {args.out}")
+    model = genlab.scoring.load(args.run_dir, args.device)
+    paths = image_paths(args.images)
+    energy = model._energies(model.images_from_files(paths))
+    percentile, threshold = model.percentile(energy), model.threshold(args.fpr)
+    flags = energy > threshold
+    out = open(args.out, "w", newline="") if args.out else sys.stdout
+    try:
+        writer = csv.writer(out)
+        writer.writerow(["path", "energy", "percentile", "flag"])
+        for path, e, p, f in zip(paths, energy, percentile, flags):
+            writer.writerow([str(path), f"{e:.9g}", f"{p:.2f}", int(f)])
+    finally:
+        if args.out:
+            out.close()
+    if args.out:
+        print(f"wrote {len(paths)} rows to {args.out}: {int(flags.sum())} flagged above energy {threshold:.6g} "
+              f"(held-out false-positive rate {args.fpr:g})")
     return 0

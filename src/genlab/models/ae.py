@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from genlab.config import opt, validate
+from genlab.config import ImageShape, opt, validate
 from genlab.models.base import GenerativeModel
 
 
 @dataclass
-class AEConfig:
+class AEConfig(ImageShape):
     latent_dim: int = opt(30, "code size d: 30 is under-complete (the lecture), 500 over-complete", min=1, max=10_000)
 
     def __post_init__(self) -> None:
@@ -32,19 +32,19 @@ class AE(GenerativeModel):
 
     def __init__(self, cfg: AEConfig):
         super().__init__(cfg)
-        d = cfg.latent_dim
-        self.encoder = nn.Sequential(nn.Linear(784, d), nn.Tanh())
-        self.decoder = nn.Sequential(nn.Linear(d, 784), nn.Tanh())
+        d, pixels = cfg.latent_dim, cfg.channels * cfg.height * cfg.width
+        self.encoder = nn.Sequential(nn.Linear(pixels, d), nn.Tanh())
+        self.decoder = nn.Sequential(nn.Linear(d, pixels), nn.Tanh())
 
     def forward(self, x: Tensor) -> Tensor:
-        """:param x: [N x 1 x 28 x 28] in [-1, 1]. :return: the reconstruction, same shape."""
+        """:param x: [N x C x H x W] in [-1, 1], flattened. :return: the reconstruction, same shape."""
         return self.decoder(self.encoder(x.flatten(1))).view_as(x)
 
     def reconstruct(self, x: Tensor) -> Tensor:
         return self(x)
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
-        """``mse``: per-example squared error averaged over the 784 pixels (nn.MSELoss's scale)."""
+        """``mse``: per-example squared error averaged over the pixels (nn.MSELoss's scale)."""
         mse = squared_error(self(x), x) / x[0].numel()
         return {"loss": mse, "mse": mse}
 

@@ -1,6 +1,7 @@
 """What every genlab model is: an energy-based model with per-example losses.
 
-A model takes images ``x`` as an [N x 1 x 28 x 28] float tensor in its own pixel range (``pixel_range``:
+A model takes images ``x`` as an [N x C x H x W] float tensor (its config's ``channels``, ``height`` and ``width``,
+set by ``genlab train`` from the data; 1 x 28 x 28 for MNIST) in its own pixel range (``pixel_range``:
 "tanh" is [-1, 1] as in the lecture's autoencoders, "unit" is [0, 1] as in its VAE) and gives
 
 - ``loss(x)``: a dict of per-example terms, each of shape [N]; ``"loss"`` is what training minimises;
@@ -27,6 +28,23 @@ from torch import Tensor, nn
 
 from genlab.data.batching import to_pixels
 from genlab.rng import seeded
+from genlab.errors import GenlabError
+
+
+def conv_sizes_ok(cfg, name: str, multiple: int = 4) -> None:
+    """Refuse, in one line, an image shape a convolutional network cannot take: height and width must be
+    multiples of ``multiple`` (28, 32 and 64 all are)."""
+    if cfg.height % multiple or cfg.width % multiple:
+        raise GenlabError(f"{name} needs images whose height and width are multiples of {multiple} (28, 32, 64, ...), "
+                          f"got {cfg.height} x {cfg.width}; pass --image-size 28, 32 or 64 to resize them")
+
+
+def mnist_shape_only(cfg, name: str) -> None:
+    """Refuse, in one line, any image shape but MNIST's 1 x 28 x 28 (models built around digits)."""
+    if (cfg.channels, cfg.height, cfg.width) != (1, 28, 28):
+        raise GenlabError(f"{name} works on 28 x 28 grey images with 10 classes, got {cfg.channels} x {cfg.height} x "
+                          f"{cfg.width}; use --image-size 28 --grey, or an unconditional model (ae, dae, vae, ebgan, "
+                          "dcgan)")
 
 
 class GenerativeModel(nn.Module):

@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.config import opt
+from genlab.config import ImageShape, opt
 from genlab.errors import GenlabError
 from genlab.models.cvae import class_labels
+from genlab.models.base import mnist_shape_only
 from genlab.models.dcgan import DCGAN
 from genlab.models.base import EMA
 from genlab.models.gan_common import (CollapseCheck, Streak, TwoPlayerGAN, dcgan_init, make_generator,
@@ -40,7 +41,7 @@ from genlab.models.gan_common import (CollapseCheck, Streak, TwoPlayerGAN, dcgan
 
 
 @dataclass
-class CDCGANConfig:
+class CDCGANConfig(ImageShape):
     nz: int = opt(100, "size of the latent noise z")
     ngf: int = opt(64, "generator width (channels of its last hidden layer)")
     ndf: int = opt(64, "discriminator width (channels of its first layer)")
@@ -94,6 +95,7 @@ class CDCGAN(TwoPlayerGAN):
 
     def __init__(self, cfg: CDCGANConfig):
         super().__init__(cfg)
+        mnist_shape_only(cfg, "cdcgan")
         self.generator = make_generator("conv", cfg.nz + 10, cfg.ngf, 28)
         self.discriminator = ProjectionDiscriminator28(cfg.ndf)
         self.g_ema = EMA(self.generator, cfg.ema) if cfg.ema > 0 else None

@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.config import opt
+from genlab.config import ImageShape, opt
 from genlab.errors import GenlabError
-from genlab.models.base import EMA, GenerativeModel
+from genlab.models.base import EMA, GenerativeModel, mnist_shape_only
 
 CONDITIONS = ("label", "quadrants")
 TASKS = (1, 2, 3)  # observed quadrants in the structured-output task
@@ -46,7 +46,7 @@ MASKED = -1.0  # the value unseen pixels take in the condition (Pyro's choice; o
 
 
 @dataclass
-class CVAEConfig:
+class CVAEConfig(ImageShape):
     condition: str = opt("label", "label: generate a digit of a given class; quadrants: complete a digit from "
                                   "1, 2 or 3 observed quadrants (Sohn et al. 2015, Sec. 5.1)", choices=CONDITIONS)
     latent_dim: int = opt(32, "latent size d")
@@ -133,6 +133,7 @@ class CVAE(GenerativeModel):
 
     def __init__(self, cfg: CVAEConfig):
         super().__init__(cfg)
+        mnist_shape_only(cfg, "cvae")
         self.quadrants = cfg.condition == "quadrants"
         # A quadrant model completes digits rather than drawing them (``complete``), so it does not ``sample``.
         self.can_sample = not self.quadrants

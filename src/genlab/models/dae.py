@@ -15,16 +15,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from genlab.config import opt, validate
+from genlab.config import ImageShape, opt, validate
 from genlab.errors import GenlabError
 from genlab.models.ae import squared_error
-from genlab.models.base import GenerativeModel
+from genlab.models.base import GenerativeModel, conv_sizes_ok
 
 CORRUPTIONS = ("dropout", "gaussian", "salt-pepper")
 
 
 @dataclass
-class DAEConfig:
+class DAEConfig(ImageShape):
     latent_dim: int = opt(500, "code size d (the lecture: 500, over-complete)", min=1, max=10_000)
     corruption: str = opt("dropout", "how inputs are corrupted", choices=CORRUPTIONS)
     noise: float = opt(0.5, "corruption level: drop probability, Gaussian std, or salt-and-pepper fraction",
@@ -61,22 +61,22 @@ def corrupt(x: Tensor, cfg: DAEConfig, generator: torch.Generator | None = None)
 
 
 class ConvDenoiser(nn.Module):
-    """A small U-Net (28 -> 14 -> 7 -> 14 -> 28) with skips, sized for a CPU: the wide layers work at 7 x 7 and
+    """A small U-Net (28 -> 14 -> 7 -> 14 -> 28 for MNIST; any side that is a multiple of 4) with skips, sized for a CPU: the wide layers work at 7 x 7 and
     14 x 14, only thin ones at full resolution. Sees each pixel's neighbourhood, which is what inpainting needs."""
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 32, channels: int = 1):
         super().__init__()
-        w = width
+        w, c = width, channels
         act = nn.ReLU
-        self.down1 = nn.Sequential(nn.Conv2d(1, w, 3, stride=2, padding=1), act())                  # w x 14 x 14
+        self.down1 = nn.Sequential(nn.Conv2d(c, w, 3, stride=2, padding=1), act())                  # w x 14 x 14
         self.down2 = nn.Sequential(nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), act(),              # 2w x 7 x 7
                                    nn.Conv2d(2 * w, 2 * w, 3, padding=1), act(),
                                    nn.Conv2d(2 * w, 2 * w, 3, padding=1), act())
         self.up2 = nn.Sequential(nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1), act())      # w x 14 x 14
         self.mix2 = nn.Sequential(nn.Conv2d(2 * w, w, 3, padding=1), act())
         self.up1 = nn.Sequential(nn.ConvTranspose2d(w, w // 2, 4, stride=2, padding=1), act())     # w/2 x 28 x 28
-        self.out = nn.Sequential(nn.Conv2d(w // 2 + 1, w // 2, 3, padding=1), act(),
-                                 nn.Conv2d(w // 2, 1, 3, padding=1))
+        self.out = nn.Sequential(nn.Conv2d(w // 2 + c, w // 2, 3, padding=1), act(),
+                                 nn.Conv2d(w // 2, c, 3, padding=1))
 
     def forward(self, x: Tensor) -> Tensor:
         """:param x: [N x 1 x 28 x 28]. :return: [N x 1 x 28 x 28]; clipped to [-1, 1] outside training.
@@ -97,11 +97,12 @@ class DAE(GenerativeModel):
     def __init__(self, cfg: DAEConfig):
         super().__init__(cfg)
         if cfg.arch == "mlp":
-            d = cfg.latent_dim
-            self.encoder = nn.Sequential(nn.Linear(784, d), nn.Tanh())
-            self.decoder = nn.Sequential(nn.Linear(d, 784), nn.Tanh())
+            d, pixels = cfg.latent_dim, cfg.channels * cfg.height * cfg.width
+            self.encoder = nn.Sequential(nn.Linear(pixels, d), nn.Tanh())
+            self.decoder = nn.Sequential(nn.Linear(d, pixels), nn.Tanh())
         else:
-            self.net = ConvDenoiser()
+            conv_sizes_ok(cfg, "dae --arch conv")
+            self.net = ConvDenoiser(channels=cfg.channels)
 
     def forward(self, x: Tensor) -> Tensor:
         """:param x: [N x 1 x 28 x 28] in [-1, 1] (corrupted or not). :return: the denoised image."""

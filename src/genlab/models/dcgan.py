@@ -21,16 +21,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.config import opt, validate
+from genlab.config import ImageShape, opt, validate
 from genlab.models.base import EMA
 from genlab.models.gan_common import (CollapseCheck, Streak, TwoPlayerGAN, dcgan_init, find_log,
-                                      make_generator, running_stats_frozen, spread, to_64)
+                                      make_generator, resize, running_stats_frozen, spread, to_64)
 
 
 @dataclass
-class DCGANConfig:
+class DCGANConfig(ImageShape):
     image_size: int = opt(28, "28: networks sized for MNIST's 28 x 28 pixels (the CPU default); 64: the lecture's "
-                              "networks on MNIST resized to 64 x 64", choices=(28, 64))
+                              "networks on MNIST resized to 64 x 64; 32: in between. Images of another size are "
+                              "resized inside the model (folder:/npz: data sets are also resized to it on loading)",
+                          choices=(28, 32, 64))
     nz: int = opt(100, "size of the latent noise z", min=1, max=10_000)
     ngf: int = opt(64, "generator width (channels of its last hidden layer)", min=1, max=256)
     ndf: int = opt(64, "discriminator width (channels of its first layer)", min=1, max=256)
@@ -45,10 +47,10 @@ class Discriminator28(nn.Module):
     """The lecture's discriminator with one stage fewer, for 28 x 28 images:
     1 x 28 x 28 -> ndf x 14 x 14 -> 2 ndf x 7 x 7 -> 4 ndf x 4 x 4 -> logit (LeakyReLU 0.2, batch norm)."""
 
-    def __init__(self, ndf: int = 64):
+    def __init__(self, ndf: int = 64, channels: int = 1):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(1, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2),                                     # 14
+            nn.Conv2d(channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2),                              # 14
             nn.Conv2d(ndf, 2 * ndf, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * ndf), nn.LeakyReLU(0.2),      # 7
             nn.Conv2d(2 * ndf, 4 * ndf, 3, 2, 1, bias=False), nn.BatchNorm2d(4 * ndf), nn.LeakyReLU(0.2),  # 4
             nn.Conv2d(4 * ndf, 1, 4, 1, 0, bias=False),
@@ -64,16 +66,21 @@ class Discriminator64(nn.Module):
     logit. The lecture ends in a Sigmoid and uses BCELoss; we keep the logit and use the equivalent, stabler
     BCE-with-logits."""
 
-    def __init__(self, ndf: int = 64):
+    def __init__(self, ndf: int = 64, channels: int = 1, size: int = 64):
         super().__init__()
 
         def down(c_in, c_out):  # halves the side
             return [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
 
+        top = 8 if size == 64 else 4  # size 32: one stage fewer (32 -> 16 -> 8 -> 4)
+        stages, width = [], ndf
+        while width < top * ndf:
+            stages += down(width, 2 * width)
+            width *= 2
         self.net = nn.Sequential(
-            nn.Conv2d(1, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2),                                   # 32
-            *down(ndf, 2 * ndf), *down(2 * ndf, 4 * ndf), *down(4 * ndf, 8 * ndf),                       # 16, 8, 4
-            nn.Conv2d(8 * ndf, 1, 4, 1, 0, bias=False),
+            nn.Conv2d(channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2),                            # 32
+            *stages,                                                                                     # 16, 8, 4
+            nn.Conv2d(top * ndf, 1, 4, 1, 0, bias=False),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -96,8 +103,9 @@ class DCGAN(TwoPlayerGAN):
 
     def __init__(self, cfg: DCGANConfig):
         super().__init__(cfg)
-        self.generator = make_generator("conv", cfg.nz, cfg.ngf, cfg.image_size)
-        self.discriminator = Discriminator64(cfg.ndf) if cfg.image_size == 64 else Discriminator28(cfg.ndf)
+        s, c = cfg.image_size, cfg.channels
+        self.generator = make_generator("conv", cfg.nz, cfg.ngf, s, cfg.shape)
+        self.discriminator = Discriminator64(cfg.ndf, c, s) if s in (32, 64) else Discriminator28(cfg.ndf, c)
         self.discriminator.apply(dcgan_init)
         self.g_ema = EMA(self.generator, cfg.ema) if cfg.ema > 0 else None
         self._saturated = Streak(self.SATURATION_PATIENCE)
@@ -105,8 +113,9 @@ class DCGAN(TwoPlayerGAN):
 
     # -- networks -------------------------------------------------------------------------------------------
     def _resize(self, x: Tensor) -> Tensor:
-        """Real [N x 1 x 28 x 28] images to the networks' size (the lecture resizes MNIST to 64 x 64)."""
-        return to_64(x) if self.cfg.image_size == 64 else x
+        """Real [N x C x H x W] images to the networks' size (the lecture resizes MNIST to 64 x 64)."""
+        s = self.cfg.image_size
+        return to_64(x) if s == 64 and x.shape[-1] == 28 else resize(x, (s, s))
 
     def logit(self, x: Tensor) -> Tensor:
         """The discriminator's logit s(x), D(x) = sigmoid(s(x)). :param x: [N x 1 x 28 x 28]. :return: [N]."""

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.config import opt, validate
+from genlab.config import ImageShape, opt, validate
 from genlab.errors import GenlabError
-from genlab.models.base import EMA
-from genlab.models.gan_common import CollapseCheck, Streak, TwoPlayerGAN, find_log, make_generator, spread
+from genlab.models.base import EMA, conv_sizes_ok
+from genlab.models.gan_common import GENERATOR_SIZES, CollapseCheck, Streak, TwoPlayerGAN, find_log, make_generator, spread
 
 ENERGIES = ("sum", "mean", "norm")
 
@@ -40,7 +40,7 @@ DEFAULT_MARGINS = {"sum": 200.0, "norm": 10.0, "mean": 200.0 / 784}
 
 
 @dataclass
-class EBGANConfig:
+class EBGANConfig(ImageShape):
     generator: str = opt("conv", "generator: conv (DCGAN-style, 4 -> 7 -> 14 -> 28 pixels) or mlp", choices=("conv", "mlp"))
     discriminator: str = opt("conv", "the discriminator autoencoder: conv or mlp", choices=("conv", "mlp"))
     nz: int = opt(100, "size of the latent noise z", min=1, max=10_000)
@@ -106,18 +106,19 @@ class ConvAutoencoder(nn.Module):
     the energy of a generated image can be pushed up to the margin freely.
     """
 
-    def __init__(self, width: int = 64, code_dim: int = 64):
+    def __init__(self, width: int = 64, code_dim: int = 64, shape: tuple[int, int, int] = (1, 28, 28)):
         super().__init__()
-        w = width
+        w, (c, h, wd) = width, shape
+        cells = (h // 4) * (wd // 4)  # 49 for MNIST
         self.encoder = nn.Sequential(
-            nn.Conv2d(1, w, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(c, w, 4, 2, 1), nn.LeakyReLU(0.2),
             nn.Conv2d(w, 2 * w, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Flatten(), nn.Linear(2 * w * 49, code_dim),
+            nn.Flatten(), nn.Linear(2 * w * cells, code_dim),
         )
         self.decoder = nn.Sequential(
-            nn.Linear(code_dim, 2 * w * 49), nn.LeakyReLU(0.2), nn.Unflatten(1, (2 * w, 7, 7)),
+            nn.Linear(code_dim, 2 * w * cells), nn.LeakyReLU(0.2), nn.Unflatten(1, (2 * w, h // 4, wd // 4)),
             nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.ConvTranspose2d(w, 1, 4, 2, 1),
+            nn.ConvTranspose2d(w, c, 4, 2, 1),
         )
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -129,10 +130,10 @@ class ConvAutoencoder(nn.Module):
 class MLPAutoencoder(nn.Module):
     """784 -> hidden -> code -> hidden -> 784, LeakyReLU, linear code and output."""
 
-    def __init__(self, hidden: int = 1024, code_dim: int = 64):
+    def __init__(self, hidden: int = 1024, code_dim: int = 64, pixels: int = 784):
         super().__init__()
-        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, code_dim))
-        self.decoder = nn.Sequential(nn.Linear(code_dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 784))
+        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(pixels, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, code_dim))
+        self.decoder = nn.Sequential(nn.Linear(code_dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, pixels))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         code = self.encoder(x)
@@ -153,19 +154,27 @@ class EBGAN(TwoPlayerGAN):
 
     def __init__(self, cfg: EBGANConfig):
         super().__init__(cfg)
-        self.generator = make_generator(cfg.generator, cfg.nz, cfg.ngf)
+        if cfg.generator == "conv" and not (cfg.height == cfg.width and cfg.height in GENERATOR_SIZES):
+            raise GenlabError(f"ebgan --generator conv makes square images of 28, 32 or 64 pixels, got {cfg.height} x "
+                              f"{cfg.width}; pass --image-size 28, 32 or 64, or use --generator mlp")
+        self.generator = make_generator(cfg.generator, cfg.nz, cfg.ngf, cfg.height, cfg.shape)
         if cfg.discriminator == "conv":
-            self.discriminator = ConvAutoencoder(cfg.ndf, cfg.code_dim)
+            conv_sizes_ok(cfg, "ebgan --discriminator conv")
+            self.discriminator = ConvAutoencoder(cfg.ndf, cfg.code_dim, cfg.shape)
         else:
-            self.discriminator = MLPAutoencoder(cfg.ndf * 16, cfg.code_dim)
+            self.discriminator = MLPAutoencoder(cfg.ndf * 16, cfg.code_dim, cfg.channels * cfg.height * cfg.width)
         self.g_ema = EMA(self.generator, cfg.ema) if cfg.ema > 0 else None
         self._saturated = Streak(self.SATURATION_PATIENCE)
         self._collapsed = CollapseCheck()
 
     @property
     def margin_value(self) -> float:
-        """The margin m in use: ``--margin``, or the default matched to ``--energy``."""
-        return self.cfg.margin if self.cfg.margin > 0 else DEFAULT_MARGINS[self.cfg.energy]
+        """The margin m in use: ``--margin``, or the default matched to ``--energy`` (and, for "sum" and "norm",
+        to the number of pixel values: the MNIST margins scale with C H W / 784, or its square root)."""
+        if self.cfg.margin > 0:
+            return self.cfg.margin
+        scale = self.cfg.channels * self.cfg.height * self.cfg.width / 784
+        return DEFAULT_MARGINS[self.cfg.energy] * {"sum": scale, "norm": scale ** 0.5, "mean": 1.0}[self.cfg.energy]
 
     # -- networks -------------------------------------------------------------------------------------------
     def _energy_and_code(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -7,6 +7,7 @@ lecture's DCGAN, which trains on MNIST resized to 64 x 64).
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -34,17 +35,18 @@ def dcgan_init(module: nn.Module) -> None:
 class MLPGenerator(nn.Module):
     """A fully connected generator: nz -> hidden -> ... -> 784 -> Tanh, batch norm between layers."""
 
-    def __init__(self, nz: int, hidden: int = 1024, layers: int = 2):
+    def __init__(self, nz: int, hidden: int = 1024, layers: int = 2, shape: tuple[int, int, int] = (1, 28, 28)):
         super().__init__()
+        self.shape = tuple(shape)
         blocks, width = [], nz
         for _ in range(layers):
             blocks += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU()]
             width = hidden
-        self.net = nn.Sequential(*blocks, nn.Linear(width, 784), nn.Tanh())
+        self.net = nn.Sequential(*blocks, nn.Linear(width, math.prod(shape)), nn.Tanh())
 
     def forward(self, z: Tensor) -> Tensor:
-        """:param z: [N x nz]. :return: [N x 1 x 28 x 28]."""
-        return self.net(z).view(-1, 1, 28, 28)
+        """:param z: [N x nz]. :return: [N x C x H x W] (1 x 28 x 28 for MNIST)."""
+        return self.net(z).view(-1, *self.shape)
 
 
 class ConvGenerator28(nn.Module):
@@ -55,13 +57,13 @@ class ConvGenerator28(nn.Module):
     step costs about a tenth of the 64 x 64 generator's.
     """
 
-    def __init__(self, nz: int = 100, ngf: int = 64):
+    def __init__(self, nz: int = 100, ngf: int = 64, channels: int = 1):
         super().__init__()
         self.net = nn.Sequential(
             nn.ConvTranspose2d(nz, 4 * ngf, 4, 1, 0, bias=False), nn.BatchNorm2d(4 * ngf), nn.ReLU(),        # 4
             nn.ConvTranspose2d(4 * ngf, 2 * ngf, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * ngf), nn.ReLU(),   # 7
             nn.ConvTranspose2d(2 * ngf, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(),           # 14
-            nn.ConvTranspose2d(ngf, 1, 4, 2, 1, bias=False), nn.Tanh(),                                       # 28
+            nn.ConvTranspose2d(ngf, channels, 4, 2, 1, bias=False), nn.Tanh(),                                # 28
         )
 
     def forward(self, z: Tensor) -> Tensor:
@@ -70,18 +72,25 @@ class ConvGenerator28(nn.Module):
 
 
 class ConvGenerator64(nn.Module):
-    """The lecture's DCGAN generator (the PyTorch examples' dcgan): z -> 8 ngf x 4 x 4 -> ... -> 1 x 64 x 64."""
+    """The lecture's DCGAN generator (the PyTorch examples' dcgan): z -> 8 ngf x 4 x 4 -> ... -> 1 x 64 x 64;
+    ``size`` 32 drops the widest stage (z -> 4 ngf x 4 x 4 -> ... -> C x 32 x 32)."""
 
-    def __init__(self, nz: int = 100, ngf: int = 64):
+    def __init__(self, nz: int = 100, ngf: int = 64, channels: int = 1, size: int = 64):
         super().__init__()
 
         def up(c_in, c_out):  # doubles the side: 4 x 4 kernel, stride 2, padding 1
             return [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
 
+        top = 8 if size == 64 else 4
+        stages = []
+        while top > 1:
+            stages += up(top * ngf, top // 2 * ngf)
+            top //= 2
         self.net = nn.Sequential(
-            nn.ConvTranspose2d(nz, 8 * ngf, 4, 1, 0, bias=False), nn.BatchNorm2d(8 * ngf), nn.ReLU(),  # 4
-            *up(8 * ngf, 4 * ngf), *up(4 * ngf, 2 * ngf), *up(2 * ngf, ngf),                           # 8, 16, 32
-            nn.ConvTranspose2d(ngf, 1, 4, 2, 1, bias=False), nn.Tanh(),                                 # 64
+            nn.ConvTranspose2d(nz, (8 if size == 64 else 4) * ngf, 4, 1, 0, bias=False),
+            nn.BatchNorm2d((8 if size == 64 else 4) * ngf), nn.ReLU(),                                   # 4
+            *stages,                                                                                    # 8, 16, 32
+            nn.ConvTranspose2d(ngf, channels, 4, 2, 1, bias=False), nn.Tanh(),                          # 64
         )
 
     def forward(self, z: Tensor) -> Tensor:
@@ -89,14 +98,22 @@ class ConvGenerator64(nn.Module):
         return self.net(z[:, :, None, None])
 
 
-def make_generator(kind: str, nz: int, width: int, size: int = 28) -> nn.Module:
-    """``kind`` "mlp" or "conv"; ``size`` 28 or 64 (conv only). DCGAN-initialised."""
+GENERATOR_SIZES = (28, 32, 64)
+
+
+def make_generator(kind: str, nz: int, width: int, size: int = 28, shape: tuple[int, int, int] = (1, 28, 28)) -> nn.Module:
+    """``kind`` "mlp" (images of ``shape``) or "conv" (``shape``'s channels, ``size`` x ``size``, ``size`` one of
+    28, 32, 64). DCGAN-initialised."""
     if kind == "mlp":
-        net = MLPGenerator(nz, hidden=width * 16)
-    elif size == 64:
-        net = ConvGenerator64(nz, width)
+        net = MLPGenerator(nz, hidden=width * 16, shape=shape)
+    elif size not in GENERATOR_SIZES:
+        from genlab.errors import GenlabError
+        raise GenlabError(f"the convolutional generator makes square images of 28, 32 or 64 pixels, not {size}; "
+                          "pass --image-size 28, 32 or 64 to resize the data")
+    elif size in (32, 64):
+        net = ConvGenerator64(nz, width, shape[0], size)
     else:
-        net = ConvGenerator28(nz, width)
+        net = ConvGenerator28(nz, width, shape[0])
     net.apply(dcgan_init)
     return net
 
@@ -104,6 +121,15 @@ def make_generator(kind: str, nz: int, width: int, size: int = 28) -> nn.Module:
 def to_28(x: Tensor) -> Tensor:
     """[N x C x S x S] -> [N x C x 28 x 28] by area averaging (the inverse of the 64 x 64 models' resize)."""
     return x if x.shape[-1] == 28 else F.interpolate(x, size=(28, 28), mode="area")
+
+
+def resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """[N x C x H x W] -> [N x C x size]: area averaging to shrink, bilinear to enlarge (28 -> 64 as ``to_64``)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
+        return F.interpolate(x, size=size, mode="area")
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def to_64(x: Tensor) -> Tensor:
@@ -146,14 +172,14 @@ class TwoPlayerGAN(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
-        """n samples [n x 1 x 28 x 28] in [-1, 1] (64 x 64 output is reduced to 28), from the EMA generator when
+        """n samples [n x C x H x W] in [-1, 1] (the data's shape: 64 x 64 output is reduced to 28), from the EMA generator when
         ``--ema`` is on. The generator runs in evaluation mode (batch-norm running statistics), so sampling
         never changes the model."""
         net = self.g_ema.net if self.g_ema is not None else self.generator
         was_training = net.training
         net.eval()
         try:
-            return to_28(net(self.noise(n)))
+            return resize(net(self.noise(n)), (self.cfg.height, self.cfg.width))
         finally:
             net.train(was_training)
 

@@ -43,9 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.config import opt, validate
+from genlab.config import ImageShape, opt, validate
 from genlab.errors import GenlabError
-from genlab.models.base import EMA, GenerativeModel
+from genlab.models.base import EMA, GenerativeModel, conv_sizes_ok
 
 BINARIZE = ("none", "fixed", "dynamic")
 EVAL_SEED = 0  # seed of the one fixed binarisation per image used in evaluation (see hashed_uniform)
@@ -53,7 +53,7 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclass
-class VAEConfig:
+class VAEConfig(ImageShape):
     latent_dim: int = opt(20, "latent size d (the lecture: 20; 2 also draws the manifold figure)",
                           min=1, max=10_000)
     hidden: int = opt(400, "hidden units of encoder and decoder (the lecture: 400)", min=1, max=10_000)
@@ -142,37 +142,38 @@ def hashed_uniform(x: Tensor, seed: int = EVAL_SEED) -> Tensor:
 
 
 class MLPEncoder(nn.Module):
-    """784 -> hidden -> ReLU -> 2d (first d: mean, last d: log-variance), the lecture's encoder."""
+    """784 (C H W) -> hidden -> ReLU -> 2d (first d: mean, last d: log-variance), the lecture's encoder."""
 
-    def __init__(self, d: int, hidden: int):
+    def __init__(self, d: int, hidden: int, shape: tuple[int, int, int] = (1, 28, 28)):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 2 * d))
+        self.net = nn.Sequential(nn.Linear(math.prod(shape), hidden), nn.ReLU(), nn.Linear(hidden, 2 * d))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x.flatten(1))
 
 
 class MLPDecoder(nn.Module):
-    """d -> hidden -> ReLU -> 784 logits (the lecture's decoder without its final sigmoid)."""
+    """d -> hidden -> ReLU -> 784 (C H W) logits (the lecture's decoder without its final sigmoid)."""
 
-    def __init__(self, d: int, hidden: int):
+    def __init__(self, d: int, hidden: int, shape: tuple[int, int, int] = (1, 28, 28)):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, 784))
+        self.shape = tuple(shape)
+        self.net = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, math.prod(shape)))
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.net(z).view(-1, 1, 28, 28)
+        return self.net(z).view(-1, *self.shape)
 
 
 class ConvEncoder(nn.Module):
-    """28 -> 14 -> 7 strided convolutions, then hidden -> 2d."""
+    """28 -> 14 -> 7 strided convolutions (H x W -> H/4 x W/4), then hidden -> 2d."""
 
-    def __init__(self, d: int, hidden: int, width: int = 32):
+    def __init__(self, d: int, hidden: int, width: int = 32, shape: tuple[int, int, int] = (1, 28, 28)):
         super().__init__()
-        w = width
+        w, (c, h, wd) = width, shape
         self.net = nn.Sequential(
-            nn.Conv2d(1, w, 4, stride=2, padding=1), nn.ReLU(),          # 14 x 14
+            nn.Conv2d(c, w, 4, stride=2, padding=1), nn.ReLU(),          # 14 x 14
             nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), nn.ReLU(),      # 7 x 7
-            nn.Flatten(), nn.Linear(2 * w * 49, hidden), nn.ReLU(), nn.Linear(hidden, 2 * d),
+            nn.Flatten(), nn.Linear(2 * w * (h // 4) * (wd // 4), hidden), nn.ReLU(), nn.Linear(hidden, 2 * d),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -182,14 +183,14 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """d -> hidden -> 7 x 7 feature maps, then 7 -> 14 -> 28 transposed convolutions to one logit per pixel."""
 
-    def __init__(self, d: int, hidden: int, width: int = 32):
+    def __init__(self, d: int, hidden: int, width: int = 32, shape: tuple[int, int, int] = (1, 28, 28)):
         super().__init__()
-        w = width
+        w, (c, h, wd) = width, shape
         self.net = nn.Sequential(
-            nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, 2 * w * 49), nn.ReLU(),
-            nn.Unflatten(1, (2 * w, 7, 7)),
+            nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, 2 * w * (h // 4) * (wd // 4)), nn.ReLU(),
+            nn.Unflatten(1, (2 * w, h // 4, wd // 4)),
             nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1), nn.ReLU(),   # 14 x 14
-            nn.ConvTranspose2d(w, 1, 4, stride=2, padding=1),                  # 28 x 28
+            nn.ConvTranspose2d(w, c, 4, stride=2, padding=1),                  # 28 x 28
         )
 
     def forward(self, z: Tensor) -> Tensor:
@@ -210,9 +211,10 @@ class VAE(GenerativeModel):
         super().__init__(cfg)
         d, h = cfg.latent_dim, cfg.hidden
         if cfg.arch == "mlp":
-            self.encoder, self.decoder = MLPEncoder(d, h), MLPDecoder(d, h)
+            self.encoder, self.decoder = MLPEncoder(d, h, cfg.shape), MLPDecoder(d, h, cfg.shape)
         else:
-            self.encoder, self.decoder = ConvEncoder(d, h), ConvDecoder(d, h)
+            conv_sizes_ok(cfg, "vae --arch conv")
+            self.encoder, self.decoder = ConvEncoder(d, h, shape=cfg.shape), ConvDecoder(d, h, shape=cfg.shape)
         with torch.no_grad():
             # Start near-deterministic: small means and log-variance -4 (sigma 0.14), so the decoder learns
             # from informative codes at once instead of unit-variance noise; the KL term then widens q. Worth

@@ -215,6 +215,10 @@ class Explorer:
     def _load(self, name: str, path: Path) -> Loaded:
         # Loaded outside inference mode: weights made inside it could never take part in a gradient (descend).
         run = load_run(path, self.device)
+        shape = tuple(getattr(run.model_cfg, "shape", (1, 28, 28)))
+        if shape != (1, 28, 28):
+            raise GenlabError(f"{path}: the explorer shows models of 28 x 28 grey images, this one works on "
+                              f"{' x '.join(map(str, shape))} images; score its images with genlab energy --images")
         cfg = run.train_cfg
         test = load_dataset(cfg.dataset, "test", cfg.data_dir, download=False)
         images, labels = test.images[:self.test_limit], test.labels[:self.test_limit]

@@ -74,7 +74,7 @@ def write_figures(model_name: str, model, test_set, run_dir: Path, n: int = 10) 
         except NotImplementedError:
             pass
     kernels = model.encoder_kernels()
-    if kernels is not None:
+    if kernels is not None and kernels.shape[-1] == 784:  # drawn as 28 x 28 pictures: MNIST-shaped models only
         written.append(kernels_figure(fig_dir / "kernels.png", kernels, f"{model_name}: encoder kernels"))
     curves = loss_curves(fig_dir / "loss_curves.png", Path(run_dir) / "metrics.jsonl")
     if curves:

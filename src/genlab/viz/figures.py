@@ -15,8 +15,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
+def _picture(image: torch.Tensor) -> np.ndarray:
+    """[C x H x W] in [0, 1] -> what imshow takes: [H x W] (grey) or [H x W x C] (colour)."""
+    image = image.detach().float().cpu()
+    return image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).clamp(0, 1).numpy()
+
+
 def save_rows(path: Path, rows: list[tuple[str, torch.Tensor]], title: str = "") -> Path:
-    """One figure of labelled image rows; each tensor is [N x 1 x H x W] in [0, 1]."""
+    """One figure of labelled image rows; each tensor is [N x C x H x W] in [0, 1] (C = 1 grey, 3 RGB)."""
     n = max(len(images) for _, images in rows)
     fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0 + 0.3), squeeze=False)
     for r, (label, images) in enumerate(rows):
@@ -24,7 +30,7 @@ def save_rows(path: Path, rows: list[tuple[str, torch.Tensor]], title: str = "")
             ax = axes[r][c]
             ax.axis("off")
             if c < len(images):
-                ax.imshow(images[c, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+                ax.imshow(_picture(images[c]), cmap="gray", vmin=0, vmax=1)
         axes[r][0].set_title(label, fontsize=8, loc="left")
     if title:
         fig.suptitle(title, fontsize=10)
@@ -32,14 +38,14 @@ def save_rows(path: Path, rows: list[tuple[str, torch.Tensor]], title: str = "")
 
 
 def save_grid(path: Path, images: torch.Tensor, ncol: int = 8, title: str = "") -> Path:
-    """A grid of [N x 1 x H x W] images in [0, 1], ``ncol`` per row."""
-    images = images.detach().cpu()
-    n, _, h, w = images.shape
+    """A grid of [N x C x H x W] images in [0, 1] (C = 1 grey, 3 RGB), ``ncol`` per row."""
+    images = images.detach().float().cpu()
+    n, channels, h, w = images.shape
     nrow = -(-n // ncol)
-    canvas = np.ones((nrow * (h + 2) + 2, ncol * (w + 2) + 2))
+    canvas = np.ones((nrow * (h + 2) + 2, ncol * (w + 2) + 2) + ((channels,) if channels > 1 else ()))
     for i in range(n):
         r, c = divmod(i, ncol)
-        canvas[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + c * (w + 2):2 + c * (w + 2) + w] = images[i, 0].numpy()
+        canvas[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + c * (w + 2):2 + c * (w + 2) + w] = _picture(images[i])
     fig, ax = plt.subplots(figsize=(ncol * 0.6 + 0.4, nrow * 0.6 + 0.6))
     ax.imshow(canvas, cmap="gray", vmin=0, vmax=1)
     ax.axis("off")

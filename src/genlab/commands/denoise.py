@@ -1,0 +1,47 @@
+"""``genlab denoise RUN_DIR --images PATH... --out DIR``: the model's repair of each image, and a side-by-side
+picture (input | repair)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genlab.scoring import load
+
+
+def add(subparsers) -> None:
+    p = subparsers.add_parser("denoise", help="repair your own images with a model that reconstructs",
+                              description="Write the model's repair (reconstruction) of each image as OUT/NAME.png "
+                                          "and a side-by-side OUT/NAME-pair.png (input | repair). Images are "
+                                          "resized to the run's size and made grey or colour as its data.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by genlab train")
+    p.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files or folders of them")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+    p.set_defaults(func=command)
+
+
+def command(args) -> int:
+    from genlab.data.files import encode_png, image_paths
+
+    model = load(args.run_dir, args.device)
+    paths = image_paths(args.images)
+    inputs = model.images_from_files(paths).numpy()
+    repaired = model.denoise(torch.from_numpy(inputs))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    for path, before, after in zip(paths, inputs, repaired):
+        base = Path(path).stem
+        stem, k = base, 1
+        while stem in used:  # files of the same name in different folders
+            k += 1
+            stem = f"{base}-{k}"
+        used.add(stem)
+        gap = np.full(before.shape[:-1] + (2,), 255, np.uint8)
+        (out / f"{stem}.png").write_bytes(encode_png(after))
+        (out / f"{stem}-pair.png").write_bytes(encode_png(np.concatenate([before, gap, after], axis=-1)))
+    print(f"wrote {len(paths)} repairs and {len(paths)} side-by-side pairs (input | repair) to {out}")
+    return 0

@@ -1,0 +1,373 @@
+"""Data sets from your own files: ``folder:PATH`` (PNG, JPEG or BMP images) and ``npz:FILE`` (numpy arrays).
+
+Images are uint8, [N, H, W] when grey and [N, C, H, W] (C = 3, RGB) when in colour, the layout genlab uses
+everywhere (the built-in data sets are [N, 28, 28] grey).
+
+``folder:PATH``
+    Every PNG/JPEG/BMP file below PATH (hidden files and other files are skipped), ordered by file name
+    (then class). One sub-folder per class gives labels: the sorted sub-folder names are classes 0..K-1
+    (``Dataset.classes`` keeps the names);
+    images directly in PATH have no class (label 0). When PATH holds ``train/`` and ``test/`` they are the
+    splits, else a seeded tenth of the images (at least one) is the test split.
+``npz:FILE``
+    ``images`` [N, H, W] or [N, H, W, C] uint8 and optionally ``labels`` [N] (split as a folder is), or
+    ``x_train``/``x_test`` with optional ``y_train``/``y_test`` (Keras' layout).
+
+All images of a data set must have one size unless ``image_size`` (``--image-size N``) resizes each to
+N x N (OpenCV's INTER_AREA; the aspect ratio is not kept). The data set is grey when every image is (a colour
+file whose three channels are equal counts as grey), else RGB; ``grey`` (``--grey``) converts colour to grey.
+
+Decoded images are cached as one uint8 array in the user cache (``cache_dir()/images/``), keyed by a hash of
+the files' names, sizes and modification times and the options, so a second load reads one file.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from genlab.data.idx import DataError
+
+PREFIXES = ("folder:", "npz:")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+TEST_SHARE, SPLIT_SEED = 0.1, 0
+CACHE_VERSION = "genlab-images-1"
+
+
+def is_file_dataset(name: str) -> bool:
+    return isinstance(name, str) and name.startswith(PREFIXES)
+
+
+def resolve_spec(name: str) -> str:
+    """``folder:PATH`` / ``npz:FILE`` with PATH made absolute (so a run finds its data from any folder), after
+    checking that the path exists and is of the right kind."""
+    kind, _, raw = name.partition(":")
+    if not raw:
+        raise DataError(f"--dataset {name}: give a path after '{kind}:', e.g. --dataset {kind}:"
+                        f"{'my_images/' if kind == 'folder' else 'images.npz'}")
+    path = Path(raw).expanduser().absolute()
+    if not path.exists():
+        raise DataError(f"--dataset {name}: {path} does not exist; check the path")
+    if kind == "folder" and not path.is_dir():
+        raise DataError(f"--dataset {name}: {path} is a file; use npz:{raw} for a numpy file or give a folder")
+    if kind == "npz" and not path.is_file():
+        raise DataError(f"--dataset {name}: {path} is a folder; use folder:{raw} for a folder of images")
+    return f"{kind}:{path}"
+
+
+# -- decoding ---------------------------------------------------------------------------------------------------
+def scan_images(root: str | Path, ordered: bool = True) -> list[tuple[str, int, int]]:
+    """(path, size, modification time in ns) of the image files below ``root``, by name within each folder
+    (in no particular order unless ``ordered``), hidden files and folders skipped. Plain strings and
+    ``os.scandir``: listing 70,000 files takes a fraction of a second."""
+    found: list[tuple[str, int, int]] = []
+
+    def walk(folder: str) -> None:
+        try:
+            entries = list(os.scandir(folder))
+            if ordered:
+                entries.sort(key=lambda e: e.name)
+        except OSError as e:
+            raise DataError(f"{folder} cannot be listed ({e.strerror}); check the path and its permissions") from None
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            if name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
+                info = entry.stat()
+                found.append((entry.path, info.st_size, info.st_mtime_ns))
+            elif entry.is_dir():
+                walk(entry.path)
+
+    walk(str(root))
+    return found
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """The image files below ``root``, by name, hidden files and folders skipped."""
+    return [Path(path) for path, _, _ in scan_images(root)]
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """One file as uint8 [H, W] (grey) or [H, W, 3] (RGB); an unreadable file is a DataError naming it."""
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        why = "cannot be read" if not os.access(path, os.R_OK) else "is not a readable PNG, JPEG or BMP image"
+        raise DataError(f"{path} {why}; fix or remove that file")
+    return _normalise(image, str(path))
+
+
+def _normalise(image: np.ndarray, where: str) -> np.ndarray:
+    """An image as OpenCV or a user gives it -> uint8 [H, W] or [H, W, 3] RGB (16-bit scaled, alpha dropped)."""
+    import cv2
+
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    if image.dtype != np.uint8:
+        raise DataError(f"{where}: pixels are {image.dtype}, expected 8-bit (uint8) images")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB) if where != "array" else image[:, :, :3]
+    elif image.ndim == 3 and image.shape[2] == 3 and where != "array":
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+        raise DataError(f"{where}: expected a grey or colour image, found shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def _is_grey(image: np.ndarray) -> bool:
+    return image.ndim == 2 or (np.array_equal(image[..., 0], image[..., 1])
+                               and np.array_equal(image[..., 1], image[..., 2]))
+
+
+def stack_images(images: Sequence[np.ndarray], names: Sequence[str], image_size: int = 0, grey: bool = False,
+                 shape: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Decoded images -> one uint8 array [N, H, W] (grey) or [N, 3, H, W].
+
+    ``shape`` (C, H, W) forces a layout (resize to H x W, grey or colour as C says): how new images are fitted
+    to a trained model. Otherwise ``image_size`` resizes to N x N, ``grey`` converts, and images of different
+    sizes are an error naming two of them.
+    """
+    import cv2
+
+    if not len(images):
+        raise DataError("no images to stack")
+    if shape is not None:
+        channels, height, width = shape
+    else:
+        channels = 1 if grey or all(_is_grey(im) for im in images) else 3
+        if image_size:
+            height = width = image_size
+        else:
+            height, width = images[0].shape[:2]
+            for im, name in zip(images, names):
+                if im.shape[:2] != (height, width):
+                    raise DataError(f"{name} is {im.shape[1]} x {im.shape[0]} pixels but {names[0]} is {width} x "
+                                    f"{height}; pass --image-size N to resize every image to N x N")
+    out = np.empty((len(images), height, width, channels) if channels > 1 else (len(images), height, width), np.uint8)
+    for i, im in enumerate(images):
+        if im.shape[:2] != (height, width):
+            im = cv2.resize(im, (width, height), interpolation=cv2.INTER_AREA)
+        if channels == 1 and im.ndim == 3:
+            im = cv2.cvtColor(im, cv2.COLOR_RGB2GRAY)
+        elif channels == 3 and im.ndim == 2:
+            im = np.repeat(im[:, :, None], 3, axis=2)
+        out[i] = im
+    return out if channels == 1 else np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def _stat(paths: Iterable[str | Path]) -> list[tuple[str, int, int]]:
+    found = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except OSError as e:
+            raise DataError(f"{path} cannot be read ({e.strerror}); fix or remove that file") from None
+        found.append((str(path), info.st_size, info.st_mtime_ns))
+    return found
+
+
+def _fingerprint(files: Iterable[tuple[str, int, int]], *options) -> str:
+    """A hash of the files' names, sizes and modification times (``scan_images``' triples) and of ``options``."""
+    h = hashlib.sha256(repr((CACHE_VERSION, options)).encode())
+    h.update("\n".join(f"{p}\0{size}\0{mtime}" for p, size, mtime in files).encode())
+    return h.hexdigest()[:32]
+
+
+def _cache_path(key: str) -> Path:
+    from genlab.data.datasets import cache_dir
+    return cache_dir() / "images" / f"{key}.npz"
+
+
+def _read_cache(key: str) -> dict | None:
+    import zipfile
+    try:
+        with np.load(_cache_path(key), allow_pickle=False) as saved:
+            return {k: saved[k] for k in saved.files}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+
+
+def _write_cache(key: str, **arrays) -> None:
+    from genlab.data.datasets import _write_cache_file
+    _write_cache_file(_cache_path(key), lambda f: np.savez(f, **arrays))
+
+
+def decode_files(paths: Sequence[Path], shape: tuple[int, int, int] | None = None, image_size: int = 0,
+                 grey: bool = False) -> np.ndarray:
+    """``paths`` decoded and stacked (``stack_images``), through the cache."""
+    key = _fingerprint(_stat(paths), "files", shape, image_size, grey)
+    cached = _read_cache(key)
+    if cached is not None and len(cached.get("images", ())) == len(paths):
+        return cached["images"]
+    images = stack_images([read_image(p) for p in paths], [str(p) for p in paths], image_size, grey, shape)
+    _write_cache(key, images=images)
+    return images
+
+
+def image_paths(inputs: Sequence[str | Path]) -> list[str]:
+    """Files and folders (searched recursively) -> image files, in the order given; nothing found is an error."""
+    found: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            listed = [p for p, _, _ in scan_images(path)]
+            if not listed:
+                raise DataError(f"{path} holds no PNG, JPEG or BMP images; put image files there")
+            found += listed
+        elif path.is_file():
+            found.append(str(path))
+        else:
+            raise DataError(f"{path} does not exist; give image files or folders of them")
+    return found
+
+
+# -- data sets --------------------------------------------------------------------------------------------------
+def _seeded_split(n: int) -> np.ndarray:
+    """bool [n]: which examples are test examples (a seeded tenth, at least one)."""
+    if n < 2:
+        raise DataError(f"a data set needs at least 2 images (one to train, one to test), found {n}")
+    n_test = max(1, int(round(TEST_SHARE * n)))
+    is_test = np.zeros(n, bool)
+    is_test[np.random.default_rng(SPLIT_SEED).permutation(n)[:n_test]] = True
+    return is_test
+
+
+def _folder_listing(root: Path) -> tuple[list[tuple[str, int, int]], np.ndarray, np.ndarray, list[str]]:
+    """(files as ``scan_images``' triples, labels [N], is_test [N], class names) of a folder data set.
+
+    Files are ordered by their name below the class folder, then by class: files named by their index keep
+    the original order across class folders (a written-out data set reads back in its own order).
+    """
+    split_roots = [root / "train", root / "test"]
+    has_splits = all(p.is_dir() for p in split_roots)
+    listed = []  # per split: (files, [(class folder, separator, name below it)])
+    for base in (split_roots if has_splits else [root]):
+        files = scan_images(base, ordered=False)  # ordered below, all at once
+        if not files:
+            raise DataError(f"{base} holds no PNG, JPEG or BMP images; put image files there (one sub-folder per "
+                            "class)")
+        cut = len(str(base)) + 1
+        rel = [f[0][cut:].partition(os.sep) for f in files]  # (class folder, sep, name below it)
+        listed.append((files, rel))
+    nested = [any(sep for _, sep, _ in rel) for _, rel in listed]
+    if any(nested) and not all(all(sep for _, sep, _ in rel) for _, rel in listed):
+        loose = next(f[0] for files, rel in listed for f, (_, sep, _) in zip(files, rel) if not sep)
+        raise DataError(f"{loose} lies beside the class sub-folders of {os.path.dirname(loose)}; move it into a "
+                        "class sub-folder or remove it")
+    classes = sorted({head for _, rel in listed for head, _, _ in rel}) if any(nested) else []
+    index = {c: i for i, c in enumerate(classes)}
+    all_files, labels = [], []
+    for files, rel in listed:
+        if classes:
+            names = np.array([rest for _, _, rest in rel])
+            cls = np.array([index[head] for head, _, _ in rel], np.int64)
+        else:
+            names, cls = np.array([head for head, _, _ in rel]), np.zeros(len(rel), np.int64)
+        order = np.lexsort((cls, names))  # by name, then class
+        all_files += [files[i] for i in order.tolist()]
+        labels.append(cls[order])
+    labels_all = np.concatenate(labels)
+    if has_splits:  # train, then test
+        split = np.concatenate([np.full(len(part), i == 1) for i, part in enumerate(labels)])
+    else:
+        split = _seeded_split(len(all_files))
+    return all_files, labels_all, split, classes
+
+
+def _load_npz(path: Path, image_size: int, grey: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    import zipfile
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            arrays = {k: saved[k] for k in saved.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path} is not a readable .npz file ({e}); write it with numpy.savez") from None
+    if "images" in arrays:
+        parts = [("images", "labels")]
+    elif "x_train" in arrays and "x_test" in arrays:
+        parts = [("x_train", "y_train"), ("x_test", "y_test")]
+    else:
+        raise DataError(f"{path} holds {sorted(arrays)}; expected 'images' (and optionally 'labels'), or "
+                        "'x_train' and 'x_test' (and optionally 'y_train', 'y_test')")
+    images, labels, is_test = [], [], []
+    for i, (xk, yk) in enumerate(parts):
+        x = arrays[xk]
+        if x.dtype != np.uint8 or x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[3] not in (1, 3, 4)):
+            raise DataError(f"{path}: '{xk}' is {x.dtype} of shape {list(x.shape)}; expected uint8 [N, H, W] or "
+                            "[N, H, W, C] with C = 1, 3 or 4")
+        y = arrays.get(yk)
+        if y is None:
+            y = np.zeros(len(x), np.int64)
+        elif y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+            raise DataError(f"{path}: '{yk}' must be [N] whole numbers >= 0, one per image of '{xk}' "
+                            f"({len(x)}), found {y.dtype} of shape {list(y.shape)}")
+        names = [f"{path}:{xk}[{j}]" for j in range(len(x))]
+        images.append(stack_images([_normalise(im, "array") for im in x], names, image_size, grey)
+                      if (image_size or grey or x.ndim == 4) else x)
+        labels.append(y.astype(np.int64))
+        is_test.append(np.full(len(x), i == 1))
+    if len(parts) == 2 and images[0].shape[1:] != images[1].shape[1:]:
+        raise DataError(f"{path}: x_train images are {list(images[0].shape[1:])} but x_test images are "
+                        f"{list(images[1].shape[1:])}; pass --image-size N to resize both")
+    all_images, all_labels = np.concatenate(images), np.concatenate(labels)
+    split = np.concatenate(is_test) if len(parts) == 2 else _seeded_split(len(all_images))
+    if not split.any() or split.all():
+        raise DataError(f"{path}: both splits need at least one image")
+    n_classes = int(all_labels.max()) + 1 if len(all_labels) else 0
+    return all_images, all_labels, split, [str(c) for c in range(n_classes)] if "labels" in arrays or \
+        "y_train" in arrays else []
+
+
+@functools.lru_cache(maxsize=4)
+def load_files(spec: str, image_size: int = 0, grey: bool = False) -> dict:
+    """A ``folder:``/``npz:`` data set, both splits: {"images", "labels", "is_test", "classes", "source"}.
+
+    ``spec`` must be resolved (``resolve_spec``). Cached on disk, keyed by the files' names, sizes and times,
+    and in the process like the built-in data sets (``genlab.data.clear_cache`` forgets it).
+    """
+    kind, _, raw = spec.partition(":")
+    path = Path(raw)
+    if kind == "folder":
+        files, labels, is_test, classes = _folder_listing(path)
+        key = _fingerprint(files, "folder", str(path), image_size, grey)
+    else:
+        key = _fingerprint(_stat([path]), "npz", image_size, grey)
+    cached = _read_cache(key)
+    if cached is not None and {"images", "labels", "is_test", "classes"} <= set(cached):
+        return {"images": cached["images"], "labels": cached["labels"], "is_test": cached["is_test"],
+                "classes": [str(c) for c in cached["classes"]], "source": str(_cache_path(key))}
+    if kind == "folder":
+        names = [f[0] for f in files]
+        images = stack_images([read_image(name) for name in names], names, image_size, grey)
+    else:
+        images, labels, is_test, classes = _load_npz(path, image_size, grey)
+    if is_test.all() or not is_test.any():
+        raise DataError(f"{spec}: both splits need at least one image")
+    _write_cache(key, images=images, labels=labels, is_test=is_test, classes=np.array(classes, dtype=str))
+    return {"images": images, "labels": labels, "is_test": is_test, "classes": classes, "source": str(path)}
+
+
+def image_shape(images) -> tuple[int, int, int]:
+    """(channels, height, width) of uint8 images [N, H, W] or [N, C, H, W]."""
+    shape = tuple(images.shape)
+    return (1, *shape[1:3]) if len(shape) == 3 else shape[1:4]
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 [H, W] or [3, H, W] (genlab's layout) -> PNG bytes."""
+    import cv2
+    if image.ndim == 3:
+        image = cv2.cvtColor(np.ascontiguousarray(image.transpose(1, 2, 0)), cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise DataError("could not encode a PNG")
+    return io.BytesIO(buf.tobytes()).getvalue()

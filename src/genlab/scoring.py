@@ -1,0 +1,178 @@
+"""Score and repair new images with a trained run: ``genlab.load(RUN)``, behind ``genlab energy RUN --images ...``
+and ``genlab denoise RUN --images ...`` (genlab.commands).
+
+    >>> model = genlab.load("runs/dae-mnist")
+    >>> model.energy(["photo.png", "scans/"])          # float64 [N]: low on the run's data, high off it
+    >>> model.denoise(np.asarray(images, np.uint8))     # uint8, the model's repair of each image
+
+Images are fitted to the run's shape first: resized to its height and width (OpenCV INTER_AREA) and made grey
+or colour as the run's data were. An energy is put in context by the run's own held-out energies (its test
+split): ``percentile`` is the share of them at or below it, and ``flag`` marks energies above the threshold that
+a share ``fpr`` of the held-out images exceed (the false-positive rate on data like the training data).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from genlab.errors import GenlabError
+
+
+class LoadedModel:
+    """A trained run, ready to score and repair images (``genlab.load``)."""
+
+    def __init__(self, run):
+        self.run = run
+        self.model = run.model
+        self.shape = tuple(run.model_cfg.shape)  # (channels, height, width)
+        self._heldout: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        return f"<genlab {self.run.model_name} {' x '.join(map(str, self.shape))} from {self.run.dir}>"
+
+    # -- inputs -----------------------------------------------------------------------------------------------
+    def images(self, images) -> torch.Tensor:
+        """uint8 [N x H x W] or [N x C x H x W] in the run's shape, from: paths (files or folders, one or a list),
+        a numpy uint8 array ([H x W], [N x H x W] or [N x H x W x C], an image library's layout, or a list of
+        such images of any sizes) or a tensor
+        (uint8 [N x H x W] or [N x C x H x W], genlab's layout; float in [0, 1] is taken as 255 levels)."""
+        from genlab.data.files import _normalise, image_paths, stack_images
+
+        if isinstance(images, (str, Path)) or (isinstance(images, (list, tuple)) and images
+                                               and all(isinstance(i, (str, Path)) for i in images)):
+            return self.images_from_files(image_paths([images] if isinstance(images, (str, Path)) else images))
+        if isinstance(images, torch.Tensor):
+            t = images.detach().cpu()
+            if t.is_floating_point():
+                t = t.clamp(0, 1).mul(255).round().to(torch.uint8)
+            if t.dtype != torch.uint8 or t.dim() not in (3, 4):
+                raise GenlabError(f"expected a uint8 tensor [N x H x W] or [N x C x H x W], got {t.dtype} "
+                                  f"{list(t.shape)}")
+            array = t.numpy() if t.dim() == 3 else t.permute(0, 2, 3, 1).numpy()
+        elif isinstance(images, (list, tuple)) and images and all(isinstance(i, np.ndarray) for i in images):
+            array = list(images)  # images of different sizes: each is resized below
+            bad = next((im for im in array if im.dtype != np.uint8 or im.ndim not in (2, 3)), None)
+            if bad is not None:
+                raise GenlabError(f"expected uint8 images [H x W] or [H x W x C], got {bad.dtype} {list(bad.shape)}")
+        else:
+            array = np.asarray(images)
+            if array.dtype != np.uint8 or array.ndim not in (2, 3, 4):
+                raise GenlabError(f"expected uint8 images [H x W], [N x H x W] or [N x H x W x C], got {array.dtype} "
+                                  f"{list(array.shape)}")
+            array = array[None] if array.ndim == 2 else array
+        if not len(array):
+            raise GenlabError("no images given")
+        decoded = [_normalise(im, "array") for im in array]
+        return torch.from_numpy(stack_images(decoded, [f"image {i}" for i in range(len(decoded))], shape=self.shape))
+
+    def images_from_files(self, files: Sequence[str | Path]) -> torch.Tensor:
+        """Image files (not folders) decoded into the run's shape, through the user cache."""
+        from genlab.data.files import decode_files
+        return torch.from_numpy(decode_files(files, shape=self.shape))
+
+    # -- energies ---------------------------------------------------------------------------------------------
+    def energy(self, images, batch_size: int = 1000) -> np.ndarray:
+        """The model's energy of each image: float64 [N], low on the run's data, high off it."""
+        return self._energies(self.images(images), batch_size)
+
+    def _energies(self, u8: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
+        from genlab.metrics.anomaly import energies
+        if self.model.conditional:
+            raise GenlabError(f"{self.run.model_name} gives an energy only with a class label; score images with "
+                              "an unconditional model (ae, dae, vae, ebgan, dcgan)")
+        return energies(self.model, u8, batch_size)
+
+    def heldout_energies(self) -> np.ndarray:
+        """Energies of the run's held-out images (its test split), sorted: float64 [M]. Kept in the user cache,
+        keyed by the checkpoint's and the data's size and modification time, so a second command reuses them."""
+        if self._heldout is None:
+            from genlab.data import run_dataset
+            key = self._heldout_key()
+            cached = _read_heldout(key)
+            if cached is None:
+                cached = np.sort(self._energies(run_dataset(self.run.train_cfg, "test", download=False).images))
+                _write_heldout(key, cached)
+            self._heldout = cached
+        return self._heldout
+
+    def _heldout_key(self) -> str:
+        import hashlib
+        import json
+        from genlab.checkpoint import CHECKPOINT, CONFIG
+        from genlab.config import to_dict
+
+        stamps = []
+        dataset = self.run.train_cfg.dataset
+        for path in (Path(self.run.dir) / CHECKPOINT, Path(self.run.dir) / CONFIG,
+                     Path(dataset.partition(":")[2]) if dataset.startswith(("folder:", "npz:")) else None):
+            if path is not None and path.exists():
+                info = path.stat()
+                stamps.append([str(path.resolve()), info.st_size, info.st_mtime_ns])
+        text = json.dumps([stamps, to_dict(self.run.train_cfg)], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def percentile(self, energy) -> np.ndarray:
+        """Share (in %) of the held-out energies at or below each energy."""
+        held = self.heldout_energies()
+        return 100.0 * np.searchsorted(held, np.asarray(energy, float), side="right") / len(held)
+
+    def threshold(self, fpr: float = 0.01) -> float:
+        """The energy that at most a share ``fpr`` of the held-out images exceed: flag energies above it."""
+        if not 0.0 <= fpr <= 1.0:
+            raise GenlabError(f"--fpr must be between 0 and 1, got {fpr}")
+        held = self.heldout_energies()
+        return float(np.quantile(held, 1.0 - fpr, method="higher"))
+
+    # -- repairs ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def denoise(self, images, batch_size: int = 1000) -> np.ndarray:
+        """The model's repair (reconstruction) of each image: uint8 [N x H x W] (grey) or [N x C x H x W]."""
+        from genlab.data.batching import to_pixels, to_uint8
+        from genlab.rng import seeded
+
+        u8 = self.images(images)
+        model = self.model.eval()
+        out = []
+        with seeded(0):
+            for i in range(0, len(u8), batch_size):
+                x = to_pixels(u8[i:i + batch_size], model.pixel_range).to(model.device)
+                try:
+                    y = model.reconstruct(x) if not model.conditional else None
+                except NotImplementedError:
+                    y = None
+                if y is None:
+                    raise GenlabError(f"a {self.run.model_name} model has no reconstruction to repair images with; "
+                                      "use ae, dae, vae or ebgan (its energy still scores images: genlab energy)")
+                out.append(to_uint8(y.float().cpu(), model.pixel_range))
+        return torch.cat(out).numpy()
+
+
+def _heldout_path(key: str) -> Path:
+    from genlab.data import cache_dir
+    return cache_dir() / "heldout" / f"{key}.npy"
+
+
+def _read_heldout(key: str) -> np.ndarray | None:
+    try:
+        values = np.load(_heldout_path(key), allow_pickle=False)
+        return values if values.dtype == np.float64 and values.ndim == 1 and len(values) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _write_heldout(key: str, values: np.ndarray) -> None:
+    from genlab.data.datasets import _write_cache_file
+    _write_cache_file(_heldout_path(key), lambda f: np.save(f, values))
+
+
+def load(run_dir: str | Path, device: str = "cpu") -> LoadedModel:
+    """A trained run directory as a ``LoadedModel`` with ``.energy(images)`` and ``.denoise(images)``."""
+    from genlab.checkpoint import load_run
+    return LoadedModel(load_run(run_dir, device=device))
+
+
+__all__: Sequence[str] = ("LoadedModel", "load")

@@ -1,0 +1,257 @@
+"""Your own images: folder:/npz: data sets, models of any image shape, energy --images, denoise, genlab.load."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import genlab
+from genlab.cli import main
+from genlab.data import clear_cache, load_dataset
+from genlab.data.files import encode_png
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Each test gets an empty user cache, so a cache hit is the test's own doing."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    clear_cache()
+
+
+def cli(capsys, *argv) -> tuple[int, list[str], str]:
+    try:
+        status = main([str(a) for a in argv])
+    except SystemExit as e:
+        status = e.code
+    out = capsys.readouterr()
+    return status, [x for x in out.err.splitlines() if x.strip()], out.out
+
+
+def assert_one_line(result, *words):
+    status, lines, _ = result
+    assert status == 2 and len(lines) == 1 and "Traceback" not in lines[0], (status, lines)
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def write_folder(root: Path, images: np.ndarray, labels: np.ndarray, classes: list[str]) -> None:
+    """uint8 [N, H, W] or [N, 3, H, W] as PNGs named by index in class sub-folders."""
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = root / classes[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:04d}.png").write_bytes(encode_png(image))
+
+
+def blobs(n: int, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Smooth random uint8 images (something a model can learn a little in one epoch)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (n, *shape[:-2], 4, 4)).astype(np.float32)
+    return torch.nn.functional.interpolate(torch.from_numpy(small).reshape(n, -1, 4, 4), size=shape[-2:],
+                                           mode="bilinear").reshape(n, *shape).round().clamp(0, 255).byte().numpy()
+
+
+# -- data sets --------------------------------------------------------------------------------------------------
+def test_folder_round_trips_to_identical_tensors(tmp_path):
+    rng = np.random.default_rng(1)
+    train, test = rng.integers(0, 256, (12, 9, 7), dtype=np.uint8), rng.integers(0, 256, (5, 9, 7), dtype=np.uint8)
+    y_train, y_test = np.arange(12) % 3, np.array([2, 0, 1, 1, 0])
+    classes = ["ant", "bee", "cat"]
+    write_folder(tmp_path / "d" / "train", train, y_train, classes)
+    write_folder(tmp_path / "d" / "test", test, y_test, classes)
+    for split, images, labels in (("train", train, y_train), ("test", test, y_test)):
+        data = load_dataset(f"folder:{tmp_path / 'd'}", split)
+        assert torch.equal(data.images, torch.from_numpy(images)), split
+        assert torch.equal(data.labels, torch.from_numpy(labels).long()), split
+        assert data.classes == tuple(classes)
+
+
+def test_colour_folder_and_seeded_split(tmp_path):
+    images = np.random.default_rng(2).integers(0, 256, (20, 3, 8, 8), dtype=np.uint8)
+    write_folder(tmp_path / "rgb", images, np.zeros(20, int), ["only"])
+    train, test = (load_dataset(f"folder:{tmp_path / 'rgb'}", s) for s in ("train", "test"))
+    assert train.images.shape == (18, 3, 8, 8) and test.images.shape == (2, 3, 8, 8)
+    got = torch.cat([train.images, test.images]).numpy()
+    assert sorted(map(bytes, got)) == sorted(map(bytes, images))  # every image once, none changed
+
+
+def test_second_load_is_a_cache_hit(tmp_path, monkeypatch):
+    write_folder(tmp_path / "d", blobs(30, (16, 16)), np.zeros(30, int), ["x"])
+    first = load_dataset(f"folder:{tmp_path / 'd'}", "train")
+    cached = list((tmp_path / "cache" / "genlab" / "images").glob("*.npz"))
+    assert len(cached) == 1
+    monkeypatch.setattr("genlab.data.files.read_image", lambda path: pytest.fail(f"decoded {path} again"))
+    started = time.perf_counter()
+    again = load_dataset(f"folder:{tmp_path / 'd'}", "train")
+    assert time.perf_counter() - started < 1.0
+    assert torch.equal(first.images, again.images)
+    (tmp_path / "d" / "x" / "0000.png").write_bytes(encode_png(np.zeros((16, 16), np.uint8)))  # changed file
+    clear_cache()
+    with pytest.raises(BaseException, match="decoded"):
+        load_dataset(f"folder:{tmp_path / 'd'}", "train")
+
+
+def test_npz_data_set_with_resize_and_grey(tmp_path):
+    images = np.random.default_rng(3).integers(0, 256, (10, 20, 30, 3), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", images=images, labels=np.arange(10) % 2)
+    data = load_dataset(f"npz:{tmp_path / 'a.npz'}", "train")
+    assert data.images.shape == (9, 3, 20, 30) and data.classes == ("0", "1")
+    small = load_dataset(f"npz:{tmp_path / 'a.npz'}", "test", image_size=8, grey=True)
+    assert small.images.shape == (1, 8, 8)
+    np.savez(tmp_path / "k.npz", x_train=images[:6, :, :, 0], x_test=images[6:, :, :, 0])
+    assert load_dataset(f"npz:{tmp_path / 'k.npz'}", "test").images.shape == (4, 20, 30)
+
+
+def test_bad_inputs_are_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert_one_line(cli(capsys, "train", "ae", "--dataset", f"folder:{tmp_path / 'empty'}", "--out", tmp_path / "r1"),
+                    "empty", "no PNG")
+    bad = tmp_path / "bad"
+    write_folder(bad, blobs(4, (8, 8)), np.zeros(4, int), ["x"])
+    (bad / "x" / "0002.png").write_bytes(b"not a picture")
+    assert_one_line(cli(capsys, "train", "ae", "--dataset", f"folder:{bad}", "--out", tmp_path / "r2"), "0002.png")
+    mixed = tmp_path / "mixed"
+    write_folder(mixed, blobs(3, (8, 8)), np.zeros(3, int), ["x"])
+    (mixed / "x" / "0009.png").write_bytes(encode_png(np.zeros((10, 8), np.uint8)))
+    assert_one_line(cli(capsys, "train", "ae", "--dataset", f"folder:{mixed}", "--out", tmp_path / "r3"),
+                    "--image-size", "0009.png")
+    assert_one_line(cli(capsys, "train", "ae", "--dataset", f"folder:{tmp_path / 'nowhere'}"), "does not exist")
+    assert_one_line(cli(capsys, "train", "ae", "--dataset", "imagenet"), "folder:PATH")
+    assert_one_line(cli(capsys, "train", "cvae", "--dataset", f"folder:{mixed}", "--image-size", "32",
+                        "--out", tmp_path / "r4"), "28 x 28 grey")
+    assert_one_line(cli(capsys, "train", "dae", "--arch", "conv", "--dataset", f"folder:{mixed}", "--image-size",
+                        "30", "--out", tmp_path / "r5"), "multiples of 4")
+
+
+# -- training, scoring, repairing --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def rgb_runs(tmp_path_factory):
+    """A conv DAE and a conv VAE trained 1 epoch on 48 RGB 32 x 32 images in class folders."""
+    from genlab.config import TrainConfig
+    from genlab.models import MODELS
+    from genlab.train import train
+    from genlab.viz import training_callbacks
+
+    root = tmp_path_factory.mktemp("own")
+    import os
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(root / "cache")
+    try:
+        write_folder(root / "rgb", blobs(48, (3, 32, 32)), np.arange(48) % 2, ["a", "b"])
+        runs = {}
+        for name in ("dae", "vae"):
+            cfg = TrainConfig(dataset=f"folder:{root / 'rgb'}", epochs=1, batch_size=16, out=str(root / name),
+                              progress=False)
+            runs[name] = train(name, MODELS[name].Config(arch="conv"), cfg, callbacks=training_callbacks(cfg))
+    finally:
+        if old is None:
+            os.environ.pop("XDG_CACHE_HOME")
+        else:
+            os.environ["XDG_CACHE_HOME"] = old
+    return root, runs
+
+
+def test_rgb_32_conv_models_train(rgb_runs):
+    root, runs = rgb_runs
+    for name, run in runs.items():
+        config = json.loads((run / "config.json").read_text())
+        assert config["image_shape"] == {"channels": 3, "height": 32, "width": 32}, name
+        assert config["model_config"]["channels"] == 3
+        line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+        assert np.isfinite(line["test/loss"]), name
+        assert (run / "figures" / "reconstructions.png").is_file()
+
+
+def test_energy_images_csv(rgb_runs, tmp_path, capsys):
+    root, runs = rgb_runs
+    # New images of another size and in grey: fitted to the run's 3 x 32 x 32.
+    (tmp_path / "new").mkdir()
+    for i, image in enumerate(blobs(30, (20, 20), seed=9)):
+        (tmp_path / "new" / f"{i}.png").write_bytes(encode_png(image))
+    status, err, out = cli(capsys, "energy", runs["dae"], "--images", tmp_path / "new", root / "rgb" / "a" / "0000.png",
+                           "--out", tmp_path / "s.csv", "--device", "cpu")
+    assert status == 0, err
+    rows = list(csv.DictReader((tmp_path / "s.csv").open()))
+    assert list(rows[0]) == ["path", "energy", "percentile", "flag"] and len(rows) == 31
+    assert all(0 <= float(r["percentile"]) <= 100 and r["flag"] in ("0", "1") for r in rows)
+    # The flag rate on the run's own held-out images is what --fpr asks for (at most).
+    model = genlab.load(runs["dae"])
+    held = model.heldout_energies()
+    for fpr in (0.0, 0.2, 0.5):
+        assert np.mean(held > model.threshold(fpr)) <= fpr
+    assert np.mean(held > model.threshold(0.5)) >= 0.3  # 5 held-out images: 2 of them above the median
+
+
+def test_load_energy_matches_cli_and_takes_arrays(rgb_runs, tmp_path):
+    root, runs = rgb_runs
+    model = genlab.load(runs["vae"])
+    files = sorted((root / "rgb" / "a").glob("*.png"))[:4]
+    from_paths = model.energy(files)
+    decoded = np.stack([cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files])  # [N, H, W, 3]
+    assert np.allclose(model.energy(decoded), from_paths)
+    assert np.allclose(model.energy(torch.from_numpy(decoded).permute(0, 3, 1, 2)), from_paths)
+    assert from_paths.shape == (4,) and np.isfinite(from_paths).all()
+
+
+def test_denoise_writes_pngs(rgb_runs, tmp_path, capsys):
+    root, runs = rgb_runs
+    files = sorted((root / "rgb" / "b").glob("*.png"))[:3]
+    status, err, _ = cli(capsys, "denoise", runs["dae"], "--images", *files, "--out", tmp_path / "out")
+    assert status == 0, err
+    for f in files:
+        repair = cv2.imread(str(tmp_path / "out" / f"{f.stem}.png"))
+        pair = cv2.imread(str(tmp_path / "out" / f"{f.stem}-pair.png"))
+        assert repair.shape == (32, 32, 3) and pair.shape == (32, 66, 3)
+    assert genlab.load(runs["dae"]).denoise(files).shape == (3, 3, 32, 32)
+
+
+def test_denoise_refused_for_a_gan(tmp_path, capsys):
+    from genlab.config import TrainConfig
+    from genlab.models import MODELS
+    from genlab.train import train
+
+    write_folder(tmp_path / "g", blobs(16, (28, 28)), np.zeros(16, int), ["x"])
+    run = train("dcgan", MODELS["dcgan"].Config(ngf=4, ndf=4), TrainConfig(
+        dataset=f"folder:{tmp_path / 'g'}", epochs=1, batch_size=8, out=str(tmp_path / "gan"), progress=False,
+        figures=False))
+    capsys.readouterr()  # the training's own lines
+    assert_one_line(cli(capsys, "denoise", run, "--images", tmp_path / "g", "--out", tmp_path / "o"),
+                    "no reconstruction")
+    assert genlab.load(run).energy(tmp_path / "g").shape == (16,)
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 64, 64)])
+def test_gans_take_the_data_shape(shape):
+    from genlab.models import MODELS, build
+
+    c, h, w = shape
+    for name, extra in (("ebgan", {"code_dim": 8}), ("dcgan", {}), ("dcgan", {"image_size": 32})):
+        model = build(name, MODELS[name].Config(channels=c, height=h, width=w, ngf=4, ndf=4, **extra))
+        x = torch.rand(4, *shape) * 2 - 1
+        terms = dict(model.steps(x))
+        assert terms["d"]["loss"].shape == (4,) and terms["g"]["loss"].shape == (4,)
+        assert model.sample(3).shape == (3, *shape) and model.energy(x).shape == (4,)
+
+
+def test_unsupported_shapes_are_refused_in_one_line():
+    from genlab.errors import GenlabError
+    from genlab.models import MODELS, build
+
+    for name, kw, words in (("ebgan", {}, "28, 32 or 64"), ("vae", {"arch": "conv"}, "multiples of 4"),
+                            ("cdcgan", {}, "28 x 28 grey")):
+        with pytest.raises(GenlabError, match=words) as info:
+            build(name, MODELS[name].Config(channels=1, height=30, width=30, **kw))
+        assert "\n" not in str(info.value)
+
+
+def test_a_file_beside_class_folders_is_named(tmp_path):
+    write_folder(tmp_path / "d", blobs(4, (8, 8)), np.arange(4) % 2, ["a", "b"])
+    (tmp_path / "d" / "stray.png").write_bytes(encode_png(np.zeros((8, 8), np.uint8)))
+    with pytest.raises(Exception, match="stray.png lies beside the class sub-folders"):
+        load_dataset(f"folder:{tmp_path / 'd'}", "train")

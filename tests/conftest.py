@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+import genlab  # noqa: F401  (first: it sets PyTorch's OpenMP threads to wait passively, before torch loads)
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]

@@ -213,6 +213,12 @@ def data_cases(root: Path) -> list[Case]:
     return cases
 
 
+def _empty(root: Path) -> Path:
+    folder = root / "empty-folder"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 def flag_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
     ae, vae = str(runs["ae"]), str(runs["vae"])
     out = lambda i: ["--out", str(root / f"flag-run{i}")]  # noqa: E731
@@ -223,6 +229,9 @@ def flag_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
         ["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "cuda:99"], ["--device", "tpu9"],
         ["--device", "cuda:x"], ["--latent-dim", "100000000"], ["--latent-dim", "0"], ["--latent-dim", "abc"],
         ["--optimizer", "rmsprop"], ["--dataset", "cifar"], ["--epochs", "1.5"], ["--lr", "fast"],
+        ["--lr-schedule", "step"], ["--lr-final", "-1"], ["--classes", "1,x"], ["--classes", "10"],
+        ["--dataset", "folder:"], ["--dataset", f"folder:{root / 'no-such-folder'}"],
+        ["--dataset", f"npz:{root / 'no-such.npz'}"], ["--image-size", "-4"],
     ]
     cases = [Case("flags", f"train ae {' '.join(f)}", ["train", "ae", *QUICK, *out(i), *f])
              for i, f in enumerate(train_flags)]
@@ -234,7 +243,7 @@ def flag_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
         Case("flags", "train vae --hidden 1000000", ["train", "vae", *QUICK, *out(104), "--hidden", "1000000"]),
         Case("flags", "train vae --tsne-epochs x", ["train", "vae", *QUICK, *out(105), "--tsne-epochs", "x"]),
         Case("flags", "train dcgan --ngf 100000", ["train", "dcgan", *QUICK, *out(106), "--ngf", "100000"]),
-        Case("flags", "train dcgan --image-size 32", ["train", "dcgan", *QUICK, *out(107), "--image-size", "32"]),
+        Case("flags", "train dcgan --image-size 48", ["train", "dcgan", *QUICK, *out(107), "--image-size", "48"]),
         Case("flags", "train ebgan --margin -1", ["train", "ebgan", *QUICK, *out(108), "--margin", "-1"]),
         Case("flags", "train ebgan --nz 0", ["train", "ebgan", *QUICK, *out(109), "--nz", "0"]),
         Case("flags", "train nosuchmodel", ["train", "nosuchmodel"]),
@@ -259,6 +268,16 @@ def flag_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
         Case("flags", "datasets --data-dir a file (documented: 0, lists the data sets as missing)",
              ["datasets", "--data-dir", str(runs["ae"] / "config.json")], expect=0),
         Case("flags", "unknown command", ["frobnicate"]),
+        Case("images", "energy --images a missing file", ["energy", ae, "--images", str(root / "nope.png")]),
+        Case("images", "energy --images a file that is not an image",
+             ["energy", ae, "--images", str(runs["ae"] / "config.json")]),
+        Case("images", "energy --images --out not a .csv",
+             ["energy", ae, "--images", str(root), "--out", str(root / "scores.txt")]),
+        Case("images", "denoise --images an empty folder", ["denoise", ae, "--images", str(_empty(root)),
+                                                             "--out", str(root / "den0")]),
+        Case("images", "train on an empty folder data set",
+             ["train", "ae", *QUICK, "--dataset", f"folder:{_empty(root)}", *out(140)]),
+        Case("flags", "train vae --objective nce", ["train", "vae", *QUICK, "--objective", "nce", *out(141)]),
         Case("flags", "report on a missing run", ["report", str(root / "nope"), "--out", str(root / "rep0")]),
     ]
     return cases

@@ -9,8 +9,9 @@ user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` (``genlab/__init__.py``).
 Protocol: ``genlab train MODEL`` on mnist-5k for ``--epochs`` epochs with ``--threads`` PyTorch threads, as a
 subprocess, once with genlab's default (passive) and once with ``GOMP_SPINCOUNT=300000`` (OpenMP's own
 default), alternating, ``--rounds`` times; the figure of a run is the median images/s of its epochs after the
-first (start-up and data loading excluded). Two conditions: ``quiet`` (nothing else started) and ``busy``
-(one extra process spinning on the CPU for the whole run, as another program on a laptop would). Prints the
+first (start-up and data loading excluded). Two conditions: ``none`` (the benchmark adds no load: on an idle
+machine, the cost of waiting passively) and ``busy`` (one extra process spinning on the CPU for the whole run,
+as another program on a laptop would). Report the machine's load average with the figures. Prints the
 median ratio passive / spinning per model and condition: above 1, passive is faster.
 
     python benchmarks/omp_wait.py [--models ae dae vae] [--epochs 8] [--rounds 3] [--threads 2] [--json]
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--conditions", nargs="+", default=["quiet", "busy"], choices=("quiet", "busy"))
+    p.add_argument("--conditions", nargs="+", default=["none", "busy"], choices=("none", "busy"))
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     rows = []

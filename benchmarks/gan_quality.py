@@ -15,8 +15,7 @@ Without run directories each model is trained here on full MNIST, on the CPU, wi
 - dcgan: the 28 x 28 variant of the lecture's networks (ngf = ndf = 64, nz = 100), non-saturating BCE, Adam
   5e-4 (the lecture: 2e-4, slower to reach recognisable digits) with betas (0.5, 0.999), batch 64, 2 epochs,
   samples from an EMA (0.999) of the generator;
-- vae: the lecture's VAE (784-400-20, BCE summed over pixels + KL), Adam 1e-3, batch 256, 20 epochs (the top
-  of the lecture's 10 to 20), seed 1.
+- vae: the lecture's VAE (784-400-20, BCE summed over pixels + KL), Adam 1e-3, batch 256, 10 epochs, seed 1.
 
     python benchmarks/gan_quality.py [--ebgan RUN] [--dcgan RUN] [--vae RUN] [--json]
 

@@ -47,7 +47,7 @@ STAGES = [
     # --quick: mnist-5k has 4,500 training digits, so the quick schedules take smaller batches (more steps) where
     # a model needs steps to draw digits: 30 VAE epochs at batch 64 (2,100 steps) rather than 180 steps.
     Stage("vae", "Variational autoencoder (d = 20)", {"latent_dim": 20},
-          {"epochs": 20, "batch_size": 256, "lr": 1e-3, "seed": 1}, {"epochs": 30, "batch_size": 64}),
+          {"epochs": 10, "batch_size": 256, "lr": 1e-3, "seed": 1}, {"epochs": 30, "batch_size": 64}),
     # The GANs as benchmarks/gan_quality.py trains them (recognisable digits of every class in minutes), sampled
     # from a moving average of the generator. --quick: six EBGAN and five DCGAN epochs of mnist-5k (420 and 350
     # steps; on 2 cores FID 130 and 487 against 320 and 1218 after the four and two epochs they had before).

@@ -39,6 +39,16 @@ def params_of(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def assert_same_run(whole, split) -> None:
+    """Two run directories hold the same weights and the same metrics, timings aside."""
+    a, b = load_run(whole), load_run(split)
+    for key, value in params_of(a.model).items():
+        assert torch.equal(value, params_of(b.model)[key]), key
+    strip = lambda line: {k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s")}  # noqa: E731
+    assert ([strip(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
+            == [strip(x) for x in (split / "metrics.jsonl").read_text().splitlines()])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_smoke_trains_on_mnist_5k(name, tmp_path):
@@ -146,13 +156,7 @@ def test_resume_after_sigterm_mid_epoch_is_bitwise_exact(tmp_path, monkeypatch):
     assert (stopped["epoch"], stopped["batch"]) == (1, 3)  # stopped inside the second epoch
     train(None, resume=tmp_path / "split")
 
-    a, b = load_run(whole), load_run(tmp_path / "split")
-    for key, value in params_of(a.model).items():
-        assert torch.equal(value, params_of(b.model)[key]), key
-    lines_a = (whole / "metrics.jsonl").read_text().splitlines()
-    lines_b = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
-    strip = lambda line: {k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s")}  # noqa: E731
-    assert [strip(x) for x in lines_a] == [strip(x) for x in lines_b]
+    assert_same_run(whole, tmp_path / "split")
 
 
 def test_cosine_learning_rate_from_lr_to_lr_final():
@@ -185,13 +189,8 @@ def test_resume_with_cosine_schedule_and_iwae_objective_is_bitwise_exact(tmp_pat
     monkeypatch.setattr(train_mod, "_step", real_step)
     train(None, resume=tmp_path / "split")
 
-    a, b = load_run(whole), load_run(tmp_path / "split")
-    for key, value in params_of(a.model).items():
-        assert torch.equal(value, params_of(b.model)[key]), key
-    lines_a = (whole / "metrics.jsonl").read_text().splitlines()
-    lines_b = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
-    strip = lambda line: {k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s")}  # noqa: E731
-    assert [strip(x) for x in lines_a] == [strip(x) for x in lines_b]
+    assert_same_run(whole, tmp_path / "split")
+    a = load_run(whole)
     # The cosine reached --lr-final at the last step.
     opt_state = checkpoint.load(whole / checkpoint.CHECKPOINT).optimizer_states["model"]
     assert opt_state["param_groups"][0]["lr"] == pytest.approx(train_mod.learning_rate(

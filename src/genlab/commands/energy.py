@@ -92,6 +92,8 @@ def score_images(args: argparse.Namespace) -> int:
     energy = model._energies(model.images_from_files(paths))
     percentile, threshold = model.percentile(energy), model.threshold(args.fpr)
     flags = energy > threshold
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # as --out of the other commands
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     try:
         writer = csv.writer(out)

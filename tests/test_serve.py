@@ -86,6 +86,43 @@ def test_only_the_served_address_is_a_valid_host():
     assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.5") and not _is_loopback("example.org")
 
 
+def test_drawings_arriving_a_few_loop_turns_apart_share_one_pass():
+    # Clients answered by one pass send their next drawings a few event-loop turns apart; the batcher lets
+    # them join before the pass starts, and a drawing that comes after GATHER_S waits for the next pass.
+    _need_server_stack()
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from genlab.serve.app import DrawBatcher
+
+    class Recorder:
+        def __init__(self):
+            self.passes = []
+
+        def draw(self, inputs, wanted):
+            self.passes.append(len(inputs))
+            return [{"n": float(x[0, 0])} for x in inputs]
+
+    async def scenario(late_s):
+        recorder = Recorder()
+        batcher = DrawBatcher(recorder, ThreadPoolExecutor(1))
+
+        async def client(i, turns):
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            return await batcher.submit(np.full((28, 28), float(i), np.float32), ["m"])
+
+        async def late():
+            await asyncio.sleep(late_s)
+            return await batcher.submit(np.full((28, 28), 9.0, np.float32), ["m"])
+
+        results = await asyncio.gather(*(client(i, i) for i in range(4)), late())
+        return recorder.passes, [r["n"] for r in results]
+
+    passes, answers = asyncio.run(scenario(late_s=0.05))
+    assert answers == [0.0, 1.0, 2.0, 3.0, 9.0]  # each drawing gets its own answer
+    assert passes == [4, 1]  # four drawings one to three turns apart in one pass; the late one alone
+
 # -- one pass per model gives the models' own energies -------------------------------------------------------------
 @pytest.mark.parametrize("name", MODELS)
 def test_one_pass_energy_and_reconstruction_equal_the_models_own(name):

@@ -43,7 +43,10 @@ class Interrupted(Exception):
     def __init__(self, run_dir: Path, signum: int):
         super().__init__(f"interrupted by {signal.Signals(signum).name}: checkpoint saved; "
                          f"continue with: genlab train --resume {run_dir}")
-        self.signum = signum
+        self.run_dir, self.signum = run_dir, signum
+
+    def __reduce__(self):  # rebuilt from its arguments, so it crosses a process boundary (reproduce's workers)
+        return type(self), (self.run_dir, self.signum)
 
 
 def make_optimizer(cfg: TrainConfig, params: list, extra: dict) -> torch.optim.Optimizer:

@@ -123,6 +123,7 @@ def test_drawings_arriving_a_few_loop_turns_apart_share_one_pass():
     assert answers == [0.0, 1.0, 2.0, 3.0, 9.0]  # each drawing gets its own answer
     assert passes == [4, 1]  # four drawings one to three turns apart in one pass; the late one alone
 
+
 # -- one pass per model gives the models' own energies -------------------------------------------------------------
 @pytest.mark.parametrize("name", MODELS)
 def test_one_pass_energy_and_reconstruction_equal_the_models_own(name):

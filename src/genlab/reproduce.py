@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -114,7 +114,7 @@ def _train_one_thread(name: str, model_cfg, train_cfg) -> float:
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with open(run_dir / "train.log", "w") as log, contextlib.redirect_stderr(log):
-        train_cfg = cfgmod.from_dict(cfgmod.TrainConfig, {**cfgmod.to_dict(train_cfg), "progress": False})
+        train_cfg = replace(train_cfg, progress=False)
         train(name, model_cfg, train_cfg, callbacks=training_callbacks(train_cfg))
     return time.perf_counter() - started
 
@@ -122,19 +122,18 @@ def _train_one_thread(name: str, model_cfg, train_cfg) -> float:
 def _train_in_processes(jobs, workers: int, done) -> dict[str, float]:
     """Train ``jobs`` in ``workers`` fresh processes, the last stages (the GANs, the longest) first; call
     ``done()`` as each ends and return each one's seconds. A failure in one ends the reproduction with its error."""
-    timings = {}
+    seconds = {}
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no state forked from this one
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         futures = {pool.submit(_train_one_thread, *job): job[0] for job in reversed(jobs)}
         try:
             for future in as_completed(futures):
-                timings[f"train {futures[future]}"] = future.result()
+                seconds[futures[future]] = future.result()
                 done()
         except BaseException:
-            for future in futures:
-                future.cancel()
+            pool.shutdown(cancel_futures=True)  # the stages not yet started never start
             raise
-    return {f"train {name}": timings[f"train {name}"] for name, *_ in jobs}
+    return {f"train {name}": seconds[name] for name, *_ in jobs}
 
 
 def _write_json(path: Path, data) -> None:

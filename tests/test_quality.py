@@ -79,6 +79,16 @@ def test_kid_of_two_samples_of_one_distribution_is_near_zero():
     assert abs(same) < 3 * same_std  # unbiased: the mean over subsets is within noise of 0
 
 
+def test_kid_std_is_a_spread_when_the_sets_are_smaller_than_a_subset():
+    # 500 points against a subset size of 1000 (the report's quick case): the subsets must still differ.
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(500, 16)), rng.normal(size=(500, 16))
+    mean, std = Q.kid(a, b, subsets=20)
+    _, std_big = Q.kid(rng.normal(size=(4000, 16)), rng.normal(size=(4000, 16)), subsets=20)
+    assert std > 1e-6 and std > 0.1 * std_big
+    assert abs(mean) < 3 * std
+
+
 def test_mmd_is_unbiased_for_identical_distributions():
     # The unbiased MMD^2 can be negative; its average over many independent pairs of samples is ~0,
     # whereas the biased (V-statistic) version would sit clearly above 0.

@@ -125,12 +125,14 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
 
 def kid(feats_a, feats_b, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
     """KID: mean and std of the unbiased MMD^2 over ``subsets`` random subsets (drawn without replacement
-    within a subset) of ``min(subset_size, N_a, N_b)`` points from each set. Bińkowski et al. 2018 use 100
-    subsets of 1000."""
+    within a subset) of ``min(subset_size, min(N_a, N_b) // 2)`` points from each set. Bińkowski et al. 2018
+    use 100 subsets of 1000. At most half the smaller set, so that the subsets differ: subsets holding a
+    whole set would all give the same value, and the std would be round-off (the mean is unbiased either way)."""
     a, b = _array(feats_a, "features a"), _array(feats_b, "features b")
-    m = min(subset_size, len(a), len(b))
+    m = min(subset_size, min(len(a), len(b)) // 2)
     if m < 2 or subsets < 1:
-        raise GenlabError(f"KID needs at least 2 points per set and 1 subset, got {m} points and {subsets} subsets")
+        raise GenlabError(f"KID needs at least 4 points per set and 1 subset, got "
+                          f"{min(len(a), len(b))} points and {subsets} subsets")
     rng = np.random.default_rng(seed)
     values = np.array([mmd2_unbiased(a[rng.choice(len(a), m, replace=False)],
                                      b[rng.choice(len(b), m, replace=False)]) for _ in range(subsets)])

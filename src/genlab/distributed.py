@@ -67,8 +67,14 @@ def setup(device: str = "auto", deterministic: bool = False) -> Context:
     return Context(rank, world, dev)
 
 
-def teardown(ctx: Context) -> None:
+def teardown(ctx: Context, finished: bool = False) -> None:
+    """Leave the process group. ``finished``: every rank got here the same way, so wait at a barrier first;
+    no rank then tears its group down while another still has a collective in flight, whose pending work
+    would otherwise be freed during interpreter shutdown (a rare SIGABRT at exit on a loaded machine). After a
+    failure the ranks may not all arrive, so they leave at once."""
     if ctx.world > 1 and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

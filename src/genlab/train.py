@@ -148,13 +148,16 @@ def train(model_name: str, model_cfg=None, train_cfg: TrainConfig | None = None,
 
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     ctx = distributed.setup(train_cfg.device, train_cfg.deterministic)  # a missing device is a GenlabError here
+    finished = False
     try:
         # One owner per run directory (see genlab.rundir); a refusal reaches every rank.
         with distributed.agreed(ctx, rundir.claim(run_dir, owner=ctx.is_main)):
-            return _train(model_name, model_cfg, train_cfg, run_dir, resume is not None, ctx,
-                          callbacks if ctx.is_main else ())
+            run_dir = _train(model_name, model_cfg, train_cfg, run_dir, resume is not None, ctx,
+                             callbacks if ctx.is_main else ())
+        finished = True
+        return run_dir
     finally:
-        distributed.teardown(ctx)
+        distributed.teardown(ctx, finished)
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
 
 

@@ -129,10 +129,11 @@ def kid(feats_a, feats_b, subsets: int = 100, subset_size: int = 1000, seed: int
     use 100 subsets of 1000. At most half the smaller set, so that the subsets differ: subsets holding a
     whole set would all give the same value, and the std would be round-off (the mean is unbiased either way)."""
     a, b = _array(feats_a, "features a"), _array(feats_b, "features b")
-    m = min(subset_size, min(len(a), len(b)) // 2)
+    smaller = min(len(a), len(b))
+    m = min(subset_size, smaller // 2)
     if m < 2 or subsets < 1:
-        raise GenlabError(f"KID needs at least 4 points per set and 1 subset, got "
-                          f"{min(len(a), len(b))} points and {subsets} subsets")
+        raise GenlabError(f"KID needs at least 4 points per set and 1 subset, got {smaller} points and "
+                          f"{subsets} subsets")
     rng = np.random.default_rng(seed)
     values = np.array([mmd2_unbiased(a[rng.choice(len(a), m, replace=False)],
                                      b[rng.choice(len(b), m, replace=False)]) for _ in range(subsets)])

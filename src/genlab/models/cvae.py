@@ -77,10 +77,23 @@ def quadrant_mask(observed: int) -> Tensor:
     return m
 
 
+def one_hot_checked(c: Tensor, low: int, high: int, what: str) -> Tensor:
+    """``c`` (int [N], values in low..high) one-hot: [N x (high - low + 1)]. A value outside fails in one_hot:
+    here on a CPU, in its device-side assert on a GPU (a check in Python would read ``c`` back from the device
+    and make every GPU step wait)."""
+    try:
+        return F.one_hot(c.long() - low, high - low + 1)
+    except RuntimeError:
+        raise GenlabError(f"{what} must be in {low}..{high}") from None
+
+
 def task_masks(tasks: Tensor) -> Tensor:
-    """Observed-pixel masks of a batch: int [N] tasks in {1, 2, 3} -> bool [N x 1 x 28 x 28]."""
-    table = torch.stack([quadrant_mask(t) for t in TASKS]).to(tasks.device)  # [3 x 28 x 28]
-    return table[tasks.long() - 1].unsqueeze(1)
+    """Observed-pixel masks of a batch: int [N] tasks in {1, 2, 3} -> bool [N x 1 x 28 x 28], the masks of
+    ``quadrant_mask`` built on the tasks' device (no copy from the host)."""
+    _, two, three = one_hot_checked(tasks, 1, 3, "observed quadrants").bool().view(-1, 3, 1, 1).unbind(1)
+    upper = torch.arange(28, device=tasks.device) < 14
+    top, left = upper.view(1, 28, 1), upper.view(1, 1, 28)
+    return ((~top & left) | ((two | three) & left) | (three & top)).unsqueeze(1)
 
 
 def gaussian_kl2(mu_q: Tensor, lv_q: Tensor, mu_p: Tensor, lv_p: Tensor) -> Tensor:
@@ -174,13 +187,10 @@ class CVAE(GenerativeModel):
             weight of each pixel in the likelihood, [N x 1 x 28 x 28] (quadrants: 1 on unseen pixels) or [1].
         """
         if self.quadrants:
-            if c.min() < 1 or c.max() > 3:
-                raise GenlabError("observed quadrants must be 1, 2 or 3")
             seen = task_masks(c)
             return torch.where(seen, x, torch.full_like(x, MASKED)).flatten(1), (~seen).to(x.dtype)
-        if c.min() < 0 or c.max() > 9:
-            raise GenlabError("digit labels must be in 0..9")
-        return F.one_hot(c.long(), 10).to(x.dtype), torch.ones(1, device=x.device, dtype=x.dtype)
+        one_hot = one_hot_checked(c, 0, 9, "digit labels")
+        return one_hot.to(x.dtype), torch.ones(1, device=x.device, dtype=x.dtype)
 
     def _q(self, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
         return self._nets().recognition(torch.cat([x.flatten(1), cond], 1)).chunk(2, dim=1)
@@ -280,6 +290,8 @@ class CVAE(GenerativeModel):
         unseen pixels, the observed pixels kept. :param x: [N x 1 x 28 x 28]. :return: [n x N x 1 x 28 x 28]."""
         if not self.quadrants:
             raise GenlabError("completing quadrants needs a cvae trained with --condition quadrants")
+        if observed not in TASKS:
+            raise GenlabError(f"the number of observed quadrants must be 1, 2 or 3, got {observed}")
         c = torch.full((len(x),), observed, device=x.device)
         cond, weight = self.condition(x, c)
         mu_p, lv_p = self._p(cond)

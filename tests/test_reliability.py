@@ -146,6 +146,9 @@ def test_damaged_config_json_is_one_line(config, words, capsys, ae_run, tmp_path
     (["evaluate", "{run}", "--iwae-k", "0"], "must be between 1"),
     (["train", "ae", *QUICK, "--out", "{run}/config.json"], "is a file, not a run directory"),
     (["energy", "{run}", "--limit", "10", "--out", "{run}/config.json/e.npy"], "config.json: File exists"),
+    (["sample", "{run}", "--out", "{run}/samples.txt"], "ending in .png"),
+    (["train", "vae", "--latent-dims", "5"], "did you mean --latent-dim? (see genlab train vae --help)"),
+    (["evaluate", "{run}", "--bogus"], "unrecognized arguments: --bogus (see genlab evaluate --help)"),
 ])
 def test_out_of_range_requests_are_one_line(argv, words, capsys, ae_run, tmp_path):
     run = copy_run(ae_run, tmp_path / "run")

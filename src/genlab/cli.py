@@ -3,6 +3,8 @@ and exit status 2 (``genlab.errors``)."""
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import sys
 
 from genlab import __version__
@@ -25,10 +27,25 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        unrecognized(parser, args, unknown)
     if args.command == "train" and args.model is None and not args.resume:
         parser.error("train needs a MODEL (one of the listed choices) or --resume RUN_DIR")
     return one_line_errors(lambda: args.func(args))
+
+
+def unrecognized(parser: Parser, args, unknown: list[str]) -> None:
+    """The one-line error for flags the command does not have, from the command's own parser, so it points
+    at that command's help and suggests the nearest flag it does have."""
+    names = [args.command] + ([args.model] if args.command == "train" and args.model else [])
+    for name in names:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    message = f"unrecognized arguments: {' '.join(unknown)}"
+    flag = next((word.split("=")[0] for word in unknown if word.startswith("--")), None)
+    flags = [f for f in parser._option_string_actions if f.startswith("--") and f != "--help"]
+    near = difflib.get_close_matches(flag, flags, n=1, cutoff=0.75) if flag else []
+    parser.error(message + (f"; did you mean {near[0]}?" if near else ""))
 
 
 if __name__ == "__main__":

@@ -273,6 +273,15 @@ def test_offline_message_names_files_and_directory(tmp_path, monkeypatch, closed
     assert not list((tmp_path / "mnist").iterdir())
 
 
+def test_a_folder_where_a_data_file_belongs_is_named_before_any_download(tmp_path, monkeypatch, closed_port_url):
+    monkeypatch.setenv("GENLAB_MIRROR", closed_port_url)
+    (tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz").mkdir(parents=True)
+    with pytest.raises(DataError) as err:
+        load_dataset("mnist", "test", data_dir=tmp_path)
+    assert str(err.value).startswith(f"{tmp_path / 'mnist' / 't10k-images-idx3-ubyte.gz'} is a directory")
+    assert closed_port_url not in str(err.value)  # nothing was downloaded
+
+
 @needs_mnist
 def test_download_real_mnist_from_local_mirror(tmp_path, monkeypatch, serve):
     # The real .gz files served locally pass the published MD5s, then load like any MNIST directory.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -15,7 +16,7 @@ import torch
 import genlab
 from genlab.cli import main
 from genlab.data import clear_cache, load_dataset
-from genlab.data.files import encode_png
+from genlab.data.files import encode_png, list_images
 
 
 @pytest.fixture(autouse=True)
@@ -127,6 +128,20 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
                         "--out", tmp_path / "r4"), "28 x 28 grey")
     assert_one_line(cli(capsys, "train", "dae", "--arch", "conv", "--dataset", f"folder:{mixed}", "--image-size",
                         "30", "--out", tmp_path / "r5"), "multiples of 4")
+    # A .npy, a zip whose member is not a numpy array: one line each, not numpy's advice to unpickle.
+    np.save(tmp_path / "one.npy", np.zeros((3, 8, 8), np.uint8))
+    assert_one_line(cli(capsys, "train", "ae", "--dataset", f"npz:{tmp_path / 'one.npy'}", "--out", tmp_path / "r6"),
+                    "one.npy is not a .npz file")
+    with zipfile.ZipFile(tmp_path / "odd.npz", "w") as archive:
+        archive.writestr("images.npy", b"not an array")
+    assert_one_line(cli(capsys, "train", "ae", "--dataset", f"npz:{tmp_path / 'odd.npz'}", "--out", tmp_path / "r7"),
+                    "'images' is not a numpy array")
+
+
+def test_a_symlink_loop_in_a_folder_data_set_is_listed_once(tmp_path):
+    write_folder(tmp_path / "d", blobs(4, (8, 8)), np.arange(4) % 2, ["a", "b"])
+    (tmp_path / "d" / "a" / "again").symlink_to(tmp_path / "d", target_is_directory=True)
+    assert sorted(p.name for p in list_images(tmp_path / "d")) == ["0000.png", "0001.png", "0002.png", "0003.png"]
 
 
 # -- training, scoring, repairing --------------------------------------------------------------------------------

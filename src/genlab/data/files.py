@@ -67,9 +67,14 @@ def scan_images(root: str | Path, ordered: bool = True) -> list[tuple[str, int, 
     (in no particular order unless ``ordered``), hidden files and folders skipped. Plain strings and
     ``os.scandir``: listing 70,000 files takes a fraction of a second."""
     found: list[tuple[str, int, int]] = []
+    seen: set[tuple[int, int]] = set()  # (device, inode) of each folder listed: a symlink loop is listed once
 
     def walk(folder: str) -> None:
         try:
+            info = os.stat(folder)
+            if (info.st_dev, info.st_ino) in seen:
+                return
+            seen.add((info.st_dev, info.st_ino))
             entries = list(os.scandir(folder))
             if ordered:
                 entries.sort(key=lambda e: e.name)
@@ -286,11 +291,17 @@ def _folder_listing(root: Path) -> tuple[list[tuple[str, int, int]], np.ndarray,
 
 def _load_npz(path: Path, image_size: int, grey: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     import zipfile
+    fix = "write it with numpy.savez(path, images=..., labels=...)"
     try:
+        if not zipfile.is_zipfile(path):  # a .npy or a pickle: np.load would return an array or refuse a pickle
+            raise DataError(f"{path} is not a .npz file (a zip archive of numpy arrays); {fix}")
         with np.load(path, allow_pickle=False) as saved:
             arrays = {k: saved[k] for k in saved.files}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path} is not a readable .npz file ({e}); write it with numpy.savez") from None
+        raise DataError(f"{path} is not a readable .npz file ({e}); {fix}") from None
+    broken = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]  # members that are not .npy
+    if broken:
+        raise DataError(f"{path}: {broken[0]!r} is not a numpy array; {fix}")
     if "images" in arrays:
         parts = [("images", "labels")]
     elif "x_train" in arrays and "x_test" in arrays:

@@ -478,14 +478,19 @@ def test_serve_without_the_extra_says_how_to_install_it(monkeypatch, capsys, run
     ([], "nothing to serve"),
     (["/no/such/run"], "does not exist"),
     (["--port", "70000", "/no/such/run"], "--port"),
+    (["--device", "tpu9", "/no/such/run"], "--device must be auto, cpu, cuda or cuda:N"),
+    (["--threads", "0", "/no/such/run"], "--threads"),
 ])
 def test_serve_bad_arguments_end_with_one_line(argv, message, capsys):
     _need_server_stack()
     from genlab.cli import main
 
-    assert main(["serve", *argv]) == 2
+    try:
+        status = main(["serve", *argv])
+    except SystemExit as e:  # argparse's errors (a flag's range)
+        status = e.code
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and message in err
+    assert status == 2 and len(err.splitlines()) == 1 and message in err, err
 
 
 # -- the page in a real browser ------------------------------------------------------------------------------------

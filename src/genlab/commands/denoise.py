@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genlab.commands.flags import DEVICE_HELP
 from genlab.scoring import load
 
 
@@ -19,7 +20,7 @@ def add(subparsers) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by genlab train")
     p.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files or folders of them")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs")
-    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=command)
 
 

@@ -3,6 +3,7 @@ model answers."""
 
 from __future__ import annotations
 
+from genlab.commands.flags import DEVICE_HELP, bounded_int
 from genlab.errors import GenlabError
 
 
@@ -13,13 +14,14 @@ def add(subparsers) -> None:
     p.add_argument("--watch", metavar="RUN_DIR", action="append", default=[],
                    help="follow a run in progress: its metrics, figures and samples update live (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (0: any free one; default: 8000)")
+    p.add_argument("--port", type=bounded_int(0, 65535), default=8000, help="port (0: any free one; default: 8000)")
     p.add_argument("--allow-host", metavar="NAME", action="append", default=[],
                    help="another name clients may use in the Host header (with --host)")
-    p.add_argument("--test-limit", type=int, default=1000,
+    p.add_argument("--test-limit", type=bounded_int(10), default=1000,
                    help="test digits per model for the energy percentiles and the latent map (default: 1000)")
-    p.add_argument("--threads", type=int, default=1, help="PyTorch threads (default: 1)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=bounded_int(1, 1024), default=1, help="PyTorch threads (default: 1)")
+    p.add_argument("--device", default="cpu",
+                   help=f"{DEVICE_HELP} (default: cpu, where the page's one-drawing requests were measured)")
     p.set_defaults(func=command)
 
 

@@ -25,6 +25,7 @@ from torch import Tensor
 from genlab.checkpoint import CHECKPOINT, CONFIG, Run, load_run
 from genlab.data import load_dataset
 from genlab.data.batching import to_unit
+from genlab.distributed import resolve_device
 from genlab.errors import GenlabError
 from genlab.models.base import GenerativeModel
 
@@ -195,7 +196,7 @@ class Explorer:
     def __init__(self, run_dirs=(), watch_dirs=(), test_limit: int = 1000, device: str = "cpu"):
         if test_limit < 10:
             raise GenlabError(f"--test-limit must be at least 10, got {test_limit}")
-        self.device = torch.device(device)
+        self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
         self.test_limit = test_limit
         taken: set[str] = set()
         self.models: dict[str, Loaded] = {}

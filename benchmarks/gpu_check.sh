@@ -7,15 +7,17 @@
 #   tests       tests/test_cuda.py: SIGTERM mid-epoch then --resume equals an uninterrupted run for every model
 #               (deterministic algorithms), GPU checkpoints load on a CPU and back, seeded blocks fork the CUDA
 #               generator, no training step waits for the GPU
+#   commands    benchmarks/cuda_commands.py: every model trains an epoch on the GPU, then evaluate, energy, sample,
+#               inpaint, denoise, report and serve (one drawing) run on those runs with --device cuda
 #   throughput  benchmarks/throughput.py --device cuda on full MNIST: every model at the lecture's batch size and
 #               a GPU-sized one, against a plain PyTorch loop over the same networks
 #   reproduce   genlab reproduce on full MNIST (every model trained for at least two epochs, every figure), timed
 # Each stage writes its log into OUT_DIR (the reproduction itself goes to $REPRODUCE_DIR, by default
 # OUT_DIR/reproduce); a failing stage does not stop the others.
 set -u
-out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR [tests] [throughput] [reproduce]}
+out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR [tests] [commands] [throughput] [reproduce]}
 shift
-stages=${*:-tests throughput reproduce}
+stages=${*:-tests commands throughput reproduce}
 mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 GENLAB_OFFLINE=1
 : "${GENLAB_DATA_DIR:?set GENLAB_DATA_DIR to a folder holding mnist/ (and fashion-mnist/)}"
@@ -35,6 +37,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to OUT_DI
 for s in $stages; do
   case $s in
     tests) stage tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py ;;
+    commands) stage commands 150 python3 benchmarks/cuda_commands.py "$out/commands" ;;
     throughput) stage throughput 240 python3 benchmarks/throughput.py --device cuda --limit 60000 ;;
     reproduce) stage reproduce 290 python3 -m genlab.cli reproduce --device cuda --out "${REPRODUCE_DIR:-$out/reproduce}" ;;
     *) echo "unknown stage $s" >&2; status=2 ;;

@@ -1,0 +1,123 @@
+"""Every genlab command on one device, as a user types it: four models train for an epoch, then each command
+that computes runs on those runs, and the explorer answers a drawing. A table gives each command's exit
+status and seconds; the script exits 1 if any command failed.
+
+Written for a GPU (``--device cuda``, the default; ``benchmarks/gpu_check.sh`` runs it as its ``commands``
+stage), where these paths are not in CI. The models are those whose commands ``genlab reproduce`` (the
+script's ``reproduce`` stage, which trains, evaluates and scores every model) does not run: the DAE repairs
+images, the VAE and both conditional models sample. ``--device cpu`` runs the same on a CPU, which checks the
+script.
+
+    python benchmarks/cuda_commands.py OUT_DIR [--device cuda] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from serve_latency import drawings
+
+MODELS = ("dae", "vae", "cvae", "cdcgan")
+SMALL = ["--dataset", "mnist-5k", "--limit", "1024", "--eval-limit", "200", "--epochs", "1", "--no-progress"]
+
+
+def genlab(*argv, timeout: float = 300) -> tuple[int, float, str]:
+    """(exit status, seconds, last line of stderr) of ``genlab ARGV``."""
+    began = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "genlab.cli", *map(str, argv)], capture_output=True, text=True,
+                       timeout=timeout, env={**os.environ, "GENLAB_OFFLINE": "1"})
+    last = (p.stderr.strip().splitlines() or [""])[-1]
+    return p.returncode, time.perf_counter() - began, last
+
+
+def write_test_digits(folder: Path, n: int) -> Path:
+    """The first ``n`` test digits of mnist-5k as PNG files in ``folder``: images for energy and denoise."""
+    from genlab.data import load_dataset
+    from genlab.data.files import encode_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(load_dataset("mnist-5k", "test").images[:n].numpy()):
+        (folder / f"digit{i}.png").write_bytes(encode_png(image))
+    return folder
+
+
+def serve_one_drawing(runs: list[Path], device: str) -> tuple[int, float, str]:
+    """Start ``genlab serve`` on the runs, POST one drawing to every model, stop it: (0 or 1, seconds, note)."""
+    began = time.perf_counter()
+    server = subprocess.Popen([sys.executable, "-m", "genlab.cli", "serve", *map(str, runs), "--port", "0",
+                               "--device", device], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        if not line.startswith("genlab serve: http://"):
+            server.wait(timeout=30)
+            return 1, time.perf_counter() - began, (server.stderr.read().strip().splitlines() or [""])[-1]
+        address = line.split()[2].rstrip("/")
+        request = urllib.request.Request(f"{address}/api/draw", data=drawings(1)[0],
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answered = json.loads(response.read())["models"]
+        ok = len(answered) == len(runs)
+        return (0 if ok else 1), time.perf_counter() - began, f"{len(answered)} of {len(runs)} models answered"
+    except Exception as e:  # any failure is this command's row, not the end of the script
+        return 1, time.perf_counter() - began, f"{type(e).__name__}: {e}"
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path, help="folder for the runs and the outputs")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    out, dev = args.out, ["--device", args.device]
+    rows: list[tuple[str, int, float, str]] = []
+
+    def check(label: str, result: tuple[int, float, str]) -> bool:
+        rows.append((label, *result))
+        if not args.json:
+            print(f"{label:<44} exit {result[0]:<3} {result[1]:6.1f} s  {result[2][:100]}", flush=True)
+        return result[0] == 0
+
+    runs = {m: out / m for m in MODELS
+            if check(f"train {m}", genlab("train", m, *SMALL, *dev, "--out", out / m))}
+    images = write_test_digits(out / "images", 4)
+    for m, run in runs.items():
+        check(f"evaluate {m}", genlab("evaluate", run, "--limit", "200", "--no-quality", "--json", *dev))
+    for m in ("vae", "cvae", "cdcgan"):
+        if m in runs:
+            label = ["--label", "7"] if m != "vae" else []
+            check(f"sample {m} {' '.join(label)}", genlab("sample", runs[m], "-n", "16", *label,
+                                                          "--out", out / f"{m}.png", *dev))
+    if "dae" in runs:
+        check("inpaint dae", genlab("inpaint", runs["dae"], "--limit", "50", *dev))
+        check("denoise dae", genlab("denoise", runs["dae"], "--images", images, "--out", out / "repaired", *dev))
+        check("energy dae --images", genlab("energy", runs["dae"], "--images", images, "--out", out / "e.csv", *dev))
+        check("energy dae --auroc", genlab("energy", runs["dae"], "--auroc", "--limit", "200", *dev))
+    check("report (every run; reads files only)", genlab("report", *runs.values(), "--out", out / "report"))
+    check("serve: one drawing, every model", serve_one_drawing(list(runs.values()), args.device))
+
+    failed = [label for label, status, *_ in rows if status != 0]
+    if args.json:
+        print(json.dumps({"device": args.device, "rows": [dict(zip(("command", "exit", "seconds", "note"), r))
+                                                         for r in rows], "failed": failed}))
+    else:
+        print(f"{len(rows) - len(failed)} of {len(rows)} commands ran on {args.device}"
+              + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -279,8 +279,24 @@ def flag_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
              ["train", "ae", *QUICK, "--dataset", f"folder:{_empty(root)}", *out(140)]),
         Case("flags", "train vae --objective nce", ["train", "vae", *QUICK, "--objective", "nce", *out(141)]),
         Case("flags", "report on a missing run", ["report", str(root / "nope"), "--out", str(root / "rep0")]),
+        Case("flags", "train vae --latent-dims 5 (a misspelt flag)", ["train", "vae", "--latent-dims", "5"]),
+        Case("flags", "sample --out not a .png", ["sample", vae, "--out", str(root / "s5.txt")]),
+        Case("flags", "serve --device tpu9", ["serve", ae, "--port", "0", "--device", "tpu9"]),
+        Case("flags", "serve --device cuda:7", ["serve", ae, "--port", "0", "--device", "cuda:7"]),
+        Case("flags", "serve --threads 0", ["serve", ae, "--port", "0", "--threads", "0"]),
+        Case("flags", "serve --test-limit -1", ["serve", ae, "--port", "0", "--test-limit", "-1"]),
+        Case("images", "train on npz: a .npy file", ["train", "ae", *QUICK, "--dataset", f"npz:{_npy(root)}", *out(142)]),
+        Case("images", "train on npz: a text file", ["train", "ae", *QUICK, "--dataset", f"npz:{ae}/config.json",
+                                                     *out(143)]),
     ]
     return cases
+
+
+def _npy(root: Path) -> Path:
+    import numpy as np
+    path = root / "images.npy"
+    np.save(path, np.zeros((4, 8, 8), np.uint8))
+    return path
 
 
 def path_cases(root: Path, runs: dict[str, Path]) -> list[Case]:

@@ -26,10 +26,12 @@ genlab's MNIST classifier (``genlab.metrics.classifier``):
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from genlab.data.batching import to_pixels, to_unit
 from genlab.errors import GenlabError
@@ -41,15 +43,19 @@ PER_CLASS = 1000  # conditional samples per class
 
 # -- quadrant completion ----------------------------------------------------------------------------------------
 @torch.no_grad()
-def quadrant_nll(model, images_u8: Tensor, k: int = DEFAULT_K, batch_size: int = 250, seed: int = 0) -> dict:
+def quadrant_nll(model, images_u8: Tensor, k: int = DEFAULT_K, batch_size: int = 250, seed: int = 0,
+                 progress: bool = False) -> dict:
     """-log p(unseen | seen) on ``images_u8`` (uint8 [N x 28 x 28]) for 1, 2, 3 observed quadrants, mean nats
-    per image: ``nll_is_q<t>`` (importance sampled, ``k`` draws) and ``nll_bound_q<t>`` (-ELBO, one draw)."""
+    per image: ``nll_is_q<t>`` (importance sampled, ``k`` draws) and ``nll_bound_q<t>`` (-ELBO, one draw).
+    ``progress``: a bar over the images on stderr, when it is a terminal."""
     if k < 1:
         raise GenlabError(f"importance sampling needs k >= 1 draws, got {k}")
     if not getattr(model, "quadrants", False):
         raise GenlabError("quadrant completion needs a cvae trained with --condition quadrants")
     sums: dict[str, float] = {}
-    with evaluating(model, seed):
+    bar = tqdm(total=len(images_u8), desc=f"quadrant completion, k={k}", unit="image", leave=False,
+               file=sys.stderr, disable=None if progress else True)  # None: shown only on a terminal
+    with evaluating(model, seed), bar:
         for i in range(0, len(images_u8), batch_size):
             x = to_pixels(images_u8[i:i + batch_size], model.pixel_range).to(model.device)
             for t in (1, 2, 3):
@@ -59,6 +65,7 @@ def quadrant_nll(model, images_u8: Tensor, k: int = DEFAULT_K, batch_size: int =
                 nll = -(torch.logsumexp(lw, 0) - math.log(k)).sum().item()
                 sums[f"nll_bound_q{t}"] = sums.get(f"nll_bound_q{t}", 0.0) + bound
                 sums[f"nll_is_q{t}"] = sums.get(f"nll_is_q{t}", 0.0) + nll
+            bar.update(len(x))
     out = {key: value / len(images_u8) for key, value in sorted(sums.items())}
     out["nll_is_k"] = k
     return out
@@ -134,6 +141,6 @@ def evaluate_run(run, images_u8: Tensor, iwae_k=None, per_class: int = PER_CLASS
 
     if getattr(run.model, "quadrants", False):
         k = int(max(iwae_k)) if iwae_k else DEFAULT_K
-        return quadrant_nll(run.model, images_u8, k)
+        return quadrant_nll(run.model, images_u8, k, progress=True)
     data_dir = run.train_cfg.data_dir
     return evaluate_model(run.model, resolve_dataset_name(run.train_cfg.dataset, data_dir), data_dir, per_class)

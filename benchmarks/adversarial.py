@@ -264,6 +264,8 @@ def flag_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
         Case("flags", "evaluate a missing run", ["evaluate", str(root / "nope")]),
         Case("flags", "evaluate a file as run", ["evaluate", str(runs["ae"] / "config.json")]),
         Case("flags", "energy --limit -2", ["energy", ae, "--limit", "-2"]),
+        Case("flags", "energy --seed 99999999999999999999", ["energy", ae, "--seed", "99999999999999999999"]),
+        Case("flags", "inpaint --seed -5", ["inpaint", ae, "--seed", "-5"]),
         Case("flags", "inpaint on an ae run", ["inpaint", ae, "--limit", "10"]),
         Case("flags", "datasets --data-dir a file (documented: 0, lists the data sets as missing)",
              ["datasets", "--data-dir", str(runs["ae"] / "config.json")], expect=0),

@@ -149,6 +149,8 @@ def test_damaged_config_json_is_one_line(config, words, capsys, ae_run, tmp_path
     (["sample", "{run}", "--out", "{run}/samples.txt"], "ending in .png"),
     (["train", "vae", "--latent-dims", "5"], "did you mean --latent-dim? (see genlab train vae --help)"),
     (["evaluate", "{run}", "--bogus"], "unrecognized arguments: --bogus (see genlab evaluate --help)"),
+    (["energy", "{run}", "--seed", "99999999999999999999"], "must be between 0 and 4294967295"),
+    (["inpaint", "{run}", "--seed", "-5"], "must be between 0 and 4294967295"),
 ])
 def test_out_of_range_requests_are_one_line(argv, words, capsys, ae_run, tmp_path):
     run = copy_run(ae_run, tmp_path / "run")

@@ -17,6 +17,7 @@ import genlab
 from genlab.cli import main
 from genlab.data import clear_cache, load_dataset
 from genlab.data.files import encode_png, list_images
+from genlab.errors import GenlabError
 
 
 @pytest.fixture(autouse=True)
@@ -212,6 +213,12 @@ def test_load_energy_matches_cli_and_takes_arrays(rgb_runs, tmp_path):
     assert np.allclose(model.energy(decoded), from_paths)
     assert np.allclose(model.energy(torch.from_numpy(decoded).permute(0, 3, 1, 2)), from_paths)
     assert from_paths.shape == (4,) and np.isfinite(from_paths).all()
+    # Float pixels in [0, 1] are the same 255 levels; floats on 0..255 are refused, not clipped to white.
+    assert np.allclose(model.energy(decoded / 255.0), from_paths)
+    assert np.allclose(model.energy(torch.from_numpy(decoded / 255.0).permute(0, 3, 1, 2)), from_paths)
+    for wrong in (decoded.astype(np.float32), torch.from_numpy(decoded.astype(np.float32))):
+        with pytest.raises(GenlabError, match=r"float images must hold pixels in \[0, 1\], got values from 0"):
+            model.energy(wrong)
 
 
 def test_denoise_writes_pngs(rgb_runs, tmp_path, capsys):
@@ -255,7 +262,6 @@ def test_gans_take_the_data_shape(shape):
 
 
 def test_unsupported_shapes_are_refused_in_one_line():
-    from genlab.errors import GenlabError
     from genlab.models import MODELS, build
 
     for name, kw, words in (("ebgan", {}, "28, 32 or 64"), ("vae", {"arch": "conv"}, "multiples of 4"),

@@ -37,9 +37,9 @@ class LoadedModel:
     # -- inputs -----------------------------------------------------------------------------------------------
     def images(self, images) -> torch.Tensor:
         """uint8 [N x H x W] or [N x C x H x W] in the run's shape, from: paths (files or folders, one or a list),
-        a numpy uint8 array ([H x W], [N x H x W] or [N x H x W x C], an image library's layout, or a list of
-        such images of any sizes) or a tensor
-        (uint8 [N x H x W] or [N x C x H x W], genlab's layout; float in [0, 1] is taken as 255 levels)."""
+        a numpy array ([H x W], [N x H x W] or [N x H x W x C], an image library's layout, or a list of such
+        images of any sizes) or a tensor ([N x H x W] or [N x C x H x W], genlab's layout). Pixels are uint8, or
+        floats in [0, 1] (taken as 255 levels); floats outside [0, 1] are refused rather than clipped."""
         from genlab.data.files import _normalise, image_paths, stack_images
 
         if isinstance(images, (str, Path)) or (isinstance(images, (list, tuple)) and images
@@ -48,18 +48,18 @@ class LoadedModel:
         if isinstance(images, torch.Tensor):
             t = images.detach().cpu()
             if t.is_floating_point():
-                t = t.clamp(0, 1).mul(255).round().to(torch.uint8)
+                t = torch.from_numpy(_unit_floats_to_uint8(t.float().numpy()))
             if t.dtype != torch.uint8 or t.dim() not in (3, 4):
                 raise GenlabError(f"expected a uint8 tensor [N x H x W] or [N x C x H x W], got {t.dtype} "
                                   f"{list(t.shape)}")
             array = t.numpy() if t.dim() == 3 else t.permute(0, 2, 3, 1).numpy()
         elif isinstance(images, (list, tuple)) and images and all(isinstance(i, np.ndarray) for i in images):
-            array = list(images)  # images of different sizes: each is resized below
+            array = [_unit_floats_to_uint8(im) for im in images]  # images of different sizes: resized below
             bad = next((im for im in array if im.dtype != np.uint8 or im.ndim not in (2, 3)), None)
             if bad is not None:
                 raise GenlabError(f"expected uint8 images [H x W] or [H x W x C], got {bad.dtype} {list(bad.shape)}")
         else:
-            array = np.asarray(images)
+            array = _unit_floats_to_uint8(np.asarray(images))
             if array.dtype != np.uint8 or array.ndim not in (2, 3, 4):
                 raise GenlabError(f"expected uint8 images [H x W], [N x H x W] or [N x H x W x C], got {array.dtype} "
                                   f"{list(array.shape)}")
@@ -149,6 +149,20 @@ class LoadedModel:
                                       "use ae, dae, vae or ebgan (its energy still scores images: genlab energy)")
                 out.append(to_uint8(y.float().cpu(), model.pixel_range))
         return torch.cat(out).numpy()
+
+
+def _unit_floats_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Float pixels in [0, 1] as uint8 (255 levels); any other array unchanged. Floats outside [0, 1] (0..255
+    values, NaN) are one clear error: clipping them would score a white or black image instead."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return array
+    if array.size and not (np.isfinite(array).all() and array.min() >= 0.0 and array.max() <= 1.0):
+        finite = array[np.isfinite(array)]
+        seen = ([f"values from {finite.min():.4g} to {finite.max():.4g}"] if finite.size else []) + \
+            (["NaN or infinity"] if finite.size < array.size else [])
+        raise GenlabError(f"float images must hold pixels in [0, 1], got {' and '.join(seen)}; divide 0..255 "
+                          "values by 255, or pass uint8")
+    return np.round(array * 255).astype(np.uint8)
 
 
 def _heldout_path(key: str) -> Path:

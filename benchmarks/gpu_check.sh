@@ -12,6 +12,8 @@
 #   throughput  benchmarks/throughput.py --device cuda on full MNIST: every model at the lecture's batch size and
 #               a GPU-sized one, against a plain PyTorch loop over the same networks
 #   reproduce   genlab reproduce on full MNIST (every model trained for at least two epochs, every figure), timed
+# The stages' time limits add up to 800 s; where one command may run at most 10 minutes, run them in two:
+# `tests commands` (at most 270 s), then `throughput reproduce` (at most 530 s).
 # Each stage writes its log into OUT_DIR (the reproduction itself goes to $REPRODUCE_DIR, by default
 # OUT_DIR/reproduce); a failing stage does not stop the others.
 set -u

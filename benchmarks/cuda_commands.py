@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from serve_latency import drawings
+from serve_latency import drawings, running_server
 
 MODELS = ("dae", "vae", "cvae", "cdcgan")
 SMALL = ["--dataset", "mnist-5k", "--limit", "1024", "--eval-limit", "200", "--epochs", "1", "--no-progress"]
@@ -52,28 +51,16 @@ def write_test_digits(folder: Path, n: int) -> Path:
 def serve_one_drawing(runs: list[Path], device: str) -> tuple[int, float, str]:
     """Start ``genlab serve`` on the runs, POST one drawing to every model, stop it: (0 or 1, seconds, note)."""
     began = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "genlab.cli", "serve", *map(str, runs), "--port", "0",
-                               "--device", device], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        line = server.stdout.readline()
-        if not line.startswith("genlab serve: http://"):
-            server.wait(timeout=30)
-            return 1, time.perf_counter() - began, (server.stderr.read().strip().splitlines() or [""])[-1]
-        address = line.split()[2].rstrip("/")
-        request = urllib.request.Request(f"{address}/api/draw", data=drawings(1)[0],
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            answered = json.loads(response.read())["models"]
+        with running_server(runs, "--device", device) as (_, line):
+            request = urllib.request.Request(f"{line.split()[2].rstrip('/')}/api/draw", data=drawings(1)[0],
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as response:
+                answered = json.loads(response.read())["models"]
         ok = len(answered) == len(runs)
         return (0 if ok else 1), time.perf_counter() - began, f"{len(answered)} of {len(runs)} models answered"
     except Exception as e:  # any failure is this command's row, not the end of the script
         return 1, time.perf_counter() - began, f"{type(e).__name__}: {e}"
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def main() -> int:

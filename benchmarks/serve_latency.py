@@ -26,13 +26,36 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from genlab.errors import GenlabError, one_line_errors
 
 TARGETS = {"p50_ms": 20.0, "p95_ms": 50.0, "rss_mib": 1024.0}
+
+
+@contextmanager
+def running_server(runs, *flags: str, env: dict | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``genlab serve RUNS FLAGS`` on a free 127.0.0.1 port: yields (the process, the line it printed with its
+    address) once it listens, and stops it with Ctrl-C (SIGINT) on leaving. A server that does not start is a
+    GenlabError with its last line."""
+    cmd = [sys.executable, "-m", "genlab.cli", "serve", *map(str, runs), "--host", "127.0.0.1", "--port", "0", *flags]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = server.stdout.readline()
+        if not line.startswith("genlab serve: http://"):
+            server.wait(timeout=30)
+            raise GenlabError(f"the server did not start: {server.stderr.read().strip().splitlines()[-1:]}")
+        yield server, line
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 def drawings(n: int = 16, models: list[str] | None = None) -> list[bytes]:
@@ -126,13 +149,7 @@ def main(argv=None) -> int:
         raise GenlabError(f"--cpus {args.cpus}: this process may use only CPUs {available}")
     os.sched_setaffinity(0, cpus)  # the clients; the server inherits it
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GENLAB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "genlab.cli", "serve", *args.runs, "--host", "127.0.0.1", "--port", "0"]
-    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line = server.stdout.readline()
-        if not line.startswith("genlab serve: http://"):
-            server.wait(timeout=30)
-            raise GenlabError(f"the server did not start: {server.stderr.read().strip().splitlines()[-1:]}")
+    with running_server(args.runs, env=env) as (server, line):
         address = line.split()[2]
         host, port = address.removeprefix("http://").rstrip("/").rsplit(":", 1)
         port = int(port)
@@ -144,12 +161,6 @@ def main(argv=None) -> int:
         latencies, errors, seconds = asyncio.run(_load(host, port, bodies, args.requests, args.clients, n_models))
         server_cpu, client_cpu = _cpu_seconds(server.pid) - cpu0, _cpu_seconds(os.getpid()) - client0
         rss = _rss_mib(server.pid)
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
     ms = np.array(latencies) * 1000
     result = {

@@ -6,6 +6,10 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,3 +113,45 @@ def test_markdown_and_html_share_one_structure(tmp_path):
     assert "missing.png" not in html
     md = render_markdown("T", [section], tmp_path)
     assert "![a figure](a.png)" in md and "| x | 0.5 |" in md
+
+
+# -- stopping the reproduction -------------------------------------------------------------------------------------
+def _tagged_processes(tag: str) -> list[int]:
+    """Live processes whose environment holds ``tag`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and tag.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_stopped_reproduction_leaves_no_process_behind_and_goes_on_where_it_stopped(tmp_path):
+    # SIGTERM to the main process alone (as `timeout` or a job scheduler sends it) while two worker processes
+    # train: one line, status 143, no worker left training; the same command then finishes, each epoch logged once.
+    out, tag = tmp_path / "repro", f"genlab-test-{os.getpid()}-{time.time_ns()}"
+    env = {**os.environ, "GENLAB_TEST_TAG": tag, "GENLAB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "genlab.cli", "reproduce", "--quick", "--models", "ae", "dae", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = [out / name / "train.log" for name in ("ae", "dae")]
+    deadline = time.monotonic() + 120
+    while not all(log.exists() and "epoch 1 " in log.read_text() for log in logs):  # both stages are training
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("genlab: reproduce interrupted by SIGTERM: every stage keeps")
+    deadline = time.monotonic() + 10
+    while _tagged_processes(tag) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _tagged_processes(tag)
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for name in ("ae", "dae"):
+        epochs = [json.loads(line)["epoch"] for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == list(range(1, 31)), (name, epochs)
+    assert (out / "report.html").exists()

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
@@ -21,11 +23,12 @@ import torch
 from tqdm import tqdm
 
 from genlab import config as cfgmod
+from genlab import checkpoint
 from genlab.checkpoint import load_run
 from genlab.data import load_dataset, resolve_dataset_name
 from genlab.errors import GenlabError
 from genlab.models import MODELS
-from genlab.train import default_train_config, train
+from genlab.train import Interrupted, default_train_config, train
 from genlab.report import Section, write_report
 from genlab.viz import metric_figures, training_callbacks
 
@@ -107,33 +110,86 @@ def _training_processes(device: str, quick: bool, n_jobs: int) -> int:
     return 2 if quick and on_cpu and cpus >= 2 and n_jobs >= 2 else 1
 
 
-def _train_one_thread(name: str, model_cfg, train_cfg) -> float:
-    """A worker process: train one model on one thread, its log in ``RUN_DIR/train.log``; the seconds it took."""
+class StagesInterrupted(Exception):
+    """Ctrl-C or SIGTERM while the stages trained. Each run keeps its last checkpoint, so the same command with
+    the same ``--out`` goes on: finished stages are reused and an interrupted one resumes where it stopped."""
+
+    def __init__(self, out: Path, signum: int):
+        super().__init__(f"reproduce interrupted by {signal.Signals(signum).name}: every stage keeps its last "
+                         f"checkpoint in {out}; go on with the same command and --out {out}")
+        self.out, self.signum = out, signum
+
+
+def _train_stage(name: str, model_cfg, train_cfg, resume: bool) -> None:
+    """Train one stage, or (``resume``) go on with its interrupted run in ``train_cfg.out``."""
+    if resume:
+        saved = checkpoint.read_configs(train_cfg.out)[2]
+        train(None, resume=train_cfg.out, device=train_cfg.device, callbacks=training_callbacks(saved))
+    else:
+        train(name, model_cfg, train_cfg, callbacks=training_callbacks(train_cfg))
+
+
+_stopping = None  # in a worker process: the event the main process sets when the reproduction stops
+
+
+def _start_worker(stopping) -> None:
+    global _stopping
+    _stopping = stopping
+
+
+def _train_one_thread(name: str, model_cfg, train_cfg, resume: bool) -> float | None:
+    """A worker process: train one stage on one thread, its log in ``RUN_DIR/train.log``; the seconds it took,
+    or None for a stage that was already queued here when the reproduction stopped (it does not start)."""
+    if _stopping is not None and _stopping.is_set():
+        return None
     torch.set_num_threads(1)
     run_dir = Path(train_cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with open(run_dir / "train.log", "w") as log, contextlib.redirect_stderr(log):
-        train_cfg = replace(train_cfg, progress=False)
-        train(name, model_cfg, train_cfg, callbacks=training_callbacks(train_cfg))
+    with open(run_dir / "train.log", "a" if resume else "w") as log, contextlib.redirect_stderr(log):
+        _train_stage(name, model_cfg, replace(train_cfg, progress=False), resume)
     return time.perf_counter() - started
 
 
 def _train_in_processes(jobs, workers: int, done) -> dict[str, float]:
     """Train ``jobs`` in ``workers`` fresh processes, the last stages (the GANs, the longest) first; call
-    ``done()`` as each ends and return each one's seconds. A failure in one ends the reproduction with its error."""
+    ``done()`` as each ends and return each one's seconds. A failure in one ends the reproduction with its error;
+    so does Ctrl-C or SIGTERM here, which the running stages are sent too, so they checkpoint and stop at their
+    next step rather than train on unwatched."""
     seconds = {}
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no state forked from this one
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    others, stopping = set(multiprocessing.active_children()), context.Event()
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(stopping,)) as pool:
         futures = {pool.submit(_train_one_thread, *job): job[0] for job in reversed(jobs)}
         try:
             for future in as_completed(futures):
                 seconds[futures[future]] = future.result()
                 done()
         except BaseException:
-            pool.shutdown(cancel_futures=True)  # the stages not yet started never start
+            stopping.set()  # the stages not yet started never start, queued in a worker or not
+            pool.shutdown(wait=False, cancel_futures=True)
+            for worker in set(multiprocessing.active_children()) - others:
+                worker.terminate()  # SIGTERM: a training stage saves its checkpoint and stops at its next step
             raise
     return {f"train {name}": seconds[name] for name, *_ in jobs}
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts(out: Path):
+    """SIGTERM sent to this process alone (``kill``, ``timeout``, a scheduler) stops the training stages as
+    Ctrl-C does. Only the main thread can install a handler; elsewhere SIGTERM keeps its default."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Interrupted(out, signum)
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _write_json(path: Path, data) -> None:
@@ -159,7 +215,7 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
     steps = len(stages) + 3
     overall = tqdm(total=steps, desc="reproduce", unit="stage", file=sys.stderr, disable=None)
 
-    jobs = []  # (model name, model config, train config) of the stages still to train
+    jobs = []  # (model name, model config, train config, resume) of the stages still to train
     for stage in stages:
         settings = {**cfgmod.to_dict(default_train_config(stage.model)), **stage.train,
                     **(stage.quick if quick else {}), "dataset": dataset, "data_dir": data_dir, "device": device,
@@ -167,24 +223,35 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
         model_cfg = cfgmod.from_dict(MODELS[stage.model].Config,
                                      {**cfgmod.to_dict(MODELS[stage.model].Config()), **stage.model_config,
                                       **(stage.quick_model if quick else {})})
-        if (out / stage.model / "checkpoint.safetensors").exists():
+        train_cfg = cfgmod.from_dict(cfgmod.TrainConfig, settings)
+        saved = out / stage.model / checkpoint.CHECKPOINT
+        trained = checkpoint.load(saved).counters["epoch"] if saved.exists() else None
+        if trained is not None and trained >= train_cfg.epochs:
             _log(f"{stage.model}: reusing the trained run in {out / stage.model}")
             overall.update(1)
         else:
-            jobs.append((stage.model, model_cfg, cfgmod.from_dict(cfgmod.TrainConfig, settings)))
+            if trained is not None:
+                _log(f"{stage.model}: going on with the run in {out / stage.model} after epoch {trained} of "
+                     f"{train_cfg.epochs}")
+            jobs.append((stage.model, model_cfg, train_cfg, trained is not None))
     workers = _training_processes(device, quick, len(jobs))
-    if workers > 1:
-        overall.set_postfix_str(f"training {len(jobs)} models in {workers} processes")
-        _log(f"training {', '.join(j[0] for j in jobs)} in {workers} processes of one thread each; "
-             f"their logs go to {out}/<model>/train.log")
-        timings.update(_train_in_processes(jobs, workers, lambda: overall.update(1)))
-    else:
-        for name, model_cfg, train_cfg in jobs:
-            overall.set_postfix_str(f"training {name}")
-            started = time.perf_counter()
-            train(name, model_cfg, train_cfg, callbacks=training_callbacks(train_cfg))
-            timings[f"train {name}"] = time.perf_counter() - started
-            overall.update(1)
+    try:
+        with _sigterm_interrupts(out):
+            if workers > 1:
+                overall.set_postfix_str(f"training {len(jobs)} models in {workers} processes")
+                _log(f"training {', '.join(j[0] for j in jobs)} in {workers} processes of one thread each; "
+                     f"their logs go to {out}/<model>/train.log")
+                timings.update(_train_in_processes(jobs, workers, lambda: overall.update(1)))
+            else:
+                for name, model_cfg, train_cfg, resume in jobs:
+                    overall.set_postfix_str(f"training {name}")
+                    started = time.perf_counter()
+                    _train_stage(name, model_cfg, train_cfg, resume)
+                    timings[f"train {name}"] = time.perf_counter() - started
+                    overall.update(1)
+    except (Interrupted, KeyboardInterrupt) as e:
+        overall.close()
+        raise StagesInterrupted(out, getattr(e, "signum", signal.SIGINT)) from None
     runs = {stage.model: load_run(out / stage.model, device) for stage in stages}
 
     test = load_dataset(dataset, "test", data_dir)

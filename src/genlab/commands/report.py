@@ -3,6 +3,7 @@ evaluate every model of the lecture, and write its report)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from genlab.commands.flags import DEVICE_HELP
@@ -33,8 +34,12 @@ def report(args) -> int:
 
 
 def reproduce(args) -> int:
-    from genlab.reproduce import reproduce
+    from genlab.reproduce import StagesInterrupted, reproduce
 
-    out = reproduce(Path(args.out) if args.out else None, args.quick, args.data_dir, args.models, args.device)
+    try:
+        out = reproduce(Path(args.out) if args.out else None, args.quick, args.data_dir, args.models, args.device)
+    except StagesInterrupted as e:
+        print(f"genlab: {e}", file=sys.stderr)
+        return 128 + e.signum
     print(out / "report.html")
     return 0

@@ -133,8 +133,20 @@ _stopping = None  # in a worker process: the event the main process sets when th
 
 
 def _start_worker(stopping) -> None:
+    """A worker process's set-up: keep the stop event, and stop this worker too if the main process dies
+    without telling it (kill -9), rather than train on with nobody to report to."""
     global _stopping
     _stopping = stopping
+    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
+
+
+def _stop_when_orphaned(parent: int, poll_s: float = 1.0, grace_s: float = 30.0) -> None:
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    _stopping.set()  # no stage starts any more, here or in the other workers
+    os.kill(os.getpid(), signal.SIGTERM)  # a training stage saves its checkpoint and stops at its next step
+    time.sleep(grace_s)
+    os._exit(128 + signal.SIGTERM)  # still here: blocked on the queue to the dead main process
 
 
 def _train_one_thread(name: str, model_cfg, train_cfg, resume: bool) -> float | None:

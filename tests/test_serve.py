@@ -480,6 +480,7 @@ def test_serve_without_the_extra_says_how_to_install_it(monkeypatch, capsys, run
     (["--port", "70000", "/no/such/run"], "--port"),
     (["--device", "tpu9", "/no/such/run"], "--device must be auto, cpu, cuda or cuda:N"),
     (["--threads", "0", "/no/such/run"], "--threads"),
+    (["--watch", str(Path(__file__).parent)], "holds files but no genlab run"),
 ])
 def test_serve_bad_arguments_end_with_one_line(argv, message, capsys):
     _need_server_stack()

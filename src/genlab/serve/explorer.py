@@ -207,6 +207,10 @@ class Explorer:
         for path in map(Path, watch_dirs):
             if not path.is_dir():
                 raise GenlabError(f"--watch {path}: no such directory (start genlab train --out {path} first)")
+            if not (path / CONFIG).exists() and any(not p.name.startswith(".") for p in path.iterdir()):
+                raise GenlabError(f"--watch {path}: holds files but no genlab run ({CONFIG}); give a run directory "
+                                  "(the --out of genlab train), an empty folder a run will start in, or for a "
+                                  "genlab reproduce folder each of its runs (--watch FOLDER/ae ...)")
             name = _unique_name(path, taken)
             self.watched[name] = Watched(name, path)
         if not self.models and not self.watched:

@@ -63,18 +63,17 @@ class CVAEConfig(ImageShape):
             raise GenlabError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
 
 
+def checked_task(observed: int) -> int:
+    """``observed`` (how many quadrants are seen), if it is one of the tasks 1, 2, 3."""
+    if observed not in TASKS:
+        raise GenlabError(f"the number of observed quadrants must be 1, 2 or 3, got {observed}")
+    return observed
+
+
 def quadrant_mask(observed: int) -> Tensor:
     """The observed pixels of a task as a bool [28 x 28]: 1 = bottom-left quadrant, 2 = left half, 3 = all but
     the bottom-right quadrant."""
-    if observed not in TASKS:
-        raise GenlabError(f"the number of observed quadrants must be 1, 2 or 3, got {observed}")
-    m = torch.zeros(28, 28, dtype=torch.bool)
-    m[14:, :14] = True
-    if observed >= 2:
-        m[:, :14] = True
-    if observed == 3:
-        m[:14, :] = True
-    return m
+    return task_masks(torch.tensor([checked_task(observed)]))[0, 0]
 
 
 def one_hot_checked(c: Tensor, low: int, high: int, what: str) -> Tensor:
@@ -88,8 +87,8 @@ def one_hot_checked(c: Tensor, low: int, high: int, what: str) -> Tensor:
 
 
 def task_masks(tasks: Tensor) -> Tensor:
-    """Observed-pixel masks of a batch: int [N] tasks in {1, 2, 3} -> bool [N x 1 x 28 x 28], the masks of
-    ``quadrant_mask`` built on the tasks' device (no copy from the host)."""
+    """Observed-pixel masks of a batch: int [N] tasks in {1, 2, 3} -> bool [N x 1 x 28 x 28] (see
+    ``quadrant_mask``), built on the tasks' device by comparison (no copy from the host)."""
     _, two, three = one_hot_checked(tasks, 1, 3, "observed quadrants").bool().view(-1, 3, 1, 1).unbind(1)
     upper = torch.arange(28, device=tasks.device) < 14
     top, left = upper.view(1, 28, 1), upper.view(1, 1, 28)
@@ -290,9 +289,7 @@ class CVAE(GenerativeModel):
         unseen pixels, the observed pixels kept. :param x: [N x 1 x 28 x 28]. :return: [n x N x 1 x 28 x 28]."""
         if not self.quadrants:
             raise GenlabError("completing quadrants needs a cvae trained with --condition quadrants")
-        if observed not in TASKS:
-            raise GenlabError(f"the number of observed quadrants must be 1, 2 or 3, got {observed}")
-        c = torch.full((len(x),), observed, device=x.device)
+        c = torch.full((len(x),), checked_task(observed), device=x.device)
         cond, weight = self.condition(x, c)
         mu_p, lv_p = self._p(cond)
         out = []

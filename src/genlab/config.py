@@ -31,6 +31,8 @@ def opt(default: Any, help: str, choices: tuple | None = None, min: float | None
                                             "above": above, "below": below, "cli": cli})
 
 
+MAX_SEED = 2**32 - 1  # what torch.manual_seed and numpy's generators take
+
 @dataclass
 class TrainConfig:
     dataset: str = opt("auto", "data set: auto (mnist when found on disk, else mnist-5k), mnist, fashion-mnist, "
@@ -48,7 +50,7 @@ class TrainConfig:
                            choices=("constant", "cosine"))
     lr_final: float = opt(0.0, "learning rate at the end of the cosine schedule", min=0.0, max=10.0)
     optimizer: str = opt("adam", "optimiser", choices=("adam", "sgd"))
-    seed: int = opt(0, "random seed (weights, shuffling, noise)", min=0, max=2**32 - 1)
+    seed: int = opt(0, "random seed (weights, shuffling, noise)", min=0, max=MAX_SEED)
     device: str = opt("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     precision: str = opt("fp32", "fp32, or bf16: matrix products in bfloat16 under autocast (faster on GPUs at "
                          "large batches and on CPUs with bf16 instructions)", choices=("fp32", "bf16"))

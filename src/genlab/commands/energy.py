@@ -11,7 +11,7 @@ from pathlib import Path
 
 import genlab.scoring
 from genlab.checkpoint import load_run
-from genlab.commands.flags import DEVICE_HELP, bounded_int
+from genlab.commands.flags import DEVICE_HELP, bounded_int, seed_flag
 from genlab.errors import GenlabError
 from genlab.metrics.anomaly import SPLIT_TITLES, SPLITS, energies, energy_report, report_json, save_energies, split_images
 
@@ -28,7 +28,7 @@ def add(subparsers) -> None:
     p.add_argument("--auroc", action="store_true", help="AUROC of merged and out-of-distribution vs clean, and figures")
     p.add_argument("--figures", default="", help="directory for the --auroc figures (default: RUN_DIR/figures)")
     p.add_argument("--limit", type=bounded_int(0), default=0, help="use only the first N images of each split (0: all)")
-    p.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0,
+    p.add_argument("--seed", type=seed_flag, default=0,
                    help="seed of the digit pairing and of stochastic energies")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from genlab.commands.flags import DEVICE_HELP, bounded_int
+from genlab.commands.flags import DEVICE_HELP, bounded_int, seed_flag
 from genlab.errors import GenlabError
 from genlab.models import MODELS
 
@@ -33,7 +33,7 @@ def add(subparsers) -> None:
     sp.add_argument("-n", type=bounded_int(1, MAX_SAMPLES), default=64,
                     help=f"number of samples, 1 to {MAX_SAMPLES} (one grid image)")
     sp.add_argument("--out", default="samples.png", help="output PNG")
-    sp.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0)
+    sp.add_argument("--seed", type=seed_flag, default=0)
     sp.add_argument("--device", default="auto", help=DEVICE_HELP)
     sp.add_argument("--label", type=bounded_int(0, 9), default=None,
                     help="conditional models: draw digits of this class 0-9 (default: a grid, one row per class)")

@@ -9,7 +9,7 @@ import sys
 import typing
 from typing import Any
 
-from genlab.config import fields_of, optional_of, validate
+from genlab.config import MAX_SEED, fields_of, optional_of, validate
 
 DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
 
@@ -35,6 +35,9 @@ def bounded_int(low: int, high: int | None = None) -> typing.Callable[[str], int
         return value
     parse.__name__ = "whole number"
     return parse
+
+
+seed_flag = bounded_int(0, MAX_SEED)  # the ``type`` of a --seed flag: the range TrainConfig.seed declares
 
 
 def _flag(name: str) -> str:

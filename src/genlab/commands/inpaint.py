@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from genlab.commands.flags import DEVICE_HELP, bounded_int
+from genlab.commands.flags import DEVICE_HELP, bounded_int, seed_flag
 from genlab.errors import GenlabError
 from genlab.metrics.anomaly import run_dataset
 from genlab.metrics.inpainting import DROP_RATES, format_table, inpainting_table, load_dae_run
@@ -20,7 +20,7 @@ def add(subparsers) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by genlab train dae")
     p.add_argument("--split", default="test", choices=("test", "train"), help="split to corrupt (default: test)")
     p.add_argument("--limit", type=bounded_int(0), default=0, help="use only the first N images (0: all)")
-    p.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0,
+    p.add_argument("--seed", type=seed_flag, default=0,
                    help="seed of the corruption masks (default: 0)")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.add_argument("--out", default="", help="directory for fig7_inpainting.png and inpainting.json "

@@ -9,6 +9,7 @@ called on the main process when a run starts, after every epoch and at the end.
 
 from __future__ import annotations
 
+import itertools
 import math
 import signal
 import sys
@@ -322,13 +323,13 @@ def fit_image_shape(model_name: str, model_cfg, data, resuming: bool):
     return dataclasses.replace(model_cfg, channels=shape[0], height=shape[1], width=shape[2])
 
 
-def _step(model, inputs, global_n, optimizers, steps, ctx, precision: str) -> tuple[list[str], torch.Tensor]:
+def _step(model, inputs, global_n, optimizers, steps, ctx, precision: str) -> tuple[list[str], list[torch.Tensor]]:
     """One batch: each player in turn computes its loss, backpropagates (DDP averages the gradients across
     processes during the backward pass), steps. ``inputs``: (images,) or, for a conditional model, (images,
-    labels). Returns the terms' names and their batch means as one tensor on the device, so nothing waits for
-    the device here; ``_Log.flush`` reads them in one transfer."""
+    labels). Returns the terms' names and their per-example values, detached and still on the device, so
+    nothing waits for the device here; ``_Log.flush`` reduces and reads those of many steps at once."""
     names: list[str] = []
-    means: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
     turns = model.steps(*inputs)
     for player in model.players:
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext():
@@ -341,16 +342,22 @@ def _step(model, inputs, global_n, optimizers, steps, ctx, precision: str) -> tu
         model.after_step(player)
         prefix = "" if player == "model" else f"{player}/"
         names += [prefix + key for key in terms]
-        means.append(_batch_means(list(terms.values())))
-    return names, means[0] if len(means) == 1 else torch.cat(means)
+        values += [value.detach() for value in terms.values()]
+    return names, values
 
 
 def _batch_means(values: list[torch.Tensor]) -> torch.Tensor:
-    """The mean of each per-example term, float32 [len(values)], in as few kernels as the shapes allow."""
-    values = [v.detach() for v in values]
-    if values[0].dim() == 1 and all(v.shape == values[0].shape for v in values):
-        return torch.stack(values).float().mean(1)
-    return torch.stack([v.float().mean() for v in values])
+    """The mean of each term in ``values``, float32 [len(values)]: one stack and one mean for each run of
+    per-example terms of one length (a whole flush of equal batches is one run), one mean for any other."""
+    parts = []
+    for length, run in itertools.groupby(values, key=lambda v: v.shape[0] if v.dim() == 1 else None):
+        run = list(run)
+        parts.append(torch.stack(run).float().mean(1) if length is not None
+                     else torch.stack([v.float().mean() for v in run]))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+READ_EVERY = {"cuda": 50}  # steps between reads of the logged terms, by device type (1 elsewhere)
 
 
 class _Log:
@@ -364,8 +371,8 @@ class _Log:
 
     def __init__(self, model, ctx, counters: dict, run_dir: Path):
         self.model, self.ctx, self.counters, self.run_dir = model, ctx, counters, run_dir
-        self.every = 50 if ctx.device.type == "cuda" else 1
-        self.pending: list[tuple[list[str], torch.Tensor]] = []  # per step: term names, their means
+        self.every = READ_EVERY.get(ctx.device.type, 1)
+        self.pending: list[tuple[list[str], list[torch.Tensor]]] = []  # per step: term names, their values
         self.last_loss = float("nan")
 
     def flush(self, epoch: int, stop: bool) -> bool:
@@ -373,7 +380,7 @@ class _Log:
         pending, self.pending = self.pending, []
         if not pending and self.ctx.world == 1:
             return stop
-        flat = torch.cat([means for _, means in pending]) if pending else torch.zeros(0)
+        flat = _batch_means([v for _, values in pending for v in values]) if pending else torch.zeros(0)
         if self.ctx.world == 1:
             numbers = flat.tolist()
         else:

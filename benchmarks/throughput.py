@@ -10,11 +10,12 @@ reports medians with the range of the rounds' ratios.
 
 With ``--device cuda`` every model is measured at the lecture's batch size and at a GPU-sized one, against
 the best plain loop over genlab's own networks: the data on the GPU, a shuffled index per epoch, fused Adam,
-each player's loss from ``model.steps`` and no host synchronisation. After one epoch to warm up, the plain loop
-runs whole epochs for at least 4 seconds and genlab's real training loop as many epochs.
+each player's loss from ``model.steps`` (with the labels, for a conditional model) and no host synchronisation.
+After one epoch to warm up, the plain loop runs whole epochs for at least 4 seconds and genlab's real training
+loop as many epochs. ``--rounds`` (1 on a GPU) repeats both, alternating, and reports medians.
 
     python benchmarks/throughput.py [--models ae dae vae] [--limit N] [--rounds R] [--json]
-    python benchmarks/throughput.py --device cuda [--models ae dae vae ebgan dcgan] [--json]
+    python benchmarks/throughput.py --device cuda [--models ae dae vae ebgan dcgan cvae cdcgan] [--rounds R] [--json]
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from genlab.train import default_train_config, make_optimizer, train
 CASES = {"ae": (256, {"latent_dim": 30}), "dae": (256, {"latent_dim": 500}), "vae": (128, {})}
 # On a GPU, every model at the lecture's batch size and at one that fills the card.
 GPU_CASES = {"ae": ((256, 2048), {"latent_dim": 30}), "dae": ((256, 2048), {"latent_dim": 500}),
-             "vae": ((128, 1024), {}), "ebgan": ((64, 512), {}), "dcgan": ((64, 512), {})}
+             "vae": ((128, 1024), {}), "ebgan": ((64, 512), {}), "dcgan": ((64, 512), {}),
+             "cvae": ((128, 1024), {}), "cdcgan": ((64, 512), {})}
 
 
 class TorchvisionStyleMNIST(torch.utils.data.Dataset):
@@ -116,10 +118,11 @@ def genlab_rate(name: str, images_limit: int, batch: int, overrides: dict, datas
     return n * (epochs - 1) / (records[-1]["seconds"] - records[0]["seconds"])  # "seconds" is cumulative
 
 
-def plain_rate(name: str, images: torch.Tensor, batch: int, overrides: dict, device: str = "cuda",
-               min_seconds: float = 4.0) -> tuple[float, int]:
+def plain_rate(name: str, images: torch.Tensor, labels: torch.Tensor, batch: int, overrides: dict,
+               device: str = "cuda", min_seconds: float = 4.0) -> tuple[float, int]:
     """images/s of the best plain loop over genlab's networks on ``device`` and the epochs it took: one epoch
-    to warm up, then whole epochs until ``min_seconds`` have passed (a window long enough to measure)."""
+    to warm up, then whole epochs until ``min_seconds`` have passed (a window long enough to measure). A
+    conditional model gets each batch's ``labels``."""
     from genlab.data.batching import to_pixels
 
     torch.manual_seed(0)
@@ -129,14 +132,16 @@ def plain_rate(name: str, images: torch.Tensor, batch: int, overrides: dict, dev
     cfg = default_train_config(name)
     opts = {p: torch.optim.Adam(model.player_parameters(p), lr=cfg.lr, fused=True, **model.optimizer_options(p))
             for p in model.players}
-    data = images.to(device)
+    data, targets = images.to(device), labels.to(device)
     n = len(data)
 
     def epoch():
         perm = torch.randperm(n, device=device)
         for i in range(0, n, batch):
-            x = to_pixels(data.index_select(0, perm[i:i + batch]), model.pixel_range)
-            for player, terms in model.steps(x):
+            idx = perm[i:i + batch]
+            x = to_pixels(data.index_select(0, idx), model.pixel_range)
+            cond = (targets.index_select(0, idx),) if model.conditional else ()
+            for player, terms in model.steps(x, *cond):
                 loss = terms["loss"].mean()
                 opts[player].zero_grad(set_to_none=True)
                 loss.backward()
@@ -153,22 +158,29 @@ def plain_rate(name: str, images: torch.Tensor, batch: int, overrides: dict, dev
     return n * epochs / (time.perf_counter() - start), epochs
 
 
-def gpu_main(args, dataset: str, images: torch.Tensor, device: str = "cuda") -> dict:
+def gpu_main(args, dataset: str, images: torch.Tensor, labels: torch.Tensor, device: str = "cuda") -> dict:
     """Every model at the lecture's and a GPU-sized batch: the plain loop over a window of several seconds,
-    then genlab's loop over as many epochs (after one to warm up)."""
+    then genlab's loop over as many epochs (after one to warm up); ``args.rounds`` times, alternating, with
+    the medians reported (a slow spell of the machine then hits both sides)."""
     results = {}
     where = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     name_of_device = f"{where}, PyTorch {torch.__version__}"
     for name in args.models:
         batches, overrides = GPU_CASES[name]
         for batch in (b for b in batches if not args.batch_sizes or b in args.batch_sizes):
-            plain, epochs = plain_rate(name, images, batch, overrides, device, args.min_seconds)
-            fast = genlab_rate(name, len(images), batch, overrides, dataset, device=device, epochs=1 + epochs)
-            results[f"{name} b{batch}"] = {"genlab": round(fast), "plain": round(plain), "ratio": round(fast / plain, 3),
-                                           "epochs": epochs}
+            rounds = []
+            for _ in range(args.rounds):
+                plain, epochs = plain_rate(name, images, labels, batch, overrides, device, args.min_seconds)
+                fast = genlab_rate(name, len(images), batch, overrides, dataset, device=device, epochs=1 + epochs)
+                rounds.append((fast, plain, fast / plain, epochs))
+            fast, plain, ratio, epochs = (statistics.median(column) for column in zip(*rounds))
+            spread = (min(r[2] for r in rounds), max(r[2] for r in rounds))
+            results[f"{name} b{batch}"] = {"genlab": round(fast), "plain": round(plain), "ratio": round(ratio, 3),
+                                           "ratio_range": [round(x, 3) for x in spread], "epochs": epochs}
             if not args.json:
-                print(f"{name:<5} batch {batch:<5} genlab {fast:>9.0f} img/s   plain loop {plain:>9.0f} img/s   "
-                      f"ratio {fast / plain:5.2f}x   over {epochs} epochs   ({name_of_device})", flush=True)
+                over = f"rounds {spread[0]:.2f}-{spread[1]:.2f}" if args.rounds > 1 else f"over {epochs} epochs"
+                print(f"{name:<6} batch {batch:<5} genlab {fast:>9.0f} img/s   plain loop {plain:>9.0f} img/s   "
+                      f"ratio {ratio:5.2f}x   {over}   ({name_of_device})", flush=True)
     return {"device": name_of_device, "results": results}
 
 
@@ -177,7 +189,8 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=[m for m in CASES if m in MODELS])
     parser.add_argument("--dataset", default="auto", help="auto: full MNIST when found, else mnist-5k")
     parser.add_argument("--limit", type=int, default=20000, help="training images per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="measurement rounds; medians are reported")
+    parser.add_argument("--rounds", type=int, help="measurement rounds, medians reported (default 3; 1 with "
+                        "--device cuda)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--batch-sizes", type=int, nargs="+", help="with --device cuda: only these batch sizes")
@@ -191,11 +204,13 @@ def main() -> int:
         if not torch.cuda.is_available():
             raise GenlabError("--device cuda: no CUDA GPU here")
         models = args.models if args.models != parser.get_default("models") else list(GPU_CASES)
-        args.models = models
-        out = gpu_main(args, dataset, train_split.images[:args.limit] if args.limit else train_split.images)
+        args.models, args.rounds = models, args.rounds or 1
+        n = args.limit or len(train_split.images)
+        out = gpu_main(args, dataset, train_split.images[:n], train_split.labels[:n])
         if args.json:
             print(json.dumps(out))
         return 0
+    args.rounds = args.rounds or 3
     images, labels = train_split.images[:args.limit], train_split.labels[:args.limit]
     results = {}
     for name in args.models:

@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -191,6 +192,19 @@ def test_a_bug_shows_its_traceback_and_asks_for_a_report(capsys):
     assert one_line_errors(full) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "/some/file: No space left on device; free space" in lines[0]
+
+
+def test_a_run_stopped_by_a_signal_is_one_line_and_128_plus_the_signal_wherever_it_is_caught(capsys, tmp_path):
+    # A benchmark script calls genlab.train.train under one_line_errors; `timeout` then stopped one with
+    # SIGTERM and it printed "internal error: this is a bug". A stop is now its own kind of exit.
+    from genlab.train import Interrupted
+
+    def stopped():
+        raise Interrupted(tmp_path / "run", signal.SIGTERM)
+    assert one_line_errors(stopped, "throughput.py") == 143
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"throughput.py: interrupted by SIGTERM: checkpoint saved; continue with: genlab train "
+                     f"--resume {tmp_path / 'run'}"]
 
 
 # -- checkpoints checked before use -------------------------------------------------------------------------

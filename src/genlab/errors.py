@@ -4,7 +4,8 @@ one line on stderr and exit status 2.
 Expected failures are a GenlabError, an OSError (a path the user gave that is missing, unreadable or
 unwritable, a full disk) and running out of memory. Anything else is a bug in genlab: its traceback is shown,
 followed by one line asking for a report, and the exit status is 70 (EX_SOFTWARE), so a script can tell the two
-apart.
+apart. Work stopped by Ctrl-C or SIGTERM at a clean point (``Stopped``) prints its one line, which says how to
+go on, and exits 128 + the signal's number, as a shell reports a process ended by that signal.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ BUG_STATUS = 70
 
 class GenlabError(Exception):
     """A problem the user can fix: the message names what was wrong and what to do."""
+
+
+class Stopped(Exception):
+    """Ctrl-C or SIGTERM stopped the work at a clean point; the message says what was kept and how to go on."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 def one_line(text: str) -> str:
@@ -37,13 +46,17 @@ def describe_os_error(e: OSError) -> str:
 
 
 def one_line_errors(main: Callable[[], int], prog: str = "genlab") -> int:
-    """Run ``main``; an expected failure becomes one line on stderr and exit status 2, Ctrl-C exit status 130,
-    and a bug its traceback plus one line asking for a report (status ``BUG_STATUS``)."""
+    """Run ``main``; an expected failure becomes one line on stderr and exit status 2, a stop by a signal one
+    line and 128 + its number (Ctrl-C: 130), and a bug its traceback plus one line asking for a report (status
+    ``BUG_STATUS``)."""
     try:
         return main()
     except GenlabError as e:
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except Stopped as e:
+        print(f"{prog}: {one_line(e)}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

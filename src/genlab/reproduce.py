@@ -26,7 +26,7 @@ from genlab import config as cfgmod
 from genlab import checkpoint
 from genlab.checkpoint import load_run
 from genlab.data import load_dataset, resolve_dataset_name
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, Stopped
 from genlab.models import MODELS
 from genlab.train import Interrupted, default_train_config, train
 from genlab.report import Section, write_report
@@ -110,14 +110,14 @@ def _training_processes(device: str, quick: bool, n_jobs: int) -> int:
     return 2 if quick and on_cpu and cpus >= 2 and n_jobs >= 2 else 1
 
 
-class StagesInterrupted(Exception):
+class StagesInterrupted(Stopped):
     """Ctrl-C or SIGTERM while the stages trained. Each run keeps its last checkpoint, so the same command with
     the same ``--out`` goes on: finished stages are reused and an interrupted one resumes where it stopped."""
 
     def __init__(self, out: Path, signum: int):
         super().__init__(f"reproduce interrupted by {signal.Signals(signum).name}: every stage keeps its last "
-                         f"checkpoint in {out}; go on with the same command and --out {out}")
-        self.out, self.signum = out, signum
+                         f"checkpoint in {out}; go on with the same command and --out {out}", signum)
+        self.out = out
 
 
 def _train_stage(name: str, model_cfg, train_cfg, resume: bool) -> None:

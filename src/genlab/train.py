@@ -29,7 +29,7 @@ import dataclasses
 
 from genlab.data import image_shape, load_dataset, resolve_dataset_name
 from genlab.data.batching import Batches, to_pixels
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, Stopped
 from genlab.models import MODELS, build
 from genlab.models.base import per_example
 
@@ -38,13 +38,13 @@ class TrainingDiverged(GenlabError):
     """Training produced a non-finite loss or the model reported a failure; the last good checkpoint is kept."""
 
 
-class Interrupted(Exception):
+class Interrupted(Stopped):
     """Ctrl-C or SIGTERM: the run was checkpointed where it stopped and can be resumed."""
 
     def __init__(self, run_dir: Path, signum: int):
         super().__init__(f"interrupted by {signal.Signals(signum).name}: checkpoint saved; "
-                         f"continue with: genlab train --resume {run_dir}")
-        self.run_dir, self.signum = run_dir, signum
+                         f"continue with: genlab train --resume {run_dir}", signum)
+        self.run_dir = run_dir
 
     def __reduce__(self):  # rebuilt from its arguments, so it crosses a process boundary (reproduce's workers)
         return type(self), (self.run_dir, self.signum)

@@ -3,7 +3,6 @@ evaluate every model of the lecture, and write its report)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from genlab.commands.flags import DEVICE_HELP
@@ -34,12 +33,9 @@ def report(args) -> int:
 
 
 def reproduce(args) -> int:
-    from genlab.reproduce import StagesInterrupted, reproduce
+    from genlab.reproduce import reproduce
 
-    try:
-        out = reproduce(Path(args.out) if args.out else None, args.quick, args.data_dir, args.models, args.device)
-    except StagesInterrupted as e:
-        print(f"genlab: {e}", file=sys.stderr)
-        return 128 + e.signum
+    # Ctrl-C or SIGTERM ends in StagesInterrupted: one line and 128 + the signal (genlab.errors.Stopped).
+    out = reproduce(Path(args.out) if args.out else None, args.quick, args.data_dir, args.models, args.device)
     print(out / "report.html")
     return 0

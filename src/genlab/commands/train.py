@@ -4,12 +4,11 @@ configs) and ``genlab train --resume RUN_DIR``."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 from genlab import checkpoint, config as cfgmod
 from genlab.commands.flags import DEVICE_HELP, Parser, add_arguments, bounded_int, from_namespace
 from genlab.models import MODELS
-from genlab.train import Interrupted, default_train_config, train
+from genlab.train import default_train_config, train
 from genlab.viz import training_callbacks
 
 
@@ -29,18 +28,15 @@ def add(subparsers) -> None:
 
 
 def command(args) -> int:
-    try:
-        if args.resume:
-            train_cfg = from_namespace(cfgmod.TrainConfig, args) if hasattr(args, "epochs") else None
-            saved = checkpoint.read_configs(args.resume)[2]
-            run_dir = train(None, None, train_cfg, resume=args.resume, device=getattr(args, "device", None),
-                            callbacks=training_callbacks(saved))
-        else:
-            model_cfg = from_namespace(MODELS[args.model].Config, args)
-            train_cfg = from_namespace(cfgmod.TrainConfig, args, base=default_train_config(args.model))
-            run_dir = train(args.model, model_cfg, train_cfg, callbacks=training_callbacks(train_cfg))
-    except Interrupted as e:
-        print(f"genlab: {e}", file=sys.stderr)
-        return 128 + e.signum
+    # Ctrl-C or SIGTERM ends in train's Interrupted: one line and 128 + the signal (genlab.errors.Stopped).
+    if args.resume:
+        train_cfg = from_namespace(cfgmod.TrainConfig, args) if hasattr(args, "epochs") else None
+        saved = checkpoint.read_configs(args.resume)[2]
+        run_dir = train(None, None, train_cfg, resume=args.resume, device=getattr(args, "device", None),
+                        callbacks=training_callbacks(saved))
+    else:
+        model_cfg = from_namespace(MODELS[args.model].Config, args)
+        train_cfg = from_namespace(cfgmod.TrainConfig, args, base=default_train_config(args.model))
+        run_dir = train(args.model, model_cfg, train_cfg, callbacks=training_callbacks(train_cfg))
     print(run_dir)
     return 0

@@ -1,6 +1,7 @@
 """Every genlab command on one device, as a user types it: four models train for an epoch, then each command
 that computes runs on those runs, and the explorer answers a drawing. A table gives each command's exit
-status and seconds; the script exits 1 if any command failed.
+status and seconds; the script exits 1 if any command failed. Commands that do not depend on each other run
+``--jobs`` at a time (4), each in its own process, as users run several on one GPU.
 
 Written for a GPU (``--device cuda``, the default; ``benchmarks/gpu_check.sh`` runs it as its ``commands``
 stage), where these paths are not in CI. The models are those whose commands ``genlab reproduce`` (the
@@ -8,7 +9,7 @@ script's ``reproduce`` stage, which trains, evaluates and scores every model) do
 images, the VAE and both conditional models sample. ``--device cpu`` runs the same on a CPU, which checks the
 script.
 
-    python benchmarks/cuda_commands.py OUT_DIR [--device cuda] [--json]
+    python benchmarks/cuda_commands.py OUT_DIR [--device cuda] [--jobs N] [--json]
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from serve_latency import drawings, running_server
@@ -67,34 +71,44 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path, help="folder for the runs and the outputs")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--jobs", type=int, default=4, help="commands run at once (each its own process; default 4)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     out, dev = args.out, ["--device", args.device]
     rows: list[tuple[str, int, float, str]] = []
 
-    def check(label: str, result: tuple[int, float, str]) -> bool:
-        rows.append((label, *result))
-        if not args.json:
-            print(f"{label:<44} exit {result[0]:<3} {result[1]:6.1f} s  {result[2][:100]}", flush=True)
-        return result[0] == 0
+    def run_all(commands: dict[str, Callable[[], tuple[int, float, str]]]) -> dict[str, bool]:
+        """Run ``commands`` (label -> call) ``--jobs`` at a time; record and print their rows in order."""
+        with ThreadPoolExecutor(args.jobs) as pool:
+            futures = {label: pool.submit(call) for label, call in commands.items()}
+        for label, future in futures.items():
+            result = future.result()
+            rows.append((label, *result))
+            if not args.json:
+                print(f"{label:<44} exit {result[0]:<3} {result[1]:6.1f} s  {result[2][:100]}", flush=True)
+        return {label: future.result()[0] == 0 for label, future in futures.items()}
 
-    runs = {m: out / m for m in MODELS
-            if check(f"train {m}", genlab("train", m, *SMALL, *dev, "--out", out / m))}
+    # Each step depends on the one before: the runs, then every command on them, then report and serve.
+    trained = run_all({f"train {m}": partial(genlab, "train", m, *SMALL, *dev, "--out", out / m) for m in MODELS})
+    runs = {m: out / m for m in MODELS if trained[f"train {m}"]}
     images = write_test_digits(out / "images", 4)
-    for m, run in runs.items():
-        check(f"evaluate {m}", genlab("evaluate", run, "--limit", "200", "--no-quality", "--json", *dev))
+    commands = {f"evaluate {m}": partial(genlab, "evaluate", run, "--limit", "200", "--no-quality", "--json", *dev)
+                for m, run in runs.items()}
     for m in ("vae", "cvae", "cdcgan"):
         if m in runs:
             label = ["--label", "7"] if m != "vae" else []
-            check(f"sample {m} {' '.join(label)}", genlab("sample", runs[m], "-n", "16", *label,
-                                                          "--out", out / f"{m}.png", *dev))
+            commands[f"sample {m} {' '.join(label)}"] = partial(genlab, "sample", runs[m], "-n", "16", *label,
+                                                                "--out", out / f"{m}.png", *dev)
     if "dae" in runs:
-        check("inpaint dae", genlab("inpaint", runs["dae"], "--limit", "50", *dev))
-        check("denoise dae", genlab("denoise", runs["dae"], "--images", images, "--out", out / "repaired", *dev))
-        check("energy dae --images", genlab("energy", runs["dae"], "--images", images, "--out", out / "e.csv", *dev))
-        check("energy dae --auroc", genlab("energy", runs["dae"], "--auroc", "--limit", "200", *dev))
-    check("report (every run; reads files only)", genlab("report", *runs.values(), "--out", out / "report"))
-    check("serve: one drawing, every model", serve_one_drawing(list(runs.values()), args.device))
+        commands.update({
+            "inpaint dae": partial(genlab, "inpaint", runs["dae"], "--limit", "50", *dev),
+            "denoise dae": partial(genlab, "denoise", runs["dae"], "--images", images, "--out", out / "repaired", *dev),
+            "energy dae --images": partial(genlab, "energy", runs["dae"], "--images", images, "--out", out / "e.csv",
+                                           *dev),
+            "energy dae --auroc": partial(genlab, "energy", runs["dae"], "--auroc", "--limit", "200", *dev)})
+    run_all(commands)
+    run_all({"report (every run; reads files only)": partial(genlab, "report", *runs.values(), "--out", out / "report"),
+             "serve: one drawing, every model": partial(serve_one_drawing, list(runs.values()), args.device)})
 
     failed = [label for label, status, *_ in rows if status != 0]
     if args.json:

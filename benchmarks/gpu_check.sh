@@ -3,26 +3,29 @@
 #
 #     GENLAB_DATA_DIR=/path/with/mnist bash benchmarks/gpu_check.sh OUT_DIR [stages...]
 #
-# Stages (all by default, in this order; the checks of correctness first, the timings last):
+# Stages (all by default, in this order):
 #   tests       tests/test_cuda.py: SIGTERM mid-epoch then --resume equals an uninterrupted run for every model
 #               (deterministic algorithms), GPU checkpoints load on a CPU and back, seeded blocks fork the CUDA
 #               generator, no training step waits for the GPU
 #   commands    benchmarks/cuda_commands.py: every model trains an epoch on the GPU, then evaluate, energy, sample,
 #               inpaint, denoise, report and serve (one drawing) run on those runs with --device cuda
+#   throughput  benchmarks/throughput.py --device cuda on 30,000 MNIST images (an epoch of a GAN at batch 64
+#               takes seconds): every model at the lecture's batch size and a GPU-sized one, against a plain
+#               PyTorch loop over the same networks; then ae at batch 2048 again with the plain loop resting
+#               0.2 s between epochs, as genlab's loop does while it evaluates and checkpoints
 #   reproduce   genlab reproduce on full MNIST (every model trained for at least two epochs, every figure), timed
-#   throughput  benchmarks/throughput.py --device cuda: every model at the lecture's batch size and a GPU-sized
-#               one, against a plain PyTorch loop over the same networks; ae and dae (the closest to the plain
-#               loop) in two alternating rounds on full MNIST, the rest in one round on 30,000 images (an epoch
-#               of a GAN at batch 64 takes seconds)
-# The stages' time limits add up to 880 s; where one command may run at most 10 minutes, run them in two:
-# `tests commands reproduce` (at most 590 s), then `throughput` (at most 280 s).
+# The stages' time limits add up to 1,030 s; where one command may run at most 10 minutes, run them in two:
+# `tests commands throughput` (at most 550 s), then `reproduce` (at most 480 s); start the second call at once
+# after the first, so both fit in 15 minutes of device time. On 27 November's H200 the tests took 23 s, the
+# commands were cut off after 140 s (10 of 17, one at a time; now 4 at a time), 10 throughput cases took 159 s
+# and the reproduction was cut off at 330 s, in its sample-quality stage.
 # Each stage writes its log into OUT_DIR, and the runs it makes into $WORK_DIR (by default OUT_DIR): the
 # commands' runs into WORK_DIR/commands, the reproduction into WORK_DIR/reproduce, whose report.md and
 # tables.json are copied into OUT_DIR. A failing stage does not stop the others.
 set -u
-out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR [tests] [commands] [reproduce] [throughput]}
+out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR [tests] [commands] [throughput] [reproduce]}
 shift
-stages=${*:-tests commands reproduce throughput}
+stages=${*:-tests commands throughput reproduce}
 work=${WORK_DIR:-$out}
 mkdir -p "$out" "$work"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 GENLAB_OFFLINE=1
@@ -42,15 +45,15 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to OUT_DI
 }
 for s in $stages; do
   case $s in
-    tests) stage tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py ;;
-    commands) stage commands 140 python3 benchmarks/cuda_commands.py "$work/commands" ;;
+    tests) stage tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py ;;
+    commands) stage commands 200 python3 benchmarks/cuda_commands.py "$work/commands" --jobs 4 ;;
     reproduce)
-      stage reproduce 330 python3 -m genlab.cli reproduce --device cuda --out "$work/reproduce"
+      stage reproduce 480 python3 -m genlab.cli reproduce --device cuda --out "$work/reproduce"
       [ "$work" = "$out" ] || cp "$work"/reproduce/report.md "$work"/reproduce/tables.json "$out"/ ;;
     throughput)
-      stage throughput 110 python3 benchmarks/throughput.py --device cuda --limit 60000 --models ae dae --rounds 2
-      stage throughput-rest 170 python3 benchmarks/throughput.py --device cuda --limit 30000 \
-        --models vae cvae ebgan dcgan cdcgan ;;
+      stage throughput 220 python3 benchmarks/throughput.py --device cuda --limit 30000 --min-seconds 3
+      stage throughput-idle 40 python3 benchmarks/throughput.py --device cuda --limit 30000 --min-seconds 3 \
+        --models ae --batch-sizes 2048 --idle-between-epochs 0.2 ;;
     *) echo "unknown stage $s" >&2; status=2 ;;
   esac
 done

@@ -119,10 +119,12 @@ def genlab_rate(name: str, images_limit: int, batch: int, overrides: dict, datas
 
 
 def plain_rate(name: str, images: torch.Tensor, labels: torch.Tensor, batch: int, overrides: dict,
-               device: str = "cuda", min_seconds: float = 4.0) -> tuple[float, int]:
+               device: str = "cuda", min_seconds: float = 4.0, idle: float = 0.0) -> tuple[float, int]:
     """images/s of the best plain loop over genlab's networks on ``device`` and the epochs it took: one epoch
-    to warm up, then whole epochs until ``min_seconds`` have passed (a window long enough to measure). A
-    conditional model gets each batch's ``labels``."""
+    to warm up, then whole epochs until ``min_seconds`` of them have passed (a window long enough to measure).
+    A conditional model gets each batch's ``labels``. ``idle``: seconds the loop rests between epochs, out of
+    the timing, as genlab's loop does while it evaluates and checkpoints (does a resting GPU start the next
+    epoch slower?)."""
     from genlab.data.batching import to_pixels
 
     torch.manual_seed(0)
@@ -150,12 +152,15 @@ def plain_rate(name: str, images: torch.Tensor, labels: torch.Tensor, batch: int
 
     epoch()
     sync()
-    start, epochs = time.perf_counter(), 0
-    while time.perf_counter() - start < min_seconds:
+    busy, epochs = 0.0, 0
+    while busy < min_seconds:
+        began = time.perf_counter()
         epoch()
         sync()
+        busy += time.perf_counter() - began
         epochs += 1
-    return n * epochs / (time.perf_counter() - start), epochs
+        time.sleep(idle)
+    return n * epochs / busy, epochs
 
 
 def gpu_main(args, dataset: str, images: torch.Tensor, labels: torch.Tensor, device: str = "cuda") -> dict:
@@ -170,7 +175,8 @@ def gpu_main(args, dataset: str, images: torch.Tensor, labels: torch.Tensor, dev
         for batch in (b for b in batches if not args.batch_sizes or b in args.batch_sizes):
             rounds = []
             for _ in range(args.rounds):
-                plain, epochs = plain_rate(name, images, labels, batch, overrides, device, args.min_seconds)
+                plain, epochs = plain_rate(name, images, labels, batch, overrides, device, args.min_seconds,
+                                           args.idle_between_epochs)
                 fast = genlab_rate(name, len(images), batch, overrides, dataset, device=device, epochs=1 + epochs)
                 rounds.append((fast, plain, fast / plain, epochs))
             fast, plain, ratio, epochs = (statistics.median(column) for column in zip(*rounds))
@@ -195,6 +201,8 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--batch-sizes", type=int, nargs="+", help="with --device cuda: only these batch sizes")
     parser.add_argument("--min-seconds", type=float, default=4.0, help="with --device cuda: the shortest window")
+    parser.add_argument("--idle-between-epochs", type=float, default=0.0, metavar="SECONDS",
+                        help="with --device cuda: the plain loop rests this long between epochs, untimed")
     args = parser.parse_args()
 
     from genlab.data import resolve_dataset_name

@@ -86,6 +86,20 @@ def test_reproduce_report_in_chromium(tmp_path, monkeypatch):
         assert fig in markdown, fig
 
 
+def test_how_many_processes_train_the_stages(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    choose = reproduce_mod._training_processes
+    assert choose("cpu", quick=True, n_jobs=5) == 2 and choose("cpu", quick=False, n_jobs=7) == 1
+    # On a GPU each small model's steps wait on the host, so three processes share the card.
+    assert choose("cuda", quick=False, n_jobs=7) == 3 and choose("cuda:1", quick=True, n_jobs=2) == 2
+    assert choose("cuda", quick=False, n_jobs=1) == 1
+    # --jobs decides, never beyond the stages left to train.
+    assert choose("cpu", quick=False, n_jobs=7, asked=4) == 4 and choose("cuda", quick=False, n_jobs=2, asked=5) == 2
+    assert choose("cuda", quick=False, n_jobs=7, asked=1) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert choose("cuda", quick=False, n_jobs=7) == 1  # fewer than four cores: one process
+
+
 def test_report_command_side_by_side(tmp_path):
     from genlab.cli import main
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from genlab.commands.flags import DEVICE_HELP
+from genlab.commands.flags import DEVICE_HELP, bounded_int
 
 
 def add(subparsers) -> None:
@@ -20,6 +20,9 @@ def add(subparsers) -> None:
     p.add_argument("--data-dir", default=None, help="data directory (default: $GENLAB_DATA_DIR or the user cache)")
     p.add_argument("--models", nargs="+", help="only these models")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--jobs", type=bounded_int(1, 16), default=None,
+                   help="processes that train models at once, one thread each when more than one (default: 2 "
+                        "on a CPU for --quick, 1 for the full run; 3 on a GPU)")
     p.set_defaults(func=reproduce)
 
 
@@ -36,6 +39,7 @@ def reproduce(args) -> int:
     from genlab.reproduce import reproduce
 
     # Ctrl-C or SIGTERM ends in StagesInterrupted: one line and 128 + the signal (genlab.errors.Stopped).
-    out = reproduce(Path(args.out) if args.out else None, args.quick, args.data_dir, args.models, args.device)
+    out = reproduce(Path(args.out) if args.out else None, args.quick, args.data_dir, args.models, args.device,
+                    args.jobs)
     print(out / "report.html")
     return 0

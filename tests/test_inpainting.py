@@ -77,6 +77,36 @@ def test_ssim_matches_skimage_and_an_all_ones_mask_gives_the_whole_image_value(d
     assert (inp.ssim(agree, clean, top) > inp.ssim(agree, clean)).all()
 
 
+def test_batched_ssim_is_skimages_image_by_image(digits):
+    # genlab computes SSIM for the whole stack at once; each image's map and means must be skimage's own.
+    rng = np.random.default_rng(3)
+    clean = digits[:40].numpy() / 255.0
+    noisy = np.clip(clean + rng.normal(0, 0.3, clean.shape), 0, 1)
+    noisy[:5] = rng.random((5, 28, 28))  # and some images that are noise alone
+    mask = rng.random(clean.shape) < 0.5
+    maps = inp.ssim_maps(noisy, clean)
+    whole, masked = inp.ssim_pair(noisy, clean, mask)
+    r = inp.SSIM_WIN // 2
+    for i in range(len(clean)):
+        value, smap = structural_similarity(noisy[i], clean[i], data_range=1.0, win_size=inp.SSIM_WIN, full=True)
+        assert np.allclose(maps[i], smap, rtol=0, atol=1e-12)
+        assert whole[i] == pytest.approx(value, abs=1e-12)
+        inside = mask[i, r:-r, r:-r]
+        assert masked[i] == pytest.approx(smap[r:-r, r:-r][inside].mean(), abs=1e-12)
+    nothing_inside = np.zeros((1, 28, 28), bool)
+    nothing_inside[0, 0, 0] = True  # the only masked pixel lies in the border the mean leaves out
+    assert np.isnan(inp.ssim(noisy[:1], clean[:1], nothing_inside)[0])
+
+
+def test_opencv_inpainting_in_threads_equals_one_call_per_image(digits):
+    import cv2
+
+    c = inp.lecture_corruption(digits[:300], 0.5, seed=4)
+    for method, flag in inp.CV2_FLAGS.items():
+        one_by_one = np.stack([cv2.inpaint(a, (m != 0).astype(np.uint8), 3, flag) for a, m in zip(c.img8, c.mask8)])
+        assert np.array_equal(inp.inpaint_classical(c.img8, c.mask8, method), one_by_one)
+
+
 # -- the lecture's corruption ------------------------------------------------------------------------------
 def test_lecture_mask_takes_values_0_and_2_at_half_and_drops_about_p(digits):
     c = inp.lecture_corruption(digits, 0.5, seed=0)

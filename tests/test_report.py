@@ -100,6 +100,49 @@ def test_how_many_processes_train_the_stages(monkeypatch):
     assert choose("cuda", quick=False, n_jobs=7) == 1  # fewer than four cores: one process
 
 
+def test_on_a_gpu_the_classifier_trains_beside_the_training_processes(tmp_path, monkeypatch, capfd):
+    # On a GPU the training processes leave most cores idle, so the main process trains the sample-quality
+    # classifier meanwhile. Forced here on a CPU, with one-epoch stages and an empty cache: the classifier is
+    # trained once, on another thread, and evaluation waits for it (made slow here, so it would lose the race).
+    import threading
+
+    import genlab.evaluate
+    from genlab.metrics import classifier as feature_classifier
+
+    for name in ("GENLAB_DATA_DIR", "XDG_CACHE_HOME"):  # no classifier cached anywhere (mnist-5k needs no files)
+        monkeypatch.setenv(name, str(tmp_path / "empty"))
+    monkeypatch.setattr(reproduce_mod, "_classifier_alongside", lambda device, workers: workers > 1)
+    short = [dataclasses.replace(s, quick={"epochs": 1}) for s in reproduce_mod.STAGES if s.model in ("ae", "vae")]
+    monkeypatch.setattr(reproduce_mod, "STAGES", short)
+    events = []
+    real_get, real_evaluate = feature_classifier.get_classifier, genlab.evaluate.evaluate_run
+
+    def slow_get(*args, **kwargs):
+        if not events:
+            time.sleep(20)
+            events.append(("classifier", threading.current_thread() is threading.main_thread()))
+        return real_get(*args, **kwargs)
+
+    def evaluate(*args, **kwargs):
+        events.append(("evaluate", threading.current_thread() is threading.main_thread()))
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(feature_classifier, "get_classifier", slow_get)
+    monkeypatch.setattr(genlab.evaluate, "evaluate_run", evaluate)
+    out = reproduce_mod.reproduce(tmp_path / "repro", quick=True, device="cpu", processes=2)
+    assert events[:2] == [("classifier", False), ("evaluate", True)]
+    assert capfd.readouterr().err.count("training the mnist-5k feature classifier once") == 1
+    quality = json.loads((out / "tables.json").read_text())["quality"]
+    assert set(quality) == {"reference (test vs train)", "vae"} and quality["vae"]["fid"] > 0
+
+    # A failure there is the reproduction's failure, in one line, after the training.
+    def broken(*args, **kwargs):
+        raise reproduce_mod.GenlabError("no classifier today")
+    monkeypatch.setattr(feature_classifier, "get_classifier", broken)
+    with pytest.raises(reproduce_mod.GenlabError, match="no classifier today"):
+        reproduce_mod.reproduce(tmp_path / "repro2", quick=True, device="cpu", processes=2)
+
+
 def test_report_command_side_by_side(tmp_path):
     from genlab.cli import main
 

@@ -110,11 +110,45 @@ def _training_processes(device: str, quick: bool, n_jobs: int, asked: int | None
     """
     if asked is not None:
         return max(1, min(asked, n_jobs))
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    if on_cpu:
-        return 2 if quick and cpus >= 2 and n_jobs >= 2 else 1
-    return min(3, n_jobs) if cpus >= 4 else 1
+    if _on_cpu(device):
+        return 2 if quick and _cpus() >= 2 and n_jobs >= 2 else 1
+    return min(3, n_jobs) if _cpus() >= 4 else 1
+
+
+def _on_cpu(device: str) -> bool:
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _classifier_alongside(device: str, workers: int) -> bool:
+    """Whether this process trains the feature classifier (a CPU job, once per data set, then cached) while
+    the training processes run: on a GPU, whose training processes leave most cores idle; not on a CPU,
+    where they use every core the classifier would."""
+    return workers > 1 and not _on_cpu(device)
+
+
+class _Alongside(threading.Thread):
+    """``work()`` in a thread beside the training processes; ``finish()`` waits for it and raises its error.
+    A daemon, so Ctrl-C or SIGTERM ends the reproduction without waiting for it."""
+
+    def __init__(self, work):
+        super().__init__(daemon=True)
+        self.work, self.error = work, None
+        self.start()
+
+    def run(self):
+        try:
+            self.work()
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread by finish()
+            self.error = e
+
+    def finish(self) -> None:
+        self.join()
+        if self.error is not None:
+            raise self.error
 
 
 class StagesInterrupted(Stopped):
@@ -255,6 +289,10 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
                      f"{train_cfg.epochs}")
             jobs.append((stage.model, model_cfg, train_cfg, trained is not None))
     workers = _training_processes(device, quick, len(jobs), asked=processes)
+    classifier = None
+    if _classifier_alongside(device, workers) and any(MODELS[s.model].can_sample for s in stages):
+        from genlab.metrics import classifier as feature_classifier
+        classifier = _Alongside(lambda: feature_classifier.get_classifier(dataset, data_dir))
     try:
         with _sigterm_interrupts(out):
             if workers > 1:
@@ -272,6 +310,8 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
     except (Interrupted, KeyboardInterrupt) as e:
         overall.close()
         raise StagesInterrupted(out, getattr(e, "signum", signal.SIGINT)) from None
+    if classifier is not None:
+        classifier.finish()  # cached now: evaluation and sample quality load it
     runs = {stage.model: load_run(out / stage.model, device) for stage in stages}
 
     test = load_dataset(dataset, "test", data_dir)

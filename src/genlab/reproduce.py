@@ -97,7 +97,7 @@ def _log(msg: str) -> None:
     tqdm.write(msg, file=sys.stderr)
 
 
-# -- training the quick stages side by side ----------------------------------------------------------------------
+# -- training stages side by side --------------------------------------------------------------------------------
 def _training_processes(device: str, quick: bool, n_jobs: int, asked: int | None = None) -> int:
     """How many processes train the ``n_jobs`` stages: ``asked`` (``--jobs``) if given; else on a CPU two for
     --quick (with two or more cores) and one for the full reproduction; on a GPU three (with four or more cores).

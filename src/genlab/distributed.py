@@ -37,6 +37,11 @@ class Context:
         return self.rank == 0
 
 
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (its affinity, where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """"auto" -> CUDA when present, else CPU; a device that is not there is one line naming those that are."""
     from genlab.config import check_device

@@ -26,6 +26,7 @@ from genlab import config as cfgmod
 from genlab import checkpoint
 from genlab.checkpoint import load_run
 from genlab.data import load_dataset, resolve_dataset_name
+from genlab.distributed import usable_cpus
 from genlab.errors import GenlabError, Stopped
 from genlab.models import MODELS
 from genlab.train import Interrupted, default_train_config, train
@@ -111,16 +112,12 @@ def _training_processes(device: str, quick: bool, n_jobs: int, asked: int | None
     if asked is not None:
         return max(1, min(asked, n_jobs))
     if _on_cpu(device):
-        return 2 if quick and _cpus() >= 2 and n_jobs >= 2 else 1
-    return min(3, n_jobs) if _cpus() >= 4 else 1
+        return 2 if quick and usable_cpus() >= 2 and n_jobs >= 2 else 1
+    return min(3, n_jobs) if usable_cpus() >= 4 else 1
 
 
 def _on_cpu(device: str) -> bool:
     return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-
-
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _classifier_alongside(device: str, workers: int) -> bool:

@@ -40,7 +40,6 @@ lecture's DAE (d = 500, 20 epochs) 20.3 dB over the whole image.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -51,6 +50,7 @@ from scipy.ndimage import uniform_filter
 from torch import Tensor
 
 from genlab.data.batching import to_pixels
+from genlab.distributed import usable_cpus
 from genlab.errors import GenlabError
 from genlab.models.dae import dropout_mask
 
@@ -154,7 +154,7 @@ def inpaint_classical(img8, mask8, method: str = "telea", radius: int = 3) -> np
                                               radius, flag)
         return out
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cpus()
     step = max(64, -(-len(img8) // cores))
     with ThreadPoolExecutor(cores) as pool:
         parts = list(pool.map(chunk, [range(i, min(i + step, len(img8))) for i in range(0, len(img8), step)]))

@@ -102,9 +102,9 @@ def dataloader_rate(name: str, images: torch.Tensor, labels: torch.Tensor, batch
 
 
 def genlab_rate(name: str, images_limit: int, batch: int, overrides: dict, dataset: str, device: str = "cpu",
-                epochs: int = 1) -> float:
+                epochs: int = 1, durations: list | None = None) -> float:
     """images/s of ``genlab.train.train``: over its last epoch, or with ``epochs`` > 1 over every epoch but the
-    first (which warms the device up)."""
+    first (which warms the device up). ``durations``, when given, receives those epochs' seconds."""
     with tempfile.TemporaryDirectory() as out:
         tcfg = cfgmod.from_dict(cfgmod.TrainConfig, {**cfgmod.to_dict(default_train_config(name)), "epochs": epochs,
                                 "batch_size": batch, "limit": images_limit, "eval_limit": 1000, "device": device,
@@ -115,11 +115,14 @@ def genlab_rate(name: str, images_limit: int, batch: int, overrides: dict, datas
         return records[-1]["images_per_s"]
     n = len(load_dataset(dataset, "train").images)
     n = min(images_limit, n) if images_limit else n
+    if durations is not None:
+        durations += [b["seconds"] - a["seconds"] for a, b in zip(records, records[1:])]
     return n * (epochs - 1) / (records[-1]["seconds"] - records[0]["seconds"])  # "seconds" is cumulative
 
 
 def plain_rate(name: str, images: torch.Tensor, labels: torch.Tensor, batch: int, overrides: dict,
-               device: str = "cuda", min_seconds: float = 4.0, idle: float = 0.0) -> tuple[float, int]:
+               device: str = "cuda", min_seconds: float = 4.0, idle: float = 0.0,
+               durations: list | None = None) -> tuple[float, int]:
     """images/s of the best plain loop over genlab's networks on ``device`` and the epochs it took: one epoch
     to warm up, then whole epochs until ``min_seconds`` of them have passed (a window long enough to measure).
     A conditional model gets each batch's ``labels``. ``idle``: seconds the loop rests between epochs, out of
@@ -157,8 +160,11 @@ def plain_rate(name: str, images: torch.Tensor, labels: torch.Tensor, batch: int
         began = time.perf_counter()
         epoch()
         sync()
-        busy += time.perf_counter() - began
+        took = time.perf_counter() - began
+        busy += took
         epochs += 1
+        if durations is not None:
+            durations.append(took)
         time.sleep(idle)
     return n * epochs / busy, epochs
 
@@ -173,20 +179,27 @@ def gpu_main(args, dataset: str, images: torch.Tensor, labels: torch.Tensor, dev
     for name in args.models:
         batches, overrides = GPU_CASES[name]
         for batch in (b for b in batches if not args.batch_sizes or b in args.batch_sizes):
-            rounds = []
+            rounds, genlab_epochs, plain_epochs = [], [], []
             for _ in range(args.rounds):
                 plain, epochs = plain_rate(name, images, labels, batch, overrides, device, args.min_seconds,
-                                           args.idle_between_epochs)
-                fast = genlab_rate(name, len(images), batch, overrides, dataset, device=device, epochs=1 + epochs)
+                                           args.idle_between_epochs, durations=plain_epochs)
+                fast = genlab_rate(name, len(images), batch, overrides, dataset, device=device, epochs=1 + epochs,
+                                   durations=genlab_epochs)
                 rounds.append((fast, plain, fast / plain, epochs))
             fast, plain, ratio, epochs = (statistics.median(column) for column in zip(*rounds))
             spread = (min(r[2] for r in rounds), max(r[2] for r in rounds))
+            # Is genlab's every epoch slower (a cost per step), or only some (a cost per epoch, a slow start)?
+            epoch_ms = {side: [round(1e3 * min(d), 2), round(1e3 * statistics.median(d), 2), round(1e3 * max(d), 2)]
+                        for side, d in (("genlab", genlab_epochs), ("plain", plain_epochs))}
             results[f"{name} b{batch}"] = {"genlab": round(fast), "plain": round(plain), "ratio": round(ratio, 3),
-                                           "ratio_range": [round(x, 3) for x in spread], "epochs": epochs}
+                                           "ratio_range": [round(x, 3) for x in spread], "epochs": epochs,
+                                           "epoch_ms_min_median_max": epoch_ms}
             if not args.json:
                 over = f"rounds {spread[0]:.2f}-{spread[1]:.2f}" if args.rounds > 1 else f"over {epochs} epochs"
+                ms = "   epoch ms min/median/max: genlab {}, plain {}".format(
+                    *("/".join(f"{x:.1f}" for x in epoch_ms[side]) for side in ("genlab", "plain")))
                 print(f"{name:<6} batch {batch:<5} genlab {fast:>9.0f} img/s   plain loop {plain:>9.0f} img/s   "
-                      f"ratio {ratio:5.2f}x   {over}   ({name_of_device})", flush=True)
+                      f"ratio {ratio:5.2f}x   {over}{ms}   ({name_of_device})", flush=True)
     return {"device": name_of_device, "results": results}
 
 

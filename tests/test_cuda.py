@@ -103,3 +103,18 @@ def test_training_steps_never_wait_for_the_gpu(name, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_mod, "_step", strict_step)
     train(name, MODELS[name].Config(), cuda_config(name, tmp_path / name, epochs=1, deterministic=False))
+
+
+def test_a_cpu_generator_draws_the_same_noise_for_a_model_on_the_gpu():
+    # A user's torch.Generator() lives on the CPU; the public draws take it for a GPU model too, and the same
+    # seed gives the same samples and corruptions on either device (up to the device's arithmetic).
+    torch.manual_seed(0)
+    vae, dae = (MODELS[name](MODELS[name].Config()).eval() for name in ("vae", "dae"))
+    x = torch.rand(4, 1, 28, 28) * 2 - 1
+    on_cpu = vae.sample(4, generator=torch.Generator().manual_seed(7)), dae.corrupt(x, torch.Generator().manual_seed(7))
+    vae, dae = vae.cuda(), dae.cuda()
+    on_gpu = (vae.sample(4, generator=torch.Generator().manual_seed(7)),
+              dae.corrupt(x.cuda(), torch.Generator().manual_seed(7)))
+    for a, b in zip(on_cpu, on_gpu):
+        assert b.device.type == "cuda"
+        torch.testing.assert_close(b.cpu(), a, atol=1e-4, rtol=1e-4)

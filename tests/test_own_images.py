@@ -204,6 +204,17 @@ def test_energy_images_csv(rgb_runs, tmp_path, capsys):
     assert np.mean(held > model.threshold(0.5)) >= 0.3  # 5 held-out images: 2 of them above the median
 
 
+
+def test_held_out_energies_are_cached_per_device(rgb_runs):
+    # A GPU computes energies to a few digits only of a CPU's, so percentiles and --fpr thresholds are taken
+    # against held-out energies from the device that scores; "meta" stands in for another device here.
+    _, runs = rgb_runs
+    model = genlab.load(runs["dae"])
+    key = model._heldout_key()
+    assert genlab.load(runs["dae"])._heldout_key() == key
+    model.model.to("meta")
+    assert model._heldout_key() != key
+
 def test_load_energy_matches_cli_and_takes_arrays(rgb_runs, tmp_path):
     root, runs = rgb_runs
     model = genlab.load(runs["vae"])

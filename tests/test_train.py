@@ -312,3 +312,23 @@ def test_conv_denoiser_learns_on_mnist_5k(tmp_path):
     with torch.no_grad():
         out = run.model.reconstruct(run.model.corrupt(x))
     assert out.shape == x.shape and out.min() >= -1 and out.max() <= 1
+
+
+
+@pytest.mark.skipif(torch.cuda.is_initialized() or not hasattr(torch.cuda, "_lazy_seed_tracker"),
+                    reason="needs CUDA not yet started and PyTorch's record of seeds queued for its start")
+def test_a_seeded_block_queues_no_seed_for_cuda_before_it_starts():
+    # torch.manual_seed before CUDA starts queues a seed that CUDA applies when it starts; from inside a seeded
+    # block that seed would outlive the block and replace the caller's. The block seeds the CPU alone then,
+    # and still repeats itself and leaves the CPU stream where it was.
+    from genlab.rng import seeded
+
+    torch.manual_seed(3)
+    callers_seed = torch.cuda._lazy_seed_tracker.get_calls()[-1][0]  # the seed CUDA would start with
+    before = torch.get_rng_state()
+    with seeded(11):
+        a = torch.rand(5)
+    with seeded(11):
+        b = torch.rand(5)
+    assert torch.equal(a, b) and torch.equal(torch.get_rng_state(), before)
+    assert torch.cuda._lazy_seed_tracker.get_calls()[-1][0] is callers_seed

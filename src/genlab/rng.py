@@ -16,8 +16,29 @@ import torch
 
 @contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Run the block with the CPU and every initialised CUDA generator forked and seeded with ``seed``."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    """Run the block with the CPU and every initialised CUDA generator forked and seeded with ``seed``.
+
+    Where CUDA has not started, only the CPU generator is seeded: ``torch.manual_seed`` would queue a seed for
+    CUDA's start, which would outlive the block and replace the caller's own CUDA seed."""
+    cuda = torch.cuda.is_initialized()
+    devices = list(range(torch.cuda.device_count())) if cuda else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)  # seeds the CPU and every CUDA generator
+        if cuda:
+            torch.manual_seed(seed)  # seeds the CPU and every CUDA generator
+        else:
+            torch.default_generator.manual_seed(seed)
         yield
+
+
+def randn(shape, generator: torch.Generator | None, device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``torch.randn(shape)`` on ``device``, drawn by ``generator`` where it lives: a CPU generator (the one a
+    user most often makes) serves a model on a GPU too, its draws copied over. Without a generator, the global
+    generator of ``device``."""
+    where = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=where, dtype=dtype).to(device)
+
+
+def rand(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """``torch.rand(shape)`` on ``device``, drawn by ``generator`` where it lives (see ``randn``)."""
+    where = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=where).to(device)

@@ -112,7 +112,10 @@ class LoadedModel:
             if path is not None and path.exists():
                 info = path.stat()
                 stamps.append([str(path.resolve()), info.st_size, info.st_mtime_ns])
-        text = json.dumps([stamps, to_dict(self.run.train_cfg)], sort_keys=True, default=str)
+        # The device too: a GPU computes the same energies to a few digits only (TF32 convolutions, other
+        # kernels), so percentiles and thresholds are taken against energies from the device that scores.
+        text = json.dumps([stamps, to_dict(self.run.train_cfg), self.model.device.type], sort_keys=True,
+                          default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def percentile(self, energy) -> np.ndarray:

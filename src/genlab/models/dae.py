@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from genlab import rng
 from genlab.config import ImageShape, opt, validate
 from genlab.errors import GenlabError
 from genlab.models.ae import squared_error
@@ -43,7 +44,7 @@ class DAEConfig(ImageShape):
 def dropout_mask(shape, p: float, scaled: bool = True, generator: torch.Generator | None = None,
                  device=None) -> Tensor:
     """The lecture's noise mask ``Dropout(p)(ones)``: values {0, 1/(1-p)}, or {0, 1} when not ``scaled``."""
-    keep = torch.rand(shape, generator=generator, device=device) >= p
+    keep = rng.rand(shape, generator, device) >= p
     scale = 1.0 / (1.0 - p) if scaled else 1.0
     return keep.float() * scale
 
@@ -53,10 +54,10 @@ def corrupt(x: Tensor, cfg: DAEConfig, generator: torch.Generator | None = None)
     if cfg.corruption == "dropout":
         return x * dropout_mask(x.shape, cfg.noise, not cfg.unscaled_mask, generator, x.device)
     if cfg.corruption == "gaussian":
-        noise = torch.randn(x.shape, generator=generator, device=x.device)
+        noise = rng.randn(x.shape, generator, x.device)
         return (x + cfg.noise * noise).clamp(-1, 1)
-    hit = torch.rand(x.shape, generator=generator, device=x.device) < cfg.noise
-    salt = torch.rand(x.shape, generator=generator, device=x.device) < 0.5
+    hit = rng.rand(x.shape, generator, x.device) < cfg.noise
+    salt = rng.rand(x.shape, generator, x.device) < 0.5
     return torch.where(hit, salt.float() * 2 - 1, x)
 
 

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genlab import rng
 from genlab.config import ImageShape, opt, validate
 from genlab.errors import GenlabError
 from genlab.models.base import EMA, GenerativeModel, conv_sizes_ok
@@ -278,7 +279,7 @@ class VAE(GenerativeModel):
     @staticmethod
     def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """z = mu + sigma * eps, eps ~ N(0, I): a sample of q(z|x) that gradients flow through. [N x d]."""
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        eps = rng.randn(mu.shape, generator, mu.device, mu.dtype)
         return mu + (0.5 * logvar).exp() * eps
 
     def binarize(self, x: Tensor) -> Tensor:
@@ -384,7 +385,7 @@ class VAE(GenerativeModel):
         z alone (the score term is dropped)."""
         mu, logvar = self.encode(x)
         n, d = mu.shape
-        eps = torch.randn((k, n, d), generator=generator, device=mu.device, dtype=mu.dtype)
+        eps = rng.randn((k, n, d), generator, mu.device, mu.dtype)
         z = mu + (0.5 * logvar).exp() * eps                                          # [k x N x d]
         logits = self.decode_logits(z.reshape(k * n, d)).view(k, n, -1)             # [k x N x 784]
         # -bernoulli_nll, with the x . logits part as one contraction (this loop is IWAE's whole cost).
@@ -434,7 +435,7 @@ class VAE(GenerativeModel):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Decode z ~ N(0, I): the mean images of p(x|z), [n x 1 x 28 x 28] in [0, 1] (grey, as the lecture)."""
-        z = torch.randn((n, self.cfg.latent_dim), generator=generator, device=self.device)
+        z = rng.randn((n, self.cfg.latent_dim), generator, self.device)
         return self.decode(z)
 
     def encoder_kernels(self) -> Tensor | None:

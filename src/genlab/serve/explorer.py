@@ -45,6 +45,11 @@ def encode_image(unit: np.ndarray | Tensor) -> str:
     return base64.b64encode(np.rint(np.clip(a.reshape(-1), 0, 1) * 255).astype(np.uint8).tobytes()).decode()
 
 
+def encode_images(unit: Tensor) -> list[str]:
+    """``encode_image`` of each image of a batch [N x ...], read back from the device in one copy."""
+    return [encode_image(image) for image in unit.detach().float().cpu().numpy()]
+
+
 def decode_image(text: str) -> np.ndarray:
     """The inverse of ``encode_image``: [28 x 28] float32 on [0, 1]."""
     return np.frombuffer(base64.b64decode(text), np.uint8).reshape(28, 28).astype(np.float32) / 255
@@ -369,7 +374,7 @@ class Explorer:
         mu = m.latent.mu.to(self.device)
         t = torch.linspace(0, 1, steps, device=self.device).unsqueeze(1)
         imgs = m.model.decode((1 - t) * mu[a] + t * mu[b])
-        return {"a": a, "b": b, "images": [encode_image(i) for i in imgs],
+        return {"a": a, "b": b, "images": encode_images(imgs),
                 "labels": [int(m.labels[a]), int(m.labels[b])]}
 
     # -- sampling and walks ----------------------------------------------------------------------------------
@@ -406,7 +411,7 @@ class Explorer:
         imgs = self._generate(m.model, _seeded_normal(n, self._latent_size(m.model), seed), label)
         energies = m.model.energy(imgs).double().cpu().tolist()
         unit = to_unit(imgs, m.model.pixel_range)
-        return {"images": [encode_image(i) for i in unit], "energies": energies,
+        return {"images": encode_images(unit), "energies": energies,
                 "percentiles": [m.percentile(e) for e in energies]}
 
     @torch.inference_mode()
@@ -421,7 +426,7 @@ class Explorer:
         t = torch.linspace(-scale, scale, steps).unsqueeze(1)
         imgs = self._generate(m.model, z0 + t * u, label)
         energies = m.model.energy(imgs).double().cpu().tolist()
-        return {"images": [encode_image(i) for i in to_unit(imgs, m.model.pixel_range)], "energies": energies,
+        return {"images": encode_images(to_unit(imgs, m.model.pixel_range)), "energies": energies,
                 "t": t[:, 0].tolist()}
 
     # -- watching a run in progress ----------------------------------------------------------------------------
@@ -484,4 +489,4 @@ class Explorer:
         w.sample_epoch = run.counters.get("epoch")
         if run.model.can_sample:
             imgs = self._generate(run.model, _seeded_normal(16, self._latent_size(run.model), 0))
-            w.samples = [encode_image(i) for i in to_unit(imgs, run.model.pixel_range)]
+            w.samples = encode_images(to_unit(imgs, run.model.pixel_range))

@@ -26,6 +26,7 @@ def save_rows(path: Path, rows: list[tuple[str, torch.Tensor]], title: str = "")
     n = max(len(images) for _, images in rows)
     fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0 + 0.3), squeeze=False)
     for r, (label, images) in enumerate(rows):
+        images = images.detach().float().cpu()  # one copy from the device per row, not one per picture
         for c in range(n):
             ax = axes[r][c]
             ax.axis("off")

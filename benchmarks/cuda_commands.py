@@ -67,6 +67,22 @@ def serve_one_drawing(runs: list[Path], device: str) -> tuple[int, float, str]:
         return 1, time.perf_counter() - began, f"{type(e).__name__}: {e}"
 
 
+def torchrun_with_a_process_too_many(out: Path) -> tuple[int, float, str]:
+    """``torchrun`` with one process more than this machine has GPUs: each rank should stop with genlab's one
+    line (nccl takes one GPU per rank) before it waits for another: (0 if that line came, seconds, the line)."""
+    import torch
+
+    began = time.perf_counter()
+    n = torch.cuda.device_count() + 1
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "-m",
+                        "genlab.cli", "train", "ae", *SMALL, "--device", "cuda", "--out", out / "torchrun"],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "GENLAB_OFFLINE": "1"})
+    lines = [line for line in p.stderr.splitlines() if line.startswith("genlab: error:")]
+    # Each rank that got as far as its check says so; torchrun may stop a slower one before it does.
+    ok = p.returncode != 0 and bool(lines) and all("a GPU of its own" in line for line in lines)
+    return (0 if ok else 1), time.perf_counter() - began, lines[0] if lines else f"exit {p.returncode}, no line"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path, help="folder for the runs and the outputs")
@@ -91,7 +107,10 @@ def main() -> int:
         return {label: future.result()[0] == 0 for label, future in futures.items()}
 
     # Each step depends on the one before: the runs, then every command on them, then report and serve.
-    trained = run_all({f"train {m}": partial(genlab, "train", m, *SMALL, *dev, "--out", out / m) for m in MODELS})
+    first = {f"train {m}": partial(genlab, "train", m, *SMALL, *dev, "--out", out / m) for m in MODELS}
+    if args.device.startswith("cuda"):
+        first["torchrun, a process more than GPUs"] = partial(torchrun_with_a_process_too_many, out)
+    trained = run_all(first)
     runs = {m: out / m for m in MODELS if trained[f"train {m}"]}
     images = write_test_digits(out / "images", 4)
     commands = {f"evaluate {m}": partial(genlab, "evaluate", run, "--limit", "200", "--no-quality", "--json", *dev)

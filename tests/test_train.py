@@ -332,3 +332,21 @@ def test_a_seeded_block_queues_no_seed_for_cuda_before_it_starts():
         b = torch.rand(5)
     assert torch.equal(a, b) and torch.equal(torch.get_rng_state(), before)
     assert torch.cuda._lazy_seed_tracker.get_calls()[-1][0] is callers_seed
+
+
+@pytest.mark.parametrize("local_rank", [0, 1])
+def test_more_torchrun_processes_than_gpus_is_one_line_on_every_rank(local_rank, monkeypatch):
+    # Two processes on a one-GPU machine: nccl would refuse the second rank on the same GPU (or CUDA the
+    # missing device) with a traceback; every rank stops first, with the same line, before any collective.
+    from genlab import distributed
+
+    monkeypatch.setattr(distributed, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: pytest.fail("reached set_device"))
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda *a, **k: pytest.fail("joined the group"))
+    for key, value in {"WORLD_SIZE": "2", "RANK": str(local_rank), "LOCAL_RANK": str(local_rank),
+                       "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(GenlabError, match=r"started 2 processes on this machine, which has 1 GPU; .*"
+                                          r"--nproc-per-node 1, or train on the CPU with --device cpu"):
+        distributed.setup("cuda")

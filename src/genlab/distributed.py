@@ -65,6 +65,13 @@ def setup(device: str = "auto", deterministic: bool = False) -> Context:
         return Context(device=dev)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if dev.type == "cuda":
+        # One GPU per process (nccl refuses two ranks on one GPU). Every rank of the machine sees the same
+        # counts, so all of them stop with the same line before any of them waits for another.
+        here, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1)), torch.cuda.device_count()
+        if max(here, local_rank + 1) > gpus:
+            raise GenlabError(f"torchrun started {here} processes on this machine, which has {gpus} GPU"
+                              f"{'' if gpus == 1 else 's'}; each process needs a GPU of its own: use "
+                              f"--nproc-per-node {gpus}, or train on the CPU with --device cpu")
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     if not dist.is_initialized():

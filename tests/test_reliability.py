@@ -194,6 +194,24 @@ def test_a_bug_shows_its_traceback_and_asks_for_a_report(capsys):
     assert len(lines) == 1 and "/some/file: No space left on device; free space" in lines[0]
 
 
+
+@pytest.mark.parametrize("error,words", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+                            "79 GiB"), "out of device memory (CUDA out of memory); lower --batch-size"),
+    (RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"),
+     "out of device memory"),
+    # What CUDA says where the GPU is in exclusive compute mode and another process holds it (reproduce's
+    # training processes, a second genlab command); it reaches reproduce from its worker as the same text.
+    (RuntimeError("CUDA error: CUDA-capable device(s) is/are busy or unavailable\nCUDA kernel errors might be "
+                  "asynchronously reported"), "the GPU is taken: it admits one process at a time"),
+])
+def test_a_gpu_that_cannot_take_the_work_is_one_line(error, words, capsys):
+    def fails():
+        raise error
+    assert one_line_errors(fails) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], lines
+
 def test_a_run_stopped_by_a_signal_is_one_line_and_128_plus_the_signal_wherever_it_is_caught(capsys, tmp_path):
     # A benchmark script calls genlab.train.train under one_line_errors; `timeout` then stopped one with
     # SIGTERM and it printed "internal error: this is a bug". A stop is now its own kind of exit.

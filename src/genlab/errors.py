@@ -67,12 +67,24 @@ def one_line_errors(main: Callable[[], int], prog: str = "genlab") -> int:
         print(f"{prog}: error: out of memory; ask for less (a smaller --batch-size, -n or --limit)", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - the last resort: a bug, said as such
-        if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
-            print(f"{prog}: error: out of device memory ({one_line(e).split('. ')[0]}); lower --batch-size",
-                  file=sys.stderr)
+        trouble = _device_trouble(e)
+        if trouble:
+            print(f"{prog}: error: {trouble}", file=sys.stderr)
             return 2
         traceback.print_exc()
         from genlab import __version__
         print(f"{prog}: internal error: this is a bug in genlab {__version__}; please report it with the "
               "command and the traceback above", file=sys.stderr)
         return BUG_STATUS
+
+
+def _device_trouble(e: Exception) -> str | None:
+    """The line for a GPU that cannot take the work (full memory, or held by another process in its exclusive
+    compute mode), from PyTorch's or CUDA's own error; None for anything else."""
+    text = one_line(e)
+    if type(e).__name__ == "OutOfMemoryError" or "CUDA error: out of memory" in text:  # without importing torch
+        return f"out of device memory ({text.split('. ')[0]}); lower --batch-size"
+    if "busy or unavailable" in text:  # cudaErrorDevicesUnavailable
+        return ("the GPU is taken: it admits one process at a time (its exclusive compute mode) and another "
+                "process holds it; wait for that one, use --device cpu, or give genlab reproduce --jobs 1")
+    return None

@@ -102,13 +102,14 @@ def dataloader_rate(name: str, images: torch.Tensor, labels: torch.Tensor, batch
 
 
 def genlab_rate(name: str, images_limit: int, batch: int, overrides: dict, dataset: str, device: str = "cpu",
-                epochs: int = 1, durations: list | None = None) -> float:
+                epochs: int = 1, durations: list | None = None, precision: str = "fp32") -> float:
     """images/s of ``genlab.train.train``: over its last epoch, or with ``epochs`` > 1 over every epoch but the
     first (which warms the device up). ``durations``, when given, receives those epochs' seconds."""
     with tempfile.TemporaryDirectory() as out:
         tcfg = cfgmod.from_dict(cfgmod.TrainConfig, {**cfgmod.to_dict(default_train_config(name)), "epochs": epochs,
                                 "batch_size": batch, "limit": images_limit, "eval_limit": 1000, "device": device,
-                                "figures": False, "progress": False, "out": out, "dataset": dataset})
+                                "figures": False, "progress": False, "out": out, "dataset": dataset,
+                                "precision": precision})
         run_dir = train(name, MODELS[name].Config(**overrides), tcfg)
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     if epochs == 1:
@@ -122,12 +123,15 @@ def genlab_rate(name: str, images_limit: int, batch: int, overrides: dict, datas
 
 def plain_rate(name: str, images: torch.Tensor, labels: torch.Tensor, batch: int, overrides: dict,
                device: str = "cuda", min_seconds: float = 4.0, idle: float = 0.0,
-               durations: list | None = None) -> tuple[float, int]:
+               durations: list | None = None, precision: str = "fp32") -> tuple[float, int]:
     """images/s of the best plain loop over genlab's networks on ``device`` and the epochs it took: one epoch
     to warm up, then whole epochs until ``min_seconds`` of them have passed (a window long enough to measure).
     A conditional model gets each batch's ``labels``. ``idle``: seconds the loop rests between epochs, out of
     the timing, as genlab's loop does while it evaluates and checkpoints (does a resting GPU start the next
-    epoch slower?)."""
+    epoch slower?). ``durations``, when given, receives the timed epochs' seconds. ``precision`` "bf16": each
+    player's forward pass under bfloat16 autocast, as genlab's ``--precision bf16``."""
+    from contextlib import nullcontext
+
     from genlab.data.batching import to_pixels
 
     torch.manual_seed(0)
@@ -146,7 +150,13 @@ def plain_rate(name: str, images: torch.Tensor, labels: torch.Tensor, batch: int
             idx = perm[i:i + batch]
             x = to_pixels(data.index_select(0, idx), model.pixel_range)
             cond = (targets.index_select(0, idx),) if model.conditional else ()
-            for player, terms in model.steps(x, *cond):
+            turns = model.steps(x, *cond)
+            while True:
+                with torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext():
+                    turn = next(turns, None)  # the player's forward pass runs here, as in genlab's step
+                if turn is None:
+                    break
+                player, terms = turn
                 loss = terms["loss"].mean()
                 opts[player].zero_grad(set_to_none=True)
                 loss.backward()
@@ -175,16 +185,17 @@ def gpu_main(args, dataset: str, images: torch.Tensor, labels: torch.Tensor, dev
     the medians reported (a slow spell of the machine then hits both sides)."""
     results = {}
     where = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-    name_of_device = f"{where}, PyTorch {torch.__version__}"
+    name_of_device = f"{where}, PyTorch {torch.__version__}" + (", bf16 autocast" if args.precision == "bf16" else "")
     for name in args.models:
         batches, overrides = GPU_CASES[name]
         for batch in (b for b in batches if not args.batch_sizes or b in args.batch_sizes):
             rounds, genlab_epochs, plain_epochs = [], [], []
             for _ in range(args.rounds):
                 plain, epochs = plain_rate(name, images, labels, batch, overrides, device, args.min_seconds,
-                                           args.idle_between_epochs, durations=plain_epochs)
+                                           args.idle_between_epochs, durations=plain_epochs,
+                                           precision=args.precision)
                 fast = genlab_rate(name, len(images), batch, overrides, dataset, device=device, epochs=1 + epochs,
-                                   durations=genlab_epochs)
+                                   durations=genlab_epochs, precision=args.precision)
                 rounds.append((fast, plain, fast / plain, epochs))
             fast, plain, ratio, epochs = (statistics.median(column) for column in zip(*rounds))
             spread = (min(r[2] for r in rounds), max(r[2] for r in rounds))
@@ -214,6 +225,8 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--batch-sizes", type=int, nargs="+", help="with --device cuda: only these batch sizes")
     parser.add_argument("--min-seconds", type=float, default=4.0, help="with --device cuda: the shortest window")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="with --device cuda: both loops in this precision (bf16: under autocast)")
     parser.add_argument("--idle-between-epochs", type=float, default=0.0, metavar="SECONDS",
                         help="with --device cuda: the plain loop rests this long between epochs, untimed")
     args = parser.parse_args()
@@ -224,6 +237,8 @@ def main() -> int:
     for flag, value in (("--limit", args.limit), ("--rounds", args.rounds)):
         if value is not None and value < 1:
             parser.error(f"{flag} must be at least 1, got {value}")
+    if args.device == "cpu" and args.precision != "fp32":
+        parser.error("--precision applies with --device cuda (on a CPU both loops run in float32)")
     if not args.min_seconds > 0 or not args.idle_between_epochs >= 0:
         parser.error("--min-seconds must be above 0 and --idle-between-epochs at least 0")
 

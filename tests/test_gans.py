@@ -258,6 +258,25 @@ def test_ema_update_and_round_trip(tmp_path):
         assert torch.equal(a, b)
 
 
+
+def test_ema_follows_the_model_after_it_moves_or_changes_dtype():
+    # The average lists its tensors once; .double() (like .to() and .cuda()) gives every buffer a new tensor,
+    # so the list is made again and the average goes on reading the generator's own tensors.
+    model = small_dcgan(ema=0.9)
+    model.after_step("g")
+    model.double()
+    with torch.no_grad():
+        for t in list(model.generator.parameters()) + list(model.generator.buffers()):
+            if t.is_floating_point():
+                t.add_(1.0)
+    before = [p.detach().clone() for p in model.g_ema.net.parameters()]
+    model.after_step("g")
+    decay = min(0.9, 2 / 11)
+    for avg, old, new in zip(model.g_ema.net.parameters(), before, model.generator.parameters()):
+        assert avg.dtype == torch.float64 and torch.allclose(avg, decay * old + (1 - decay) * new)
+    buffers = [(a, b) for a, b in zip(model.g_ema.net.buffers(), model.generator.buffers()) if a.is_floating_point()]
+    assert buffers and all(torch.equal(a, b) for a, b in buffers)
+
 def test_sample_uses_the_ema_generator_and_never_changes_the_model():
     model = small_ebgan(ema=0.99).train()
     with torch.no_grad():

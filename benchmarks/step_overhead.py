@@ -1,11 +1,11 @@
 """What genlab's training loop adds to each step, against the plain loop of ``throughput.py``: measured on a CPU
 at a tiny batch, where a step is mostly Python and kernel launches, as it is on a GPU at the lecture's batch
-sizes. The log is read every 50 steps, as on a GPU (on a CPU genlab reads it every step).
+sizes. The log is read every 50 steps, as on a GPU (``--read-every``; on a CPU genlab reads it every step).
 
 For each model: steps/s of both loops over windows of several seconds, alternating, and the extra host time
 per step of genlab's loop (median over ``--rounds``). Single-threaded, so the figure is the loop's own cost.
 
-    python benchmarks/step_overhead.py [--models ae vae] [--batch 4] [--rounds 5]
+    python benchmarks/step_overhead.py [--models ae vae] [--batch 4] [--rounds 5] [--read-every 50]
 """
 
 from __future__ import annotations
@@ -29,19 +29,22 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=3000, help="training images per epoch")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--min-seconds", type=float, default=4.0)
+    parser.add_argument("--read-every", type=int, default=50,
+                        help="steps between reads of the logged terms (50, as on a GPU; genlab reads every step on a CPU)")
     args = parser.parse_args()
-    for flag in ("batch", "images", "rounds"):
+    for flag in ("batch", "images", "rounds", "read_every"):
         if getattr(args, flag) < 1:
-            parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if not args.min_seconds > 0:
         parser.error("--min-seconds must be above 0")
 
     torch.set_num_threads(1)
-    genlab.train.READ_EVERY["cpu"] = 50  # as on a GPU
+    genlab.train.READ_EVERY["cpu"] = args.read_every
     dataset = resolve_dataset_name("auto", None)
     split = load_dataset(dataset, "train")
     images, labels = split.images[:args.images], split.labels[:args.images]
-    print(f"{dataset}, {len(images)} images an epoch, batch {args.batch}, 1 thread, PyTorch {torch.__version__}")
+    print(f"{dataset}, {len(images)} images an epoch, batch {args.batch}, the log read every {args.read_every} "
+          f"steps, 1 thread, PyTorch {torch.__version__}")
     for name in args.models:
         overrides = GPU_CASES[name][1]
         rounds = []

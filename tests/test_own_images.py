@@ -259,6 +259,22 @@ def test_denoise_refused_for_a_gan(tmp_path, capsys):
     assert genlab.load(run).energy(tmp_path / "g").shape == (16,)
 
 
+def test_denoise_refused_for_a_cvae_whose_repair_needs_the_class(tmp_path, capsys):
+    # A cvae reconstructs a digit given its class; files come without one, so it refuses, and says why (it
+    # used to say it had no reconstruction at all).
+    from genlab.config import TrainConfig
+    from genlab.models import MODELS
+    from genlab.train import train
+
+    run = train("cvae", MODELS["cvae"].Config(hidden=16, latent_dim=4), TrainConfig(
+        dataset="mnist-5k", limit=64, eval_limit=32, epochs=1, batch_size=32, out=str(tmp_path / "cvae"),
+        progress=False, figures=False))
+    write_folder(tmp_path / "d", blobs(4, (28, 28)), np.zeros(4, int), ["x"])
+    capsys.readouterr()
+    assert_one_line(cli(capsys, "denoise", run, "--images", tmp_path / "d", "--out", tmp_path / "o"),
+                    "repairs a digit only given its class")
+
+
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 64, 64)])
 def test_gans_take_the_data_shape(shape):
     from genlab.models import MODELS, build

@@ -197,3 +197,36 @@ def test_config_reader_loads_or_raises_genlab_error(section, key, value, whole, 
     cfgmod.validate(model_cfg)
     cfgmod.validate(train_cfg)
     assert name in MODELS
+
+
+def _numeric_fields():
+    import dataclasses
+    import typing
+    for owner, cls in [(name, MODELS[name].Config) for name in sorted(MODELS)] + [("train", cfgmod.TrainConfig)]:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if hints[f.name] in (int, float) and f.metadata.get("cli", True):
+                yield owner, cls, f
+
+
+@pytest.mark.parametrize("owner,cls,f", list(_numeric_fields()), ids=lambda v: v if isinstance(v, str) else
+                         getattr(v, "name", ""))
+def test_every_numeric_option_declares_its_range_and_refuses_a_value_outside_it(owner, cls, f):
+    # A config without declared ranges took --latent-dim 1000000000 to an allocation error and a traceback;
+    # every number a user can set now has its bounds, checked however the config is built.
+    meta = f.metadata
+    bounds = {k: meta.get(k) for k in ("min", "max", "above", "below") if meta.get(k) is not None}
+    assert bounds or meta.get("choices"), f"{owner} {f.name} declares no range"
+    outside = []
+    if "min" in bounds:
+        outside.append(bounds["min"] - 1)
+    if "above" in bounds:
+        outside.append(bounds["above"])
+    if "max" in bounds:
+        outside.append(bounds["max"] + 1)
+    if "below" in bounds:
+        outside.append(bounds["below"])
+    flag = "--" + f.name.replace("_", "-")
+    for value in outside:
+        with pytest.raises(GenlabError, match=flag):
+            cls(**{f.name: type(f.default)(value)})

@@ -350,3 +350,13 @@ def test_more_torchrun_processes_than_gpus_is_one_line_on_every_rank(local_rank,
     with pytest.raises(GenlabError, match=r"started 2 processes on this machine, which has 1 GPU; .*"
                                           r"--nproc-per-node 1, or train on the CPU with --device cpu"):
         distributed.setup("cuda")
+
+
+def test_a_longer_schedule_given_on_resume_is_kept_for_the_next_resume(tmp_path):
+    # --epochs on resume lengthens the run; its config.json says so, so a later resume without --epochs (on
+    # another device, say) goes on with that schedule instead of refusing with an --epochs nobody gave.
+    run = train("ae", MODELS["ae"].Config(latent_dim=8), quick_config("ae", tmp_path / "r", limit=128))
+    train(None, train_cfg=quick_config("ae", tmp_path / "r", epochs=2), resume=run)
+    assert checkpoint.read_configs(run)[2].epochs == 2
+    train(None, resume=run, device="cpu")
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]

@@ -135,21 +135,22 @@ class LoadedModel:
     def denoise(self, images, batch_size: int = 1000) -> np.ndarray:
         """The model's repair (reconstruction) of each image: uint8 [N x H x W] (grey) or [N x C x H x W]."""
         from genlab.data.batching import to_pixels, to_uint8
+        from genlab.models.base import GenerativeModel
         from genlab.rng import seeded
 
+        name, others = self.run.model_name, "use an ae, dae, vae or ebgan run"
+        if type(self.model).reconstruct is GenerativeModel.reconstruct:  # the base class's: none of its own
+            raise GenlabError(f"a {name} model has no reconstruction to repair images with; {others}")
+        if self.model.conditional:
+            raise GenlabError(f"a {name} model repairs a digit only given its class, and these images come without "
+                              f"labels; {others}")
         u8 = self.images(images)
         model = self.model.eval()
         out = []
         with seeded(0):
             for i in range(0, len(u8), batch_size):
                 x = to_pixels(u8[i:i + batch_size], model.pixel_range).to(model.device)
-                try:
-                    y = model.reconstruct(x) if not model.conditional else None
-                except NotImplementedError:
-                    y = None
-                if y is None:
-                    raise GenlabError(f"a {self.run.model_name} model has no reconstruction to repair images with; "
-                                      "use ae, dae, vae or ebgan (its energy still scores images: genlab energy)")
+                y = model.reconstruct(x)
                 out.append(to_uint8(y.float().cpu(), model.pixel_range))
         return torch.cat(out).numpy()
 

@@ -294,6 +294,7 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
         counters = ckpt.counters
         if ctx.is_main:
             rundir.recover_metrics(run_dir, counters)
+            _record_schedule(run_dir, cfg.epochs)
         say(f"resuming {run_dir} at epoch {counters['epoch'] + 1}, batch {counters['batch']}")
     elif ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -308,6 +309,16 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
         (run_dir / "metrics.jsonl").touch()
         say(f"training {model_name} on {dataset} ({len(train_images)} images) -> {run_dir}")
     return model, optimizers, counters, (train_images, train_labels, test_images, test_labels, test_set)
+
+
+def _record_schedule(run_dir: Path, epochs: int) -> None:
+    """A resumed run trained up to a new ``--epochs`` keeps that length in its ``config.json``, so the next
+    resume (on another device, say) goes on with the schedule the run now has."""
+    path = run_dir / checkpoint.CONFIG
+    data = cfgmod.read_json(path)
+    if data["train_config"].get("epochs") != epochs:
+        data["train_config"]["epochs"] = epochs
+        cfgmod.write_json(path, data)
 
 
 def fit_image_shape(model_name: str, model_cfg, data, resuming: bool):

@@ -22,7 +22,7 @@ def add(subparsers) -> None:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--jobs", type=bounded_int(1, 16), default=None,
                    help="processes that train models at once, one thread each when more than one (default: 2 "
-                        "on a CPU for --quick, 1 for the full run; 3 on a GPU)")
+                        "on a CPU for --quick, 1 for the full run; 3 on a GPU with four or more CPU cores)")
     p.set_defaults(func=reproduce)
 
 

@@ -8,7 +8,7 @@ set by ``genlab train`` from the data; 1 x 28 x 28 for MNIST) in its own pixel r
 - ``energy(x)``: shape [N], low on the data manifold, high off it (each model's docstring says whether it is a
   sum or a mean over pixels);
 - ``reconstruct(x)``: same shape as ``x``, where the model has one;
-- ``sample(n)``: [n x 1 x 28 x 28] in the pixel range, where the model can sample.
+- ``sample(n)``: [n x C x H x W] (the model's image shape) in the pixel range, where the model can sample.
 
 Models with two players (GANs) override ``players`` and ``steps``; the one training loop steps one optimiser
 per player, in the order ``steps`` yields them.
@@ -110,7 +110,7 @@ class GenerativeModel(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not reconstruct")
 
     def sample(self, n: int) -> Tensor:
-        """n samples as [n x 1 x 28 x 28] in the model's pixel range (models working at another size resize)."""
+        """n samples as [n x C x H x W], the model's image shape, in its pixel range."""
         raise NotImplementedError(f"{type(self).__name__} cannot sample")
 
     def upgrade_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:

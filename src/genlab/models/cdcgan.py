@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.config import ImageShape, opt
+from genlab.config import ImageShape, opt, validate
 from genlab.errors import GenlabError
 from genlab.models.cvae import class_labels
 from genlab.models.base import mnist_shape_only
@@ -42,17 +42,14 @@ from genlab.models.gan_common import (CollapseCheck, Streak, TwoPlayerGAN, dcgan
 
 @dataclass
 class CDCGANConfig(ImageShape):
-    nz: int = opt(100, "size of the latent noise z")
-    ngf: int = opt(64, "generator width (channels of its last hidden layer)")
-    ndf: int = opt(64, "discriminator width (channels of its first layer)")
-    ema: float = opt(0.999, "decay of the exponential moving average of the generator that samples (0: off)")
+    nz: int = opt(100, "size of the latent noise z", min=1, max=10_000)
+    ngf: int = opt(64, "generator width (channels of its last hidden layer)", min=1, max=256)
+    ndf: int = opt(64, "discriminator width (channels of its first layer)", min=1, max=256)
+    ema: float = opt(0.999, "decay of the exponential moving average of the generator that samples (0: off)",
+                     min=0.0, below=1.0)
 
-    def check(self) -> None:
-        for name in ("nz", "ngf", "ndf"):
-            if getattr(self, name) < 1:
-                raise GenlabError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 <= self.ema < 1.0:
-            raise GenlabError(f"--ema is a decay: expected 0 <= ema < 1 (0 turns it off), got {self.ema}")
+    def __post_init__(self) -> None:
+        validate(self)  # the declared ranges hold however the config is built: flags, JSON or Python
 
 
 class ProjectionDiscriminator28(nn.Module):

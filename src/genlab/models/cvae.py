@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.config import ImageShape, opt
+from genlab.config import ImageShape, opt, validate
 from genlab.errors import GenlabError
 from genlab.models.base import EMA, GenerativeModel, mnist_shape_only
 
@@ -49,18 +49,14 @@ MASKED = -1.0  # the value unseen pixels take in the condition (Pyro's choice; o
 class CVAEConfig(ImageShape):
     condition: str = opt("label", "label: generate a digit of a given class; quadrants: complete a digit from "
                                   "1, 2 or 3 observed quadrants (Sohn et al. 2015, Sec. 5.1)", choices=CONDITIONS)
-    latent_dim: int = opt(32, "latent size d")
-    hidden: int = opt(500, "units of each of the two hidden layers of every network (Pyro's reproduction: 500)")
+    latent_dim: int = opt(32, "latent size d", min=1, max=10_000)
+    hidden: int = opt(500, "units of each of the two hidden layers of every network (Pyro's reproduction: 500)",
+                      min=1, max=10_000)
     ema_decay: float = opt(0.999, "evaluate with an exponential moving average of the weights, updated each step "
-                                  "with this decay (0: off, the last weights)")
+                                  "with this decay (0: off, the last weights)", min=0.0, below=1.0)
 
-    def check(self) -> None:
-        if self.latent_dim < 1:
-            raise GenlabError(f"--latent-dim must be at least 1, got {self.latent_dim}")
-        if self.hidden < 1:
-            raise GenlabError(f"--hidden must be at least 1, got {self.hidden}")
-        if not 0 <= self.ema_decay < 1:
-            raise GenlabError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+    def __post_init__(self) -> None:
+        validate(self)  # the declared ranges hold however the config is built: flags, JSON or Python
 
 
 def checked_task(observed: int) -> int:

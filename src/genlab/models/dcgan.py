@@ -31,7 +31,7 @@ from genlab.models.gan_common import (CollapseCheck, Streak, TwoPlayerGAN, dcgan
 class DCGANConfig(ImageShape):
     image_size: int = opt(28, "28: networks sized for MNIST's 28 x 28 pixels (the CPU default); 64: the lecture's "
                               "networks on MNIST resized to 64 x 64; 32: in between. Images of another size are "
-                              "resized inside the model (folder:/npz: data sets are also resized to it on loading)",
+                              "resized inside the model (given as a flag, it also resizes folder:/npz: data sets on loading)",
                           choices=(28, 32, 64))
     nz: int = opt(100, "size of the latent noise z", min=1, max=10_000)
     ngf: int = opt(64, "generator width (channels of its last hidden layer)", min=1, max=256)

@@ -1,8 +1,8 @@
 """Pieces the GANs share: DCGAN-style networks, the two-player step and the divergence checks (their figures
 are in genlab.viz.gan_figures).
 
-Images are [N x 1 x S x S] in [-1, 1] (the generators end in Tanh); S is 28 (MNIST's own size) or 64 (the
-lecture's DCGAN, which trains on MNIST resized to 64 x 64).
+Images are [N x C x S x S] in [-1, 1] (the generators end in Tanh), C the data's channels; S is 28 (MNIST's own
+size), 32, or 64 (the lecture's DCGAN, which trains on MNIST resized to 64 x 64).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def dcgan_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-# -- generators: z [N x nz] -> images [N x 1 x S x S] in [-1, 1] --------------------------------------------
+# -- generators: z [N x nz] -> images [N x C x S x S] in [-1, 1] --------------------------------------------
 class MLPGenerator(nn.Module):
     """A fully connected generator: nz -> hidden -> ... -> 784 -> Tanh, batch norm between layers."""
 

@@ -303,3 +303,27 @@ def test_a_file_beside_class_folders_is_named(tmp_path):
     (tmp_path / "d" / "stray.png").write_bytes(encode_png(np.zeros((8, 8), np.uint8)))
     with pytest.raises(Exception, match="stray.png lies beside the class sub-folders"):
         load_dataset(f"folder:{tmp_path / 'd'}", "train")
+
+
+def test_a_data_set_that_changed_shape_under_a_run_is_one_line_for_every_command(tmp_path, capsys):
+    # An npz: (or folder:) data set is the user's file: it can change after training. Every command that
+    # loads the run's data says so in one line, as --resume does (it used to end in a matmul traceback).
+    from genlab.config import TrainConfig
+    from genlab.models import MODELS
+    from genlab.train import train
+
+    data = tmp_path / "d.npz"
+    np.savez(data, images=blobs(40, (28, 28)), labels=np.arange(40) % 2)
+    run = train("dae", MODELS["dae"].Config(latent_dim=4), TrainConfig(
+        dataset=f"npz:{data}", epochs=1, batch_size=16, out=str(tmp_path / "run"), progress=False, figures=False))
+    np.savez(data, images=blobs(40, (32, 32)), labels=np.arange(40) % 2)
+    clear_cache()  # as a new process would find it
+    (tmp_path / "x.png").write_bytes(encode_png(blobs(1, (28, 28))[0]))
+    capsys.readouterr()
+    for argv in (["evaluate", run, "--no-quality"], ["energy", run, "--auroc", "--split", "merged", "--limit", "10"],
+                 ["inpaint", run, "--limit", "5"], ["energy", run, "--images", tmp_path / "x.png"]):
+        assert_one_line(cli(capsys, *argv), "now has 1 x 32 x 32 images but the run was built for 1 x 28 x 28")
+    from genlab.serve.explorer import Explorer
+
+    with pytest.raises(GenlabError, match="now has 1 x 32 x 32 images"):
+        Explorer([run], device="cpu")

@@ -336,6 +336,13 @@ def hostile_requests(server) -> list[tuple[str, bytes]]:
         ("an unknown endpoint", get("/api/nope")),
         ("GET on a POST endpoint", get("/api/draw")),
         ("no body", post("/api/draw", "")),
+        # Integers of hundreds of digits: JSON has them, floats do not (they were a 500 of OverflowError).
+        ("a 401-digit sample count", post("/api/sample", '{"model": "dcgan", "n": 1%s}' % ("0" * 400))),
+        ("a 401-digit step size", post("/api/descend", '{"model": "ae", "image": "%s", "step_size": 1%s}'
+                                       % (image, "0" * 400))),
+        ("a 401-digit latent x", post("/api/latent/decode", '{"model": "vae", "x": -1%s, "y": 0}' % ("0" * 400))),
+        ("a 401-digit pixel", post("/api/draw", '{"image": [1%s%s]}' % ("0" * 400, ", 0" * 783))),
+        ("a 5,000-digit seed", post("/api/walk", '{"model": "ebgan", "seed": 1%s}' % ("0" * 5000))),
     ]
 
 
@@ -605,3 +612,16 @@ def test_page_in_chromium(server, tmp_path):
     shot_dir = os.environ.get("GENLAB_SCREENSHOT_DIR")
     if shot_dir:  # keep the screenshot for a person to look at
         shutil.copy(tmp_path / "explorer.png", Path(shot_dir) / "explorer.png")
+
+
+def test_watch_skips_metric_values_the_page_cannot_plot(tmp_path):
+    # A hand-edited metrics.jsonl can hold an integer of hundreds of digits: /api/watch answered 500 on every
+    # poll (blanking every watched run); the value is now left out, the rest of the line kept.
+    from genlab.serve.explorer import Explorer
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "train/loss": 1%s, "test/loss": 0.5, "flag": true}\n'
+                                            % ("0" * 400))
+    state = Explorer(watch_dirs=[tmp_path]).watch_state()
+    assert state["runs"][0]["metrics"] == [{"epoch": 1, "test/loss": 0.5}]
+    json.dumps(state)

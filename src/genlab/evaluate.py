@@ -27,7 +27,7 @@ def mean_energy(model, images_u8: torch.Tensor, batch_size: int = 1000, labels: 
 def evaluate_run(run: Run, split: str = "test", limit: int = 0, quality: bool = True, **options) -> dict:
     """All metrics of ``run`` on ``split`` (the first ``limit`` images when ``limit`` > 0), as name -> value."""
     cfg = run.train_cfg
-    data = run_dataset(cfg, split)
+    data = run_dataset(cfg, split, shape=run.model_cfg.shape)
     images = data.images[:limit] if limit else data.images
     results: dict = {"model": run.model_name, "dataset": cfg.dataset, "split": split, "images": len(images)}
     labels = data.labels[:len(images)] if run.model.conditional else None

@@ -94,7 +94,8 @@ class LoadedModel:
             key = self._heldout_key()
             cached = _read_heldout(key)
             if cached is None:
-                cached = np.sort(self._energies(run_dataset(self.run.train_cfg, "test", download=False).images))
+                test = run_dataset(self.run.train_cfg, "test", download=False, shape=self.shape)
+                cached = np.sort(self._energies(test.images))
                 _write_heldout(key, cached)
             self._heldout = cached
         return self._heldout

@@ -27,7 +27,7 @@ from genlab import __version__, checkpoint, config as cfgmod, distributed, rundi
 from genlab.config import TrainConfig
 import dataclasses
 
-from genlab.data import image_shape, load_dataset, resolve_dataset_name
+from genlab.data import check_run_shape, image_shape, load_dataset, resolve_dataset_name
 from genlab.data.batching import Batches, to_pixels
 from genlab.errors import GenlabError, Stopped
 from genlab.models import MODELS, build
@@ -325,9 +325,8 @@ def fit_image_shape(model_name: str, model_cfg, data, resuming: bool):
     """``model_cfg`` with the image shape (channels, height, width) of ``data``. A resumed run must find the
     shape it was built for; a conditional model needs labels 0..9."""
     shape = image_shape(data.images)
-    if resuming and tuple(model_cfg.shape) != shape:
-        raise GenlabError(f"the data set now has {' x '.join(map(str, shape))} images but the run was built for "
-                          f"{' x '.join(map(str, model_cfg.shape))}; use the run's own data and options")
+    if resuming:
+        check_run_shape(data.images, model_cfg.shape)
     if MODELS[model_name].conditional and len(data.labels) and int(data.labels.max()) > 9:
         raise GenlabError(f"{model_name} is conditioned on 10 classes; this data set has labels up to "
                           f"{int(data.labels.max())}")

@@ -10,6 +10,7 @@ from genlab.data.datasets import (
     load_dataset,
     resolve_data_dir,
     resolve_dataset_name,
+    check_run_shape,
     run_dataset,
 )
 from genlab.data.files import image_shape
@@ -18,5 +19,5 @@ from genlab.data.idx import DataError, idx_shape, read_idx
 __all__ = [
     "DATASETS", "Dataset", "DataError", "cache_dir", "clear_cache", "describe_datasets", "how_to_get", "idx_shape",
     "load_dataset", "read_idx", "resolve_data_dir", "resolve_dataset_name",
-    "run_dataset", "image_shape",
+    "run_dataset", "check_run_shape", "image_shape",
 ]

@@ -29,7 +29,7 @@ from typing import BinaryIO, Callable
 import numpy as np
 import torch
 
-from genlab.data.files import is_file_dataset, load_files, resolve_spec
+from genlab.data.files import image_shape, is_file_dataset, load_files, resolve_spec
 from genlab.data.download import CHECKSUMS, IDX_CHECKSUMS, DownloadFailed, download_files, mirrors_for
 from genlab.data.idx import DataError, idx_shape, read_idx
 
@@ -182,11 +182,23 @@ def _load_idx(name: str, split: str, directory: str) -> Dataset:
     return Dataset(name, split, torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)), directory)
 
 
-def run_dataset(train_cfg, split: str = "test", download: bool = True) -> Dataset:
+def run_dataset(train_cfg, split: str = "test", download: bool = True, shape=None) -> Dataset:
     """``split`` of the data set a run was trained on, loaded with the run's options (data directory, image
-    size, grey)."""
-    return load_dataset(train_cfg.dataset, split, train_cfg.data_dir, download=download,
+    size, grey). ``shape`` (channels, height, width): the run's model's, which the images must still have."""
+    data = load_dataset(train_cfg.dataset, split, train_cfg.data_dir, download=download,
                         image_size=getattr(train_cfg, "image_size", 0), grey=getattr(train_cfg, "grey", False))
+    if shape is not None:
+        check_run_shape(data.images, shape)
+    return data
+
+
+def check_run_shape(images, shape) -> None:
+    """A GenlabError unless ``images`` have the ``shape`` (channels, height, width) a run was built for: a
+    folder: or npz: data set can change under a run."""
+    now, built = image_shape(images), tuple(shape)
+    if now != built:
+        raise DataError(f"the data set now has {' x '.join(map(str, now))} images but the run was built for "
+                          f"{' x '.join(map(str, built))}; use the run's own data and options")
 
 
 # -- checksums ------------------------------------------------------------------------------------------------

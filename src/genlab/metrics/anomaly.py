@@ -125,7 +125,8 @@ def run_dataset(run, split: str = "test", name: str | None = None):
     """``genlab.data.load_dataset`` of the run's training data set (or ``name``) and ``split``."""
     from genlab.data import load_dataset, run_dataset
 
-    return load_dataset(name, split, run.train_cfg.data_dir) if name else run_dataset(run.train_cfg, split)
+    return load_dataset(name, split, run.train_cfg.data_dir) if name else \
+        run_dataset(run.train_cfg, split, shape=run.model_cfg.shape)
 
 
 def split_images(run, split: str, limit: int = 0, seed: int = 0, download: bool = True) -> torch.Tensor:

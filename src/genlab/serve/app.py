@@ -174,9 +174,18 @@ def _number(d: dict, key: str, lo: float, hi: float, default=None, integer: bool
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) \
             or (integer and not isinstance(value, int)):
         raise ApiError(400, f"{key!r} must be {kind} from {lo} to {hi}")
-    if not (math.isfinite(value) and lo <= value <= hi):
-        raise ApiError(400, f"{key!r} must be {kind} from {lo} to {hi}, got {str(value)[:40]}")
+    # Compared as it is, never made a float first: a JSON integer of 400 digits has no float.
+    if (isinstance(value, float) and not math.isfinite(value)) or not lo <= value <= hi:
+        raise ApiError(400, f"{key!r} must be {kind} from {lo} to {hi}, got {_shown(value)}")
     return value
+
+
+def _shown(value) -> str:
+    """A number as an error message quotes it: 40 characters at most (Python refuses to print an integer of
+    over 4,300 digits, which a JSON body may hold)."""
+    if isinstance(value, int) and abs(value) >= 10 ** 40:
+        return "an integer of over 40 digits"
+    return str(value)[:40]
 
 
 def _bool(d: dict, key: str, default: bool) -> bool:
@@ -197,8 +206,8 @@ def _drawing(d: dict, preprocess: bool) -> np.ndarray:
         except ValueError:
             raise ApiError(400, "'image' is a string but not valid base64 (of S x S uint8 bytes)") from None
     elif isinstance(values, list):
-        if not all(type(v) is int or type(v) is float for v in values):
-            raise ApiError(400, "'image' values must all be numbers")
+        if not all(type(v) is float or (type(v) is int and -256 < v < 256) for v in values):
+            raise ApiError(400, "'image' values must be finite numbers in [0, 255]")
         a = np.asarray(values, dtype=np.float64)
         if not np.isfinite(a).all() or (a.size and (a.min() < 0 or a.max() > 255)):
             raise ApiError(400, "'image' values must be finite numbers in [0, 255]")

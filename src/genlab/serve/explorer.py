@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from genlab.checkpoint import CHECKPOINT, CONFIG, Run, load_run
-from genlab.data import load_dataset
+from genlab.data import run_dataset
 from genlab.data.batching import to_unit
 from genlab.distributed import resolve_device
 from genlab.errors import GenlabError
@@ -43,6 +43,13 @@ def encode_image(unit: np.ndarray | Tensor) -> str:
     """[28 x 28] (or [1 x 28 x 28]) on [0, 1] -> base64 of 784 uint8 bytes, row-major (255 = ink)."""
     a = unit.detach().float().cpu().numpy() if isinstance(unit, Tensor) else np.asarray(unit, np.float32)
     return base64.b64encode(np.rint(np.clip(a.reshape(-1), 0, 1) * 255).astype(np.uint8).tobytes()).decode()
+
+
+def _plottable(value) -> bool:
+    """A metric the page can plot: a finite number that a float holds (a hand-edited log may hold anything)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) if isinstance(value, float) else abs(value) < 2 ** 53
 
 
 def encode_images(unit: Tensor) -> list[str]:
@@ -230,7 +237,7 @@ class Explorer:
             raise GenlabError(f"{path}: the explorer shows models of 28 x 28 grey images, this one works on "
                               f"{' x '.join(map(str, shape))} images; score its images with genlab energy --images")
         cfg = run.train_cfg
-        test = load_dataset(cfg.dataset, "test", cfg.data_dir, download=False)
+        test = run_dataset(cfg, "test", download=False, shape=shape)  # the run's own options: size, grey
         images, labels = test.images[:self.test_limit], test.labels[:self.test_limit]
         with torch.inference_mode():
             x = _to_model(images.float().div(255).unsqueeze(1).to(self.device), run.model)
@@ -447,8 +454,7 @@ class Explorer:
                 except ValueError:  # a line still being written, or a blank one
                     continue
                 if isinstance(record, dict):
-                    metrics.append({k: v for k, v in record.items()
-                                    if isinstance(v, (int, float)) and math.isfinite(v)})
+                    metrics.append({k: v for k, v in record.items() if _plottable(v)})
         self._refresh_samples(w)
         return {"name": w.name, "dir_name": w.dir.name, "metrics": metrics[-METRICS_TAIL:],
                 "figures": [{"name": k, "mtime": v[1]} for k, v in self._figures(w).items()],

@@ -11,6 +11,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -152,6 +154,9 @@ def test_damaged_config_json_is_one_line(config, words, capsys, ae_run, tmp_path
     (["evaluate", "{run}", "--bogus"], "unrecognized arguments: --bogus (see genlab evaluate --help)"),
     (["energy", "{run}", "--seed", "99999999999999999999"], "must be between 0 and 4294967295"),
     (["inpaint", "{run}", "--seed", "-5"], "must be between 0 and 4294967295"),
+    # Once accepted in silence: the model flags were checked, then dropped; the server bound every interface.
+    (["train", "--resume", "{run}", "--epochs", "3", "vae", "--lr", "5"], "not vae too"),
+    (["serve", "{run}", "--host", "", "--port", "0"], "--host must be an address"),
 ])
 def test_out_of_range_requests_are_one_line(argv, words, capsys, ae_run, tmp_path):
     run = copy_run(ae_run, tmp_path / "run")
@@ -177,6 +182,53 @@ def test_report_does_not_replace_an_existing_report(capsys, ae_run, tmp_path):
     damaged = copy_run(ae_run, tmp_path / "damaged")
     (damaged / "metrics.jsonl").write_text('{"epoch": 1}\n{"epo')
     assert_one_line(*cli(capsys, "report", damaged, "--out", tmp_path / "rep2")[:2], "line 2")
+
+
+def test_a_metrics_log_that_is_a_fifo_is_one_line_not_a_wait(ae_run, tmp_path):
+    # Reading a FIFO waits for a writer that never comes: --resume hung with no output.
+    run = copy_run(ae_run, tmp_path / "run")
+    (run / "metrics.jsonl").unlink()
+    os.mkfifo(run / "metrics.jsonl")
+    done = subprocess.run([sys.executable, "-m", "genlab.cli", "train", "--resume", str(run), "--epochs", "3"],
+                          capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "is not a regular file" in lines[0], done.stderr
+
+
+def test_denoise_never_writes_over_its_own_input_images(ae_run, tmp_path, capsys):
+    from genlab.data.files import encode_png
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    originals = {}
+    for name in ("a.png", "b.png"):
+        originals[name] = encode_png(load_dataset("mnist-5k", "test").images[len(originals)].numpy())
+        (folder / name).write_bytes(originals[name])
+    assert_one_line(*cli(capsys, "denoise", ae_run, "--images", folder, "--out", folder)[:2],
+                    "would overwrite the input image", "choose another folder")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == originals
+
+
+def test_sigterm_ends_any_command_with_one_line(ae_run):
+    # serve and the commands that do not train died of SIGTERM in silence; they now end as Ctrl-C does.
+    pytest.importorskip("uvicorn")
+    server = subprocess.Popen([sys.executable, "-m", "genlab.cli", "serve", str(ae_run), "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        assert "genlab serve: http://" in line
+        url = line.split()[2] + "api/models"
+        for _ in range(100):  # up and answering: a stop from then on is uvicorn's graceful one
+            try:
+                urllib.request.urlopen(url, timeout=5).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        server.send_signal(signal.SIGTERM)
+        err = server.communicate(timeout=60)[1]
+    finally:
+        server.kill()
+    assert server.returncode == 128 + signal.SIGTERM and err.strip().splitlines() == ["genlab: stopped by SIGTERM"]
 
 
 def test_a_bug_shows_its_traceback_and_asks_for_a_report(capsys):

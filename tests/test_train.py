@@ -360,3 +360,23 @@ def test_a_longer_schedule_given_on_resume_is_kept_for_the_next_resume(tmp_path)
     assert checkpoint.read_configs(run)[2].epochs == 2
     train(None, resume=run, device="cpu")
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_a_finite_but_astronomical_loss_is_divergence_and_a_first_epoch_leaves_no_checkpoint(tmp_path, monkeypatch):
+    # An EBGAN at --lr 10 reached a discriminator loss of 6.4e35 and the run "succeeded"; and a run that
+    # diverged in its first epoch promised a last good checkpoint it never wrote.
+    real_step, calls = train_mod._step, {"n": 0}
+
+    def step(*args, **kwargs):
+        names, values = real_step(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            values = [torch.full_like(v, 6.4e35) if name == "loss" else v for name, v in zip(names, values)]
+        return names, values
+
+    monkeypatch.setattr(train_mod, "_step", step)
+    with pytest.raises(train_mod.TrainingDiverged) as info:
+        train("ae", MODELS["ae"].Config(latent_dim=8), quick_config("ae", tmp_path / "run"))
+    message = str(info.value)
+    assert "the model loss reached 6.4e+35 at epoch 1, step 3" in message and "holds no checkpoint" in message
+    assert not (tmp_path / "run" / checkpoint.CHECKPOINT).exists()

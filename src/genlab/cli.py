@@ -4,13 +4,16 @@ and exit status 2 (``genlab.errors``)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
+import signal
 import sys
+import threading
 
 from genlab import __version__
 from genlab.commands import data, denoise, energy, evaluate, inpaint, report, serve, train
 from genlab.commands.flags import Parser
-from genlab.errors import one_line_errors
+from genlab.errors import Stopped, one_line_errors
 
 COMMANDS = (train, data, evaluate, energy, denoise, inpaint, report, serve)  # in the order --help lists them
 
@@ -32,7 +35,27 @@ def main(argv: list[str] | None = None) -> int:
         unrecognized(parser, args, unknown)
     if args.command == "train" and args.model is None and not args.resume:
         parser.error("train needs a MODEL (one of the listed choices) or --resume RUN_DIR")
-    return one_line_errors(lambda: args.func(args))
+    with _sigterm_stops():
+        return one_line_errors(lambda: args.func(args))
+
+
+def _stop(signum, frame):
+    raise Stopped(f"stopped by {signal.Signals(signum).name}", signum)
+
+
+@contextlib.contextmanager
+def _sigterm_stops():
+    """SIGTERM (``kill``, ``timeout``, a scheduler, torchrun stopping its other workers) ends any command as
+    Ctrl-C does: one line, status 128 + 15. Training and the reproduction put their own handler in place
+    while they train (they checkpoint first, then say how to go on)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def unrecognized(parser: Parser, args, unknown: list[str]) -> None:

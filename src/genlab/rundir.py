@@ -69,9 +69,18 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     return stale
 
 
+def _regular_or_absent(path: Path) -> None:
+    """A GenlabError when ``path`` exists but is no regular file: reading or appending to a FIFO would wait
+    for a writer or reader that never comes."""
+    if path.exists() and not path.is_file():
+        raise GenlabError(f"{path} is not a regular file; move it away (the checkpoint restores the metrics of "
+                          "the epochs it holds) and try again")
+
+
 def commit_metrics(run_dir: Path, record: dict) -> None:
     """Append the epoch's line to ``metrics.jsonl`` (after its checkpoint is on disk) and flush it to disk."""
     path = Path(run_dir) / METRICS
+    _regular_or_absent(path)
     try:
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -88,6 +97,7 @@ def recover_metrics(run_dir: Path, counters: dict) -> int:
     many lines were dropped."""
     path = Path(run_dir) / METRICS
     epoch = counters["epoch"]
+    _regular_or_absent(path)
     try:
         lines = path.read_text().splitlines() if path.exists() else []
     except (OSError, UnicodeDecodeError) as e:

@@ -368,6 +368,8 @@ def _batch_means(values: list[torch.Tensor]) -> torch.Tensor:
 
 
 READ_EVERY = {"cuda": 50}  # steps between reads of the logged terms, by device type (1 elsewhere)
+# A loss beyond this has diverged though still finite: no model here trains at such a scale (float32 ends at 3.4e38).
+LOSS_LIMIT = 1e30
 
 
 class _Log:
@@ -404,11 +406,11 @@ class _Log:
             means = dict(zip(names, numbers[i:i + len(names)]))
             i += len(names)
             for key, value in means.items():
-                if (key == "loss" or key.endswith("/loss")) and not math.isfinite(value):
+                if (key == "loss" or key.endswith("/loss")) and not abs(value) <= LOSS_LIMIT:
                     player = key.split("/")[0] if "/" in key else "model"
-                    raise TrainingDiverged(f"the {player} loss became {value} (not finite) at epoch {epoch + 1}, "
-                                           f"step {step}; lower --lr or check the data; the last good "
-                                           f"checkpoint in {self.run_dir} is kept")
+                    what = f"became {value} (not finite)" if not math.isfinite(value) else f"reached {value:.3g}"
+                    raise TrainingDiverged(f"the {player} loss {what} at epoch {epoch + 1}, step {step}; lower "
+                                           f"--lr or check the data; {self.kept()}")
             sums = self.counters["sums"]
             for key, value in means.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -416,6 +418,12 @@ class _Log:
             self.last_loss = means.get("loss", next(iter(means.values())))
             problem = self.model.diverged(means)
             if problem:
-                raise TrainingDiverged(f"training stopped at epoch {epoch + 1}, step {step}: {problem}; the last "
-                                       f"good checkpoint in {self.run_dir} is kept")
+                raise TrainingDiverged(f"training stopped at epoch {epoch + 1}, step {step}: {problem}; "
+                                       f"{self.kept()}")
         return stop
+
+    def kept(self) -> str:
+        """What a diverged run leaves: its last good checkpoint, or none yet (it diverged in its first epoch)."""
+        if (self.run_dir / checkpoint.CHECKPOINT).exists():
+            return f"the last good checkpoint in {self.run_dir} is kept"
+        return f"no epoch finished, so {self.run_dir} holds no checkpoint: start again with a lower --lr"

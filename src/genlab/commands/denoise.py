@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from genlab.commands.flags import DEVICE_HELP
+from genlab.errors import GenlabError
 from genlab.scoring import load
 
 
@@ -29,20 +30,35 @@ def command(args) -> int:
 
     model = load(args.run_dir, args.device)
     paths = image_paths(args.images)
+    out = Path(args.out)
+    stems = _output_stems(paths)
+    inputs_here = {Path(p).resolve(): p for p in paths}
+    for stem in stems:
+        for name in (f"{stem}.png", f"{stem}-pair.png"):
+            if (out / name).resolve() in inputs_here:
+                raise GenlabError(f"--out {out} would overwrite the input image {inputs_here[(out / name).resolve()]}"
+                                  " with its repair; choose another folder for the repairs")
     inputs = model.images_from_files(paths).numpy()
     repaired = model.denoise(torch.from_numpy(inputs))
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()
-    for path, before, after in zip(paths, inputs, repaired):
-        base = Path(path).stem
-        stem, k = base, 1
-        while stem in used:  # files of the same name in different folders
-            k += 1
-            stem = f"{base}-{k}"
-        used.add(stem)
+    for stem, before, after in zip(stems, inputs, repaired):
         gap = np.full(before.shape[:-1] + (2,), 255, np.uint8)
         (out / f"{stem}.png").write_bytes(encode_png(after))
         (out / f"{stem}-pair.png").write_bytes(encode_png(np.concatenate([before, gap, after], axis=-1)))
     print(f"wrote {len(paths)} repairs and {len(paths)} side-by-side pairs (input | repair) to {out}")
     return 0
+
+
+def _output_stems(paths) -> list[str]:
+    """Each image's output name: its own stem, numbered where files of one name come from different folders."""
+    used: set[str] = set()
+    stems = []
+    for path in paths:
+        base = Path(path).stem
+        stem, k = base, 1
+        while stem in used:
+            k += 1
+            stem = f"{base}-{k}"
+        used.add(stem)
+        stems.append(stem)
+    return stems

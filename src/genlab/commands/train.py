@@ -7,6 +7,7 @@ import argparse
 
 from genlab import checkpoint, config as cfgmod
 from genlab.commands.flags import DEVICE_HELP, Parser, add_arguments, bounded_int, from_namespace
+from genlab.errors import GenlabError
 from genlab.models import MODELS
 from genlab.train import default_train_config, train
 from genlab.viz import training_callbacks
@@ -29,6 +30,9 @@ def add(subparsers) -> None:
 
 def command(args) -> int:
     # Ctrl-C or SIGTERM ends in train's Interrupted: one line and 128 + the signal (genlab.errors.Stopped).
+    if args.resume and args.model:
+        raise GenlabError(f"--resume goes on with the run's own model and settings; give either --resume RUN_DIR "
+                          f"(with --epochs N or --device D at most) or a model and its flags, not {args.model} too")
     if args.resume:
         train_cfg = from_namespace(cfgmod.TrainConfig, args) if hasattr(args, "epochs") else None
         saved = checkpoint.read_configs(args.resume)[2]

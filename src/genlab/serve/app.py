@@ -41,6 +41,7 @@ import random
 import socket
 import sys
 import traceback
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
@@ -466,6 +467,9 @@ def serve(run_dirs=(), watch=(), host: str = "127.0.0.1", port: int = 8000, allo
 
     if threads < 1:
         raise GenlabError(f"--threads must be at least 1, got {threads}")
+    if not host.strip():
+        raise GenlabError("--host must be an address to listen on (127.0.0.1: this machine only; 0.0.0.0: every "
+                          "interface), got an empty one")
     if not 0 <= port <= 65535:
         raise GenlabError(f"--port must be from 0 to 65535 (0: any free one), got {port}")
     torch.set_num_threads(threads)  # small requests: more threads add overhead, not speed
@@ -494,5 +498,8 @@ def serve(run_dirs=(), watch=(), host: str = "127.0.0.1", port: int = 8000, allo
                             access_log=False, lifespan="off", timeout_keep_alive=30)
     names = ", ".join([*explorer.models, *(f"{w} (watched)" for w in explorer.watched)])
     print(f"genlab serve: http://{shown}:{port}/  ({names}; Ctrl-C stops)", flush=True)
+    # SIGTERM in the instant before uvicorn takes its signals over stops the start-up (genlab.cli's handler)
+    # and leaves uvicorn's coroutine unstarted: no warning about it, the one line of the stop is enough.
+    warnings.filterwarnings("ignore", message="coroutine 'Server.serve' was never awaited")
     uvicorn.Server(config).run(sockets=[sock])
     return 0

@@ -57,10 +57,21 @@ def test_a_model_of_one_digit_gives_it_the_lowest_energies(tmp_path):
     assert roc_auc_score((test.labels != 1).numpy(), energy) > 0.9
 
 
-@pytest.mark.parametrize("bad", ["1,x", "10", "-1", ",", "3;4", "1.5"])
+@pytest.mark.parametrize("bad", ["1,x", "1000", "-1", ",", "3;4", "1.5"])
 def test_bad_classes_is_one_error(bad):
     with pytest.raises(GenlabError, match="--classes"):
         cfgmod.TrainConfig(classes=bad)
+
+
+def test_classes_the_data_does_not_have_are_one_error(tmp_path):
+    # Labels are checked against the data when it loads: a folder of 20 classes may train on class 15, MNIST
+    # has no class 10.
+    from genlab.train import train
+
+    cfg = cfgmod.TrainConfig(dataset="mnist-5k", classes="3,10", epochs=1, limit=64, progress=False, figures=False,
+                             out=str(tmp_path / "run"))
+    with pytest.raises(GenlabError, match="mnist-5k has no training images of label 10; its labels are 0 to 9"):
+        train("ae", None, cfg)
 
 
 @pytest.mark.slow

@@ -157,6 +157,7 @@ def test_damaged_config_json_is_one_line(config, words, capsys, ae_run, tmp_path
     # Once accepted in silence: the model flags were checked, then dropped; the server bound every interface.
     (["train", "--resume", "{run}", "--epochs", "3", "vae", "--lr", "5"], "not vae too"),
     (["serve", "{run}", "--host", "", "--port", "0"], "--host must be an address"),
+    (["train", "--resume", "{run}", "--device", ""], "--device must be auto, cpu, cuda or cuda:N, got ''"),
 ])
 def test_out_of_range_requests_are_one_line(argv, words, capsys, ae_run, tmp_path):
     run = copy_run(ae_run, tmp_path / "run")

@@ -76,14 +76,15 @@ class TrainConfig:
         check_dataset_name(self.dataset)
 
     def class_list(self) -> list[int]:
-        """The labels of ``classes`` as sorted distinct ints in 0..9 (empty: every class)."""
+        """The labels of ``classes`` as sorted distinct ints in 0..999 (empty: every class); whether the data
+        has them is checked when it is loaded."""
         text = self.classes.replace(" ", "")
         try:
             labels = sorted({int(c) for c in text.split(",")}) if text else []
         except ValueError:
             labels = [-1]
-        if any(not 0 <= c <= 9 for c in labels):
-            raise GenlabError(f"--classes must be comma-separated labels from 0 to 9 like 3 or 0,1,2, "
+        if any(not 0 <= c <= 999 for c in labels):
+            raise GenlabError(f"--classes must be comma-separated labels (0 to 999) like 3 or 0,1,2, "
                               f"got {self.classes!r}")
         return labels
 

@@ -138,7 +138,7 @@ def train(model_name: str, model_cfg=None, train_cfg: TrainConfig | None = None,
         run_dir = Path(resume)
         model_name, model_cfg, saved = checkpoint.read_configs(run_dir)
         changes = {"epochs": train_cfg.epochs} if train_cfg is not None else {}
-        changes.update({"device": device} if device else {})
+        changes.update({"device": device} if device is not None else {})
         train_cfg = cfgmod.from_dict(TrainConfig, {**cfgmod.to_dict(saved), **changes})
     else:
         if model_name not in MODELS:
@@ -260,6 +260,11 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
     model_cfg = fit_image_shape(model_name, model_cfg, train_set, resuming)
     train_images, train_labels = train_set.images, train_set.labels
     if cfg.classes:
+        present = torch.as_tensor(train_labels).unique().tolist()
+        absent = sorted(set(cfg.class_list()) - set(present))
+        if absent:
+            raise GenlabError(f"--classes {cfg.classes}: {dataset} has no training images of label "
+                              f"{', '.join(map(str, absent))}; its labels are {min(present)} to {max(present)}")
         keep = torch.isin(torch.as_tensor(train_labels), torch.tensor(cfg.class_list()))
         train_images, train_labels = train_images[keep], train_labels[keep]
     train_images = train_images[:cfg.limit] if cfg.limit else train_images

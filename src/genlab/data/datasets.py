@@ -150,7 +150,8 @@ def _download_missing(name: str, root: Path, download: bool) -> Path:
     target, missing = _missing(name, root)
     for path in (target / f for stem in _stems() for f in (stem, f"{stem}.gz")):
         if path.exists() and not path.is_file():
-            raise DataError(f"{path} is a directory, not one of {name}'s IDX files; remove it and put the file "
+            what = "a directory" if path.is_dir() else "not a regular file"
+            raise DataError(f"{path} is {what}, not one of {name}'s IDX files; remove it and put the file "
                             "there, or choose another data directory with --data-dir or GENLAB_DATA_DIR")
     where = (f"put {', '.join(missing)} into {target} (GENLAB_DATA_DIR or --data-dir choose the data directory, "
              f"which holds {name}/)")

@@ -56,8 +56,10 @@ def resolve_spec(name: str) -> str:
         raise DataError(f"--dataset {name}: {path} does not exist; check the path")
     if kind == "folder" and not path.is_dir():
         raise DataError(f"--dataset {name}: {path} is a file; use npz:{raw} for a numpy file or give a folder")
-    if kind == "npz" and not path.is_file():
+    if kind == "npz" and path.is_dir():
         raise DataError(f"--dataset {name}: {path} is a folder; use folder:{raw} for a folder of images")
+    if kind == "npz" and not path.is_file():
+        raise DataError(f"--dataset {name}: {path} is not a regular file (a FIFO or a device?); give a .npz file")
     return f"{kind}:{path}"
 
 
@@ -231,6 +233,8 @@ def image_paths(inputs: Sequence[str | Path]) -> list[str]:
             found += listed
         elif path.is_file():
             found.append(str(path))
+        elif path.exists():  # a FIFO, a device: reading it could wait for ever or never end
+            raise DataError(f"{path} is not a regular file or a folder; give image files or folders of them")
         else:
             raise DataError(f"{path} does not exist; give image files or folders of them")
     return found

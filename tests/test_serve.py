@@ -625,3 +625,18 @@ def test_watch_skips_metric_values_the_page_cannot_plot(tmp_path):
     state = Explorer(watch_dirs=[tmp_path]).watch_state()
     assert state["runs"][0]["metrics"] == [{"epoch": 1, "test/loss": 0.5}]
     json.dumps(state)
+
+
+def test_a_client_that_leaves_mid_body_leaves_no_traceback(server):
+    # The body promised 100 bytes and the client closed after 10: the server logged a ClientDisconnect traceback.
+    port = server["port"]
+    request = (f"POST /api/draw HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+               "Content-Length: 100\r\n\r\n").encode() + b'{"image": '
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(request)
+        s.shutdown(socket.SHUT_WR)
+        while s.recv(65536):
+            pass
+    good_draw(port)
+    log = server["log"].read_text()
+    assert "Traceback" not in log and "ClientDisconnect" not in log

@@ -11,6 +11,7 @@ go on, and exits 128 + the signal's number, as a shell reports a process ended b
 from __future__ import annotations
 
 import errno
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -42,6 +43,8 @@ def describe_os_error(e: OSError) -> str:
     text = f"{where}: {why}" if where else why
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         text += "; free space (or raise the limit) and try again"
+    elif e.errno == errno.EEXIST and e.filename is not None and not os.path.isdir(e.filename):
+        text += " and is not a folder; give a folder (new or existing) for the output"
     return one_line(text)
 
 

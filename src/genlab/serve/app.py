@@ -152,11 +152,16 @@ def _reject_constant(name: str):
 
 async def read_json(request: Request, fields: set[str]) -> dict:
     """The body as a JSON object with only ``fields``; chunked bodies are capped as they arrive."""
+    from starlette.requests import ClientDisconnect
+
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise ApiError(413, f"request body is over the limit of {MAX_BODY} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise ApiError(413, f"request body is over the limit of {MAX_BODY} bytes")
+    except ClientDisconnect:  # gone before its whole body came: an answer no one reads, and no traceback
+        raise ApiError(400, "the client closed the connection before sending the whole body") from None
     try:
         data = json.loads(bytes(body), parse_constant=_reject_constant)
     except (ValueError, RecursionError) as e:

@@ -303,6 +303,22 @@ def _npy(root: Path) -> Path:
     return path
 
 
+def _run_on_a_data_set_that_then_changes(root: Path) -> Path:
+    """An ae run trained on a 28 x 28 npz: data set, which is then overwritten with 32 x 32 images."""
+    import numpy as np
+    from genlab.config import TrainConfig
+    from genlab.models import MODELS
+    from genlab.train import train
+
+    data = root / "changes.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, images=rng.integers(0, 256, (40, 28, 28), np.uint8), labels=np.arange(40) % 2)
+    run = train("ae", MODELS["ae"].Config(latent_dim=4), TrainConfig(
+        dataset=f"npz:{data}", epochs=1, batch_size=16, out=str(root / "npz-run"), progress=False, figures=False))
+    np.savez(data, images=rng.integers(0, 256, (40, 32, 32), np.uint8), labels=np.arange(40) % 2)
+    return run
+
+
 def path_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
     ae, vae = runs["ae"], runs["vae"]
     afile = root / "a-file"
@@ -316,7 +332,29 @@ def path_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
     (notdict_metrics / "metrics.jsonl").write_text("[1, 2]\n")
     damaged_eval = copy_run(ae, root / "bad-eval")
     (damaged_eval / "evaluation.json").write_text("{nan")
+    fifo_metrics = copy_run(ae, root / "fifo-metrics")
+    (fifo_metrics / "metrics.jsonl").unlink()
+    os.mkfifo(fifo_metrics / "metrics.jsonl")
+    mine = root / "my-images"
+    mine.mkdir()
+    from genlab.data.files import encode_png
+    import numpy as np
+    for i in range(2):
+        (mine / f"{i}.png").write_bytes(encode_png(np.full((28, 28), 40 * i, np.uint8)))
+    changed = _run_on_a_data_set_that_then_changes(root)
     return [
+        Case("paths", "train --resume of a run whose metrics.jsonl is a FIFO (was a hang)",
+             ["train", "--resume", str(fifo_metrics), "--epochs", "2"]),
+        Case("paths", "denoise --out the folder of its own input images (they were overwritten)",
+             ["denoise", str(ae), "--images", str(mine), "--out", str(mine)]),
+        Case("paths", "report --out /dev/null", ["report", str(ae), "--out", "/dev/null"]),
+        Case("images", "evaluate a run whose npz: data set changed shape (was exit 70)", ["evaluate", str(changed)]),
+        Case("flags", "train --resume RUN with a model and its flags (were dropped in silence)",
+             ["train", "--resume", str(ae), "--epochs", "2", "vae", "--lr", "5"]),
+        Case("flags", "train --resume --device ''", ["train", "--resume", str(ae), "--device", ""]),
+        Case("flags", "serve --host '' (bound every interface)", ["serve", str(ae), "--host", "", "--port", "0"]),
+        Case("flags", "train cvae --latent-dim 1000000000 (was exit 70)",
+             ["train", "cvae", *QUICK, "--latent-dim", "1000000000", "--out", str(root / "cvae-huge")]),
         Case("paths", "train --out an existing file", ["train", "ae", *QUICK, "--out", str(afile)]),
         Case("paths", "train --out under a file", ["train", "ae", *QUICK, "--out", str(afile / "run")]),
         Case("paths", "train --out in /proc", ["train", "ae", *QUICK, "--out", "/proc/genlab-run"]),

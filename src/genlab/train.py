@@ -260,12 +260,13 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
     model_cfg = fit_image_shape(model_name, model_cfg, train_set, resuming)
     train_images, train_labels = train_set.images, train_set.labels
     if cfg.classes:
-        present = torch.as_tensor(train_labels).unique().tolist()
-        absent = sorted(set(cfg.class_list()) - set(present))
+        labels, wanted = torch.as_tensor(train_labels), cfg.class_list()
+        present = labels.unique().tolist()
+        absent = sorted(set(wanted) - set(present))
         if absent:
             raise GenlabError(f"--classes {cfg.classes}: {dataset} has no training images of label "
                               f"{', '.join(map(str, absent))}; its labels are {min(present)} to {max(present)}")
-        keep = torch.isin(torch.as_tensor(train_labels), torch.tensor(cfg.class_list()))
+        keep = torch.isin(labels, torch.tensor(wanted))
         train_images, train_labels = train_images[keep], train_labels[keep]
     train_images = train_images[:cfg.limit] if cfg.limit else train_images
     test_images = test_set.images[:cfg.eval_limit] if cfg.eval_limit else test_set.images

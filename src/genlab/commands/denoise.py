@@ -35,9 +35,10 @@ def command(args) -> int:
     inputs_here = {Path(p).resolve(): p for p in paths}
     for stem in stems:
         for name in (f"{stem}.png", f"{stem}-pair.png"):
-            if (out / name).resolve() in inputs_here:
-                raise GenlabError(f"--out {out} would overwrite the input image {inputs_here[(out / name).resolve()]}"
-                                  " with its repair; choose another folder for the repairs")
+            hit = inputs_here.get((out / name).resolve())
+            if hit is not None:
+                raise GenlabError(f"--out {out} would overwrite the input image {hit} with its repair; choose "
+                                  "another folder for the repairs")
     inputs = model.images_from_files(paths).numpy()
     repaired = model.denoise(torch.from_numpy(inputs))
     out.mkdir(parents=True, exist_ok=True)

@@ -7,10 +7,10 @@ from genlab.data.datasets import (
     clear_cache,
     describe_datasets,
     how_to_get,
+    check_run_shape,
     load_dataset,
     resolve_data_dir,
     resolve_dataset_name,
-    check_run_shape,
     run_dataset,
 )
 from genlab.data.files import image_shape

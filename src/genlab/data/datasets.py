@@ -199,7 +199,7 @@ def check_run_shape(images, shape) -> None:
     now, built = image_shape(images), tuple(shape)
     if now != built:
         raise DataError(f"the data set now has {' x '.join(map(str, now))} images but the run was built for "
-                          f"{' x '.join(map(str, built))}; use the run's own data and options")
+                        f"{' x '.join(map(str, built))}; use the run's own data and options")
 
 
 # -- checksums ------------------------------------------------------------------------------------------------

@@ -283,6 +283,8 @@ def flag_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
         Case("flags", "report on a missing run", ["report", str(root / "nope"), "--out", str(root / "rep0")]),
         Case("flags", "train vae --latent-dims 5 (a misspelt flag)", ["train", "vae", "--latent-dims", "5"]),
         Case("flags", "sample --out not a .png", ["sample", vae, "--out", str(root / "s5.txt")]),
+        Case("flags", "sample --out .png (no name before the suffix)", ["sample", vae, "--out", str(root / ".png")]),
+        Case("flags", "OMP_NUM_THREADS=0", ["datasets"], env={"OMP_NUM_THREADS": "0"}),
         Case("flags", "serve --device tpu9", ["serve", ae, "--port", "0", "--device", "tpu9"]),
         Case("flags", "serve --device cuda:7", ["serve", ae, "--port", "0", "--device", "cuda:7"]),
         Case("flags", "serve --threads 0", ["serve", ae, "--port", "0", "--threads", "0"]),

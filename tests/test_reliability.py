@@ -150,6 +150,7 @@ def test_damaged_config_json_is_one_line(config, words, capsys, ae_run, tmp_path
     (["train", "ae", *QUICK, "--out", "{run}/config.json"], "is a file, not a run directory"),
     (["energy", "{run}", "--limit", "10", "--out", "{run}/config.json/e.npy"], "config.json: File exists"),
     (["sample", "{run}", "--out", "{run}/samples.txt"], "ending in .png"),
+    (["sample", "{run}", "--out", "{run}/.png"], "needs a name before .png"),
     (["train", "vae", "--latent-dims", "5"], "did you mean --latent-dim? (see genlab train vae --help)"),
     (["evaluate", "{run}", "--bogus"], "unrecognized arguments: --bogus (see genlab evaluate --help)"),
     (["energy", "{run}", "--seed", "99999999999999999999"], "must be between 0 and 4294967295"),
@@ -231,6 +232,20 @@ def test_sigterm_ends_any_command_with_one_line(ae_run):
     finally:
         server.kill()
     assert server.returncode == 128 + signal.SIGTERM and err.strip().splitlines() == ["genlab: stopped by SIGTERM"]
+
+
+@pytest.mark.parametrize("value,accepted", [("0", False), ("", False), ("two", False), ("2,0", False),
+                                            ("2", True), ("4, 2", True)])
+def test_a_thread_count_that_is_not_one_is_one_line(value, accepted):
+    # OpenMP printed its own warning as PyTorch loaded, ignored the value and genlab went on.
+    done = subprocess.run([sys.executable, "-m", "genlab.cli", "datasets"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": value})
+    if accepted:
+        assert done.returncode == 0 and "libgomp" not in done.stderr, done.stderr
+    else:
+        assert done.returncode == 2 and done.stderr.splitlines() == [
+            f"genlab: error: OMP_NUM_THREADS={value!r} is not a number of threads; set it to a whole number of "
+            "at least 1 or unset it"], done.stderr
 
 
 def test_a_bug_shows_its_traceback_and_asks_for_a_report(capsys):

@@ -6,14 +6,33 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import os
+import re
 import signal
 import sys
 import threading
 
 from genlab import __version__
-from genlab.commands import data, denoise, energy, evaluate, inpaint, report, serve, train
-from genlab.commands.flags import Parser
 from genlab.errors import Stopped, one_line_errors
+
+
+def _thread_count_problem() -> str | None:
+    """OMP_NUM_THREADS holding something other than a thread count (0, "abc"): OpenMP prints its own warning
+    when PyTorch loads and ignores the value. Taken out of the environment here, before anything imports
+    PyTorch, so that ``main`` can say the one line itself."""
+    value = os.environ.get("OMP_NUM_THREADS")
+    count = r"\s*\+?0*[1-9][0-9]*\s*"  # what OpenMP reads: a list of positive counts
+    if value is None or re.fullmatch(rf"{count}(,{count})*", value):
+        return None
+    del os.environ["OMP_NUM_THREADS"]
+    return (f"OMP_NUM_THREADS={value!r} is not a number of threads; set it to a whole number of at least 1 "
+            "or unset it")
+
+
+_THREAD_COUNT_PROBLEM = _thread_count_problem()
+
+from genlab.commands import data, denoise, energy, evaluate, inpaint, report, serve, train  # noqa: E402
+from genlab.commands.flags import Parser  # noqa: E402
 
 COMMANDS = (train, data, evaluate, energy, denoise, inpaint, report, serve)  # in the order --help lists them
 
@@ -35,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         unrecognized(parser, args, unknown)
     if args.command == "train" and args.model is None and not args.resume:
         parser.error("train needs a MODEL (one of the listed choices) or --resume RUN_DIR")
+    if _THREAD_COUNT_PROBLEM:
+        print(f"genlab: error: {_THREAD_COUNT_PROBLEM}", file=sys.stderr)
+        return 2
     with _sigterm_stops():
         return one_line_errors(lambda: args.func(args))
 

@@ -70,6 +70,8 @@ def sample(args) -> int:
 
     if Path(args.out).is_dir():
         raise GenlabError(f"--out {args.out} is a directory; give the file name of a PNG")
+    if Path(args.out).name.lower() == ".png":
+        raise GenlabError(f"--out {args.out}: the file needs a name before .png, e.g. samples.png")
     if Path(args.out).suffix.lower() != ".png":
         raise GenlabError(f"--out {args.out}: sample writes a PNG image; give a file name ending in .png")
     run = load_run(args.run_dir, device=args.device)

@@ -187,6 +187,19 @@ def test_report_does_not_replace_an_existing_report(capsys, ae_run, tmp_path):
     assert_one_line(*cli(capsys, "report", damaged, "--out", tmp_path / "rep2")[:2], "line 2")
 
 
+@pytest.mark.parametrize("value", ["abc", [1, 2], True, None, {"a": 1}])
+def test_a_metrics_value_that_is_not_a_number_is_one_line(value, capsys, ae_run, tmp_path):
+    # The report printed a hand-edited "abc" as the test loss; a resumed run carried it into its loss curves.
+    run = copy_run(ae_run, tmp_path / "run")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records[-1]["test/loss"] = value
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    words = f"line {len(records)}: test/loss is {json.dumps(value)}, not a number"
+    assert_one_line(*cli(capsys, "report", run, "--out", tmp_path / "rep")[:2], words)
+    assert_one_line(*cli(capsys, "train", "--resume", run, "--epochs", "3")[:2], words)
+    assert not (tmp_path / "rep").exists()
+
+
 def test_a_metrics_log_that_is_a_fifo_is_one_line_not_a_wait(ae_run, tmp_path):
     # Reading a FIFO waits for a writer that never comes: --resume hung with no output.
     run = copy_run(ae_run, tmp_path / "run")

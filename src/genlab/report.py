@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from genlab import rundir
 from genlab.errors import GenlabError
 
 
@@ -150,7 +151,7 @@ def run_section(run_dir: Path, title: str | None = None) -> Section:
         raise GenlabError(f"{run_dir} is not a genlab run directory (no config.json)")
     config = read_json(cfg_path)
     section = Section(run_dir.name.replace(".", "-"), title or f"{config.get('model', '?')}: {run_dir.name}")
-    lines = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    lines = rundir.read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     if lines:
         last = lines[-1]
         section.text(f"{last['epoch']} epochs, {last.get('seconds', 0):.0f} s of training, "
@@ -167,22 +168,6 @@ def run_section(run_dir: Path, title: str | None = None) -> Section:
         section.figure(png, FIGURE_CAPTIONS.get(png.name, png.stem.replace("_", " ")))
     section.text("```\n" + json.dumps(config, indent=2) + "\n```")
     return section
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The records of a ``metrics.jsonl``; a damaged line is one GenlabError naming it."""
-    records = []
-    for i, line in enumerate(Path(path).read_text(errors="replace").splitlines()):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
-            raise GenlabError(f"{path} line {i + 1} is not a metrics record; the run directory is damaged")
-        records.append(record)
-    return records
 
 
 def report_runs(run_dirs: list[Path], out_dir: Path) -> tuple[Path, Path]:

@@ -91,6 +91,32 @@ def commit_metrics(run_dir: Path, record: dict) -> None:
                           "is saved and holds this line: free space and continue with --resume") from None
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a ``metrics.jsonl``: JSON objects of numbers with a whole ``epoch``. A damaged line, or
+    one a hand edit left with something other than a number, is one GenlabError naming it."""
+    records = []
+    _regular_or_absent(path)
+    for i, line in enumerate(Path(path).read_text(errors="replace").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise GenlabError(f"{path} line {i + 1} is not a metrics record; the run directory is damaged")
+        _numbers_only(record, path, i + 1)
+        records.append(record)
+    return records
+
+
+def _numbers_only(record: dict, path: Path, line: int) -> None:
+    for key, value in record.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise GenlabError(f"{path} line {line}: {key} is {json.dumps(value)[:40]}, not a number; restore the "
+                              "file or remove that line")
+
+
 def recover_metrics(run_dir: Path, counters: dict) -> int:
     """Make ``metrics.jsonl`` agree with a checkpoint's ``counters``: keep the lines of epochs 1..E, drop later
     ones and a last line cut short by a kill, restore line E from the checkpoint when missing. Returns how
@@ -115,6 +141,7 @@ def recover_metrics(run_dir: Path, counters: dict) -> int:
                 continue
             raise GenlabError(f"{path} line {i + 1} is damaged; restore the file or remove that line") from None
         if line_epoch <= epoch:
+            _numbers_only(record, path, i + 1)
             kept.append(line)
         else:
             dropped += 1

@@ -4,7 +4,6 @@ a figure is written (``save_figure``). Which figures a run gets is genlab.viz.ca
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -13,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from genlab.rundir import read_metrics  # noqa: E402
 
 
 def _picture(image: torch.Tensor) -> np.ndarray:
@@ -82,7 +83,7 @@ def kernels_figure(path: Path, weights: torch.Tensor, title: str) -> Path:
 
 def loss_curves(path: Path, metrics_file: Path) -> Path | None:
     """Every train/* and test/* series of metrics.jsonl against the epoch, one panel per term."""
-    lines = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
+    lines = read_metrics(metrics_file)
     if not lines:
         return None
     terms = sorted({k.split("/", 1)[1] for line in lines for k in line if k.startswith(("train/", "test/"))})

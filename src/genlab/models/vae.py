@@ -225,8 +225,10 @@ class VAE(GenerativeModel):
             last.bias[:d].zero_()
             last.bias[d:].fill_(-4.0)
         # The averaged networks, used in eval mode (not trained: see player_parameters).
-        self.ema = EMA(nn.ModuleDict({"encoder": self.encoder, "decoder": self.decoder}), cfg.ema_decay) \
-            if cfg.ema_decay > 0 else None
+        # The one view of both networks the average follows, kept outside the module tree (so the state_dict
+        # holds no second copy of the weights): a view made at every step would make EMA list its tensors anew.
+        self.__dict__["_averaged"] = nn.ModuleDict({"encoder": self.encoder, "decoder": self.decoder})
+        self.ema = EMA(self._averaged, cfg.ema_decay) if cfg.ema_decay > 0 else None
         # Epochs finished (KL warm-up); a buffer, so a resume continues the schedule.
         self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))
         self._epochs = 0  # ``epochs_done`` mirrored as a Python int, so no step waits for a GPU to read it
@@ -236,7 +238,7 @@ class VAE(GenerativeModel):
 
     def after_step(self, player: str) -> None:
         if self.ema is not None:
-            self.ema.update(nn.ModuleDict({"encoder": self.encoder, "decoder": self.decoder}))
+            self.ema.update(self._averaged)
 
     def upgrade_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """Checkpoints of genlab 0.1 kept the averages as ``ema_encoder``/``ema_decoder``/``ema_steps``."""

@@ -380,3 +380,19 @@ def test_a_finite_but_astronomical_loss_is_divergence_and_a_first_epoch_leaves_n
     message = str(info.value)
     assert "the model loss reached 6.4e+35 at epoch 1, step 3" in message and "holds no checkpoint" in message
     assert not (tmp_path / "run" / checkpoint.CHECKPOINT).exists()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_end_of_run_figures_draw_from_their_own_random_stream(name, tmp_path):
+    # The GANs' and conditional models' own figure sets once drew from the training stream (the CUDA one on a
+    # GPU) and left the model in eval mode; every figure now draws under a forked, seeded state.
+    from genlab.models import build
+    from genlab.viz.callbacks import write_figures
+
+    model = build(name, MODELS[name].Config()).train()
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "train/loss": 1.0}\n')
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    written = write_figures(name, model, load_dataset("mnist-5k", "test"), tmp_path)
+    assert written and all(path.is_file() for path in written)
+    assert torch.equal(torch.get_rng_state(), before) and model.training

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from genlab.data.batching import to_pixels, to_unit
+from genlab.models.base import evaluating
 from genlab.rng import seeded
 from genlab.train import Callback, RunState
 from genlab.viz import conditional_figures, gan_figures, vae_figures
@@ -55,11 +56,12 @@ def training_callbacks(cfg) -> list[Callback]:
 def write_figures(model_name: str, model, test_set, run_dir: Path, n: int = 10) -> list[Path]:
     """Write every figure that applies to ``model`` into ``run_dir/figures`` and return their paths."""
     fig_dir = Path(run_dir) / "figures"
-    model.eval()
     written = []
-    x = to_pixels(test_set.images[:n], model.pixel_range).to(model.device)
-    unit = lambda t: to_unit(t, model.pixel_range)  # noqa: E731
-    with seeded(0):
+    # Eval mode, no gradients, and a forked random state (CPU and CUDA): drawing figures never consumes the
+    # training streams, and the model's mode is as it was afterwards.
+    with evaluating(model, seed=0):
+        x = to_pixels(test_set.images[:n], model.pixel_range).to(model.device)
+        unit = lambda t: to_unit(t, model.pixel_range)  # noqa: E731
         try:
             rows = [("input", unit(x))]
             if hasattr(model, "corrupt"):
@@ -73,14 +75,14 @@ def write_figures(model_name: str, model, test_set, run_dir: Path, n: int = 10) 
                                      f"{model_name}: inputs (top) and reconstructions (bottom)"))
         except NotImplementedError:
             pass
-    kernels = model.encoder_kernels()
-    if kernels is not None and kernels.shape[-1] == 784:  # drawn as 28 x 28 pictures: MNIST-shaped models only
-        written.append(kernels_figure(fig_dir / "kernels.png", kernels, f"{model_name}: encoder kernels"))
-    curves = loss_curves(fig_dir / "loss_curves.png", Path(run_dir) / "metrics.jsonl")
-    if curves:
-        written.append(curves)
-    for name in model.figure_sets:
-        written += FIGURE_SETS[name][0](model, test_set, fig_dir)
+        kernels = model.encoder_kernels()
+        if kernels is not None and kernels.shape[-1] == 784:  # drawn as 28 x 28 pictures: MNIST-shaped models only
+            written.append(kernels_figure(fig_dir / "kernels.png", kernels, f"{model_name}: encoder kernels"))
+        curves = loss_curves(fig_dir / "loss_curves.png", Path(run_dir) / "metrics.jsonl")
+        if curves:
+            written.append(curves)
+        for name in model.figure_sets:
+            written += FIGURE_SETS[name][0](model, test_set, fig_dir)
     return written
 
 

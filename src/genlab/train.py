@@ -339,11 +339,15 @@ def fit_image_shape(model_name: str, model_cfg, data, resuming: bool):
     return dataclasses.replace(model_cfg, channels=shape[0], height=shape[1], width=shape[2])
 
 
-def _step(model, inputs, global_n, optimizers, steps, ctx, precision: str) -> tuple[list[str], list[torch.Tensor]]:
+def _step(model, inputs, global_n, optimizers, steps, ctx, precision: str) -> tuple[list[str], torch.Tensor]:
     """One batch: each player in turn computes its loss, backpropagates (DDP averages the gradients across
     processes during the backward pass), steps. ``inputs``: (images,) or, for a conditional model, (images,
-    labels). Returns the terms' names and their per-example values, detached and still on the device, so
-    nothing waits for the device here; ``_Log.flush`` reduces and reads those of many steps at once."""
+    labels). Returns the terms' names and their batch means, float32 [len(names)], still on the device, so
+    nothing waits for the device here; ``_Log.flush`` reads those of many steps at once.
+
+    Each step reduces its own terms: a GPU's reduction adds a row's numbers in an order that depends on how
+    many rows it is given, so reducing many steps at once would make the logged means depend on when the log
+    was read (a run resumed mid-way reads at other steps than an uninterrupted one)."""
     names: list[str] = []
     values: list[torch.Tensor] = []
     turns = model.steps(*inputs)
@@ -359,12 +363,12 @@ def _step(model, inputs, global_n, optimizers, steps, ctx, precision: str) -> tu
         prefix = "" if player == "model" else f"{player}/"
         names += [prefix + key for key in terms]
         values += [value.detach() for value in terms.values()]
-    return names, values
+    return names, _batch_means(values)
 
 
 def _batch_means(values: list[torch.Tensor]) -> torch.Tensor:
     """The mean of each term in ``values``, float32 [len(values)]: one stack and one mean for each run of
-    per-example terms of one length (a whole flush of equal batches is one run), one mean for any other."""
+    per-example terms of one length (a step's terms are usually one run), one mean for any other."""
     parts = []
     for length, run in itertools.groupby(values, key=lambda v: v.shape[0] if v.dim() == 1 else None):
         run = list(run)
@@ -379,8 +383,8 @@ LOSS_LIMIT = 1e30
 
 
 class _Log:
-    """Per-step terms waiting on the device, read back every ``every`` steps in one transfer (every step on
-    a CPU, where reading costs nothing; every 50 on a GPU, so the host never waits for a step to finish).
+    """Each step's term means waiting on the device, read back every ``every`` steps in one transfer (every
+    step on a CPU, where reading costs nothing; every 50 on a GPU, so the host never waits for a step to finish).
 
     On reading, every rank gets the mean over ranks (one all-reduce, which also carries the stop flag), so
     the non-finite-loss check and the model's own divergence checks reach the same verdict on every rank.
@@ -390,7 +394,7 @@ class _Log:
     def __init__(self, model, ctx, counters: dict, run_dir: Path):
         self.model, self.ctx, self.counters, self.run_dir = model, ctx, counters, run_dir
         self.every = READ_EVERY.get(ctx.device.type, 1)
-        self.pending: list[tuple[list[str], list[torch.Tensor]]] = []  # per step: term names, their values
+        self.pending: list[tuple[list[str], torch.Tensor]] = []  # per step: term names, their means
         self.last_loss = float("nan")
 
     def flush(self, epoch: int, stop: bool) -> bool:
@@ -398,7 +402,7 @@ class _Log:
         pending, self.pending = self.pending, []
         if not pending and self.ctx.world == 1:
             return stop
-        flat = _batch_means([v for _, values in pending for v in values]) if pending else torch.zeros(0)
+        flat = torch.cat([means for _, means in pending]) if pending else torch.zeros(0)
         if self.ctx.world == 1:
             numbers = flat.tolist()
         else:

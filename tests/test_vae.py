@@ -183,6 +183,7 @@ def test_bf16_autocast_runs_the_networks_in_bf16_and_keeps_the_loss_terms_float3
         mu, logvar = model.encode(x)
         assert model.decode_logits(mu).dtype == mu.dtype == logvar.dtype == torch.float32
         assert model.loss(x)["loss"].dtype == torch.float32
+        assert model._log_weights(x, 3)[2].dtype == torch.float32       # log p(x|z): a contraction, kept float32
     assert fast.dtype == torch.float32
     assert not torch.equal(fast, exact)                                 # the products did run in bf16 ...
     assert torch.allclose(fast, exact, rtol=1e-3, atol=0)               # ... and only rounding differs

@@ -390,8 +390,10 @@ class VAE(GenerativeModel):
         eps = rng.randn((k, n, d), generator, mu.device, mu.dtype)
         z = mu + (0.5 * logvar).exp() * eps                                          # [k x N x d]
         logits = self.decode_logits(z.reshape(k * n, d)).view(k, n, -1)             # [k x N x 784]
-        # -bernoulli_nll, with the x . logits part as one contraction (this loop is IWAE's whole cost).
-        log_px = torch.einsum("knp,np->kn", logits, x.flatten(1)) - F.softplus(logits).sum(-1)  # [k x N]
+        # -bernoulli_nll, with the x . logits part as one contraction (this loop is IWAE's whole cost), in
+        # float32 under bf16 autocast too (autocast would run the contraction as a bf16 matrix product).
+        with torch.autocast(logits.device.type, enabled=False):
+            log_px = torch.einsum("knp,np->kn", logits, x.flatten(1).float()) - F.softplus(logits).sum(-1)  # [k x N]
         log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
         if fixed_q:
             m, lv = mu.detach(), logvar.detach()

@@ -183,7 +183,11 @@ def test_bf16_autocast_runs_the_networks_in_bf16_and_keeps_the_loss_terms_float3
         mu, logvar = model.encode(x)
         assert model.decode_logits(mu).dtype == mu.dtype == logvar.dtype == torch.float32
         assert model.loss(x)["loss"].dtype == torch.float32
-        assert model._log_weights(x, 3)[2].dtype == torch.float32       # log p(x|z): a contraction, kept float32
+        _, z, log_px, _ = model._log_weights(x, 3)
+        logits = model.decode_logits(z.reshape(-1, z.shape[-1])).view(3, len(x), -1).double()
+    # log p(x|z) from the same (bf16-computed) logits: its contraction ran in float32, not as a bf16 product.
+    exact_px = (logits * x.flatten(1).double()).sum(-1) - torch.nn.functional.softplus(logits).sum(-1)
+    assert torch.allclose(log_px.double(), exact_px, rtol=0, atol=1e-3)  # a bf16 product: 4e-3 off here
     assert fast.dtype == torch.float32
     assert not torch.equal(fast, exact)                                 # the products did run in bf16 ...
     assert torch.allclose(fast, exact, rtol=1e-3, atol=0)               # ... and only rounding differs

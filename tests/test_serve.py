@@ -5,6 +5,7 @@ hostile requests, by the JSON API and by Debian's headless Chromium."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -468,6 +470,65 @@ def test_watch_follows_a_real_training_run(server):
     figure = after["figures"][0]["name"]
     status, png = http(port, "GET", f"/api/watch/live/{figure}")
     assert status == 200 and png.startswith(b"\x89PNG")
+
+
+def test_hostile_files_in_a_watched_run_are_skipped_not_a_500(server):
+    # A 100,000-deep line in metrics.jsonl (RecursionError), a key and a figure name that are not valid UTF-8,
+    # and a figure caught mid-write (NAME.tmp.png) each made every poll of /api/watch a 500.
+    port, watched = server["port"], server["watched"]
+    metrics = watched / "metrics.jsonl"
+    kept = metrics.read_bytes()
+    odd_figures = [watched / "figures" / "half.tmp.png", watched / "figures" / os.fsdecode(b"bad\xff.png")]
+    try:
+        with open(metrics, "ab") as f:
+            f.write(b"[" * 100_000 + b"\n" + b'{"epoch": 9, "\\ud800": 1.0}\n')
+        odd_figures[0].parent.mkdir(exist_ok=True)
+        for path in odd_figures:
+            path.write_bytes(b"\x89PNG")
+        status, body = http(port, "GET", "/api/watch")
+        assert status == 200, body
+        run = next(r for r in json.loads(body)["runs"] if r["name"] == watched.name)
+        assert [m["epoch"] for m in run["metrics"]][-1] == 9
+        names = [f["name"] for f in run["figures"]]
+        assert "half.tmp.png" not in names and "bad\udcff.png" in names  # escaped, still listed
+    finally:
+        metrics.write_bytes(kept)
+        for path in odd_figures:
+            path.unlink(missing_ok=True)
+    assert "Traceback" not in server["log"].read_text()
+
+
+def test_a_head_without_end_and_a_request_never_finished_are_refused(server):
+    # One client sending a header without end held the server's memory and stalled every other request;
+    # clients that never finished their headers or body held their connections for ever (slowloris).
+    port = server["port"]
+    host = f"Host: 127.0.0.1:{port}\r\n".encode()
+    endless = socket.create_connection(("127.0.0.1", port), timeout=30)
+    endless.sendall(b"GET /api/models HTTP/1.1\r\n" + host + b"X-Big: ")
+    with contextlib.suppress(OSError):  # the server closes the connection once it has answered
+        for _ in range(4):
+            endless.sendall(b"x" * (1 << 20))
+    assert endless.recv(100).startswith(b"HTTP/1.1 431 ")
+    began = time.monotonic()
+    half_head = socket.create_connection(("127.0.0.1", port), timeout=30)
+    half_head.sendall(b"GET /api/models HTTP/1.1\r\n" + host + b"X-a: ")
+    half_body = socket.create_connection(("127.0.0.1", port), timeout=30)
+    half_body.sendall(b"POST /api/draw HTTP/1.1\r\n" + host + b"Content-Length: 6\r\n\r\n{")
+    assert http(port, "GET", "/api/models")[0] == 200  # the others are served meanwhile
+    answers = [half_head.recv(300), half_body.recv(2000)]
+    assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), answers
+    assert b"did not arrive within 10 s" in answers[0] and 9 < time.monotonic() - began < 25
+    for connection in (endless, half_head, half_body):
+        connection.close()
+    assert http(port, "GET", "/api/models")[0] == 200
+
+
+def test_numbers_that_are_not_finite_are_null_in_every_answer():
+    from genlab.serve.app import JSON
+
+    body = JSON({"energies": [1.5, float("nan"), float("-inf")], "p": {"99": float("inf")}, "n": 3}).body
+    assert json.loads(body) == {"energies": [1.5, None, None], "p": {"99": None}, "n": 3}
+    assert json.loads(JSON({"\ud800": "a\udcff"}).body) == {"\ud800": "a\udcff"}  # escaped, not a 500
 
 
 def test_serve_without_the_extra_says_how_to_install_it(monkeypatch, capsys, runs):

@@ -57,6 +57,8 @@ from genlab.serve.explorer import LIMITS, Explorer, encode_image
 from genlab.serve.preprocess import mnist_style
 
 MAX_BODY = 64 * 1024  # bytes; a 112 x 112 drawing as JSON is under 50 KiB
+MAX_HEAD = 64 * 1024  # bytes of a request's line and headers (browsers send under 2 KiB)
+HEAD_SECONDS = BODY_SECONDS = 10.0  # to send a request's head, and then its body
 MAX_SIDE = 112        # largest drawing side accepted
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
           "style.css": "text/css; charset=utf-8"}
@@ -77,6 +79,25 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+class JSON(JSONResponse):
+    """Starlette's JSON response, except that a number that is not finite is null (a run whose energies came
+    out NaN still answers; the page shows a gap) and text that is not valid Unicode (a file or key name read
+    from the disk) is escaped: never a failure to encode, so never a 500."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(_finite(content), ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _error_body(message: str) -> bytes:
@@ -155,13 +176,19 @@ async def read_json(request: Request, fields: set[str]) -> dict:
     from starlette.requests import ClientDisconnect
 
     body = bytearray()
-    try:
+
+    async def read():
         async for chunk in request.stream():
-            body += chunk
+            body.extend(chunk)
             if len(body) > MAX_BODY:
                 raise ApiError(413, f"request body is over the limit of {MAX_BODY} bytes")
+
+    try:
+        await asyncio.wait_for(read(), BODY_SECONDS)
     except ClientDisconnect:  # gone before its whole body came: an answer no one reads, and no traceback
         raise ApiError(400, "the client closed the connection before sending the whole body") from None
+    except asyncio.TimeoutError:  # a body announced and never finished would hold its connection for ever
+        raise ApiError(408, f"the body did not arrive within {BODY_SECONDS:.0f} s") from None
     try:
         data = json.loads(bytes(body), parse_constant=_reject_constant)
     except (ValueError, RecursionError) as e:
@@ -336,11 +363,11 @@ def build_app(explorer: Explorer, hosts: set[str]) -> Guard:
         return Response(static[name], media_type=STATIC[name])
 
     async def api_index(request: Request):
-        return JSONResponse({"endpoints": ENDPOINTS, "limits": LIMITS, "max_body": MAX_BODY,
+        return JSON({"endpoints": ENDPOINTS, "limits": LIMITS, "max_body": MAX_BODY,
                              "image_format": "base64 of 784 uint8 bytes, row-major, 255 = ink"})
 
     async def models(request: Request):
-        return JSONResponse(explorer.describe())
+        return JSON(explorer.describe())
 
     async def draw(request: Request):
         d = await read_json(request, {"image", "preprocess", "models"})
@@ -351,7 +378,7 @@ def build_app(explorer: Explorer, hosts: set[str]) -> Guard:
         for n in names:
             _model({"model": n}, explorer)
         results = await batcher.submit(image, names)
-        return JSONResponse({"input": encode_image(image), "models": results})
+        return JSON({"input": encode_image(image), "models": results})
 
     async def descend(request: Request):
         d = await read_json(request, {"model", "image", "steps", "step_size", "preprocess"})
@@ -359,7 +386,7 @@ def build_app(explorer: Explorer, hosts: set[str]) -> Guard:
         image = _drawing(d, _bool(d, "preprocess", True))
         steps = _number(d, "steps", 1, LIMITS["descend_steps"], 8, integer=True)
         step_size = _number(d, "step_size", 1e-4, 1.0, 0.05)
-        return JSONResponse(await compute(explorer.descend, name, image, steps, step_size))
+        return JSON(await compute(explorer.descend, name, image, steps, step_size))
 
     async def repair(request: Request):
         d = await read_json(request, {"model", "index", "rate", "seed"})
@@ -368,17 +395,17 @@ def build_app(explorer: Explorer, hosts: set[str]) -> Guard:
         index = _number(d, "index", 0, n - 1, random.randrange(n), integer=True)
         rate = _number(d, "rate", 0.05, 0.95, 0.5)
         seed = _number(d, "seed", 0, 2**31 - 1, 0, integer=True)
-        return JSONResponse(await compute(explorer.repair, name, index, rate, seed))
+        return JSON(await compute(explorer.repair, name, index, rate, seed))
 
     async def latent(request: Request):
         name = _model({"model": request.path_params["model"]}, explorer, "latent")
-        return JSONResponse(explorer.latent_points(name))
+        return JSON(explorer.latent_points(name))
 
     async def latent_decode(request: Request):
         d = await read_json(request, {"model", "x", "y"})
         name = _model(d, explorer, "latent")
         x, y = _number(d, "x", -1e6, 1e6), _number(d, "y", -1e6, 1e6)
-        return JSONResponse(await compute(explorer.latent_decode, name, x, y))
+        return JSON(await compute(explorer.latent_decode, name, x, y))
 
     async def interpolate(request: Request):
         d = await read_json(request, {"model", "a", "b", "steps"})
@@ -386,7 +413,7 @@ def build_app(explorer: Explorer, hosts: set[str]) -> Guard:
         n = len(explorer.models[name].images)
         a, b = _number(d, "a", 0, n - 1, integer=True), _number(d, "b", 0, n - 1, integer=True)
         steps = _number(d, "steps", 2, LIMITS["walk_steps"], 8, integer=True)
-        return JSONResponse(await compute(explorer.interpolate, name, a, b, steps))
+        return JSON(await compute(explorer.interpolate, name, a, b, steps))
 
     def _label(d: dict, name: str) -> int | None:
         """The optional digit class of a conditional model's samples; a label for another model is a 400."""
@@ -401,7 +428,7 @@ def build_app(explorer: Explorer, hosts: set[str]) -> Guard:
         name = _model(d, explorer, "sample")
         n = _number(d, "n", 1, LIMITS["samples"], 16, integer=True)
         seed = _number(d, "seed", 0, 2**31 - 1, 0, integer=True)
-        return JSONResponse(await compute(explorer.sample, name, n, seed, _label(d, name)))
+        return JSON(await compute(explorer.sample, name, n, seed, _label(d, name)))
 
     async def walk(request: Request):
         d = await read_json(request, {"model", "seed", "steps", "scale", "label"})
@@ -409,10 +436,10 @@ def build_app(explorer: Explorer, hosts: set[str]) -> Guard:
         seed = _number(d, "seed", 0, 2**31 - 2, 0, integer=True)
         steps = _number(d, "steps", 2, LIMITS["walk_steps"], 9, integer=True)
         scale = _number(d, "scale", 0.0, 10.0, 3.0)
-        return JSONResponse(await compute(explorer.walk, name, seed, steps, scale, _label(d, name)))
+        return JSON(await compute(explorer.walk, name, seed, steps, scale, _label(d, name)))
 
     async def watch(request: Request):
-        return JSONResponse(await compute(explorer.watch_state))
+        return JSON(await compute(explorer.watch_state))
 
     async def watch_figure(request: Request):
         run, name = request.path_params["run"], request.path_params["figure"]
@@ -452,6 +479,68 @@ def build_app(explorer: Explorer, hosts: set[str]) -> Guard:
     app = Starlette(routes=routes, exception_handlers={ApiError: api_error, HTTPException: http_error,
                                                        Exception: server_error})
     return Guard(app, hosts)
+
+
+# -- the connection --------------------------------------------------------------------------------------------
+def guarded_protocol():
+    """uvicorn's HTTP protocol (on the httptools parser) with the two limits on a request's head that it lacks:
+    at most ``MAX_HEAD`` bytes (else 431), sent within ``HEAD_SECONDS`` of its first byte (else 408). Without
+    them one client sending a header without end held the server's memory and stalled every other request,
+    and clients that never finished their headers held their connections (and file descriptors) for ever.
+    uvicorn's own choice of protocol where httptools is missing."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return "auto"
+
+    class GuardedProtocol(HttpToolsProtocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._in_head, self._head_bytes, self._head_timer = True, 0, None
+
+        def data_received(self, data: bytes) -> None:
+            if self._in_head:
+                self._head_bytes += len(data)
+            super().data_received(data)
+            if self._in_head and self._head_bytes > MAX_HEAD:
+                self._refuse(431, "Request Header Fields Too Large",
+                             f"the request's line and headers are over the limit of {MAX_HEAD} bytes")
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._cancel_head_timer()
+            self._head_timer = self.loop.call_later(
+                HEAD_SECONDS, self._refuse, 408, "Request Timeout",
+                f"the request's headers did not arrive within {HEAD_SECONDS:.0f} s")
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._cancel_head_timer()
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._in_head, self._head_bytes = True, 0  # the next request on this connection
+
+        def connection_lost(self, exc) -> None:
+            self._cancel_head_timer()
+            super().connection_lost(exc)
+
+        def _cancel_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _refuse(self, status: int, reason: str, message: str) -> None:
+            self._cancel_head_timer()
+            if self.transport.is_closing():
+                return
+            body = _error_body(message)
+            self.transport.write(f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+                                 f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode() + body)
+            self.transport.close()
+
+    return GuardedProtocol
 
 
 # -- the command ------------------------------------------------------------------------------------------------
@@ -500,7 +589,7 @@ def serve(run_dirs=(), watch=(), host: str = "127.0.0.1", port: int = 8000, allo
               file=sys.stderr)
     shown = f"[{host}]" if ":" in host else host
     config = uvicorn.Config(build_app(explorer, allowed_hosts(host, port, allow_hosts)), log_level="warning",
-                            access_log=False, lifespan="off", timeout_keep_alive=30)
+                            access_log=False, lifespan="off", timeout_keep_alive=30, http=guarded_protocol())
     names = ", ".join([*explorer.models, *(f"{w} (watched)" for w in explorer.watched)])
     print(f"genlab serve: http://{shown}:{port}/  ({names}; Ctrl-C stops)", flush=True)
     # SIGTERM in the instant before uvicorn takes its signals over stops the start-up (genlab.cli's handler)

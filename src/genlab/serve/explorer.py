@@ -451,7 +451,7 @@ class Explorer:
             for line in lines[-METRICS_TAIL - 1:]:
                 try:
                     record = json.loads(line)
-                except ValueError:  # a line still being written, or a blank one
+                except (ValueError, RecursionError):  # a line still being written, a blank one, or a hostile one
                     continue
                 if isinstance(record, dict):
                     metrics.append({k: v for k, v in record.items() if _plottable(v)})
@@ -467,8 +467,14 @@ class Explorer:
         fig_dir = w.dir / "figures"
         if fig_dir.is_dir():
             for entry in fig_dir.iterdir():
-                if entry.suffix == ".png" and entry.is_file() and not entry.is_symlink():
-                    found.append((entry.name, (entry, entry.stat().st_mtime)))
+                # A figure being written is NAME.tmp.png until it is renamed; either may vanish while we look.
+                if entry.suffix != ".png" or entry.name.endswith(".tmp.png"):
+                    continue
+                try:
+                    if entry.is_file() and not entry.is_symlink():
+                        found.append((entry.name, (entry, entry.stat().st_mtime)))
+                except OSError:
+                    continue
         return dict(sorted(found, key=lambda kv: -kv[1][1]))
 
     def figure(self, run: str, file_name: str) -> bytes:

@@ -549,6 +549,12 @@ def test_serve_without_the_extra_says_how_to_install_it(monkeypatch, capsys, run
     (["--device", "tpu9", "/no/such/run"], "--device must be auto, cpu, cuda or cuda:N"),
     (["--threads", "0", "/no/such/run"], "--threads"),
     (["--watch", str(Path(__file__).parent)], "holds files but no genlab run"),
+    # Once misnamed: a file "did not exist", '' served the current folder, a bad --host asked for another --port.
+    ([__file__], "is a file, not a run directory"),
+    (["--watch", __file__], "is a file, not a folder"),
+    ([""], "a run directory given is empty"),
+    (["--watch", ""], "--watch is empty"),
+    (["--host", "no.such.host.invalid", "--port", "0", "/no/such/run"], "--host must be an address of this machine"),
 ])
 def test_serve_bad_arguments_end_with_one_line(argv, message, capsys):
     _need_server_stack()

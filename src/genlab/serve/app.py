@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import functools
 import ipaddress
 import json
@@ -575,8 +576,11 @@ def serve(run_dirs=(), watch=(), host: str = "127.0.0.1", port: int = 8000, allo
         sock.listen(2048)  # connections queue from the moment the address is printed
     except OSError as e:
         sock.close()
-        raise GenlabError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port (0: any free one)") \
-            from None
+        if e.errno in (errno.EADDRINUSE, errno.EACCES):
+            raise GenlabError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port (0: any free "
+                              "one)") from None
+        raise GenlabError(f"cannot listen on {host}:{port} ({e.strerror}); --host must be an address of this machine "
+                          "(127.0.0.1: this machine only; 0.0.0.0: every interface), without brackets or port") from None
     port = sock.getsockname()[1]
     try:  # the port is held while the runs load, so a bad --port fails before the wait
         explorer = Explorer(run_dirs, watch, test_limit=test_limit, device=device)

@@ -67,6 +67,8 @@ def find_runs(paths) -> list[Path]:
     ``genlab reproduce`` writes: one sub-folder per model)."""
     runs = []
     for p in map(Path, paths):
+        if str(p) == "." and "" in map(str, paths):
+            raise GenlabError("a run directory given is empty (''); name the folder genlab train wrote")
         if (p / CONFIG).is_file():
             runs.append(p)
         elif p.is_dir():
@@ -75,6 +77,8 @@ def find_runs(paths) -> list[Path]:
                 raise GenlabError(f"{p} is neither a run directory (no {CONFIG}) nor a folder of runs; "
                                   "pass what genlab train or genlab reproduce wrote")
             runs.extend(inner)
+        elif p.exists():
+            raise GenlabError(f"{p} is a file, not a run directory; pass the folder genlab train wrote")
         else:
             raise GenlabError(f"run directory {p} does not exist")
     return runs
@@ -216,7 +220,13 @@ class Explorer:
             name = _unique_name(path, taken)
             self.models[name] = self._load(name, path)
         self.watched: dict[str, Watched] = {}
-        for path in map(Path, watch_dirs):
+        for raw in watch_dirs:
+            path = Path(raw)
+            if not str(raw).strip():
+                raise GenlabError("--watch is empty (''); name the folder of a run (the --out of genlab train)")
+            if path.exists() and not path.is_dir():
+                raise GenlabError(f"--watch {path} is a file, not a folder; name the folder of a run (the --out of "
+                                  "genlab train)")
             if not path.is_dir():
                 raise GenlabError(f"--watch {path}: no such directory (start genlab train --out {path} first)")
             if not (path / CONFIG).exists() and any(not p.name.startswith(".") for p in path.iterdir()):

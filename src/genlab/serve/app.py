@@ -365,7 +365,7 @@ def build_app(explorer: Explorer, hosts: set[str]) -> Guard:
 
     async def api_index(request: Request):
         return JSON({"endpoints": ENDPOINTS, "limits": LIMITS, "max_body": MAX_BODY,
-                             "image_format": "base64 of 784 uint8 bytes, row-major, 255 = ink"})
+                     "image_format": "base64 of 784 uint8 bytes, row-major, 255 = ink"})
 
     async def models(request: Request):
         return JSON(explorer.describe())
@@ -373,6 +373,8 @@ def build_app(explorer: Explorer, hosts: set[str]) -> Guard:
     async def draw(request: Request):
         d = await read_json(request, {"image", "preprocess", "models"})
         image = _drawing(d, _bool(d, "preprocess", True))
+        if not explorer.models:
+            raise ApiError(400, "no models are loaded (this server only watches runs); start genlab serve with a RUN_DIR")
         names = d.get("models", list(explorer.models))
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise ApiError(400, "'models' must be a non-empty list of model names")

@@ -95,7 +95,7 @@ function drawingPixels() {
 }
 
 function requestDraw() {
-  if (!hasInk) return;
+  if (!hasInk || !MODELS.length) return;  // a server that only watches runs has no one to ask
   if (inFlight) { dirty = true; return; }
   inFlight = true; dirty = false;
   const image = drawingPixels();

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch.distributions import Normal, kl_divergence
 
 from genlab import config as cfgmod
@@ -269,6 +270,13 @@ def test_every_command_on_the_conditional_models(tmp_path, genlab):
         p = genlab("energy", str(runs[tag]), "--limit", "20")
         assert p.returncode == 0, p.stderr
         assert len(p.stdout.split()) == 20 and all(math.isfinite(float(v)) for v in p.stdout.split())
+        # New image files too, scored without their class (once refused: there was no way to give one).
+        digit = tmp_path / "digit.png"
+        Image.fromarray(load_dataset("mnist-5k", "test").images[0].numpy()).save(digit)
+        p = genlab("energy", str(runs[tag]), "--images", str(digit), "--out", str(tmp_path / f"{tag}.csv"))
+        assert p.returncode == 0, p.stderr
+        row = (tmp_path / f"{tag}.csv").read_text().splitlines()[1].split(",")
+        assert row[0] == str(digit) and math.isfinite(float(row[1])) and 0 <= float(row[2]) <= 100
     p = genlab("report", *map(str, runs.values()), "--out", str(tmp_path / "report"))
     assert p.returncode == 0, p.stderr
     html = (tmp_path / "report" / "report.html").read_text()

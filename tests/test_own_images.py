@@ -202,6 +202,15 @@ def test_energy_images_csv(rgb_runs, tmp_path, capsys):
     for fpr in (0.0, 0.2, 0.5):
         assert np.mean(held > model.threshold(fpr)) <= fpr
     assert np.mean(held > model.threshold(0.5)) >= 0.3  # 5 held-out images: 2 of them above the median
+    # --json prints the same rows as JSON (it printed the CSV); --fpr without --images is refused (it was ignored).
+    status, err, out = cli(capsys, "energy", runs["dae"], "--images", tmp_path / "new", "--json", "--fpr", "0.2",
+                           "--device", "cpu")
+    assert status == 0, err
+    answer = json.loads(out)
+    assert answer["fpr"] == 0.2 and len(answer["images"]) == 30
+    assert [r["flag"] for r in answer["images"]] == [r["energy"] > answer["threshold"] for r in answer["images"]]
+    status, err, _ = cli(capsys, "energy", runs["dae"], "--fpr", "0.2")
+    assert status == 2 and len(err) == 1 and "--fpr applies with --images" in err[0]
 
 
 

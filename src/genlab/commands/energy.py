@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def add(subparsers) -> None:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--images", nargs="+", metavar="PATH", help="score these image files or folders instead: one "
                    "CSV row per file (path, energy, percentile among the held-out energies, flag)")
-    p.add_argument("--fpr", type=float, default=0.01, help="with --images: flag energies above the threshold this "
+    p.add_argument("--fpr", type=float, default=None, help="with --images: flag energies above the threshold this "
                    "share of held-out images exceed (default: 0.01)")
     p.set_defaults(func=command)
 
@@ -42,6 +43,8 @@ def add(subparsers) -> None:
 def command(args: argparse.Namespace) -> int:
     if args.images:
         return score_images(args)
+    if args.fpr is not None:
+        raise GenlabError("--fpr applies with --images (it sets the threshold that flags new images)")
     if args.limit < 0:
         raise GenlabError(f"--limit must be 0 (all) or a positive number of images, got {args.limit}")
     run = load_run(args.run_dir, device=args.device)
@@ -88,23 +91,30 @@ def score_images(args: argparse.Namespace) -> int:
 
     if args.out and not args.out.endswith(".csv"):
         raise GenlabError(f"--out with --images writes a CSV: give a name ending in .csv, got {args.out}")
+    fpr = 0.01 if args.fpr is None else args.fpr
     model = genlab.scoring.load(args.run_dir, args.device)
     paths = image_paths(args.images)
     energy = model._energies(model.images_from_files(paths))
-    percentile, threshold = model.percentile(energy), model.threshold(args.fpr)
+    percentile, threshold = model.percentile(energy), model.threshold(fpr)
     flags = energy > threshold
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # as --out of the other commands
-    out = open(args.out, "w", newline="") if args.out else sys.stdout
-    try:
-        writer = csv.writer(out)
-        writer.writerow(["path", "energy", "percentile", "flag"])
-        for path, e, p, f in zip(paths, energy, percentile, flags):
-            writer.writerow([str(path), f"{e:.9g}", f"{p:.2f}", int(f)])
-    finally:
-        if args.out:
-            out.close()
-    if args.out:
+    out = open(args.out, "w", newline="") if args.out else None if args.json else sys.stdout
+    if out is not None:
+        try:
+            writer = csv.writer(out)
+            writer.writerow(["path", "energy", "percentile", "flag"])
+            for path, e, p, f in zip(paths, energy, percentile, flags):
+                writer.writerow([str(path), f"{e:.9g}", f"{p:.2f}", int(f)])
+        finally:
+            if args.out:
+                out.close()
+    if args.json:
+        rows = [{"path": str(path), "energy": float(e) if math.isfinite(e) else None, "percentile": float(p),
+                 "flag": bool(f)} for path, e, p, f in zip(paths, energy, percentile, flags)]
+        print(json.dumps({"model": model.run.model_name, "threshold": float(threshold), "fpr": fpr,
+                          "images": rows}))
+    elif args.out:
         print(f"wrote {len(paths)} rows to {args.out}: {int(flags.sum())} flagged above energy {threshold:.6g} "
-              f"(held-out false-positive rate {args.fpr:g})")
+              f"(held-out false-positive rate {fpr:g})")
     return 0

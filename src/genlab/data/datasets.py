@@ -93,8 +93,8 @@ def find_idx_dir(name: str, data_dir: str | Path | None = None) -> Path | None:
 
 def how_to_get(name: str, data_dir: str | Path | None = None) -> str:
     """One sentence naming the ways to get data set ``name`` onto this machine."""
-    ways = [f"put its four IDX files into {resolve_data_dir(data_dir) / name} (--data-dir or GENLAB_DATA_DIR "
-            "choose the data directory)"]
+    ways = [f"put its four IDX files into {resolve_data_dir(data_dir) / name} (GENLAB_DATA_DIR chooses the data "
+            "directory; train, reproduce and datasets also take --data-dir)"]
     if name == "fashion-mnist":
         ways.append("install Debian's dataset-fashion-mnist package")
     ways.append(f"download them with: genlab datasets --download {name}")
@@ -152,9 +152,10 @@ def _download_missing(name: str, root: Path, download: bool) -> Path:
         if path.exists() and not path.is_file():
             what = "a directory" if path.is_dir() else "not a regular file"
             raise DataError(f"{path} is {what}, not one of {name}'s IDX files; remove it and put the file "
-                            "there, or choose another data directory with --data-dir or GENLAB_DATA_DIR")
-    where = (f"put {', '.join(missing)} into {target} (GENLAB_DATA_DIR or --data-dir choose the data directory, "
-             f"which holds {name}/)")
+                            "there, or choose another data directory with GENLAB_DATA_DIR (or --data-dir of train, reproduce "
+                            "and datasets)")
+    where = (f"put {', '.join(missing)} into {target} (GENLAB_DATA_DIR chooses the data directory, which "
+             f"holds {name}/; train, reproduce and datasets also take --data-dir)")
     if not download or _offline():
         why = "GENLAB_OFFLINE is set" if download else "downloads are off"
         raise DataError(f"{name} not found and {why}: {where}")

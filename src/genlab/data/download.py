@@ -85,8 +85,8 @@ def download_files(filenames: Iterable[str], directory: str | Path, mirrors: Seq
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(f"cannot create {directory} ({e.strerror}); choose a writable directory with --data-dir "
-                        f"or GENLAB_DATA_DIR") from None
+        raise DataError(f"cannot create {directory} ({e.strerror}); choose a writable directory with GENLAB_DATA_DIR "
+                        "(or --data-dir of train, reproduce and datasets)") from None
     return [_download_one(name, directory, mirrors, checksums[name], timeout, progress) for name in filenames]
 
 

@@ -151,6 +151,7 @@ def test_damaged_config_json_is_one_line(config, words, capsys, ae_run, tmp_path
     (["energy", "{run}", "--limit", "10", "--out", "{run}/config.json/e.npy"], "config.json: File exists"),
     (["sample", "{run}", "--out", "{run}/samples.txt"], "ending in .png"),
     (["sample", "{run}", "--out", "{run}/.png"], "needs a name before .png"),
+    (["train", "ae", *QUICK, "--image-size", "32", "--out", "{run}/x"], "mnist-5k is 28 x 28; --image-size resizes"),
     (["train", "vae", "--latent-dims", "5"], "did you mean --latent-dim? (see genlab train vae --help)"),
     (["evaluate", "{run}", "--bogus"], "unrecognized arguments: --bogus (see genlab evaluate --help)"),
     (["energy", "{run}", "--seed", "99999999999999999999"], "must be between 0 and 4294967295"),

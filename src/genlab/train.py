@@ -28,6 +28,7 @@ from genlab.config import TrainConfig
 import dataclasses
 
 from genlab.data import check_run_shape, image_shape, load_dataset, resolve_dataset_name
+from genlab.data.files import is_file_dataset
 from genlab.data.batching import Batches, to_pixels
 from genlab.errors import GenlabError, Stopped
 from genlab.models import MODELS, build
@@ -254,6 +255,10 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
     directory. Returns (model, optimizers, counters, (train images, train labels, test images, test labels,
     test set))."""
     dataset = resolve_dataset_name(cfg.dataset, cfg.data_dir)
+    sizes_its_networks = hasattr(model_cfg, "image_size")  # dcgan: --image-size is also its networks' size
+    if cfg.image_size not in (0, 28) and not is_file_dataset(dataset) and not sizes_its_networks and not resuming:
+        raise GenlabError(f"--image-size {cfg.image_size}: {dataset} is 28 x 28; --image-size resizes folder: and "
+                          "npz: data sets (leave it out here)")
     options = {"image_size": cfg.image_size, "grey": cfg.grey}
     train_set = load_dataset(dataset, "train", cfg.data_dir, **options)
     test_set = load_dataset(dataset, "test", cfg.data_dir, **options)

@@ -154,7 +154,8 @@ def run_section(run_dir: Path, title: str | None = None) -> Section:
     lines = rundir.read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     if lines:
         last = lines[-1]
-        section.text(f"{last['epoch']} epochs, {last.get('seconds', 0):.0f} s of training, "
+        epochs = f"{last['epoch']} epoch" + ("s" if last["epoch"] != 1 else "")
+        section.text(f"{epochs}, {last.get('seconds', 0):.0f} s of training, "
                      f"{last.get('images_per_s', 0):.0f} images/s in the last epoch.")
         section.table(["term", "value"], [[k, v] for k, v in last.items() if "/" in k],
                       "Loss terms after the last epoch (per example; means over pixels for mse terms)")

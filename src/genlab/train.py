@@ -306,7 +306,10 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
         if ctx.is_main:
             rundir.recover_metrics(run_dir, counters)
             _record_schedule(run_dir, cfg.epochs)
-        say(f"resuming {run_dir} at epoch {counters['epoch'] + 1}, batch {counters['batch']}")
+        if counters["epoch"] >= cfg.epochs:
+            say(f"{run_dir} has already trained its {cfg.epochs} epochs: nothing to do (--epochs N trains it longer)")
+        else:
+            say(f"resuming {run_dir} at epoch {counters['epoch'] + 1}, batch {counters['batch']}")
     elif ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if (run_dir / checkpoint.CHECKPOINT).exists():

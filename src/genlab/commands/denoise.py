@@ -46,7 +46,9 @@ def command(args) -> int:
         gap = np.full(before.shape[:-1] + (2,), 255, np.uint8)
         (out / f"{stem}.png").write_bytes(encode_png(after))
         (out / f"{stem}-pair.png").write_bytes(encode_png(np.concatenate([before, gap, after], axis=-1)))
-    print(f"wrote {len(paths)} repairs and {len(paths)} side-by-side pairs (input | repair) to {out}")
+    n = len(paths)
+    print(f"wrote {n} repair{'s' if n != 1 else ''} and {n} side-by-side pair{'s' if n != 1 else ''} (input | repair) "
+          f"to {out}")
     return 0
 
 

@@ -80,7 +80,7 @@ def sample(args) -> int:
         hint = ("; it completes digits from observed quadrants (see figures/completions.png of the run)"
                 if getattr(model, "quadrants", False) else "")
         can = ", ".join(name for name, cls in MODELS.items() if cls.can_sample)
-        raise GenlabError(f"a {run.model_name} model cannot sample{hint}; models that can: {can} "
+        raise GenlabError(f"{run.model_name} cannot sample{hint}; models that can: {can} "
                           "(cvae with --condition label)")
     if args.label is not None and not model.conditional:
         conditional = ", ".join(name for name, cls in MODELS.items() if cls.conditional)

@@ -177,6 +177,17 @@ def test_evaluate_json_prints_null_for_values_that_are_not_finite(capsys, ae_run
     assert results["loss"] is None and results["images"] == 20
 
 
+def test_evaluate_json_gives_one_value_per_term(capsys, tmp_path):
+    # The VAE's likelihood pass drew its own noise and overwrote loss_sampled, which then differed from "loss".
+    status, lines, _ = cli(capsys, "train", "vae", *QUICK, "--out", tmp_path / "vae")
+    assert status == 0, lines
+    status, lines, out = cli(capsys, "evaluate", tmp_path / "vae", "--json", "--no-quality", "--limit", "50",
+                             "--iwae-k", "5")
+    assert status == 0, lines
+    results = json.loads(out)
+    assert results["loss"] == results["loss_sampled"] == results["neg_elbo"] != results["loss_mean"]
+
+
 def test_report_does_not_replace_an_existing_report(capsys, ae_run, tmp_path):
     out = tmp_path / "rep"
     out.mkdir()

@@ -214,6 +214,15 @@ def test_energy_images_csv(rgb_runs, tmp_path, capsys):
 
 
 
+def test_digit_comparisons_on_a_colour_run_say_what_they_need(rgb_runs, capsys):
+    # They said "merged_digits needs uint8 images [N x 28 x 28], got torch.uint8 [18, 3, 32, 32]" and
+    # "expected single-channel images [N x 1 x H x W]": true, but not in a user's words.
+    _, runs = rgb_runs
+    for argv in (["energy", runs["dae"], "--auroc"], ["energy", runs["dae"], "--split", "merged"]):
+        assert_one_line(cli(capsys, *argv, "--device", "cpu"), "use 28 x 28 grey digits", "3 x 32 x 32")
+    assert_one_line(cli(capsys, "inpaint", runs["dae"], "--device", "cpu"), "on grey images", "genlab denoise")
+
+
 def test_held_out_energies_are_cached_per_device(rgb_runs):
     # A GPU computes energies to a few digits only of a CPU's, so percentiles and --fpr thresholds are taken
     # against held-out energies from the device that scores; "meta" stands in for another device here.

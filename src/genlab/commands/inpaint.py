@@ -40,6 +40,9 @@ def command(args: argparse.Namespace) -> int:
     if args.limit < 0:
         raise GenlabError(f"--limit must be 0 (all) or a positive number of images, got {args.limit}")
     run = load_dae_run(args.run_dir, args.device)
+    if run.model_cfg.shape[0] != 1:
+        raise GenlabError(f"inpaint compares the DAE with OpenCV's inpainting on grey images; {run.dir} works on "
+                          f"{' x '.join(map(str, run.model_cfg.shape))} colour images (genlab denoise repairs those)")
     images = _run_images(run, args.split, args.limit)
     table = inpainting_table(run.model, images, DROP_RATES, seed=args.seed)
     out = Path(args.out) if args.out else Path(run.dir) / "figures"

@@ -136,8 +136,8 @@ def split_images(run, split: str, limit: int = 0, seed: int = 0, download: bool 
     if split not in SPLITS:
         raise GenlabError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     shape = tuple(getattr(run.model_cfg, "shape", (1, 28, 28)))
-    if split in ("photos", "ood") and shape != (1, 28, 28):
-        raise GenlabError(f"--split {split} and --auroc compare with 28 x 28 grey images, but this run works on "
+    if split in ("merged", "photos", "ood") and shape != (1, 28, 28):
+        raise GenlabError(f"--split {split} and --auroc use 28 x 28 grey digits, but this run works on "
                           f"{' x '.join(map(str, shape))} images; score images of your own with --images PATH")
     if split == "photos":
         from genlab.data.photos import photo_patches

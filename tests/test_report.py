@@ -151,9 +151,22 @@ def test_report_command_side_by_side(tmp_path):
         assert main(["train", name, "--dataset", "mnist-5k", "--epochs", "1", "--limit", "512",
                      "--eval-limit", "100", "--no-progress", "--out", str(tmp_path / name)]) == 0
         runs.append(str(tmp_path / name))
+    # A second run of one name, in a folder whose name holds a quote: its own anchor, a safe one.
+    shutil.copytree(tmp_path / "ae", tmp_path / "it's" / "ae")
+    runs.append(str(tmp_path / "it's" / "ae"))
+    # genlab evaluate keeps its numbers beside the run, where the report's table finds them.
+    assert main(["evaluate", runs[0], "--limit", "50"]) == 0
+    assert json.loads((tmp_path / "ae" / "evaluation.json").read_text())["images"] == 50
     assert main(["report", *runs, "--out", str(tmp_path / "report")]) == 0
     html = (tmp_path / "report" / "report.html").read_text()
-    assert html.count("<section") == 2 and html.count("data:image/png;base64,") >= 5
+    assert html.count("<section") == 4 and html.count("data:image/png;base64,") >= 5  # the table, then each run
+    assert "Runs side by side" in html and "<section id='ae'>" in html and "<section id='ae-2'>" in html
+    table = (tmp_path / "report" / "report.md").read_text().split("## ae")[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()
+            if line.startswith(f"| {tmp_path}")]
+    assert [row[0] for row in rows] == runs
+    assert rows[0][1:4] == ["ae", "mnist-5k", "1"] and rows[0][-1] == "50" and rows[2][-2:] == ["", ""]
+    assert main(["report", runs[0], runs[0] + "/", "--out", str(tmp_path / "twice")]) == 2  # one run named twice
 
 
 def test_markdown_and_html_share_one_structure(tmp_path):

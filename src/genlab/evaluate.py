@@ -7,6 +7,8 @@ models theirs), and every model that samples gets the offline sample-quality met
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from genlab.checkpoint import Run
@@ -43,3 +45,15 @@ def evaluate_run(run: Run, split: str = "test", limit: int = 0, quality: bool = 
         from genlab.metrics.quality import evaluate_samples
         results.update(evaluate_samples(run, **options))
     return results
+
+
+def finite_or_null(value):
+    """NaN and infinities are not JSON: ``evaluate --json`` prints them as null (a diverged model's metrics),
+    in lists (the VAE's KL per dimension) too."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value

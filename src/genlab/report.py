@@ -11,10 +11,11 @@ import base64
 import html
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genlab import rundir
+from genlab import config as cfgmod, rundir
 from genlab.errors import GenlabError
 
 
@@ -141,16 +142,11 @@ FIGURE_CAPTIONS = {
 }
 
 
-def run_section(run_dir: Path, title: str | None = None) -> Section:
+def run_section(run_dir: Path, title: str | None = None, section_id: str | None = None) -> Section:
     """A section for one run directory: its final metrics, evaluation, figures and config."""
-    from genlab.config import read_json
-
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise GenlabError(f"{run_dir} is not a genlab run directory (no config.json)")
-    config = read_json(cfg_path)
-    section = Section(run_dir.name.replace(".", "-"), title or f"{config.get('model', '?')}: {run_dir.name}")
+    config = _run_config(run_dir)
+    section = Section(section_id or _anchor(run_dir.name), title or f"{config.get('model', '?')}: {run_dir.name}")
     lines = rundir.read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     if lines:
         last = lines[-1]
@@ -161,7 +157,7 @@ def run_section(run_dir: Path, title: str | None = None) -> Section:
                       "Loss terms after the last epoch (per example; means over pixels for mse terms)")
     evaluation = run_dir / "evaluation.json"
     if evaluation.is_file():
-        data = read_json(evaluation)
+        data = cfgmod.read_json(evaluation)
         section.table(["metric", "value"], [[k, v] for k, v in data.items() if isinstance(v, (int, float))],
                       "genlab evaluate")
     figures = run_dir / "figures"
@@ -171,8 +167,49 @@ def run_section(run_dir: Path, title: str | None = None) -> Section:
     return section
 
 
+def _run_config(run_dir: Path) -> dict:
+    if not (run_dir / "config.json").is_file():
+        raise GenlabError(f"{run_dir} is not a genlab run directory (no config.json)")
+    return cfgmod.read_json(run_dir / "config.json")
+
+
+def _anchor(name: str) -> str:
+    """An HTML id from a folder name: letters, digits, '_' and '-' only (a quote in a name broke the page)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", name) or "run"
+
+
+def comparison_section(run_dirs: list[Path]) -> Section:
+    """One table, a row per run: what each trained on, for how long, and where it ended."""
+    rows = []
+    for d in run_dirs:
+        config = _run_config(d)
+        metrics = rundir.read_metrics(d / "metrics.jsonl") if (d / "metrics.jsonl").is_file() else []
+        last = metrics[-1] if metrics else {}
+        evaluation = cfgmod.read_json(d / "evaluation.json") if (d / "evaluation.json").is_file() else {}
+        energy, images = evaluation.get("energy"), evaluation.get("images")
+        number = lambda v: v if isinstance(v, (int, float)) and not isinstance(v, bool) else None  # noqa: E731
+        rows.append([str(d), config.get("model", "?"), config.get("train_config", {}).get("dataset", "?"),
+                     last.get("epoch"), last.get("seconds"), last.get("test/loss"), number(energy), number(images)])
+    return Section("runs", "Runs side by side").table(
+        ["run", "model", "data set", "epochs", "training s", "test loss", "mean energy", "of images"], rows,
+        "The last epoch's test loss (each model's own objective: compare runs of one model), and the mean energy "
+        "of the images genlab evaluate scored, where it has been run")
+
+
 def report_runs(run_dirs: list[Path], out_dir: Path) -> tuple[Path, Path]:
     if (Path(out_dir) / "report.html").exists():  # as genlab reproduce: never replace a report silently
         raise GenlabError(f"{out_dir} already holds a report; choose another --out or remove it")
-    sections = [run_section(Path(d)) for d in run_dirs]
+    run_dirs = [Path(d) for d in run_dirs]
+    seen: dict[Path, Path] = {}
+    for d in run_dirs:
+        if d.resolve() in seen:
+            raise GenlabError(f"the run {d.resolve()} is named twice; name each run once")
+        seen[d.resolve()] = d
+    sections, ids = [comparison_section(run_dirs)] if len(run_dirs) > 1 else [], {"runs"}
+    for d in run_dirs:
+        anchor, k = _anchor(d.name), 2
+        while anchor in ids:
+            anchor, k = f"{_anchor(d.name)}-{k}", k + 1
+        ids.add(anchor)
+        sections.append(run_section(d, f"{_run_config(d).get('model', '?')}: {d}", anchor))
     return write_report(out_dir, "genlab report", sections)

@@ -317,11 +317,11 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
 
     overall.set_postfix_str("evaluating")
     started = time.perf_counter()
-    from genlab.evaluate import evaluate_run
+    from genlab.evaluate import evaluate_run, finite_or_null
     iwae_k = (1, 50) if quick else (1, 50, 500)
     for name, run in runs.items():
         results = evaluate_run(run, limit=limit, quality=False, **({"iwae_k": iwae_k} if "likelihood" in run.model.extra_metrics else {}))
-        _write_json(run.dir / "evaluation.json", results)
+        _write_json(run.dir / "evaluation.json", finite_or_null(results))
         tables.setdefault("evaluation", {})[name] = results
     timings["evaluate"] = time.perf_counter() - started
     overall.update(1)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import sys
 from pathlib import Path
 
+from genlab import config as cfgmod
 from genlab.commands.flags import DEVICE_HELP, bounded_int, seed_flag
 from genlab.errors import GenlabError
 from genlab.models import MODELS
@@ -42,22 +43,21 @@ def add(subparsers) -> None:
 
 def evaluate(args) -> int:
     from genlab.checkpoint import load_run
-    from genlab.evaluate import evaluate_run
+    from genlab.evaluate import evaluate_run, finite_or_null
 
     run = load_run(args.run_dir, device=args.device)
     options = {"iwae_k": tuple(args.iwae_k)} if args.iwae_k else {}
     results = evaluate_run(run, split=args.split, limit=args.limit, quality=args.quality, **options)
+    try:  # kept beside the run, where genlab report finds it
+        cfgmod.write_json(Path(run.dir) / "evaluation.json", finite_or_null(results))
+    except GenlabError as e:
+        print(f"genlab evaluate: note: {e}; the results are printed only", file=sys.stderr)
     if args.json:
         print(json.dumps(finite_or_null(results), allow_nan=False))
     else:
         for key, value in results.items():
             print(f"{key:<24} {value:.6g}" if isinstance(value, float) else f"{key:<24} {value}")
     return 0
-
-
-def finite_or_null(results: dict) -> dict:
-    """NaN and infinities are not JSON: ``evaluate --json`` prints them as null (a diverged model's metrics)."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in results.items()}
 
 
 def sample(args) -> int:

@@ -161,6 +161,7 @@ def test_damaged_config_json_is_one_line(config, words, capsys, ae_run, tmp_path
     (["serve", "{run}", "--host", "", "--port", "0"], "--host must be an address"),
     (["train", "--resume", "{run}", "--device", ""], "--device must be auto, cpu, cuda or cuda:N, got ''"),
     (["report", "{run}", "--out", "/dev/null"], "/dev/null: File exists and is not a folder; give a folder"),
+    (["report", "{run}", "--device", "tpu9", "--out", "{run}/r"], "--device must be auto, cpu, cuda or cuda:N"),
 ])
 def test_out_of_range_requests_are_one_line(argv, words, capsys, ae_run, tmp_path):
     run = copy_run(ae_run, tmp_path / "run")

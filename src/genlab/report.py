@@ -178,8 +178,10 @@ def _anchor(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", name) or "run"
 
 
-def comparison_section(run_dirs: list[Path]) -> Section:
-    """One table, a row per run: what each trained on, for how long, and where it ended."""
+def comparison_section(run_dirs: list[Path], device: str = "auto", limit: int = 1000) -> Section:
+    """One table, a row per run: what each trained on, for how long, where it ended, and its mean energy on
+    (up to ``limit``) test images: from ``genlab evaluate``'s evaluation.json where that holds it, else computed
+    here on ``device``."""
     rows = []
     for d in run_dirs:
         config = _run_config(d)
@@ -187,16 +189,33 @@ def comparison_section(run_dirs: list[Path]) -> Section:
         last = metrics[-1] if metrics else {}
         evaluation = cfgmod.read_json(d / "evaluation.json") if (d / "evaluation.json").is_file() else {}
         energy, images = evaluation.get("energy"), evaluation.get("images")
-        number = lambda v: v if isinstance(v, (int, float)) and not isinstance(v, bool) else None  # noqa: E731
+        if not _number(energy) or not _number(images):
+            energy, images = _mean_test_energy(d, device, limit)
         rows.append([str(d), config.get("model", "?"), config.get("train_config", {}).get("dataset", "?"),
-                     last.get("epoch"), last.get("seconds"), last.get("test/loss"), number(energy), number(images)])
+                     last.get("epoch"), last.get("seconds"), last.get("test/loss"), energy, images])
     return Section("runs", "Runs side by side").table(
-        ["run", "model", "data set", "epochs", "training s", "test loss", "mean energy", "of images"], rows,
-        "The last epoch's test loss (each model's own objective: compare runs of one model), and the mean energy "
-        "of the images genlab evaluate scored, where it has been run")
+        ["run", "model", "data set", "epochs", "training s", "test loss", "mean energy", "of test images"], rows,
+        "The last epoch's test loss (each model's own objective: compare runs of one model) and the mean energy "
+        "of the test images (a conditional model's given their labels); energies compare runs of one model too")
 
 
-def report_runs(run_dirs: list[Path], out_dir: Path) -> tuple[Path, Path]:
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _mean_test_energy(run_dir: Path, device: str, limit: int) -> tuple[float, int]:
+    from genlab.checkpoint import load_run
+    from genlab.data import run_dataset
+    from genlab.evaluate import mean_energy
+
+    run = load_run(run_dir, device=device)
+    data = run_dataset(run.train_cfg, "test", shape=run.model_cfg.shape)
+    images = data.images[:limit]
+    labels = data.labels[:len(images)] if run.model.conditional else None
+    return mean_energy(run.model, images, labels=labels), len(images)
+
+
+def report_runs(run_dirs: list[Path], out_dir: Path, device: str = "auto") -> tuple[Path, Path]:
     if (Path(out_dir) / "report.html").exists():  # as genlab reproduce: never replace a report silently
         raise GenlabError(f"{out_dir} already holds a report; choose another --out or remove it")
     run_dirs = [Path(d) for d in run_dirs]
@@ -205,7 +224,7 @@ def report_runs(run_dirs: list[Path], out_dir: Path) -> tuple[Path, Path]:
         if d.resolve() in seen:
             raise GenlabError(f"the run {d.resolve()} is named twice; name each run once")
         seen[d.resolve()] = d
-    sections, ids = [comparison_section(run_dirs)] if len(run_dirs) > 1 else [], {"runs"}
+    sections, ids = [comparison_section(run_dirs, device)], {"runs"}
     for d in run_dirs:
         anchor, k = _anchor(d.name), 2
         while anchor in ids:

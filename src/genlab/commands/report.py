@@ -12,6 +12,8 @@ def add(subparsers) -> None:
     p = subparsers.add_parser("report", help="build an HTML and Markdown report for one or more runs")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default="report", help="output folder (default: ./report)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP + "; computes the mean test energy of runs that "
+                   "genlab evaluate has not scored")
     p.set_defaults(func=report)
 
     p = subparsers.add_parser("reproduce", help="train and evaluate every model of the lecture; write a report")
@@ -27,9 +29,12 @@ def add(subparsers) -> None:
 
 
 def report(args) -> int:
+    from genlab.config import check_device
     from genlab.report import report_runs
 
-    html_path, md_path = report_runs([Path(d) for d in args.run_dirs], Path(args.out))
+    check_device(args.device)
+
+    html_path, md_path = report_runs([Path(d) for d in args.run_dirs], Path(args.out), args.device)
     print(html_path)
     print(md_path)
     return 0

@@ -33,6 +33,7 @@ _THREAD_COUNT_PROBLEM = _thread_count_problem()
 
 from genlab.commands import data, denoise, energy, evaluate, inpaint, report, serve, train  # noqa: E402
 from genlab.commands.flags import Parser  # noqa: E402
+from genlab.models import MODELS  # noqa: E402
 
 COMMANDS = (train, data, evaluate, energy, denoise, inpaint, report, serve)  # in the order --help lists them
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         unrecognized(parser, args, unknown)
     if args.command == "train" and args.model is None and not args.resume:
-        parser.error("train needs a MODEL (one of the listed choices) or --resume RUN_DIR")
+        parser.error(f"train needs a MODEL ({', '.join(MODELS)}) or --resume RUN_DIR")
     if _THREAD_COUNT_PROBLEM:
         print(f"genlab: error: {_THREAD_COUNT_PROBLEM}", file=sys.stderr)
         return 2

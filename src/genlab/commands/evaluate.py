@@ -18,7 +18,7 @@ MAX_SAMPLES = 10_000  # one grid of 100 x 100 digits; more is a typo, not a figu
 def add(subparsers) -> None:
     ev = subparsers.add_parser("evaluate", help="test loss, energies and model-specific metrics of a run")
     ev.add_argument("run_dir", metavar="RUN_DIR")
-    ev.add_argument("--split", default="test", choices=("train", "test"))
+    ev.add_argument("--split", default="test", choices=("train", "test"), help="the split to evaluate (default: test)")
     ev.add_argument("--limit", type=bounded_int(0), default=0, help="use only the first N images (0: all)")
     ev.add_argument("--json", action="store_true", help="print one JSON object of metric name to value "
                     "(a value that is not finite, NaN or infinite, prints as null)")
@@ -32,9 +32,9 @@ def add(subparsers) -> None:
     sp = subparsers.add_parser("sample", help="draw samples from a model that can sample")
     sp.add_argument("run_dir", metavar="RUN_DIR")
     sp.add_argument("-n", type=bounded_int(1, MAX_SAMPLES), default=64,
-                    help=f"number of samples, 1 to {MAX_SAMPLES} (one grid image)")
-    sp.add_argument("--out", default="samples.png", help="output PNG")
-    sp.add_argument("--seed", type=seed_flag, default=0)
+                    help=f"number of samples, 1 to {MAX_SAMPLES} (one grid image; default: 64)")
+    sp.add_argument("--out", default="samples.png", help="output PNG (default: samples.png)")
+    sp.add_argument("--seed", type=seed_flag, default=0, help="seed of the draws (default: 0)")
     sp.add_argument("--device", default="auto", help=DEVICE_HELP)
     sp.add_argument("--label", type=bounded_int(0, 9), default=None,
                     help="conditional models: draw digits of this class 0-9 (default: a grid, one row per class)")

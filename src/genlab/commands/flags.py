@@ -54,13 +54,32 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str, defaul
             continue  # set by genlab itself, or already a flag (dcgan's --image-size also sizes the data)
         kind = optional_of(hints[f.name]) or hints[f.name]
         shown = getattr(defaults, f.name) if defaults is not None else f.default
-        help_text = f"{f.metadata.get('help', '')} (default: {shown})"
+        help_text = _help_text(f.metadata, shown)
         if kind is bool:
             group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_text)
         else:
-            group.add_argument(_flag(f.name), dest=f.name, type=kind, default=argparse.SUPPRESS,
-                               choices=f.metadata.get("choices"), help=help_text, metavar=f.name.upper())
+            choices = f.metadata.get("choices")  # shown as {a,b,c} in the usage and the help
+            group.add_argument(_flag(f.name), dest=f.name, type=kind, default=argparse.SUPPRESS, choices=choices,
+                               help=help_text, metavar=None if choices else f.name.upper())
+
+
+def _help_text(meta: dict, shown: Any) -> str:
+    """A field's help, then its default (unless the help says it) and the range it declares."""
+    text, notes = meta.get("help", ""), []
+    if "(default:" not in text and shown not in ("", None):
+        notes.append(f"default: {shown}")
+    bounds = [f"{word} {_number(meta[key])}" for key, word in
+              (("min", "at least"), ("above", "above"), ("max", "at most"), ("below", "below"))
+              if meta.get(key) is not None]
+    if meta.get("min") is not None and meta.get("max") is not None:
+        bounds = [f"{_number(meta['min'])} to {_number(meta['max'])}"]
+    notes += [", ".join(bounds)] if bounds else []
+    return f"{text} ({'; '.join(notes)})" if notes else text
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e16 else f"{value:g}"
 
 
 def from_namespace(cls: type, ns: argparse.Namespace, base: Any = None) -> Any:

@@ -4,6 +4,8 @@ configs) and ``genlab train --resume RUN_DIR``."""
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 
 from genlab import checkpoint, config as cfgmod
 from genlab.commands.flags import DEVICE_HELP, Parser, add_arguments, bounded_int, from_namespace
@@ -23,9 +25,16 @@ def add(subparsers) -> None:
     p.set_defaults(func=command, model=None)
     models = p.add_subparsers(dest="model", parser_class=Parser, metavar="MODEL")
     for name, cls in MODELS.items():
-        m = models.add_parser(name, help=(cls.__doc__ or name).strip().splitlines()[0])
+        m = models.add_parser(name, help=summary(cls), description=summary(cls))
         add_arguments(m, cls.Config, f"{name} model")
         add_arguments(m, cfgmod.TrainConfig, "training", defaults=default_train_config(name))
+
+
+def summary(cls) -> str:
+    """What a model is, in a few words: its module's first sentence without citations."""
+    doc = " ".join((sys.modules[cls.__module__].__doc__ or cls.__name__).split())
+    first = re.split(r"[:.](?:\s|$)", doc, maxsplit=1)[0]
+    return re.sub(r"\s*\([^()]*\)", "", first).strip() or cls.__name__
 
 
 def command(args) -> int:

@@ -278,6 +278,9 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
     train_labels, test_labels = train_labels[:len(train_images)], test_set.labels[:len(test_images)]
     if cfg.batch_size < ctx.world:
         raise GenlabError(f"--batch-size {cfg.batch_size} is smaller than the {ctx.world} processes")
+    if len(train_images) < max(2, ctx.world):
+        raise GenlabError(f"{dataset} gives {len(train_images)} training image(s); training needs at least "
+                          f"{max(2, ctx.world)} (one per process, and two for batch norm)")
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build(model_name, model_cfg).to(ctx.device)

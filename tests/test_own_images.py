@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 import zipfile
 from pathlib import Path
@@ -137,6 +138,39 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
         archive.writestr("images.npy", b"not an array")
     assert_one_line(cli(capsys, "train", "ae", "--dataset", f"npz:{tmp_path / 'odd.npz'}", "--out", tmp_path / "r7"),
                     "'images' is not a numpy array")
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that announces width x height grey pixels and holds one row: enough for a decoder's size check."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1)))
+            + chunk(b"IEND", b""))
+
+
+def test_hostile_image_files_are_one_line_or_read(tmp_path, capsys):
+    # Each of these once ended in a traceback or worse: a label of 10^12 took all memory, a file name that is not
+    # valid UTF-8 crashed OpenCV (segmentation fault), an image over OpenCV's pixel limit raised its own error,
+    # and a JPEG cut short was decoded grey below with libjpeg's warning on stderr.
+    np.savez(tmp_path / "huge.npz", images=blobs(20, (8, 8)), labels=np.array([0] * 19 + [10 ** 12]))
+    assert_one_line(cli(capsys, "train", "ae", "--dataset", f"npz:{tmp_path / 'huge.npz'}", "--out", tmp_path / "r"),
+                    "goes up to 1000000000000", "0 to 65535")
+    (tmp_path / "big.png").write_bytes(_png_header_only(40_000, 40_000))
+    cut = tmp_path / "cut.jpg"
+    ok, jpeg = cv2.imencode(".jpg", blobs(1, (64, 64))[0])
+    cut.write_bytes(jpeg.tobytes()[:len(jpeg) // 2])
+    odd = tmp_path / os.fsdecode(b"caf\xe9")
+    write_folder(odd, blobs(8, (28, 28)), np.zeros(8, int), ["x"])
+    for path, words in ((tmp_path / "big.png", "use a smaller image"), (cut, "a JPEG cut short")):
+        from genlab.data.files import read_image
+        with pytest.raises(GenlabError, match=words):
+            read_image(path)
+    images = genlab.data.files.decode_files(sorted((odd / "x").iterdir()), shape=(1, 28, 28))
+    assert images.shape == (8, 28, 28)
 
 
 def test_a_symlink_loop_in_a_folder_data_set_is_listed_once(tmp_path):

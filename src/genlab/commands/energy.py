@@ -99,7 +99,8 @@ def score_images(args: argparse.Namespace) -> int:
     flags = energy > threshold
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # as --out of the other commands
-    out = open(args.out, "w", newline="") if args.out else None if args.json else sys.stdout
+    # surrogateescape: a file name that is not valid UTF-8 is written back as the bytes it has on disk
+    out = open(args.out, "w", newline="", errors="surrogateescape") if args.out else None if args.json else sys.stdout
     if out is not None:
         try:
             writer = csv.writer(out)
@@ -115,6 +116,7 @@ def score_images(args: argparse.Namespace) -> int:
         print(json.dumps({"model": model.run.model_name, "threshold": float(threshold), "fpr": fpr,
                           "images": rows}))
     elif args.out:
-        print(f"wrote {len(paths)} rows to {args.out}: {int(flags.sum())} flagged above energy {threshold:.6g} "
+        rows = f"{len(paths)} row" + ("s" if len(paths) != 1 else "")
+        print(f"wrote {rows} to {args.out}: {int(flags.sum())} flagged above energy {threshold:.6g} "
               f"(held-out false-positive rate {fpr:g})")
     return 0

@@ -38,6 +38,7 @@ PREFIXES = ("folder:", "npz:")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 TEST_SHARE, SPLIT_SEED = 0.1, 0
 CACHE_VERSION = "genlab-images-1"
+MAX_LABEL = 65_535  # class labels of npz: data sets run from 0 to this
 
 
 def is_file_dataset(name: str) -> bool:
@@ -102,13 +103,25 @@ def list_images(root: str | Path) -> list[Path]:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """One file as uint8 [H, W] (grey) or [H, W, 3] (RGB); an unreadable file is a DataError naming it."""
+    """One file as uint8 [H, W] (grey) or [H, W, 3] (RGB); an unreadable file is a DataError naming it.
+
+    The bytes are read here and decoded from memory: OpenCV's own reading of a file whose name is not valid
+    UTF-8 crashed the process."""
     import cv2
 
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as e:
+        raise DataError(f"{path} cannot be read ({e.strerror or e}); fix or remove that file") from None
+    if data[:3].tobytes() == b"\xff\xd8\xff" and b"\xff\xd9" not in data[-65536:].tobytes():
+        # OpenCV would decode what is there, grey below, and libjpeg print its own warning
+        raise DataError(f"{path} is a JPEG cut short (no end marker); fix or remove that file")
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if len(data) else None
+    except cv2.error as e:  # over OpenCV's own limit of pixels, for one
+        raise DataError(f"{path} cannot be decoded ({' '.join(str(e.err).split())}); use a smaller image") from None
     if image is None:
-        why = "cannot be read" if not os.access(path, os.R_OK) else "is not a readable PNG, JPEG or BMP image"
-        raise DataError(f"{path} {why}; fix or remove that file")
+        raise DataError(f"{path} is not a readable PNG, JPEG or BMP image; fix or remove that file")
     return _normalise(image, str(path))
 
 
@@ -186,7 +199,8 @@ def _stat(paths: Iterable[str | Path]) -> list[tuple[str, int, int]]:
 def _fingerprint(files: Iterable[tuple[str, int, int]], *options) -> str:
     """A hash of the files' names, sizes and modification times (``scan_images``' triples) and of ``options``."""
     h = hashlib.sha256(repr((CACHE_VERSION, options)).encode())
-    h.update("\n".join(f"{p}\0{size}\0{mtime}" for p, size, mtime in files).encode())
+    # os.fsencode: a file name need not be valid UTF-8 (it comes back from the disk as it was written)
+    h.update(b"\n".join(os.fsencode(p) + f"\0{size}\0{mtime}".encode() for p, size, mtime in files))
     return h.hexdigest()[:32]
 
 
@@ -325,14 +339,20 @@ def _load_npz(path: Path, image_size: int, grey: bool) -> tuple[np.ndarray, np.n
         elif y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
             raise DataError(f"{path}: '{yk}' must be [N] whole numbers >= 0, one per image of '{xk}' "
                             f"({len(x)}), found {y.dtype} of shape {list(y.shape)}")
+        elif len(y) and int(y.max()) > MAX_LABEL:  # a class name per label up to the largest: a typo's worth of memory
+            raise DataError(f"{path}: '{yk}' goes up to {int(y.max())}; class labels run from 0 to {MAX_LABEL} "
+                            "(number the classes from 0)")
         names = [f"{path}:{xk}[{j}]" for j in range(len(x))]
         images.append(stack_images([_normalise(im, "array") for im in x], names, image_size, grey)
                       if (image_size or grey or x.ndim == 4) else x)
         labels.append(y.astype(np.int64))
         is_test.append(np.full(len(x), i == 1))
     if len(parts) == 2 and images[0].shape[1:] != images[1].shape[1:]:
+        same_size = images[0].shape[-2:] == images[1].shape[-2:] if images[0].ndim == images[1].ndim else False
+        fix = "--grey to make both grey" if images[0].shape[1:3] == images[1].shape[1:3] or same_size else \
+            "--image-size N to resize both (and --grey where one is colour)"
         raise DataError(f"{path}: x_train images are {list(images[0].shape[1:])} but x_test images are "
-                        f"{list(images[1].shape[1:])}; pass --image-size N to resize both")
+                        f"{list(images[1].shape[1:])}; pass {fix}")
     all_images, all_labels = np.concatenate(images), np.concatenate(labels)
     split = np.concatenate(is_test) if len(parts) == 2 else _seeded_split(len(all_images))
     if not split.any() or split.all():

@@ -213,6 +213,14 @@ def test_a_metrics_value_that_is_not_a_number_is_one_line(value, capsys, ae_run,
     assert not (tmp_path / "rep").exists()
 
 
+def test_a_metrics_line_nested_100000_deep_is_one_line(capsys, ae_run, tmp_path):
+    run = copy_run(ae_run, tmp_path / "run")
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write("[" * 100_000 + "\n" + (run / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    assert_one_line(*cli(capsys, "report", run, "--out", tmp_path / "rep")[:2], "line 3 is not a metrics record")
+    assert_one_line(*cli(capsys, "train", "--resume", run, "--epochs", "3")[:2], "line 3 is damaged")
+
+
 def test_a_metrics_log_that_is_a_fifo_is_one_line_not_a_wait(ae_run, tmp_path):
     # Reading a FIFO waits for a writer that never comes: --resume hung with no output.
     run = copy_run(ae_run, tmp_path / "run")

@@ -101,7 +101,7 @@ def read_metrics(path: Path) -> list[dict]:
             continue
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a hostile line nested 100,000 deep
             record = None
         if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
             raise GenlabError(f"{path} line {i + 1} is not a metrics record; the run directory is damaged")
@@ -135,7 +135,7 @@ def recover_metrics(run_dir: Path, counters: dict) -> int:
             line_epoch = record["epoch"]
             if not isinstance(line_epoch, int):
                 raise TypeError
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             if i == len(lines) - 1:  # the append of a killed run: drop it, the checkpoint decides
                 dropped += 1
                 continue

@@ -244,6 +244,16 @@ def test_denoise_never_writes_over_its_own_input_images(ae_run, tmp_path, capsys
     assert_one_line(*cli(capsys, "denoise", ae_run, "--images", folder, "--out", folder)[:2],
                     "would overwrite the input image", "choose another folder")
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == originals
+    # Nor over a file already in --out, nor one repair over another (x-pair.png's repair and x.png's pair).
+    (folder / "a-pair.png").write_bytes(originals["a.png"])
+    out = tmp_path / "out"
+    status, lines, _ = cli(capsys, "denoise", ae_run, "--images", folder, "--out", out)
+    assert status == 0, lines
+    assert sorted(p.name for p in out.iterdir()) == ["a-2-pair.png", "a-2.png", "a-pair-pair.png", "a-pair.png",
+                                                      "b-pair.png", "b.png"]
+    (out / "b.png").write_bytes(b"a file of the user's")
+    assert_one_line(*cli(capsys, "denoise", ae_run, "--images", folder, "--out", out)[:2], "already holds")
+    assert (out / "b.png").read_bytes() == b"a file of the user's"
 
 
 def test_sigterm_ends_any_command_with_one_line(ae_run):

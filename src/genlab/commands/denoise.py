@@ -39,6 +39,9 @@ def command(args) -> int:
             if hit is not None:
                 raise GenlabError(f"--out {out} would overwrite the input image {hit} with its repair; choose "
                                   "another folder for the repairs")
+            if (out / name).exists() or (out / name).is_symlink():
+                raise GenlabError(f"--out {out} already holds {name}; choose an empty or new folder (genlab "
+                                  "denoise replaces no file)")
     inputs = model.images_from_files(paths).numpy()
     repaired = model.denoise(torch.from_numpy(inputs))
     out.mkdir(parents=True, exist_ok=True)
@@ -53,15 +56,16 @@ def command(args) -> int:
 
 
 def _output_stems(paths) -> list[str]:
-    """Each image's output name: its own stem, numbered where files of one name come from different folders."""
-    used: set[str] = set()
+    """Each image's output name: its own stem, numbered where it would meet another image's NAME or NAME-pair
+    (files of one name from different folders; an input called x-pair.png beside x.png)."""
+    taken: set[str] = set()
     stems = []
     for path in paths:
         base = Path(path).stem
         stem, k = base, 1
-        while stem in used:
+        while stem in taken or f"{stem}-pair" in taken:
             k += 1
             stem = f"{base}-{k}"
-        used.add(stem)
+        taken.update((stem, f"{stem}-pair"))
         stems.append(stem)
     return stems

@@ -292,6 +292,20 @@ def test_a_thread_count_that_is_not_one_is_one_line(value, accepted):
             "at least 1 or unset it"], done.stderr
 
 
+@pytest.mark.parametrize("signum,line", [(signal.SIGINT, "genlab: interrupted"),
+                                         (signal.SIGTERM, "genlab: stopped by SIGTERM")])
+def test_a_signal_while_pytorch_loads_is_one_line(signum, line):
+    # Sent while the command's imports load (PyTorch takes a second or more): a KeyboardInterrupt traceback from
+    # inside an import, an abort from C++, or (SIGTERM) a death without a word.
+    process = subprocess.Popen([sys.executable, "-m", "genlab.cli", "evaluate", "no-such-run"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.6)
+    assert process.poll() is None, "the command ended before the signal; it cannot test this here"
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum and err.strip().splitlines() == [line], err
+
+
 def test_a_bug_shows_its_traceback_and_asks_for_a_report(capsys):
     def bug():
         raise ZeroDivisionError("oops")

@@ -31,25 +31,33 @@ def _thread_count_problem() -> str | None:
 
 _THREAD_COUNT_PROBLEM = _thread_count_problem()
 
-from genlab.commands import data, denoise, energy, evaluate, inpaint, report, serve, train  # noqa: E402
-from genlab.commands.flags import Parser  # noqa: E402
-from genlab.models import MODELS  # noqa: E402
 
-COMMANDS = (train, data, evaluate, energy, denoise, inpaint, report, serve)  # in the order --help lists them
+def build_parser():
+    """The parser of every command. Importing the commands loads PyTorch (a second or more), which is why it
+    happens here and not when this module is imported: see ``main``."""
+    from genlab.commands import data, denoise, energy, evaluate, inpaint, report, serve, train
+    from genlab.commands.flags import Parser
 
-
-def build_parser() -> Parser:
     parser = Parser(prog="genlab", description="Train, evaluate and visualise the classic deep generative "
                     "models as energy-based models.")
     parser.add_argument("--version", action="version", version=f"genlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for command in COMMANDS:
+    for command in (train, data, evaluate, energy, denoise, inpaint, report, serve):  # in the order --help lists
         command.add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    # Ctrl-C or SIGTERM while PyTorch and the rest load is held until they have loaded, then ends the command
+    # with its one line: raised in the middle of an import it gave a traceback, or an abort from inside C++.
+    with _signals_held() as caught:
+        parser = build_parser()
+    if caught:
+        print("genlab: interrupted" if caught[0] == signal.SIGINT else
+              f"genlab: stopped by {signal.Signals(caught[0]).name}", file=sys.stderr)
+        return 128 + caught[0]
+    from genlab.models import MODELS
+
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         unrecognized(parser, args, unknown)
@@ -60,6 +68,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with _sigterm_stops():
         return one_line_errors(lambda: args.func(args))
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT and SIGTERM noted, not acted on, inside the block; yields the list of those that came."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    old = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum))
+           for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
 
 
 def _stop(signum, frame):
@@ -81,7 +105,7 @@ def _sigterm_stops():
         signal.signal(signal.SIGTERM, old)
 
 
-def unrecognized(parser: Parser, args, unknown: list[str]) -> None:
+def unrecognized(parser, args, unknown: list[str]) -> None:
     """The one-line error for flags the command does not have, from the command's own parser, so it points
     at that command's help and suggests the nearest flag it does have."""
     names = [args.command] + ([args.model] if args.command == "train" and args.model else [])

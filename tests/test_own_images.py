@@ -379,3 +379,17 @@ def test_a_data_set_that_changed_shape_under_a_run_is_one_line_for_every_command
 
     with pytest.raises(GenlabError, match="now has 1 x 32 x 32 images"):
         Explorer([run], device="cpu")
+
+
+def test_a_conditional_run_on_resized_folder_images_evaluates(tmp_path, capsys):
+    # The sample-quality classifier learned the folder as it is on disk (colour, 48 x 48) and met 28 x 28 grey
+    # samples: a traceback. Such a run now reports its own terms and energy only.
+    write_folder(tmp_path / "rgb", blobs(20, (3, 48, 48)), np.arange(20) % 2, ["a", "b"])
+    status, err, _ = cli(capsys, "train", "cdcgan", "--dataset", f"folder:{tmp_path / 'rgb'}", "--image-size", "28",
+                         "--grey", "--batch-size", "8", "--epochs", "1", "--ngf", "8", "--ndf", "8", "--no-progress",
+                         "--no-figures", "--out", tmp_path / "run")
+    assert status == 0, err
+    status, err, out = cli(capsys, "evaluate", tmp_path / "run", "--json", "--limit", "10", "--device", "cpu")
+    assert status == 0, err
+    results = json.loads(out)
+    assert results["images"] >= 1 and "energy" in results and not any(k.startswith("cond_") for k in results)

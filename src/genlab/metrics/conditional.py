@@ -142,5 +142,9 @@ def evaluate_run(run, images_u8: Tensor, iwae_k=None, per_class: int = PER_CLASS
     if getattr(run.model, "quadrants", False):
         k = int(max(iwae_k)) if iwae_k else DEFAULT_K
         return quadrant_nll(run.model, images_u8, k, progress=True)
-    data_dir = run.train_cfg.data_dir
-    return evaluate_model(run.model, resolve_dataset_name(run.train_cfg.dataset, data_dir), data_dir, per_class)
+    from genlab.data.files import is_file_dataset
+
+    cfg = run.train_cfg
+    if is_file_dataset(cfg.dataset) and (cfg.image_size or cfg.grey):
+        return {}  # the feature classifier learns a folder:/npz: data set as it is, not resized or made grey
+    return evaluate_model(run.model, resolve_dataset_name(cfg.dataset, cfg.data_dir), cfg.data_dir, per_class)

@@ -293,6 +293,7 @@ def flag_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
         Case("images", "train on npz: a text file", ["train", "ae", *QUICK, "--dataset", f"npz:{ae}/config.json",
                                                      *out(143)]),
         Case("flags", "reproduce --jobs 0", ["reproduce", "--quick", "--jobs", "0", "--out", str(root / "rj0")]),
+        Case("flags", "reproduce --models ae ae", ["reproduce", "--quick", "--models", "ae", "ae", "--out", str(root / "rj2")]),
         Case("flags", "reproduce --jobs two", ["reproduce", "--quick", "--jobs", "two", "--out", str(root / "rj1")]),
     ]
     return cases

@@ -255,13 +255,17 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
     out = Path(out) if out else Path("runs") / f"reproduce-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     if (out / "report.html").exists():
         raise GenlabError(f"{out} already holds a report; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    known = [s.model for s in STAGES if s.model in MODELS]
+    if models is not None:
+        unknown = sorted(set(models) - set(known))
+        twice = sorted({m for m in models if models.count(m) > 1})
+        if unknown or twice or not models:
+            what = (f"unknown model(s) {', '.join(map(repr, unknown))}" if unknown else
+                    f"{', '.join(twice)} named twice" if twice else "no model named")
+            raise GenlabError(f"--models: {what}; choose from {', '.join(known)}")
     stages = [s for s in STAGES if s.model in MODELS and (not models or s.model in models)
               and (not quick or s.quick_too or models)]
-    if models and len(stages) != len(models):
-        unknown = sorted(set(models) - {s.model for s in stages})
-        raise GenlabError(f"unknown model(s) {', '.join(unknown)} for reproduce; choose from "
-                          f"{', '.join(s.model for s in STAGES if s.model in MODELS)}")
+    out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     steps = len(stages) + 3
     overall = tqdm(total=steps, desc="reproduce", unit="stage", file=sys.stderr, disable=None)

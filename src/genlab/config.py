@@ -74,19 +74,19 @@ class TrainConfig:
         check_device_name(self.device)
         self.class_list()
         check_dataset_name(self.dataset)
+        if self.lr_schedule == "cosine" and self.lr_final > self.lr:
+            raise GenlabError(f"--lr-final {self.lr_final:g} is above --lr {self.lr:g}; the cosine schedule decays "
+                              "from --lr down to --lr-final")
 
     def class_list(self) -> list[int]:
         """The labels of ``classes`` as sorted distinct ints in 0..999 (empty: every class); whether the data
         has them is checked when it is loaded."""
         text = self.classes.replace(" ", "")
-        try:
-            labels = sorted({int(c) for c in text.split(",")}) if text else []
-        except ValueError:
-            labels = [-1]
-        if any(not 0 <= c <= 999 for c in labels):
-            raise GenlabError(f"--classes must be comma-separated labels (0 to 999) like 3 or 0,1,2, "
+        parts = text.split(",") if text else []
+        if not all(re.fullmatch(r"[0-9]{1,3}", c) for c in parts) or len(set(map(int, parts))) < len(parts):
+            raise GenlabError(f"--classes must be distinct comma-separated labels (0 to 999) like 3 or 0,1,2, "
                               f"got {self.classes!r}")
-        return labels
+        return sorted(int(c) for c in parts)
 
 
 BUILTIN_DATASETS = ("auto", "mnist", "fashion-mnist", "mnist-5k")

@@ -77,6 +77,8 @@ def encoder_means(model: VAE, x: Tensor, batch_size: int = 1000) -> tuple[Tensor
 @torch.no_grad()
 def active_units(model: VAE, x: Tensor, threshold: float = 0.01) -> int:
     """How many latents are active: Cov_x(E_q[z_u]) > threshold (Burda et al. 2016, Sec. 5.2)."""
+    if len(x) < 2:
+        raise GenlabError("active units need at least 2 images (a variance over images); evaluate more of them")
     mu, _ = encoder_means(model, x)
     return int((mu.var(0) > threshold).sum())
 
@@ -125,7 +127,8 @@ def evaluate_vae(model: VAE, images_u8: Tensor, iwae_k: Sequence[int] = (1, 50, 
         best = bound if best is None else min(best, bound)
     out["nll"] = best if best is not None else out["neg_elbo"]
     out["bits_per_dim"] = out["nll"] / (x[0].numel() * math.log(2))
-    out["active_units"] = active_units(model, x)
+    if len(x) >= 2:  # a variance over images
+        out["active_units"] = active_units(model, x)
     out["kl_per_dim"] = [float(v) for v in kl_per_dim(model, x)]
     return out
 

@@ -529,6 +529,9 @@ def guarded_protocol():
             self._cancel_head_timer()
             super().connection_lost(exc)
 
+        def _unsupported_upgrade_warning(self) -> None:
+            pass  # no WebSocket here: such a request is answered as a plain one, without advice to install one
+
         def _cancel_head_timer(self) -> None:
             if self._head_timer is not None:
                 self._head_timer.cancel()

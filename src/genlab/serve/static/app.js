@@ -337,6 +337,8 @@ function watchView(run) {
 async function pollWatch() {
   let state;
   try { state = await api("GET", "/api/watch"); } catch (e) { setTimeout(pollWatch, 4000); return; }
+  const s = $("status");  // an earlier failed poll's error is over once a poll answers
+  if (s.classList.contains("error") && s.textContent.startsWith("/api/watch:")) status("watching again");
   for (const run of state.runs) {
     const v = watchView(run);
     v.metrics = run.metrics;

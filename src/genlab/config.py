@@ -83,10 +83,10 @@ class TrainConfig:
         has them is checked when it is loaded."""
         text = self.classes.replace(" ", "")
         parts = text.split(",") if text else []
-        if not all(re.fullmatch(r"[0-9]{1,3}", c) for c in parts) or len(set(map(int, parts))) < len(parts):
-            raise GenlabError(f"--classes must be distinct comma-separated labels (0 to 999) like 3 or 0,1,2, "
+        if not all(re.fullmatch(r"[0-9]{1,3}", c) for c in parts):  # ASCII digits: int() reads others too
+            raise GenlabError(f"--classes must be comma-separated labels (0 to 999) like 3 or 0,1,2, "
                               f"got {self.classes!r}")
-        return sorted(int(c) for c in parts)
+        return sorted({int(c) for c in parts})
 
 
 BUILTIN_DATASETS = ("auto", "mnist", "fashion-mnist", "mnist-5k")

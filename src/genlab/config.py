@@ -74,16 +74,14 @@ class TrainConfig:
         check_device_name(self.device)
         self.class_list()
         check_dataset_name(self.dataset)
-        if self.lr_schedule == "cosine" and self.lr_final > self.lr:
-            raise GenlabError(f"--lr-final {self.lr_final:g} is above --lr {self.lr:g}; the cosine schedule decays "
-                              "from --lr down to --lr-final")
 
     def class_list(self) -> list[int]:
         """The labels of ``classes`` as sorted distinct ints in 0..999 (empty: every class); whether the data
         has them is checked when it is loaded."""
         text = self.classes.replace(" ", "")
         parts = text.split(",") if text else []
-        if not all(re.fullmatch(r"[0-9]{1,3}", c) for c in parts):  # ASCII digits: int() reads others too
+        # ASCII digits only: int() reads other scripts' digits too
+        if not all(re.fullmatch(r"[0-9]+", c) and int(c) <= 999 for c in parts):
             raise GenlabError(f"--classes must be comma-separated labels (0 to 999) like 3 or 0,1,2, "
                               f"got {self.classes!r}")
         return sorted({int(c) for c in parts})

@@ -9,6 +9,7 @@ called on the main process when a run starts, after every epoch and at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import signal
@@ -25,11 +26,9 @@ from tqdm import tqdm
 
 from genlab import __version__, checkpoint, config as cfgmod, distributed, rundir
 from genlab.config import TrainConfig
-import dataclasses
-
 from genlab.data import check_run_shape, image_shape, load_dataset, resolve_dataset_name
-from genlab.data.files import is_file_dataset
 from genlab.data.batching import Batches, to_pixels
+from genlab.data.files import is_file_dataset
 from genlab.errors import GenlabError, Stopped
 from genlab.models import MODELS, build
 from genlab.models.base import per_example
@@ -276,11 +275,16 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
     train_images = train_images[:cfg.limit] if cfg.limit else train_images
     test_images = test_set.images[:cfg.eval_limit] if cfg.eval_limit else test_set.images
     train_labels, test_labels = train_labels[:len(train_images)], test_set.labels[:len(test_images)]
-    if cfg.batch_size < ctx.world:
-        raise GenlabError(f"--batch-size {cfg.batch_size} is smaller than the {ctx.world} processes")
-    if len(train_images) < max(2, ctx.world):
+    least = 2 * ctx.world  # two images a process: batch norm cannot normalise one
+    if ctx.world > 1 and cfg.batch_size < least:
+        raise GenlabError(f"--batch-size {cfg.batch_size} gives some of the {ctx.world} processes fewer than two "
+                          f"images a step; use at least {least}")
+    if len(train_images) < (least if ctx.world > 1 else 2):
         raise GenlabError(f"{dataset} gives {len(train_images)} training image(s); training needs at least "
-                          f"{max(2, ctx.world)} (one per process, and two for batch norm)")
+                          f"{least if ctx.world > 1 else 2} (two a process, for batch norm)")
+    if cfg.lr_schedule == "cosine" and cfg.lr_final > cfg.lr and not resuming:
+        raise GenlabError(f"--lr-final {cfg.lr_final:g} is above --lr {cfg.lr:g}; the cosine schedule decays from "
+                          "--lr down to --lr-final")
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build(model_name, model_cfg).to(ctx.device)

@@ -60,11 +60,12 @@ class Batches:
         self.rank, self.world = rank, world
 
     def __len__(self) -> int:
-        """Global batches per epoch. The last one may be smaller, but a last one too small to share out (fewer
-        images than processes, or a single image, which batch norm cannot normalise) is left out of the epoch:
-        with the shuffle, those images fall in other batches in other epochs."""
+        """Global batches per epoch. The last one may be smaller, but one too small to give every process two
+        images (batch norm cannot normalise one) is left out of the epoch; with the shuffle, those images fall
+        in other batches in other epochs. So one process and W see the same batches, except when the last one
+        holds 2 to 2W - 1 images, which W processes leave out."""
         full, rest = divmod(len(self.images), self.batch_size)
-        return full + (1 if rest and (rest >= max(2, self.world) or not full) else 0)
+        return full + (1 if rest and (rest >= 2 * self.world or not full) else 0)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, ...]]:
         """Yield (this process's uint8 shard [n x H x W] or [n x C x H x W], size of the global batch) from batch ``start`` on;

@@ -308,6 +308,16 @@ def test_a_signal_while_pytorch_loads_is_one_line(signum, line):
     assert process.returncode == 128 + signum and err.strip().splitlines() == [line], err
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    # genlab energy RUN | head: the pipe closed under a long listing, and genlab said "error: Broken pipe".
+    script = ("import sys; from genlab.errors import one_line_errors\n"
+              "def main():\n    for i in range(10 ** 6):\n        print(i)\n    return 0\n"
+              "sys.exit(one_line_errors(main))")
+    done = subprocess.run(f"{sys.executable} -c '{script}' | head -1", shell=True, capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout == "0\n" and done.stderr == "", done.stderr
+
+
 def test_a_bug_shows_its_traceback_and_asks_for_a_report(capsys):
     def bug():
         raise ZeroDivisionError("oops")

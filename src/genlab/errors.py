@@ -63,6 +63,12 @@ def one_line_errors(main: Callable[[], int], prog: str = "genlab") -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output has gone (genlab ... | head): stop quietly, as cat does
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit writes there
+        except (OSError, ValueError):  # io.UnsupportedOperation is a ValueError: no file behind sys.stdout
+            pass
+        return 128 + 13
     except OSError as e:
         print(f"{prog}: error: {describe_os_error(e)}", file=sys.stderr)
         return 2

@@ -55,7 +55,12 @@ class Section:
 def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
-    return "" if value is None else str(value)
+    return "" if value is None else _text(str(value))
+
+
+def _text(text: str) -> str:
+    """Text as a report shows it: a folder name that is not valid UTF-8 with U+FFFD where its bad bytes were."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 CSS = """
@@ -109,7 +114,7 @@ def render_markdown(title: str, sections: list[Section], base: Path) -> str:
                     out += [f"*{block.caption}*", ""]
                 out.append("| " + " | ".join(block.headers) + " |")
                 out.append("|" + "---|" * len(block.headers))
-                out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in block.rows]
+                out += ["| " + " | ".join(_cell(c).replace("|", "\\|") for c in row) + " |" for row in block.rows]
                 out.append("")
             else:
                 out += [block, ""]
@@ -124,7 +129,7 @@ def write_report(out_dir: Path, title: str, sections: list[Section]) -> tuple[Pa
     for name, text in (("report.html", render_html(title, sections)),
                        ("report.md", render_markdown(title, sections, out_dir))):
         tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text)
+        tmp.write_text(text, errors="surrogateescape")  # a folder name's odd bytes written back as they were
         tmp.replace(out_dir / name)
         paths.append(out_dir / name)
     return paths[0], paths[1]
@@ -189,8 +194,11 @@ def comparison_section(run_dirs: list[Path], device: str = "auto", limit: int = 
         last = metrics[-1] if metrics else {}
         evaluation = cfgmod.read_json(d / "evaluation.json") if (d / "evaluation.json").is_file() else {}
         energy, images = evaluation.get("energy"), evaluation.get("images")
-        if not _number(energy) or not _number(images):
-            energy, images = _mean_test_energy(d, device, limit)
+        if not (_number(energy) and _number(images) and evaluation.get("split") == "test"):
+            try:
+                energy, images = _mean_test_energy(d, device, limit)
+            except GenlabError:  # its data or checkpoint is not here (a copied run): the table says nothing
+                energy, images = None, None
         rows.append([str(d), config.get("model", "?"), config.get("train_config", {}).get("dataset", "?"),
                      last.get("epoch"), last.get("seconds"), last.get("test/loss"), energy, images])
     return Section("runs", "Runs side by side").table(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -88,6 +87,7 @@ def command(args: argparse.Namespace) -> int:
 def score_images(args: argparse.Namespace) -> int:
     """``genlab energy RUN --images PATH... [--out scores.csv] [--fpr 0.01]``: one CSV row per image file."""
     from genlab.data.files import image_paths
+    from genlab.evaluate import finite_or_null
 
     if args.out and not args.out.endswith(".csv"):
         raise GenlabError(f"--out with --images writes a CSV: give a name ending in .csv, got {args.out}")
@@ -99,8 +99,10 @@ def score_images(args: argparse.Namespace) -> int:
     flags = energy > threshold
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # as --out of the other commands
-    # surrogateescape: a file name that is not valid UTF-8 is written back as the bytes it has on disk
-    out = open(args.out, "w", newline="", errors="surrogateescape") if args.out else None if args.json else sys.stdout
+    if args.out:  # surrogateescape: a file name that is not valid UTF-8 is written back as its bytes on disk
+        out = open(args.out, "w", newline="", errors="surrogateescape")
+    else:
+        out = None if args.json else sys.stdout
     if out is not None:
         try:
             writer = csv.writer(out)
@@ -111,10 +113,10 @@ def score_images(args: argparse.Namespace) -> int:
             if args.out:
                 out.close()
     if args.json:
-        rows = [{"path": str(path), "energy": float(e) if math.isfinite(e) else None, "percentile": float(p),
-                 "flag": bool(f)} for path, e, p, f in zip(paths, energy, percentile, flags)]
-        print(json.dumps({"model": model.run.model_name, "threshold": float(threshold), "fpr": fpr,
-                          "images": rows}))
+        rows = [{"path": str(path), "energy": float(e), "percentile": float(p), "flag": bool(f)}
+                for path, e, p, f in zip(paths, energy, percentile, flags)]
+        print(json.dumps(finite_or_null({"model": model.run.model_name, "threshold": float(threshold), "fpr": fpr,
+                                         "images": rows}), allow_nan=False))
     elif args.out:
         rows = f"{len(paths)} row" + ("s" if len(paths) != 1 else "")
         print(f"wrote {rows} to {args.out}: {int(flags.sum())} flagged above energy {threshold:.6g} "

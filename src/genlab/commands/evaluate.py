@@ -48,10 +48,11 @@ def evaluate(args) -> int:
     run = load_run(args.run_dir, device=args.device)
     options = {"iwae_k": tuple(args.iwae_k)} if args.iwae_k else {}
     results = evaluate_run(run, split=args.split, limit=args.limit, quality=args.quality, **options)
-    try:  # kept beside the run, where genlab report finds it
-        cfgmod.write_json(Path(run.dir) / "evaluation.json", finite_or_null(results))
-    except GenlabError as e:
-        print(f"genlab evaluate: note: {e}; the results are printed only", file=sys.stderr)
+    if args.split == "test":  # kept beside the run, where genlab report finds it
+        try:
+            cfgmod.write_json(Path(run.dir) / "evaluation.json", finite_or_null(results))
+        except GenlabError as e:
+            print(f"genlab evaluate: note: {e}; the results are printed only", file=sys.stderr)
     if args.json:
         print(json.dumps(finite_or_null(results), allow_nan=False))
     else:

@@ -514,11 +514,17 @@ def test_a_head_without_end_and_a_request_never_finished_are_refused(server):
     half_head.sendall(b"GET /api/models HTTP/1.1\r\n" + host + b"X-a: ")
     half_body = socket.create_connection(("127.0.0.1", port), timeout=30)
     half_body.sendall(b"POST /api/draw HTTP/1.1\r\n" + host + b"Content-Length: 6\r\n\r\n{")
+    unread_body = socket.create_connection(("127.0.0.1", port), timeout=30)  # a body nobody reads, never finished
+    unread_body.sendall(b"GET /api/models HTTP/1.1\r\n" + host + b"Content-Length: 100\r\n\r\n{")
+    silent = socket.create_connection(("127.0.0.1", port), timeout=30)  # connects, sends nothing
     assert http(port, "GET", "/api/models")[0] == 200  # the others are served meanwhile
     answers = [half_head.recv(300), half_body.recv(2000)]
     assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), answers
     assert b"did not arrive within 10 s" in answers[0] and 9 < time.monotonic() - began < 25
-    for connection in (endless, half_head, half_body):
+    assert b"connection: close" in answers[1] and half_body.recv(100) == b""  # closed: no trickling on
+    assert unread_body.recv(100).startswith(b"HTTP/1.1 200 ")  # answered, then held no longer than the limit
+    assert silent.recv(300).startswith(b"HTTP/1.1 408 ") and silent.recv(100) == b""
+    for connection in (endless, half_head, half_body, unread_body, silent):
         connection.close()
     assert http(port, "GET", "/api/models")[0] == 200
 

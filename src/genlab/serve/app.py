@@ -59,7 +59,7 @@ from genlab.serve.preprocess import mnist_style
 
 MAX_BODY = 64 * 1024  # bytes; a 112 x 112 drawing as JSON is under 50 KiB
 MAX_HEAD = 64 * 1024  # bytes of a request's line and headers (browsers send under 2 KiB)
-HEAD_SECONDS = BODY_SECONDS = 10.0  # to send a request's head, and then its body
+REQUEST_SECONDS = BODY_SECONDS = 10.0  # to send a whole request (the protocol), and its body (the app, a JSON 408)
 MAX_SIDE = 112        # largest drawing side accepted
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
           "style.css": "text/css; charset=utf-8"}
@@ -455,7 +455,9 @@ def build_app(explorer: Explorer, hosts: set[str]) -> Guard:
         return Response(data, media_type="image/png")
 
     async def api_error(request: Request, exc: ApiError):
-        return Response(_error_body(str(exc)), status_code=exc.status, media_type="application/json")
+        # A body too big or too slow is not read to its end: the connection closes, no one trickles on it.
+        close = {"connection": "close"} if exc.status in (408, 413) else None
+        return Response(_error_body(str(exc)), status_code=exc.status, media_type="application/json", headers=close)
 
     async def http_error(request: Request, exc: HTTPException):
         why = {404: f"no such endpoint {request.url.path[:80]!r}; GET /api lists them",
@@ -486,10 +488,11 @@ def build_app(explorer: Explorer, hosts: set[str]) -> Guard:
 
 # -- the connection --------------------------------------------------------------------------------------------
 def guarded_protocol():
-    """uvicorn's HTTP protocol (on the httptools parser) with the two limits on a request's head that it lacks:
-    at most ``MAX_HEAD`` bytes (else 431), sent within ``HEAD_SECONDS`` of its first byte (else 408). Without
+    """uvicorn's HTTP protocol (on the httptools parser) with the limits on a request that it lacks: its line and
+    headers at most ``MAX_HEAD`` bytes (else 431), and the whole request, from its first byte (or from the
+    connection, for the first one), within ``REQUEST_SECONDS`` (else 408 and the connection closes). Without
     them one client sending a header without end held the server's memory and stalled every other request,
-    and clients that never finished their headers held their connections (and file descriptors) for ever.
+    and clients that sent nothing, or never finished, held their connections (and file descriptors) for ever.
     uvicorn's own choice of protocol where httptools is missing."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -499,7 +502,8 @@ def guarded_protocol():
     class GuardedProtocol(HttpToolsProtocol):
         def connection_made(self, transport):
             super().connection_made(transport)
-            self._in_head, self._head_bytes, self._head_timer = True, 0, None
+            self._in_head, self._head_bytes, self._deadline = True, 0, None
+            self._arm()  # a connection that never sends a byte is closed too
 
         def data_received(self, data: bytes) -> None:
             if self._in_head:
@@ -511,34 +515,42 @@ def guarded_protocol():
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._cancel_head_timer()
-            self._head_timer = self.loop.call_later(
-                HEAD_SECONDS, self._refuse, 408, "Request Timeout",
-                f"the request's headers did not arrive within {HEAD_SECONDS:.0f} s")
+            self._arm()
 
         def on_headers_complete(self) -> None:
             self._in_head = False
-            self._cancel_head_timer()
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
             self._in_head, self._head_bytes = True, 0  # the next request on this connection
+            self._disarm()  # between requests, uvicorn's keep-alive limit holds
 
         def connection_lost(self, exc) -> None:
-            self._cancel_head_timer()
+            self._disarm()
             super().connection_lost(exc)
 
         def _unsupported_upgrade_warning(self) -> None:
             pass  # no WebSocket here: such a request is answered as a plain one, without advice to install one
 
-        def _cancel_head_timer(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(REQUEST_SECONDS, self._expire)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expire(self) -> None:
+            self._deadline = None
+            if self.cycle is not None and not self.cycle.response_complete or self.pipeline:
+                self._arm()  # still answering an earlier request here, and reading nothing meanwhile: wait
+                return
+            self._refuse(408, "Request Timeout", f"the request did not arrive within {REQUEST_SECONDS:.0f} s")
 
         def _refuse(self, status: int, reason: str, message: str) -> None:
-            self._cancel_head_timer()
+            self._disarm()
             if self.transport.is_closing():
                 return
             body = _error_body(message)
@@ -598,7 +610,8 @@ def serve(run_dirs=(), watch=(), host: str = "127.0.0.1", port: int = 8000, allo
               file=sys.stderr)
     shown = f"[{host}]" if ":" in host else host
     config = uvicorn.Config(build_app(explorer, allowed_hosts(host, port, allow_hosts)), log_level="warning",
-                            access_log=False, lifespan="off", timeout_keep_alive=30, http=guarded_protocol())
+                            access_log=False, lifespan="off", timeout_keep_alive=30, http=guarded_protocol(),
+                            ws="none")
     names = ", ".join([*explorer.models, *(f"{w} (watched)" for w in explorer.watched)])
     print(f"genlab serve: http://{shown}:{port}/  ({names}; Ctrl-C stops)", flush=True)
     # SIGTERM in the instant before uvicorn takes its signals over stops the start-up (genlab.cli's handler)

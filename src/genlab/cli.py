@@ -18,8 +18,8 @@ from genlab.errors import Stopped, one_line_errors
 
 def _thread_count_problem() -> str | None:
     """OMP_NUM_THREADS holding something other than a thread count (0, "abc"): OpenMP prints its own warning
-    when PyTorch loads and ignores the value. Taken out of the environment here, before anything imports
-    PyTorch, so that ``main`` can say the one line itself."""
+    when PyTorch loads and ignores the value. Taken out of the environment before PyTorch loads, so that
+    ``main`` says the one line itself."""
     value = os.environ.get("OMP_NUM_THREADS")
     count = r"\s*\+?0*[1-9][0-9]*\s*"  # what OpenMP reads: a list of positive counts
     if value is None or re.fullmatch(rf"{count}(,{count})*", value):
@@ -27,9 +27,6 @@ def _thread_count_problem() -> str | None:
     del os.environ["OMP_NUM_THREADS"]
     return (f"OMP_NUM_THREADS={value!r} is not a number of threads; set it to a whole number of at least 1 "
             "or unset it")
-
-
-_THREAD_COUNT_PROBLEM = _thread_count_problem()
 
 
 def build_parser():
@@ -48,6 +45,7 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
+    thread_count_problem = _thread_count_problem()  # before PyTorch loads (build_parser), which reads it
     # Ctrl-C or SIGTERM while PyTorch and the rest load is held until they have loaded, then ends the command
     # with its one line: raised in the middle of an import it gave a traceback, or an abort from inside C++.
     with _signals_held() as caught:
@@ -63,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         unrecognized(parser, args, unknown)
     if args.command == "train" and args.model is None and not args.resume:
         parser.error(f"train needs a MODEL ({', '.join(MODELS)}) or --resume RUN_DIR")
-    if _THREAD_COUNT_PROBLEM:
-        print(f"genlab: error: {_THREAD_COUNT_PROBLEM}", file=sys.stderr)
+    if thread_count_problem:
+        print(f"genlab: error: {thread_count_problem}", file=sys.stderr)
         return 2
     with _sigterm_stops():
         return one_line_errors(lambda: args.func(args))
@@ -78,7 +76,8 @@ def _signals_held():
         yield caught
         return
     old = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum))
-           for signum in (signal.SIGINT, signal.SIGTERM)}
+           for signum in (signal.SIGINT, signal.SIGTERM)
+           if signal.getsignal(signum) is not signal.SIG_IGN}  # a background job's ignored Ctrl-C stays ignored
     try:
         yield caught
     finally:

@@ -54,6 +54,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from genlab.errors import GenlabError
+from genlab.evaluate import finite_or_null
 from genlab.serve.explorer import LIMITS, Explorer, encode_image
 from genlab.serve.preprocess import mnist_style
 
@@ -88,17 +89,7 @@ class JSON(JSONResponse):
     from the disk) is escaped: never a failure to encode, so never a 500."""
 
     def render(self, content) -> bytes:
-        return json.dumps(_finite(content), ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
-
-
-def _finite(value):
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(v) for key, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+        return json.dumps(finite_or_null(content), ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
 
 
 def _error_body(message: str) -> bytes:

@@ -66,9 +66,10 @@ def find_runs(paths) -> list[Path]:
     """Run directories named by ``paths``: each a run (it holds config.json) or a folder of runs (as
     ``genlab reproduce`` writes: one sub-folder per model)."""
     runs = []
-    for p in map(Path, paths):
-        if str(p) == "." and "" in map(str, paths):
+    for raw in paths:
+        if not str(raw).strip():
             raise GenlabError("a run directory given is empty (''); name the folder genlab train wrote")
+        p = Path(raw)
         if (p / CONFIG).is_file():
             runs.append(p)
         elif p.is_dir():

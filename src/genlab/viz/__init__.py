@@ -1,27 +1,19 @@
 """Figures: drawing (figures), each model family's own (vae_figures, gan_figures, conditional_figures), the
 metrics' (metric_figures), and the training callbacks that draw a run's (callbacks)."""
 
-import os
-import tempfile
-from pathlib import Path
+import logging
 
 
-def _matplotlib_config_dir() -> None:
-    """Where the home folder cannot hold matplotlib's settings (HOME unset, read-only, /proc), give it a temporary
-    folder before it loads: it makes one itself, but prints two lines of warning into genlab's output first."""
-    if "MPLCONFIGDIR" in os.environ:
-        return
-    try:
-        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "matplotlib"
-        base.mkdir(parents=True, exist_ok=True)
-        if os.access(base, os.W_OK):
-            return
-    except (OSError, RuntimeError):  # RuntimeError: no home folder to be found
-        pass
-    os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="genlab-matplotlib-")
+class _QuietConfigDir(logging.Filter):
+    """Where the home folder cannot hold matplotlib's settings (HOME unset or read-only, /proc), matplotlib
+    makes a temporary folder and logs two warnings about it into genlab's output; this drops those two."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("mkdir -p failed for path") or "MPLCONFIGDIR" in message)
 
 
-_matplotlib_config_dir()
+logging.getLogger("matplotlib").addFilter(_QuietConfigDir())
 
 
 def training_callbacks(cfg) -> list:

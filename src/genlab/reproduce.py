@@ -369,7 +369,9 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
     timings["all stages"] = time.perf_counter() - began
     _write_json(out / "tables.json", {"dataset": dataset, "quick": quick, "timings_s": timings,
                                       **{k: v for k, v in tables.items()}})
-    sections = build_sections(runs, tables, timings, dataset, quick, figures)
+    trained_by = (f"{workers} training processes of one thread each" if workers > 1 and jobs else
+                  "one training process" if jobs else "runs trained earlier")
+    sections = build_sections(runs, tables, timings, dataset, quick, figures, trained_by)
     html_path, _ = write_report(out, "genlab: the generative-models lecture, reproduced", sections)
     minutes, seconds = divmod(round(time.perf_counter() - began), 60)
     _log(f"report: {html_path} ({minutes} min {seconds} s in all)")
@@ -380,12 +382,14 @@ def _fmt_rows(data: dict, keys: list[str]) -> list[list]:
     return [[name] + [row.get(k) for k in keys] for name, row in data.items()]
 
 
-def build_sections(runs, tables, timings, dataset, quick, figures: Path) -> list[Section]:
+def build_sections(runs, tables, timings, dataset, quick, figures: Path, trained_by: str = "") -> list[Section]:
     from genlab.report import run_section
 
     overview = Section("overview", "Overview")
     device = next(iter(runs.values())).model.device if runs else torch.device("cpu")
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    threads = f"evaluation on {torch.get_num_threads()} CPU threads" if device.type == "cpu" else ""
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU") + \
+        (f" ({'; '.join(x for x in (trained_by, threads) if x)})" if trained_by or threads else "")
     overview.text(f"Data set: {dataset}{' (quick schedules)' if quick else ''}. Models: {', '.join(runs)}. "
                   f"Device: {where}.")
     overview.table(["stage", "seconds"], [[k, v] for k, v in timings.items()], "Timings")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ LIMITS = {
     "walk_steps": 16,      # images of one walk through z or one interpolation strip
     "draw_batch": 64,      # drawings scored in one batched pass
 }
+TAIL_LINE_BYTES = 4096  # a metrics line is well under this (a few hundred bytes)
 METRICS_TAIL = 2000  # metrics lines of a watched run sent to the page
 
 
@@ -457,8 +459,11 @@ class Explorer:
         metrics = []
         path = w.dir / "metrics.jsonl"
         if path.is_file():
-            with open(path, "rb") as f:
-                lines = f.read().split(b"\n")
+            with open(path, "rb") as f:  # the tail only: a poll read a 300 MB log whole, 1.1 s each time
+                f.seek(0, os.SEEK_END)
+                start = max(0, f.tell() - METRICS_TAIL * TAIL_LINE_BYTES)
+                f.seek(start)
+                lines = f.read().split(b"\n")[1 if start else 0:]  # a line cut by the seek is not one
             for line in lines[-METRICS_TAIL - 1:]:
                 try:
                     record = json.loads(line)

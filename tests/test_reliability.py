@@ -301,7 +301,9 @@ def test_a_signal_while_pytorch_loads_is_one_line(signum, line):
     # inside an import, an abort from C++, or (SIGTERM) a death without a word.
     process = subprocess.Popen([sys.executable, "-m", "genlab.cli", "evaluate", "no-such-run"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.6)
+    maps, deadline = Path(f"/proc/{process.pid}/maps"), time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None and "libtorch" not in maps.read_text():
+        time.sleep(0.01)  # PyTorch's library mapped: its import has begun, inside main
     assert process.poll() is None, "the command ended before the signal; it cannot test this here"
     process.send_signal(signum)
     _, err = process.communicate(timeout=60)

@@ -48,12 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     thread_count_problem = _thread_count_problem()  # before PyTorch loads (build_parser), which reads it
     # Ctrl-C or SIGTERM while PyTorch and the rest load is held until they have loaded, then ends the command
     # with its one line: raised in the middle of an import it gave a traceback, or an abort from inside C++.
-    with _signals_held() as caught:
+    caught: list[int] = []
+    note = lambda signum, frame: caught.append(signum)  # noqa: E731
+    with _handlers({signal.SIGINT: note, signal.SIGTERM: note}):
         parser = build_parser()
-    if caught:
-        print("genlab: interrupted" if caught[0] == signal.SIGINT else
-              f"genlab: stopped by {signal.Signals(caught[0]).name}", file=sys.stderr)
-        return 128 + caught[0]
+    if caught:  # then said as a stop during the command is
+        return one_line_errors(lambda: _stop(caught[0], None))
     from genlab.models import MODELS
 
     args, unknown = parser.parse_known_args(argv)
@@ -64,44 +64,34 @@ def main(argv: list[str] | None = None) -> int:
     if thread_count_problem:
         print(f"genlab: error: {thread_count_problem}", file=sys.stderr)
         return 2
-    with _sigterm_stops():
+    # SIGTERM (``kill``, ``timeout``, a scheduler, torchrun stopping its other workers) ends any command as Ctrl-C
+    # does: one line, status 128 + 15. Training and the reproduction put their own handler in place while they
+    # train (they checkpoint first, then say how to go on).
+    with _handlers({signal.SIGTERM: _stop}):
         return one_line_errors(lambda: args.func(args))
 
 
 @contextlib.contextmanager
-def _signals_held():
-    """SIGINT and SIGTERM noted, not acted on, inside the block; yields the list of those that came."""
-    caught: list[int] = []
+def _handlers(handlers: dict):
+    """``handlers`` (signal -> function) in place inside the block, the old ones after it. A signal the caller
+    ignores (Ctrl-C in a background job) stays ignored; off the main thread, where Python sets none, nothing
+    changes."""
     if threading.current_thread() is not threading.main_thread():
-        yield caught
+        yield
         return
-    old = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum))
-           for signum in (signal.SIGINT, signal.SIGTERM)
-           if signal.getsignal(signum) is not signal.SIG_IGN}  # a background job's ignored Ctrl-C stays ignored
+    old = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()
+           if signal.getsignal(signum) is not signal.SIG_IGN}
     try:
-        yield caught
+        yield
     finally:
         for signum, handler in old.items():
             signal.signal(signum, handler)
 
 
 def _stop(signum, frame):
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Stopped(f"stopped by {signal.Signals(signum).name}", signum)
-
-
-@contextlib.contextmanager
-def _sigterm_stops():
-    """SIGTERM (``kill``, ``timeout``, a scheduler, torchrun stopping its other workers) ends any command as
-    Ctrl-C does: one line, status 128 + 15. Training and the reproduction put their own handler in place
-    while they train (they checkpoint first, then say how to go on)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.signal(signal.SIGTERM, _stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def unrecognized(parser, args, unknown: list[str]) -> None:

@@ -13,6 +13,7 @@ import torch
 
 from genlab.checkpoint import Run
 from genlab.data import run_dataset
+from genlab.data.files import is_file_dataset
 from genlab.metrics import conditional, likelihood
 from genlab.models.base import per_example
 from genlab.train import evaluate_terms
@@ -40,7 +41,7 @@ def evaluate_run(run: Run, split: str = "test", limit: int = 0, quality: bool = 
         # would then disagree in the last digits with "loss" and with the run's metrics.jsonl.
         for key, value in EXTRA_METRICS[name](run, images, **options).items():
             results.setdefault(key, value)
-    mnist_like = tuple(run.model_cfg.shape) == (1, 28, 28) and not cfg.dataset.startswith(("folder:", "npz:"))
+    mnist_like = tuple(run.model_cfg.shape) == (1, 28, 28) and not is_file_dataset(cfg.dataset)
     if quality and run.model.can_sample and mnist_like:  # the quality metrics' classifier knows the built-ins
         from genlab.metrics.quality import evaluate_samples
         results.update(evaluate_samples(run, **options))

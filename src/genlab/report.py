@@ -227,11 +227,11 @@ def report_runs(run_dirs: list[Path], out_dir: Path, device: str = "auto") -> tu
     if (Path(out_dir) / "report.html").exists():  # as genlab reproduce: never replace a report silently
         raise GenlabError(f"{out_dir} already holds a report; choose another --out or remove it")
     run_dirs = [Path(d) for d in run_dirs]
-    seen: dict[Path, Path] = {}
+    seen: set[Path] = set()
     for d in run_dirs:
         if d.resolve() in seen:
             raise GenlabError(f"the run {d.resolve()} is named twice; name each run once")
-        seen[d.resolve()] = d
+        seen.add(d.resolve())
     sections, ids = [comparison_section(run_dirs, device)], {"runs"}
     for d in run_dirs:
         anchor, k = _anchor(d.name), 2

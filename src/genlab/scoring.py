@@ -135,11 +135,10 @@ class LoadedModel:
     def denoise(self, images, batch_size: int = 1000) -> np.ndarray:
         """The model's repair (reconstruction) of each image: uint8 [N x H x W] (grey) or [N x C x H x W]."""
         from genlab.data.batching import to_pixels, to_uint8
-        from genlab.models.base import GenerativeModel
         from genlab.rng import seeded
 
         name, others = self.run.model_name, "use an ae, dae, vae or ebgan run"
-        if type(self.model).reconstruct is GenerativeModel.reconstruct:  # the base class's: none of its own
+        if not self.model.can_reconstruct:
             raise GenlabError(f"a {name} model has no reconstruction to repair images with; {others}")
         if self.model.conditional:
             raise GenlabError(f"a {name} model repairs a digit only given its class, and these images come without "

@@ -279,9 +279,9 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
     if ctx.world > 1 and cfg.batch_size < least:
         raise GenlabError(f"--batch-size {cfg.batch_size} gives some of the {ctx.world} processes fewer than two "
                           f"images a step; use at least {least}")
-    if len(train_images) < (least if ctx.world > 1 else 2):
+    if len(train_images) < least:
         raise GenlabError(f"{dataset} gives {len(train_images)} training image(s); training needs at least "
-                          f"{least if ctx.world > 1 else 2} (two a process, for batch norm)")
+                          f"{least} (two a process, for batch norm)")
     if cfg.lr_schedule == "cosine" and cfg.lr_final > cfg.lr and not resuming:
         raise GenlabError(f"--lr-final {cfg.lr_final:g} is above --lr {cfg.lr:g}; the cosine schedule decays from "
                           "--lr down to --lr-final")

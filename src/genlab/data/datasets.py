@@ -152,8 +152,8 @@ def _download_missing(name: str, root: Path, download: bool) -> Path:
         if path.exists() and not path.is_file():
             what = "a directory" if path.is_dir() else "not a regular file"
             raise DataError(f"{path} is {what}, not one of {name}'s IDX files; remove it and put the file "
-                            "there, or choose another data directory with GENLAB_DATA_DIR (or --data-dir of train, reproduce "
-                            "and datasets)")
+                            "there, or choose another data directory with GENLAB_DATA_DIR (or --data-dir of train, "
+                            "reproduce and datasets)")
     where = (f"put {', '.join(missing)} into {target} (GENLAB_DATA_DIR chooses the data directory, which "
              f"holds {name}/; train, reproduce and datasets also take --data-dir)")
     if not download or _offline():

@@ -348,8 +348,8 @@ def _load_npz(path: Path, image_size: int, grey: bool) -> tuple[np.ndarray, np.n
         labels.append(y.astype(np.int64))
         is_test.append(np.full(len(x), i == 1))
     if len(parts) == 2 and images[0].shape[1:] != images[1].shape[1:]:
-        same_size = images[0].shape[-2:] == images[1].shape[-2:] if images[0].ndim == images[1].ndim else False
-        fix = "--grey to make both grey" if images[0].shape[1:3] == images[1].shape[1:3] or same_size else \
+        same_size = images[0].shape[-2:] == images[1].shape[-2:]  # [N, H, W] or [N, C, H, W]: only colour differs
+        fix = "--grey to make both grey" if same_size else \
             "--image-size N to resize both (and --grey where one is colour)"
         raise DataError(f"{path}: x_train images are {list(images[0].shape[1:])} but x_test images are "
                         f"{list(images[1].shape[1:])}; pass {fix}")

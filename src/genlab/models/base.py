@@ -109,6 +109,11 @@ class GenerativeModel(nn.Module):
     def reconstruct(self, x: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not reconstruct")
 
+    @property
+    def can_reconstruct(self) -> bool:
+        """Whether this model has a ``reconstruct`` of its own (the GANs do not)."""
+        return type(self).reconstruct is not GenerativeModel.reconstruct
+
     def sample(self, n: int) -> Tensor:
         """n samples as [n x C x H x W], the model's image shape, in its pixel range."""
         raise NotImplementedError(f"{type(self).__name__} cannot sample")

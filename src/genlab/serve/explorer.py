@@ -28,7 +28,6 @@ from genlab.data import run_dataset
 from genlab.data.batching import to_unit
 from genlab.distributed import resolve_device
 from genlab.errors import GenlabError
-from genlab.models.base import GenerativeModel
 
 # Caps on the work one request may ask for.
 LIMITS = {
@@ -96,10 +95,6 @@ def _unique_name(path: Path, taken: set[str]) -> str:
     return name
 
 
-def _has_reconstruction(model) -> bool:
-    return type(model).reconstruct is not GenerativeModel.reconstruct
-
-
 def _to_model(x_unit: Tensor, model) -> Tensor:
     """[N x 1 x 28 x 28] on [0, 1] -> the model's pixel range."""
     return x_unit * 2 - 1 if model.pixel_range == "tanh" else x_unit
@@ -130,7 +125,7 @@ def energy_and_reconstruction(model, x: Tensor) -> tuple[Tensor, Tensor | None]:
         logits = model.decode_logits(mu)
         energy = bernoulli_nll(logits, xb) + model.cfg.beta * gaussian_kl(mu, logvar).sum(1)
         return energy, torch.sigmoid(logits)
-    return model.energy(x), (model.reconstruct(x) if _has_reconstruction(model) else None)
+    return model.energy(x), (model.reconstruct(x) if model.can_reconstruct else None)
 
 
 @dataclass
@@ -256,7 +251,7 @@ class Explorer:
             x = _to_model(images.float().div(255).unsqueeze(1).to(self.device), run.model)
             energies = torch.cat([run.model.energy(x[i:i + 500]) for i in range(0, len(x), 500)])
             loaded = Loaded(name, run, images, labels, np.sort(energies.double().cpu().numpy()),
-                            _has_reconstruction(run.model))
+                            run.model.can_reconstruct)
             if run.model_name == "vae":
                 mu = run.model.encode(run.model.binarize(x))[0].float().cpu()
                 loaded.latent = LatentMap.of(mu)

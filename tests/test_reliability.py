@@ -411,6 +411,18 @@ def test_a_second_writer_is_refused(ae_run, tmp_path):
     train(None, None, quick_config(run, epochs=3), resume=run)  # the lock went with its holder
 
 
+def test_a_refused_run_leaves_no_empty_folders(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    refused = ["train", "ae", *QUICK, "--lr-schedule", "cosine", "--lr-final", "5"]
+    assert_one_line(*cli(capsys, *refused)[:2], "--lr-final 5")  # the default run dir, runs/ae-<time>
+    assert_one_line(*cli(capsys, *refused, "--out", "a/b/c")[:2], "--lr-final 5")
+    (tmp_path / "mine").mkdir()
+    assert_one_line(*cli(capsys, *refused, "--out", "mine")[:2], "--lr-final 5")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["mine"]
+    status, _, _ = cli(capsys, "train", "ae", *QUICK, "--out", "mine")
+    assert status == 0 and (tmp_path / "mine" / "checkpoint.safetensors").is_file()
+
+
 @pytest.mark.slow
 def test_two_trainers_started_at_once_on_one_out(tmp_path):
     out = tmp_path / "shared"

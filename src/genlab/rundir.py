@@ -29,13 +29,17 @@ METRICS = "metrics.jsonl"
 @contextmanager
 def claim(run_dir: Path, owner: bool = True) -> Iterator[None]:
     """Create ``run_dir`` if needed and hold its lock for the ``with`` block; ``owner=False`` (a DDP rank that
-    writes nothing) claims nothing. A directory held by another process is a GenlabError."""
+    writes nothing) claims nothing. A directory held by another process is a GenlabError. A run refused
+    before it wrote anything (a bad flag, say) leaves no empty directory behind: the folders made here for it
+    are removed again."""
     if not owner:
         yield
         return
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise GenlabError(f"{run_dir} is a file, not a run directory; choose another --out")
+    made = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # innermost first
+    made_lock = not (run_dir / LOCK).exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -55,9 +59,27 @@ def claim(run_dir: Path, owner: bool = True) -> Iterator[None]:
         except OSError:
             pass
         remove_stale_temporaries(run_dir)
-        yield
+        try:
+            yield
+        except BaseException:
+            if made_lock:
+                _remove_if_unused(run_dir, made)
+            raise
     finally:
         os.close(fd)  # releases the lock
+
+
+def _remove_if_unused(run_dir: Path, made: list[Path]) -> None:
+    """Remove the lock file ``claim`` made and the folders it made (``made``, innermost first) when the run
+    left nothing else in them (called while the lock is held)."""
+    if {p.name for p in run_dir.iterdir()} != {LOCK}:
+        return
+    try:
+        (run_dir / LOCK).unlink()
+        for folder in made:
+            folder.rmdir()  # an OSError (not empty: somebody else's file) ends the walk up
+    except OSError:
+        pass
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:

@@ -224,10 +224,11 @@ def _cli(*args, env=None, **kwargs):
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tmp_path):
-    # 1,025 images: the last global batch holds one image, which one of the two processes would not get (a
-    # traceback once); the epoch leaves it out, in both runs alike.
+    # 1,029 images: the last global batch holds five, three for one process and two for the other; the
+    # gradients and the logged means are still the global batch's. (A last batch of one image, which one of
+    # two processes would not get, is left out of the epoch: test_every_process_gets_images_in_every_batch.)
     common = ["ae", "--latent-dim", "16", "--dataset", "mnist-5k", "--epochs", "1", "--batch-size", "128",
-              "--limit", "1025", "--eval-limit", "100", "--no-figures", "--no-progress"]
+              "--limit", "1029", "--eval-limit", "100", "--no-figures", "--no-progress"]
     one = _cli("train", *common, "--out", str(tmp_path / "one"), timeout=300)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
@@ -241,6 +242,10 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     for key in a:
         assert not torch.equal(a[key], initial[key])  # both really trained
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
+    logged = [json.loads((tmp_path / run / "metrics.jsonl").read_text()) for run in ("one", "two")]
+    assert logged[0]["step"] == logged[1]["step"] == 9
+    for key in ("train/loss", "test/loss"):
+        assert logged[1][key] == pytest.approx(logged[0][key], rel=1e-5), key
 
 
 @pytest.mark.slow

@@ -358,7 +358,9 @@ def _step(model, inputs, global_n, optimizers, steps, ctx, precision: str) -> tu
     """One batch: each player in turn computes its loss, backpropagates (DDP averages the gradients across
     processes during the backward pass), steps. ``inputs``: (images,) or, for a conditional model, (images,
     labels). Returns the terms' names and their batch means, float32 [len(names)], still on the device, so
-    nothing waits for the device here; ``_Log.flush`` reads those of many steps at once.
+    nothing waits for the device here; ``_Log.flush`` reads those of many steps at once. Under DDP each
+    process's means are weighted by its share of the global batch, so their mean over processes is the
+    global batch's mean even when the last batch does not split evenly.
 
     Each step reduces its own terms: a GPU's reduction adds a row's numbers in an order that depends on how
     many rows it is given, so reducing many steps at once would make the logged means depend on when the log
@@ -378,7 +380,9 @@ def _step(model, inputs, global_n, optimizers, steps, ctx, precision: str) -> tu
         prefix = "" if player == "model" else f"{player}/"
         names += [prefix + key for key in terms]
         values += [value.detach() for value in terms.values()]
-    return names, _batch_means(values)
+    means = _batch_means(values)
+    share = len(inputs[0]) * ctx.world / global_n  # 1 unless the shards differ in size (a short last batch)
+    return names, means if share == 1 else means * share  # so _Log's mean over ranks is the global-batch mean
 
 
 def _batch_means(values: list[torch.Tensor]) -> torch.Tensor:

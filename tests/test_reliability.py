@@ -138,6 +138,15 @@ def test_damaged_config_json_is_one_line(config, words, capsys, ae_run, tmp_path
         assert_one_line(*cli(capsys, *argv)[:2], words)
 
 
+def test_a_config_json_naming_another_model_is_one_line(capsys, ae_run, tmp_path):
+    # A DAE has an AE's tensors, so only the model named in the checkpoint tells the two apart.
+    run = copy_run(ae_run, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "model": "dae"}))
+    for argv in (["train", "--resume", run, "--epochs", "3"], ["evaluate", run, "--no-quality"], ["energy", run]):
+        assert_one_line(*cli(capsys, *argv)[:2], "holds model 'ae', but its config.json names 'dae'")
+
+
 @pytest.mark.parametrize("argv,words", [
     (["sample", "{run}", "-n", "0"], "must be between 1 and 10000"),
     (["sample", "{run}", "-n", "-5"], "must be between 1 and 10000"),

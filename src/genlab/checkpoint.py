@@ -70,7 +70,8 @@ def save(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.O
          rng_states: dict[str, list[torch.Tensor]], counters: dict) -> None:
     """Write the checkpoint to a temporary file in the same folder, fsync it, then rename it into place.
 
-    ``rng_states``: {"cpu": [state per rank]} and, for a run on CUDA, "cuda": [state per rank].
+    ``rng_states``: {"cpu": [state per rank]} and, for a run on CUDA, "cuda": [state per rank]. The metadata
+    also names the model, so a ``config.json`` edited to name another model with the same tensors is caught.
     """
     path = Path(path)
     tensors = {f"model/{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
@@ -78,7 +79,8 @@ def save(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.O
     for kind, prefix in RNG_PREFIXES.items():
         for rank, state in enumerate(rng_states.get(kind, ())):
             tensors[f"{prefix}/{rank}"] = state.cpu().contiguous()
-    meta = {"counters": json.dumps(counters), "optimizers": json.dumps(optim_meta), "format": "genlab-1"}
+    meta = {"counters": json.dumps(counters), "optimizers": json.dumps(optim_meta), "format": "genlab-1",
+            "model": _model_name(model)}
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=path.parent)
@@ -105,6 +107,7 @@ class Checkpoint:
     rng_states: list[torch.Tensor]  # CPU generator state per rank
     counters: dict
     cuda_rng_states: list[torch.Tensor] = field(default_factory=list)  # per rank, for a run trained on CUDA
+    model_name: str | None = None  # the model that wrote it (None: a checkpoint of an older genlab)
 
 
 def load(path: Path) -> Checkpoint:
@@ -124,6 +127,7 @@ def load(path: Path) -> Checkpoint:
         # optimiser's settings are checked to be finite numbers in ``check``.
         counters = json.loads(meta["counters"])
         optim_meta = json.loads(meta["optimizers"])
+        model_name = meta.get("model")
     except (SafetensorError, OSError, KeyError, ValueError, TypeError, RecursionError) as e:
         raise GenlabError(f"checkpoint {path} is damaged or not a genlab checkpoint ({e}); "
                           "retrain, or restore the file") from None
@@ -153,7 +157,14 @@ def load(path: Path) -> Checkpoint:
     model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     optimizers = {name: _optimizer_from_flat(name, m, tensors, path) for name, m in optim_meta.items()}
     return Checkpoint(model_state, optimizers, [rng["rng"][r] for r in range(len(rng["rng"]))], counters,
-                      [rng["cuda_rng"][r] for r in range(len(rng["cuda_rng"]))])
+                      [rng["cuda_rng"][r] for r in range(len(rng["cuda_rng"]))], model_name)
+
+
+def _model_name(model: torch.nn.Module) -> str:
+    """The registry name of ``model``'s class ("" for a class outside the registry)."""
+    from genlab.models import MODELS
+
+    return next((name for name, cls in MODELS.items() if type(model) is cls), "")
 
 
 def _describe(t: torch.Tensor) -> str:
@@ -172,6 +183,9 @@ def check(ckpt: Checkpoint, model: torch.nn.Module, optimizers: dict[str, torch.
     run's config, and its counters and random states, before anything is loaded; a mismatch is one line
     naming the tensor. (Loading unchecked optimiser state can crash a fused kernel outright.) Weights an older
     genlab named differently are renamed first (``upgrade_state``), so its runs still load."""
+    if ckpt.model_name is not None and ckpt.model_name != _model_name(model):
+        raise GenlabError(f"{where} holds model {ckpt.model_name or '(none)'!r}, but its config.json "
+                          f"names {_model_name(model) or type(model).__name__!r}; restore config.json")
     if hasattr(model, "upgrade_state"):
         ckpt.model_state = model.upgrade_state(ckpt.model_state)
     _check_tensors(model.state_dict(), ckpt.model_state, "model/", where)

@@ -393,6 +393,7 @@ def test_a_run_stopped_by_a_signal_is_one_line_and_128_plus_the_signal_wherever_
     ("an unknown tensor", lambda t: {**t, "payload": torch.zeros(1)}, None, "unexpected tensor 'payload'"),
     ("a negative counter", None, {"epoch": -1}, "counter epoch"),
     ("a string counter", None, {"step": "7"}, "counter step"),
+    ("a divergence streak that is not a count", None, {"checks": {"saturated": -3}}, "counter checks"),
 ])
 def test_checkpoint_is_checked_before_loading(label, tensors, counters, words, capsys, ae_run, tmp_path):
     run = copy_run(ae_run, tmp_path / "run")

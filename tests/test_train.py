@@ -159,6 +159,26 @@ def test_resume_after_sigterm_mid_epoch_is_bitwise_exact(tmp_path, monkeypatch):
     assert_same_run(whole, tmp_path / "split")
 
 
+def test_a_resumed_gan_keeps_its_divergence_streaks(tmp_path, monkeypatch):
+    # The collapse check counts steps (its warm-up) and streaks across the interruption, as if none happened.
+    whole = train("ebgan", None, quick_config("ebgan", tmp_path / "whole", epochs=2))
+    real_step, calls = train_mod._step, {"n": 0}
+
+    def step_then_signal(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 11:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_step", step_then_signal)
+    with pytest.raises(Interrupted):
+        train("ebgan", None, quick_config("ebgan", tmp_path / "split", epochs=2))
+    monkeypatch.setattr(train_mod, "_step", real_step)
+    train(None, resume=tmp_path / "split")
+    checks = [checkpoint.load(run / checkpoint.CHECKPOINT).counters["checks"] for run in (whole, tmp_path / "split")]
+    assert checks[0]["collapse_seen"] == 16 and checks[1] == checks[0]
+
+
 @pytest.mark.parametrize("name", ["ebgan", "vae"])
 def test_reading_the_log_every_few_steps_changes_no_number(name, tmp_path, monkeypatch):
     # On a GPU the loop reads its terms back every 50 steps, reducing many steps' terms at once; here every

@@ -289,6 +289,10 @@ def _check_counters(counters: dict, where) -> None:
     if not (isinstance(sums, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                            for v in sums.values())):
         raise GenlabError(f"{where}: counter sums must map loss terms to numbers, found {sums!r}")
+    checks = counters.get("checks", {})
+    if not (isinstance(checks, dict) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                             for v in checks.values())):
+        raise GenlabError(f"{where}: counter checks must map divergence checks to step counts, found {checks!r}")
     if "record" in counters and not isinstance(counters["record"], dict):
         raise GenlabError(f"{where}: counter record must be a JSON object, found {counters['record']!r}")
 

@@ -183,6 +183,7 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
     log = _Log(model, ctx, counters, run_dir)
 
     def save_checkpoint():
+        counters["checks"] = model.check_state()  # the same on every rank: the checks read agreed means
         rng = distributed.gather_rng(ctx)
         if ctx.is_main:
             checkpoint.save(run_dir / checkpoint.CHECKPOINT, model, optimizers, rng, counters)
@@ -310,6 +311,7 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
             say(f"note: {run_dir} was trained on {trained} and resumes on {ctx.device.type}; its random stream "
                 "continues differently, so the result will not equal an uninterrupted run bit for bit")
         counters = ckpt.counters
+        model.load_check_state(counters.get("checks", {}))
         if ctx.is_main:
             rundir.recover_metrics(run_dir, counters)
             _record_schedule(run_dir, cfg.epochs)

@@ -94,6 +94,14 @@ class GenerativeModel(nn.Module):
         discriminator), or None. NaN and infinite losses are caught by the loop itself."""
         return None
 
+    def check_state(self) -> dict[str, int]:
+        """The counters behind ``diverged`` (streaks of suspicious steps), kept in the checkpoint so a resumed
+        run reaches the verdicts an uninterrupted one would."""
+        return {}
+
+    def load_check_state(self, state: dict[str, int]) -> None:
+        """Restore what ``check_state`` returned (an older checkpoint's empty dict leaves the counters at 0)."""
+
     def end_of_epoch(self, epoch: int) -> None:
         """Called after each epoch (and with ``epoch - 1`` before the first one trained, also on resume): set
         per-epoch schedules such as KL warm-up here, as a function of ``epoch`` alone so resuming is exact."""

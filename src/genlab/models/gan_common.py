@@ -140,7 +140,8 @@ def to_64(x: Tensor) -> Tensor:
 # -- what both GANs do alike --------------------------------------------------------------------------------
 class TwoPlayerGAN(GenerativeModel):
     """A discriminator ``d`` and a generator ``g`` stepped in that order by the one training loop; subclasses
-    set ``generator``, ``discriminator``, ``g_ema`` (an ``EMA`` or None), ``cfg.nz`` and ``steps(x)``."""
+    set ``generator``, ``discriminator``, ``g_ema`` (an ``EMA`` or None), ``cfg.nz``, ``steps(x)`` and the
+    divergence checks ``_saturated`` (a ``Streak``) and ``_collapsed`` (a ``CollapseCheck``)."""
 
     pixel_range = "tanh"
     players = ("d", "g")
@@ -161,6 +162,15 @@ class TwoPlayerGAN(GenerativeModel):
     def after_step(self, player: str) -> None:
         if player == "g" and self.g_ema is not None:
             self.g_ema.update(self.generator)
+
+    def check_state(self) -> dict[str, int]:
+        return {"saturated": self._saturated.count, "collapse_seen": self._collapsed.seen,
+                "collapse_streak": self._collapsed.streak.count}
+
+    def load_check_state(self, state: dict[str, int]) -> None:
+        self._saturated.count = state.get("saturated", 0)
+        self._collapsed.seen = state.get("collapse_seen", 0)
+        self._collapsed.streak.count = state.get("collapse_streak", 0)
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         """Both players' terms on one batch, no update: D's loss as ``loss``, G's as ``loss_g`` (each [N])."""

@@ -31,6 +31,8 @@ pytestmark = pytest.mark.slow  # real server processes and a real browser
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MODELS = ("ae", "dae", "vae", "ebgan", "dcgan")
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"]
 
 
 def _need_server_stack():
@@ -390,6 +392,17 @@ def test_draw_answers_with_the_models_own_energies(server, runs):
                 assert np.abs(sent.astype(int) - recon.astype(int)).max() <= 1, name
             else:
                 assert "reconstruction" not in got
+    # Pixels that are not whole numbers are scored as the 8-bit input the answer shows (the page's energies
+    # once differed from genlab energy's for a PNG of that input).
+    soft = (digit(3, 28).astype(np.float64) * 0.6 + 0.3).reshape(-1).tolist()
+    status, body = http(server["port"], "POST", "/api/draw", {"image": soft, "preprocess": False})
+    answer = json.loads(body)
+    shown = torch.from_numpy(np.frombuffer(base64.b64decode(answer["input"]), np.uint8).reshape(1, 28, 28).copy())
+    for name in MODELS:
+        run = load_run(runs[0] / name)
+        with torch.inference_mode():
+            expected = float(run.model.energy(to_pixels(shown, run.model.pixel_range))[0])
+        assert answer["models"][name]["energy"] == pytest.approx(expected, rel=1e-5, abs=1e-5), name
 
 
 def test_repair_matches_the_inpainting_benchmark(server, runs):
@@ -448,6 +461,26 @@ def test_conditional_models_take_a_digit_and_keep_it_along_the_style_walk(tmp_pa
             for bad in ({"label": 12}, {"label": "7"}, {"label": 2.5}):
                 status, body = http(port, "POST", "/api/sample", {"model": name, "n": 4, **bad})
                 assert status == 400 and "label" in json.loads(body)["error"]
+        if CHROMIUM is not None:  # (test_page_in_chromium says when it is missing)
+            # In a browser: no VAE and no DAE here, so those panels show their note and none of their controls
+            # (a .row's display once overrode the hidden attribute).
+            sync_api = pytest.importorskip("playwright.sync_api")
+            with sync_api.sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+                try:
+                    page = browser.new_page()
+                    errors = []
+                    page.on("pageerror", lambda e: errors.append(str(e)))
+                    page.goto(f"http://127.0.0.1:{port}/")
+                    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+                    page.wait_for_function("() => document.querySelectorAll('.gen-card .grid figure').length === 32")
+                    shown = {sel: page.is_visible(sel) for sel in ("#latent-none", "#latent-box", "#repair-none",
+                                                                    "#repair-controls", "#draw-box")}
+                    assert shown == {"#latent-none": True, "#latent-box": False, "#repair-none": True,
+                                     "#repair-controls": False, "#draw-box": True}
+                finally:
+                    browser.close()
+            assert errors == []
 
 
 def test_watch_follows_a_real_training_run(server):
@@ -481,14 +514,14 @@ def test_hostile_files_in_a_watched_run_are_skipped_not_a_500(server):
     odd_figures = [watched / "figures" / "half.tmp.png", watched / "figures" / os.fsdecode(b"bad\xff.png")]
     try:
         with open(metrics, "ab") as f:
-            f.write(b"[" * 100_000 + b"\n" + b'{"epoch": 9, "\\ud800": 1.0}\n')
+            f.write(b"[" * 100_000 + b"\n" + b'{"epoch": 9, "\\ud800": 1.0}\n' + b'{"test/loss": 1.0}\n')
         odd_figures[0].parent.mkdir(exist_ok=True)
         for path in odd_figures:
             path.write_bytes(b"\x89PNG")
         status, body = http(port, "GET", "/api/watch")
         assert status == 200, body
         run = next(r for r in json.loads(body)["runs"] if r["name"] == watched.name)
-        assert [m["epoch"] for m in run["metrics"]][-1] == 9
+        assert [m["epoch"] for m in run["metrics"]][-1] == 9  # the line without an epoch is no epoch's
         names = [f["name"] for f in run["figures"]]
         assert "half.tmp.png" not in names and "bad\udcff.png" in names  # escaped, still listed
     finally:
@@ -607,9 +640,7 @@ def test_page_in_chromium(server, tmp_path):
     base = server["base"]
     errors, requests = [], []
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1300, "height": 1000})
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -638,9 +669,26 @@ def test_page_in_chromium(server, tmp_path):
                 if name != "dcgan":  # DCGAN's energy is its discriminator's: no reconstruction
                     assert first[name]["recon"] and second[name]["recon"] != first[name]["recon"], name
                     assert second[name]["error"], name
+            # A request the server refuses is one line in the status (no unhandled rejection); the next good
+            # one clears it.
+            page.fill("#descend-steps", "0")
+            page.click("#descend")
+            page.wait_for_function("() => document.querySelector('#status').classList.contains('error')")
+            assert "'steps' must be a whole number" in page.text_content("#status")
+            page.fill("#descend-steps", "8")
             page.select_option("#descend-model", "dae")
             page.click("#descend")
             page.wait_for_function("() => document.querySelectorAll('#descend-frames figure').length >= 2")
+            assert not page.eval_on_selector("#status", "s => s.classList.contains('error')")
+            # Clear empties every card, gauge and the input.
+            page.click("#clear")
+            cleared = page.evaluate("""() => Array.from(document.querySelectorAll('.card')).map(c => [
+                c.querySelector('.energy').textContent, c.querySelector('.marker').style.left,
+                c.querySelector('.gauge-label').textContent.startsWith('test median'), c.dataset.energy ?? null])""")
+            assert cleared == [["-", "0px", True, None]] * len(MODELS)
+            assert page.eval_on_selector("#input28", "c => c.dataset.image ?? null") is None
+            _stroke(page, [(60, 60), (220, 60), (110, 250)])
+            page.wait_for_function("() => Array.from(document.querySelectorAll('.card')).every(c => c.dataset.energy)")
 
             # 2. Corrupt and repair: three repairs, each with its PSNR.
             page.wait_for_function("() => document.querySelectorAll('.repair-item').length === 3")
@@ -670,6 +718,11 @@ def test_page_in_chromium(server, tmp_path):
             # 4. Generators: a grid of 16 samples with energies and a walk of 9, for both GANs.
             page.wait_for_function("() => document.querySelectorAll('.gen-card').length === 2 && Array.from("
                                    "document.querySelectorAll('.gen-card .grid')).every(g => g.children.length === 16)")
+            seed = page.locator(".gen-card[data-model='dcgan'] input[type=number]")
+            seed.fill("2147483647")  # one past the largest seed: said in the status, nothing sent
+            seed.dispatch_event("change")
+            page.wait_for_function("() => document.querySelector('#status').textContent.includes("
+                                   "'the seed must be a whole number from 0 to 2147483646')")
 
             # 5. Watch training: a new metrics line shows without reloading.
             run_view = ".watch-run[data-run='watched']"
@@ -685,7 +738,8 @@ def test_page_in_chromium(server, tmp_path):
             page.screenshot(path=str(tmp_path / "explorer.png"), full_page=True)
         finally:
             browser.close()
-    assert errors == []
+    refused = "Failed to load resource: the server responded with a status of 400 (Bad Request)"
+    assert errors == [refused]  # the browser's log of the deliberately refused descent, and nothing else
     strangers = [u for u in requests if not (u.startswith(base + "/") or u.startswith("data:"))]
     assert strangers == []
     assert (tmp_path / "explorer.png").stat().st_size > 50_000

@@ -244,12 +244,12 @@ def _drawing(d: dict, preprocess: bool) -> np.ndarray:
         want = "784 (28 x 28, with preprocess false)" if not preprocess else f"S x S with S from 28 to {MAX_SIDE}"
         raise ApiError(400, f"'image' has {a.size} pixels; expected {want}")
     a = (a.astype(np.float32) / 255).reshape(side, side)
-    if not preprocess:
-        return a
     try:
-        return mnist_style(a)
+        a = mnist_style(a) if preprocess else a
     except GenlabError as e:
         raise ApiError(400, str(e)) from None
+    # Scored as the 8-bit image the answer shows (and ``genlab energy`` would read from a PNG of it).
+    return np.rint(np.clip(a, 0, 1) * 255).astype(np.float32) / 255
 
 
 def _model(d: dict, explorer: Explorer, need: str | None = None) -> str:
@@ -427,7 +427,7 @@ def build_app(explorer: Explorer, hosts: set[str]) -> Guard:
     async def walk(request: Request):
         d = await read_json(request, {"model", "seed", "steps", "scale", "label"})
         name = _model(d, explorer, "sample")
-        seed = _number(d, "seed", 0, 2**31 - 2, 0, integer=True)
+        seed = _number(d, "seed", 0, 2**31 - 2, 0, integer=True)  # the direction u is drawn from seed + 1
         steps = _number(d, "steps", 2, LIMITS["walk_steps"], 9, integer=True)
         scale = _number(d, "scale", 0.0, 10.0, 3.0)
         return JSON(await compute(explorer.walk, name, seed, steps, scale, _label(d, name)))

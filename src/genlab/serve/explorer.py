@@ -464,7 +464,7 @@ class Explorer:
                     record = json.loads(line)
                 except (ValueError, RecursionError):  # a line still being written, a blank one, or a hostile one
                     continue
-                if isinstance(record, dict):
+                if isinstance(record, dict) and type(record.get("epoch")) is int:  # an epoch's line, not a stray one
                     metrics.append({k: v for k, v in record.items() if _plottable(v)})
         self._refresh_samples(w)
         return {"name": w.name, "dir_name": w.dir.name, "metrics": metrics[-METRICS_TAIL:],
@@ -498,7 +498,8 @@ class Explorer:
     def _refresh_samples(self, w: Watched) -> None:
         ckpt = w.dir / CHECKPOINT
         if not ckpt.is_file():
-            w.note = "no checkpoint yet"
+            w.note = "no checkpoint yet" if w.dir.is_dir() else f"{w.dir} is gone (moved or deleted)"
+            w.samples, w.sample_epoch, w.ckpt_mtime = [], None, -1.0
             return
         mtime = ckpt.stat().st_mtime
         if mtime == w.ckpt_mtime:

@@ -18,6 +18,7 @@ let pending = 0;
 
 function status(text, isError = false) {
   const s = $("status");
+  if (s.textContent === text && s.classList.contains("error") === isError) return;  // no repeats for screen readers
   s.textContent = text;
   s.classList.toggle("error", isError);
 }
@@ -25,10 +26,16 @@ function status(text, isError = false) {
 async function api(method, path, body) {
   pending += 1;
   try {
-    const r = await fetch(path, {method, headers: body ? {"Content-Type": "application/json"} : {},
-                                 body: body ? JSON.stringify(body) : undefined});
-    const data = await r.json();
-    if (!r.ok) throw new Error(data.error || `${r.status}`);
+    let r;
+    try {
+      r = await fetch(path, {method, headers: body ? {"Content-Type": "application/json"} : {},
+                             body: body ? JSON.stringify(body) : undefined});
+    } catch (e) {
+      throw new Error("the server does not answer (is genlab serve still running?)");
+    }
+    const data = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(data.error || `HTTP ${r.status}`);
+    if ($("status").classList.contains("error")) status("ready");  // an earlier request's error is over
     return data;
   } catch (e) {
     status(`${path}: ${e.message}`, true);
@@ -36,6 +43,20 @@ async function api(method, path, body) {
   } finally {
     pending -= 1;
   }
+}
+
+// An async event handler whose failure is already in the status line (api() put it there): no unhandled rejection.
+const quietly = (handler) => (...args) => { handler(...args).catch(() => {}); };
+
+const MAX_SEED = 2147483646;  // the largest seed every endpoint takes (a walk also draws from seed + 1)
+// The whole-number seed in ``input``, or null (with the reason in the status line) when it is not one.
+function seedOf(input) {
+  const s = Number(input.value);
+  if (input.value.trim() === "" || !Number.isInteger(s) || s < 0 || s > MAX_SEED) {
+    status(`the seed must be a whole number from 0 to ${MAX_SEED}, got ${JSON.stringify(input.value)}`, true);
+    return null;
+  }
+  return s;
 }
 
 // An image of the API (base64 of 784 uint8 bytes, 255 = ink) painted into a 28 x 28 canvas; "heat" colours it.
@@ -53,6 +74,8 @@ function paint(canvas, b64, heat = false) {
 
 function imageFigure(b64, caption, size = "", heat = false) {
   const c = el("canvas", {width: 28, height: 28, class: `img28 ${size}`});
+  c.setAttribute("role", "img");
+  c.setAttribute("aria-label", caption || "generated image");
   paint(c, b64, heat);
   return el("figure", {}, c, el("figcaption", {text: caption}));
 }
@@ -63,6 +86,7 @@ const fmt = (x) => (x === null || x === undefined ? "n/a" : Math.abs(x) >= 1000 
 // -- draw ----------------------------------------------------------------------------------------------------
 const SEND_SIDE = 56;  // the drawing goes to the server at 56 x 56; it scales and centres it to 28 x 28
 let hasInk = false, inFlight = false, dirty = false, lastInput = null;
+let drawing = 0;  // counts Clears: an answer about a drawing that was cleared meanwhile is dropped
 
 function setupPad() {
   const pad = $("pad"), ctx = pad.getContext("2d");
@@ -80,7 +104,7 @@ function setupPad() {
   const end = () => { if (last) { last = null; requestDraw(); } };
   pad.addEventListener("pointerup", end);
   pad.addEventListener("pointercancel", end);
-  $("clear").addEventListener("click", () => { clear(); lastInput = null; resetCards(); });
+  $("clear").addEventListener("click", () => { clear(); drawing += 1; lastInput = null; resetCards(); });
 }
 
 function drawingPixels() {
@@ -98,8 +122,9 @@ function requestDraw() {
   if (!hasInk || !MODELS.length) return;  // a server that only watches runs has no one to ask
   if (inFlight) { dirty = true; return; }
   inFlight = true; dirty = false;
-  const image = drawingPixels();
+  const image = drawingPixels(), asked = drawing;
   api("POST", "/api/draw", {image}).then((r) => {
+    if (asked !== drawing) return;  // cleared while the server answered
     lastInput = image;
     paint($("input28"), r.input);
     for (const [name, res] of Object.entries(r.models)) updateCard(name, res);
@@ -111,7 +136,8 @@ function buildCards() {
   const box = $("cards");
   for (const m of MODELS) {
     const card = el("div", {class: "card", "data-model": m.name});
-    card.append(el("h3", {text: `${m.name}`, title: m.energy_doc}));
+    card.append(el("h3", {text: `${m.name}`, title: m.energy_doc},
+      el("span", {class: "hint", text: ` (${m.model}, epoch ${m.epochs})`})));
     if (m.reconstructs) {
       card.append(el("div", {class: "pair"},
         el("figure", {}, el("canvas", {width: 28, height: 28, class: "img28 mid recon"}), el("figcaption", {text: "reconstruction"})),
@@ -128,9 +154,15 @@ function buildCards() {
 }
 
 function resetCards() {
+  const blank = (c) => { c.getContext("2d").clearRect(0, 0, 28, 28); delete c.dataset.image; };
+  blank($("input28"));
   for (const card of document.querySelectorAll(".card")) {
     card.querySelector(".energy").textContent = "-";
-    for (const c of card.querySelectorAll("canvas")) { c.getContext("2d").clearRect(0, 0, 28, 28); delete c.dataset.image; }
+    delete card.dataset.energy;
+    card.querySelector(".marker").style.left = "0";
+    const m = MODELS.find((x) => x.name === card.dataset.model);
+    card.querySelector(".gauge-label").textContent = `test median ${fmt(m.energy_percentiles["50"])}`;
+    for (const c of card.querySelectorAll("canvas")) blank(c);
   }
 }
 
@@ -152,29 +184,32 @@ function updateCard(name, res) {
 function setupDescend() {
   const sel = $("descend-model");
   for (const m of MODELS) sel.append(el("option", {value: m.name, text: m.name}));
-  $("descend").addEventListener("click", async () => {
+  $("descend").addEventListener("click", quietly(async () => {
     if (!lastInput) { status("draw something first", true); return; }
     const r = await api("POST", "/api/descend", {model: sel.value, image: lastInput,
       steps: Number($("descend-steps").value), step_size: Number($("descend-size").value)});
     const strip = $("descend-frames");
     strip.replaceChildren(...r.frames.map((f, i) => imageFigure(f, `${i === 0 ? "start" : "step " + i}: ${fmt(r.energies[i])}`, "mid")));
-  });
+  }));
 }
 
 // -- corrupt and repair -----------------------------------------------------------------------------------------
 function setupRepair() {
   const daes = MODELS.filter((m) => m.model === "dae");
-  if (!daes.length) { $("repair-none").hidden = false; return; }
+  if (!daes.length) { $("repair-none").hidden = false; $("repair-controls").hidden = true; return; }
   const sel = $("repair-model");
   for (const m of daes) sel.append(el("option", {value: m.name, text: m.name}));
   const index = $("repair-index");
   const max = () => daes.find((m) => m.name === sel.value).test_images - 1;
   index.max = max();
-  const run = async () => {
+  const run = quietly(async () => {
     const rate = Number($("repair-rate").value);
     $("repair-rate-out").textContent = rate.toFixed(2);
-    const r = await api("POST", "/api/repair", {model: sel.value, index: Math.min(Math.max(0, Number(index.value) | 0), max()),
-      rate, seed: Math.max(0, Number($("repair-seed").value) | 0)});
+    const seed = seedOf($("repair-seed"));
+    if (seed === null) return;
+    const wanted = Number(index.value);
+    const r = await api("POST", "/api/repair", {model: sel.value, rate, seed,
+      index: Number.isInteger(wanted) ? Math.min(Math.max(0, wanted), max()) : 0});
     index.value = r.index;
     const items = [imageFigure(r.clean, `clean (label ${r.label})`, "large"),
                    imageFigure(r.corrupted, `corrupted: ${r.dropped} of 784 dropped`, "large")];
@@ -184,7 +219,7 @@ function setupRepair() {
       items.push(f);
     }
     $("repair-out").replaceChildren(...items);
-  };
+  });
   for (const id of ["repair-model", "repair-index", "repair-rate", "repair-seed"]) $(id).addEventListener("change", run);
   $("repair-rate").addEventListener("input", () => { $("repair-rate-out").textContent = Number($("repair-rate").value).toFixed(2); });
   $("repair-random").addEventListener("click", () => { index.value = Math.floor(Math.random() * (max() + 1)); run(); });
@@ -219,9 +254,12 @@ function setupLatent() {
     const xs = pts.xy.map((p) => p[0]), ys = pts.xy.map((p) => p[1]);
     const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
     const pad = 14, w = canvas.width - 2 * pad, h = canvas.height - 2 * pad;
-    const sx = w / ((x1 - x0) || 1), sy = h / ((y1 - y0) || 1);
-    toScreen = (x, y) => [pad + (x - x0) * sx, pad + (y1 - y) * sy];
-    toLayout = (px, py) => [x0 + (px - pad) / sx, y1 - (py - pad) / sy];
+    // One scale for both axes, so distances on screen are distances in the layout (hover and click pick the
+    // point under the cursor); the map is centred in the canvas.
+    const scale = Math.min(w / ((x1 - x0) || 1), h / ((y1 - y0) || 1));
+    const ox = pad + (w - (x1 - x0) * scale) / 2, oy = pad + (h - (y1 - y0) * scale) / 2;
+    toScreen = (x, y) => [ox + (x - x0) * scale, oy + (y1 - y) * scale];
+    toLayout = (px, py) => [x0 + (px - ox) / scale, y1 - (py - oy) / scale];
     chosen = [];
     $("latent-info").textContent = `PCA of ${pts.xy.length} test means (d = ${pts.latent_dim}); the two axes hold ` +
       `${(100 * pts.explained[0]).toFixed(0)}% and ${(100 * (pts.explained[1] || 0)).toFixed(0)}% of their variance.`;
@@ -243,7 +281,7 @@ function setupLatent() {
   const layoutOf = (e) => { const r = canvas.getBoundingClientRect();
     return toLayout((e.clientX - r.left) * canvas.width / r.width, (e.clientY - r.top) * canvas.height / r.height); };
   canvas.addEventListener("mousemove", (e) => { if (pts) hover(...layoutOf(e)); });
-  canvas.addEventListener("click", async (e) => {
+  canvas.addEventListener("click", quietly(async (e) => {
     if (!pts) return;
     const [x, y] = layoutOf(e);
     let best = 0, bd = Infinity;
@@ -255,13 +293,13 @@ function setupLatent() {
     $("latent-ab").textContent = `from test digit ${a} (label ${pts.labels[a]}) to ${b} (label ${pts.labels[b]})`;
     const r = await api("POST", "/api/latent/interpolate", {model: sel.value, a, b, steps: 10});
     $("latent-strip").replaceChildren(...r.images.map((im, i) => imageFigure(im, `${i}`)));
-  });
-  $("latent-sample").addEventListener("click", async () => {
+  }));
+  $("latent-sample").addEventListener("click", quietly(async () => {
     const r = await api("POST", "/api/sample", {model: sel.value, n: 10, seed: Math.floor(Math.random() * 1e9)});
     $("latent-samples").replaceChildren(...r.images.map((im, i) => imageFigure(im, fmt(r.energies[i]))));
-  });
-  sel.addEventListener("change", load);
-  load();
+  }));
+  sel.addEventListener("change", quietly(load));
+  quietly(load)();
 }
 
 // -- generators ---------------------------------------------------------------------------------------------------
@@ -269,26 +307,27 @@ function setupGenerators() {
   const gans = MODELS.filter((m) => m.nz !== undefined);
   if (!gans.length) { $("generators-none").hidden = false; return; }
   for (const m of gans) {
-    const seed = el("input", {type: "number", value: 0, min: 0});
+    const seed = el("input", {type: "number", value: 0, min: 0, max: MAX_SEED});
     const grid = el("div", {class: "grid"}), walk = el("div", {class: "strip"});
     // A conditional model (cvae, cdcgan) gets a digit picker; its walk in z is then a style slider for that digit.
     const digit = el("select", {class: "digit"}, el("option", {value: "", text: "0-9 in turn"}),
       ...[...Array(10).keys()].map((d) => el("option", {value: String(d), text: String(d)})));
     const card = el("div", {class: "gen-card", "data-model": m.name},
-      el("h3", {text: `${m.name}: samples and the ${m.conditional ? "model's" : "discriminator's"} energy of each`}),
+      el("h3", {text: `${m.name}: samples and the ${m.conditional ? "model's label-free" : "discriminator's"} energy of each`}),
       el("label", {}, "noise seed ", seed), " ", el("button", {type: "button", text: "New noise",
-        onclick: () => { seed.value = Number(seed.value) + 1; run(); }}),
+        onclick: () => { const s = seedOf(seed); if (s !== null) { seed.value = (s + 1) % (MAX_SEED + 1); run(); } }}),
       ...(m.conditional ? [" ", el("label", {}, "digit ", digit)] : []),
       grid, el("h3", {text: m.conditional ? "Style: one direction in z, the digit kept (t from -3 to 3)"
                                           : "A walk along one direction in z (t from -3 to 3)"}), walk);
-    const run = async () => {
-      const s = Math.max(0, Number(seed.value) | 0);
+    const run = quietly(async () => {
+      const s = seedOf(seed);
+      if (s === null) return;
       const label = m.conditional && digit.value !== "" ? {label: Number(digit.value)} : {};
       const g = await api("POST", "/api/sample", {model: m.name, n: 16, seed: s, ...label});
       grid.replaceChildren(...g.images.map((im, i) => imageFigure(im, fmt(g.energies[i]))));
       const w = await api("POST", "/api/walk", {model: m.name, seed: s, steps: 9, scale: 3, ...label});
       walk.replaceChildren(...w.images.map((im, i) => imageFigure(im, `t ${w.t[i].toFixed(1)}: ${fmt(w.energies[i])}`)));
-    };
+    });
     seed.addEventListener("change", run);
     digit.addEventListener("change", run);
     $("generator-cards").append(card);
@@ -300,7 +339,7 @@ function setupGenerators() {
 function drawChart(canvas, metrics, key) {
   const ctx = canvas.getContext("2d"), W = canvas.width, H = canvas.height, pad = 36;
   ctx.clearRect(0, 0, W, H);
-  const pts = metrics.filter((m) => m[key] !== undefined).map((m, i) => [m.epoch ?? i + 1, m[key]]);
+  const pts = metrics.filter((m) => m[key] !== undefined).map((m) => [m.epoch, m[key]]).sort((a, b) => a[0] - b[0]);
   ctx.fillStyle = "#5b6478"; ctx.font = "11px system-ui";
   if (!pts.length) { ctx.fillText("no metrics yet", pad, H / 2); return; }
   const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
@@ -320,15 +359,16 @@ const watchViews = {};
 function watchView(run) {
   if (watchViews[run.name]) return watchViews[run.name];
   const select = el("select"), chart = el("canvas", {class: "chart", width: 520, height: 220});
-  const v = {select, chart, key: null, epoch: el("span", {class: "epoch", id: `watch-epoch-${run.name}`}),
+  const v = {select, chart, key: null, epoch: el("span", {class: "epoch"}),
              last: el("table", {class: "last"}), samples: el("div", {class: "grid"}), figures: el("div", {class: "figures"}),
+             samplesTitle: el("h3", {text: "samples of the latest checkpoint (fixed noise)", hidden: true}),
              figKey: "", sampleKey: ""};
   select.addEventListener("change", () => { v.key = select.value; drawChart(chart, v.metrics || [], v.key); });
   const box = el("div", {class: "watch-run", "data-run": run.name},
     el("h3", {}, `${run.name}: `, v.epoch), el("div", {class: "row"},
       el("div", {}, el("label", {}, "metric ", select), chart), el("div", {}, v.last)),
-    el("h3", {text: "samples of the latest checkpoint (fixed noise)"}), v.samples,
-    el("h3", {text: "latest figures"}), v.figures);
+    v.samplesTitle, v.samples, el("h3", {text: "latest figures"}), v.figures);
+  v.box = box;
   $("watch-runs").append(box);
   watchViews[run.name] = v;
   return v;
@@ -339,6 +379,10 @@ async function pollWatch() {
   try { state = await api("GET", "/api/watch"); } catch (e) { setTimeout(pollWatch, 4000); return; }
   const s = $("status");  // an earlier failed poll's error is over once a poll answers
   if (s.classList.contains("error") && s.textContent.startsWith("/api/watch:")) status("watching again");
+  const names = new Set(state.runs.map((run) => run.name));
+  for (const [name, v] of Object.entries(watchViews)) {  // a server restarted with other --watch runs
+    if (!names.has(name)) { v.box.remove(); delete watchViews[name]; }
+  }
   for (const run of state.runs) {
     const v = watchView(run);
     v.metrics = run.metrics;
@@ -348,14 +392,16 @@ async function pollWatch() {
       if (!v.key || !keys.includes(v.key)) v.key = keys.find((k) => k === "test/loss") || keys[0] || null;
       if (v.key) v.select.value = v.key;
     }
-    const lastLine = run.metrics[run.metrics.length - 1];
-    v.epoch.textContent = lastLine ? `epoch ${lastLine.epoch}` : (run.note || "waiting for the first epoch");
+    const latest = run.metrics.reduce((a, m) => (a && a.epoch > m.epoch ? a : m), null);
+    v.epoch.textContent = latest ? `epoch ${latest.epoch}${run.note ? ` (${run.note})` : ""}`
+                                 : (run.note || "waiting for the first epoch");
     v.epoch.dataset.epochs = run.metrics.length;
-    if (lastLine) v.last.replaceChildren(...Object.entries(lastLine).map(([k, x]) =>
+    v.last.replaceChildren(...Object.entries(latest || {}).map(([k, x]) =>
       el("tr", {}, el("td", {text: k}), el("td", {text: fmt(x)}))));
-    if (v.key) drawChart(v.chart, run.metrics, v.key);
+    drawChart(v.chart, run.metrics, v.key);
     const sampleKey = `${run.sample_epoch}:${run.samples.length}`;
     if (sampleKey !== v.sampleKey) { v.sampleKey = sampleKey; v.samples.replaceChildren(...run.samples.map((s) => imageFigure(s, ""))); }
+    v.samplesTitle.hidden = !run.samples.length;
     const figKey = run.figures.map((f) => `${f.name}@${f.mtime}`).join();
     if (figKey !== v.figKey) {
       v.figKey = figKey;
@@ -371,6 +417,7 @@ async function main() {
   const info = await api("GET", "/api/models");
   MODELS = info.models;
   status(MODELS.length ? `${MODELS.length} models: ${MODELS.map((m) => m.name).join(", ")}` : "no models loaded");
+  if (!MODELS.length) { $("draw-none").hidden = false; $("draw-box").hidden = true; }
   setupPad(); buildCards(); setupDescend(); setupRepair(); setupLatent(); setupGenerators();
   if (info.watch.length) { $("watch-none").hidden = true; pollWatch(); }
   document.body.dataset.ready = "1";

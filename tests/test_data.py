@@ -87,7 +87,8 @@ def _write(tmp_path, name, data):
     (lambda b: b"PK\x03\x04" + b[4:], "not an IDX file"),
     (lambda b: b[:2], "too short"),
     (lambda b: b[:-100], "truncated"),
-    (lambda b: b + b"\x00" * 3, "3 unexpected bytes"),
+    (lambda b: b + b"\x00" * 3, "unexpected bytes after"),
+    (lambda b: b[:4] + (10**9).to_bytes(4, "big") + b[8:], "more than genlab reads from one file"),
     (lambda b: gzip.compress(b)[:-200], "corrupt gzip"),
     (lambda b: (lambda g: g[:500] + bytes([g[500] ^ 0xFF]) + g[501:])(gzip.compress(b)), "corrupt gzip"),
 ])
@@ -98,6 +99,26 @@ def test_reader_refuses_damaged_files(tmp_path, damage, message):
     with pytest.raises(DataError, match=message) as err:
         read_idx(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_small_file_that_inflates_to_gigabytes_costs_no_memory(tmp_path):
+    # Ten labels, then 256 MB of zeros, gzipped to about 250 KB: the reader decompresses what the header
+    # declares and one byte more (it once inflated the whole stream first, 13 GB for a 6 MB file).
+    import tracemalloc
+    import zlib
+
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [squeeze.compress(np.array([0x801, 10], ">u4").tobytes() + bytes(range(10)))]
+    parts += [squeeze.compress(bytes(1 << 24)) for _ in range(16)]
+    bomb = _write(tmp_path, "train-labels-idx1-ubyte", b"".join(parts) + squeeze.flush())
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="unexpected bytes after the 10 bytes"):
+            read_idx(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak
 
 
 @needs_mnist

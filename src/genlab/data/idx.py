@@ -39,32 +39,53 @@ def _header(head: bytes, path: Path) -> tuple[int, ...]:
     return tuple(int(d) for d in np.frombuffer(head, ">u4", count=ndim, offset=4))
 
 
+MAX_BYTES = 1 << 32  # the most data one IDX file may declare (MNIST's largest holds 47 MB)
+
+
 def read_idx(path: str | Path) -> np.ndarray:
     """Read a whole IDX file (raw or gzipped) into a writable uint8 array: images [N, 28, 28] or labels [N].
 
-    Raises ``DataError`` naming the file when the magic number is wrong, the gzip stream is corrupt, or the
-    data is shorter or longer than the header's dimensions say.
+    The header is read first and only the bytes it declares are decompressed (and one more, to find data
+    that should not be there), so a small file that inflates to gigabytes costs no memory. Raises
+    ``DataError`` naming the file when the magic number is wrong, the gzip stream is corrupt, or the data is
+    shorter or longer than the header's dimensions say.
     """
-    path = Path(path)
+    path, gzipped = Path(path), False
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == GZIP_MAGIC
+            raw.seek(0)
+            f = gzip.GzipFile(fileobj=raw) if gzipped else raw
+            head = f.read(4)
+            dims = _header(head + f.read(4 * head[3]) if len(head) == 4 else head, path)
+            size = math.prod(dims)
+            if size > MAX_BYTES:
+                raise DataError(f"{path}: the header declares shape {dims} ({size:,} bytes), more than genlab "
+                                f"reads from one file ({MAX_BYTES:,}); the file is damaged or not a data set")
+            data = np.empty(size, np.uint8)
+            found = _read_into(f, memoryview(data))
+            if found < size:
+                raise DataError(f"{path}: truncated: the header declares shape {dims} ({size} bytes of data), "
+                                f"but only {found} bytes follow")
+            if f.read(1):
+                raise DataError(f"{path}: unexpected bytes after the {size} bytes of data of shape {dims}")
     except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    if raw[:2] == GZIP_MAGIC:
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataError(f"{path}: corrupt gzip data ({e}); delete the file and fetch it again") from None
-    dims = _header(raw, path)
-    offset = 4 + 4 * len(dims)
-    size, found = math.prod(dims), len(raw) - offset
-    if found < size:
-        raise DataError(f"{path}: truncated: the header declares shape {dims} ({size} bytes of data), "
-                        f"but only {found} bytes follow")
-    if found > size:
-        raise DataError(f"{path}: {found - size} unexpected bytes after the {size} bytes of data of shape {dims}")
-    # One copy makes the array writable (frombuffer over bytes is read-only), which torch.from_numpy wants.
-    return np.frombuffer(raw, np.uint8, count=size, offset=offset).reshape(dims).copy()
+        what = "corrupt gzip data" if gzipped else "cannot read"
+        raise DataError(f"{path}: {what} ({e.strerror or e}); delete the file and fetch it again") from None
+    except (EOFError, zlib.error) as e:
+        raise DataError(f"{path}: corrupt gzip data ({e}); delete the file and fetch it again") from None
+    return data.reshape(dims)
+
+
+def _read_into(f, view: memoryview) -> int:
+    """Fill ``view`` from ``f`` as far as it goes; the number of bytes read."""
+    done = 0
+    while done < len(view):
+        n = f.readinto(view[done:])
+        if not n:
+            break
+        done += n
+    return done
 
 
 def idx_shape(path: str | Path) -> tuple[int, ...]:

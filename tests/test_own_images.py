@@ -393,3 +393,27 @@ def test_a_conditional_run_on_resized_folder_images_evaluates(tmp_path, capsys):
     assert status == 0, err
     results = json.loads(out)
     assert results["images"] >= 1 and "energy" in results and not any(k.startswith("cond_") for k in results)
+
+
+def test_a_conditional_run_on_an_npz_file_evaluates_with_its_own_classifier(tmp_path, capsys):
+    # The classifier's cache name was the data set's spec, a path ("npz:/..."): saving it raised a traceback,
+    # after training it. The name is now a hash of the spec, and a changed file is learnt afresh.
+    digits = load_dataset("mnist-5k", "train")
+    data = tmp_path / "digits.npz"
+    np.savez(data, images=digits.images[:1000].numpy(), labels=digits.labels[:1000].numpy())
+    status, err, _ = cli(capsys, "train", "cdcgan", "--dataset", f"npz:{data}", "--batch-size", "32", "--epochs", "1",
+                         "--ngf", "8", "--ndf", "8", "--no-progress", "--no-figures", "--out", tmp_path / "run")
+    assert status == 0, err
+    evaluate = ("evaluate", tmp_path / "run", "--json", "--device", "cpu")
+    status, err, out = cli(capsys, *evaluate)
+    assert status == 0, err[-1]
+    assert any("training the npz:" in line for line in err) and "cond_fid_mean" in json.loads(out)
+    cached = sorted(p.name for p in (tmp_path / "cache" / "genlab" / "classifiers").iterdir())
+    assert any(name.startswith("npz-") and name.endswith("-cnn-v1.safetensors") for name in cached), cached
+    assert not any(":" in name for name in cached), cached
+    status, err, _ = cli(capsys, *evaluate)
+    assert status == 0 and not any("training the" in line for line in err), err  # from the cache
+    np.savez(data, images=digits.images[:1000].numpy(), labels=(digits.labels[:1000].numpy() + 1) % 10)  # relabelled
+    clear_cache()  # this process's memory of the data set (a new genlab command starts without it)
+    status, err, _ = cli(capsys, *evaluate)
+    assert status == 0 and any("training the npz:" in line for line in err), err

@@ -8,7 +8,9 @@ class coverage and the classifier score (see ``genlab.metrics.quality``).
 
 Images are [N x 1 x 28 x 28] float tensors in [0, 1] throughout.
 
-Cache: ``<data dir>/classifiers/<name>-cnn-v<FORMAT_VERSION>.{safetensors,json}`` when the genlab data
+Cache: ``<data dir>/classifiers/<name>-cnn-v<FORMAT_VERSION>.{safetensors,json}`` (for a ``folder:`` or ``npz:``
+data set, ``<folder|npz>-<hash of the spec>``, and the classifier is kept only while a hash of the training
+images and labels it learnt from still matches) when the genlab data
 directory (``data_dir``, else ``$GENLAB_DATA_DIR``) can be written, else the per-user cache
 (``$XDG_CACHE_HOME/genlab/classifiers``, default ``~/.cache/genlab/classifiers``). Weights are safetensors,
 the metadata (test accuracy, training settings, format version) JSON, each written atomically.
@@ -16,6 +18,7 @@ the metadata (test accuracy, training settings, format version) JSON, each writt
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -27,6 +30,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -196,6 +200,7 @@ def train_classifier(dataset_name: str, data_dir: str | None = None, settings: C
     meta = {
         "format_version": FORMAT_VERSION,
         "dataset": dataset_name,
+        "content": _content_key(dataset_name, train),
         "source": str(train.source),
         "train_size": n,
         "test_size": len(test.images),
@@ -232,8 +237,32 @@ def _writable(directory: Path) -> bool:
     return p.is_dir() and os.access(p, os.W_OK) and bool(p.stat().st_mode & 0o222)
 
 
+def cache_name(dataset_name: str) -> str:
+    """The data set's name in cache file names: the name itself, or for a file data set (whose spec is a
+    path) its kind and a hash of the spec."""
+    from genlab.data.files import is_file_dataset
+
+    if not is_file_dataset(dataset_name):
+        return dataset_name
+    kind = dataset_name.split(":", 1)[0]
+    return f"{kind}-{hashlib.sha256(dataset_name.encode(errors='surrogateescape')).hexdigest()[:16]}"
+
+
 def _stem(dataset_name: str) -> str:
-    return f"{dataset_name}-cnn-v{FORMAT_VERSION}"
+    return f"{cache_name(dataset_name)}-cnn-v{FORMAT_VERSION}"
+
+
+def _content_key(dataset_name: str, train) -> str | None:
+    """For a file data set, a hash of its training images and labels (the files behind a path can change);
+    None for the built-in data sets, whose files are checked by their checksums."""
+    from genlab.data.files import is_file_dataset
+
+    if not is_file_dataset(dataset_name):
+        return None
+    h = hashlib.sha256(repr(tuple(train.images.shape)).encode())
+    h.update(train.images.contiguous().numpy().tobytes())
+    h.update(train.labels.contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_classifier(clf: Classifier, directory: Path) -> Path:
@@ -244,22 +273,26 @@ def save_classifier(clf: Classifier, directory: Path) -> Path:
     weights = directory / f"{stem}.safetensors"
     tmp = directory / f".{stem}.safetensors.{os.getpid()}.tmp"
     state = {k: v.detach().contiguous() for k, v in clf.net.state_dict().items()}
-    save_file(state, str(tmp), metadata={"format_version": str(FORMAT_VERSION)})
-    tmp.replace(weights)
+    try:
+        save_file(state, str(tmp), metadata={"format_version": str(FORMAT_VERSION)})
+        tmp.replace(weights)
+    finally:
+        tmp.unlink(missing_ok=True)
     write_json(directory / f"{stem}.json", clf.meta)
     return directory / f"{stem}.json"
 
 
-def load_classifier(directory: Path, dataset_name: str) -> Classifier | None:
+def load_classifier(directory: Path, dataset_name: str, content: str | None = None) -> Classifier | None:
     """The cached classifier for ``dataset_name`` in ``directory``, or None when absent, stale or damaged
-    (a damaged cache is retrained rather than trusted)."""
+    (a damaged cache is retrained rather than trusted). ``content``: ``_content_key`` of the data set now."""
     stem = _stem(dataset_name)
     meta_path, weights = directory / f"{stem}.json", directory / f"{stem}.safetensors"
     if not (meta_path.is_file() and weights.is_file()):
         return None
     try:
         meta = json.loads(meta_path.read_text())
-        if meta.get("format_version") != FORMAT_VERSION or meta.get("dataset") != dataset_name:
+        if meta.get("format_version") != FORMAT_VERSION or meta.get("dataset") != dataset_name or \
+                meta.get("content") != content:
             return None
         net = DigitCNN(meta.get("feature_dim", FEATURE_DIM))
         net.load_state_dict(load_file(str(weights)), strict=True)
@@ -277,10 +310,15 @@ def get_classifier(dataset_name: str, data_dir: str | None = None,
     """The feature classifier for ``dataset_name``: loaded from the cache, else trained once and cached."""
     from genlab.data import resolve_dataset_name
 
+    from genlab.data import load_dataset
+    from genlab.data.files import is_file_dataset
+
     dataset_name = resolve_dataset_name(dataset_name, data_dir)
+    content = _content_key(dataset_name, load_dataset(dataset_name, "train", data_dir)) \
+        if is_file_dataset(dataset_name) else None
     dirs = cache_dirs(data_dir)
     for d in dirs:
-        clf = load_classifier(d, dataset_name)
+        clf = load_classifier(d, dataset_name, content)
         if clf is not None:
             return clf
     if log:
@@ -291,7 +329,7 @@ def get_classifier(dataset_name: str, data_dir: str | None = None,
             continue
         try:
             path = save_classifier(clf, d)
-        except OSError:
+        except (OSError, SafetensorError):  # a full disk, a folder that is not writable after all
             continue
         if log:
             log(f"cached the classifier in {path.parent}")

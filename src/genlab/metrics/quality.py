@@ -294,15 +294,15 @@ def reference_row(dataset_name: str, data_dir: str | None = None, classifier=Non
 
 def cached_reference_row(dataset_name: str, data_dir: str | None, classifier, reference) -> dict:
     """``reference_row``, computed once per classifier and kept as JSON in the classifier cache folders
-    (``<dataset>-reference.json``, tagged with the classifier's metadata and the reference set's size); a
+    (``<cache_name(dataset)>-reference.json``, tagged with the classifier's metadata and the reference set's size); a
     file written for another classifier or reference size, or unreadable, is recomputed. The row depends only
     on the data and the classifier."""
     import json
 
     from genlab.config import write_json
-    from genlab.metrics.classifier import cache_dirs
+    from genlab.metrics.classifier import cache_dirs, cache_name
 
-    names = [d / f"{dataset_name}-reference.json" for d in cache_dirs(data_dir)]
+    names = [d / f"{cache_name(dataset_name)}-reference.json" for d in cache_dirs(data_dir)]
     for path in names:
         try:
             stored = json.loads(path.read_text())

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from genlab import checkpoint, config as cfgmod, rundir
 from genlab.cli import main
 from genlab.data import DataError, clear_cache, load_dataset
+from genlab.data.files import encode_png
 from genlab.errors import BUG_STATUS, GenlabError, one_line_errors
 from genlab.models import MODELS
 from genlab.train import default_train_config, train
@@ -180,13 +181,47 @@ def test_out_of_range_requests_are_one_line(argv, words, capsys, ae_run, tmp_pat
 
 
 def test_evaluate_json_prints_null_for_values_that_are_not_finite(capsys, ae_run, tmp_path):
+    # Finite weights so large that sums of their products overflow (inf - inf is NaN).
     run = copy_run(ae_run, tmp_path / "run")
-    edit_checkpoint(run, tensors=lambda t: {**t, "model/encoder.0.weight": torch.full_like(
-        t["model/encoder.0.weight"], float("nan"))})
+    huge = lambda w: torch.where(torch.arange(w.numel()).view_as(w) % 2 == 0, 3e38, -3e38)  # noqa: E731
+    edit_checkpoint(run, tensors=lambda t: {**t, "model/encoder.0.weight": huge(t["model/encoder.0.weight"])})
     status, lines, out = cli(capsys, "evaluate", run, "--json", "--no-quality", "--limit", "20")
     assert status == 0
     results = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} printed: not JSON"))
     assert results["loss"] is None and results["images"] == 20
+
+
+def test_a_checkpoint_with_weights_that_are_not_finite_is_refused_by_every_command(capsys, ae_run, tmp_path):
+    # Every number such a model gives is NaN: energies flagged nothing, denoise wrote black images, sample a
+    # blank grid, all with exit status 0.
+    run = copy_run(ae_run, tmp_path / "run")
+    edit_checkpoint(run, tensors=lambda t: {**t, "model/decoder.0.bias": t["model/decoder.0.bias"] * float("nan")})
+    png = tmp_path / "digit.png"
+    png.write_bytes(encode_png(load_dataset("mnist-5k", "test").images[0].numpy()))
+    for argv in (["evaluate", run, "--no-quality"], ["energy", run, "--images", png], ["train", "--resume", run,
+                 "--epochs", "3"], ["denoise", run, "--images", png, "--out", tmp_path / "out"], ["inpaint", run]):
+        assert_one_line(*cli(capsys, *argv)[:2], "tensor model/decoder.0.bias holds NaN or infinite values")
+
+
+def test_weights_that_become_nan_are_never_checkpointed(tmp_path, monkeypatch):
+    # The last step of epoch 2 leaves a NaN in the weights after its loss was finite: the epoch's checkpoint
+    # is not written, epoch 1's is kept.
+    import genlab.train as train_mod
+
+    real_step, calls = train_mod._step, {"n": 0}
+
+    def step_then_poison(model, *args, **kwargs):
+        out = real_step(model, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 4:  # 2 batches of 64 an epoch
+            with torch.no_grad():
+                model.decoder[0].bias[0] = float("nan")
+        return out
+
+    monkeypatch.setattr(train_mod, "_step", step_then_poison)
+    with pytest.raises(train_mod.TrainingDiverged, match="weight decoder.0.bias became NaN or infinite in epoch 2"):
+        train("ae", MODELS["ae"].Config(latent_dim=8), quick_config(tmp_path / "run", epochs=3))
+    assert checkpoint.load_run(tmp_path / "run").counters["epoch"] == 1
 
 
 def test_evaluate_json_gives_one_value_per_term(capsys, tmp_path):

@@ -189,6 +189,10 @@ def check(ckpt: Checkpoint, model: torch.nn.Module, optimizers: dict[str, torch.
     if hasattr(model, "upgrade_state"):
         ckpt.model_state = model.upgrade_state(ckpt.model_state)
     _check_tensors(model.state_dict(), ckpt.model_state, "model/", where)
+    bad = first_not_finite(ckpt.model_state)
+    if bad is not None:
+        raise GenlabError(f"{where}: tensor model/{bad} holds NaN or infinite values, so every number the model "
+                          "gives would be too; the run diverged or the file is damaged: retrain it")
     if optimizers is not None:
         if set(optimizers) != set(ckpt.optimizer_states):
             raise GenlabError(f"{where}: optimisers {sorted(ckpt.optimizer_states)} do not match the model's "
@@ -207,6 +211,15 @@ def check(ckpt: Checkpoint, model: torch.nn.Module, optimizers: dict[str, torch.
             if state.numel() != size:
                 raise GenlabError(f"{where}: random state rng/{rank} has {state.numel()} bytes, expected {size}; "
                                   "the file is damaged")
+
+
+def first_not_finite(state: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor of ``state`` holding a NaN or an infinity, or None (one
+    read of the device for all of them)."""
+    floats = [(name, t) for name, t in state.items() if torch.is_tensor(t) and t.is_floating_point() and t.numel()]
+    if not floats or bool(torch.stack([torch.isfinite(t).all() for _, t in floats]).all()):
+        return None
+    return next(name for name, t in floats if not torch.isfinite(t).all())
 
 
 def _check_tensors(expected: dict[str, torch.Tensor], found: dict, prefix: str, where) -> None:

@@ -182,7 +182,12 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
                       device=ctx.device, labels=train_labels if model.conditional else None)
     log = _Log(model, ctx, counters, run_dir)
 
-    def save_checkpoint():
+    def save_checkpoint(epoch: int):
+        """Save the run, in epoch ``epoch`` (0-based); weights that are no longer finite are never saved."""
+        bad = checkpoint.first_not_finite(model.state_dict())  # DDP keeps the weights equal: one verdict
+        if bad is not None:
+            raise TrainingDiverged(f"the weight {bad} became NaN or infinite in epoch {epoch + 1} (by step "
+                                   f"{counters['step']}); lower --lr or check the data; {log.kept()}")
         counters["checks"] = model.check_state()  # the same on every rank: the checks read agreed means
         rng = distributed.gather_rng(ctx)
         if ctx.is_main:
@@ -222,7 +227,7 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
                         bar.set_postfix(loss=f"{log.last_loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
                     if stop:
                         counters["seconds"] += time.perf_counter() - started
-                        save_checkpoint()
+                        save_checkpoint(epoch)
                         bar.close()
                         raise Interrupted(run_dir, flag.signum or signal.SIGTERM)
             log.flush(epoch, stop=False)
@@ -238,7 +243,7 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
             model.end_of_epoch(epoch)
             # One commit per epoch: the checkpoint (holding the record), then the log line (see genlab.rundir).
             counters.update(epoch=epoch + 1, batch=0, sums={}, count=0, record=record)
-            save_checkpoint()
+            save_checkpoint(epoch)
             if ctx.is_main:
                 rundir.commit_metrics(run_dir, record)
                 say("  ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))

@@ -144,6 +144,7 @@ class LatentMap:
 
     @classmethod
     def of(cls, mu: Tensor) -> "LatentMap":
+        mu = torch.nan_to_num(mu, nan=0.0, posinf=0.0, neginf=0.0)  # a code that overflowed: at the origin
         centred = mu - mu.mean(0, keepdim=True)
         _, s, vt = torch.linalg.svd(centred, full_matrices=False)
         k = min(2, vt.shape[0])

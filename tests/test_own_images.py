@@ -89,7 +89,7 @@ def test_second_load_is_a_cache_hit(tmp_path, monkeypatch):
     first = load_dataset(f"folder:{tmp_path / 'd'}", "train")
     cached = list((tmp_path / "cache" / "genlab" / "images").glob("*.npz"))
     assert len(cached) == 1
-    monkeypatch.setattr("genlab.data.files.read_image", lambda path: pytest.fail(f"decoded {path} again"))
+    monkeypatch.setattr("genlab.data.files.read_image", lambda path, size=None: pytest.fail(f"decoded {path} again"))
     started = time.perf_counter()
     again = load_dataset(f"folder:{tmp_path / 'd'}", "train")
     assert time.perf_counter() - started < 1.0
@@ -165,12 +165,39 @@ def test_hostile_image_files_are_one_line_or_read(tmp_path, capsys):
     cut.write_bytes(jpeg.tobytes()[:len(jpeg) // 2])
     odd = tmp_path / os.fsdecode(b"caf\xe9")
     write_folder(odd, blobs(8, (28, 28)), np.zeros(8, int), ["x"])
-    for path, words in ((tmp_path / "big.png", "use a smaller image"), (cut, "a JPEG cut short")):
+    # A 2 MB PNG can declare 16384 x 16384 16-bit pixels (5.5 GB of memory once), a file 6 GB: refused before
+    # decoding, and before reading.
+    (tmp_path / "wide.png").write_bytes(_png_header_only(16_384, 16_384))
+    with open(tmp_path / "huge.png", "wb") as f:
+        f.truncate(3 << 30)  # sparse: no disk used
+    for path, words in ((tmp_path / "big.png", "the most genlab decodes"), (tmp_path / "wide.png", "134,217,728 pixels"),
+                        (tmp_path / "huge.png", "3.2 GB, more than the 1 GB"), (cut, "a JPEG cut short")):
         from genlab.data.files import read_image
         with pytest.raises(GenlabError, match=words):
             read_image(path)
     images = genlab.data.files.decode_files(sorted((odd / "x").iterdir()), shape=(1, 28, 28))
     assert images.shape == (8, 28, 28)
+
+
+def test_a_photograph_is_read_upright_as_its_exif_orientation_says(tmp_path):
+    # A phone stores a portrait photograph as a landscape image with an orientation tag; genlab read it sideways.
+    from PIL import Image, ImageOps
+
+    from genlab.data.files import read_image
+
+    wide = np.zeros((40, 80, 3), np.uint8)
+    wide[:, :20] = (250, 10, 10)  # a red band on the left, so each turn and flip is told apart
+    wide[:10, :, 1] = 200
+    for orientation in range(1, 9):
+        image = Image.fromarray(wide)
+        exif = image.getexif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"o{orientation}.jpg"
+        image.save(path, exif=exif, quality=95)
+        expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+        got = read_image(path)
+        assert got.shape == expected.shape, orientation
+        assert np.abs(got.astype(int) - expected.astype(int)).mean() < 3, orientation  # two JPEG decoders
 
 
 def test_a_symlink_loop_in_a_folder_data_set_is_listed_once(tmp_path):

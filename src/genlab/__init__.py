@@ -12,6 +12,11 @@ __version__ = "0.1.0"
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
+# OpenCV decodes images of up to this many pixels (its own default is 2^30, which a 2 MB PNG can declare and a
+# 16-bit one then fills with 8 GB): 2^27 is 134 megapixels, past any camera's photographs. OpenCV reads it
+# once, when it loads, so it is set here, before genlab imports cv2; a user's own setting wins.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 27))
+
 
 def load(run_dir, device: str = "cpu"):
     """A trained run directory, ready to score and repair images: ``.energy(images)``, ``.denoise(images)``

@@ -37,7 +37,8 @@ from genlab.data.idx import DataError
 PREFIXES = ("folder:", "npz:")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 TEST_SHARE, SPLIT_SEED = 0.1, 0
-CACHE_VERSION = "genlab-images-1"
+CACHE_VERSION = "genlab-images-2"  # 2: photographs turned upright by their EXIF orientation
+MAX_FILE_BYTES = 1 << 30  # the largest image file read (a 134-megapixel PNG is well below it)
 MAX_LABEL = 65_535  # class labels of npz: data sets run from 0 to this
 
 
@@ -102,14 +103,19 @@ def list_images(root: str | Path) -> list[Path]:
     return [Path(path) for path, _, _ in scan_images(root)]
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """One file as uint8 [H, W] (grey) or [H, W, 3] (RGB); an unreadable file is a DataError naming it.
+def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One file as uint8 [H, W] (grey) or [H, W, 3] (RGB), upright as its EXIF orientation says (a phone's
+    photograph); ``size`` (height, width) resizes it at once, so a folder of large photographs is never held
+    at full size. An unreadable file is a DataError naming it.
 
     The bytes are read here and decoded from memory: OpenCV's own reading of a file whose name is not valid
     UTF-8 crashed the process."""
     import cv2
 
     try:
+        if os.stat(path).st_size > MAX_FILE_BYTES:
+            raise DataError(f"{path} is {os.stat(path).st_size / 1e9:.1f} GB, more than the {MAX_FILE_BYTES >> 30} GB "
+                            "genlab reads from one image file; shrink it or remove it")
         data = np.fromfile(path, np.uint8)
     except OSError as e:
         raise DataError(f"{path} cannot be read ({e.strerror or e}); fix or remove that file") from None
@@ -117,12 +123,20 @@ def read_image(path: str | Path) -> np.ndarray:
         # OpenCV would decode what is there, grey below, and libjpeg print its own warning
         raise DataError(f"{path} is a JPEG cut short (no end marker); fix or remove that file")
     try:
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if len(data) else None
-    except cv2.error as e:  # over OpenCV's own limit of pixels, for one
-        raise DataError(f"{path} cannot be decoded ({' '.join(str(e.err).split())}); use a smaller image") from None
+        # Any colour and depth as stored (grey stays grey, 16 bits stay 16), with the EXIF orientation applied;
+        # an alpha channel is dropped, as _normalise would.
+        image = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH) if len(data) else None
+    except cv2.error as e:
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(e.err):
+            raise DataError(f"{path} has more than {int(os.environ.get('OPENCV_IO_MAX_IMAGE_PIXELS', 1 << 30)):,} "
+                            "pixels, the most genlab decodes; shrink it first") from None
+        raise DataError(f"{path} cannot be decoded ({' '.join(str(e.err).split())}); fix or remove that file") from None
     if image is None:
         raise DataError(f"{path} is not a readable PNG, JPEG or BMP image; fix or remove that file")
-    return _normalise(image, str(path))
+    image = _normalise(image, str(path))
+    if size is not None and image.shape[:2] != size:
+        image = cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA)
+    return image
 
 
 def _normalise(image: np.ndarray, where: str) -> np.ndarray:
@@ -230,7 +244,8 @@ def decode_files(paths: Sequence[Path], shape: tuple[int, int, int] | None = Non
     cached = _read_cache(key)
     if cached is not None and len(cached.get("images", ())) == len(paths):
         return cached["images"]
-    images = stack_images([read_image(p) for p in paths], [str(p) for p in paths], image_size, grey, shape)
+    size = tuple(shape[1:]) if shape is not None else (image_size, image_size) if image_size else None
+    images = stack_images([read_image(p, size) for p in paths], [str(p) for p in paths], image_size, grey, shape)
     _write_cache(key, images=images)
     return images
 
@@ -382,7 +397,8 @@ def load_files(spec: str, image_size: int = 0, grey: bool = False) -> dict:
                 "classes": [str(c) for c in cached["classes"]], "source": str(_cache_path(key))}
     if kind == "folder":
         names = [f[0] for f in files]
-        images = stack_images([read_image(name) for name in names], names, image_size, grey)
+        size = (image_size, image_size) if image_size else None
+        images = stack_images([read_image(name, size) for name in names], names, image_size, grey)
     else:
         images, labels, is_test, classes = _load_npz(path, image_size, grey)
     if is_test.all() or not is_test.any():

@@ -138,6 +138,36 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
         archive.writestr("images.npy", b"not an array")
     assert_one_line(cli(capsys, "train", "ae", "--dataset", f"npz:{tmp_path / 'odd.npz'}", "--out", tmp_path / "r7"),
                     "'images' is not a numpy array")
+    # A header declaring a terabyte (numpy allocated it first: "out of memory", naming no file); an image side
+    # no model takes (the message named --height, a flag there is not); a conditional model on unlabelled data
+    # (it trained with every label 0).
+    with zipfile.ZipFile(tmp_path / "tera.npz", "w") as archive, archive.open("images.npy", "w") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": (10 ** 6, 1000, 1000)})
+        f.write(bytes(100))
+    assert_one_line(cli(capsys, "train", "ae", "--dataset", f"npz:{tmp_path / 'tera.npz'}", "--out", tmp_path / "r8"),
+                    "tera.npz: 'images' declares shape [1000000, 1000, 1000]")
+    np.savez(tmp_path / "tall.npz", images=np.zeros((4, 5000, 8), np.uint8))
+    assert_one_line(cli(capsys, "train", "ae", "--dataset", f"npz:{tmp_path / 'tall.npz'}", "--out", tmp_path / "r9"),
+                    "tall.npz's images are 8 x 5000 pixels", "--image-size N")
+    np.savez(tmp_path / "unlabelled.npz", images=blobs(20, (28, 28)))
+    assert_one_line(cli(capsys, "train", "cvae", "--dataset", f"npz:{tmp_path / 'unlabelled.npz'}",
+                        "--out", tmp_path / "r10"), "cvae is conditioned on the class", "has no labels")
+
+
+def test_an_npz_member_that_is_not_used_is_never_read(tmp_path):
+    # Every member was read, so 4 GiB of zeros compressed into a member genlab does not use took 4.5 GB of
+    # memory. Here the member's header alone declares the 4 GiB: it must not even be opened.
+    path = tmp_path / "junk.npz"
+    np.savez(path, images=blobs(12, (8, 8)))
+    with zipfile.ZipFile(path, "a") as archive, archive.open("junk.npy", "w") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": (1 << 32,)})
+        f.write(bytes(100))
+    reads = []
+    real_open = zipfile.ZipFile.open
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(zipfile.ZipFile, "open", lambda self, name, *a, **k: reads.append(name) or real_open(self, name, *a, **k))
+        assert len(load_dataset(f"npz:{path}", "train").images) + len(load_dataset(f"npz:{path}", "test").images) == 12
+    assert reads and not any(name.startswith("junk") for name in reads), reads
 
 
 def _png_header_only(width: int, height: int) -> bytes:

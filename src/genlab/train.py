@@ -355,6 +355,12 @@ def fit_image_shape(model_name: str, model_cfg, data, resuming: bool):
     shape = image_shape(data.images)
     if resuming:
         check_run_shape(data.images, model_cfg.shape)
+    if not all(1 <= side <= 4096 for side in shape[1:]):
+        raise GenlabError(f"{data.name}'s images are {shape[2]} x {shape[1]} pixels; genlab's models take 1 to 4096 "
+                          "pixels a side: pass --image-size N")
+    if MODELS[model_name].conditional and is_file_dataset(data.name) and not data.classes:
+        raise GenlabError(f"{model_name} is conditioned on the class, but {data.name} has no labels (an npz without "
+                          "'labels', or a folder without class sub-folders)")
     if MODELS[model_name].conditional and len(data.labels) and int(data.labels.max()) > 9:
         raise GenlabError(f"{model_name} is conditioned on 10 classes; this data set has labels up to "
                           f"{int(data.labels.max())}")

@@ -329,19 +329,25 @@ def _load_npz(path: Path, image_size: int, grey: bool) -> tuple[np.ndarray, np.n
         if not zipfile.is_zipfile(path):  # a .npy or a pickle: np.load would return an array or refuse a pickle
             raise DataError(f"{path} is not a .npz file (a zip archive of numpy arrays); {fix}")
         with np.load(path, allow_pickle=False) as saved:
-            arrays = {k: saved[k] for k in saved.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+            members = set(saved.files)
+            if "images" in members:
+                parts = [("images", "labels")]
+            elif "x_train" in members and "x_test" in members:
+                parts = [("x_train", "y_train"), ("x_test", "y_test")]
+            else:
+                raise DataError(f"{path} holds {sorted(members)}; expected 'images' (and optionally 'labels'), or "
+                                "'x_train' and 'x_test' (and optionally 'y_train', 'y_test')")
+            # Only the arrays used are read, each after its header's size is checked: a small file can hold a
+            # member that inflates to gigabytes.
+            arrays = {}
+            for key in (k for part in parts for k in part if k in members):
+                _check_npy_size(saved.zip, key, path)
+                arrays[key] = saved[key]
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise DataError(f"{path} is not a readable .npz file ({e}); {fix}") from None
     broken = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]  # members that are not .npy
     if broken:
         raise DataError(f"{path}: {broken[0]!r} is not a numpy array; {fix}")
-    if "images" in arrays:
-        parts = [("images", "labels")]
-    elif "x_train" in arrays and "x_test" in arrays:
-        parts = [("x_train", "y_train"), ("x_test", "y_test")]
-    else:
-        raise DataError(f"{path} holds {sorted(arrays)}; expected 'images' (and optionally 'labels'), or "
-                        "'x_train' and 'x_test' (and optionally 'y_train', 'y_test')")
     images, labels, is_test = [], [], []
     for i, (xk, yk) in enumerate(parts):
         x = arrays[xk]
@@ -375,6 +381,26 @@ def _load_npz(path: Path, image_size: int, grey: bool) -> tuple[np.ndarray, np.n
     n_classes = int(all_labels.max()) + 1 if len(all_labels) else 0
     return all_images, all_labels, split, [str(c) for c in range(n_classes)] if "labels" in arrays or \
         "y_train" in arrays else []
+
+
+MAX_ARRAY_BYTES = 1 << 32  # the largest array read from an npz (MNIST's images are 47 MB)
+
+
+def _check_npy_size(archive, key: str, path: Path) -> None:
+    """Refuse member ``key`` of an npz whose header declares more than ``MAX_ARRAY_BYTES``, before reading it."""
+    name = key if key in archive.namelist() else f"{key}.npy"
+    with archive.open(name) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+        except ValueError:
+            raise DataError(f"{path}: {key!r} is not a numpy array; write it with numpy.savez(path, images=..., "
+                            "labels=...)") from None
+    size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if size > MAX_ARRAY_BYTES:
+        raise DataError(f"{path}: {key!r} declares shape {list(shape)} ({size:,} bytes), more than genlab reads "
+                        f"from one array ({MAX_ARRAY_BYTES:,}); the file is damaged or too large")
 
 
 @functools.lru_cache(maxsize=4)

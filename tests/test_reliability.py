@@ -456,6 +456,29 @@ def test_a_second_writer_is_refused(ae_run, tmp_path):
     train(None, None, quick_config(run, epochs=3), resume=run)  # the lock went with its holder
 
 
+@pytest.mark.parametrize("env,words", [
+    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' must be a whole number"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0' must be a whole number of at least 1"),
+    ({"WORLD_SIZE": "2"}, "RANK is not set"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, "MASTER_ADDR and MASTER_PORT are not set"),
+    # once a wait of 30 minutes for a rank 0 that never comes, deaf to SIGTERM
+    ({"WORLD_SIZE": "2", "RANK": "5", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29599"}, "ranks run from 0 to 1"),
+])
+def test_a_process_group_set_up_by_hand_wrongly_is_one_line(env, words, capsys, tmp_path, monkeypatch):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert_one_line(*cli(capsys, "train", "ae", *QUICK, "--out", tmp_path / "r")[:2], words)
+    assert not (tmp_path / "r").exists()
+
+
+def test_commands_other_than_train_refuse_torchrun(capsys, ae_run, monkeypatch):
+    # Each process did the whole job: evaluate --json printed its JSON twice, reproduce's stages joined one
+    # another's process groups.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for argv in (["evaluate", ae_run], ["sample", ae_run], ["reproduce", "--quick"]):
+        assert_one_line(*cli(capsys, *argv)[:2], f"genlab {argv[0]} runs as one process; start it without torchrun")
+
+
 def test_a_refused_run_leaves_no_empty_folders(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     refused = ["train", "ae", *QUICK, "--lr-schedule", "cosine", "--lr-final", "5"]

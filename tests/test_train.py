@@ -22,6 +22,8 @@ from genlab.data.batching import to_pixels
 from genlab.errors import GenlabError
 from genlab.models import MODELS
 from genlab.viz import training_callbacks
+
+from conftest import needs_mnist
 from genlab.train import Interrupted, default_train_config, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -268,6 +270,68 @@ def test_two_process_ddp_matches_one_process(tmp_path):
         assert logged[1][key] == pytest.approx(logged[0][key], rel=1e-5), key
 
 
+LAUNCHER = """import os, sys
+if os.environ["RANK"] == "1":  # this process alone finds no data directory
+    os.environ["GENLAB_DATA_DIR"] = sys.argv[1]
+sys.argv = ["genlab"] + sys.argv[2:]
+from genlab.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_processes_that_see_different_data_all_say_so(tmp_path):
+    # "--dataset auto": rank 0 found full MNIST, rank 1 trained on mnist-5k, and the run "succeeded". With
+    # --dataset mnist, rank 1's "not found" was often lost: rank 0 said only "another process stopped".
+    (tmp_path / "launch.py").write_text(LAUNCHER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENLAB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    common = ["ae", "--limit", "256", "--eval-limit", "100", "--epochs", "1", "--no-figures", "--no-progress"]
+    for dataset, port, words in (("auto", "29541", "the processes see different training data"),
+                                 ("mnist", "29542", "mnist not found and GENLAB_OFFLINE is set")):
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                                 "--master-port", port, str(tmp_path / "launch.py"), str(tmp_path / "empty"),
+                                 "train", *common, "--dataset", dataset, "--out", str(tmp_path / dataset)],
+                                capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+        lines = [line for line in result.stderr.splitlines() if line.startswith("genlab: error:")]
+        assert result.returncode != 0 and lines and all(words in line for line in lines), result.stderr[-3000:]
+
+
+DYING = """import os, sys
+import genlab.train as t
+real, steps = t._step, [0]
+def step(*args, **kwargs):
+    steps[0] += 1
+    if os.environ["RANK"] == "1" and steps[0] == 12:  # in epoch 2: rank 1 dies as if killed
+        os._exit(9)
+    return real(*args, **kwargs)
+t._step = step
+sys.argv = ["genlab"] + sys.argv[1:]
+from genlab.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+def test_a_process_that_dies_leaves_the_others_one_line_and_a_checkpoint(tmp_path):
+    # The survivor printed gloo's "Connection closed by peer" traceback (exit 70).
+    (tmp_path / "dying.py").write_text(DYING)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                             "29543", str(tmp_path / "dying.py"), "train", "ae", "--dataset", "mnist-5k", "--limit",
+                             "256", "--batch-size", "32", "--eval-limit", "100", "--epochs", "3", "--no-figures",
+                             "--no-progress", "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    said = [line for line in result.stderr.splitlines() if line.startswith("genlab:")]
+    # (torchrun adds its own report of the dead worker, a traceback of torchrun's, after the workers' lines)
+    assert result.returncode != 0 and "internal error" not in result.stderr, result.stderr[-3000:]
+    assert len(said) == 1 and ("another process of this run stopped or died" in said[0]
+                               or "interrupted by SIGTERM" in said[0]), result.stderr[-3000:]  # torchrun's stop first
+    assert load_run(tmp_path / "run").counters["epoch"] >= 1
+
+
 @pytest.mark.slow
 def test_kill_9_leaves_last_checkpoint_loadable(tmp_path):
     out = tmp_path / "killed"
@@ -372,7 +436,7 @@ def test_more_torchrun_processes_than_gpus_is_one_line_on_every_rank(local_rank,
     monkeypatch.setattr(torch.cuda, "set_device", lambda i: pytest.fail("reached set_device"))
     monkeypatch.setattr(distributed.dist, "init_process_group", lambda *a, **k: pytest.fail("joined the group"))
     for key, value in {"WORLD_SIZE": "2", "RANK": str(local_rank), "LOCAL_RANK": str(local_rank),
-                       "LOCAL_WORLD_SIZE": "2"}.items():
+                       "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(GenlabError, match=r"started 2 processes on this machine, which has 1 GPU; .*"
                                           r"--nproc-per-node 1, or train on the CPU with --device cpu"):

@@ -64,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     if thread_count_problem:
         print(f"genlab: error: {thread_count_problem}", file=sys.stderr)
         return 2
+    if args.command != "train" and os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1"):
+        # Each process would do the whole job and write the same files (reproduce's training processes even
+        # joined each other's process groups).
+        print(f"genlab: error: genlab {args.command} runs as one process; start it without torchrun (only genlab "
+              "train is data-parallel)", file=sys.stderr)
+        return 2
     # SIGTERM (``kill``, ``timeout``, a scheduler, torchrun stopping its other workers) ends any command as Ctrl-C
     # does: one line, status 128 + 15. Training and the reproduction put their own handler in place while they
     # train (they checkpoint first, then say how to go on).

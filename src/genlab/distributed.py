@@ -12,6 +12,7 @@ averages gradients over the processes, so the result equals a one-process run's 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from contextlib import ExitStack, contextmanager
@@ -60,10 +61,10 @@ def setup(device: str = "auto", deterministic: bool = False) -> Context:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)  # an op without one warns, never fails a run
     dev = resolve_device(device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world, rank = launch_env()
     if world == 1:
         return Context(device=dev)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = _whole(os.environ.get("LOCAL_RANK", "0"), "LOCAL_RANK", 0)
     if dev.type == "cuda":
         # One GPU per process (nccl refuses two ranks on one GPU). Every rank of the machine sees the same
         # counts, so all of them stop with the same line before any of them waits for another.
@@ -79,6 +80,41 @@ def setup(device: str = "auto", deterministic: bool = False) -> Context:
     return Context(rank, world, dev)
 
 
+def launch_env() -> tuple[int, int]:
+    """(world size, rank) from the variables torchrun sets; (1, 0) without them. Variables set by hand that
+    cannot describe a process group are one line each (they gave tracebacks, or a wait of 30 minutes for a
+    rank 0 that never comes)."""
+    raw = os.environ.get("WORLD_SIZE")
+    if raw is None:
+        return 1, 0
+    world = _whole(raw, "WORLD_SIZE", 1)
+    if world == 1:
+        return 1, 0
+    if "RANK" not in os.environ:
+        raise GenlabError(f"WORLD_SIZE is {world} but RANK is not set; start data-parallel runs with torchrun "
+                          "--nproc-per-node N -m genlab.cli train ..., or unset WORLD_SIZE")
+    rank = _whole(os.environ["RANK"], "RANK", 0)
+    if rank >= world:
+        raise GenlabError(f"RANK is {rank} but WORLD_SIZE is {world}: ranks run from 0 to {world - 1}; start "
+                          "data-parallel runs with torchrun, which sets both")
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing:
+        raise GenlabError(f"WORLD_SIZE is {world} but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                          "not set; start data-parallel runs with torchrun, which sets them")
+    return world, rank
+
+
+def _whole(raw: str, name: str, least: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < least:
+        raise GenlabError(f"{name}={raw!r} must be a whole number of at least {least}; start data-parallel runs "
+                          f"with torchrun, which sets it, or unset it")
+    return value
+
+
 def teardown(ctx: Context, finished: bool = False) -> None:
     """Leave the process group. ``finished``: every rank got here the same way, so wait at a barrier first;
     no rank then tears its group down while another still has a collective in flight, whose pending work
@@ -90,11 +126,17 @@ def teardown(ctx: Context, finished: bool = False) -> None:
         dist.destroy_process_group()
 
 
+MESSAGE_BYTES = 1024  # the longest error line one rank passes to the others
+
+
 def agree(ctx: Context, work: Callable[[], T]) -> T:
-    """Run ``work`` on every rank; if it raises a GenlabError on any rank, raise one on every rank.
+    """Run ``work`` on every rank; if it raises a GenlabError on any rank, raise one on every rank, with the
+    first failing rank's own message.
 
     Without this, a user error found by one rank (a run directory that already holds a run, say) would leave
-    the other ranks waiting in their next collective until the launcher kills them with a traceback.
+    the other ranks waiting in their next collective until the launcher kills them with a traceback. Every
+    rank says the reason, because the launcher stops the others as soon as one exits, and the rank that
+    found it may be stopped before it has said it.
     """
     error = None
     try:
@@ -104,11 +146,42 @@ def agree(ctx: Context, work: Callable[[], T]) -> T:
     if ctx.world > 1:
         failed = torch.tensor([float(error is not None)], device=ctx.device)
         dist.all_reduce(failed)
-        if failed.item() > 0 and error is None:
-            raise GenlabError(f"rank {ctx.rank}: another process stopped on bad input (see its message)")
+        if failed.item() > 0:
+            text = str(error).encode()[:MESSAGE_BYTES] if error is not None else b""
+            mine = torch.zeros(MESSAGE_BYTES + 1, dtype=torch.uint8)
+            mine[0] = error is not None
+            if text:
+                mine[1:1 + len(text)] = torch.frombuffer(bytearray(text), dtype=torch.uint8)
+            parts = [torch.empty_like(mine, device=ctx.device) for _ in range(ctx.world)]
+            dist.all_gather(parts, mine.to(ctx.device))
+            if error is None:
+                rank, part = next((r, p.cpu()) for r, p in enumerate(parts) if p[0])
+                said = bytes(part[1:].tolist()).rstrip(b"\0").decode(errors="replace")
+                raise GenlabError(f"rank {rank}: {said}")
     if error is not None:
         raise error
     return result
+
+
+def check_same(ctx: Context, text: str, what: str) -> None:
+    """A GenlabError on every rank unless every rank passes the same ``text`` (a description of ``what``)."""
+    if ctx.world == 1:
+        return
+    digest = int.from_bytes(hashlib.sha256(text.encode(errors="surrogateescape")).digest()[:7], "big")
+    extremes = torch.tensor([digest, -digest], dtype=torch.int64, device=ctx.device)
+    dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
+    if extremes[0].item() != -extremes[1].item():
+        raise GenlabError(f"rank {ctx.rank}: the processes see different {what} (here: {text}); give every process "
+                          "the same --dataset and data directory")
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether ``error`` is a collective that failed because another process of the group stopped or died."""
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        word in text for word in ("Connection closed by peer", "Connection reset by peer", "[Gloo]", "gloo", "NCCL"))
 
 
 @contextmanager

@@ -38,16 +38,22 @@ class TrainingDiverged(GenlabError):
     """Training produced a non-finite loss or the model reported a failure; the last good checkpoint is kept."""
 
 
+def resume_command(run_dir: Path, world: int = 1) -> str:
+    """The command that continues ``run_dir``, trained on ``world`` processes (a resume needs as many)."""
+    launch = f"torchrun --nproc-per-node {world} -m genlab.cli" if world > 1 else "genlab"
+    return f"{launch} train --resume {run_dir}"
+
+
 class Interrupted(Stopped):
     """Ctrl-C or SIGTERM: the run was checkpointed where it stopped and can be resumed."""
 
-    def __init__(self, run_dir: Path, signum: int):
+    def __init__(self, run_dir: Path, signum: int, world: int = 1):
         super().__init__(f"interrupted by {signal.Signals(signum).name}: checkpoint saved; "
-                         f"continue with: genlab train --resume {run_dir}", signum)
-        self.run_dir = run_dir
+                         f"continue with: {resume_command(run_dir, world)}", signum)
+        self.run_dir, self.world = run_dir, world
 
     def __reduce__(self):  # rebuilt from its arguments, so it crosses a process boundary (reproduce's workers)
-        return type(self), (self.run_dir, self.signum)
+        return type(self), (self.run_dir, self.signum, self.world)
 
 
 def make_optimizer(cfg: TrainConfig, params: list, extra: dict) -> torch.optim.Optimizer:
@@ -157,6 +163,12 @@ def train(model_name: str, model_cfg=None, train_cfg: TrainConfig | None = None,
                              callbacks if ctx.is_main else ())
         finished = True
         return run_dir
+    except RuntimeError as e:
+        if ctx.world > 1 and distributed.is_peer_failure(e):
+            # Another process died (killed, out of memory) or stopped on an error it has said itself.
+            raise GenlabError(f"rank {ctx.rank}: another process of this run stopped or died; the last checkpoint "
+                              f"in {run_dir} is kept: continue with {resume_command(run_dir, ctx.world)}") from None
+        raise
     finally:
         distributed.teardown(ctx, finished)
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
@@ -174,6 +186,10 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
     model, optimizers, counters, data = distributed.agree(
         ctx, lambda: _prepare(model_name, model_cfg, cfg, run_dir, resuming, ctx, say))
     train_images, train_labels, test_images, test_labels, test_set = data
+    # "--dataset auto" and the data directory are resolved by each process: one without full MNIST would
+    # train on mnist-5k while the others train on MNIST.
+    distributed.check_same(ctx, f"{test_set.name}, {len(train_images)} training images of shape "
+                                f"{list(train_images.shape[1:])}", "training data")
     distributed.broadcast_buffers(model, ctx)
     steps = distributed.player_steps(model, ctx)  # DDP puts rank 0's parameters on every rank here
     model.end_of_epoch(counters["epoch"] - 1)  # schedules are functions of the epoch: set them for this one
@@ -229,7 +245,7 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
                         counters["seconds"] += time.perf_counter() - started
                         save_checkpoint(epoch)
                         bar.close()
-                        raise Interrupted(run_dir, flag.signum or signal.SIGTERM)
+                        raise Interrupted(run_dir, flag.signum or signal.SIGTERM, ctx.world)
             log.flush(epoch, stop=False)
             bar.close()
             seconds = time.perf_counter() - started

@@ -7,7 +7,7 @@ import argparse
 import re
 import sys
 
-from genlab import checkpoint, config as cfgmod
+from genlab import checkpoint, config as cfgmod, distributed
 from genlab.commands.flags import DEVICE_HELP, Parser, add_arguments, bounded_int, from_namespace
 from genlab.errors import GenlabError
 from genlab.models import MODELS
@@ -51,5 +51,6 @@ def command(args) -> int:
         model_cfg = from_namespace(MODELS[args.model].Config, args)
         train_cfg = from_namespace(cfgmod.TrainConfig, args, base=default_train_config(args.model))
         run_dir = train(args.model, model_cfg, train_cfg, callbacks=training_callbacks(train_cfg))
-    print(run_dir)
+    if distributed.launch_env()[1] == 0:  # one line on stdout, not one per process under torchrun
+        print(run_dir)
     return 0

@@ -479,6 +479,39 @@ def test_commands_other_than_train_refuse_torchrun(capsys, ae_run, monkeypatch):
         assert_one_line(*cli(capsys, *argv)[:2], f"genlab {argv[0]} runs as one process; start it without torchrun")
 
 
+def test_two_writers_of_one_json_file_never_meet(tmp_path):
+    # Both wrote through NAME.tmp: one renamed the other's file away ("cannot write ... No such file"), or a
+    # reader met half a file.
+    import threading
+
+    from genlab.config import read_json, write_json
+
+    path, failures = tmp_path / "evaluation.json", []
+
+    def write(value):
+        for i in range(200):
+            try:
+                write_json(path, {"writer": value, "i": i, "pad": "x" * 2000})
+            except GenlabError as e:
+                failures.append(str(e))
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == [] and read_json(path)["i"] == 199
+    assert [p.name for p in tmp_path.iterdir()] == ["evaluation.json"]
+
+
+def test_run_files_get_the_usual_permissions(ae_run):
+    # The checkpoint was private (mode 600, a temporary file's) while the run's other files were not.
+    from genlab.config import usual_mode
+
+    for name in ("checkpoint.safetensors", "config.json", "metrics.jsonl"):
+        assert (ae_run / name).stat().st_mode & 0o777 == usual_mode(), name
+
+
 def test_a_refused_run_leaves_no_empty_folders(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     refused = ["train", "ae", *QUICK, "--lr-schedule", "cosine", "--lr-final", "5"]

@@ -86,6 +86,7 @@ def save(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.O
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=path.parent)
         os.close(fd)
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, cfgmod.usual_mode())  # readable by whoever shares the run folder, as its other files
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
+import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,15 +228,29 @@ def to_dict(obj: Any) -> dict:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically: a temporary file beside the target, then a rename."""
+    """Write JSON atomically: a temporary file of its own beside the target (two writers never share one),
+    then a rename. The file gets the usual permissions (the umask's), not a temporary file's private ones."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    tmp = None
     try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
-        tmp.replace(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), usual_mode())
+            f.write(text)
+        os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written file behind
         raise GenlabError(f"cannot write {path} ({e.strerror or e})") from None
+    finally:
+        if tmp and os.path.exists(tmp):  # a full disk leaves no half-written file behind
+            os.unlink(tmp)
+
+
+def usual_mode() -> int:
+    """The permissions a new file gets from ``open``: 0o666 less the umask (mkstemp's files are 0o600)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def read_json(path: Path) -> dict:

@@ -84,7 +84,7 @@ def _remove_if_unused(run_dir: Path, made: list[Path]) -> None:
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     """Delete half-written checkpoints and config files left by a killed run (call only while holding the lock)."""
-    stale = [path for pattern in (f"{TMP_PREFIX}*{TMP_SUFFIX}", "*.json.tmp", f".{METRICS}.tmp")
+    stale = [path for pattern in (f"{TMP_PREFIX}*{TMP_SUFFIX}", "*.json.tmp", "*.json.*.tmp", f".{METRICS}.tmp")
              for path in Path(run_dir).glob(pattern)]
     for path in stale:
         path.unlink(missing_ok=True)

@@ -411,6 +411,17 @@ def test_a_run_stopped_by_a_signal_is_one_line_and_128_plus_the_signal_wherever_
 
 
 # -- checkpoints checked before use -------------------------------------------------------------------------
+@pytest.mark.parametrize("counters,words", [
+    ({"batch": 1_000_000}, "stopped at batch 1000000 of an epoch of 2"),  # resumed into an epoch of no steps
+    ({"sums": {"loss": -1e308}, "count": 0}, "with 0 step(s) summed"),  # logged as the epoch's train loss
+    ({"epoch": 10 ** 30}, "more than any run can; the file is damaged"),
+])
+def test_checkpoint_counters_that_cannot_be_are_refused_on_resume(counters, words, capsys, ae_run, tmp_path):
+    run = copy_run(ae_run, tmp_path / "run")
+    edit_checkpoint(run, counters=counters)
+    assert_one_line(*cli(capsys, "train", "--resume", run, "--epochs", "4")[:2], words)
+
+
 @pytest.mark.parametrize("label,tensors,counters,words", [
     ("optimiser state of the wrong shape", lambda t: {**t, "optim/model/0/exp_avg": torch.zeros(3, 3)}, None,
      "optim/model/0/exp_avg has shape [3, 3]"),

@@ -196,6 +196,7 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
 
     batches = Batches(train_images, cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world=ctx.world,
                       device=ctx.device, labels=train_labels if model.conditional else None)
+
     log = _Log(model, ctx, counters, run_dir)
 
     def save_checkpoint(epoch: int):
@@ -318,6 +319,9 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
     if resuming:
         ckpt = checkpoint.load(run_dir / checkpoint.CHECKPOINT)
         checkpoint.check(ckpt, model, optimizers, ctx.world, where=run_dir / checkpoint.CHECKPOINT)
+        if ckpt.counters["epoch"] > TrainConfig.__dataclass_fields__["epochs"].metadata["max"]:
+            raise GenlabError(f"{run_dir / checkpoint.CHECKPOINT} says it trained {ckpt.counters['epoch']} epochs, "
+                              "more than any run can; the file is damaged: restore it or retrain")
         if ckpt.counters["epoch"] > cfg.epochs:
             raise GenlabError(f"{run_dir} has already trained {ckpt.counters['epoch']} epochs; --epochs must be "
                               f"at least that, got {cfg.epochs}")
@@ -332,6 +336,11 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
             say(f"note: {run_dir} was trained on {trained} and resumes on {ctx.device.type}; its random stream "
                 "continues differently, so the result will not equal an uninterrupted run bit for bit")
         counters = ckpt.counters
+        per_epoch = len(Batches(train_images, cfg.batch_size, world=ctx.world))
+        if counters["batch"] > per_epoch or (counters["count"] == 0) != (not counters["sums"]):
+            raise GenlabError(f"{run_dir / checkpoint.CHECKPOINT} stopped at batch {counters['batch']} of an epoch "
+                              f"of {per_epoch}, with {counters['count']} step(s) summed: the file is damaged or the "
+                              "data set changed; retrain, or restore the file")
         model.load_check_state(counters.get("checks", {}))
         if ctx.is_main:
             rundir.recover_metrics(run_dir, counters)

@@ -385,6 +385,90 @@ def path_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
     ]
 
 
+def hostile_file_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
+    """Files built to cost memory or to pass as data: each once took gigabytes, trained on nothing, or exited 0."""
+    import struct
+    import zipfile
+    import zlib
+
+    import numpy as np
+
+    from genlab.data.files import encode_png
+
+    ae = runs["ae"]
+    d = root / "hostile"
+    d.mkdir()
+
+    def png_header(width: int, height: int) -> bytes:  # a PNG that declares width x height and holds one row
+        chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
+                                    + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 6, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(bytes(width * 8 + 1))) + chunk(b"IEND", b""))
+
+    (d / "wide.png").write_bytes(png_header(16_384, 16_384))
+    with open(d / "huge.png", "wb") as f:
+        f.truncate(3 << 30)  # sparse
+    images = np.random.default_rng(0).integers(0, 256, (40, 28, 28), np.uint8)
+    np.savez(d / "junk.npz", images=images)
+    with zipfile.ZipFile(d / "junk.npz", "a") as archive, archive.open("junk.npy", "w") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": (1 << 32,)})
+        f.write(bytes(100))
+    with zipfile.ZipFile(d / "tera.npz", "w") as archive, archive.open("images.npy", "w") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": (10**6, 1000, 1000)})
+        f.write(bytes(100))
+    np.savez(d / "tall.npz", images=np.zeros((4, 5000, 8), np.uint8))
+    np.savez(d / "unlabelled.npz", images=images)
+    bomb_dir = d / "bomb" / "mnist"
+    bomb_dir.mkdir(parents=True)
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [squeeze.compress(np.array([0x801, 10], ">u4").tobytes() + bytes(10))]
+    parts += [squeeze.compress(bytes(1 << 24)) for _ in range(32)]  # 512 MB of zeros after 10 labels
+    genuine = Path(os.environ.get("GENLAB_DATA_DIR", "/nonexistent")) / "mnist"
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):
+        if (genuine / f"{name}.gz").is_file():
+            shutil.copy(genuine / f"{name}.gz", bomb_dir)
+    (bomb_dir / "t10k-labels-idx1-ubyte.gz").write_bytes(b"".join(parts) + squeeze.flush())
+    nan_run = copy_run(ae, d / "nan-weights", tensors=lambda t: {**t, "model/decoder.0.bias":
+                                                                 t["model/decoder.0.bias"] * float("nan")})
+    swapped = copy_run(ae, d / "swapped", config={**json.loads((ae / "config.json").read_text()), "model": "dae"})
+    past_end = copy_run(ae, d / "past-end", meta=lambda m: {**m, "counters": json.dumps(
+        {**json.loads(m["counters"]), "batch": 1_000_000})})
+    digit = d / "digit.png"
+    digit.write_bytes(encode_png(images[0]))
+    by_hand = {"WORLD_SIZE": "2", "RANK": "5", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29599"}
+    return [
+        Case("images", "energy --images a PNG declaring 16384 x 16384 16-bit pixels (was 5.5 GB, exit 0)",
+             ["energy", str(ae), "--images", str(d / "wide.png")]),
+        Case("images", "energy --images a 3 GB file named .png (was read whole)",
+             ["energy", str(ae), "--images", str(d / "huge.png")]),
+        Case("images", "train on npz: with an unused member declaring 4 GiB (documented: 0, never read)",
+             ["train", "ae", *QUICK, "--dataset", f"npz:{d / 'junk.npz'}", "--out", str(d / "r-junk")], expect=0),
+        Case("images", "train on npz: whose header declares a terabyte (was 'out of memory', no file named)",
+             ["train", "ae", *QUICK, "--dataset", f"npz:{d / 'tera.npz'}", "--out", str(d / "r-tera")]),
+        Case("images", "train on npz: images 5000 pixels tall (named a --height flag)",
+             ["train", "ae", *QUICK, "--dataset", f"npz:{d / 'tall.npz'}", "--out", str(d / "r-tall")]),
+        Case("images", "train cvae on npz: without labels (trained with every label 0)",
+             ["train", "cvae", *QUICK, "--dataset", f"npz:{d / 'unlabelled.npz'}", "--out", str(d / "r-cvae")]),
+        *([Case("data", "MNIST's test labels replaced by 1 MB of gzip inflating to 512 MB (was decompressed whole)",
+                ["train", "ae", *QUICK, "--dataset", "mnist", "--data-dir", str(d / "bomb"), "--out",
+                 str(d / "r-bomb")], env={"GENLAB_OFFLINE": "1"})] if genuine.is_dir() else []),
+        Case("checkpoint", "evaluate a checkpoint with a NaN weight (was exit 0, every number NaN)",
+             ["evaluate", str(nan_run), "--no-quality"]),
+        Case("checkpoint", "energy --images with a NaN weight (flagged nothing, exit 0)",
+             ["energy", str(nan_run), "--images", str(digit)]),
+        Case("config.json", "config.json naming dae on an ae checkpoint (trained on as a dae)",
+             ["train", "--resume", str(swapped), "--epochs", "2"]),
+        Case("checkpoint", "--resume at batch 1,000,000 of an epoch of 2 (resumed into an epoch of no steps)",
+             ["train", "--resume", str(past_end), "--epochs", "2"]),
+        Case("flags", "WORLD_SIZE=2 RANK=5 by hand (waited 30 minutes, deaf to SIGTERM)",
+             ["train", "ae", *QUICK, "--out", str(d / "r-rank")], env=by_hand),
+        Case("flags", "WORLD_SIZE=2 without RANK (a traceback)", ["train", "ae", *QUICK, "--out", str(d / "r-ws")],
+             env={"WORLD_SIZE": "2"}),
+        Case("flags", "evaluate under WORLD_SIZE=2 (every process did the whole job)", ["evaluate", str(ae)],
+             env={"WORLD_SIZE": "2"}),
+    ]
+
+
 def scenario_cases() -> list[Case]:
     return [
         Case("signals", "SIGTERM during training (documented: 143, one line, resumable)", expect=143,
@@ -504,7 +588,7 @@ def main() -> int:
         root = Path(tmp)
         runs = make_fixtures(root)
         cases = (flag_cases(root, runs) + path_cases(root, runs) + config_cases(root, runs["ae"])
-                 + checkpoint_cases(root, runs["ae"]) + data_cases(root))
+                 + checkpoint_cases(root, runs["ae"]) + data_cases(root) + hostile_file_cases(root, runs))
         cases = [c for c in cases if args.only in c.name]
         scenarios = [c for c in scenario_cases() if args.only in c.name]
         state: dict = {}

@@ -137,23 +137,27 @@ def test_a_checkpoint_holding_a_code_running_pickle_is_refused_and_its_code_neve
     assert not marker.exists()
 
 
-def test_resume_after_sigterm_mid_epoch_is_bitwise_exact(tmp_path, monkeypatch):
-    # dae: random corruption every step, so the random state must be restored exactly too.
-    cfg_model = MODELS["dae"].Config(latent_dim=64)
-    whole = train("dae", cfg_model, quick_config("dae", tmp_path / "whole", epochs=2))
-
+def train_until_sigterm(name, cfg_model, cfg, monkeypatch, at_step: int = 11) -> None:
+    """Train, sending this process a real SIGTERM just before step ``at_step``; the run stops, checkpointed."""
     real_step, calls = train_mod._step, {"n": 0}
 
     def step_then_signal(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 11:  # a real SIGTERM in the middle of the first epoch (8 batches per epoch)
+        if calls["n"] == at_step:
             os.kill(os.getpid(), signal.SIGTERM)
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(train_mod, "_step", step_then_signal)
     with pytest.raises(Interrupted):
-        train("dae", cfg_model, quick_config("dae", tmp_path / "split", epochs=2))
+        train(name, cfg_model, cfg)
     monkeypatch.setattr(train_mod, "_step", real_step)
+
+
+def test_resume_after_sigterm_mid_epoch_is_bitwise_exact(tmp_path, monkeypatch):
+    # dae: random corruption every step, so the random state must be restored exactly too.
+    cfg_model = MODELS["dae"].Config(latent_dim=64)
+    whole = train("dae", cfg_model, quick_config("dae", tmp_path / "whole", epochs=2))
+    train_until_sigterm("dae", cfg_model, quick_config("dae", tmp_path / "split", epochs=2), monkeypatch)  # 8 a epoch
     stopped = checkpoint.load(tmp_path / "split" / checkpoint.CHECKPOINT).counters
     assert (stopped["epoch"], stopped["batch"]) == (1, 3)  # stopped inside the second epoch
     train(None, resume=tmp_path / "split")
@@ -164,18 +168,7 @@ def test_resume_after_sigterm_mid_epoch_is_bitwise_exact(tmp_path, monkeypatch):
 def test_a_resumed_gan_keeps_its_divergence_streaks(tmp_path, monkeypatch):
     # The collapse check counts steps (its warm-up) and streaks across the interruption, as if none happened.
     whole = train("ebgan", None, quick_config("ebgan", tmp_path / "whole", epochs=2))
-    real_step, calls = train_mod._step, {"n": 0}
-
-    def step_then_signal(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 11:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "_step", step_then_signal)
-    with pytest.raises(Interrupted):
-        train("ebgan", None, quick_config("ebgan", tmp_path / "split", epochs=2))
-    monkeypatch.setattr(train_mod, "_step", real_step)
+    train_until_sigterm("ebgan", None, quick_config("ebgan", tmp_path / "split", epochs=2), monkeypatch)
     train(None, resume=tmp_path / "split")
     checks = [checkpoint.load(run / checkpoint.CHECKPOINT).counters["checks"] for run in (whole, tmp_path / "split")]
     assert checks[0]["collapse_seen"] == 16 and checks[1] == checks[0]
@@ -207,18 +200,7 @@ def test_resume_with_cosine_schedule_and_iwae_objective_is_bitwise_exact(tmp_pat
                                      objective="iwae", iwae_k=3, iwae_from=1, dreg=True)
     options = dict(epochs=2, lr=3e-3, lr_schedule="cosine", lr_final=1e-4, precision="bf16")
     whole = train("vae", cfg_model, quick_config("vae", tmp_path / "whole", **options))
-    real_step, calls = train_mod._step, {"n": 0}
-
-    def step_then_signal(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 11:  # 8 batches per epoch
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "_step", step_then_signal)
-    with pytest.raises(Interrupted):
-        train("vae", cfg_model, quick_config("vae", tmp_path / "split", **options))
-    monkeypatch.setattr(train_mod, "_step", real_step)
+    train_until_sigterm("vae", cfg_model, quick_config("vae", tmp_path / "split", **options), monkeypatch)
     train(None, resume=tmp_path / "split")
 
     assert_same_run(whole, tmp_path / "split")

@@ -552,13 +552,14 @@ def test_two_trainers_started_at_once_on_one_out(tmp_path):
     assert epochs == [1, 2, 3]
 
 
-def test_resume_drops_lines_past_the_checkpoint_and_stale_temporaries(ae_run, tmp_path):
+def test_resume_drops_lines_past_the_checkpoint_and_stale_temporaries(ae_run, tmp_path, capsys):
     run = copy_run(ae_run, tmp_path / "run")
     lines = (run / "metrics.jsonl").read_text().splitlines()
     # A run killed after logging epoch 3 but before its checkpoint, half-way through a save and an append:
     (run / "metrics.jsonl").write_text("\n".join(lines + [json.dumps({"epoch": 3, "train/loss": 9.0})]) + '\n{"ep')
     (run / ".checkpoint-abc.tmp").write_bytes(b"half")
     train(None, None, quick_config(run, epochs=3), resume=run)
+    assert "note: 2 lines of" in capsys.readouterr().err  # said, not dropped in silence
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3] and records[2]["train/loss"] != 9.0
     assert not list(run.glob(".checkpoint-*"))

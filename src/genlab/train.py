@@ -343,7 +343,11 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
                               "data set changed; retrain, or restore the file")
         model.load_check_state(counters.get("checks", {}))
         if ctx.is_main:
-            rundir.recover_metrics(run_dir, counters)
+            dropped = rundir.recover_metrics(run_dir, counters)
+            if dropped:
+                say(f"note: {dropped} line{'s' if dropped > 1 else ''} of {run_dir / rundir.METRICS} past the "
+                    f"checkpoint's epoch {counters['epoch']} (or cut short) dropped; the epochs they logged are "
+                    "trained again")
             _record_schedule(run_dir, cfg.epochs)
         if counters["epoch"] >= cfg.epochs:
             say(f"{run_dir} has already trained its {cfg.epochs} epochs: nothing to do (--epochs N trains it longer)")

@@ -296,6 +296,8 @@ def hostile_requests(server) -> list[tuple[str, bytes]]:
         ("a 10 MB body announced", (f"POST /api/draw HTTP/1.1\r\nHost: {host}\r\nContent-Length: 10000000\r\n"
                                     "Connection: close\r\n\r\n").encode() + b"x" * 1000),
         ("a 160 KiB chunked body", chunked),
+        ("a test digit past the end", post("/api/digit", '{"model": "ae", "index": 100000}')),
+        ("a test digit of no model", post("/api/digit", '{"model": "nope", "index": 1}')),
         ("not JSON", post("/api/draw", "hello")),
         ("invalid UTF-8", post_bytes("/api/draw", b'{"image": "\xff\xfe"}')),
         ("a JSON array", post("/api/draw", "[1, 2, 3]")),
@@ -669,6 +671,13 @@ def test_page_in_chromium(server, tmp_path):
                 if name != "dcgan":  # DCGAN's energy is its discriminator's: no reconstruction
                     assert first[name]["recon"] and second[name]["recon"] != first[name]["recon"], name
                     assert second[name]["error"], name
+            # From the keyboard: a test digit typed in and drawn on the pad gets every model's answer.
+            page.click("#clear")
+            page.fill("#digit-index", "3")
+            page.focus("#digit-draw")
+            page.keyboard.press("Enter")
+            page.wait_for_function("() => Array.from(document.querySelectorAll('.card')).every(c => c.dataset.energy)"
+                                   " && document.querySelector('#input28').dataset.image", timeout=30_000)
             # A request the server refuses is one line in the status (no unhandled rejection); the next good
             # one clears it.
             page.fill("#descend-steps", "0")

@@ -10,6 +10,8 @@ Endpoints (``GET /api`` lists them). Images travel as base64 of 784 uint8 bytes,
   per-pixel error. ``preprocess: false`` takes a 28 x 28 image as it is.
 - ``POST /api/descend`` ``{"model", "image", "steps", "step_size", "preprocess"}``: gradient steps downhill
   on the model's energy; every frame and its energy.
+- ``POST /api/digit`` ``{"model", "index"}``: test digit ``index`` of a model's test set and its label (the
+  page draws it on the pad: a way to every model's answer from the keyboard).
 - ``POST /api/repair`` ``{"model", "index", "rate", "seed"}``: a test digit, the lecture's dropout corruption
   and the DAE, Telea and Navier-Stokes repairs with PSNR (``index`` omitted: a random one).
 - ``GET  /api/latent/{model}``: a VAE's test means laid out by PCA, with labels.
@@ -328,7 +330,7 @@ class DrawBatcher:
 
 
 # -- the app ---------------------------------------------------------------------------------------------------
-ENDPOINTS = ["GET /api", "GET /api/models", "POST /api/draw", "POST /api/descend", "POST /api/repair",
+ENDPOINTS = ["GET /api", "GET /api/models", "POST /api/draw", "POST /api/descend", "POST /api/digit", "POST /api/repair",
              "GET /api/latent/{model}", "POST /api/latent/decode", "POST /api/latent/interpolate",
              "POST /api/sample", "POST /api/walk", "GET /api/watch", "GET /api/watch/{run}/{figure}"]
 
@@ -381,6 +383,12 @@ def build_app(explorer: Explorer, hosts: set[str]) -> Guard:
         steps = _number(d, "steps", 1, LIMITS["descend_steps"], 8, integer=True)
         step_size = _number(d, "step_size", 1e-4, 1.0, 0.05)
         return JSON(await compute(explorer.descend, name, image, steps, step_size))
+
+    async def digit(request: Request):
+        d = await read_json(request, {"model", "index"})
+        m = explorer.models[_model(d, explorer)]
+        index = _number(d, "index", 0, len(m.images) - 1, 0, integer=True)
+        return JSON({"index": index, "label": int(m.labels[index]), "image": encode_image(m.images[index] / 255)})
 
     async def repair(request: Request):
         d = await read_json(request, {"model", "index", "rate", "seed"})
@@ -465,7 +473,7 @@ def build_app(explorer: Explorer, hosts: set[str]) -> Guard:
         Route("/", page), Route("/static/{name}", static_file),
         Route("/api", api_index), Route("/api/models", models),
         Route("/api/draw", draw, methods=["POST"]), Route("/api/descend", descend, methods=["POST"]),
-        Route("/api/repair", repair, methods=["POST"]),
+        Route("/api/digit", digit, methods=["POST"]), Route("/api/repair", repair, methods=["POST"]),
         Route("/api/latent/decode", latent_decode, methods=["POST"]),
         Route("/api/latent/interpolate", interpolate, methods=["POST"]),
         Route("/api/latent/{model}", latent),

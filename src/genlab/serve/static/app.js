@@ -105,6 +105,19 @@ function setupPad() {
   pad.addEventListener("pointerup", end);
   pad.addEventListener("pointercancel", end);
   $("clear").addEventListener("click", () => { clear(); drawing += 1; lastInput = null; resetCards(); });
+  // A test digit drawn on the pad: every model's answer, and Descend, without a pointer.
+  if (MODELS.length) $("digit-index").max = MODELS[0].test_images - 1;
+  $("digit-draw").addEventListener("click", quietly(async () => {
+    const index = Number($("digit-index").value);
+    if (!Number.isInteger(index) || index < 0) { status("the test digit must be a whole number from 0", true); return; }
+    const r = await api("POST", "/api/digit", {model: MODELS[0].name, index});
+    $("digit-index").value = r.index;
+    const small = el("canvas", {width: 28, height: 28});
+    paint(small, r.image);
+    clear();
+    ctx.drawImage(small, 0, 0, pad.width, pad.height);
+    drawing += 1; hasInk = true; requestDraw();
+  }));
 }
 
 function drawingPixels() {

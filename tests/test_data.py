@@ -319,3 +319,14 @@ def test_download_real_mnist_from_local_mirror(tmp_path, monkeypatch, serve):
     for stem in STEMS:
         got = _md5((tmp_path / "mnist" / f"{stem}.gz").read_bytes())
         assert got == CHECKSUMS["mnist"][f"{stem}.gz"]
+
+
+def test_a_link_loop_where_a_data_file_belongs_is_named(tmp_path, monkeypatch, closed_port_url):
+    # It was reported as a missing file, to be put there or downloaded, though a file (a link) was there.
+    monkeypatch.setenv("GENLAB_MIRROR", closed_port_url)
+    (tmp_path / "mnist").mkdir()
+    loop = tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    loop.symlink_to(loop.name)
+    with pytest.raises(DataError) as err:
+        load_dataset("mnist", "test", data_dir=tmp_path)
+    assert str(err.value).startswith(f"{loop} is a symbolic link that leads nowhere")

@@ -149,8 +149,10 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
 def _download_missing(name: str, root: Path, download: bool) -> Path:
     target, missing = _missing(name, root)
     for path in (target / f for stem in _stems() for f in (stem, f"{stem}.gz")):
-        if path.exists() and not path.is_file():
-            what = "a directory" if path.is_dir() else "not a regular file"
+        dangling = path.is_symlink() and not path.exists()  # a link to nothing, or a loop of links
+        if (path.exists() and not path.is_file()) or dangling:
+            what = "a symbolic link that leads nowhere" if dangling else \
+                "a directory" if path.is_dir() else "not a regular file"
             raise DataError(f"{path} is {what}, not one of {name}'s IDX files; remove it and put the file "
                             "there, or choose another data directory with GENLAB_DATA_DIR (or --data-dir of train, "
                             "reproduce and datasets)")

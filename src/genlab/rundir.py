@@ -115,20 +115,22 @@ def commit_metrics(run_dir: Path, record: dict) -> None:
 
 def read_metrics(path: Path) -> list[dict]:
     """The records of a ``metrics.jsonl``: JSON objects of numbers with a whole ``epoch``. A damaged line, or
-    one a hand edit left with something other than a number, is one GenlabError naming it."""
+    one a hand edit left with something other than a number, is one GenlabError naming it. The file is read
+    line by line, not whole."""
     records = []
     _regular_or_absent(path)
-    for i, line in enumerate(Path(path).read_text(errors="replace").splitlines()):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError):  # RecursionError: a hostile line nested 100,000 deep
-            record = None
-        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
-            raise GenlabError(f"{path} line {i + 1} is not a metrics record; the run directory is damaged")
-        _numbers_only(record, path, i + 1)
-        records.append(record)
+    with open(path, errors="replace") as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):  # RecursionError: a hostile line nested 100,000 deep
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+                raise GenlabError(f"{path} line {i + 1} is not a metrics record; the run directory is damaged")
+            _numbers_only(record, path, i + 1)
+            records.append(record)
     return records
 
 

@@ -684,6 +684,8 @@ def test_page_in_chromium(server, tmp_path):
             page.click("#descend")
             page.wait_for_function("() => document.querySelector('#status').classList.contains('error')")
             assert "'steps' must be a whole number" in page.text_content("#status")
+            page.wait_for_timeout(2000)  # the watched run's polls (every 1.5 s) leave the user's error in place
+            assert "'steps' must be a whole number" in page.text_content("#status")
             page.fill("#descend-steps", "8")
             page.select_option("#descend-model", "dae")
             page.click("#descend")

@@ -247,9 +247,14 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def usual_mode() -> int:
-    """The permissions a new file gets from ``open``: 0o666 less the umask (mkstemp's files are 0o600)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
+    """The permissions a new file gets from ``open``: 0o666 less the umask (mkstemp's files are 0o600). Read
+    from /proc where it can be, since setting the umask to read it touches every thread's new files."""
+    try:
+        with open("/proc/self/status") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
     return 0o666 & ~mask
 
 

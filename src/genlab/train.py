@@ -166,8 +166,10 @@ def train(model_name: str, model_cfg=None, train_cfg: TrainConfig | None = None,
     except RuntimeError as e:
         if ctx.world > 1 and distributed.is_peer_failure(e):
             # Another process died (killed, out of memory) or stopped on an error it has said itself.
-            raise GenlabError(f"rank {ctx.rank}: another process of this run stopped or died; the last checkpoint "
-                              f"in {run_dir} is kept: continue with {resume_command(run_dir, ctx.world)}") from None
+            kept = (f"the last checkpoint in {run_dir} is kept: continue with {resume_command(run_dir, ctx.world)}"
+                    if (Path(run_dir) / checkpoint.CHECKPOINT).exists() else
+                    f"no epoch finished, so {run_dir} holds no checkpoint: start the run again")
+            raise GenlabError(f"rank {ctx.rank}: another process of this run stopped or died; {kept}") from None
         raise
     finally:
         distributed.teardown(ctx, finished)
@@ -201,7 +203,10 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
 
     def save_checkpoint(epoch: int):
         """Save the run, in epoch ``epoch`` (0-based); weights that are no longer finite are never saved."""
-        bad = checkpoint.first_not_finite(model.state_dict())  # DDP keeps the weights equal: one verdict
+        bad = checkpoint.first_not_finite(model.state_dict())
+        # Batch-norm statistics are each process's own: every rank learns of a bad tensor on any rank.
+        if ctx.world > 1 and distributed.sum_across(torch.tensor([float(bad is not None)]), ctx).item() > 0:
+            bad = bad or "of another process"
         if bad is not None:
             raise TrainingDiverged(f"the weight {bad} became NaN or infinite in epoch {epoch + 1} (by step "
                                    f"{counters['step']}); lower --lr or check the data; {log.kept()}")

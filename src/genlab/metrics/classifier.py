@@ -278,7 +278,11 @@ def save_classifier(clf: Classifier, directory: Path) -> Path:
         tmp.replace(weights)
     finally:
         tmp.unlink(missing_ok=True)
-    write_json(directory / f"{stem}.json", clf.meta)
+    try:
+        write_json(directory / f"{stem}.json", clf.meta)
+    except GenlabError:
+        weights.unlink(missing_ok=True)  # no weights without their metadata
+        raise
     return directory / f"{stem}.json"
 
 
@@ -329,7 +333,7 @@ def get_classifier(dataset_name: str, data_dir: str | None = None,
             continue
         try:
             path = save_classifier(clf, d)
-        except (OSError, SafetensorError):  # a full disk, a folder that is not writable after all
+        except (OSError, SafetensorError, GenlabError):  # a full disk, a folder not writable after all
             continue
         if log:
             log(f"cached the classifier in {path.parent}")

@@ -23,7 +23,9 @@ function status(text, isError = false) {
   s.classList.toggle("error", isError);
 }
 
-async function api(method, path, body) {
+// ``clears``: a success clears an earlier error in the status line (not for the background poll of a watched
+// run, which would wipe a user's error within a second and a half).
+async function api(method, path, body, {clears = true} = {}) {
   pending += 1;
   try {
     let r;
@@ -35,7 +37,7 @@ async function api(method, path, body) {
     }
     const data = await r.json().catch(() => ({}));
     if (!r.ok) throw new Error(data.error || `HTTP ${r.status}`);
-    if ($("status").classList.contains("error")) status("ready");  // an earlier request's error is over
+    if (clears && $("status").classList.contains("error")) status("ready");  // an earlier request's error is over
     return data;
   } catch (e) {
     status(`${path}: ${e.message}`, true);
@@ -389,7 +391,7 @@ function watchView(run) {
 
 async function pollWatch() {
   let state;
-  try { state = await api("GET", "/api/watch"); } catch (e) { setTimeout(pollWatch, 4000); return; }
+  try { state = await api("GET", "/api/watch", undefined, {clears: false}); } catch (e) { setTimeout(pollWatch, 4000); return; }
   const s = $("status");  // an earlier failed poll's error is over once a poll answers
   if (s.classList.contains("error") && s.textContent.startsWith("/api/watch:")) status("watching again");
   const names = new Set(state.runs.map((run) => run.name));

@@ -175,6 +175,10 @@ def _start_worker(stopping) -> None:
     without telling it (kill -9), rather than train on with nobody to report to."""
     global _stopping
     _stopping = stopping
+    # SIGTERM to a worker between stages (the main process stops them all) ends it through Python's own exit,
+    # so its locks are released (killed outright, it left one to the resource tracker, which said so on stderr
+    # after genlab's one line). While a stage trains, the training loop's own handler takes over.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
 
 

@@ -19,7 +19,8 @@
 #   bf16        (only when named) throughput of ae, vae and dcgan at their GPU-sized batches with both loops under
 #               bfloat16 autocast (--precision bf16), beside the float32 figures of the throughput stage
 #   profile     (only when named) benchmarks/profile_step.py: PyTorch's profiler over genlab's loop for vae at
-#               batch 1024 and ae at 2048 (the cases below 0.9x): host time by operator, kernels and device
+#               batch 1024, ae and dae at 2048 (the cases once below 0.9x; dae b2048 still is, 0.79x on 27
+#               November's night): host time by operator, kernels and device
 #               time a step, and a trace for Perfetto (into WORK_DIR/profile: a device machine sends back at
 #               most 8 files from OUT_DIR, and the two calls below write 6 and 5 there)
 # The stages' time limits add up to 1,030 s; where one command may run at most 10 minutes, run them in two,
@@ -75,7 +76,8 @@ for s in $stages; do
         --precision bf16 --models ae vae dcgan --batch-sizes 2048 1024 512 ;;
     profile)
       stage profile-vae 60 python3 benchmarks/profile_step.py "$work/profile" --model vae --batch 1024 --steps 30
-      stage profile-ae 60 python3 benchmarks/profile_step.py "$work/profile" --model ae --batch 2048 --steps 20 ;;
+      stage profile-ae 60 python3 benchmarks/profile_step.py "$work/profile" --model ae --batch 2048 --steps 20
+      stage profile-dae 60 python3 benchmarks/profile_step.py "$work/profile" --model dae --batch 2048 --steps 20 ;;
     *) echo "unknown stage $s" >&2; status=2 ;;
   esac
 done

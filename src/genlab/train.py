@@ -198,7 +198,6 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
 
     batches = Batches(train_images, cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world=ctx.world,
                       device=ctx.device, labels=train_labels if model.conditional else None)
-
     log = _Log(model, ctx, counters, run_dir)
 
     def save_checkpoint(epoch: int):

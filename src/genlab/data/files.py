@@ -113,8 +113,9 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
     import cv2
 
     try:
-        if os.stat(path).st_size > MAX_FILE_BYTES:
-            raise DataError(f"{path} is {os.stat(path).st_size / 1e9:.1f} GB, more than the {MAX_FILE_BYTES >> 30} GB "
+        size_bytes = os.stat(path).st_size
+        if size_bytes > MAX_FILE_BYTES:
+            raise DataError(f"{path} is {size_bytes / 1e9:.1f} GB, more than the {MAX_FILE_BYTES >> 30} GB "
                             "genlab reads from one image file; shrink it or remove it")
         data = np.fromfile(path, np.uint8)
     except OSError as e:

@@ -260,8 +260,8 @@ def _content_key(dataset_name: str, train) -> str | None:
     if not is_file_dataset(dataset_name):
         return None
     h = hashlib.sha256(repr(tuple(train.images.shape)).encode())
-    h.update(train.images.contiguous().numpy().tobytes())
-    h.update(train.labels.contiguous().numpy().tobytes())
+    h.update(train.images.contiguous().numpy())  # hashed in place, not copied to bytes first
+    h.update(train.labels.contiguous().numpy())
     return h.hexdigest()
 
 
@@ -312,9 +312,7 @@ def _stderr(msg: str) -> None:
 def get_classifier(dataset_name: str, data_dir: str | None = None,
                    log: Callable[[str], None] | None = _stderr) -> Classifier:
     """The feature classifier for ``dataset_name``: loaded from the cache, else trained once and cached."""
-    from genlab.data import resolve_dataset_name
-
-    from genlab.data import load_dataset
+    from genlab.data import load_dataset, resolve_dataset_name
     from genlab.data.files import is_file_dataset
 
     dataset_name = resolve_dataset_name(dataset_name, data_dir)

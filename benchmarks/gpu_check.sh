@@ -18,6 +18,10 @@
 #   reproduce   genlab reproduce on full MNIST (every model trained for at least two epochs, every figure), timed
 #   bf16        (only when named) throughput of ae, vae and dcgan at their GPU-sized batches with both loops under
 #               bfloat16 autocast (--precision bf16), beside the float32 figures of the throughput stage
+#   gap         (only when named) the one case below 0.9x on 27 November's night, dae at batch 2048, beside ae at
+#               2048, on full MNIST (30 steps an epoch rather than 15), 3 rounds; each line says how long genlab's
+#               loop rests between epochs; then dae again with the plain loop resting 50 ms between its epochs:
+#               does the rest (evaluation, checkpoint, log) slow the next epoch's steps? (at most 210 s)
 #   profile     (only when named) benchmarks/profile_step.py: PyTorch's profiler over genlab's loop for vae at
 #               batch 1024, ae and dae at 2048 (the cases once below 0.9x; dae b2048 still is, 0.79x on 27
 #               November's night): host time by operator, kernels and device
@@ -41,7 +45,7 @@
 # commands' runs into WORK_DIR/commands, the reproduction into WORK_DIR/reproduce, whose report.md and
 # tables.json are copied into OUT_DIR. A failing stage does not stop the others.
 set -u
-out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR [tests] [commands] [throughput] [reproduce] [bf16] [profile]}
+out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR [tests] [commands] [throughput] [reproduce] [bf16] [gap] [profile]}
 shift
 stages=${*:-tests commands throughput reproduce}
 work=${WORK_DIR:-$out}
@@ -74,6 +78,11 @@ for s in $stages; do
         --models ae --batch-sizes 2048 --idle-between-epochs 0.2 ;;
     bf16) stage throughput-bf16 60 python3 benchmarks/throughput.py --device cuda --limit 30000 --min-seconds 3 \
         --precision bf16 --models ae vae dcgan --batch-sizes 2048 1024 512 ;;
+    gap)
+      stage gap 150 python3 benchmarks/throughput.py --device cuda --limit 60000 --min-seconds 4 --rounds 3 \
+        --models dae ae --batch-sizes 2048
+      stage gap-idle 60 python3 benchmarks/throughput.py --device cuda --limit 60000 --min-seconds 4 --rounds 2 \
+        --models dae --batch-sizes 2048 --idle-between-epochs 0.05 ;;
     profile)
       stage profile-vae 60 python3 benchmarks/profile_step.py "$work/profile" --model vae --batch 1024 --steps 30
       stage profile-ae 60 python3 benchmarks/profile_step.py "$work/profile" --model ae --batch 2048 --steps 20

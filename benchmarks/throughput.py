@@ -12,7 +12,9 @@ With ``--device cuda`` every model is measured at the lecture's batch size and a
 the best plain loop over genlab's own networks: the data on the GPU, a shuffled index per epoch, fused Adam,
 each player's loss from ``model.steps`` (with the labels, for a conditional model) and no host synchronisation.
 After one epoch to warm up, the plain loop runs whole epochs for at least 4 seconds and genlab's real training
-loop as many epochs. ``--rounds`` (1 on a GPU) repeats both, alternating, and reports medians.
+loop as many epochs. ``--rounds`` (1 on a GPU) repeats both, alternating, and reports medians. Each line also
+gives both sides' epoch times and how long genlab's loop rests between epochs (evaluating, checkpointing,
+logging: outside the timed steps); ``--idle-between-epochs S`` makes the plain loop rest S seconds too.
 
     python benchmarks/throughput.py [--models ae dae vae] [--limit N] [--rounds R] [--json]
     python benchmarks/throughput.py --device cuda [--models ae dae vae ebgan dcgan cvae cdcgan] [--rounds R] [--json]
@@ -35,7 +37,7 @@ from genlab import config as cfgmod
 from genlab.data import load_dataset
 from genlab.errors import GenlabError, one_line_errors
 from genlab.models import MODELS, build
-from genlab.train import default_train_config, make_optimizer, train
+from genlab.train import Callback, default_train_config, make_optimizer, train
 
 # model -> (batch size, model config overrides): the lecture's settings.
 CASES = {"ae": (256, {"latent_dim": 30}), "dae": (256, {"latent_dim": 500}), "vae": (128, {})}
@@ -101,23 +103,39 @@ def dataloader_rate(name: str, images: torch.Tensor, labels: torch.Tensor, batch
     return seen / (time.perf_counter() - start)
 
 
+class _EpochClock(Callback):
+    """When each epoch's checkpoint and log line were written (``on_epoch``), by the wall clock."""
+
+    def __init__(self):
+        self.stamps: list[float] = []
+
+    def on_epoch(self, run, epoch: int, record: dict) -> None:
+        self.stamps.append(time.perf_counter())
+
+
 def genlab_rate(name: str, images_limit: int, batch: int, overrides: dict, dataset: str, device: str = "cpu",
-                epochs: int = 1, durations: list | None = None, precision: str = "fp32") -> float:
+                epochs: int = 1, durations: list | None = None, precision: str = "fp32",
+                rests: list | None = None) -> float:
     """images/s of ``genlab.train.train``: over its last epoch, or with ``epochs`` > 1 over every epoch but the
-    first (which warms the device up). ``durations``, when given, receives those epochs' seconds."""
+    first (which warms the device up). ``durations``, when given, receives those epochs' seconds; ``rests``
+    the seconds between them that the loop spent outside its steps (evaluating, checkpointing, logging)."""
+    clock = _EpochClock()
     with tempfile.TemporaryDirectory() as out:
         tcfg = cfgmod.from_dict(cfgmod.TrainConfig, {**cfgmod.to_dict(default_train_config(name)), "epochs": epochs,
                                 "batch_size": batch, "limit": images_limit, "eval_limit": 1000, "device": device,
                                 "figures": False, "progress": False, "out": out, "dataset": dataset,
                                 "precision": precision})
-        run_dir = train(name, MODELS[name].Config(**overrides), tcfg)
+        run_dir = train(name, MODELS[name].Config(**overrides), tcfg, callbacks=[clock])
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     if epochs == 1:
         return records[-1]["images_per_s"]
     n = len(load_dataset(dataset, "train").images)
     n = min(images_limit, n) if images_limit else n
+    steps = [b["seconds"] - a["seconds"] for a, b in zip(records, records[1:])]
     if durations is not None:
-        durations += [b["seconds"] - a["seconds"] for a, b in zip(records, records[1:])]
+        durations += steps
+    if rests is not None:  # wall time from one epoch's end to the next's, less the next epoch's steps
+        rests += [(b - a) - took for a, b, took in zip(clock.stamps, clock.stamps[1:], steps)]
     return n * (epochs - 1) / (records[-1]["seconds"] - records[0]["seconds"])  # "seconds" is cumulative
 
 
@@ -189,13 +207,13 @@ def gpu_main(args, dataset: str, images: torch.Tensor, labels: torch.Tensor, dev
     for name in args.models:
         batches, overrides = GPU_CASES[name]
         for batch in (b for b in batches if not args.batch_sizes or b in args.batch_sizes):
-            rounds, genlab_epochs, plain_epochs = [], [], []
+            rounds, genlab_epochs, plain_epochs, rests = [], [], [], []
             for _ in range(args.rounds):
                 plain, epochs = plain_rate(name, images, labels, batch, overrides, device, args.min_seconds,
                                            args.idle_between_epochs, durations=plain_epochs,
                                            precision=args.precision)
                 fast = genlab_rate(name, len(images), batch, overrides, dataset, device=device, epochs=1 + epochs,
-                                   durations=genlab_epochs, precision=args.precision)
+                                   durations=genlab_epochs, precision=args.precision, rests=rests)
                 rounds.append((fast, plain, fast / plain, epochs))
             fast, plain, ratio, epochs = (statistics.median(column) for column in zip(*rounds))
             spread = (min(r[2] for r in rounds), max(r[2] for r in rounds))
@@ -204,11 +222,13 @@ def gpu_main(args, dataset: str, images: torch.Tensor, labels: torch.Tensor, dev
                         for side, d in (("genlab", genlab_epochs), ("plain", plain_epochs))}
             results[f"{name} b{batch}"] = {"genlab": round(fast), "plain": round(plain), "ratio": round(ratio, 3),
                                            "ratio_range": [round(x, 3) for x in spread], "epochs": epochs,
-                                           "epoch_ms_min_median_max": epoch_ms}
+                                           "epoch_ms_min_median_max": epoch_ms,
+                                           "genlab_rest_ms_median": round(1e3 * statistics.median(rests), 2)}
             if not args.json:
                 over = f"rounds {spread[0]:.2f}-{spread[1]:.2f}" if args.rounds > 1 else f"over {epochs} epochs"
                 ms = "   epoch ms min/median/max: genlab {}, plain {}".format(
                     *("/".join(f"{x:.1f}" for x in epoch_ms[side]) for side in ("genlab", "plain")))
+                ms += f"; genlab rests {1e3 * statistics.median(rests):.1f} ms between epochs"
                 print(f"{name:<6} batch {batch:<5} genlab {fast:>9.0f} img/s   plain loop {plain:>9.0f} img/s   "
                       f"ratio {ratio:5.2f}x   {over}{ms}   ({name_of_device})", flush=True)
     return {"device": name_of_device, "results": results}

@@ -400,13 +400,13 @@ def fit_image_shape(model_name: str, model_cfg, data, resuming: bool):
     return dataclasses.replace(model_cfg, channels=shape[0], height=shape[1], width=shape[2])
 
 
-def _step(model, inputs, global_n, optimizers, steps, ctx, precision: str) -> tuple[list[str], torch.Tensor]:
+def _step(model, inputs, global_n, optimizers, steps, ctx, precision: str) -> tuple[list[str], list[torch.Tensor]]:
     """One batch: each player in turn computes its loss, backpropagates (DDP averages the gradients across
     processes during the backward pass), steps. ``inputs``: (images,) or, for a conditional model, (images,
-    labels). Returns the terms' names and their batch means, float32 [len(names)], still on the device, so
-    nothing waits for the device here; ``_Log.flush`` reads those of many steps at once. Under DDP each
-    process's means are weighted by its share of the global batch, so their mean over processes is the
-    global batch's mean even when the last batch does not split evenly.
+    labels). Returns the terms' names and their batch means as float32 1-d tensors that, joined, hold one
+    number a name, still on the device, so nothing waits for the device here; ``_Log.flush`` reads those of
+    many steps at once. Under DDP each process's means are weighted by its share of the global batch, so
+    their mean over processes is the global batch's mean even when the last batch does not split evenly.
 
     Each step reduces its own terms: a GPU's reduction adds a row's numbers in an order that depends on how
     many rows it is given, so reducing many steps at once would make the logged means depend on when the log
@@ -425,21 +425,29 @@ def _step(model, inputs, global_n, optimizers, steps, ctx, precision: str) -> tu
         model.after_step(player)
         prefix = "" if player == "model" else f"{player}/"
         names += [prefix + key for key in terms]
-        values += [value.detach() for value in terms.values()]
+        if ctx.world == 1 and all(value is terms["loss"] for value in terms.values()):
+            # Every term is the loss (the AE's and the DAE's), whose batch mean is at hand: logging it costs
+            # no reduction (a GPU step at a large batch is bound by its launches; each one saved shows).
+            values += [loss.detach()] * len(terms)
+        else:
+            values += [value.detach() for value in terms.values()]
     means = _batch_means(values)
     share = len(inputs[0]) * ctx.world / global_n  # 1 unless the shards differ in size (a short last batch)
-    return names, means if share == 1 else means * share  # so _Log's mean over ranks is the global-batch mean
+    return names, means if share == 1 else [part * share for part in means]  # _Log's mean over ranks: the global batch's
 
 
-def _batch_means(values: list[torch.Tensor]) -> torch.Tensor:
-    """The mean of each term in ``values``, float32 [len(values)]: one stack and one mean for each run of
-    per-example terms of one length (a step's terms are usually one run), one mean for any other."""
+def _batch_means(values: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The mean of each term in ``values`` as float32 1-d tensors that, joined, hold one number a term: a term
+    already reduced (0-d) as it is, one stack and one mean for each run of per-example terms of one length,
+    one mean for any other."""
     parts = []
     for length, run in itertools.groupby(values, key=lambda v: v.shape[0] if v.dim() == 1 else None):
         run = list(run)
-        parts.append(torch.stack(run).float().mean(1) if length is not None
-                     else torch.stack([v.float().mean() for v in run]))
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+        if length is not None:
+            parts.append(torch.stack(run).float().mean(1) if len(run) > 1 else run[0].float().mean().reshape(1))
+        else:
+            parts += [(v.float() if v.dim() == 0 else v.float().mean()).reshape(1) for v in run]
+    return parts
 
 
 READ_EVERY = {"cuda": 50}  # steps between reads of the logged terms, by device type (1 elsewhere)
@@ -459,7 +467,7 @@ class _Log:
     def __init__(self, model, ctx, counters: dict, run_dir: Path):
         self.model, self.ctx, self.counters, self.run_dir = model, ctx, counters, run_dir
         self.every = READ_EVERY.get(ctx.device.type, 1)
-        self.pending: list[tuple[list[str], torch.Tensor]] = []  # per step: term names, their means
+        self.pending: list[tuple[list[str], list[torch.Tensor]]] = []  # per step: term names, their means
         self.last_loss = float("nan")
 
     def flush(self, epoch: int, stop: bool) -> bool:
@@ -467,7 +475,7 @@ class _Log:
         pending, self.pending = self.pending, []
         if not pending and self.ctx.world == 1:
             return stop
-        flat = torch.cat([means for _, means in pending]) if pending else torch.zeros(0)
+        flat = torch.cat([part for _, means in pending for part in means]) if pending else torch.zeros(0)
         if self.ctx.world == 1:
             numbers = flat.tolist()
         else:

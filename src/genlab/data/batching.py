@@ -78,7 +78,7 @@ class Batches:
             perm = torch.arange(n, device=self.images.device)
         for i in range(start, len(self)):
             idx = perm[i * self.batch_size:(i + 1) * self.batch_size]
-            mine = idx[self.rank::self.world]
+            mine = idx[self.rank::self.world] if self.world > 1 else idx
             if self.labels is None:
                 yield self.images.index_select(0, mine), len(idx)
             else:

@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         unrecognized(parser, args, unknown)
+    empty = _empty_argument(parser, args)
+    if empty:
+        # A script's unset variable (--images "$DIR") read as "." scored the whole working folder, and an empty
+        # --out quietly meant the default: an empty argument is a mistake, whatever it names.
+        _command_parser(parser, args).error(f"{empty} is empty; give a value, or leave the flag out")
     if args.command == "train" and args.model is None and not args.resume:
         parser.error(f"train needs a MODEL ({', '.join(MODELS)}) or --resume RUN_DIR")
     if thread_count_problem:
@@ -100,12 +105,27 @@ def _stop(signum, frame):
     raise Stopped(f"stopped by {signal.Signals(signum).name}", signum)
 
 
-def unrecognized(parser, args, unknown: list[str]) -> None:
-    """The one-line error for flags the command does not have, from the command's own parser, so it points
-    at that command's help and suggests the nearest flag it does have."""
+def _command_parser(parser, args) -> argparse.ArgumentParser:
+    """The parser of the command given (of ``train MODEL``, for a model's flags)."""
     names = [args.command] + ([args.model] if args.command == "train" and args.model else [])
     for name in names:
         parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return parser
+
+
+def _empty_argument(parser, args) -> str | None:
+    """The first argument given as an empty string (its flag, or its name for a positional one), or None."""
+    for action in _command_parser(parser, args)._actions:
+        value = getattr(args, action.dest, None)
+        if value == "" or (isinstance(value, list) and "" in value):
+            return "/".join(action.option_strings) or action.metavar or action.dest
+    return None
+
+
+def unrecognized(parser, args, unknown: list[str]) -> None:
+    """The one-line error for flags the command does not have, from the command's own parser, so it points
+    at that command's help and suggests the nearest flag it does have."""
+    parser = _command_parser(parser, args)
     message = f"unrecognized arguments: {' '.join(unknown)}"
     flag = next((word.split("=")[0] for word in unknown if word.startswith("--")), None)
     flags = [f for f in parser._option_string_actions if f.startswith("--") and f != "--help"]

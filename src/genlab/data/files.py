@@ -255,6 +255,8 @@ def image_paths(inputs: Sequence[str | Path]) -> list[str]:
     """Files and folders (searched recursively) -> image files, in the order given; nothing found is an error."""
     found: list[str] = []
     for item in inputs:
+        if not str(item):  # Path("") is ".": an unset variable would have meant every image below here
+            raise DataError("an image path given is empty; name image files or folders of them")
         path = Path(item)
         if path.is_dir():
             listed = [p for p, _, _ in scan_images(path)]

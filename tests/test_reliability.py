@@ -168,8 +168,11 @@ def test_a_config_json_naming_another_model_is_one_line(capsys, ae_run, tmp_path
     (["inpaint", "{run}", "--seed", "-5"], "must be between 0 and 4294967295"),
     # Once accepted in silence: the model flags were checked, then dropped; the server bound every interface.
     (["train", "--resume", "{run}", "--epochs", "3", "vae", "--lr", "5"], "not vae too"),
-    (["serve", "{run}", "--host", "", "--port", "0"], "--host must be an address"),
-    (["train", "--resume", "{run}", "--device", ""], "--device must be auto, cpu, cuda or cuda:N, got ''"),
+    (["serve", "{run}", "--host", "", "--port", "0"], "--host is empty; give a value, or leave the flag out"),
+    (["train", "--resume", "{run}", "--device", ""], "--device is empty; give a value, or leave the flag out"),
+    (["energy", "{run}", "--images", ""], "--images is empty"),
+    (["denoise", "{run}", "--images", "{run}", "--out", ""], "--out is empty"),
+    (["report", "{run}", ""], "RUN_DIR is empty"),
     (["report", "{run}", "--out", "/dev/null"], "/dev/null: File exists and is not a folder; give a folder"),
     (["report", "{run}", "--device", "tpu9", "--out", "{run}/r"], "--device must be auto, cpu, cuda or cuda:N"),
     (["train", "ae", *QUICK, "--classes", "\u0663"], "--classes must be comma-separated labels (0 to 999)"),
@@ -622,3 +625,22 @@ def test_overwritten_pixels_fail_the_checksum_once_and_a_pass_is_remembered(tmp_
     monkeypatch.setattr(datasets, "idx_md5", lambda array: pytest.fail("hashed twice"))
     assert len(load_dataset("mnist", "train", data_dir=tmp_path / "data", download=False)) == 60000
     clear_cache()
+
+
+def test_the_scoring_and_evaluation_api_refuse_what_they_would_misread(ae_run):
+    import genlab
+    from genlab.evaluate import evaluate_run
+    model = genlab.load(ae_run)
+    images = torch.zeros(3, 28, 28, dtype=torch.uint8)
+    for bad in (-1, 0, 2.5):
+        with pytest.raises(GenlabError, match="batch_size must be a whole number"):
+            model.energy(images, batch_size=bad)  # -1 scored nothing and said nothing
+    with pytest.raises(GenlabError, match="an image path given is empty"):
+        model.energy("")  # "" is "." to pathlib: every image below the working folder
+    with pytest.raises(GenlabError, match="limit is a whole number"):
+        evaluate_run(ae_run, limit=-1)
+    with pytest.raises(GenlabError, match="no option iwaek"):
+        evaluate_run(ae_run, iwaek=(1,))
+    with pytest.raises(GenlabError, match="a run directory is a path"):
+        genlab.load(None)
+    assert evaluate_run(ae_run, limit=10)["images"] == 10  # a path is loaded

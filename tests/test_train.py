@@ -429,7 +429,7 @@ def test_a_longer_schedule_given_on_resume_is_kept_for_the_next_resume(tmp_path)
     # --epochs on resume lengthens the run; its config.json says so, so a later resume without --epochs (on
     # another device, say) goes on with that schedule instead of refusing with an --epochs nobody gave.
     run = train("ae", MODELS["ae"].Config(latent_dim=8), quick_config("ae", tmp_path / "r", limit=128))
-    train(None, train_cfg=quick_config("ae", tmp_path / "r", epochs=2), resume=run)
+    train(None, train_cfg=quick_config("ae", tmp_path / "r", limit=128, epochs=2), resume=run)
     assert checkpoint.read_configs(run)[2].epochs == 2
     train(None, resume=run, device="cpu")
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
@@ -519,3 +519,61 @@ def test_a_step_logs_each_term_mean_and_reduces_a_loss_only_once(name):
     assert logged == pytest.approx(again, rel=1e-6)
     reductions = sum(e.count for e in prof.key_averages() if e.key in ("aten::mean", "aten::stack"))
     assert reductions == (1 if name in ("ae", "dae") else 3)  # the loss's mean; the VAE's: + one stack, one mean
+
+
+def test_python_callers_get_one_line_for_configs_that_cannot_train(tmp_path):
+    # A field set after the config was made trained on images[:-4400] and left a run nothing could open;
+    # another model's config built an ae with the vae's fields.
+    cfg = quick_config("ae", tmp_path / "late")
+    cfg.limit = -4400
+    with pytest.raises(GenlabError, match="--limit must be >= 0"):
+        train("ae", None, cfg)
+    assert not (tmp_path / "late").exists()  # nothing written
+    with pytest.raises(GenlabError, match=r"MODELS\['ae'\].Config, got VAEConfig"):
+        train("ae", MODELS["vae"].Config(), quick_config("ae", tmp_path / "other"))
+    with pytest.raises(GenlabError, match="got TrainConfig"):
+        train("ae", quick_config("ae", tmp_path / "swapped"))
+    from genlab.models import build
+    with pytest.raises(GenlabError, match="got VAEConfig"):
+        build("ae", MODELS["vae"].Config())
+
+
+def test_resume_from_python_refuses_what_it_would_ignore_and_keeps_the_callers_random_state(tmp_path):
+    import dataclasses
+    import threading
+    cfg = quick_config("ae", tmp_path / "r", limit=128)
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    run = train("ae", MODELS["ae"].Config(latent_dim=8), cfg)
+    assert torch.equal(torch.rand(3), expected)  # training drew from its own seeded state
+    with pytest.raises(GenlabError, match="holds a ae run"):
+        train("vae", None, None, resume=run)
+    with pytest.raises(GenlabError, match="keeps its own model config"):
+        train(None, MODELS["ae"].Config(latent_dim=2), None, resume=run)
+    with pytest.raises(GenlabError, match="train_cfg changes batch_size, lr"):
+        train(None, None, dataclasses.replace(cfg, lr=0.5, batch_size=7, epochs=2), resume=run)
+    # Off the main thread (no signal handlers there) and with epochs alone changed, it goes on.
+    done = []
+    worker = threading.Thread(target=lambda: done.append(train(None, None, dataclasses.replace(cfg, epochs=2),
+                                                               resume=run)))
+    worker.start()
+    worker.join()
+    assert done == [run] and checkpoint.read_configs(run)[2].epochs == 2
+
+
+def test_model_api_refuses_images_of_another_shape_and_draws_from_a_callers_generator():
+    from genlab.models import build
+    for name in MODELS:
+        model = build(name).eval()
+        x = torch.rand(4, 1, 28, 28) * (2 if model.pixel_range == "tanh" else 1) - (1 if model.pixel_range == "tanh" else 0)
+        assert model.energy(x).shape == (4,)
+        with pytest.raises(GenlabError, match=r"expected a float tensor \[N x 1 x 28 x 28\]"):
+            model.energy(x[:, 0])  # the VAE broadcast this into energies that grew with N
+        with pytest.raises(GenlabError, match="expected a float tensor"):
+            model.energy((x * 100).to(torch.uint8))
+        if model.can_sample:
+            draws = [model.sample(3, generator=torch.Generator().manual_seed(5)) for _ in range(2)]
+            assert torch.equal(*draws) and draws[0].shape == (3, 1, 28, 28), name
+            with pytest.raises(GenlabError, match="number of samples"):
+                model.sample(-1)

@@ -350,7 +350,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     from genlab.distributed import resolve_device
     from genlab.models import build
 
-    device = resolve_device(device) if isinstance(device, str) else device
+    device = resolve_device(str(device))  # a torch.device too: one that is not here is one line
+    if not isinstance(run_dir, (str, os.PathLike)) or not str(run_dir):
+        raise GenlabError(f"a run directory is a path to the folder genlab train wrote, got {run_dir!r}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise GenlabError(f"run directory {run_dir} " + ("is a file, not a directory" if run_dir.exists()

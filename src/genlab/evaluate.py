@@ -8,12 +8,14 @@ models theirs), and every model that samples gets the offline sample-quality met
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
 from genlab.checkpoint import Run
 from genlab.data import run_dataset
 from genlab.data.files import is_file_dataset
+from genlab.errors import GenlabError
 from genlab.metrics import conditional, likelihood
 from genlab.models.base import per_example
 from genlab.train import evaluate_terms
@@ -27,8 +29,25 @@ def mean_energy(model, images_u8: torch.Tensor, batch_size: int = 1000, labels: 
     return per_example(model, images_u8, batch_size=batch_size, labels=labels).mean().item()
 
 
-def evaluate_run(run: Run, split: str = "test", limit: int = 0, quality: bool = True, **options) -> dict:
-    """All metrics of ``run`` on ``split`` (the first ``limit`` images when ``limit`` > 0), as name -> value."""
+# The options evaluate_run passes on: importance samples (VAE, quadrant CVAE), samples a class (conditional
+# models), the seed of the sample-quality draws.
+OPTIONS = ("iwae_k", "per_class", "seed")
+
+
+def evaluate_run(run: Run | str | Path, split: str = "test", limit: int = 0, quality: bool = True,
+                 **options) -> dict:
+    """All metrics of ``run`` (a loaded Run, or a run directory) on ``split`` (the first ``limit`` images when
+    ``limit`` > 0), as name -> value. ``options``: see ``OPTIONS``."""
+    if isinstance(run, (str, Path)):
+        from genlab.checkpoint import load_run
+        run = load_run(run)
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise GenlabError(f"evaluate_run has no option {', '.join(unknown)}; its options: {', '.join(OPTIONS)}")
+    if split not in ("train", "test"):
+        raise GenlabError(f"split is train or test, got {split!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise GenlabError(f"limit is a whole number of images, 0 (all) or more, got {limit!r}")
     cfg = run.train_cfg
     data = run_dataset(cfg, split, shape=run.model_cfg.shape)
     images = data.images[:limit] if limit else data.images

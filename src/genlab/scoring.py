@@ -77,7 +77,7 @@ class LoadedModel:
     # -- energies ---------------------------------------------------------------------------------------------
     def energy(self, images, batch_size: int = 1000) -> np.ndarray:
         """The model's energy of each image: float64 [N], low on the run's data, high off it."""
-        return self._energies(self.images(images), batch_size)
+        return self._energies(self.images(images), _batch_size(batch_size))
 
     def _energies(self, u8: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
         from genlab.metrics.anomaly import energies
@@ -143,6 +143,7 @@ class LoadedModel:
         if self.model.conditional:
             raise GenlabError(f"a {name} model repairs a digit only given its class, and these images come without "
                               f"labels; {others}")
+        batch_size = _batch_size(batch_size)
         u8 = self.images(images)
         model = self.model.eval()
         out = []
@@ -152,6 +153,13 @@ class LoadedModel:
                 y = model.reconstruct(x)
                 out.append(to_uint8(y.float().cpu(), model.pixel_range))
         return torch.cat(out).numpy()
+
+
+def _batch_size(value) -> int:
+    """``value`` if it is a whole number of at least 1 (a batch of -1 scored nothing and said nothing)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise GenlabError(f"batch_size must be a whole number of at least 1, got {value!r}")
+    return int(value)
 
 
 def _unit_floats_to_uint8(array: np.ndarray) -> np.ndarray:

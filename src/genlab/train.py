@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -121,6 +123,9 @@ class _SignalFlag:
 
     @contextmanager
     def installed(self):
+        if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+            yield self
+            return
         old = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield self
@@ -129,36 +134,55 @@ class _SignalFlag:
                 signal.signal(s, handler)
 
 
-def train(model_name: str, model_cfg=None, train_cfg: TrainConfig | None = None,
+def train(model_name: str | None, model_cfg=None, train_cfg: TrainConfig | None = None,
           resume: str | Path | None = None, device: str | None = None,
-          callbacks: Sequence[Callback] = ()) -> Path:
+          callbacks: Sequence[Callback] | None = None) -> Path:
     """Train ``model_name`` (or continue the run in ``resume``) and return the run directory.
 
-    ``callbacks``: see ``Callback``; ``genlab.viz.training_callbacks(train_cfg)`` gives the figures and
-    TensorBoard logs that ``train_cfg.figures`` and ``train_cfg.tensorboard`` ask for.
+    ``callbacks``: see ``Callback`` (None: none); the loop draws nothing itself, so the figures and TensorBoard
+    logs that ``train_cfg.figures`` and ``train_cfg.tensorboard`` ask for come from passing
+    ``genlab.viz.training_callbacks(train_cfg)`` here.
 
-    On resume only the schedule length (``train_cfg.epochs``) and the device (``device``: a run trained on a
-    GPU can go on on a CPU, and back) may change; everything else must match the original run.
+    On resume only the schedule length (``train_cfg.epochs``) and the device (``device``, or
+    ``train_cfg.device``: a run trained on a GPU can go on on a CPU, and back) may change; a model, a model
+    config or other training settings that differ from the run's own are refused.
+
+    The caller's random state is left as it was: training draws from generators seeded by ``train_cfg.seed``.
     """
     if resume is not None:
         run_dir = Path(resume)
-        model_name, model_cfg, saved = checkpoint.read_configs(run_dir)
-        changes = {"epochs": train_cfg.epochs} if train_cfg is not None else {}
+        name, saved_model_cfg, saved = checkpoint.read_configs(run_dir)
+        _check_resume(run_dir, name, saved_model_cfg, saved, model_name, model_cfg, train_cfg)
+        model_name, model_cfg = name, saved_model_cfg
+        changes = {"epochs": train_cfg.epochs, "device": train_cfg.device} if train_cfg is not None else {}
         changes.update({"device": device} if device is not None else {})
         train_cfg = cfgmod.from_dict(TrainConfig, {**cfgmod.to_dict(saved), **changes})
     else:
-        if model_name not in MODELS:
+        if not isinstance(model_name, str) or model_name not in MODELS:
             raise GenlabError(f"unknown model {model_name!r}; choose one of: {', '.join(MODELS)}")
         model_cfg = model_cfg if model_cfg is not None else MODELS[model_name].Config()
+        if type(model_cfg) is not MODELS[model_name].Config:
+            raise GenlabError(f"the model config of {model_name} is MODELS[{model_name!r}].Config, got "
+                              f"{type(model_cfg).__name__}")
         train_cfg = train_cfg if train_cfg is not None else default_train_config(model_name)
+        run_dir = None
+    if not isinstance(train_cfg, TrainConfig):
+        raise GenlabError(f"train_cfg is a genlab.config.TrainConfig, got {type(train_cfg).__name__}")
+    # Fields may have been set after the configs were made: checked again, before anything is written.
+    cfgmod.validate(model_cfg)
+    cfgmod.validate(train_cfg)
+    if run_dir is None:
         run_dir = Path(train_cfg.out) if train_cfg.out else default_run_dir(model_name)
+    callbacks = tuple(callbacks or ())
 
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     ctx = distributed.setup(train_cfg.device, train_cfg.deterministic)  # a missing device is a GenlabError here
     finished = False
     try:
         # One owner per run directory (see genlab.rundir); a refusal reaches every rank.
-        with distributed.agreed(ctx, rundir.claim(run_dir, owner=ctx.is_main)):
+        with distributed.agreed(ctx, rundir.claim(run_dir, owner=ctx.is_main)), \
+                torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
             run_dir = _train(model_name, model_cfg, train_cfg, run_dir, resume is not None, ctx,
                              callbacks if ctx.is_main else ())
         finished = True
@@ -174,6 +198,30 @@ def train(model_name: str, model_cfg=None, train_cfg: TrainConfig | None = None,
     finally:
         distributed.teardown(ctx, finished)
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+RESUME_MAY_CHANGE = ("epochs", "device", "out")  # out: the run is where resume points
+
+
+def _check_resume(run_dir: Path, name: str, saved_model_cfg, saved: TrainConfig, model_name, model_cfg,
+                  train_cfg) -> None:
+    """Refuse a model, a model config or training settings given with ``resume`` that are not the run's own
+    (they were silently ignored)."""
+    if model_name is not None and model_name != name:
+        raise GenlabError(f"{run_dir} holds a {name} run; resume it with model_name None (or {name!r})")
+    if model_cfg is not None and model_cfg != saved_model_cfg:
+        raise GenlabError(f"{run_dir}: a resumed run keeps its own model config; pass model_cfg=None")
+    if train_cfg is not None:
+        if not isinstance(train_cfg, TrainConfig):
+            raise GenlabError(f"train_cfg is a genlab.config.TrainConfig, got {type(train_cfg).__name__}")
+        changed = [f.name for f in dataclasses.fields(TrainConfig)
+                   if f.name not in RESUME_MAY_CHANGE and getattr(train_cfg, f.name) != getattr(saved, f.name)]
+        if changed:
+            raise GenlabError(f"{run_dir}: a resumed run keeps its own settings, and train_cfg changes "
+                              f"{', '.join(changed)}; only {' and '.join(RESUME_MAY_CHANGE)} may change: pass "
+                              f"dataclasses.replace(genlab.checkpoint.read_configs(run_dir)[2], epochs=N)")
 
 
 def default_train_config(model_name: str) -> TrainConfig:

@@ -23,7 +23,8 @@ def add(subparsers) -> None:
     ev.add_argument("--json", action="store_true", help="print one JSON object of metric name to value "
                     "(a value that is not finite, NaN or infinite, prints as null)")
     ev.add_argument("--iwae-k", type=bounded_int(1, 100_000), nargs="+",
-                    help="VAE: importance samples per bound (default: 1 50 5000)")
+                    help="importance samples: the VAE's bound for each value (default: 1 50 5000); a quadrant "
+                    "cvae's completion bounds with the largest (default: 100); other models have no such bound")
     ev.add_argument("--quality", action=argparse.BooleanOptionalAction, default=True,
                     help="sample-quality metrics for models that sample (default: on)")
     ev.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -46,6 +47,10 @@ def evaluate(args) -> int:
     from genlab.evaluate import evaluate_run, finite_or_null
 
     run = load_run(args.run_dir, device=args.device)
+    bounds = "likelihood" in run.model.extra_metrics or getattr(run.model, "quadrants", False)
+    if args.iwae_k and not bounds:
+        raise GenlabError(f"--iwae-k sets the importance samples of a vae's bounds or a quadrant cvae's; "
+                          f"{args.run_dir} holds a {run.model_name} run, which has none: leave the flag out")
     options = {"iwae_k": tuple(args.iwae_k)} if args.iwae_k else {}
     results = evaluate_run(run, split=args.split, limit=args.limit, quality=args.quality, **options)
     if args.split == "test":  # kept beside the run, where genlab report finds it

@@ -4,6 +4,7 @@ configs) and ``genlab train --resume RUN_DIR``."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 
@@ -43,8 +44,8 @@ def command(args) -> int:
         raise GenlabError(f"--resume goes on with the run's own model and settings; give either --resume RUN_DIR "
                           f"(with --epochs N or --device D at most) or a model and its flags, not {args.model} too")
     if args.resume:
-        train_cfg = from_namespace(cfgmod.TrainConfig, args) if hasattr(args, "epochs") else None
         saved = checkpoint.read_configs(args.resume)[2]
+        train_cfg = dataclasses.replace(saved, epochs=args.epochs) if hasattr(args, "epochs") else None
         run_dir = train(None, None, train_cfg, resume=args.resume, device=getattr(args, "device", None),
                         callbacks=training_callbacks(saved))
     else:

@@ -23,9 +23,15 @@ MODELS: dict[str, type[GenerativeModel]] = {
 
 
 def build(name: str, cfg=None) -> GenerativeModel:
+    from genlab.config import validate
     from genlab.errors import GenlabError
 
     if name not in MODELS:
         raise GenlabError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     cls = MODELS[name]
-    return cls(cfg if cfg is not None else cls.Config())
+    if cfg is None:
+        return cls(cls.Config())
+    if type(cfg) is not cls.Config:  # another model's config built this one with its fields
+        raise GenlabError(f"the model config of {name} is MODELS[{name!r}].Config, got {type(cfg).__name__}")
+    validate(cfg)  # its fields may have been changed since it was made
+    return cls(cfg)

@@ -41,6 +41,7 @@ class AE(GenerativeModel):
         return self.decoder(self.encoder(x.flatten(1))).view_as(x)
 
     def reconstruct(self, x: Tensor) -> Tensor:
+        self.check_images(x)
         return self(x)
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
@@ -50,6 +51,7 @@ class AE(GenerativeModel):
 
     def energy(self, x: Tensor) -> Tensor:
         """Reconstruction error ||x - Dec(Enc(x))||^2, summed over pixels: [N]."""
+        self.check_images(x)
         return squared_error(self(x), x)
 
     def encoder_kernels(self) -> Tensor:

@@ -8,7 +8,10 @@ set by ``genlab train`` from the data; 1 x 28 x 28 for MNIST) in its own pixel r
 - ``energy(x)``: shape [N], low on the data manifold, high off it (each model's docstring says whether it is a
   sum or a mean over pixels);
 - ``reconstruct(x)``: same shape as ``x``, where the model has one;
-- ``sample(n)``: [n x C x H x W] (the model's image shape) in the pixel range, where the model can sample.
+- ``sample(n, generator=None)``: [n x C x H x W] (the model's image shape) in the pixel range, where the model
+  can sample; the noise comes from ``generator`` (a ``torch.Generator`` of your own) or the device's own.
+
+``energy`` and ``reconstruct`` refuse, in one line, images of another shape or a non-float type (``check_images``).
 
 Models with two players (GANs) override ``players`` and ``steps``; the one training loop steps one optimiser
 per player, in the order ``steps`` yields them.
@@ -20,6 +23,7 @@ loop calls ``steps(x, y)`` and ``eval_terms(x, y)``, and ``sample(n, y)`` draws 
 from __future__ import annotations
 
 import copy
+import operator
 from contextlib import contextmanager
 from typing import Callable, ClassVar, Iterator
 
@@ -29,6 +33,17 @@ from torch import Tensor, nn
 from genlab.data.batching import to_pixels
 from genlab.rng import seeded
 from genlab.errors import GenlabError
+
+
+def sample_count(n) -> int:
+    """``n`` if it is a whole number of samples (0 or more), else one line."""
+    try:
+        count = operator.index(n)  # an int, or a numpy integer
+    except TypeError:
+        count = -1
+    if isinstance(n, bool) or count < 0:
+        raise GenlabError(f"the number of samples is a whole number, 0 or more, got {n!r}")
+    return count
 
 
 def conv_sizes_ok(cfg, name: str, multiple: int = 4) -> None:
@@ -114,6 +129,18 @@ class GenerativeModel(nn.Module):
     def energy(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def check_images(self, x) -> None:
+        """Refuse, in one line, what ``energy`` and ``reconstruct`` cannot take: anything but a float tensor
+        [N x C x H x W] of this model's image shape (an [N x H x W] batch was broadcast against the VAE's
+        output, giving energies that grew with N)."""
+        shape = (self.cfg.channels, self.cfg.height, self.cfg.width)
+        if not isinstance(x, Tensor):
+            raise GenlabError(f"expected a float tensor [N x {' x '.join(map(str, shape))}], got {type(x).__name__}")
+        if x.dim() != 4 or tuple(x.shape[1:]) != shape or not x.is_floating_point():
+            raise GenlabError(f"expected a float tensor [N x {' x '.join(map(str, shape))}] in the model's pixel "
+                              f"range ({self.pixel_range}), got {str(x.dtype).removeprefix('torch.')} "
+                              f"{list(x.shape)}; genlab.load(RUN).energy(images) takes images of any size and type")
+
     def reconstruct(self, x: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not reconstruct")
 
@@ -122,7 +149,7 @@ class GenerativeModel(nn.Module):
         """Whether this model has a ``reconstruct`` of its own (the GANs do not)."""
         return type(self).reconstruct is not GenerativeModel.reconstruct
 
-    def sample(self, n: int) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n samples as [n x C x H x W], the model's image shape, in its pixel range."""
         raise NotImplementedError(f"{type(self).__name__} cannot sample")
 

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from genlab.config import ImageShape, opt, validate
 from genlab.errors import GenlabError
 from genlab.models.cvae import class_labels
-from genlab.models.base import mnist_shape_only
+from genlab.models.base import mnist_shape_only, sample_count
 from genlab.models.dcgan import DCGAN
 from genlab.models.base import EMA
 from genlab.models.gan_common import (CollapseCheck, Streak, TwoPlayerGAN, dcgan_init, make_generator,
@@ -99,9 +99,9 @@ class CDCGAN(TwoPlayerGAN):
         self._saturated = Streak(self.SATURATION_PATIENCE)
         self._collapsed = CollapseCheck()
 
-    def generate(self, net: nn.Module, y: Tensor) -> Tensor:
+    def generate(self, net: nn.Module, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Images [N x 1 x 28 x 28] in [-1, 1] of classes ``y`` (int [N]) from ``net``, a generator or its EMA."""
-        z = self.noise(len(y))
+        z = self.noise(len(y), generator)
         return net(torch.cat([z, F.one_hot(y, 10).to(z.dtype)], 1))
 
     # -- training -------------------------------------------------------------------------------------------
@@ -144,19 +144,20 @@ class CDCGAN(TwoPlayerGAN):
     # -- evaluation and sampling ----------------------------------------------------------------------------
     def energy(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """-s(x, y) per example, [N]; without classes -log (1/10) sum_y exp(s(x, y))."""
+        self.check_images(x)
         if y is not None:
             return -self.discriminator(x, y)
         return math.log(10) - torch.logsumexp(self.discriminator.all_classes(x), 1)
 
     @torch.no_grad()
-    def sample(self, n: int, y: Tensor | int | None = None) -> Tensor:
+    def sample(self, n: int, y: Tensor | int | None = None, generator: torch.Generator | None = None) -> Tensor:
         """n samples [n x 1 x 28 x 28] in [-1, 1] of classes ``y`` (int [n], one class, or None for 0..9
         cycled), from the EMA generator in evaluation mode."""
-        labels = class_labels(n, y, self.device)
+        labels = class_labels(sample_count(n), y, self.device)
         net = self.g_ema.net if self.g_ema is not None else self.generator
         was_training = net.training
         net.eval()
         try:
-            return self.generate(net, labels)
+            return self.generate(net, labels, generator)
         finally:
             net.train(was_training)

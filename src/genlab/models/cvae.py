@@ -35,9 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genlab import rng
 from genlab.config import ImageShape, opt, validate
 from genlab.errors import GenlabError
-from genlab.models.base import EMA, GenerativeModel, mnist_shape_only
+from genlab.models.base import EMA, GenerativeModel, mnist_shape_only, sample_count
 
 CONDITIONS = ("label", "quadrants")
 TASKS = (1, 2, 3)  # observed quadrants in the structured-output task
@@ -244,6 +245,7 @@ class CVAE(GenerativeModel):
         energy of x under a uniform class prior (an upper bound on -log p(x), as each F(x | y) bounds
         -log p(x | y)). ``quadrants``: the mean over the three tasks of F(unseen | seen) (labels unused).
         """
+        self.check_images(x)
         sample = self.training
         if self.quadrants:
             return sum(self.terms(x, torch.full((len(x),), t, device=x.device), sample)["loss"]
@@ -296,20 +298,21 @@ class CVAE(GenerativeModel):
         return torch.stack(out)
 
     @torch.no_grad()
-    def sample(self, n: int, y: Tensor | int | None = None) -> Tensor:
+    def sample(self, n: int, y: Tensor | int | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Decode z ~ N(0, I) with class ``y`` (int [n], one int, or None for 0, 1, ..., 9, 0, ...): the mean
         images [n x 1 x 28 x 28] in [0, 1]."""
         if self.quadrants:
             raise GenlabError("a cvae with --condition quadrants completes digits (see figures/completions.png); "
                               "train --condition label to draw digits of a class")
-        labels = class_labels(n, y, self.device)
-        z = torch.randn(n, self.cfg.latent_dim, device=self.device)
+        labels = class_labels(sample_count(n), y, self.device)
+        z = rng.randn((len(labels), self.cfg.latent_dim), generator, self.device)
         cond = F.one_hot(labels, 10).to(z.dtype)
         return torch.sigmoid(self.decode_logits(z, cond))
 
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Label models: the decoder's mean for the code of x given its class (``y``; default: the class of the
         smallest free energy). Quadrant models: the completion from 2 observed quadrants at the prior's mean."""
+        self.check_images(x)
         if self.quadrants:
             c = torch.full((len(x),), 2, device=x.device)
             cond, weight = self.condition(x, c)
@@ -326,6 +329,8 @@ def class_labels(n: int, y: Tensor | int | None, device) -> Tensor:
     """Labels for ``n`` conditional samples: ``y`` as given (int [n] or one class for all), or 0..9 cycled."""
     if y is None:
         return torch.arange(n, device=device) % 10
+    if isinstance(y, torch.Generator):
+        raise GenlabError("the classes come second in sample(n, y, generator): pass the generator as generator=...")
     if isinstance(y, int):
         if not 0 <= y <= 9:
             raise GenlabError(f"a digit class is 0..9, got {y}")

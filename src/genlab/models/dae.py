@@ -115,6 +115,7 @@ class DAE(GenerativeModel):
         return corrupt(x, self.cfg, generator)
 
     def reconstruct(self, x: Tensor) -> Tensor:
+        self.check_images(x)
         return self(x)
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
@@ -130,6 +131,7 @@ class DAE(GenerativeModel):
 
     def energy(self, x: Tensor) -> Tensor:
         """Reconstruction error of the (uncorrupted) input, summed over pixels: [N]."""
+        self.check_images(x)
         return squared_error(self(x), x)
 
     def encoder_kernels(self) -> Tensor | None:

@@ -165,4 +165,5 @@ class DCGAN(TwoPlayerGAN):
     # -- evaluation -----------------------------------------------------------------------------------------
     def energy(self, x: Tensor) -> Tensor:
         """-s(x), the negative discriminator logit: [N]. Low where D takes x for real data."""
+        self.check_images(x)
         return -self.logit(x)

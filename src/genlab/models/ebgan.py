@@ -219,8 +219,10 @@ class EBGAN(TwoPlayerGAN):
     def energy(self, x: Tensor) -> Tensor:
         """The discriminator's reconstruction energy D(x), [N]: summed over pixels for ``--energy sum``,
         averaged over pixels for ``mean``, the (unsquared) Euclidean norm for ``norm``."""
+        self.check_images(x)
         return self._energy_and_code(x)[0]
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """The discriminator autoencoder's output Dec(Enc(x)), same shape as x."""
+        self.check_images(x)
         return self.discriminator(x)[0]

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.models.base import GenerativeModel
+from genlab import rng
+from genlab.models.base import GenerativeModel, sample_count
 
 
 # -- initialisation -----------------------------------------------------------------------------------------
@@ -147,9 +148,9 @@ class TwoPlayerGAN(GenerativeModel):
     players = ("d", "g")
     can_sample = True
 
-    def noise(self, n: int) -> Tensor:
-        """The generator's input z ~ N(0, I): [n x nz]."""
-        return torch.randn(n, self.cfg.nz, device=self.device)
+    def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """The generator's input z ~ N(0, I): [n x nz], drawn by ``generator`` or the device's own."""
+        return rng.randn((n, self.cfg.nz), generator, self.device)
 
     def player_parameters(self, player: str) -> list[nn.Parameter]:
         net = {"d": self.discriminator, "g": self.generator}[player]
@@ -181,7 +182,7 @@ class TwoPlayerGAN(GenerativeModel):
         return terms
 
     @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n samples [n x C x H x W] in [-1, 1] (the data's shape: 64 x 64 output is reduced to 28), from the EMA generator when
         ``--ema`` is on. The generator runs in evaluation mode (batch-norm running statistics), so sampling
         never changes the model."""
@@ -189,7 +190,7 @@ class TwoPlayerGAN(GenerativeModel):
         was_training = net.training
         net.eval()
         try:
-            return resize(net(self.noise(n)), (self.cfg.height, self.cfg.width))
+            return resize(net(self.noise(sample_count(n), generator)), (self.cfg.height, self.cfg.width))
         finally:
             net.train(was_training)
 

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from genlab import rng
 from genlab.config import ImageShape, opt, validate
 from genlab.errors import GenlabError
-from genlab.models.base import EMA, GenerativeModel, conv_sizes_ok
+from genlab.models.base import EMA, GenerativeModel, conv_sizes_ok, sample_count
 
 BINARIZE = ("none", "fixed", "dynamic")
 EVAL_SEED = 0  # seed of the one fixed binarisation per image used in evaluation (see hashed_uniform)
@@ -368,6 +368,7 @@ class VAE(GenerativeModel):
 
         Decodes z = mu in eval mode (deterministic, the lecture's choice) and a sample of q(z|x) in training.
         """
+        self.check_images(x)
         t = self.terms(self.binarize(x), sample=self.training)
         return t["rec"] + self.cfg.beta * t["kl_dim"].sum(1)
 
@@ -433,13 +434,14 @@ class VAE(GenerativeModel):
 
         ``sample`` None decodes z = mu in eval mode and a draw of q(z|x) in training mode.
         """
+        self.check_images(x)
         mu, logvar = self.encode(self.binarize(x))
         draw = self.training if sample is None else sample
         return self.decode(self.reparameterize(mu, logvar) if draw else mu)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Decode z ~ N(0, I): the mean images of p(x|z), [n x 1 x 28 x 28] in [0, 1] (grey, as the lecture)."""
-        z = rng.randn((n, self.cfg.latent_dim), generator, self.device)
+        z = rng.randn((sample_count(n), self.cfg.latent_dim), generator, self.device)
         return self.decode(z)
 
     def encoder_kernels(self) -> Tensor | None:

@@ -237,6 +237,24 @@ def test_cache_falls_back_to_the_user_cache_when_the_data_dir_is_read_only(tmp_p
         data.chmod(0o755)
 
 
+def test_the_reference_row_leaves_a_read_only_data_dir_alone(tmp_path, monkeypatch):
+    # Its cache was written wherever root could write: into CI's shared data (mode 555), whose new
+    # classifiers/ folder then took every classifier after it.
+    from genlab.metrics import quality
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(quality, "reference_row", lambda *args, **kwargs: {"fid": 1.0})
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(0o555)
+    clf = C.Classifier(C.DigitCNN(), {"format_version": C.FORMAT_VERSION, "dataset": "mnist"})
+    try:
+        assert quality.cached_reference_row("mnist", str(data), clf, (torch.zeros(3, 2),)) == {"fid": 1.0}
+        assert not (data / "classifiers").exists()
+        assert (tmp_path / "xdg" / "genlab" / "classifiers" / "mnist-reference.json").is_file()
+    finally:
+        data.chmod(0o755)
+
+
 def test_cache_dirs_put_the_data_dir_first_and_honour_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     user = tmp_path / "xdg" / "genlab" / "classifiers"

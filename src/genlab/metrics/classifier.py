@@ -223,7 +223,7 @@ def cache_dirs(data_dir: str | None = None) -> list[Path]:
     return dirs[:1] if dirs[0] == dirs[1] else dirs
 
 
-def _writable(directory: Path) -> bool:
+def writable_dir(directory: Path) -> bool:
     """Whether ``directory`` (or its nearest existing ancestor) may be written.
 
     A folder with all write bits off counts as read-only even for root, who could write it anyway: shared
@@ -327,7 +327,7 @@ def get_classifier(dataset_name: str, data_dir: str | None = None,
         log(f"training the {dataset_name} feature classifier once (about two minutes on a CPU) ...")
     clf = train_classifier(dataset_name, data_dir, log=log)
     for d in dirs:
-        if not _writable(d):
+        if not writable_dir(d):
             continue
         try:
             path = save_classifier(clf, d)

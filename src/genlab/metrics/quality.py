@@ -300,7 +300,8 @@ def cached_reference_row(dataset_name: str, data_dir: str | None, classifier, re
     import json
 
     from genlab.config import write_json
-    from genlab.metrics.classifier import cache_dirs, cache_name
+    from genlab.errors import GenlabError
+    from genlab.metrics.classifier import writable_dir, cache_dirs, cache_name
 
     names = [d / f"{cache_name(dataset_name)}-reference.json" for d in cache_dirs(data_dir)]
     for path in names:
@@ -313,11 +314,13 @@ def cached_reference_row(dataset_name: str, data_dir: str | None, classifier, re
             return stored["row"]
     row = reference_row(dataset_name, data_dir, classifier, reference)
     for path in names:
+        if not writable_dir(path.parent):  # a shared, read-only data folder stays untouched, for root too
+            continue
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json(path, {"classifier": classifier.meta, "reference_size": len(reference[0]), "row": row})
             break
-        except OSError:
+        except (OSError, GenlabError):
             continue
     return row
 

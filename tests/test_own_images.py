@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -234,6 +236,87 @@ def test_a_symlink_loop_in_a_folder_data_set_is_listed_once(tmp_path):
     write_folder(tmp_path / "d", blobs(4, (8, 8)), np.arange(4) % 2, ["a", "b"])
     (tmp_path / "d" / "a" / "again").symlink_to(tmp_path / "d", target_is_directory=True)
     assert sorted(p.name for p in list_images(tmp_path / "d")) == ["0000.png", "0001.png", "0002.png", "0003.png"]
+
+
+def test_a_link_to_another_class_folder_is_refused_not_relabelled(tmp_path, capsys):
+    # The link made "dogs" a second path to the same folder; whichever path was listed first won, and every
+    # dog was labelled a cat (exit 0).
+    write_folder(tmp_path / "d", blobs(8, (8, 8)), np.arange(8) % 2, ["cats", "dogs"])
+    (tmp_path / "d" / "cats" / "also").symlink_to(tmp_path / "d" / "dogs", target_is_directory=True)
+    assert_one_line(cli(capsys, "train", "ae", "--dataset", f"folder:{tmp_path / 'd'}", "--out", tmp_path / "r"),
+                    "are the same folder (one is a link to the other)")
+
+
+def test_damaged_image_files_are_one_line_with_the_codecs_reason_and_nothing_else(tmp_path, capfd):
+    # libjpeg decoded a damaged JPEG and only printed a warning (exit 0, scored); libpng and OpenCV printed
+    # their own lines on stderr before genlab's.
+    from genlab.data.files import read_image
+    jpeg = cv2.imencode(".jpg", blobs(1, (64, 64))[0])[1].tobytes()
+    png = bytearray(cv2.imencode(".png", blobs(1, (64, 64))[0])[1].tobytes())
+    (tmp_path / "damaged.jpg").write_bytes(jpeg[:len(jpeg) // 2] + b"\xff\xd9")  # an end marker, data missing
+    png[60] ^= 0xFF
+    (tmp_path / "crc.png").write_bytes(bytes(png))
+    (tmp_path / "half.png").write_bytes(bytes(png[:len(png) // 2]))
+    cv2.imwrite(str(tmp_path / "fine.png"), blobs(1, (8, 8))[0])
+    capfd.readouterr()
+    for name, words in (("damaged.jpg", "a damaged JPEG (Corrupt JPEG data"), ("crc.png", "(libpng error: IDAT"),
+                        ("half.png", "not a readable PNG, JPEG or BMP image")):
+        with pytest.raises(GenlabError, match=re.escape(words)):
+            read_image(tmp_path / name)
+    assert read_image(tmp_path / "fine.png").shape == (8, 8)
+    assert capfd.readouterr().err == ""  # the codecs said nothing of their own
+    print("still printed", file=sys.stderr)
+    assert capfd.readouterr().err == "still printed\n"  # standard error is back
+
+
+@pytest.mark.parametrize("layout,words", [
+    (("train/cat", "train/dog", "val/cat", "val/dog"), "rename val/ to test/"),
+    (("train/cat", "test/cat", "val/cat"), "and also val, which genlab would leave out"),
+    (("train/cat", "test/cat", "stray.png"), "and also stray.png"),
+])
+def test_folder_layouts_that_would_be_misread_are_refused(tmp_path, capsys, layout, words):
+    # train/ + val/ trained on two classes named "train" and "val"; val/ or a file beside train/ and test/ was
+    # silently left out.
+    for part in layout:
+        if part.endswith(".png"):
+            (tmp_path / "d" / part).write_bytes(encode_png(blobs(1, (8, 8))[0]))
+        else:
+            write_folder(tmp_path / "d" / part, blobs(3, (8, 8)), np.zeros(3, int), ["."])
+    assert_one_line(cli(capsys, "train", "ae", "--dataset", f"folder:{tmp_path / 'd'}", "--out", tmp_path / "r"),
+                    words)
+
+
+def test_labels_for_one_split_only_are_refused(tmp_path, capsys):
+    # The test split's labels were all 0, so a conditional model was tested against class 0 everywhere.
+    np.savez(tmp_path / "half.npz", x_train=blobs(30, (8, 8)), y_train=np.arange(30) % 3, x_test=blobs(10, (8, 8)))
+    assert_one_line(cli(capsys, "train", "ae", "--dataset", f"npz:{tmp_path / 'half.npz'}", "--out", tmp_path / "r"),
+                    "holds y_train but no y_test")
+
+
+def test_held_out_energies_follow_the_files_in_class_folders(tmp_path, capsys):
+    # The cache key stat'ed the data set's root only, whose time stays put when files in its class folders
+    # change: percentiles and flags came from the old images.
+    write_folder(tmp_path / "d", blobs(12, (8, 8)), np.arange(12) % 2, ["a", "b"])
+    run = tmp_path / "ae"
+    assert cli(capsys, "train", "ae", "--dataset", f"folder:{tmp_path / 'd'}", "--epochs", "1", "--no-figures",
+               "--no-progress", "--out", run)[0] == 0
+    model = genlab.load(run)
+    key, before = model._heldout_key(), model.heldout_energies().copy()
+    for path in sorted((tmp_path / "d").glob("*/*.png")):
+        path.write_bytes(encode_png(np.full((8, 8), 255, np.uint8)))  # other images, same names
+    clear_cache()  # as a new process would start (a process keeps the data sets it loaded)
+    again = genlab.load(run)
+    assert again._heldout_key() != key
+    assert not np.array_equal(again.heldout_energies(), before)
+
+
+def test_inpainting_refuses_images_smaller_than_its_ssim_window(tmp_path, capsys):
+    # 6 x 6 images gave NaN SSIMs, written into inpainting.json as NaN (not JSON), exit 0.
+    np.savez(tmp_path / "icons.npz", images=blobs(60, (6, 6)))
+    run = tmp_path / "dae"
+    assert cli(capsys, "train", "dae", "--dataset", f"npz:{tmp_path / 'icons.npz'}", "--epochs", "1",
+               "--no-figures", "--no-progress", "--out", run)[0] == 0
+    assert_one_line(cli(capsys, "inpaint", run, "--limit", "5"), "SSIM over 7 x 7 windows", "6 x 6")
 
 
 # -- training, scoring, repairing --------------------------------------------------------------------------------

@@ -112,6 +112,12 @@ class LoadedModel:
             if path is not None and path.exists():
                 info = path.stat()
                 stamps.append([str(path.resolve()), info.st_size, info.st_mtime_ns])
+        if dataset.startswith("folder:") and Path(dataset[len("folder:"):]).is_dir():
+            # Every image file's size and time: a folder's own time stays put when files in its class
+            # sub-folders change, and the held-out energies (percentiles, flags) went stale.
+            from genlab.data.files import scan_images
+            listing = json.dumps(scan_images(dataset[len("folder:"):]))
+            stamps.append(hashlib.sha256(listing.encode(errors="surrogateescape")).hexdigest())
         # The device too: a GPU computes the same energies to a few digits only (TF32 convolutions, other
         # kernels), so percentiles and thresholds are taken against energies from the device that scores.
         text = json.dumps([stamps, to_dict(self.run.train_cfg), self.model.device.type], sort_keys=True,

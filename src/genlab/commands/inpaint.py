@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from genlab import config as cfgmod
 from genlab.commands.flags import DEVICE_HELP, bounded_int, seed_flag
 from genlab.errors import GenlabError
 from genlab.metrics.anomaly import run_dataset
@@ -35,6 +36,7 @@ def _run_images(run, split: str, limit: int):
 
 
 def command(args: argparse.Namespace) -> int:
+    from genlab.evaluate import finite_or_null
     from genlab.viz.metric_figures import figure_inpainting
 
     if args.limit < 0:
@@ -48,9 +50,10 @@ def command(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(run.dir) / "figures"
     fig = figure_inpainting(run.model, images, out / "fig7_inpainting.png", p=0.5, seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "inpainting.json").write_text(json.dumps(table, indent=2) + "\n")
+    # A perfect repair scores an infinite PSNR: JSON has no such number, so it is written as null.
+    cfgmod.write_json(out / "inpainting.json", finite_or_null(table))
     if args.json:
-        print(json.dumps(table, indent=2))
+        print(json.dumps(finite_or_null(table), indent=2, allow_nan=False))
     else:
         print(format_table(table))
         print(f"wrote {fig} and {out / 'inpainting.json'}")

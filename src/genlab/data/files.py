@@ -23,12 +23,16 @@ the files' names, sizes and modification times and the options, so a second load
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
 import os
+import re
+import tempfile
+import threading
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -71,14 +75,21 @@ def scan_images(root: str | Path, ordered: bool = True) -> list[tuple[str, int, 
     (in no particular order unless ``ordered``), hidden files and folders skipped. Plain strings and
     ``os.scandir``: listing 70,000 files takes a fraction of a second."""
     found: list[tuple[str, int, int]] = []
-    seen: set[tuple[int, int]] = set()  # (device, inode) of each folder listed: a symlink loop is listed once
+    # (device, inode) -> path of each folder listed. A link back to a folder above is a loop, listed once; a
+    # link to a folder listed elsewhere is refused: its images would be read twice, and in a data set a class
+    # folder reached through another class's link lost its own label (whichever path came first won).
+    seen: dict[tuple[int, int], str] = {}
 
-    def walk(folder: str) -> None:
+    def walk(folder: str, above: frozenset) -> None:
         try:
             info = os.stat(folder)
-            if (info.st_dev, info.st_ino) in seen:
+            key = (info.st_dev, info.st_ino)
+            if key in above:
                 return
-            seen.add((info.st_dev, info.st_ino))
+            if key in seen:
+                raise DataError(f"{folder} and {seen[key]} are the same folder (one is a link to the other), so "
+                                "its images would be read twice; remove the link")
+            seen[key] = folder
             entries = list(os.scandir(folder))
             if ordered:
                 entries.sort(key=lambda e: e.name)
@@ -92,9 +103,9 @@ def scan_images(root: str | Path, ordered: bool = True) -> list[tuple[str, int, 
                 info = entry.stat()
                 found.append((entry.path, info.st_size, info.st_mtime_ns))
             elif entry.is_dir():
-                walk(entry.path)
+                walk(entry.path, above | {key})
 
-    walk(str(root))
+    walk(str(root), frozenset())
     return found
 
 
@@ -126,18 +137,58 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
     try:
         # Any colour and depth as stored (grey stays grey, 16 bits stay 16), with the EXIF orientation applied;
         # an alpha channel is dropped, as _normalise would.
-        image = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH) if len(data) else None
+        with _codec_messages() as said:
+            image = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH) if len(data) else None
     except cv2.error as e:
         if "CV_IO_MAX_IMAGE_PIXELS" in str(e.err):
             raise DataError(f"{path} has more than {int(os.environ.get('OPENCV_IO_MAX_IMAGE_PIXELS', 1 << 30)):,} "
                             "pixels, the most genlab decodes; shrink it first") from None
         raise DataError(f"{path} cannot be decoded ({' '.join(str(e.err).split())}); fix or remove that file") from None
+    damage = next((line for line in said if "Corrupt JPEG data" in line), None)
+    if damage:  # libjpeg decodes what it can of a damaged file and only says so
+        raise DataError(f"{path} is a damaged JPEG ({damage.strip()}); fix or remove that file")
     if image is None:
-        raise DataError(f"{path} is not a readable PNG, JPEG or BMP image; fix or remove that file")
+        why = f" ({said[-1].strip()})" if said else ""
+        raise DataError(f"{path} is not a readable PNG, JPEG or BMP image{why}; fix or remove that file")
     image = _normalise(image, str(path))
     if size is not None and image.shape[:2] != size:
         image = cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA)
     return image
+
+
+_CODEC_LOCK = threading.Lock()
+_codec_log: list = []  # one temporary file, made on first use, that takes the codecs' messages
+
+
+@contextlib.contextmanager
+def _codec_messages() -> Iterator[list[str]]:
+    """The lines OpenCV and its codecs (libjpeg, libpng) print on the process's standard error inside the
+    block, gathered into the list it gives instead of printed: a damaged file made them print their own lines
+    before genlab's one line, and a damaged JPEG that libjpeg decoded anyway was noticed only there. One block
+    at a time (standard error is the process's)."""
+    import sys
+    lines: list[str] = []
+    with _CODEC_LOCK:
+        if not _codec_log:
+            _codec_log.append(tempfile.TemporaryFile())
+        log = _codec_log[0]  # empty, and at its start, between blocks
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            text = ""
+            if os.fstat(log.fileno()).st_size:
+                log.seek(0)
+                text = log.read(65536).decode("utf-8", "replace")
+                log.seek(0)
+                log.truncate()
+            # OpenCV's own prefix ("[ WARN:0@0.315] global ") says nothing to a user
+            lines += [re.sub(r"^\[\s*\w+:\d+@[\d.]+\]\s*(global\s+)?", "", line) for line in text.splitlines()
+                      if line.strip()]
 
 
 def _normalise(image: np.ndarray, where: str) -> np.ndarray:
@@ -291,6 +342,7 @@ def _folder_listing(root: Path) -> tuple[list[tuple[str, int, int]], np.ndarray,
     """
     split_roots = [root / "train", root / "test"]
     has_splits = all(p.is_dir() for p in split_roots)
+    _check_split_layout(root, has_splits)
     listed = []  # per split: (files, [(class folder, separator, name below it)])
     for base in (split_roots if has_splits else [root]):
         files = scan_images(base, ordered=False)  # ordered below, all at once
@@ -325,6 +377,29 @@ def _folder_listing(root: Path) -> tuple[list[tuple[str, int, int]], np.ndarray,
     return all_files, labels_all, split, classes
 
 
+VALIDATION_NAMES = ("val", "valid", "validation")
+
+
+def _check_split_layout(root: Path, has_splits: bool) -> None:
+    """Refuse folder layouts that would be misread: beside train/ and test/ (the splits) anything else was
+    ignored; train/ beside val/ without test/ made "train" and "val" two classes of one data set."""
+    try:
+        entries = sorted(e.name for e in os.scandir(root) if not e.name.startswith("."))
+    except OSError as e:
+        raise DataError(f"{root} cannot be listed ({e.strerror}); check the path and its permissions") from None
+    if has_splits:
+        others = [name for name in entries if name not in ("train", "test")]
+        if others:
+            raise DataError(f"{root} holds train/ and test/, read as the two splits, and also {', '.join(others[:3])}"
+                            f"{' ...' if len(others) > 3 else ''}, which genlab would leave out; move "
+                            f"{'it' if len(others) == 1 else 'them'} elsewhere (or into a split)")
+        return
+    val = next((name for name in VALIDATION_NAMES if name in entries and (root / name).is_dir()), None)
+    if "train" in entries and (root / "train").is_dir() and val:
+        raise DataError(f"{root} holds train/ and {val}/: genlab reads the splits from train/ and test/ (else each "
+                        f"sub-folder is a class); rename {val}/ to test/, or point --dataset at {root / 'train'}")
+
+
 def _load_npz(path: Path, image_size: int, grey: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     import zipfile
     fix = "write it with numpy.savez(path, images=..., labels=...)"
@@ -348,6 +423,9 @@ def _load_npz(path: Path, image_size: int, grey: bool) -> tuple[np.ndarray, np.n
                 arrays[key] = saved[key]
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise DataError(f"{path} is not a readable .npz file ({e}); {fix}") from None
+    if len(parts) == 2 and ("y_train" in arrays) != ("y_test" in arrays):  # the other split's labels were all 0
+        given, missing = ("y_train", "y_test") if "y_train" in arrays else ("y_test", "y_train")
+        raise DataError(f"{path} holds {given} but no {missing}; give the labels of both splits, or of neither")
     broken = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]  # members that are not .npy
     if broken:
         raise DataError(f"{path}: {broken[0]!r} is not a numpy array; {fix}")

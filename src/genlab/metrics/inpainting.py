@@ -40,6 +40,7 @@ lecture's DAE (d = 500, 20 epochs) 20.3 dB over the whole image.
 
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -278,15 +279,22 @@ def inpainting_table(dae_model, images_u8, drop_rates=DROP_RATES, seed: int = 0,
     :param images_u8: uint8 [N x 28 x 28] clean images (the test split).
     :return: ``{"n_images", "seed", "drop_rates", "results": {method: {str(p): {"psnr", "ssim",
         "psnr_dropped", "ssim_dropped"}}}}`` with methods "dae", "telea", "ns"; every value is a mean over the
-        N images of a per-image score.
+        N images of a per-image score (the dropped-pixel scores over the images with a dropped pixel inside
+        SSIM's window border; NaN when none has one).
     """
     images_u8 = image_batch(images_u8)
+    if min(images_u8.shape[1:]) < SSIM_WIN:
+        raise GenlabError(f"inpainting scores SSIM over {SSIM_WIN} x {SSIM_WIN} windows, and these images are "
+                          f"{images_u8.shape[1]} x {images_u8.shape[2]}; it needs images of at least "
+                          f"{SSIM_WIN} x {SSIM_WIN} (train the dae with a larger --image-size)")
     clean = images_u8.astype(np.float64) / 255
     results: dict[str, dict[str, dict[str, float]]] = {m: {} for m in METHODS}
     for p in drop_rates:
         c, outs = inpaint_all(dae_model, images_u8, p, seed, batch_size)
         for method, out in outs.items():
-            results[method][str(p)] = {k: float(np.mean(v)) for k, v in scores(out, clean, c.dropped).items()}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice": no image had a dropped pixel
+                results[method][str(p)] = {k: float(np.nanmean(v)) for k, v in scores(out, clean, c.dropped).items()}
     return {"n_images": len(images_u8), "seed": seed, "drop_rates": list(drop_rates), "results": results}
 
 

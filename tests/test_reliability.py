@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from genlab import checkpoint, config as cfgmod, rundir
+import genlab.train as train_mod
 from genlab.cli import main
 from genlab.data import DataError, clear_cache, load_dataset
 from genlab.data.files import encode_png
@@ -77,7 +78,8 @@ def edit_checkpoint(run: Path, tensors=None, counters=None) -> None:
         t = tensors(t)
     if counters:
         meta = {**meta, "counters": json.dumps({**json.loads(meta["counters"]), **counters})}
-    save_file(t, str(path), metadata=meta)
+    # A file crafted whole (its checksum matching its tensors), so the checks behind the checksum are tested.
+    save_file(t, str(path), metadata={**meta, "crc32": checkpoint._checksum(t)})
 
 
 # -- validation in one place --------------------------------------------------------------------------------
@@ -452,11 +454,108 @@ def test_checkpoint_is_checked_before_loading(label, tensors, counters, words, c
     assert words in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_flipped_bit_or_a_checkpoint_replaced_while_read_never_loads_wrong_weights(ae_run, tmp_path):
+    # Flipped exponent bits in a weight evaluated to another loss, exit 0. And a checkpoint read while
+    # training replaced it was opened by name twice: one file's counters with another's tensors, or tensors
+    # at shifted offsets.
+    run = copy_run(ae_run, tmp_path / "run")
+    path = run / checkpoint.CHECKPOINT
+    data = bytearray(path.read_bytes())
+    data[-40] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(GenlabError, match="do not match the checksum"):
+        checkpoint.load(path)
+    good = copy_run(ae_run, tmp_path / "good") / checkpoint.CHECKPOINT
+    other = copy_run(ae_run, tmp_path / "other")
+    train(None, None, quick_config(other, epochs=2), resume=other)  # a later epoch: other tensors and counters
+    later = (other / checkpoint.CHECKPOINT).read_bytes()
+    import threading
+    stop = threading.Event()
+
+    def replace_again_and_again():
+        versions = [good.read_bytes(), later]
+        while not stop.is_set():
+            for i, version in enumerate(versions):
+                tmp = good.with_name(f".swap{i}")
+                tmp.write_bytes(version)
+                os.replace(tmp, good)
+
+    writer = threading.Thread(target=replace_again_and_again)
+    writer.start()
+    try:
+        epochs = {1: checkpoint.load(ae_run / checkpoint.CHECKPOINT).model_state,
+                  2: checkpoint.load(other / checkpoint.CHECKPOINT).model_state}
+        for _ in range(300):
+            ckpt = checkpoint.load(good)  # each load is one whole file, never a mix
+            expected = epochs[ckpt.counters["epoch"]]
+            assert all(torch.equal(ckpt.model_state[k], v) for k, v in expected.items())
+    finally:
+        stop.set()
+        writer.join()
+
+
 def test_optional_cuda_random_state_is_accepted(ae_run, tmp_path):
     run = copy_run(ae_run, tmp_path / "run")
     edit_checkpoint(run, tensors=lambda t: {**t, "cuda_rng/0": torch.zeros(16, dtype=torch.uint8)})
     ckpt = checkpoint.load(run / checkpoint.CHECKPOINT)
     checkpoint.check(ckpt, checkpoint.load_run(run).model)
+
+
+def test_a_folder_of_other_files_is_not_trained_into(tmp_path):
+    # A config.json of the user's was replaced without a word, and a foreign metrics.jsonl appended to.
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "config.json").write_text('{"my": "settings"}')
+    with pytest.raises(GenlabError, match="is not a genlab run's config"):
+        train("ae", MODELS["ae"].Config(latent_dim=8), quick_config(tmp_path / "proj"))
+    assert json.loads((tmp_path / "proj" / "config.json").read_text()) == {"my": "settings"}
+    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / "metrics.jsonl").write_text('{"epoch": 1, "loss": 0.5}\n')
+    with pytest.raises(GenlabError, match="already holds a metrics.jsonl"):
+        train("ae", MODELS["ae"].Config(latent_dim=8), quick_config(tmp_path / "log"))
+
+
+def test_a_run_stopped_in_its_first_epoch_is_started_again_not_resumed(tmp_path):
+    run = tmp_path / "run"
+    real_step = train_mod._step
+    with pytest.raises(KeyboardInterrupt):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(train_mod, "_step", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+            train("ae", MODELS["ae"].Config(latent_dim=8), quick_config(run))
+    assert (run / "config.json").exists() and not (run / checkpoint.CHECKPOINT).exists()
+    with pytest.raises(GenlabError, match="stopped before its first epoch ended"):
+        train(None, resume=run)
+    assert train_mod._step is real_step
+    train("ae", MODELS["ae"].Config(latent_dim=8), quick_config(run))  # started over in place
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_a_half_written_figure_is_neither_shown_nor_kept(ae_run, tmp_path):
+    # A kill while a figure was written left NAME.tmp.png, which genlab report embedded as a figure.
+    from genlab.report import report_runs
+    run = copy_run(ae_run, tmp_path / "run")
+    (run / "figures").mkdir(exist_ok=True)
+    for name in ("loss_curves.tmp.png", ".loss_curves.123.tmp.png"):
+        (run / "figures" / name).write_bytes(b"")
+    html, md = report_runs([run], tmp_path / "rep", device="cpu")
+    assert ".tmp" not in md.read_text()
+    train(None, None, quick_config(run, epochs=3), resume=run)  # the next claim of the run clears them
+    assert not list((run / "figures").glob("*.tmp.png"))
+
+
+def test_report_leaves_out_an_evaluation_of_an_earlier_epoch(ae_run, tmp_path, capsys):
+    # evaluation.json of epoch 1 was shown, and its energy put in the comparison, after 30 more epochs.
+    from genlab.report import report_runs
+    run = copy_run(ae_run, tmp_path / "run")
+    assert main(["evaluate", str(run), "--no-quality", "--device", "cpu"]) == 0
+    evaluated = json.loads((run / "evaluation.json").read_text())
+    epoch = evaluated["epoch"]
+    train(None, None, quick_config(run, epochs=epoch + 1), resume=run)
+    html, md = report_runs([run], tmp_path / "rep", device="cpu")
+    text = md.read_text()
+    assert f"evaluation.json is of epoch {epoch}" in text and "| genlab evaluate" not in text
+    assert main(["evaluate", str(run), "--no-quality", "--device", "cpu"]) == 0  # up to date again
+    html, md = report_runs([run], tmp_path / "rep2", device="cpu")
+    assert "evaluation.json is of" not in md.read_text()
 
 
 # -- one owner, one history -----------------------------------------------------------------------------------

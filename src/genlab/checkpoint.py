@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes, save_file
 
 from genlab import config as cfgmod
 from genlab.errors import GenlabError
@@ -80,7 +82,7 @@ def save(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.O
         for rank, state in enumerate(rng_states.get(kind, ())):
             tensors[f"{prefix}/{rank}"] = state.cpu().contiguous()
     meta = {"counters": json.dumps(counters), "optimizers": json.dumps(optim_meta), "format": "genlab-1",
-            "model": _model_name(model)}
+            "model": _model_name(model), "crc32": _checksum(tensors)}
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=path.parent)
@@ -118,20 +120,35 @@ def load(path: Path) -> Checkpoint:
     the model and optimisers it is meant for.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise GenlabError(f"no checkpoint at {path}; train first, or point at a genlab run directory")
     try:
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        # One read of the file, its tensors and metadata parsed from those bytes: opened by name twice, a
+        # checkpoint replaced by a training run in between gave one file's counters with another's tensors,
+        # or tensors read at shifted offsets (finite garbage).
+        # Non-blocking: a FIFO put in its place would otherwise wait for a writer for ever.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise GenlabError(f"checkpoint {path} is not a regular file (a FIFO, a device?); retrain, or "
+                                  "restore the file")
+            data = f.read(MAX_CHECKPOINT_BYTES + 1)
+        if len(data) > MAX_CHECKPOINT_BYTES:
+            raise GenlabError(f"checkpoint {path} is over {MAX_CHECKPOINT_BYTES >> 30} GB, far more than a genlab "
+                              "model; retrain, or restore the file")
+        tensors = load_bytes(data)
+        meta = _metadata(data)
         # genlab writes these with json.dumps, which spells a diverged term NaN: accepted here, while the
         # optimiser's settings are checked to be finite numbers in ``check``.
         counters = json.loads(meta["counters"])
         optim_meta = json.loads(meta["optimizers"])
         model_name = meta.get("model")
+        stored_crc = meta.get("crc32")  # absent in checkpoints of an older genlab
     except (SafetensorError, OSError, KeyError, ValueError, TypeError, RecursionError) as e:
         raise GenlabError(f"checkpoint {path} is damaged or not a genlab checkpoint ({e}); "
                           "retrain, or restore the file") from None
+    if stored_crc is not None and stored_crc != _checksum(tensors):
+        raise GenlabError(f"checkpoint {path} is damaged: its tensors do not match the checksum written with them; "
+                          "retrain, or restore the file")
     if not isinstance(counters, dict) or not isinstance(optim_meta, dict):
         raise GenlabError(f"checkpoint {path}: its counters and optimisers must be JSON objects; the file is damaged")
     rng: dict[str, dict[int, torch.Tensor]] = {"rng": {}, "cuda_rng": {}}
@@ -159,6 +176,31 @@ def load(path: Path) -> Checkpoint:
     optimizers = {name: _optimizer_from_flat(name, m, tensors, path) for name, m in optim_meta.items()}
     return Checkpoint(model_state, optimizers, [rng["rng"][r] for r in range(len(rng["rng"]))], counters,
                       [rng["cuda_rng"][r] for r in range(len(rng["cuda_rng"]))], model_name)
+
+
+MAX_CHECKPOINT_BYTES = 2 << 30  # the largest checkpoint read (genlab's largest model's is tens of MB)
+
+
+def _metadata(data: bytes) -> dict:
+    """The ``__metadata__`` of a safetensors file's bytes: its header is 8 bytes of length, then JSON."""
+    length = int.from_bytes(data[:8], "little")
+    if len(data) < 8 or length > len(data) - 8:
+        raise ValueError("the header is cut short")
+    header = json.loads(data[8:8 + length])
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict):
+        raise ValueError("no metadata")
+    return meta
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """CRC-32 of every tensor's bytes, in name order: a flipped bit in the data is noticed on loading."""
+    crc = 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous().reshape(-1)
+        crc = zlib.crc32(name.encode(), crc)
+        crc = zlib.crc32(t.view(torch.uint8).numpy() if t.numel() else b"", crc)
+    return f"{crc:08x}"
 
 
 def _model_name(model: torch.nn.Module) -> str:

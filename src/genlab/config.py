@@ -258,11 +258,19 @@ def usual_mode() -> int:
     return 0o666 & ~mask
 
 
+MAX_JSON_BYTES = 64 << 20  # the largest run file read as JSON (a config is a few kB, an evaluation less)
+
+
 def read_json(path: Path) -> dict:
     """A run file's JSON object; a missing, unreadable or damaged file (or one holding no object) is one line."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise GenlabError(f"{path} not found; is this a genlab run directory?")
+    if not path.is_file():
+        raise GenlabError(f"{path} is not a regular file (a FIFO, a device?); the run directory is damaged")
+    if path.stat().st_size > MAX_JSON_BYTES:  # read whole, a 2 GB file took 4 GB of memory before its refusal
+        raise GenlabError(f"{path} is {path.stat().st_size / 1e6:.0f} MB, far more than a genlab run file; the run "
+                          "directory is damaged")
     try:
         data = json.loads(path.read_text(), parse_constant=_no_constant)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as e:

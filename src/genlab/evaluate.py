@@ -51,7 +51,9 @@ def evaluate_run(run: Run | str | Path, split: str = "test", limit: int = 0, qua
     cfg = run.train_cfg
     data = run_dataset(cfg, split, shape=run.model_cfg.shape)
     images = data.images[:limit] if limit else data.images
-    results: dict = {"model": run.model_name, "dataset": cfg.dataset, "split": split, "images": len(images)}
+    results: dict = {"model": run.model_name, "dataset": cfg.dataset, "split": split, "images": len(images),
+                     # the checkpoint evaluated: genlab report uses an evaluation.json only while it is the last
+                     "epoch": run.counters.get("epoch"), "step": run.counters.get("step")}
     labels = data.labels[:len(images)] if run.model.conditional else None
     results.update(evaluate_terms(run.model, images, labels=labels))
     results["energy"] = mean_energy(run.model, images, labels=labels)

@@ -122,17 +122,24 @@ def render_markdown(title: str, sections: list[Section], base: Path) -> str:
 
 
 def write_report(out_dir: Path, title: str, sections: list[Section]) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``report.md`` into ``out_dir`` (atomically) and return their paths."""
+    """Write ``report.md`` then ``report.html`` into ``out_dir``, each atomically, and return (html, md).
+
+    The HTML comes last: a folder holding it holds a whole report (genlab report and reproduce refuse to
+    replace one), so a write cut short (a full disk) leaves a folder the same command can finish."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, text in (("report.html", render_html(title, sections)),
-                       ("report.md", render_markdown(title, sections, out_dir))):
+    for name, text in (("report.md", render_markdown(title, sections, out_dir)),
+                       ("report.html", render_html(title, sections))):
         tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text, errors="surrogateescape")  # a folder name's odd bytes written back as they were
-        tmp.replace(out_dir / name)
-        paths.append(out_dir / name)
-    return paths[0], paths[1]
+        try:
+            tmp.write_text(text, errors="surrogateescape")  # a folder name's odd bytes written back as they were
+            tmp.replace(out_dir / name)
+        except OSError as e:
+            raise GenlabError(f"cannot write {out_dir / name} ({e.strerror or e}); free space (or choose another "
+                              "--out) and run the command again") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+    return out_dir / "report.html", out_dir / "report.md"
 
 
 # -- sections for plain runs ---------------------------------------------------------------------------------
@@ -160,16 +167,34 @@ def run_section(run_dir: Path, title: str | None = None, section_id: str | None 
                      f"{last.get('images_per_s', 0):.0f} images/s in the last epoch.")
         section.table(["term", "value"], [[k, v] for k, v in last.items() if "/" in k],
                       "Loss terms after the last epoch (per example; means over pixels for mse terms)")
-    evaluation = run_dir / "evaluation.json"
-    if evaluation.is_file():
-        data = cfgmod.read_json(evaluation)
+    data, stale = _evaluation(run_dir, lines)
+    if data:
         section.table(["metric", "value"], [[k, v] for k, v in data.items() if isinstance(v, (int, float))],
                       "genlab evaluate")
+    elif stale:
+        section.text(f"Its evaluation.json is of {stale}, and the run has trained on since: `genlab evaluate "
+                     f"{run_dir}` brings it up to date.")
     figures = run_dir / "figures"
     for png in sorted(figures.glob("*.png")) if figures.is_dir() else []:
+        if png.name.startswith(".") or png.name.endswith(".tmp.png"):  # a figure being written, or left half-written
+            continue
         section.figure(png, FIGURE_CAPTIONS.get(png.name, png.stem.replace("_", " ")))
     section.text("```\n" + json.dumps(config, indent=2) + "\n```")
     return section
+
+
+def _evaluation(run_dir: Path, metrics: list[dict]) -> tuple[dict, str]:
+    """``genlab evaluate``'s evaluation.json of the run's last epoch, and "" ; or {} and what the file is of
+    when it was made at another point (an earlier epoch, mid-training), so it is not shown as the run's."""
+    path = run_dir / "evaluation.json"
+    if not path.is_file():
+        return {}, ""
+    data = cfgmod.read_json(path)
+    last = metrics[-1] if metrics else {}
+    if (data.get("epoch"), data.get("step")) == (last.get("epoch"), last.get("step")):
+        return data, ""
+    return {}, (f"epoch {data['epoch']}, step {data.get('step')}" if _number(data.get("epoch"))
+                else "an earlier genlab, which did not say its epoch")
 
 
 def _run_config(run_dir: Path) -> dict:
@@ -192,7 +217,7 @@ def comparison_section(run_dirs: list[Path], device: str = "auto", limit: int = 
         config = _run_config(d)
         metrics = rundir.read_metrics(d / "metrics.jsonl") if (d / "metrics.jsonl").is_file() else []
         last = metrics[-1] if metrics else {}
-        evaluation = cfgmod.read_json(d / "evaluation.json") if (d / "evaluation.json").is_file() else {}
+        evaluation = _evaluation(d, metrics)[0]
         energy, images = evaluation.get("energy"), evaluation.get("images")
         if not (_number(energy) and _number(images) and evaluation.get("split") == "test"):
             try:

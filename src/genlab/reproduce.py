@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -178,8 +179,16 @@ def _start_worker(stopping) -> None:
     # SIGTERM to a worker between stages (the main process stops them all) ends it through Python's own exit,
     # so its locks are released (killed outright, it left one to the resource tracker, which said so on stderr
     # after genlab's one line). While a stage trains, the training loop's own handler takes over.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGTERM, _exit_unless_exiting)
+    tqdm.monitor_interval = 0  # no bar is shown in a worker, and no thread is wanted to watch one
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_unless_exiting(signum, frame) -> None:
+    """SIGTERM in an idle worker: Python's own exit. Once the worker is already exiting (its main thread is
+    done, the exit hooks run), nothing: raised inside a hook, the exit printed a traceback of it."""
+    if threading.main_thread().is_alive():
+        sys.exit(128 + signum)
 
 
 def _stop_when_orphaned(parent: int, poll_s: float = 1.0, grace_s: float = 30.0) -> None:
@@ -200,7 +209,8 @@ def _train_one_thread(name: str, model_cfg, train_cfg, resume: bool) -> float | 
     run_dir = Path(train_cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with open(run_dir / "train.log", "a" if resume else "w") as log, contextlib.redirect_stderr(log):
+    # Line-buffered: the log shows each epoch as it ends, and a worker killed outright loses none of it.
+    with open(run_dir / "train.log", "a" if resume else "w", buffering=1) as log, contextlib.redirect_stderr(log):
         _train_stage(name, model_cfg, replace(train_cfg, progress=False), resume)
     return time.perf_counter() - started
 
@@ -212,6 +222,7 @@ def _train_in_processes(jobs, workers: int, done) -> dict[str, float]:
     next step rather than train on unwatched."""
     seconds = {}
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no state forked from this one
+    _quiet_resource_tracker()
     others, stopping = set(multiprocessing.active_children()), context.Event()
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(stopping,)) as pool:
         futures = {pool.submit(_train_one_thread, *job): job[0] for job in reversed(jobs)}
@@ -219,13 +230,33 @@ def _train_in_processes(jobs, workers: int, done) -> dict[str, float]:
             for future in as_completed(futures):
                 seconds[futures[future]] = future.result()
                 done()
-        except BaseException:
+        except BaseException as e:
             stopping.set()  # the stages not yet started never start, queued in a worker or not
             pool.shutdown(wait=False, cancel_futures=True)
             for worker in set(multiprocessing.active_children()) - others:
                 worker.terminate()  # SIGTERM: a training stage saves its checkpoint and stops at its next step
+            if isinstance(e, BrokenProcessPool):  # a worker was killed (kill -9, the out-of-memory killer)
+                unfinished = ", ".join(name for name, *_ in jobs if name not in seconds)
+                raise GenlabError(f"a training process of the reproduction died (killed, or out of memory) while "
+                                  f"{unfinished} trained; the checkpoints written are kept: run the same genlab "
+                                  "reproduce command again to go on from them") from None
             raise
     return {f"train {name}": seconds[name] for name, *_ in jobs}
+
+
+def _quiet_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker without its warning about a worker's semaphore left behind by a
+    worker killed outright: genlab's own line says what happened, and the warning came after it."""
+    from multiprocessing import resource_tracker
+    before = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = "ignore::UserWarning"  # read by the tracker process as it starts
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONWARNINGS", None)
+        else:
+            os.environ["PYTHONWARNINGS"] = before
 
 
 @contextlib.contextmanager

@@ -84,7 +84,8 @@ def _remove_if_unused(run_dir: Path, made: list[Path]) -> None:
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     """Delete half-written checkpoints and config files left by a killed run (call only while holding the lock)."""
-    stale = [path for pattern in (f"{TMP_PREFIX}*{TMP_SUFFIX}", "*.json.tmp", "*.json.*.tmp", f".{METRICS}.tmp")
+    stale = [path for pattern in (f"{TMP_PREFIX}*{TMP_SUFFIX}", "*.json.tmp", "*.json.*.tmp", f".{METRICS}.tmp",
+                                  "figures/*.tmp.png")  # a figure's, hidden or (older genlab) not
              for path in Path(run_dir).glob(pattern)]
     for path in stale:
         path.unlink(missing_ok=True)
@@ -97,6 +98,12 @@ def _regular_or_absent(path: Path) -> None:
     if path.exists() and not path.is_file():
         raise GenlabError(f"{path} is not a regular file; move it away (the checkpoint restores the metrics of "
                           "the epochs it holds) and try again")
+    if path.exists() and path.stat().st_size > MAX_METRICS_BYTES:  # a line an epoch: a few hundred bytes each
+        raise GenlabError(f"{path} is {path.stat().st_size / 1e6:.0f} MB, far more than a genlab run logs; move it "
+                          "away (the checkpoint restores the metrics of the epochs it holds) and try again")
+
+
+MAX_METRICS_BYTES = 256 << 20
 
 
 def commit_metrics(run_dir: Path, record: dict) -> None:

@@ -369,6 +369,13 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
 
     counters = {"epoch": 0, "batch": 0, "step": 0, "sums": {}, "count": 0, "seconds": 0.0}
     if resuming:
+        if not os.path.lexists(run_dir / checkpoint.CHECKPOINT):
+            metrics = run_dir / rundir.METRICS
+            if metrics.is_file() and metrics.stat().st_size:
+                raise GenlabError(f"{run_dir} has no {checkpoint.CHECKPOINT}, though its {rundir.METRICS} logs "
+                                  "epochs: the checkpoint was removed; restore it, or train anew with another --out")
+            raise GenlabError(f"{run_dir} stopped before its first epoch ended, so it has no checkpoint to resume; "
+                              f"start it again: genlab train {model_name} ... --out {run_dir}")
         ckpt = checkpoint.load(run_dir / checkpoint.CHECKPOINT)
         checkpoint.check(ckpt, model, optimizers, ctx.world, where=run_dir / checkpoint.CHECKPOINT)
         if ckpt.counters["epoch"] > TrainConfig.__dataclass_fields__["epochs"].metadata["max"]:
@@ -407,17 +414,36 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
             say(f"resuming {run_dir} at epoch {counters['epoch'] + 1}, batch {counters['batch']}")
     elif ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if (run_dir / checkpoint.CHECKPOINT).exists():
-            raise GenlabError(f"{run_dir} already holds a run; choose another --out or continue it with --resume")
+        _check_fresh(run_dir)
         cfgmod.write_json(run_dir / checkpoint.CONFIG, {
             "model": model_name, "model_config": cfgmod.to_dict(model_cfg),
             "image_shape": {"channels": model_cfg.channels, "height": model_cfg.height, "width": model_cfg.width},
             "classes": list(train_set.classes),
             "train_config": {**cfgmod.to_dict(cfg), "dataset": dataset}, "genlab_version": __version__,
             "world_size": ctx.world})
-        (run_dir / "metrics.jsonl").touch()
+        (run_dir / rundir.METRICS).write_text("")  # a run that never ended an epoch may have left one
         say(f"training {model_name} on {dataset} ({len(train_images)} images) -> {run_dir}")
     return model, optimizers, counters, (train_images, train_labels, test_images, test_labels, test_set)
+
+
+def _check_fresh(run_dir: Path) -> None:
+    """Refuse a run directory that holds another run, or files of the same names genlab did not write; a run
+    of genlab's stopped before its first epoch ended (a config and no lines) is started over."""
+    if os.path.lexists(run_dir / checkpoint.CHECKPOINT):
+        raise GenlabError(f"{run_dir} already holds a run; choose another --out or continue it with --resume")
+    metrics, config = run_dir / rundir.METRICS, run_dir / checkpoint.CONFIG
+    if os.path.lexists(metrics) and (not metrics.is_file() or metrics.stat().st_size):
+        raise GenlabError(f"{run_dir} already holds a {rundir.METRICS} of epochs trained (its checkpoint is gone); "
+                          "choose another --out")
+    if os.path.lexists(config):
+        try:
+            data = cfgmod.read_json(config)
+            ours = isinstance(data, dict) and {"model", "train_config"} <= set(data)
+        except GenlabError:
+            ours = False
+        if not ours:
+            raise GenlabError(f"{config} is not a genlab run's config, and training would replace it; choose "
+                              "another --out")
 
 
 def _record_schedule(run_dir: Path, epochs: int) -> None:

@@ -3,6 +3,7 @@ picture (input | repair)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +45,34 @@ def command(args) -> int:
                                   "denoise replaces no file)")
     inputs = model.images_from_files(paths).numpy()
     repaired = model.denoise(torch.from_numpy(inputs))
-    out.mkdir(parents=True, exist_ok=True)
-    for stem, before, after in zip(stems, inputs, repaired):
-        gap = np.full(before.shape[:-1] + (2,), 255, np.uint8)
-        (out / f"{stem}.png").write_bytes(encode_png(after))
-        (out / f"{stem}-pair.png").write_bytes(encode_png(np.concatenate([before, gap, after], axis=-1)))
+    written: list[Path] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for stem, before, after in zip(stems, inputs, repaired):
+            gap = np.full(before.shape[:-1] + (2,), 255, np.uint8)
+            for name, image in ((f"{stem}.png", after), (f"{stem}-pair.png", np.concatenate([before, gap, after], -1))):
+                _write_whole(out / name, encode_png(image))
+                written.append(out / name)
+    except OSError as e:
+        # No file cut short under its final name, and none of this command's: the same command can run again.
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise GenlabError(f"cannot write the repairs into {out} ({e.strerror or e}); nothing was kept: free space "
+                          "(or choose another --out) and run the command again") from None
     n = len(paths)
     print(f"wrote {n} repair{'s' if n != 1 else ''} and {n} side-by-side pair{'s' if n != 1 else ''} (input | repair) "
           f"to {out}")
     return 0
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` through a hidden temporary file beside it, renamed into place when whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _output_stems(paths) -> list[str]:

@@ -4,6 +4,7 @@ a figure is written (``save_figure``). Which figures a run gets is genlab.viz.ca
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib
@@ -61,10 +62,15 @@ def save_figure(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    # A hidden name of this process's own: a killed run's half-written file is neither taken for a figure
+    # (genlab report embedded one) nor shared with another writer; the run's next claim removes it.
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=100, format="png")
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -44,7 +44,8 @@ def claim(run_dir: Path, owner: bool = True) -> Iterator[None]:
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise GenlabError(f"cannot use {run_dir} as a run directory ({e.strerror or e}); choose another --out") from None
+        raise GenlabError(f"cannot use {run_dir} as a run directory ({e.strerror or e}); make it writable, or "
+                          "train into another folder (--out)") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

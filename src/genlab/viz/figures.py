@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from genlab.errors import GenlabError  # noqa: E402
 from genlab.rundir import read_metrics  # noqa: E402
 
 
@@ -68,6 +69,9 @@ def save_figure(fig, path: Path) -> Path:
     try:
         fig.savefig(tmp, dpi=100, format="png")
         tmp.replace(path)
+    except OSError as e:
+        raise GenlabError(f"cannot write the figure {path} ({e.strerror or e}); free space or check the folder's "
+                          "permissions, then run the command again") from None
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)

@@ -281,3 +281,15 @@ def test_every_command_on_the_conditional_models(tmp_path, genlab):
     assert p.returncode == 0, p.stderr
     html = (tmp_path / "report" / "report.html").read_text()
     assert "Quadrant completion" in html and "one row per class" in html
+
+
+def test_quadrant_likelihood_draws_in_chunks_with_the_same_result(monkeypatch):
+    # All k draws at once: k = 100,000 asked for 78 GB. In chunks of a bounded size, the same draws in the same
+    # order, so the same numbers.
+    from genlab.metrics import conditional
+    model = CVAE(CVAEConfig(condition="quadrants")).eval()
+    images = load_dataset("mnist-5k", "test").images[:20]
+    whole = conditional.quadrant_nll(model, images, k=64)
+    monkeypatch.setattr(conditional, "QUADRANT_ROWS", 20 * 8)  # chunks of 8 draws
+    chunked = conditional.quadrant_nll(model, images, k=64)
+    assert chunked == pytest.approx(whole, rel=1e-9)

@@ -743,3 +743,46 @@ def test_the_scoring_and_evaluation_api_refuse_what_they_would_misread(ae_run):
     with pytest.raises(GenlabError, match="a run directory is a path"):
         genlab.load(None)
     assert evaluate_run(ae_run, limit=10)["images"] == 10  # a path is loaded
+
+
+def test_pytorch_out_of_memory_is_one_line_and_evaluation_batches_shrink_with_the_image(capsys):
+    # PyTorch's allocator failing was a traceback and "a bug in genlab" (exit 70); and evaluation took 1000
+    # images a batch whatever their size: gigabytes at 256 x 256, with no flag to lower it.
+    from genlab.models.base import eval_batch
+
+    def fail():
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 41943040000 bytes. Error code 12 (Cannot allocate memory)")
+    assert one_line_errors(fail) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "out of memory (PyTorch asked for 39.1 GiB at once)" in lines[0], lines
+    assert eval_batch(1000, torch.zeros(5, 28, 28, dtype=torch.uint8)) == 1000  # MNIST's evaluation as before
+    assert eval_batch(1000, torch.zeros(5, 3, 256, 256, dtype=torch.uint8)) == 3
+    assert eval_batch(1000, torch.zeros(5, 3, 2048, 2048, dtype=torch.uint8)) == 1
+
+
+def test_resizing_up_to_more_than_genlab_holds_is_refused_before_allocating(monkeypatch):
+    import numpy as np
+
+    from genlab.data import files
+    monkeypatch.setattr(files, "MAX_ARRAY_BYTES", 10 * 64 * 64)
+    images = [np.zeros((8, 8), np.uint8)] * 11
+    assert files.stack_images(images[:10], [str(i) for i in range(10)], image_size=64).shape == (10, 64, 64)
+    with pytest.raises(GenlabError, match="11 images of 64 x 64 x 1 would take .* choose a smaller --image-size"):
+        files.stack_images(images, [str(i) for i in range(11)], image_size=64)
+
+
+def test_samples_are_drawn_in_batches_and_a_seed_still_gives_one_grid(tmp_path, monkeypatch):
+    # All at once, 10,000 samples of a large model asked for 30 GB. (Batches draw the noise in other sizes, so a
+    # grid larger than a batch differs from one drawn at once; at 28 x 28 a batch holds 1000.)
+    from genlab.models import base
+    run = tmp_path / "vae"
+    train("vae", MODELS["vae"].Config(), quick_config(run))
+    monkeypatch.setattr(base, "EVAL_PIXELS", 3 * 28 * 28)  # batches of 3
+    calls = []
+    real = MODELS["vae"].sample
+    monkeypatch.setattr(MODELS["vae"], "sample", lambda self, n, *a, **k: calls.append(n) or real(self, n, *a, **k))
+    for name in ("a.png", "b.png"):
+        assert main(["sample", str(run), "-n", "20", "--seed", "4", "--out", str(tmp_path / name)]) == 0
+    assert calls == [3] * 6 + [2] + [3] * 6 + [2]
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -73,7 +74,7 @@ def one_line_errors(main: Callable[[], int], prog: str = "genlab") -> int:
         print(f"{prog}: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except MemoryError:
-        print(f"{prog}: error: out of memory; ask for less (a smaller --batch-size, -n or --limit)", file=sys.stderr)
+        print(f"{prog}: error: {OUT_OF_MEMORY}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - the last resort: a bug, said as such
         trouble = _device_trouble(e)
@@ -87,12 +88,20 @@ def one_line_errors(main: Callable[[], int], prog: str = "genlab") -> int:
         return BUG_STATUS
 
 
+OUT_OF_MEMORY = ("out of memory; ask for less: a smaller --batch-size, -n, --limit, --eval-limit or --image-size, "
+                 "or a smaller model (--latent-dim, --hidden, --ngf, --ndf)")
+
+
 def _device_trouble(e: Exception) -> str | None:
     """The line for a GPU that cannot take the work (full memory, or held by another process in its exclusive
     compute mode), from PyTorch's or CUDA's own error; None for anything else."""
     text = one_line(e)
     if type(e).__name__ == "OutOfMemoryError" or "CUDA error: out of memory" in text:  # without importing torch
         return f"out of device memory ({text.split('. ')[0]}); lower --batch-size"
+    if "DefaultCPUAllocator: can't allocate memory" in text or "DefaultCPUAllocator: not enough memory" in text:
+        wanted = re.search(r"allocate (\d+) bytes", text)
+        size = f" (PyTorch asked for {int(wanted.group(1)) / 2**30:.1f} GiB at once)" if wanted else ""
+        return OUT_OF_MEMORY.replace("out of memory", f"out of memory{size}", 1)
     if "busy or unavailable" in text:  # cudaErrorDevicesUnavailable
         return ("the GPU is taken: it admits one process at a time (its exclusive compute mode) and another "
                 "process holds it; wait for that one, use --device cpu, or give genlab reproduce --jobs 1")

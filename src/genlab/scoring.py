@@ -141,6 +141,7 @@ class LoadedModel:
     def denoise(self, images, batch_size: int = 1000) -> np.ndarray:
         """The model's repair (reconstruction) of each image: uint8 [N x H x W] (grey) or [N x C x H x W]."""
         from genlab.data.batching import to_pixels, to_uint8
+        from genlab.models.base import eval_batch
         from genlab.rng import seeded
 
         name, others = self.run.model_name, "use an ae, dae, vae or ebgan run"
@@ -152,6 +153,7 @@ class LoadedModel:
         batch_size = _batch_size(batch_size)
         u8 = self.images(images)
         model = self.model.eval()
+        batch_size = eval_batch(batch_size, u8)
         out = []
         with seeded(0):
             for i in range(0, len(u8), batch_size):

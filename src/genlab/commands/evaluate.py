@@ -72,6 +72,7 @@ def sample(args) -> int:
     from genlab.checkpoint import load_run
     from genlab.data.batching import to_unit
     from genlab.models import evaluating
+    from genlab.models.base import EVAL_PIXELS
     from genlab.viz.figures import save_grid
 
     if Path(args.out).is_dir():
@@ -93,17 +94,22 @@ def sample(args) -> int:
         raise GenlabError(f"--label needs a conditional model ({conditional}); {run.model_name} is not one")
     ncol = max(1, round(args.n ** 0.5))
     title = f"{run.model_name} samples"
+    if not model.conditional:
+        labels = None
+    elif args.label is not None:
+        labels = torch.full((args.n,), args.label, device=model.device)
+        title += f" of class {args.label}"
+    else:  # one row per class, 0 at the top
+        ncol = max(1, -(-args.n // 10))
+        labels = torch.arange(10, device=model.device).repeat_interleave(ncol)
+        title += ", one row per class 0-9"
+    n = args.n if labels is None else len(labels)
+    # In batches of at most EVAL_PIXELS pixels: all at once, 10,000 samples of a large model asked for 30 GB.
+    chunk = max(1, EVAL_PIXELS // (model.cfg.channels * model.cfg.height * model.cfg.width))
     with evaluating(model, args.seed):
-        if not model.conditional:
-            images = model.sample(args.n)
-        elif args.label is not None:
-            images = model.sample(args.n, args.label)
-            title += f" of class {args.label}"
-        else:  # one row per class, 0 at the top
-            ncol = max(1, -(-args.n // 10))
-            images = model.sample(10 * ncol, torch.arange(10, device=model.device).repeat_interleave(ncol))
-            title += ", one row per class 0-9"
-        images = to_unit(images, model.pixel_range)
+        images = torch.cat([to_unit(model.sample(min(chunk, n - i)) if labels is None else
+                                    model.sample(min(chunk, n - i), labels[i:i + chunk]), model.pixel_range).cpu()
+                            for i in range(0, n, chunk)])
     out = Path(args.out)
     save_grid(out, images, ncol=ncol, title=title)
     print(out)

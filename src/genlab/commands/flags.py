@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import typing
 from typing import Any
@@ -18,6 +19,9 @@ class Parser(argparse.ArgumentParser):
     """argparse with a one-line error (what was wrong, where to look) and exit status 2."""
 
     def error(self, message):
+        # A value thousands of characters long (a 5,000-digit number) is shown by its ends and its length.
+        message = re.sub(r"\S{80,}", lambda m: f"{m.group()[:30]}...{m.group()[-10:]} ({len(m.group())} characters)",
+                         message)
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
         raise SystemExit(2)
 

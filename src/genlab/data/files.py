@@ -239,6 +239,11 @@ def stack_images(images: Sequence[np.ndarray], names: Sequence[str], image_size:
                 if im.shape[:2] != (height, width):
                     raise DataError(f"{name} is {im.shape[1]} x {im.shape[0]} pixels but {names[0]} is {width} x "
                                     f"{height}; pass --image-size N to resize every image to N x N")
+    needed = len(images) * height * width * channels
+    if needed > MAX_ARRAY_BYTES:  # resized up, a few MB of small images asked for tens of GB
+        raise DataError(f"{len(images)} images of {height} x {width} x {channels} would take {needed / 2**30:.1f} GiB, "
+                        f"more than the {MAX_ARRAY_BYTES >> 30} GiB genlab holds; choose a smaller --image-size (or "
+                        "fewer images)")
     out = np.empty((len(images), height, width, channels) if channels > 1 else (len(images), height, width), np.uint8)
     for i, im in enumerate(images):
         if im.shape[:2] != (height, width):

@@ -42,6 +42,9 @@ PER_CLASS = 1000  # conditional samples per class
 
 
 # -- quadrant completion ----------------------------------------------------------------------------------------
+QUADRANT_ROWS = 32_768  # decoded images held at once by quadrant_nll (about 100 MB of float32 at 784 pixels)
+
+
 @torch.no_grad()
 def quadrant_nll(model, images_u8: Tensor, k: int = DEFAULT_K, batch_size: int = 250, seed: int = 0,
                  progress: bool = False) -> dict:
@@ -61,8 +64,12 @@ def quadrant_nll(model, images_u8: Tensor, k: int = DEFAULT_K, batch_size: int =
             for t in (1, 2, 3):
                 c = torch.full((len(x),), t, device=x.device)
                 bound = model.terms(x, c)["loss"].double().sum().item()
-                lw = model.log_weights(x, c, k).double()                                     # [k x B]
-                nll = -(torch.logsumexp(lw, 0) - math.log(k)).sum().item()
+                # The k draws in chunks of at most QUADRANT_ROWS decoded images (k = 100,000 asked for 78 GB
+                # at once); one chunk at the default k, so its numbers are those of a single pass.
+                chunk = max(1, QUADRANT_ROWS // len(x))
+                parts = [torch.logsumexp(model.log_weights(x, c, min(chunk, k - j)).double(), 0)  # [B] each
+                         for j in range(0, k, chunk)]
+                nll = -(torch.logsumexp(torch.stack(parts), 0) - math.log(k)).sum().item()
                 sums[f"nll_bound_q{t}"] = sums.get(f"nll_bound_q{t}", 0.0) + bound
                 sums[f"nll_is_q{t}"] = sums.get(f"nll_is_q{t}", 0.0) + nll
             bar.update(len(x))

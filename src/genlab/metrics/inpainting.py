@@ -53,6 +53,7 @@ from torch import Tensor
 from genlab.data.batching import to_pixels
 from genlab.distributed import usable_cpus
 from genlab.errors import GenlabError
+from genlab.models.base import eval_batch
 from genlab.models.dae import dropout_mask
 
 DROP_RATES = (0.25, 0.5, 0.75)
@@ -178,6 +179,7 @@ def inpaint_dae(model, corruption: Corruption, batch_size: int = 1000) -> np.nda
     p = corruption.p
     # img_bad * (1 - p) is img on kept pixels and 0 on dropped ones; a no-op for the lecture's scaled mask.
     x = corruption.img_bad if dae_mask_scale(model, p) != 1.0 else corruption.img_bad * (1.0 - p)
+    batch_size = eval_batch(batch_size, x)
     out = []
     for i in range(0, len(x), batch_size):
         y = model(x[i:i + batch_size].to(model.device))

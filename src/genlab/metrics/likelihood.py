@@ -47,7 +47,8 @@ def iwae_bound(model: VAE, x: Tensor, k: int, rows: int = DEFAULT_ROWS,
         raise GenlabError(f"IWAE needs k >= 1 importance samples, got {k}")
     x = model.binarize(x)
     n = len(x)
-    images, samples = _batch_sizes(k, n, rows)
+    # ``rows`` is counted in 28 x 28 decoder outputs: larger images take proportionally fewer at once.
+    images, samples = _batch_sizes(k, n, max(1, rows * 784 // max(1, x[0].numel())) if n else rows)
     out = torch.empty(n, dtype=torch.float64)
     bar = tqdm(total=n, desc=f"IWAE k={k}", unit="image", leave=False, file=sys.stderr,
                disable=None if progress else True)  # None: shown only on a terminal

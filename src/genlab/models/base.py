@@ -228,6 +228,16 @@ def evaluating(model: nn.Module, seed: int = 0) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+EVAL_PIXELS = 1000 * 28 * 28  # the most pixels a batch of evaluation holds: 1000 MNIST digits
+
+
+def eval_batch(batch_size: int, images: Tensor) -> int:
+    """``batch_size``, lowered for large images so that a batch holds at most ``EVAL_PIXELS`` pixels (one image
+    at least): a fixed 1000 images of 256 x 256 asked for gigabytes, and no flag could lower it."""
+    pixels = max(1, images[0].numel()) if len(images) else 1
+    return max(1, min(batch_size, EVAL_PIXELS // pixels))
+
+
 def per_example(model: GenerativeModel, images_u8: Tensor, fn: Callable | None = None, batch_size: int = 1000,
                 seed: int = 0, labels: Tensor | None = None) -> Tensor | dict[str, Tensor]:
     """``fn(x)`` (default ``model.energy``; ``fn(x, y)`` with ``labels``) over uint8 images [N x ...] in the
@@ -236,6 +246,7 @@ def per_example(model: GenerativeModel, images_u8: Tensor, fn: Callable | None =
     :return: float64 [N] on the CPU, or a dict of them when ``fn`` returns a dict of per-example terms.
     """
     fn = fn or model.energy
+    batch_size = eval_batch(batch_size, images_u8)
     parts = []
     with evaluating(model, seed):
         for i in range(0, len(images_u8), batch_size):

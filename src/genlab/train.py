@@ -217,7 +217,8 @@ def _check_resume(run_dir: Path, name: str, saved_model_cfg, saved: TrainConfig,
         if not isinstance(train_cfg, TrainConfig):
             raise GenlabError(f"train_cfg is a genlab.config.TrainConfig, got {type(train_cfg).__name__}")
         changed = [f.name for f in dataclasses.fields(TrainConfig)
-                   if f.name not in RESUME_MAY_CHANGE and getattr(train_cfg, f.name) != getattr(saved, f.name)]
+                   if f.name not in RESUME_MAY_CHANGE and getattr(train_cfg, f.name) != getattr(saved, f.name)
+                   and not (f.name == "dataset" and _same_dataset(train_cfg, saved.dataset))]
         if changed:
             raise GenlabError(f"{run_dir}: a resumed run keeps its own settings, and train_cfg changes "
                               f"{', '.join(changed)}; only {' and '.join(RESUME_MAY_CHANGE)} may change: pass "
@@ -424,6 +425,15 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
         (run_dir / rundir.METRICS).write_text("")  # a run that never ended an epoch may have left one
         say(f"training {model_name} on {dataset} ({len(train_images)} images) -> {run_dir}")
     return model, optimizers, counters, (train_images, train_labels, test_images, test_labels, test_set)
+
+
+def _same_dataset(train_cfg: TrainConfig, saved: str) -> bool:
+    """Whether ``train_cfg.dataset`` names the data set the run saved, which is kept resolved ("auto" as the
+    data set it chose, a folder as its full path)."""
+    try:
+        return train_cfg.dataset == "auto" or resolve_dataset_name(train_cfg.dataset, train_cfg.data_dir) == saved
+    except GenlabError:
+        return False
 
 
 def _check_fresh(run_dir: Path) -> None:

@@ -79,7 +79,7 @@ def edit_checkpoint(run: Path, tensors=None, counters=None) -> None:
     if counters:
         meta = {**meta, "counters": json.dumps({**json.loads(meta["counters"]), **counters})}
     # A file crafted whole (its checksum matching its tensors), so the checks behind the checksum are tested.
-    save_file(t, str(path), metadata={**meta, "crc32": checkpoint._checksum(t)})
+    save_file(t, str(path), metadata={**meta, "crc32": checkpoint.checksum(t)})
 
 
 # -- validation in one place --------------------------------------------------------------------------------

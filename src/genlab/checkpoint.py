@@ -82,7 +82,7 @@ def save(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.O
         for rank, state in enumerate(rng_states.get(kind, ())):
             tensors[f"{prefix}/{rank}"] = state.cpu().contiguous()
     meta = {"counters": json.dumps(counters), "optimizers": json.dumps(optim_meta), "format": "genlab-1",
-            "model": _model_name(model), "crc32": _checksum(tensors)}
+            "model": _model_name(model), "crc32": checksum(tensors)}
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=path.parent)
@@ -146,7 +146,7 @@ def load(path: Path) -> Checkpoint:
     except (SafetensorError, OSError, KeyError, ValueError, TypeError, RecursionError) as e:
         raise GenlabError(f"checkpoint {path} is damaged or not a genlab checkpoint ({e}); "
                           "retrain, or restore the file") from None
-    if stored_crc is not None and stored_crc != _checksum(tensors):
+    if stored_crc is not None and stored_crc != checksum(tensors):
         raise GenlabError(f"checkpoint {path} is damaged: its tensors do not match the checksum written with them; "
                           "retrain, or restore the file")
     if not isinstance(counters, dict) or not isinstance(optim_meta, dict):
@@ -193,7 +193,7 @@ def _metadata(data: bytes) -> dict:
     return meta
 
 
-def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+def checksum(tensors: dict[str, torch.Tensor]) -> str:
     """CRC-32 of every tensor's bytes, in name order: a flipped bit in the data is noticed on loading."""
     crc = 0
     for name in sorted(tensors):

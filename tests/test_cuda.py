@@ -127,3 +127,13 @@ def test_a_cpu_generator_draws_the_same_noise_for_a_model_on_the_gpu():
     for a, b in zip(on_cpu, on_gpu):
         assert b.device.type == "cuda"
         torch.testing.assert_close(b.cpu(), a, atol=1e-4, rtol=1e-4)
+
+
+def test_training_on_the_cpu_leaves_the_callers_cuda_random_state(tmp_path):
+    # torch.manual_seed in the loop's set-up seeded every GPU too: a run on the CPU changed the caller's CUDA
+    # random state, which train() promises to leave as it was.
+    torch.cuda.manual_seed(123)
+    before = torch.cuda.get_rng_state()
+    train("ae", MODELS["ae"].Config(latent_dim=8), cuda_config("ae", tmp_path / "cpu", device="cpu", epochs=1,
+                                                                deterministic=False))
+    assert torch.equal(torch.cuda.get_rng_state(), before)

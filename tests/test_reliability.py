@@ -786,3 +786,58 @@ def test_samples_are_drawn_in_batches_and_a_seed_still_gives_one_grid(tmp_path, 
         assert main(["sample", str(run), "-n", "20", "--seed", "4", "--out", str(tmp_path / name)]) == 0
     assert calls == [3] * 6 + [2] + [3] * 6 + [2]
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_a_review_of_this_round_found_these_and_they_hold(ae_run, tmp_path, capsys):
+    # A checkpoint path that is a folder leaked a descriptor and named a number; genlab.load(device=None) failed;
+    # an empty --classes ("empty: all") was refused as an empty argument; an evaluation.json of a checkpoint
+    # taken mid-epoch (past the last metrics line) was called out of date.
+    import genlab
+    from genlab.cli import _empty_argument, build_parser
+    from genlab.report import report_runs
+    (tmp_path / "folder").mkdir()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        with pytest.raises(GenlabError, match="folder is not a regular file"):
+            checkpoint.load(tmp_path / "folder")
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert genlab.load(ae_run, device=None).model.device.type == "cpu"
+    parser = build_parser()
+    args = parser.parse_args(["train", "ae", "--classes", ""])
+    assert _empty_argument(parser, args) is None
+    run = copy_run(ae_run, tmp_path / "run")
+    counters = checkpoint.load(run / checkpoint.CHECKPOINT).counters
+    edit_checkpoint(run, counters={"step": counters["step"] + 1, "batch": 1})  # as if stopped one step in
+    assert main(["evaluate", str(run), "--no-quality", "--device", "cpu"]) == 0
+    html, md = report_runs([run], tmp_path / "rep", device="cpu")
+    assert "evaluation.json is of" not in md.read_text()
+
+
+def test_a_jpeg_with_padding_before_a_marker_is_read_and_stderr_may_be_closed(tmp_path):
+    # libjpeg's "extraneous bytes before marker" came with pixels identical to the file's own: refused as
+    # damage. With standard error closed, reading any image raised AttributeError.
+    import cv2
+    import numpy as np
+
+    from genlab.data.files import read_image
+    image = np.random.default_rng(0).integers(0, 256, (28, 28), np.uint8)
+    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+    at = jpeg.index(b"\xff\xda")
+    (tmp_path / "padded.jpg").write_bytes(jpeg[:at] + b"\0\0\0" + jpeg[at:])
+    assert np.array_equal(read_image(tmp_path / "padded.jpg"), cv2.imdecode(np.frombuffer(jpeg, np.uint8), 0))
+    code = f"import os, sys; os.close(2); sys.stderr = None; from genlab.data.files import read_image; " \
+           f"print(read_image({str(tmp_path / 'padded.jpg')!r}).shape)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "(28, 28)", done
+
+
+def test_resume_from_python_takes_the_model_config_it_was_trained_with_on_other_shapes(tmp_path):
+    import dataclasses
+
+    import numpy as np
+    np.savez(tmp_path / "rgb.npz", images=np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), np.uint8))
+    model_cfg = MODELS["ae"].Config(latent_dim=8)  # 1 x 28 x 28 by default; the run's is the data's
+    cfg = quick_config(tmp_path / "run", dataset=f"npz:{tmp_path / 'rgb.npz'}", limit=0)
+    run = train("ae", model_cfg, cfg)
+    train("ae", model_cfg, dataclasses.replace(cfg, epochs=2), resume=run)
+    assert checkpoint.load(run / checkpoint.CHECKPOINT).counters["epoch"] == 2

@@ -547,7 +547,7 @@ def test_resume_from_python_refuses_what_it_would_ignore_and_keeps_the_callers_r
     torch.manual_seed(7)
     run = train("ae", MODELS["ae"].Config(latent_dim=8), cfg)
     assert torch.equal(torch.rand(3), expected)  # training drew from its own seeded state
-    with pytest.raises(GenlabError, match="holds a ae run"):
+    with pytest.raises(GenlabError, match="holds a run of ae"):
         train("vae", None, None, resume=run)
     with pytest.raises(GenlabError, match="keeps its own model config"):
         train(None, MODELS["ae"].Config(latent_dim=2), None, resume=run)

@@ -127,10 +127,12 @@ def load(path: Path) -> Checkpoint:
         # checkpoint replaced by a training run in between gave one file's counters with another's tensors,
         # or tensors read at shifted offsets (finite garbage).
         # Non-blocking: a FIFO put in its place would otherwise wait for a writer for ever.
-        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise GenlabError(f"checkpoint {path} is not a regular file (a FIFO, a device?); retrain, or "
-                                  "restore the file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise GenlabError(f"checkpoint {path} is not a regular file (a folder, a FIFO, a device?); retrain, "
+                              "or restore the file")
+        with open(fd, "rb") as f:
             data = f.read(MAX_CHECKPOINT_BYTES + 1)
         if len(data) > MAX_CHECKPOINT_BYTES:
             raise GenlabError(f"checkpoint {path} is over {MAX_CHECKPOINT_BYTES >> 30} GB, far more than a genlab "
@@ -392,7 +394,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     from genlab.distributed import resolve_device
     from genlab.models import build
 
-    device = resolve_device(str(device))  # a torch.device too: one that is not here is one line
+    device = resolve_device("cpu" if device is None else str(device))  # a torch.device too
     if not isinstance(run_dir, (str, os.PathLike)) or not str(run_dir):
         raise GenlabError(f"a run directory is a path to the folder genlab train wrote, got {run_dir!r}")
     run_dir = Path(run_dir)

@@ -117,6 +117,8 @@ def _empty_argument(parser, args) -> str | None:
     """The first argument given as an empty string (its flag, or its name for a positional one), or None."""
     for action in _command_parser(parser, args)._actions:
         value = getattr(args, action.dest, None)
+        if action.default == "" or getattr(action, "empty_is_default", False):  # empty is its default: --classes
+            continue
         if value == "" or (isinstance(value, list) and "" in value):
             return "/".join(action.option_strings) or action.metavar or action.dest
     return None

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genlab import config as cfgmod, rundir
+from genlab import checkpoint, config as cfgmod, rundir
 from genlab.errors import GenlabError
 
 
@@ -184,17 +184,26 @@ def run_section(run_dir: Path, title: str | None = None, section_id: str | None 
 
 
 def _evaluation(run_dir: Path, metrics: list[dict]) -> tuple[dict, str]:
-    """``genlab evaluate``'s evaluation.json of the run's last epoch, and "" ; or {} and what the file is of
-    when it was made at another point (an earlier epoch, mid-training), so it is not shown as the run's."""
+    """``genlab evaluate``'s evaluation.json of the run's checkpoint, and ""; or {} and what the file is of
+    when it was made of an earlier checkpoint, so it is not shown as the run's."""
     path = run_dir / "evaluation.json"
     if not path.is_file():
         return {}, ""
     data = cfgmod.read_json(path)
-    last = metrics[-1] if metrics else {}
-    if (data.get("epoch"), data.get("step")) == (last.get("epoch"), last.get("step")):
+    if not _number(data.get("epoch")):  # an older genlab's, which did not say: shown as it is
         return data, ""
-    return {}, (f"epoch {data['epoch']}, step {data.get('step')}" if _number(data.get("epoch"))
-                else "an earlier genlab, which did not say its epoch")
+    now = _checkpoint_counters(run_dir) or (metrics[-1] if metrics else {})
+    if (data.get("epoch"), data.get("step")) == (now.get("epoch"), now.get("step")):
+        return data, ""
+    return {}, f"epoch {data['epoch']}, step {data.get('step')}"
+
+
+def _checkpoint_counters(run_dir: Path) -> dict | None:
+    """The counters of the run's checkpoint (a run stopped mid-epoch is past its last metrics line), or None."""
+    try:
+        return checkpoint.load(run_dir / checkpoint.CHECKPOINT).counters
+    except GenlabError:
+        return None
 
 
 def _run_config(run_dir: Path) -> dict:

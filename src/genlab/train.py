@@ -210,8 +210,10 @@ def _check_resume(run_dir: Path, name: str, saved_model_cfg, saved: TrainConfig,
     """Refuse a model, a model config or training settings given with ``resume`` that are not the run's own
     (they were silently ignored)."""
     if model_name is not None and model_name != name:
-        raise GenlabError(f"{run_dir} holds a {name} run; resume it with model_name None (or {name!r})")
-    if model_cfg is not None and model_cfg != saved_model_cfg:
+        raise GenlabError(f"{run_dir} holds a run of {name}; resume it with model_name None (or {name!r})")
+    shape = {"channels": saved_model_cfg.channels, "height": saved_model_cfg.height, "width": saved_model_cfg.width}
+    if model_cfg is not None and (type(model_cfg) is not type(saved_model_cfg)
+                                  or dataclasses.replace(model_cfg, **shape) != saved_model_cfg):
         raise GenlabError(f"{run_dir}: a resumed run keeps its own model config; pass model_cfg=None")
     if train_cfg is not None:
         if not isinstance(train_cfg, TrainConfig):
@@ -221,7 +223,7 @@ def _check_resume(run_dir: Path, name: str, saved_model_cfg, saved: TrainConfig,
                    and not (f.name == "dataset" and _same_dataset(train_cfg, saved.dataset))]
         if changed:
             raise GenlabError(f"{run_dir}: a resumed run keeps its own settings, and train_cfg changes "
-                              f"{', '.join(changed)}; only {' and '.join(RESUME_MAY_CHANGE)} may change: pass "
+                              f"{', '.join(changed)}; only {', '.join(RESUME_MAY_CHANGE)} may change: pass "
                               f"dataclasses.replace(genlab.checkpoint.read_configs(run_dir)[2], epochs=N)")
 
 
@@ -362,11 +364,11 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
         raise GenlabError(f"--lr-final {cfg.lr_final:g} is above --lr {cfg.lr:g}; the cosine schedule decays from "
                           "--lr down to --lr-final")
 
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    _seed(ctx, cfg.seed)  # the same initial weights on every rank
     model = build(model_name, model_cfg).to(ctx.device)
     optimizers = {p: make_optimizer(cfg, model.player_parameters(p), model.optimizer_options(p))
                   for p in model.players}
-    torch.manual_seed(cfg.seed * 1000 + 1 + ctx.rank)  # per-rank noise (corruption, sampling)
+    _seed(ctx, cfg.seed * 1000 + 1 + ctx.rank)  # per-rank noise (corruption, sampling)
 
     counters = {"epoch": 0, "batch": 0, "step": 0, "sums": {}, "count": 0, "seconds": 0.0}
     if resuming:
@@ -434,6 +436,15 @@ def _same_dataset(train_cfg: TrainConfig, saved: str) -> bool:
         return train_cfg.dataset == "auto" or resolve_dataset_name(train_cfg.dataset, train_cfg.data_dir) == saved
     except GenlabError:
         return False
+
+
+def _seed(ctx, seed: int) -> None:
+    """Seed the generators this run draws from: the CPU's, and its GPU's when it trains on one. (torch.manual_seed
+    seeds every GPU too, so a run on the CPU changed the caller's CUDA random state, which train() keeps.)"""
+    torch.default_generator.manual_seed(seed)
+    if ctx.device.type == "cuda":
+        with torch.cuda.device(ctx.device):
+            torch.cuda.manual_seed(seed)
 
 
 def _check_fresh(run_dir: Path) -> None:

@@ -64,8 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str, defaul
                                default=argparse.SUPPRESS, help=help_text)
         else:
             choices = f.metadata.get("choices")  # shown as {a,b,c} in the usage and the help
-            group.add_argument(_flag(f.name), dest=f.name, type=kind, default=argparse.SUPPRESS, choices=choices,
-                               help=help_text, metavar=None if choices else f.name.upper())
+            action = group.add_argument(_flag(f.name), dest=f.name, type=kind, default=argparse.SUPPRESS,
+                                        choices=choices, help=help_text, metavar=None if choices else f.name.upper())
+            action.empty_is_default = shown == ""  # "--classes ''" means all classes, as leaving it out does
 
 
 def _help_text(meta: dict, shown: Any) -> str:

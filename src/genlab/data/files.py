@@ -24,6 +24,7 @@ the files' names, sizes and modification times and the options, so a second load
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import io
@@ -144,12 +145,13 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
             raise DataError(f"{path} has more than {int(os.environ.get('OPENCV_IO_MAX_IMAGE_PIXELS', 1 << 30)):,} "
                             "pixels, the most genlab decodes; shrink it first") from None
         raise DataError(f"{path} cannot be decoded ({' '.join(str(e.err).split())}); fix or remove that file") from None
-    damage = next((line for line in said if "Corrupt JPEG data" in line), None)
+    damage = next((line for line in said.lines if any(words in line for words in JPEG_DAMAGE)), None)
     if damage:  # libjpeg decodes what it can of a damaged file and only says so
         raise DataError(f"{path} is a damaged JPEG ({damage.strip()}); fix or remove that file")
     if image is None:
-        why = f" ({said[-1].strip()})" if said else ""
+        why = f" ({said.lines[-1].strip()})" if said.lines else ""
         raise DataError(f"{path} is not a readable PNG, JPEG or BMP image{why}; fix or remove that file")
+    said.pass_on()
     image = _normalise(image, str(path))
     if size is not None and image.shape[:2] != size:
         image = cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA)
@@ -160,35 +162,59 @@ _CODEC_LOCK = threading.Lock()
 _codec_log: list = []  # one temporary file, made on first use, that takes the codecs' messages
 
 
+@dataclasses.dataclass
+class _Said:
+    """What the codecs printed inside ``_codec_messages``: its lines (OpenCV's prefix dropped) and raw bytes."""
+    lines: list[str] = dataclasses.field(default_factory=list)
+    raw: bytes = b""
+
+    def pass_on(self) -> None:
+        """Print what was said after all (a file read well: a codec's note, or another thread's line)."""
+        if self.raw:
+            try:
+                os.write(2, self.raw)
+            except OSError:
+                pass
+
+
 @contextlib.contextmanager
-def _codec_messages() -> Iterator[list[str]]:
-    """The lines OpenCV and its codecs (libjpeg, libpng) print on the process's standard error inside the
-    block, gathered into the list it gives instead of printed: a damaged file made them print their own lines
-    before genlab's one line, and a damaged JPEG that libjpeg decoded anyway was noticed only there. One block
-    at a time (standard error is the process's)."""
+def _codec_messages() -> Iterator[_Said]:
+    """What OpenCV and its codecs (libjpeg, libpng) print on the process's standard error inside the block,
+    held back: for a damaged file genlab's one line gives their reason instead of their own lines before it,
+    and a damaged JPEG that libjpeg decoded anyway is noticed only there. The caller passes it on when the file
+    was read well. One block at a time; nothing is held where there is no standard error to redirect."""
     import sys
-    lines: list[str] = []
+    said = _Said()
     with _CODEC_LOCK:
+        try:
+            saved = os.dup(2)
+        except OSError:  # standard error closed (2>&-)
+            yield said
+            return
         if not _codec_log:
             _codec_log.append(tempfile.TemporaryFile())
         log = _codec_log[0]  # empty, and at its start, between blocks
-        sys.stderr.flush()
-        saved = os.dup(2)
+        if sys.stderr is not None:
+            sys.stderr.flush()
         os.dup2(log.fileno(), 2)
         try:
-            yield lines
+            yield said
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-            text = ""
             if os.fstat(log.fileno()).st_size:
                 log.seek(0)
-                text = log.read(65536).decode("utf-8", "replace")
+                said.raw = log.read(1 << 20)
                 log.seek(0)
                 log.truncate()
             # OpenCV's own prefix ("[ WARN:0@0.315] global ") says nothing to a user
-            lines += [re.sub(r"^\[\s*\w+:\d+@[\d.]+\]\s*(global\s+)?", "", line) for line in text.splitlines()
-                      if line.strip()]
+            said.lines += [re.sub(r"^\[\s*\w+:\d+@[\d.]+\]\s*(global\s+)?", "", line)
+                           for line in said.raw.decode("utf-8", "replace").splitlines() if line.strip()]
+
+
+# libjpeg's notes that pixels were lost or made up ("extraneous bytes before marker", also seen where padding
+# was added to a whole image, is not among them)
+JPEG_DAMAGE = ("premature end of data segment", "bad Huffman code", "Huffman code size table overflow")
 
 
 def _normalise(image: np.ndarray, where: str) -> np.ndarray:
@@ -239,11 +265,7 @@ def stack_images(images: Sequence[np.ndarray], names: Sequence[str], image_size:
                 if im.shape[:2] != (height, width):
                     raise DataError(f"{name} is {im.shape[1]} x {im.shape[0]} pixels but {names[0]} is {width} x "
                                     f"{height}; pass --image-size N to resize every image to N x N")
-    needed = len(images) * height * width * channels
-    if needed > MAX_ARRAY_BYTES:  # resized up, a few MB of small images asked for tens of GB
-        raise DataError(f"{len(images)} images of {height} x {width} x {channels} would take {needed / 2**30:.1f} GiB, "
-                        f"more than the {MAX_ARRAY_BYTES >> 30} GiB genlab holds; choose a smaller --image-size (or "
-                        "fewer images)")
+    _check_room(len(images), height, width, channels)
     out = np.empty((len(images), height, width, channels) if channels > 1 else (len(images), height, width), np.uint8)
     for i, im in enumerate(images):
         if im.shape[:2] != (height, width):
@@ -254,6 +276,16 @@ def stack_images(images: Sequence[np.ndarray], names: Sequence[str], image_size:
             im = np.repeat(im[:, :, None], 3, axis=2)
         out[i] = im
     return out if channels == 1 else np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def _check_room(n: int, height: int, width: int, channels: int = 1) -> None:
+    """Refuse ``n`` images of that size when they would take more than ``MAX_ARRAY_BYTES`` (resized up, a few MB
+    of small images asked for tens of GB); called before decoding too, with one channel (the least)."""
+    needed = n * height * width * channels
+    if needed > MAX_ARRAY_BYTES:
+        raise DataError(f"{n} images of {height} x {width} x {channels} would take {needed / 2**30:.1f} GiB, more "
+                        f"than the {MAX_ARRAY_BYTES >> 30} GiB genlab holds; choose a smaller --image-size (or fewer "
+                        "images)")
 
 
 def _stat(paths: Iterable[str | Path]) -> list[tuple[str, int, int]]:
@@ -302,6 +334,8 @@ def decode_files(paths: Sequence[Path], shape: tuple[int, int, int] | None = Non
     if cached is not None and len(cached.get("images", ())) == len(paths):
         return cached["images"]
     size = tuple(shape[1:]) if shape is not None else (image_size, image_size) if image_size else None
+    if size is not None:
+        _check_room(len(paths), *size)  # before decoding: each image is resized as it is decoded
     images = stack_images([read_image(p, size) for p in paths], [str(p) for p in paths], image_size, grey, shape)
     _write_cache(key, images=images)
     return images
@@ -510,6 +544,8 @@ def load_files(spec: str, image_size: int = 0, grey: bool = False) -> dict:
     if kind == "folder":
         names = [f[0] for f in files]
         size = (image_size, image_size) if image_size else None
+        if size is not None:
+            _check_room(len(names), *size)  # before decoding: each image is resized as it is decoded
         images = stack_images([read_image(name, size) for name in names], names, image_size, grey)
     else:
         images, labels, is_test, classes = _load_npz(path, image_size, grey)

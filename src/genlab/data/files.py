@@ -427,7 +427,11 @@ def _check_split_layout(root: Path, has_splits: bool) -> None:
     except OSError as e:
         raise DataError(f"{root} cannot be listed ({e.strerror}); check the path and its permissions") from None
     if has_splits:
-        others = [name for name in entries if name not in ("train", "test")]
+        # Images beside the splits, loose or in another folder, would be left out; other files (a README, a
+        # licence, a zip tool's __MACOSX/ of hidden files) are no images and are left alone, as elsewhere.
+        others = [name for name in entries if name not in ("train", "test")
+                  and ((root / name).is_file() and name.lower().endswith(IMAGE_SUFFIXES)
+                       or (root / name).is_dir() and scan_images(root / name, ordered=False))]
         if others:
             raise DataError(f"{root} holds train/ and test/, read as the two splits, and also {', '.join(others[:3])}"
                             f"{' ...' if len(others) > 3 else ''}, which genlab would leave out; move "

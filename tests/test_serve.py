@@ -600,7 +600,7 @@ def test_serve_without_the_extra_says_how_to_install_it(monkeypatch, capsys, run
     # Once misnamed: a file "did not exist", '' served the current folder, a bad --host asked for another --port.
     ([__file__], "is a file, not a run directory"),
     (["--watch", __file__], "is a file, not a folder"),
-    ([""], "a run directory given is empty"),
+    ([""], "RUN_DIR is empty"),
     (["--watch", ""], "--watch is empty"),
     (["--host", "no.such.host.invalid", "--port", "0", "/no/such/run"], "--host must be an address of this machine"),
 ])

@@ -126,13 +126,7 @@ def load(path: Path) -> Checkpoint:
         # One read of the file, its tensors and metadata parsed from those bytes: opened by name twice, a
         # checkpoint replaced by a training run in between gave one file's counters with another's tensors,
         # or tensors read at shifted offsets (finite garbage).
-        # Non-blocking: a FIFO put in its place would otherwise wait for a writer for ever.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise GenlabError(f"checkpoint {path} is not a regular file (a folder, a FIFO, a device?); retrain, "
-                              "or restore the file")
-        with open(fd, "rb") as f:
+        with _open_regular(path) as f:
             data = f.read(MAX_CHECKPOINT_BYTES + 1)
         if len(data) > MAX_CHECKPOINT_BYTES:
             raise GenlabError(f"checkpoint {path} is over {MAX_CHECKPOINT_BYTES >> 30} GB, far more than a genlab "
@@ -181,6 +175,39 @@ def load(path: Path) -> Checkpoint:
 
 
 MAX_CHECKPOINT_BYTES = 2 << 30  # the largest checkpoint read (genlab's largest model's is tens of MB)
+
+
+def _open_regular(path: Path):
+    """``path`` opened for reading if it is a regular file, else one line. Non-blocking: a FIFO put in a
+    checkpoint's place would otherwise wait for a writer for ever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise GenlabError(f"checkpoint {path} is not a regular file (a folder, a FIFO, a device?); retrain, "
+                          "or restore the file")
+    return open(fd, "rb")
+
+
+def read_counters(path: Path) -> dict:
+    """A checkpoint's counters (epoch, step, ...) from its header alone, no tensor read: for a caller that
+    only asks where a run stands (genlab report)."""
+    path = Path(path)
+    try:
+        with _open_regular(path) as f:
+            head = f.read(8)
+            length = int.from_bytes(head, "little")
+            if length > MAX_JSON_HEADER:
+                raise ValueError(f"a header of {length} bytes")
+            counters = json.loads(_metadata(head + f.read(length))["counters"])
+    except (OSError, KeyError, ValueError, TypeError, RecursionError) as e:
+        raise GenlabError(f"checkpoint {path} is damaged or not a genlab checkpoint ({e}); retrain, or restore "
+                          "the file") from None
+    if not isinstance(counters, dict):
+        raise GenlabError(f"checkpoint {path}: its counters must be a JSON object; the file is damaged")
+    return counters
+
+
+MAX_JSON_HEADER = 100 << 20  # safetensors' own limit on a header
 
 
 def _metadata(data: bytes) -> dict:

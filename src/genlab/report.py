@@ -201,8 +201,8 @@ def _evaluation(run_dir: Path, metrics: list[dict]) -> tuple[dict, str]:
 def _checkpoint_counters(run_dir: Path) -> dict | None:
     """The counters of the run's checkpoint (a run stopped mid-epoch is past its last metrics line), or None."""
     try:
-        return checkpoint.load(run_dir / checkpoint.CHECKPOINT).counters
-    except GenlabError:
+        return checkpoint.read_counters(run_dir / checkpoint.CHECKPOINT)
+    except (GenlabError, OSError):  # no checkpoint (a copied run): its last metrics line says where it stands
         return None
 
 

@@ -153,7 +153,7 @@ class LoadedModel:
         batch_size = _batch_size(batch_size)
         u8 = self.images(images)
         model = self.model.eval()
-        batch_size = eval_batch(batch_size, u8)
+        batch_size = eval_batch(batch_size, u8.shape[1:])
         out = []
         with seeded(0):
             for i in range(0, len(u8), batch_size):

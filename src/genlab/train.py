@@ -32,7 +32,7 @@ from genlab.data import check_run_shape, image_shape, load_dataset, resolve_data
 from genlab.data.batching import Batches, to_pixels
 from genlab.data.files import is_file_dataset
 from genlab.errors import GenlabError, Stopped
-from genlab.models import MODELS, build
+from genlab.models import MODELS, build, check_config
 from genlab.models.base import per_example
 
 
@@ -149,6 +149,8 @@ def train(model_name: str | None, model_cfg=None, train_cfg: TrainConfig | None 
 
     The caller's random state is left as it was: training draws from generators seeded by ``train_cfg.seed``.
     """
+    if train_cfg is not None and not isinstance(train_cfg, TrainConfig):
+        raise GenlabError(f"train_cfg is a genlab.config.TrainConfig, got {type(train_cfg).__name__}")
     if resume is not None:
         run_dir = Path(resume)
         name, saved_model_cfg, saved = checkpoint.read_configs(run_dir)
@@ -161,13 +163,9 @@ def train(model_name: str | None, model_cfg=None, train_cfg: TrainConfig | None 
         if not isinstance(model_name, str) or model_name not in MODELS:
             raise GenlabError(f"unknown model {model_name!r}; choose one of: {', '.join(MODELS)}")
         model_cfg = model_cfg if model_cfg is not None else MODELS[model_name].Config()
-        if type(model_cfg) is not MODELS[model_name].Config:
-            raise GenlabError(f"the model config of {model_name} is MODELS[{model_name!r}].Config, got "
-                              f"{type(model_cfg).__name__}")
+        check_config(model_name, model_cfg)
         train_cfg = train_cfg if train_cfg is not None else default_train_config(model_name)
         run_dir = None
-    if not isinstance(train_cfg, TrainConfig):
-        raise GenlabError(f"train_cfg is a genlab.config.TrainConfig, got {type(train_cfg).__name__}")
     # Fields may have been set after the configs were made: checked again, before anything is written.
     cfgmod.validate(model_cfg)
     cfgmod.validate(train_cfg)
@@ -216,8 +214,6 @@ def _check_resume(run_dir: Path, name: str, saved_model_cfg, saved: TrainConfig,
                                   or dataclasses.replace(model_cfg, **shape) != saved_model_cfg):
         raise GenlabError(f"{run_dir}: a resumed run keeps its own model config; pass model_cfg=None")
     if train_cfg is not None:
-        if not isinstance(train_cfg, TrainConfig):
-            raise GenlabError(f"train_cfg is a genlab.config.TrainConfig, got {type(train_cfg).__name__}")
         changed = [f.name for f in dataclasses.fields(TrainConfig)
                    if f.name not in RESUME_MAY_CHANGE and getattr(train_cfg, f.name) != getattr(saved, f.name)
                    and not (f.name == "dataset" and _same_dataset(train_cfg, saved.dataset))]

@@ -72,7 +72,7 @@ def sample(args) -> int:
     from genlab.checkpoint import load_run
     from genlab.data.batching import to_unit
     from genlab.models import evaluating
-    from genlab.models.base import EVAL_PIXELS
+    from genlab.models.base import eval_batch
     from genlab.viz.figures import save_grid
 
     if Path(args.out).is_dir():
@@ -104,8 +104,7 @@ def sample(args) -> int:
         labels = torch.arange(10, device=model.device).repeat_interleave(ncol)
         title += ", one row per class 0-9"
     n = args.n if labels is None else len(labels)
-    # In batches of at most EVAL_PIXELS pixels: all at once, 10,000 samples of a large model asked for 30 GB.
-    chunk = max(1, EVAL_PIXELS // (model.cfg.channels * model.cfg.height * model.cfg.width))
+    chunk = eval_batch(n, model.cfg.shape)  # all at once, 10,000 samples of a large model asked for 30 GB
     with evaluating(model, args.seed):
         images = torch.cat([to_unit(model.sample(min(chunk, n - i)) if labels is None else
                                     model.sample(min(chunk, n - i), labels[i:i + chunk]), model.pixel_range).cpu()

@@ -278,6 +278,16 @@ def stack_images(images: Sequence[np.ndarray], names: Sequence[str], image_size:
     return out if channels == 1 else np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
+def _decode_all(paths: list[str], image_size: int = 0, grey: bool = False,
+                shape: tuple[int, int, int] | None = None) -> np.ndarray:
+    """``paths`` read (``read_image``) and stacked (``stack_images``): each image resized to ``shape`` or to
+    ``image_size`` as it is decoded, after checking that room for all of them at that size is there."""
+    size = tuple(shape[1:]) if shape is not None else (image_size, image_size) if image_size else None
+    if size is not None:
+        _check_room(len(paths), *size)
+    return stack_images([read_image(p, size) for p in paths], paths, image_size, grey, shape)
+
+
 def _check_room(n: int, height: int, width: int, channels: int = 1) -> None:
     """Refuse ``n`` images of that size when they would take more than ``MAX_ARRAY_BYTES`` (resized up, a few MB
     of small images asked for tens of GB); called before decoding too, with one channel (the least)."""
@@ -333,10 +343,7 @@ def decode_files(paths: Sequence[Path], shape: tuple[int, int, int] | None = Non
     cached = _read_cache(key)
     if cached is not None and len(cached.get("images", ())) == len(paths):
         return cached["images"]
-    size = tuple(shape[1:]) if shape is not None else (image_size, image_size) if image_size else None
-    if size is not None:
-        _check_room(len(paths), *size)  # before decoding: each image is resized as it is decoded
-    images = stack_images([read_image(p, size) for p in paths], [str(p) for p in paths], image_size, grey, shape)
+    images = _decode_all([str(p) for p in paths], image_size, grey, shape)
     _write_cache(key, images=images)
     return images
 
@@ -546,11 +553,7 @@ def load_files(spec: str, image_size: int = 0, grey: bool = False) -> dict:
         return {"images": cached["images"], "labels": cached["labels"], "is_test": cached["is_test"],
                 "classes": [str(c) for c in cached["classes"]], "source": str(_cache_path(key))}
     if kind == "folder":
-        names = [f[0] for f in files]
-        size = (image_size, image_size) if image_size else None
-        if size is not None:
-            _check_room(len(names), *size)  # before decoding: each image is resized as it is decoded
-        images = stack_images([read_image(name, size) for name in names], names, image_size, grey)
+        images = _decode_all([f[0] for f in files], image_size, grey)
     else:
         images, labels, is_test, classes = _load_npz(path, image_size, grey)
     if is_test.all() or not is_test.any():

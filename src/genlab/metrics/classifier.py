@@ -237,6 +237,20 @@ def writable_dir(directory: Path) -> bool:
     return p.is_dir() and os.access(p, os.W_OK) and bool(p.stat().st_mode & 0o222)
 
 
+def write_to_first(dirs: list[Path], write: Callable[[Path], Path]) -> Path | None:
+    """``write(folder)`` into the first of ``dirs`` that takes it, skipping read-only ones (``writable_dir``);
+    what it returned, or None where none took it (a cache is an aid: nothing fails for want of one)."""
+    for d in dirs:
+        if not writable_dir(d):
+            continue
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            return write(d)
+        except (OSError, SafetensorError, GenlabError):  # a full disk, a folder not writable after all
+            continue
+    return None
+
+
 def cache_name(dataset_name: str) -> str:
     """The data set's name in cache file names: the name itself, or for a file data set (whose spec is a
     path) its kind and a hash of the spec."""
@@ -326,16 +340,8 @@ def get_classifier(dataset_name: str, data_dir: str | None = None,
     if log:
         log(f"training the {dataset_name} feature classifier once (about two minutes on a CPU) ...")
     clf = train_classifier(dataset_name, data_dir, log=log)
-    for d in dirs:
-        if not writable_dir(d):
-            continue
-        try:
-            path = save_classifier(clf, d)
-        except (OSError, SafetensorError, GenlabError):  # a full disk, a folder not writable after all
-            continue
-        if log:
-            log(f"cached the classifier in {path.parent}")
-        return clf
+    path = write_to_first(dirs, lambda d: save_classifier(clf, d))
     if log:
-        log(f"could not cache the classifier (none of {', '.join(map(str, dirs))} is writable)")
+        log(f"cached the classifier in {path.parent}" if path is not None else
+            f"could not cache the classifier (none of {', '.join(map(str, dirs))} is writable)")
     return clf

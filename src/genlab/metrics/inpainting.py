@@ -179,7 +179,7 @@ def inpaint_dae(model, corruption: Corruption, batch_size: int = 1000) -> np.nda
     p = corruption.p
     # img_bad * (1 - p) is img on kept pixels and 0 on dropped ones; a no-op for the lecture's scaled mask.
     x = corruption.img_bad if dae_mask_scale(model, p) != 1.0 else corruption.img_bad * (1.0 - p)
-    batch_size = eval_batch(batch_size, x)
+    batch_size = eval_batch(batch_size, x.shape[1:])
     out = []
     for i in range(0, len(x), batch_size):
         y = model(x[i:i + batch_size].to(model.device))

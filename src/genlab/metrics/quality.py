@@ -300,11 +300,11 @@ def cached_reference_row(dataset_name: str, data_dir: str | None, classifier, re
     import json
 
     from genlab.config import write_json
-    from genlab.errors import GenlabError
-    from genlab.metrics.classifier import writable_dir, cache_dirs, cache_name
+    from genlab.metrics.classifier import cache_dirs, cache_name, write_to_first
 
-    names = [d / f"{cache_name(dataset_name)}-reference.json" for d in cache_dirs(data_dir)]
-    for path in names:
+    dirs = cache_dirs(data_dir)
+    name = f"{cache_name(dataset_name)}-reference.json"
+    for path in (d / name for d in dirs):
         try:
             stored = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -313,15 +313,8 @@ def cached_reference_row(dataset_name: str, data_dir: str | None, classifier, re
                 and isinstance(stored.get("row"), dict)):
             return stored["row"]
     row = reference_row(dataset_name, data_dir, classifier, reference)
-    for path in names:
-        if not writable_dir(path.parent):  # a shared, read-only data folder stays untouched, for root too
-            continue
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(path, {"classifier": classifier.meta, "reference_size": len(reference[0]), "row": row})
-            break
-        except (OSError, GenlabError):
-            continue
+    stored = {"classifier": classifier.meta, "reference_size": len(reference[0]), "row": row}
+    write_to_first(dirs, lambda d: write_json(d / name, stored))  # a read-only shared data folder stays untouched
     return row
 
 

@@ -9,7 +9,7 @@ from genlab.models.dcgan import DCGAN
 from genlab.models.ebgan import EBGAN
 from genlab.models.vae import VAE
 
-__all__ = ["MODELS", "GenerativeModel", "build", "evaluating", "per_example"]
+__all__ = ["MODELS", "GenerativeModel", "build", "check_config", "evaluating", "per_example"]
 
 MODELS: dict[str, type[GenerativeModel]] = {
     "ae": AE,
@@ -31,7 +31,14 @@ def build(name: str, cfg=None) -> GenerativeModel:
     cls = MODELS[name]
     if cfg is None:
         return cls(cls.Config())
-    if type(cfg) is not cls.Config:  # another model's config built this one with its fields
-        raise GenlabError(f"the model config of {name} is MODELS[{name!r}].Config, got {type(cfg).__name__}")
+    check_config(name, cfg)
     validate(cfg)  # its fields may have been changed since it was made
     return cls(cfg)
+
+
+def check_config(name: str, cfg) -> None:
+    """Refuse, in one line, a config that is not model ``name``'s (another model's built one with its fields)."""
+    from genlab.errors import GenlabError
+
+    if type(cfg) is not MODELS[name].Config:
+        raise GenlabError(f"the model config of {name} is MODELS[{name!r}].Config, got {type(cfg).__name__}")

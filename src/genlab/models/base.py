@@ -23,6 +23,7 @@ loop calls ``steps(x, y)`` and ``eval_terms(x, y)``, and ``sample(n, y)`` draws 
 from __future__ import annotations
 
 import copy
+import math
 import operator
 from contextlib import contextmanager
 from typing import Callable, ClassVar, Iterator
@@ -231,11 +232,11 @@ def evaluating(model: nn.Module, seed: int = 0) -> Iterator[nn.Module]:
 EVAL_PIXELS = 1000 * 28 * 28  # the most pixels a batch of evaluation holds: 1000 MNIST digits
 
 
-def eval_batch(batch_size: int, images: Tensor) -> int:
-    """``batch_size``, lowered for large images so that a batch holds at most ``EVAL_PIXELS`` pixels (one image
-    at least): a fixed 1000 images of 256 x 256 asked for gigabytes, and no flag could lower it."""
-    pixels = max(1, images[0].numel()) if len(images) else 1
-    return max(1, min(batch_size, EVAL_PIXELS // pixels))
+def eval_batch(batch_size: int, shape) -> int:
+    """``batch_size``, lowered for images of ``shape`` (one image's, e.g. ``images.shape[1:]``) so that a batch
+    holds at most ``EVAL_PIXELS`` pixels (one image at least): a fixed 1000 images of 256 x 256 asked for
+    gigabytes, and no flag could lower it."""
+    return max(1, min(batch_size, EVAL_PIXELS // max(1, math.prod(shape))))
 
 
 def per_example(model: GenerativeModel, images_u8: Tensor, fn: Callable | None = None, batch_size: int = 1000,
@@ -246,7 +247,7 @@ def per_example(model: GenerativeModel, images_u8: Tensor, fn: Callable | None =
     :return: float64 [N] on the CPU, or a dict of them when ``fn`` returns a dict of per-example terms.
     """
     fn = fn or model.energy
-    batch_size = eval_batch(batch_size, images_u8)
+    batch_size = eval_batch(batch_size, images_u8.shape[1:])
     parts = []
     with evaluating(model, seed):
         for i in range(0, len(images_u8), batch_size):

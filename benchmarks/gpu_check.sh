@@ -13,8 +13,10 @@
 #               torchrun with a process more than the GPUs stops with genlab's one line
 #   throughput  benchmarks/throughput.py --device cuda on 30,000 MNIST images (an epoch of a GAN at batch 64
 #               takes seconds): every model at the lecture's batch size and a GPU-sized one, against a plain
-#               PyTorch loop over the same networks; then ae at batch 2048 again with the plain loop resting
-#               0.2 s between epochs, as genlab's loop does while it evaluates and checkpoints
+#               PyTorch loop over the same networks
+#   graphs      (only when named) ae and dae, whose steps genlab replays as CUDA graphs, at batches 256 and 2048
+#               on full MNIST, 3 rounds; then the same with --no-cuda-graphs (each kernel launched), 1 round
+#               (at most 240 s)
 #   reproduce   genlab reproduce on full MNIST (every model trained for at least two epochs, every figure), timed
 #   bf16        (only when named) throughput of ae, vae and dcgan at their GPU-sized batches with both loops under
 #               bfloat16 autocast (--precision bf16), beside the float32 figures of the throughput stage
@@ -45,7 +47,7 @@
 # commands' runs into WORK_DIR/commands, the reproduction into WORK_DIR/reproduce, whose report.md and
 # tables.json are copied into OUT_DIR. A failing stage does not stop the others.
 set -u
-out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR [tests] [commands] [throughput] [reproduce] [bf16] [gap] [profile]}
+out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR [tests] [commands] [throughput] [reproduce] [bf16] [gap] [graphs] [profile]}
 shift
 stages=${*:-tests commands throughput reproduce}
 work=${WORK_DIR:-$out}
@@ -73,9 +75,12 @@ for s in $stages; do
       stage reproduce 480 python3 -m genlab.cli reproduce --device cuda --out "$work/reproduce"
       [ "$work" = "$out" ] || cp "$work"/reproduce/report.md "$work"/reproduce/tables.json "$out"/ ;;
     throughput)
-      stage throughput 220 python3 benchmarks/throughput.py --device cuda --limit 30000 --min-seconds 3
-      stage throughput-idle 40 python3 benchmarks/throughput.py --device cuda --limit 30000 --min-seconds 3 \
-        --models ae --batch-sizes 2048 --idle-between-epochs 0.2 ;;
+      stage throughput 220 python3 benchmarks/throughput.py --device cuda --limit 30000 --min-seconds 3 ;;
+    graphs)
+      stage graphs 170 python3 benchmarks/throughput.py --device cuda --limit 60000 --min-seconds 3 --rounds 3 \
+        --models ae dae --batch-sizes 256 2048
+      stage graphs-off 70 python3 benchmarks/throughput.py --device cuda --limit 60000 --min-seconds 3 --rounds 1 \
+        --models ae dae --batch-sizes 256 2048 --no-cuda-graphs ;;
     bf16) stage throughput-bf16 60 python3 benchmarks/throughput.py --device cuda --limit 30000 --min-seconds 3 \
         --precision bf16 --models ae vae dcgan --batch-sizes 2048 1024 512 ;;
     gap)

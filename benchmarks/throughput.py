@@ -115,7 +115,7 @@ class _EpochClock(Callback):
 
 def genlab_rate(name: str, images_limit: int, batch: int, overrides: dict, dataset: str, device: str = "cpu",
                 epochs: int = 1, durations: list | None = None, precision: str = "fp32",
-                rests: list | None = None) -> float:
+                rests: list | None = None, cuda_graphs: bool = True) -> float:
     """images/s of ``genlab.train.train``: over its last epoch, or with ``epochs`` > 1 over every epoch but the
     first (which warms the device up). ``durations``, when given, receives those epochs' seconds; ``rests``
     the seconds between them that the loop spent outside its steps (evaluating, checkpointing, logging)."""
@@ -124,7 +124,7 @@ def genlab_rate(name: str, images_limit: int, batch: int, overrides: dict, datas
         tcfg = cfgmod.from_dict(cfgmod.TrainConfig, {**cfgmod.to_dict(default_train_config(name)), "epochs": epochs,
                                 "batch_size": batch, "limit": images_limit, "eval_limit": 1000, "device": device,
                                 "figures": False, "progress": False, "out": out, "dataset": dataset,
-                                "precision": precision})
+                                "precision": precision, "cuda_graphs": cuda_graphs})
         run_dir = train(name, MODELS[name].Config(**overrides), tcfg, callbacks=[clock])
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     if epochs == 1:
@@ -204,6 +204,7 @@ def gpu_main(args, dataset: str, images: torch.Tensor, labels: torch.Tensor, dev
     results = {}
     where = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     name_of_device = f"{where}, PyTorch {torch.__version__}" + (", bf16 autocast" if args.precision == "bf16" else "")
+    name_of_device += "" if args.cuda_graphs else ", genlab without CUDA graphs"
     for name in args.models:
         batches, overrides = GPU_CASES[name]
         for batch in (b for b in batches if not args.batch_sizes or b in args.batch_sizes):
@@ -213,7 +214,8 @@ def gpu_main(args, dataset: str, images: torch.Tensor, labels: torch.Tensor, dev
                                            args.idle_between_epochs, durations=plain_epochs,
                                            precision=args.precision)
                 fast = genlab_rate(name, len(images), batch, overrides, dataset, device=device, epochs=1 + epochs,
-                                   durations=genlab_epochs, precision=args.precision, rests=rests)
+                                   durations=genlab_epochs, precision=args.precision, rests=rests,
+                                   cuda_graphs=args.cuda_graphs)
                 rounds.append((fast, plain, fast / plain, epochs))
             fast, plain, ratio, epochs = (statistics.median(column) for column in zip(*rounds))
             spread = (min(r[2] for r in rounds), max(r[2] for r in rounds))
@@ -247,6 +249,9 @@ def main() -> int:
     parser.add_argument("--min-seconds", type=float, default=4.0, help="with --device cuda: the shortest window")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                         help="with --device cuda: both loops in this precision (bf16: under autocast)")
+    parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                        help="with --device cuda: genlab's loop replays the ae's and dae's recorded step (its "
+                             "default); --no-cuda-graphs launches each kernel, as the plain loop does")
     parser.add_argument("--idle-between-epochs", type=float, default=0.0, metavar="SECONDS",
                         help="with --device cuda: the plain loop rests this long between epochs, untimed")
     args = parser.parse_args()

@@ -137,3 +137,47 @@ def test_training_on_the_cpu_leaves_the_callers_cuda_random_state(tmp_path):
     train("ae", MODELS["ae"].Config(latent_dim=8), cuda_config("ae", tmp_path / "cpu", device="cpu", epochs=1,
                                                                 deterministic=False))
     assert torch.equal(torch.cuda.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("name,arch", [("ae", None), ("dae", "mlp"), ("dae", "conv")])
+def test_a_recorded_step_trains_as_the_launched_one(name, arch, tmp_path, monkeypatch):
+    # The AE's and the DAE's loss replay as CUDA graphs (genlab.graphs) on every full batch: the run must take
+    # the steps the kernel-by-kernel run takes, the DAE drawing fresh corruption at every replay (noise drawn
+    # once and replayed would leave the two runs apart after the first step).
+    from genlab import graphs
+    replays = {"n": 0}
+    real_steps = graphs.GraphedLoss.steps
+
+    def counted(self, x):
+        replays["n"] += 1
+        return real_steps(self, x)
+
+    monkeypatch.setattr(graphs.GraphedLoss, "steps", counted)
+    cfg = MODELS[name].Config(**({"arch": arch} if arch else {}))
+    recorded = train(name, cfg, cuda_config(name, tmp_path / "graphs", limit=650))  # 10 full batches + 10 images
+    assert replays["n"] == 20
+    launched = train(name, cfg, cuda_config(name, tmp_path / "launched", limit=650, cuda_graphs=False))
+    assert replays["n"] == 20
+    a, b = state_of(recorded), state_of(launched)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    for x, y in zip(metrics_of(recorded), metrics_of(launched)):
+        assert x.keys() == y.keys() and all(x[k] == pytest.approx(y[k], rel=1e-5) for k in x)
+
+
+def test_a_loss_the_graphs_cannot_hold_trains_launched_with_a_note(tmp_path, monkeypatch, capsys):
+    # A model that says it is graph-safe but reads a number on the host: the recording fails, genlab says so in
+    # one line and trains kernel by kernel.
+    from genlab.models.ae import AE
+    real_loss = AE.loss
+
+    def host_read(self, x):
+        terms = real_loss(self, x)
+        if terms["loss"].sum().item() < 0:  # never true; the read is what matters
+            raise AssertionError
+        return terms
+
+    monkeypatch.setattr(AE, "loss", host_read)
+    run_dir = train("ae", MODELS["ae"].Config(), cuda_config("ae", tmp_path / "ae", epochs=1, deterministic=False))
+    assert "could not be recorded as CUDA graphs" in capsys.readouterr().err
+    assert load_run(run_dir).counters["epoch"] == 1

@@ -13,7 +13,7 @@ FLOORS = [
     ("core", ("genlab.errors", "genlab.config", "genlab.rng")),
     ("data", ("genlab.data",)),
     ("models", ("genlab.models",)),
-    ("training", ("genlab.train", "genlab.distributed", "genlab.checkpoint", "genlab.rundir")),
+    ("training", ("genlab.train", "genlab.graphs", "genlab.distributed", "genlab.checkpoint", "genlab.rundir")),
     ("metrics", ("genlab.metrics", "genlab.evaluate", "genlab.scoring")),
     ("viz", ("genlab.viz",)),
     ("report", ("genlab.report", "genlab.reproduce")),

@@ -577,3 +577,19 @@ def test_model_api_refuses_images_of_another_shape_and_draws_from_a_callers_gene
             assert torch.equal(*draws) and draws[0].shape == (3, 1, 28, 28), name
             with pytest.raises(GenlabError, match="number of samples"):
                 model.sample(-1)
+
+
+def test_the_recorded_loss_outputs_each_distinct_term_once_and_is_used_only_on_one_gpu(tmp_path):
+    # genlab.graphs records ``model.loss`` as a module; the AE's "loss" and "mse" are one tensor, which must stay
+    # one output (the step logs the loss's mean without a second reduction only when every term is the loss).
+    from genlab import distributed, graphs
+    model = MODELS["ae"](MODELS["ae"].Config()).train()
+    module = graphs._Loss(model)
+    x = to_pixels(load_dataset("mnist-5k", "train").images[:8], model.pixel_range)
+    outputs = module(x)
+    assert len(outputs) == 1 and module.layout == [("loss", 0), ("mse", 0)]
+    assert {id(p) for p in module.parameters()} == {id(p) for p in model.parameters()}
+    cfg = quick_config("ae", tmp_path / "ae")
+    images = load_dataset("mnist-5k", "train").images
+    assert graphs.for_training(model, cfg, distributed.Context(), images, print) is None  # a CPU
+    assert not any(MODELS[name].graph_safe for name in MODELS if name not in ("ae", "dae"))

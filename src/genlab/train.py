@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import torch
 from tqdm import tqdm
 
-from genlab import __version__, checkpoint, config as cfgmod, distributed, rundir
+from genlab import __version__, checkpoint, config as cfgmod, distributed, graphs, rundir
 from genlab.config import TrainConfig
 from genlab.data import check_run_shape, image_shape, load_dataset, resolve_dataset_name
 from genlab.data.batching import Batches, to_pixels
@@ -200,7 +200,7 @@ def train(model_name: str | None, model_cfg=None, train_cfg: TrainConfig | None 
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
-RESUME_MAY_CHANGE = ("epochs", "device", "out")  # out: the run is where resume points
+RESUME_MAY_CHANGE = ("epochs", "device", "out", "cuda_graphs")  # out: the run is where resume points
 
 
 def _check_resume(run_dir: Path, name: str, saved_model_cfg, saved: TrainConfig, model_name, model_cfg,
@@ -246,6 +246,7 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
     batches = Batches(train_images, cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world=ctx.world,
                       device=ctx.device, labels=train_labels if model.conditional else None)
     log = _Log(model, ctx, counters, run_dir)
+    graphed = graphs.for_training(model, cfg, ctx, batches.images, say)  # None on a CPU
 
     def save_checkpoint(epoch: int):
         """Save the run, in epoch ``epoch`` (0-based); weights that are no longer finite are never saved."""
@@ -281,7 +282,8 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
                     for opt in optimizers.values():
                         for group in opt.param_groups:
                             group["lr"] = lr
-                log.pending.append(_step(model, (x, *labels), global_n, optimizers, steps, ctx, cfg.precision))
+                log.pending.append(_step(model, (x, *labels), global_n, optimizers, steps, ctx, cfg.precision,
+                                         graphed))
                 counters["step"] += 1
                 counters["batch"] += 1
                 images_seen += global_n
@@ -491,7 +493,8 @@ def fit_image_shape(model_name: str, model_cfg, data, resuming: bool):
     return dataclasses.replace(model_cfg, channels=shape[0], height=shape[1], width=shape[2])
 
 
-def _step(model, inputs, global_n, optimizers, steps, ctx, precision: str) -> tuple[list[str], list[torch.Tensor]]:
+def _step(model, inputs, global_n, optimizers, steps, ctx, precision: str,
+          graphed: graphs.GraphedLoss | None = None) -> tuple[list[str], list[torch.Tensor]]:
     """One batch: each player in turn computes its loss, backpropagates (DDP averages the gradients across
     processes during the backward pass), steps. ``inputs``: (images,) or, for a conditional model, (images,
     labels). Returns the terms' names and their batch means as float32 1-d tensors that, joined, hold one
@@ -501,10 +504,13 @@ def _step(model, inputs, global_n, optimizers, steps, ctx, precision: str) -> tu
 
     Each step reduces its own terms: a GPU's reduction adds a row's numbers in an order that depends on how
     many rows it is given, so reducing many steps at once would make the logged means depend on when the log
-    was read (a run resumed mid-way reads at other steps than an uninterrupted one)."""
+    was read (a run resumed mid-way reads at other steps than an uninterrupted one).
+
+    ``graphed``: the model's loss recorded as CUDA graphs (genlab.graphs), replayed for full batches."""
     names: list[str] = []
     values: list[torch.Tensor] = []
-    turns = model.steps(*inputs)
+    full = graphed is not None and len(inputs[0]) == graphed.batch_size
+    turns = graphed.steps(inputs[0]) if full else model.steps(*inputs)
     for player in model.players:
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext():
             terms = steps[player](turns)

@@ -29,6 +29,7 @@ def squared_error(x_hat: Tensor, x: Tensor) -> Tensor:
 class AE(GenerativeModel):
     Config = AEConfig
     pixel_range = "tanh"
+    graph_safe = True  # its loss is one fixed computation at every step (genlab.graphs)
 
     def __init__(self, cfg: AEConfig):
         super().__init__(cfg)

@@ -66,6 +66,9 @@ def mnist_shape_only(cfg, name: str) -> None:
 class GenerativeModel(nn.Module):
     Config: ClassVar[type]
     pixel_range: ClassVar[str] = "tanh"
+    # Whether ``loss`` is the same computation at every training step (no Python-side state such as a schedule,
+    # no reads on the host), so a GPU can replay it as a recorded CUDA graph (genlab.graphs).
+    graph_safe: ClassVar[bool] = False
     players: ClassVar[tuple[str, ...]] = ("model",)
     can_sample: ClassVar[bool] = False
     # True: the loop passes each batch's labels, steps(x, y) and eval_terms(x, y) (see the module docstring).

@@ -94,6 +94,7 @@ class ConvDenoiser(nn.Module):
 class DAE(GenerativeModel):
     Config = DAEConfig
     pixel_range = "tanh"
+    graph_safe = True  # its loss is one fixed computation at every step (genlab.graphs)
 
     def __init__(self, cfg: DAEConfig):
         super().__init__(cfg)

@@ -14,9 +14,9 @@
 #   throughput  benchmarks/throughput.py --device cuda on 30,000 MNIST images (an epoch of a GAN at batch 64
 #               takes seconds): every model at the lecture's batch size and a GPU-sized one, against a plain
 #               PyTorch loop over the same networks
-#   graphs      (only when named) ae and dae, whose steps genlab replays as CUDA graphs, at batches 256 and 2048
-#               on full MNIST, 3 rounds; then the same with --no-cuda-graphs (each kernel launched), 1 round
-#               (at most 240 s)
+#   graphs      (only when named) ae, dae and vae, whose steps genlab replays as CUDA graphs, at the lecture's
+#               batch size and a GPU-sized one on full MNIST, 3 rounds; then the same with --no-cuda-graphs (each
+#               kernel launched), 1 round (at most 340 s; ae and dae alone took 129 s on 28 November's H200)
 #   reproduce   genlab reproduce on full MNIST (every model trained for at least two epochs, every figure), timed
 #   bf16        (only when named) throughput of ae, vae and dcgan at their GPU-sized batches with both loops under
 #               bfloat16 autocast (--precision bf16), beside the float32 figures of the throughput stage
@@ -77,10 +77,10 @@ for s in $stages; do
     throughput)
       stage throughput 220 python3 benchmarks/throughput.py --device cuda --limit 30000 --min-seconds 3 ;;
     graphs)
-      stage graphs 170 python3 benchmarks/throughput.py --device cuda --limit 60000 --min-seconds 3 --rounds 3 \
-        --models ae dae --batch-sizes 256 2048
-      stage graphs-off 70 python3 benchmarks/throughput.py --device cuda --limit 60000 --min-seconds 3 --rounds 1 \
-        --models ae dae --batch-sizes 256 2048 --no-cuda-graphs ;;
+      stage graphs 240 python3 benchmarks/throughput.py --device cuda --limit 60000 --min-seconds 3 --rounds 3 \
+        --models ae dae vae --batch-sizes 256 2048 128 1024
+      stage graphs-off 100 python3 benchmarks/throughput.py --device cuda --limit 60000 --min-seconds 3 --rounds 1 \
+        --models ae dae vae --batch-sizes 256 2048 128 1024 --no-cuda-graphs ;;
     bf16) stage throughput-bf16 60 python3 benchmarks/throughput.py --device cuda --limit 30000 --min-seconds 3 \
         --precision bf16 --models ae vae dcgan --batch-sizes 2048 1024 512 ;;
     gap)

@@ -15,6 +15,8 @@ After one epoch to warm up, the plain loop runs whole epochs for at least 4 seco
 loop as many epochs. ``--rounds`` (1 on a GPU) repeats both, alternating, and reports medians. Each line also
 gives both sides' epoch times and how long genlab's loop rests between epochs (evaluating, checkpointing,
 logging: outside the timed steps); ``--idle-between-epochs S`` makes the plain loop rest S seconds too.
+genlab's loop runs with its defaults: on one GPU it replays the recorded step of the models that allow it
+(genlab.graphs); ``--no-cuda-graphs`` launches each kernel, as the plain loop does.
 
     python benchmarks/throughput.py [--models ae dae vae] [--limit N] [--rounds R] [--json]
     python benchmarks/throughput.py --device cuda [--models ae dae vae ebgan dcgan cvae cdcgan] [--rounds R] [--json]
@@ -250,7 +252,7 @@ def main() -> int:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                         help="with --device cuda: both loops in this precision (bf16: under autocast)")
     parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
-                        help="with --device cuda: genlab's loop replays the ae's and dae's recorded step (its "
+                        help="with --device cuda: genlab's loop replays the recorded step of ae, dae and vae (its "
                              "default); --no-cuda-graphs launches each kernel, as the plain loop does")
     parser.add_argument("--idle-between-epochs", type=float, default=0.0, metavar="SECONDS",
                         help="with --device cuda: the plain loop rests this long between epochs, untimed")

@@ -139,11 +139,14 @@ def test_training_on_the_cpu_leaves_the_callers_cuda_random_state(tmp_path):
     assert torch.equal(torch.cuda.get_rng_state(), before)
 
 
-@pytest.mark.parametrize("name,arch", [("ae", None), ("dae", "mlp"), ("dae", "conv")])
-def test_a_recorded_step_trains_as_the_launched_one(name, arch, tmp_path, monkeypatch):
-    # The AE's and the DAE's loss replay as CUDA graphs (genlab.graphs) on every full batch: the run must take
-    # the steps the kernel-by-kernel run takes, the DAE drawing fresh corruption at every replay (noise drawn
-    # once and replayed would leave the two runs apart after the first step).
+@pytest.mark.parametrize("name,overrides", [("ae", {}), ("dae", {}), ("dae", {"arch": "conv"}), ("vae", {}),
+                                            ("vae", {"warmup_epochs": 2}),
+                                            ("vae", {"objective": "iwae", "iwae_from": 1, "iwae_k": 5})])
+def test_a_recorded_step_trains_as_the_launched_one(name, overrides, tmp_path, monkeypatch):
+    # The AE's, the DAE's and the VAE's loss replay as CUDA graphs (genlab.graphs) on every full batch: the run
+    # must take the steps the kernel-by-kernel run takes, drawing fresh noise at every replay (noise drawn once
+    # and replayed would leave the two runs apart after the first step), and the VAE's recording must follow
+    # its KL warm-up (beta 0, then 0.5) and its switch to the IWAE objective (in the second epoch).
     from genlab import graphs
     replays = {"n": 0}
     real_steps = graphs.GraphedLoss.steps
@@ -153,16 +156,16 @@ def test_a_recorded_step_trains_as_the_launched_one(name, arch, tmp_path, monkey
         return real_steps(self, x)
 
     monkeypatch.setattr(graphs.GraphedLoss, "steps", counted)
-    cfg = MODELS[name].Config(**({"arch": arch} if arch else {}))
+    cfg = MODELS[name].Config(**overrides)
     recorded = train(name, cfg, cuda_config(name, tmp_path / "graphs", limit=650))  # 10 full batches + 10 images
     assert replays["n"] == 20
     launched = train(name, cfg, cuda_config(name, tmp_path / "launched", limit=650, cuda_graphs=False))
     assert replays["n"] == 20
     a, b = state_of(recorded), state_of(launched)
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
     for x, y in zip(metrics_of(recorded), metrics_of(launched)):
-        assert x.keys() == y.keys() and all(x[k] == pytest.approx(y[k], rel=1e-5) for k in x)
+        assert x.keys() == y.keys() and all(x[k] == pytest.approx(y[k], rel=1e-4) for k in x)
 
 
 def test_a_loss_the_graphs_cannot_hold_trains_launched_with_a_note(tmp_path, monkeypatch, capsys):

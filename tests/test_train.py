@@ -589,7 +589,54 @@ def test_the_recorded_loss_outputs_each_distinct_term_once_and_is_used_only_on_o
     outputs = module(x)
     assert len(outputs) == 1 and module.layout == [("loss", 0), ("mse", 0)]
     assert {id(p) for p in module.parameters()} == {id(p) for p in model.parameters()}
-    cfg = quick_config("ae", tmp_path / "ae")
     images = load_dataset("mnist-5k", "train").images
-    assert graphs.for_training(model, cfg, distributed.Context(), images, print) is None  # a CPU
-    assert not any(MODELS[name].graph_safe for name in MODELS if name not in ("ae", "dae"))
+    assert graphs.for_training(model, quick_config("ae", tmp_path), distributed.Context(), images, print) is None
+    assert {name for name in MODELS if MODELS[name].graph_safe} == {"ae", "dae", "vae"}
+
+
+def _record_on_the_cpu(monkeypatch) -> list:
+    """Run genlab.graphs' plumbing on a CPU: "recording" hands back the module as it is (so each replay runs the
+    loss as launched) and is counted; the loop gets a GraphedLoss wherever it would on one GPU."""
+    from genlab import graphs
+    recordings = []
+
+    def record(module, sample_args, **kwargs):
+        recordings.append(module.model[0].graph_key())
+        module(*sample_args)  # what recording does: it runs the loss (and draws its noise)
+        return module
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", record)
+    monkeypatch.setattr(graphs, "for_training", lambda model, cfg, ctx, images, say: graphs.GraphedLoss(
+        model, to_pixels(images[:cfg.batch_size], model.pixel_range), say) if model.graph_safe else None)
+    return recordings
+
+
+@pytest.mark.parametrize("name,overrides", [("dae", {}), ("vae", {"warmup_epochs": 2})])
+def test_a_run_through_the_recorded_loss_takes_the_launched_runs_steps(name, overrides, tmp_path, monkeypatch):
+    # The loop's side of genlab.graphs: full batches go through the recording, a short last one is launched,
+    # recording draws no noise the run would see and leaves the buffers, and a schedule the loss reads (the
+    # VAE's KL warm-up: beta 0, 0.5, then 1) makes a new recording when it moves, and only then.
+    cfg = MODELS[name].Config(**overrides)
+    launched = train(name, cfg, quick_config(name, tmp_path / "launched", epochs=3, limit=520))
+    recordings = _record_on_the_cpu(monkeypatch)
+    recorded = train(name, cfg, quick_config(name, tmp_path / "recorded", epochs=3, limit=520))
+    assert recordings == ([(0.0, False), (0.5, False), (1.0, False)] if name == "vae" else [()])
+    a, b = load_run(launched).model.state_dict(), load_run(recorded).model.state_dict()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_a_recording_that_fails_is_said_once_and_the_run_launches_each_kernel(tmp_path, monkeypatch, capsys):
+    from genlab import graphs
+    _record_on_the_cpu(monkeypatch)
+    tries = []
+
+    def cannot(module, sample_args, **kwargs):
+        tries.append(1)
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", cannot)
+    cfg = MODELS["vae"].Config(warmup_epochs=2)
+    run_dir = train("vae", cfg, quick_config("vae", tmp_path / "vae", epochs=2))
+    err = capsys.readouterr().err
+    assert tries == [1] and err.count("could not be recorded as CUDA graphs (operation not permitted") == 1
+    assert load_run(run_dir).counters["epoch"] == 2

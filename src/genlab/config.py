@@ -56,8 +56,8 @@ class TrainConfig:
     device: str = opt("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     precision: str = opt("fp32", "fp32, or bf16: matrix products in bfloat16 under autocast (faster on GPUs at "
                          "large batches and on CPUs with bf16 instructions)", choices=("fp32", "bf16"))
-    cuda_graphs: bool = opt(True, "on one GPU in fp32, record the training step of models that allow it (ae, dae) "
-                            "as CUDA graphs and replay them: far fewer kernel launches at small batches")
+    cuda_graphs: bool = opt(True, "on one GPU in fp32, record the loss of the models that allow it (ae, dae, vae) "
+                            "as CUDA graphs and replay it at every step: far fewer kernel launches")
     deterministic: bool = opt(False, "deterministic algorithms only, so a GPU run repeats (and resumes) bit for bit; "
                               "somewhat slower on a GPU")
     out: str = opt("", "run directory (default: runs/<model>-<time>)")

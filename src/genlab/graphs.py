@@ -7,8 +7,10 @@ a recorded graph launches the whole forward pass in one call and the whole backw
 
 Only for what a recording can hold: one CUDA device and one process, float32, full batches (a short last batch
 runs as usual), and models that declare ``graph_safe``: their loss is the same computation at every step, with
-no Python-side state (a warm-up schedule, a switch of objective) and no reads on the host. Random draws in the
-loss (the DAE's corruption) are recorded too: each replay draws fresh numbers from the device's generator.
+no reads on the host, and Python-side state (a warm-up's weight, a switch of objective) only through
+``graph_key``, whose change makes a new recording. Random draws in the loss (the DAE's corruption, the VAE's
+codes) are recorded too: each replay draws fresh numbers from the device's generator, where the launched step
+would have drawn them.
 """
 
 from __future__ import annotations
@@ -46,24 +48,50 @@ class _Loss(nn.Module):
 class GraphedLoss:
     """The recorded loss of ``model`` for batches like ``sample`` ([B x C x H x W] float, on the GPU).
 
-    ``steps(x)`` stands in for ``model.steps(x)`` on a batch of B images: it yields ("model", terms), the terms
+    ``steps(x)`` stands in for ``model.steps(x)`` on a batch that ``fits``: it yields ("model", terms), the terms
     being the recording's own memory, which the next replay overwrites (the loop reduces them at once).
+    ``refresh()``, after each epoch, records the loss again if the model's ``graph_key`` has changed (a KL
+    warm-up's weight, a switch of objective). A recording that fails (an operation the graphs cannot hold)
+    is said in one line through ``say``, and from then on nothing fits: each kernel is launched.
     """
 
-    def __init__(self, model, sample: torch.Tensor):
-        self.batch_size = len(sample)
-        self._loss = _Loss(model)
+    def __init__(self, model, sample: torch.Tensor, say):
+        self.model, self.sample, self.say = model, sample, say
+        self._graphed, self.key = None, None
+        self._record()
+
+    def fits(self, x: torch.Tensor) -> bool:
+        return self._graphed is not None and len(x) == len(self.sample)
+
+    def _record(self) -> None:
+        self._graphed = None  # the previous recording's memory goes back before the new one takes its own
+        loss = _Loss(self.model)  # a fresh module: recording replaces the forward of the one it is given
         # Recording runs the loss a few times on the sample (to warm up what it allocates and initialises):
         # none of that may reach the run, so the random streams and the model's buffers are put back after.
-        buffers = [(b, b.clone()) for b in model.buffers()]
+        buffers = [(b, b.clone()) for b in self.model.buffers()]
+        # The recording keeps the autograd graph it captured alive, with the parameters' gradient sinks made on
+        # its capture stream; each replay's backward then hands them gradients from the training's stream, as
+        # PyTorch's recording intends, and PyTorch would warn of it at the first replay of every run.
+        quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None)
+        if quiet is not None:
+            quiet(False)
         try:
-            with torch.random.fork_rng(devices=[sample.device]):
-                self._graphed = torch.cuda.make_graphed_callables(self._loss, (sample,), allow_unused_input=True)
+            with torch.random.fork_rng(devices=[self.sample.device] if self.sample.is_cuda else []):
+                graphed = torch.cuda.make_graphed_callables(loss, (self.sample,), allow_unused_input=True)
+        except RuntimeError as e:
+            self.say(f"note: the training step could not be recorded as CUDA graphs "
+                     f"({str(e).strip().splitlines()[0][:200]}); each kernel is launched instead")
+            self.key = object()  # equal to no key: no second try
+            return
         finally:
             with torch.no_grad():
                 for live, saved in buffers:
                     live.copy_(saved)
-        self.layout = list(self._loss.layout)
+        self._graphed, self.layout, self.key = graphed, list(loss.layout), self.model.graph_key()
+
+    def refresh(self) -> None:
+        if self._graphed is not None and self.model.graph_key() != self.key:
+            self._record()
 
     def steps(self, x: torch.Tensor):
         outputs = self._graphed(x)
@@ -73,14 +101,8 @@ class GraphedLoss:
 def for_training(model, cfg: TrainConfig, ctx, images_u8: torch.Tensor, say) -> GraphedLoss | None:
     """The recorded loss for this run, or None where the loop launches each kernel: off (``--no-cuda-graphs``),
     not one CUDA process, not float32, a model that is not ``graph_safe``, or fewer images than one batch.
-    ``images_u8``: the training images on the device; the first batch of them is the recording's sample.
-    A recording that fails (an operation the graphs cannot hold) says so in one line, and training goes on."""
+    ``images_u8``: the training images on the device; the first batch of them is the recording's sample."""
     if not (cfg.cuda_graphs and ctx.device.type == "cuda" and ctx.world == 1 and cfg.precision == "fp32"
-            and model.graph_safe and len(images_u8) >= cfg.batch_size):
+            and model.graph_safe and not model.conditional and len(images_u8) >= cfg.batch_size):
         return None
-    try:
-        return GraphedLoss(model, to_pixels(images_u8[:cfg.batch_size], model.pixel_range))
-    except RuntimeError as e:
-        say(f"note: the training step could not be recorded as CUDA graphs ({str(e).splitlines()[0][:200]}); "
-            f"each kernel is launched instead")
-        return None
+    return GraphedLoss(model, to_pixels(images_u8[:cfg.batch_size], model.pixel_range), say)

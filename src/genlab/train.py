@@ -311,6 +311,8 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
                 record.update({f"test/{k}": v for k, v in test_terms.items()})
                 record.update({"seconds": counters["seconds"], "images_per_s": images_seen / max(seconds, 1e-9)})
             model.end_of_epoch(epoch)
+            if graphed is not None:
+                graphed.refresh()  # a schedule the loss reads may have moved on
             # One commit per epoch: the checkpoint (holding the record), then the log line (see genlab.rundir).
             counters.update(epoch=epoch + 1, batch=0, sums={}, count=0, record=record)
             save_checkpoint(epoch)
@@ -509,8 +511,7 @@ def _step(model, inputs, global_n, optimizers, steps, ctx, precision: str,
     ``graphed``: the model's loss recorded as CUDA graphs (genlab.graphs), replayed for full batches."""
     names: list[str] = []
     values: list[torch.Tensor] = []
-    full = graphed is not None and len(inputs[0]) == graphed.batch_size
-    turns = graphed.steps(inputs[0]) if full else model.steps(*inputs)
+    turns = graphed.steps(inputs[0]) if graphed is not None and graphed.fits(inputs[0]) else model.steps(*inputs)
     for player in model.players:
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext():
             terms = steps[player](turns)

@@ -66,8 +66,8 @@ def mnist_shape_only(cfg, name: str) -> None:
 class GenerativeModel(nn.Module):
     Config: ClassVar[type]
     pixel_range: ClassVar[str] = "tanh"
-    # Whether ``loss`` is the same computation at every training step (no Python-side state such as a schedule,
-    # no reads on the host), so a GPU can replay it as a recorded CUDA graph (genlab.graphs).
+    # Whether ``loss`` is the same computation at every training step (no reads on the host; Python-side state
+    # such as a schedule only through ``graph_key``), so a GPU can replay it as a recorded CUDA graph (genlab.graphs).
     graph_safe: ClassVar[bool] = False
     players: ClassVar[tuple[str, ...]] = ("model",)
     can_sample: ClassVar[bool] = False
@@ -120,6 +120,11 @@ class GenerativeModel(nn.Module):
 
     def load_check_state(self, state: dict[str, int]) -> None:
         """Restore what ``check_state`` returned (an older checkpoint's empty dict leaves the counters at 0)."""
+
+    def graph_key(self) -> tuple:
+        """For a ``graph_safe`` model, the Python-side values its ``loss`` reads (a schedule's value now): the
+        recording is made again whenever they change (genlab.graphs)."""
+        return ()
 
     def end_of_epoch(self, epoch: int) -> None:
         """Called after each epoch (and with ``epoch - 1`` before the first one trained, also on resume): set

@@ -207,6 +207,7 @@ class VAE(GenerativeModel):
     train_defaults = {"batch_size": 128, "epochs": 10}
     figure_sets = ("vae",)
     extra_metrics = ("likelihood",)
+    graph_safe = True  # the loss reads the epoch only through beta_now and iwae_now (graph_key)
 
     def __init__(self, cfg: VAEConfig):
         super().__init__(cfg)
@@ -317,6 +318,9 @@ class VAE(GenerativeModel):
     def iwae_now(self) -> bool:
         """Whether the training loss is -L_k (``--objective iwae`` from epoch ``iwae_from`` on)."""
         return self.cfg.objective == "iwae" and self._epochs >= self.cfg.iwae_from
+
+    def graph_key(self) -> tuple:
+        return (self.beta_now, self.iwae_now)
 
     def end_of_epoch(self, epoch: int) -> None:
         """:param epoch: the epoch just finished, counting from 0; moves the KL warm-up and the objective on."""

@@ -17,6 +17,7 @@ import torch
 import genlab.train as train_mod
 from genlab import checkpoint, config as cfgmod
 from genlab.checkpoint import load_run
+from genlab.errors import GenlabError
 from genlab.models import MODELS
 from genlab.rng import seeded
 from genlab.train import Interrupted, default_train_config, train
@@ -139,9 +140,11 @@ def test_training_on_the_cpu_leaves_the_callers_cuda_random_state(tmp_path):
     assert torch.equal(torch.cuda.get_rng_state(), before)
 
 
-@pytest.mark.parametrize("name,overrides", [("ae", {}), ("dae", {}), ("dae", {"arch": "conv"}), ("vae", {}),
-                                            ("vae", {"warmup_epochs": 2}),
-                                            ("vae", {"objective": "iwae", "iwae_from": 1, "iwae_k": 5})])
+@pytest.mark.parametrize("name,overrides", [
+    ("ae", {}), ("dae", {}), ("dae", {"arch": "conv"}), ("vae", {}), ("vae", {"arch": "conv"}),
+    ("vae", {"warmup_epochs": 2}), ("vae", {"binarize": "dynamic", "free_bits": 0.5}),
+    ("vae", {"objective": "iwae", "iwae_from": 1, "iwae_k": 5}),
+    ("vae", {"objective": "iwae", "iwae_from": 1, "iwae_k": 5, "dreg": True})])
 def test_a_recorded_step_trains_as_the_launched_one(name, overrides, tmp_path, monkeypatch):
     # The AE's, the DAE's and the VAE's loss replay as CUDA graphs (genlab.graphs) on every full batch: the run
     # must take the steps the kernel-by-kernel run takes, drawing fresh noise at every replay (noise drawn once
@@ -168,11 +171,13 @@ def test_a_recorded_step_trains_as_the_launched_one(name, overrides, tmp_path, m
         assert x.keys() == y.keys() and all(x[k] == pytest.approx(y[k], rel=1e-4) for k in x)
 
 
-def test_a_loss_the_graphs_cannot_hold_trains_launched_with_a_note(tmp_path, monkeypatch, capsys):
-    # A model that says it is graph-safe but reads a number on the host: the recording fails, genlab says so in
-    # one line and trains kernel by kernel.
-    from genlab.models.ae import AE
-    real_loss = AE.loss
+@pytest.mark.parametrize("name", ["ae", "dae"])
+def test_a_loss_the_graphs_cannot_hold_stops_in_one_line_and_the_process_trains_without(name, tmp_path, monkeypatch):
+    # A model that says it is graph-safe but reads a number on the host: the recording fails and genlab says so
+    # in one line naming --no-cuda-graphs. The same process then trains launched, drawing noise (the DAE's
+    # corruption) from a generator that the failed capture must not have left in its capturing state.
+    model_cls = type(MODELS[name](MODELS[name].Config()))
+    real_loss = model_cls.loss
 
     def host_read(self, x):
         terms = real_loss(self, x)
@@ -180,7 +185,10 @@ def test_a_loss_the_graphs_cannot_hold_trains_launched_with_a_note(tmp_path, mon
             raise AssertionError
         return terms
 
-    monkeypatch.setattr(AE, "loss", host_read)
-    run_dir = train("ae", MODELS["ae"].Config(), cuda_config("ae", tmp_path / "ae", epochs=1, deterministic=False))
-    assert "could not be recorded as CUDA graphs" in capsys.readouterr().err
+    monkeypatch.setattr(model_cls, "loss", host_read)
+    with pytest.raises(GenlabError, match="could not record the training step as CUDA graphs.*--no-cuda-graphs"):
+        train(name, MODELS[name].Config(), cuda_config(name, tmp_path / "recorded", epochs=1, deterministic=False))
+    monkeypatch.setattr(model_cls, "loss", real_loss)
+    run_dir = train(name, MODELS[name].Config(), cuda_config(name, tmp_path / "launched", epochs=1,
+                                                             deterministic=False, cuda_graphs=False))
     assert load_run(run_dir).counters["epoch"] == 1

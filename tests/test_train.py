@@ -579,35 +579,59 @@ def test_model_api_refuses_images_of_another_shape_and_draws_from_a_callers_gene
                 model.sample(-1)
 
 
-def test_the_recorded_loss_outputs_each_distinct_term_once_and_is_used_only_on_one_gpu(tmp_path):
-    # genlab.graphs records ``model.loss`` as a module; the AE's "loss" and "mse" are one tensor, which must stay
-    # one output (the step logs the loss's mean without a second reduction only when every term is the loss).
-    from genlab import distributed, graphs
-    model = MODELS["ae"](MODELS["ae"].Config()).train()
-    module = graphs._Loss(model)
-    x = to_pixels(load_dataset("mnist-5k", "train").images[:8], model.pixel_range)
-    outputs = module(x)
-    assert len(outputs) == 1 and module.layout == [("loss", 0), ("mse", 0)]
-    assert {id(p) for p in module.parameters()} == {id(p) for p in model.parameters()}
-    images = load_dataset("mnist-5k", "train").images
-    assert graphs.for_training(model, quick_config("ae", tmp_path), distributed.Context(), images, print) is None
+def test_the_recorded_loss_outputs_each_distinct_term_once_and_only_the_loss_carries_gradients():
+    # genlab.graphs records ``model.loss`` as a module. The AE's "loss" and "mse" are one tensor, which must stay
+    # one output (the step logs the loss's mean without a second reduction only when every term is the loss);
+    # the VAE's logged terms come out without gradients (a recorded backward would carry them for nothing).
+    from genlab import graphs
+    x = load_dataset("mnist-5k", "train").images[:8]
+    ae, vae = (MODELS[name](MODELS[name].Config()).train() for name in ("ae", "vae"))
+    module = graphs._Loss(ae)
+    outputs = module(to_pixels(x, ae.pixel_range))
+    assert len(outputs) == 1 and outputs[0].requires_grad and module.layout == [("loss", 0), ("mse", 0)]
+    assert {id(p) for p in module.parameters()} == {id(p) for p in ae.parameters()}
+    module = graphs._Loss(vae)
+    outputs = module(to_pixels(x, vae.pixel_range))
+    assert module.layout == [("loss", 0), ("rec", 1), ("kl", 2)]
+    assert [o.requires_grad for o in outputs] == [True, False, False]
     assert {name for name in MODELS if MODELS[name].graph_safe} == {"ae", "dae", "vae"}
 
 
-def _record_on_the_cpu(monkeypatch) -> list:
+@pytest.mark.parametrize("change", [{}, {"cuda_graphs": False}, {"precision": "bf16"}, {"world": 2},
+                                    {"device": "cpu"}, {"model": "cvae"}, {"model": "dcgan"}, {"batch_size": 600}])
+def test_the_loss_is_recorded_only_for_one_gpu_in_fp32_and_a_model_that_allows_it(change, monkeypatch):
+    from types import SimpleNamespace
+
+    from genlab import graphs
+    monkeypatch.setattr(graphs, "GraphedLoss", lambda model, sample: ("recorded", tuple(sample.shape)))
+    name = change.get("model", "vae")
+    cfg = cfgmod.from_dict(cfgmod.TrainConfig, {**cfgmod.to_dict(default_train_config(name)), "batch_size": 64,
+                                                **{k: v for k, v in change.items() if k not in ("model", "world",
+                                                                                            "device")}})
+    ctx = SimpleNamespace(device=torch.device(change.get("device", "cuda")), world=change.get("world", 1))
+    model = MODELS[name](MODELS[name].Config())
+    images = load_dataset("mnist-5k", "train").images[:512]  # stays on the CPU: nothing here touches CUDA
+    got = graphs.for_training(model, cfg, ctx, images)
+    assert got == (("recorded", (64, 1, 28, 28)) if not change else None)
+
+
+def _record_on_the_cpu(monkeypatch, fail_at: int = 0) -> list:
     """Run genlab.graphs' plumbing on a CPU: "recording" hands back the module as it is (so each replay runs the
-    loss as launched) and is counted; the loop gets a GraphedLoss wherever it would on one GPU."""
+    loss as launched) and is counted; recording number ``fail_at`` (from 1) fails as a capture can. The loop gets
+    a GraphedLoss wherever it would on one GPU."""
     from genlab import graphs
     recordings = []
 
     def record(module, sample_args, **kwargs):
         recordings.append(module.model[0].graph_key())
         module(*sample_args)  # what recording does: it runs the loss (and draws its noise)
+        if len(recordings) == fail_at:
+            raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
         return module
 
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", record)
-    monkeypatch.setattr(graphs, "for_training", lambda model, cfg, ctx, images, say: graphs.GraphedLoss(
-        model, to_pixels(images[:cfg.batch_size], model.pixel_range), say) if model.graph_safe else None)
+    monkeypatch.setattr(graphs, "for_training", lambda model, cfg, ctx, images: graphs.GraphedLoss(
+        model, to_pixels(images[:cfg.batch_size], model.pixel_range)) if model.graph_safe else None)
     return recordings
 
 
@@ -623,20 +647,20 @@ def test_a_run_through_the_recorded_loss_takes_the_launched_runs_steps(name, ove
     assert recordings == ([(0.0, False), (0.5, False), (1.0, False)] if name == "vae" else [()])
     a, b = load_run(launched).model.state_dict(), load_run(recorded).model.state_dict()
     assert all(torch.equal(a[key], b[key]) for key in a)
+    recordings.clear()  # a resumed run with nothing left to train records nothing
+    train(None, train_cfg=quick_config(name, recorded, epochs=3, limit=520), resume=recorded)
+    assert recordings == []
 
 
-def test_a_recording_that_fails_is_said_once_and_the_run_launches_each_kernel(tmp_path, monkeypatch, capsys):
-    from genlab import graphs
-    _record_on_the_cpu(monkeypatch)
-    tries = []
-
-    def cannot(module, sample_args, **kwargs):
-        tries.append(1)
-        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
-
-    monkeypatch.setattr(torch.cuda, "make_graphed_callables", cannot)
+def test_a_recording_that_fails_stops_the_run_in_one_line_and_it_goes_on_without(tmp_path, monkeypatch):
+    # The VAE's second recording (its KL warm-up moved on) fails: the run stops with one line naming the way on,
+    # after the epoch's checkpoint, and resumes with the recording off.
+    _record_on_the_cpu(monkeypatch, fail_at=2)
     cfg = MODELS["vae"].Config(warmup_epochs=2)
-    run_dir = train("vae", cfg, quick_config("vae", tmp_path / "vae", epochs=2))
-    err = capsys.readouterr().err
-    assert tries == [1] and err.count("could not be recorded as CUDA graphs (operation not permitted") == 1
-    assert load_run(run_dir).counters["epoch"] == 2
+    with pytest.raises(GenlabError, match=r"could not record the training step as CUDA graphs \(operation not "
+                                          r"permitted when stream is capturing\); train with --no-cuda-graphs"):
+        train("vae", cfg, quick_config("vae", tmp_path / "vae", epochs=3))
+    assert load_run(tmp_path / "vae").counters["epoch"] == 1  # the first epoch is kept
+    run_dir = train(None, train_cfg=quick_config("vae", tmp_path / "vae", epochs=3, cuda_graphs=False),
+                    resume=tmp_path / "vae")
+    assert load_run(run_dir).counters["epoch"] == 3

@@ -15,11 +15,15 @@ would have drawn them.
 
 from __future__ import annotations
 
+import gc
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 
 from genlab.config import TrainConfig
 from genlab.data.batching import to_pixels
+from genlab.errors import GenlabError
 
 
 class _Loss(nn.Module):
@@ -34,13 +38,17 @@ class _Loss(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         terms = self.model[0].loss(x)
+        seen: list[torch.Tensor] = []  # the distinct terms, as the loss returned them
         outputs: list[torch.Tensor] = []
         self.layout = []
         for name, value in terms.items():
-            index = next((i for i, seen in enumerate(outputs) if seen is value), None)
+            index = next((i for i, term in enumerate(seen) if term is value), None)
             if index is None:
-                index = len(outputs)
-                outputs.append(value)
+                index = len(seen)
+                seen.append(value)
+                # Only the loss is backpropagated: the other terms are logged, and a recorded backward pass
+                # would otherwise carry their (zero) gradients through the network at every step.
+                outputs.append(value if value is terms["loss"] else value.detach())
             self.layout.append((name, index))
         return tuple(outputs)
 
@@ -50,39 +58,47 @@ class GraphedLoss:
 
     ``steps(x)`` stands in for ``model.steps(x)`` on a batch that ``fits``: it yields ("model", terms), the terms
     being the recording's own memory, which the next replay overwrites (the loop reduces them at once).
-    ``refresh()``, after each epoch, records the loss again if the model's ``graph_key`` has changed (a KL
-    warm-up's weight, a switch of objective). A recording that fails (an operation the graphs cannot hold)
-    is said in one line through ``say``, and from then on nothing fits: each kernel is launched.
+    ``refresh()``, between epochs, records the loss again if the model's ``graph_key`` has changed (a KL
+    warm-up's weight, a switch of objective). A recording that fails (an operation the graphs cannot hold) is
+    a GenlabError naming ``--no-cuda-graphs``: after a failed capture PyTorch's random generator may refuse
+    eager draws, so the run does not go on as if nothing had happened.
     """
 
-    def __init__(self, model, sample: torch.Tensor, say):
-        self.model, self.sample, self.say = model, sample, say
+    def __init__(self, model, sample: torch.Tensor):
+        self.model, self.sample = model, sample
         self._graphed, self.key = None, None
         self._record()
 
     def fits(self, x: torch.Tensor) -> bool:
-        return self._graphed is not None and len(x) == len(self.sample)
+        return len(x) == len(self.sample)
 
     def _record(self) -> None:
-        self._graphed = None  # the previous recording's memory goes back before the new one takes its own
+        if self._graphed is not None:
+            # The previous recording's memory goes back before the new one takes its own: its module and
+            # PyTorch's replay function refer to each other, which only the cycle collector frees.
+            self._graphed = None
+            gc.collect()
         loss = _Loss(self.model)  # a fresh module: recording replaces the forward of the one it is given
+        cuda = self.sample.is_cuda
+        if cuda:
+            # The recording keeps the autograd graph it captured, with the parameters' gradient sinks made on its
+            # capture stream; each replay's backward hands them gradients from the training's stream, as
+            # PyTorch's recording intends. PyTorch would warn of that at the first replay (process-wide switch).
+            torch.autograd.graph.set_warn_on_accumulate_grad_stream_mismatch(False)
         # Recording runs the loss a few times on the sample (to warm up what it allocates and initialises):
         # none of that may reach the run, so the random streams and the model's buffers are put back after.
         buffers = [(b, b.clone()) for b in self.model.buffers()]
-        # The recording keeps the autograd graph it captured alive, with the parameters' gradient sinks made on
-        # its capture stream; each replay's backward then hands them gradients from the training's stream, as
-        # PyTorch's recording intends, and PyTorch would warn of it at the first replay of every run.
-        quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None)
-        if quiet is not None:
-            quiet(False)
         try:
-            with torch.random.fork_rng(devices=[self.sample.device] if self.sample.is_cuda else []):
+            # Also the current stream: a capture that fails can leave its own stream current.
+            with torch.cuda.stream(torch.cuda.current_stream(self.sample.device)) if cuda else nullcontext(), \
+                    torch.random.fork_rng(devices=[self.sample.device] if cuda else []):
                 graphed = torch.cuda.make_graphed_callables(loss, (self.sample,), allow_unused_input=True)
         except RuntimeError as e:
-            self.say(f"note: the training step could not be recorded as CUDA graphs "
-                     f"({str(e).strip().splitlines()[0][:200]}); each kernel is launched instead")
-            self.key = object()  # equal to no key: no second try
-            return
+            if cuda:
+                _end_failed_capture(self.sample.device)
+            raise GenlabError(f"genlab could not record the training step as CUDA graphs "
+                              f"({str(e).strip().splitlines()[0][:200]}); train with --no-cuda-graphs (and --resume "
+                              f"where the run has finished an epoch)") from None
         finally:
             with torch.no_grad():
                 for live, saved in buffers:
@@ -90,7 +106,7 @@ class GraphedLoss:
         self._graphed, self.layout, self.key = graphed, list(loss.layout), self.model.graph_key()
 
     def refresh(self) -> None:
-        if self._graphed is not None and self.model.graph_key() != self.key:
+        if self.model.graph_key() != self.key:
             self._record()
 
     def steps(self, x: torch.Tensor):
@@ -98,11 +114,25 @@ class GraphedLoss:
         yield "model", {name: outputs[index] for name, index in self.layout}
 
 
-def for_training(model, cfg: TrainConfig, ctx, images_u8: torch.Tensor, say) -> GraphedLoss | None:
+def _end_failed_capture(device: torch.device) -> None:
+    """Leave the state a failed capture may leave: PyTorch versions that mark the random generator as capturing
+    unmark it only when a capture ends well, so one small capture that does lets the process draw again (a
+    caller of ``train`` may go on with ``cuda_graphs=False``). Best effort, before the error is reported."""
+    try:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            torch.ones(1, device=device).add_(1)
+        del graph
+    except RuntimeError:
+        pass  # the recording's own error is the one to report
+
+
+def for_training(model, cfg: TrainConfig, ctx, images_u8: torch.Tensor) -> GraphedLoss | None:
     """The recorded loss for this run, or None where the loop launches each kernel: off (``--no-cuda-graphs``),
-    not one CUDA process, not float32, a model that is not ``graph_safe``, or fewer images than one batch.
-    ``images_u8``: the training images on the device; the first batch of them is the recording's sample."""
+    not one CUDA process, not float32, a model that is not ``graph_safe`` or is conditional, or fewer images
+    than one batch. ``images_u8``: the training images on the device; the first batch is the recording's sample.
+    Call it with the model in training mode: that is the mode recorded."""
     if not (cfg.cuda_graphs and ctx.device.type == "cuda" and ctx.world == 1 and cfg.precision == "fp32"
             and model.graph_safe and not model.conditional and len(images_u8) >= cfg.batch_size):
         return None
-    return GraphedLoss(model, to_pixels(images_u8[:cfg.batch_size], model.pixel_range), say)
+    return GraphedLoss(model, to_pixels(images_u8[:cfg.batch_size], model.pixel_range))

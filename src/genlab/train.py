@@ -246,7 +246,6 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
     batches = Batches(train_images, cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world=ctx.world,
                       device=ctx.device, labels=train_labels if model.conditional else None)
     log = _Log(model, ctx, counters, run_dir)
-    graphed = graphs.for_training(model, cfg, ctx, batches.images, say)  # None on a CPU
 
     def save_checkpoint(epoch: int):
         """Save the run, in epoch ``epoch`` (0-based); weights that are no longer finite are never saved."""
@@ -268,6 +267,7 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
 
     flag = _SignalFlag()
     model.train()
+    graphed = graphs.for_training(model, cfg, ctx, batches.images) if counters["epoch"] < cfg.epochs else None
     with flag.installed():
         for epoch in range(counters["epoch"], cfg.epochs):
             started = time.perf_counter()
@@ -311,8 +311,6 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
                 record.update({f"test/{k}": v for k, v in test_terms.items()})
                 record.update({"seconds": counters["seconds"], "images_per_s": images_seen / max(seconds, 1e-9)})
             model.end_of_epoch(epoch)
-            if graphed is not None:
-                graphed.refresh()  # a schedule the loss reads may have moved on
             # One commit per epoch: the checkpoint (holding the record), then the log line (see genlab.rundir).
             counters.update(epoch=epoch + 1, batch=0, sums={}, count=0, record=record)
             save_checkpoint(epoch)
@@ -321,6 +319,8 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
                 say("  ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
             for callback in callbacks:
                 callback.on_epoch(state, epoch + 1, record)
+            if graphed is not None and epoch + 1 < cfg.epochs:
+                graphed.refresh()  # a schedule the loss reads may have moved on (after the commit: loses nothing)
 
     for callback in callbacks:
         callback.on_end(state)

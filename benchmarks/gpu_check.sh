@@ -34,7 +34,9 @@
 # most 460 s); stages that end before their limits leave room for both in 15 minutes of device time. On 27
 # November's H200 the tests took 23 s, the commands were cut off after 140 s (10 of 17, one at a time; now 4
 # at a time, 18 with the torchrun check), 10 throughput cases took 159 s
-# and the reproduction was cut off at 330 s, in its sample-quality stage.
+# and the reproduction was cut off at 330 s, in its sample-quality stage. On 28 November's H200 `tests graphs
+# throughput` (graphs then without the VAE) took 310 s: tests 23, graphs 86 + 43, throughput 150; their limits
+# add up to 650 s, so one 600-second call holds them unless a stage hangs (then: `tests graphs`, `throughput`).
 # On a GPU machine that has PyTorch but no internet, no data and no mlxtend, bring both in an ignored folder of
 # the checkout, prepared where they are at hand:
 #     echo /.gpu/ >> .git/info/exclude && mkdir -p .gpu/data .gpu/whl

@@ -603,7 +603,7 @@ def test_the_loss_is_recorded_only_for_one_gpu_in_fp32_and_a_model_that_allows_i
     from types import SimpleNamespace
 
     from genlab import graphs
-    monkeypatch.setattr(graphs, "GraphedLoss", lambda model, sample: ("recorded", tuple(sample.shape)))
+    monkeypatch.setattr(graphs, "GraphedLoss", lambda model, sample, say: ("recorded", tuple(sample.shape)))
     name = change.get("model", "vae")
     cfg = cfgmod.from_dict(cfgmod.TrainConfig, {**cfgmod.to_dict(default_train_config(name)), "batch_size": 64,
                                                 **{k: v for k, v in change.items() if k not in ("model", "world",
@@ -611,7 +611,7 @@ def test_the_loss_is_recorded_only_for_one_gpu_in_fp32_and_a_model_that_allows_i
     ctx = SimpleNamespace(device=torch.device(change.get("device", "cuda")), world=change.get("world", 1))
     model = MODELS[name](MODELS[name].Config())
     images = load_dataset("mnist-5k", "train").images[:512]  # stays on the CPU: nothing here touches CUDA
-    got = graphs.for_training(model, cfg, ctx, images)
+    got = graphs.for_training(model, cfg, ctx, images, print)
     assert got == (("recorded", (64, 1, 28, 28)) if not change else None)
 
 
@@ -630,8 +630,8 @@ def _record_on_the_cpu(monkeypatch, fail_at: int = 0) -> list:
         return module
 
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", record)
-    monkeypatch.setattr(graphs, "for_training", lambda model, cfg, ctx, images: graphs.GraphedLoss(
-        model, to_pixels(images[:cfg.batch_size], model.pixel_range)) if model.graph_safe else None)
+    monkeypatch.setattr(graphs, "for_training", lambda model, cfg, ctx, images, say: graphs.GraphedLoss(
+        model, to_pixels(images[:cfg.batch_size], model.pixel_range), say) if model.graph_safe else None)
     return recordings
 
 
@@ -652,13 +652,31 @@ def test_a_run_through_the_recorded_loss_takes_the_launched_runs_steps(name, ove
     assert recordings == []
 
 
-def test_a_recording_that_fails_stops_the_run_in_one_line_and_it_goes_on_without(tmp_path, monkeypatch):
-    # The VAE's second recording (its KL warm-up moved on) fails: the run stops with one line naming the way on,
-    # after the epoch's checkpoint, and resumes with the recording off.
+def test_a_recording_that_fails_is_said_once_and_the_run_goes_on_launched(tmp_path, monkeypatch, capsys):
+    # The VAE's second recording (its KL warm-up moved on) fails as a capture can: one note, no further try, and
+    # the run goes on kernel by kernel to the steps of a run that never recorded.
+    cfg = MODELS["vae"].Config(warmup_epochs=2)
+    launched = train("vae", cfg, quick_config("vae", tmp_path / "launched", epochs=3))
+    capsys.readouterr()
+    recordings = _record_on_the_cpu(monkeypatch, fail_at=2)
+    run_dir = train("vae", cfg, quick_config("vae", tmp_path / "vae", epochs=3))
+    err = capsys.readouterr().err
+    assert len(recordings) == 2 and err.count("could not record the training step as CUDA graphs (operation "
+                                              "not permitted when stream is capturing); each kernel is launched") == 1
+    a, b = load_run(launched).model.state_dict(), load_run(run_dir).model.state_dict()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_a_failed_recording_that_leaves_no_random_draws_stops_in_one_line(tmp_path, monkeypatch):
+    # Where the failed capture left the GPU's generator refusing eager draws, the run cannot go on: one line
+    # naming --no-cuda-graphs, after the last finished epoch's checkpoint; the run then resumes without.
+    from genlab import graphs
     _record_on_the_cpu(monkeypatch, fail_at=2)
+    monkeypatch.setattr(graphs, "_recovered", lambda device: False)
     cfg = MODELS["vae"].Config(warmup_epochs=2)
     with pytest.raises(GenlabError, match=r"could not record the training step as CUDA graphs \(operation not "
-                                          r"permitted when stream is capturing\); train with --no-cuda-graphs"):
+                                          r"permitted when stream is capturing\), and the failed recording left "
+                                          r"this process unable to draw .*; train with --no-cuda-graphs"):
         train("vae", cfg, quick_config("vae", tmp_path / "vae", epochs=3))
     assert load_run(tmp_path / "vae").counters["epoch"] == 1  # the first epoch is kept
     run_dir = train(None, train_cfg=quick_config("vae", tmp_path / "vae", epochs=3, cuda_graphs=False),

@@ -60,17 +60,18 @@ class GraphedLoss:
     being the recording's own memory, which the next replay overwrites (the loop reduces them at once).
     ``refresh()``, between epochs, records the loss again if the model's ``graph_key`` has changed (a KL
     warm-up's weight, a switch of objective). A recording that fails (an operation the graphs cannot hold) is
-    a GenlabError naming ``--no-cuda-graphs``: after a failed capture PyTorch's random generator may refuse
-    eager draws, so the run does not go on as if nothing had happened.
+    said in one line through ``say``, and the run goes on launching each kernel, if the process can still
+    draw random numbers on the GPU (a failed capture can leave PyTorch's generator refusing eager draws);
+    where it cannot, a GenlabError naming ``--no-cuda-graphs`` stops the run.
     """
 
-    def __init__(self, model, sample: torch.Tensor):
-        self.model, self.sample = model, sample
+    def __init__(self, model, sample: torch.Tensor, say):
+        self.model, self.sample, self.say = model, sample, say
         self._graphed, self.key = None, None
         self._record()
 
     def fits(self, x: torch.Tensor) -> bool:
-        return len(x) == len(self.sample)
+        return self._graphed is not None and len(x) == len(self.sample)
 
     def _record(self) -> None:
         if self._graphed is not None:
@@ -83,8 +84,11 @@ class GraphedLoss:
         if cuda:
             # The recording keeps the autograd graph it captured, with the parameters' gradient sinks made on its
             # capture stream; each replay's backward hands them gradients from the training's stream, as
-            # PyTorch's recording intends. PyTorch would warn of that at the first replay (process-wide switch).
-            torch.autograd.graph.set_warn_on_accumulate_grad_stream_mismatch(False)
+            # PyTorch's recording intends. Recent PyTorch would warn of that at the first replay; the switch
+            # is process-wide.
+            quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None)
+            if quiet is not None:
+                quiet(False)
         # Recording runs the loss a few times on the sample (to warm up what it allocates and initialises):
         # none of that may reach the run, so the random streams and the model's buffers are put back after.
         buffers = [(b, b.clone()) for b in self.model.buffers()]
@@ -94,11 +98,15 @@ class GraphedLoss:
                     torch.random.fork_rng(devices=[self.sample.device] if cuda else []):
                 graphed = torch.cuda.make_graphed_callables(loss, (self.sample,), allow_unused_input=True)
         except RuntimeError as e:
-            if cuda:
-                _end_failed_capture(self.sample.device)
-            raise GenlabError(f"genlab could not record the training step as CUDA graphs "
-                              f"({str(e).strip().splitlines()[0][:200]}); train with --no-cuda-graphs (and --resume "
-                              f"where the run has finished an epoch)") from None
+            why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            if not _recovered(self.sample.device):
+                raise GenlabError(f"genlab could not record the training step as CUDA graphs ({why}), and the failed "
+                                  f"recording left this process unable to draw random numbers on the GPU; train "
+                                  f"with --no-cuda-graphs (and --resume where the run has finished an epoch)") from None
+            self.say(f"note: genlab could not record the training step as CUDA graphs ({why}); each kernel is "
+                     f"launched instead (--no-cuda-graphs skips the recording)")
+            self.key = object()  # equal to no key: no second try
+            return
         finally:
             with torch.no_grad():
                 for live, saved in buffers:
@@ -106,7 +114,7 @@ class GraphedLoss:
         self._graphed, self.layout, self.key = graphed, list(loss.layout), self.model.graph_key()
 
     def refresh(self) -> None:
-        if self.model.graph_key() != self.key:
+        if self._graphed is not None and self.model.graph_key() != self.key:
             self._record()
 
     def steps(self, x: torch.Tensor):
@@ -114,25 +122,34 @@ class GraphedLoss:
         yield "model", {name: outputs[index] for name, index in self.layout}
 
 
-def _end_failed_capture(device: torch.device) -> None:
-    """Leave the state a failed capture may leave: PyTorch versions that mark the random generator as capturing
-    unmark it only when a capture ends well, so one small capture that does lets the process draw again (a
-    caller of ``train`` may go on with ``cuda_graphs=False``). Best effort, before the error is reported."""
+def _recovered(device: torch.device) -> bool:
+    """Whether this process can still draw random numbers on ``device`` after a failed capture. PyTorch versions
+    that mark the generator as capturing unmark it only when a capture ends well, so first one small capture
+    that does; then one draw (in a forked stream, so the run's own is untouched) tells."""
+    if device.type != "cuda":
+        return True
     try:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             torch.ones(1, device=device).add_(1)
         del graph
     except RuntimeError:
-        pass  # the recording's own error is the one to report
+        pass  # the draw below says whether it mattered
+    try:
+        with torch.random.fork_rng(devices=[device]):
+            torch.randn(1, device=device)
+        torch.cuda.synchronize(device)
+        return True
+    except RuntimeError:
+        return False
 
 
-def for_training(model, cfg: TrainConfig, ctx, images_u8: torch.Tensor) -> GraphedLoss | None:
+def for_training(model, cfg: TrainConfig, ctx, images_u8: torch.Tensor, say) -> GraphedLoss | None:
     """The recorded loss for this run, or None where the loop launches each kernel: off (``--no-cuda-graphs``),
     not one CUDA process, not float32, a model that is not ``graph_safe`` or is conditional, or fewer images
     than one batch. ``images_u8``: the training images on the device; the first batch is the recording's sample.
-    Call it with the model in training mode: that is the mode recorded."""
+    Call it with the model in training mode: that is the mode recorded. ``say``: where a note goes."""
     if not (cfg.cuda_graphs and ctx.device.type == "cuda" and ctx.world == 1 and cfg.precision == "fp32"
             and model.graph_safe and not model.conditional and len(images_u8) >= cfg.batch_size):
         return None
-    return GraphedLoss(model, to_pixels(images_u8[:cfg.batch_size], model.pixel_range))
+    return GraphedLoss(model, to_pixels(images_u8[:cfg.batch_size], model.pixel_range), say)

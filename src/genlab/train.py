@@ -267,7 +267,7 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
 
     flag = _SignalFlag()
     model.train()
-    graphed = graphs.for_training(model, cfg, ctx, batches.images) if counters["epoch"] < cfg.epochs else None
+    graphed = graphs.for_training(model, cfg, ctx, batches.images, say) if counters["epoch"] < cfg.epochs else None
     with flag.installed():
         for epoch in range(counters["epoch"], cfg.epochs):
             started = time.perf_counter()

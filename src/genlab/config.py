@@ -230,21 +230,29 @@ def to_dict(obj: Any) -> dict:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically: a temporary file of its own beside the target (two writers never share one),
-    then a rename. The file gets the usual permissions (the umask's), not a temporary file's private ones."""
+    """Write JSON atomically (``write_atomically``); a failure is one line."""
     path = Path(path)
     text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), usual_mode())
-            f.write(text)
-        os.replace(tmp, path)
+        write_atomically(path, text.encode())
     except OSError as e:
         raise GenlabError(f"cannot write {path} ({e.strerror or e})") from None
+
+
+def write_atomically(path: Path, data: bytes, hidden: bool = False) -> None:
+    """``data`` into ``path`` through a temporary file of its own beside it (two writers never share one; named
+    NAME.XXXX.tmp, or .NAME.XXXX.tmp when ``hidden``), renamed into place when whole. The file gets the usual
+    permissions (the umask's), not a temporary file's private ones. An OSError (a full disk) leaves no
+    temporary file behind, and whatever ``path`` held before."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{'.' if hidden else ''}{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), usual_mode())
+            f.write(data)
+        os.replace(tmp, path)
     finally:
-        if tmp and os.path.exists(tmp):  # a full disk leaves no half-written file behind
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
 
 

@@ -105,8 +105,7 @@ class GraphedLoss:
                                   f"with --no-cuda-graphs (and --resume where the run has finished an epoch)") from None
             self.say(f"note: genlab could not record the training step as CUDA graphs ({why}); each kernel is "
                      f"launched instead (--no-cuda-graphs skips the recording)")
-            self.key = object()  # equal to no key: no second try
-            return
+            return  # and no second try: refresh() records only over a recording
         finally:
             with torch.no_grad():
                 for live, saved in buffers:

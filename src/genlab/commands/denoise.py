@@ -3,12 +3,12 @@ picture (input | repair)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from genlab import config as cfgmod
 from genlab.commands.flags import DEVICE_HELP
 from genlab.errors import GenlabError
 from genlab.scoring import load
@@ -51,7 +51,7 @@ def command(args) -> int:
         for stem, before, after in zip(stems, inputs, repaired):
             gap = np.full(before.shape[:-1] + (2,), 255, np.uint8)
             for name, image in ((f"{stem}.png", after), (f"{stem}-pair.png", np.concatenate([before, gap, after], -1))):
-                _write_whole(out / name, encode_png(image))
+                cfgmod.write_atomically(out / name, encode_png(image), hidden=True)
                 written.append(out / name)
     except OSError as e:
         # No file cut short under its final name, and none of this command's: the same command can run again.
@@ -63,16 +63,6 @@ def command(args) -> int:
     print(f"wrote {n} repair{'s' if n != 1 else ''} and {n} side-by-side pair{'s' if n != 1 else ''} (input | repair) "
           f"to {out}")
     return 0
-
-
-def _write_whole(path: Path, data: bytes) -> None:
-    """``data`` into ``path`` through a hidden temporary file beside it, renamed into place when whole."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _output_stems(paths) -> list[str]:

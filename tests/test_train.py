@@ -615,9 +615,10 @@ def test_the_loss_is_recorded_only_for_one_gpu_in_fp32_and_a_model_that_allows_i
     assert got == (("recorded", (64, 1, 28, 28)) if not change else None)
 
 
-def _record_on_the_cpu(monkeypatch, fail_at: int = 0) -> list:
+def _record_on_the_cpu(monkeypatch, fail_at: int = 0, error=RuntimeError) -> list:
     """Run genlab.graphs' plumbing on a CPU: "recording" hands back the module as it is (so each replay runs the
-    loss as launched) and is counted; recording number ``fail_at`` (from 1) fails as a capture can. The loop gets
+    loss as launched) and is counted; recording number ``fail_at`` (from 1) fails as a capture can (``error``:
+    RuntimeError, or the AssertionError PyTorch's recording raises where it refuses a module). The loop gets
     a GraphedLoss wherever it would on one GPU."""
     from genlab import graphs
     recordings = []
@@ -626,7 +627,7 @@ def _record_on_the_cpu(monkeypatch, fail_at: int = 0) -> list:
         recordings.append(module.model[0].graph_key())
         module(*sample_args)  # what recording does: it runs the loss (and draws its noise)
         if len(recordings) == fail_at:
-            raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+            raise error("operation not permitted when stream is capturing\nmore detail")
         return module
 
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", record)
@@ -652,13 +653,14 @@ def test_a_run_through_the_recorded_loss_takes_the_launched_runs_steps(name, ove
     assert recordings == []
 
 
-def test_a_recording_that_fails_is_said_once_and_the_run_goes_on_launched(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("error", [RuntimeError, AssertionError])
+def test_a_recording_that_fails_is_said_once_and_the_run_goes_on_launched(error, tmp_path, monkeypatch, capsys):
     # The VAE's second recording (its KL warm-up moved on) fails as a capture can: one note, no further try, and
     # the run goes on kernel by kernel to the steps of a run that never recorded.
     cfg = MODELS["vae"].Config(warmup_epochs=2)
     launched = train("vae", cfg, quick_config("vae", tmp_path / "launched", epochs=3))
     capsys.readouterr()
-    recordings = _record_on_the_cpu(monkeypatch, fail_at=2)
+    recordings = _record_on_the_cpu(monkeypatch, fail_at=2, error=error)
     run_dir = train("vae", cfg, quick_config("vae", tmp_path / "vae", epochs=3))
     err = capsys.readouterr().err
     assert len(recordings) == 2 and err.count("could not record the training step as CUDA graphs (operation "

@@ -97,7 +97,7 @@ class GraphedLoss:
             with torch.cuda.stream(torch.cuda.current_stream(self.sample.device)) if cuda else nullcontext(), \
                     torch.random.fork_rng(devices=[self.sample.device] if cuda else []):
                 graphed = torch.cuda.make_graphed_callables(loss, (self.sample,), allow_unused_input=True)
-        except RuntimeError as e:
+        except (RuntimeError, AssertionError) as e:  # a capture that failed, or a module refused
             why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             if not _recovered(self.sample.device):
                 raise GenlabError(f"genlab could not record the training step as CUDA graphs ({why}), and the failed "

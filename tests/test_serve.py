@@ -563,6 +563,27 @@ def test_a_head_without_end_and_a_request_never_finished_are_refused(server):
     assert http(port, "GET", "/api/models")[0] == 200
 
 
+def test_an_oversized_head_in_one_piece_and_bytes_that_are_not_http_get_json_refusals(server):
+    # A 100 KiB head sent at once was parsed whole before its size was counted, and answered 200; a request line
+    # of 100,000 characters and bytes that are not HTTP got uvicorn's plain-text 400.
+    port = server["port"]
+    host = f"Host: 127.0.0.1:{port}\r\n".encode()
+    heads = [b"GET /api/models HTTP/1.1\r\n" + host + b"X-Big: " + b"x" * (100 << 10) + b"\r\n\r\n",
+             b"GET /api/models?" + b"q" * 100_000 + b" HTTP/1.1\r\n" + host + b"\r\n",
+             b"\x16\x03\x01 hello, this is not HTTP\r\n\r\n"]
+    answers = []
+    for head in heads:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+            connection.sendall(head)
+            answers.append(until_closed(connection))
+    assert [a[:13] for a in answers] == [b"HTTP/1.1 431 ", b"HTTP/1.1 431 ", b"HTTP/1.1 400 "]
+    for answer in answers:
+        head, body = answer.split(b"\r\n\r\n", 1)
+        assert b"content-type: application/json" in head and json.loads(body)["error"]
+    assert b"not valid HTTP" in answers[2]
+    assert http(port, "GET", "/api/models")[0] == 200
+
+
 def until_closed(connection) -> bytes:
     """Everything a socket receives until the other side closes it."""
     data = b""
@@ -770,6 +791,40 @@ def test_watch_skips_metric_values_the_page_cannot_plot(tmp_path):
     state = Explorer(watch_dirs=[tmp_path]).watch_state()
     assert state["runs"][0]["metrics"] == [{"epoch": 1, "test/loss": 0.5}]
     json.dumps(state)
+
+
+def test_watch_says_what_it_cannot_read_instead_of_answering_500(tmp_path, monkeypatch):
+    # A watched run whose metrics.jsonl or figures/ this process may not read (its permissions taken away while
+    # the server runs) made every poll of /api/watch a 500 with a traceback. The operating system's refusal is
+    # stood in for here, since the tests may run as root, whom no permission stops.
+    from genlab.serve.explorer import Explorer
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "test/loss": 0.5}\n')
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "losses.png").write_bytes(b"\x89PNG")
+    explorer = Explorer(watch_dirs=[tmp_path])
+    assert [f["name"] for f in explorer.watch_state()["runs"][0]["figures"]] == ["losses.png"]
+
+    real_open, real_iterdir = open, Path.iterdir
+
+    def refused_open(file, *args, **kwargs):
+        if Path(file).name == "metrics.jsonl":
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    def refused_iterdir(self):
+        if self.name == "figures":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr("builtins.open", refused_open)
+    monkeypatch.setattr(Path, "iterdir", refused_iterdir)
+    run = explorer.watch_state()["runs"][0]
+    assert run["metrics"] == [] and run["figures"] == []
+    assert "cannot read metrics.jsonl (Permission denied)" in run["note"]
+    assert "cannot list figures/ (Permission denied)" in run["note"]
+    json.dumps(run)
 
 
 def test_a_client_that_leaves_mid_body_leaves_no_traceback(server):

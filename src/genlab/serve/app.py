@@ -501,16 +501,26 @@ def guarded_protocol():
     class GuardedProtocol(HttpToolsProtocol):
         def connection_made(self, transport):
             super().connection_made(transport)
-            self._in_head, self._head_bytes, self._deadline = True, 0, None
+            self._in_head, self._head_bytes, self._head_tail, self._deadline = True, 0, b"", None
             self._arm()  # a connection that never sends a byte is closed too
 
         def data_received(self, data: bytes) -> None:
+            # Measured before the parser sees the bytes: a whole oversized head arriving in one piece was parsed
+            # and answered before a count taken after it could refuse it.
             if self._in_head:
-                self._head_bytes += len(data)
+                seen = self._head_tail + data
+                end = seen.find(b"\r\n\r\n")  # the head ends in this piece (or across the last one and it)
+                self._head_bytes += len(data) if end < 0 else end + 4 - len(self._head_tail)
+                self._head_tail = seen[-3:]
+                if self._head_bytes > MAX_HEAD:
+                    self._refuse(431, "Request Header Fields Too Large",
+                                 f"the request's line and headers are over the limit of {MAX_HEAD} bytes")
+                    return
             super().data_received(data)
-            if self._in_head and self._head_bytes > MAX_HEAD:
-                self._refuse(431, "Request Header Fields Too Large",
-                             f"the request's line and headers are over the limit of {MAX_HEAD} bytes")
+
+        def send_400_response(self, msg: str) -> None:  # bytes that are not HTTP: answered in JSON as the rest
+            self._refuse(400, "Bad Request", "the request is not valid HTTP/1.1 (its line or headers could not be "
+                         "parsed)")
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -522,7 +532,7 @@ def guarded_protocol():
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
-            self._in_head, self._head_bytes = True, 0  # the next request on this connection
+            self._in_head, self._head_bytes, self._head_tail = True, 0, b""  # the next request on this connection
             self._disarm()  # between requests, uvicorn's keep-alive limit holds
 
         def connection_lost(self, exc) -> None:

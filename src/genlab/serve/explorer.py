@@ -452,41 +452,56 @@ class Explorer:
         return {"runs": [self._watch_one(w) for w in self.watched.values()]}
 
     def _watch_one(self, w: Watched) -> dict:
-        metrics = []
+        metrics, lines, unreadable = [], [], []
         path = w.dir / "metrics.jsonl"
-        if path.is_file():
-            with open(path, "rb") as f:  # the tail only: a poll read a 300 MB log whole, 1.1 s each time
-                f.seek(0, os.SEEK_END)
-                start = max(0, f.tell() - METRICS_TAIL * TAIL_LINE_BYTES)
-                f.seek(start)
-                lines = f.read().split(b"\n")[1 if start else 0:]  # a line cut by the seek is not one
-            for line in lines[-METRICS_TAIL - 1:]:
-                try:
-                    record = json.loads(line)
-                except (ValueError, RecursionError):  # a line still being written, a blank one, or a hostile one
-                    continue
-                if isinstance(record, dict) and type(record.get("epoch")) is int:  # an epoch's line, not a stray one
-                    metrics.append({k: v for k, v in record.items() if _plottable(v)})
-        self._refresh_samples(w)
+        try:
+            if path.is_file():
+                with open(path, "rb") as f:  # the tail only: a poll read a 300 MB log whole, 1.1 s each time
+                    f.seek(0, os.SEEK_END)
+                    start = max(0, f.tell() - METRICS_TAIL * TAIL_LINE_BYTES)
+                    f.seek(start)
+                    lines = f.read().split(b"\n")[1 if start else 0:]  # a line cut by the seek is not one
+        except OSError as e:  # its permissions taken away, say: said in the run's note, not a 500 for every poll
+            unreadable.append(f"cannot read {path.name} ({e.strerror or e})")
+        for line in lines[-METRICS_TAIL - 1:]:
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):  # a line still being written, a blank one, or a hostile one
+                continue
+            if isinstance(record, dict) and type(record.get("epoch")) is int:  # an epoch's line, not a stray one
+                metrics.append({k: v for k, v in record.items() if _plottable(v)})
+        try:
+            self._refresh_samples(w)
+        except OSError as e:  # the checkpoint unreadable: the samples of the last one read stay
+            unreadable.append(f"cannot read {CHECKPOINT} ({e.strerror or e})")
+        figures = self._figures(w, unreadable)
         return {"name": w.name, "dir_name": w.dir.name, "metrics": metrics[-METRICS_TAIL:],
-                "figures": [{"name": k, "mtime": v[1]} for k, v in self._figures(w).items()],
-                "samples": w.samples, "sample_epoch": w.sample_epoch, "note": w.note}
+                "figures": [{"name": k, "mtime": v[1]} for k, v in figures.items()],
+                "samples": w.samples, "sample_epoch": w.sample_epoch,
+                "note": "; ".join(text for text in [*unreadable, w.note] if text)}
 
     @staticmethod
-    def _figures(w: Watched) -> dict[str, tuple[Path, float]]:
-        """The run's PNG figures by file name, newest first: the only files ``figure`` will read."""
+    def _figures(w: Watched, unreadable: list | None = None) -> dict[str, tuple[Path, float]]:
+        """The run's PNG figures by file name, newest first: the only files ``figure`` will read. Figures this
+        process may not read are left out (and the figures folder, if it cannot be listed, said in
+        ``unreadable``)."""
         found = []
         fig_dir = w.dir / "figures"
-        if fig_dir.is_dir():
-            for entry in fig_dir.iterdir():
-                # A figure being written is NAME.tmp.png until it is renamed; either may vanish while we look.
-                if entry.suffix != ".png" or entry.name.endswith(".tmp.png"):
-                    continue
-                try:
-                    if entry.is_file() and not entry.is_symlink():
-                        found.append((entry.name, (entry, entry.stat().st_mtime)))
-                except OSError:
-                    continue
+        try:
+            entries = list(fig_dir.iterdir()) if fig_dir.is_dir() else []
+        except OSError as e:
+            entries = []
+            if unreadable is not None:
+                unreadable.append(f"cannot list figures/ ({e.strerror or e})")
+        for entry in entries:
+            # A figure being written is NAME.tmp.png until it is renamed; either may vanish while we look.
+            if entry.suffix != ".png" or entry.name.endswith(".tmp.png"):
+                continue
+            try:
+                if entry.is_file() and not entry.is_symlink() and os.access(entry, os.R_OK):
+                    found.append((entry.name, (entry, entry.stat().st_mtime)))
+            except OSError:
+                continue
         return dict(sorted(found, key=lambda kv: -kv[1][1]))
 
     def figure(self, run: str, file_name: str) -> bytes:

@@ -208,6 +208,64 @@ def test_a_checkpoint_with_weights_that_are_not_finite_is_refused_by_every_comma
         assert_one_line(*cli(capsys, *argv)[:2], "tensor model/decoder.0.bias holds NaN or infinite values")
 
 
+def test_energy_out_is_whole_or_not_written_and_never_waits_on_a_pipe(ae_run, tmp_path):
+    # --out was opened in place: a write that failed part-way (a full disk; here the file-size limit, which
+    # fails a write as a full disk does) left the user's earlier file cut short, and a FIFO there made the
+    # command wait for a reader for ever.
+    import resource
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+
+    kept = tmp_path / "energies.csv"
+    kept.write_text("energy\n1\n2\n")
+    r = subprocess.run([sys.executable, "-m", "genlab.cli", "energy", str(ae_run), "--limit", "100", "--out",
+                        str(kept)], capture_output=True, text=True, preexec_fn=small_files, timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert f"{kept}: File too large; free space" in r.stderr
+    assert kept.read_text() == "energy\n1\n2\n" and sorted(p.name for p in tmp_path.iterdir()) == ["energies.csv"]
+    os.mkfifo(tmp_path / "pipe.csv")
+    (tmp_path / "link.npy").symlink_to(tmp_path / "pipe.csv")
+    for name in ("pipe.csv", "link.npy"):
+        r = subprocess.run([sys.executable, "-m", "genlab.cli", "energy", str(ae_run), "--limit", "10", "--out",
+                            str(tmp_path / name)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and "pipe.csv is not a regular file" in r.stderr, r.stderr
+    (tmp_path / "to-kept.csv").symlink_to(kept)  # a link is written through, as opening it did
+    r = subprocess.run([sys.executable, "-m", "genlab.cli", "energy", str(ae_run), "--limit", "3", "--out",
+                        str(tmp_path / "to-kept.csv")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and (tmp_path / "to-kept.csv").is_symlink(), r.stderr
+    assert len(kept.read_text().splitlines()) == 4
+
+
+def test_file_names_the_output_encoding_cannot_carry_are_printed_not_a_traceback(ae_run, tmp_path):
+    # A file name that is not valid UTF-8, or a character an ASCII terminal lacks, ended energy, denoise and
+    # the error lines in a UnicodeEncodeError traceback (exit 70).
+    png = encode_png(load_dataset("mnist-5k", "test").images[0].numpy())
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / os.fsdecode(b"caf\xe9.png")).write_bytes(png)
+    (folder / "\u00fcber-\u20ac.png").write_bytes(png)
+    env = {**os.environ, "PYTHONIOENCODING": "ascii:strict"}
+    r = subprocess.run([sys.executable, "-m", "genlab.cli", "energy", str(ae_run), "--images", str(folder)],
+                       capture_output=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert b"/caf\xe9.png," in r.stdout and b"/\\xfcber-\\u20ac.png," in r.stdout  # the bytes on disk; escapes
+    for argv in (["denoise", str(ae_run), "--images", str(folder), "--out", str(tmp_path / "\u00f6ut")],
+                 ["energy", str(tmp_path / "n\u00f6")]):
+        r = subprocess.run([sys.executable, "-m", "genlab.cli", *argv], capture_output=True, env=env, timeout=300)
+        assert r.returncode in (0, 2) and b"Traceback" not in r.stderr and b"\\xf6" in r.stdout + r.stderr, r
+
+
+def test_denoise_out_that_is_a_file_is_said_so(ae_run, tmp_path, capsys):
+    # --out naming a file (or /dev/null) was "cannot write the repairs ... free space": advice for another trouble.
+    png = tmp_path / "digit.png"
+    png.write_bytes(encode_png(load_dataset("mnist-5k", "test").images[0].numpy()))
+    for out in (png, Path(os.devnull)):
+        assert_one_line(*cli(capsys, "denoise", ae_run, "--images", png, "--out", out)[:2], "is a file, not a folder")
+    assert png.stat().st_size > 0
+
+
 def test_weights_that_become_nan_are_never_checkpointed(tmp_path, monkeypatch):
     # The last step of epoch 2 leaves a NaN in the weights after its loss was finite: the epoch's checkpoint
     # is not written, epoch 1's is kept.

@@ -4,6 +4,7 @@ and exit status 2 (``genlab.errors``)."""
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import difflib
 import os
@@ -29,6 +30,19 @@ def _thread_count_problem() -> str | None:
             "or unset it")
 
 
+def _file_name_errors(error: UnicodeEncodeError):
+    """How genlab's output carries what its stream's encoding cannot: a file name's bytes that are not UTF-8
+    (which Python holds as lone surrogates) go out as those bytes, so the name printed opens the file; any
+    other character as a backslash escape. Without it such a name ended the command in a traceback."""
+    unencodable = error.object[error.start:error.end]
+    if all(0xDC80 <= ord(c) <= 0xDCFF for c in unencodable):
+        return codecs.lookup_error("surrogateescape")(error)
+    return codecs.lookup_error("backslashreplace")(error)
+
+
+codecs.register_error("genlab-file-names", _file_name_errors)
+
+
 def build_parser():
     """The parser of every command. Importing the commands loads PyTorch (a second or more), which is why it
     happens here and not when this module is imported: see ``main``."""
@@ -45,6 +59,9 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):  # not a text stream of Python's (a test's stand-in)
+            stream.reconfigure(errors="genlab-file-names")
     thread_count_problem = _thread_count_problem()  # before PyTorch loads (build_parser), which reads it
     # Ctrl-C or SIGTERM while PyTorch and the rest load is held until they have loaded, then ends the command
     # with its one line: raised in the middle of an import it gave a traceback, or an abort from inside C++.

@@ -251,6 +251,10 @@ def write_atomically(path: Path, data: bytes, hidden: bool = False) -> None:
             os.fchmod(f.fileno(), usual_mode())
             f.write(data)
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None:  # a write's error names no file: say which one it was
+            e.filename = str(path)
+        raise
     finally:
         if tmp and os.path.exists(tmp):
             os.unlink(tmp)

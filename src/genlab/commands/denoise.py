@@ -3,6 +3,7 @@ picture (input | repair)."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,9 @@ def command(args) -> int:
     model = load(args.run_dir, args.device)
     paths = image_paths(args.images)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():  # a file, /dev/null: was "cannot write ... free space"
+        raise GenlabError(f"--out {out} is a file, not a folder; give a folder (new, or holding no file of the "
+                          "same names) for the repairs")
     stems = _output_stems(paths)
     inputs_here = {Path(p).resolve(): p for p in paths}
     for stem in stems:
@@ -57,8 +61,10 @@ def command(args) -> int:
         # No file cut short under its final name, and none of this command's: the same command can run again.
         for path in written:
             path.unlink(missing_ok=True)
-        raise GenlabError(f"cannot write the repairs into {out} ({e.strerror or e}); nothing was kept: free space "
-                          "(or choose another --out) and run the command again") from None
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        raise GenlabError(f"cannot write the repairs into {out} ({e.strerror or e}); nothing was kept: "
+                          f"{'free space (or choose another --out)' if full else 'choose another --out'} and run the "
+                          "command again") from None
     n = len(paths)
     print(f"wrote {n} repair{'s' if n != 1 else ''} and {n} side-by-side pair{'s' if n != 1 else ''} (input | repair) "
           f"to {out}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import genlab.scoring
 from genlab.checkpoint import load_run
 from genlab.commands.flags import DEVICE_HELP, bounded_int, seed_flag
 from genlab.errors import GenlabError
-from genlab.metrics.anomaly import SPLIT_TITLES, SPLITS, energies, energy_report, report_json, save_energies, split_images
+from genlab.metrics.anomaly import SPLIT_TITLES, SPLITS, energies, energy_report, report_json, save_energies, split_images, write_output
 
 
 def add(subparsers) -> None:
@@ -97,21 +98,16 @@ def score_images(args: argparse.Namespace) -> int:
     energy = model._energies(model.images_from_files(paths))
     percentile, threshold = model.percentile(energy), model.threshold(fpr)
     flags = energy > threshold
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # as --out of the other commands
-    if args.out:  # surrogateescape: a file name that is not valid UTF-8 is written back as its bytes on disk
-        out = open(args.out, "w", newline="", errors="surrogateescape")
-    else:
-        out = None if args.json else sys.stdout
-    if out is not None:
-        try:
-            writer = csv.writer(out)
-            writer.writerow(["path", "energy", "percentile", "flag"])
-            for path, e, p, f in zip(paths, energy, percentile, flags):
-                writer.writerow([str(path), f"{e:.9g}", f"{p:.2f}", int(f)])
-        finally:
-            if args.out:
-                out.close()
+    if args.out or not args.json:
+        table = io.StringIO(newline="")
+        writer = csv.writer(table)
+        writer.writerow(["path", "energy", "percentile", "flag"])
+        for path, e, p, f in zip(paths, energy, percentile, flags):
+            writer.writerow([str(path), f"{e:.9g}", f"{p:.2f}", int(f)])
+        if args.out:  # surrogateescape: a file name that is not valid UTF-8 is written back as its bytes on disk
+            write_output(args.out, table.getvalue().encode("utf-8", "surrogateescape"))
+        else:
+            sys.stdout.write(table.getvalue())
     if args.json:
         rows = [{"path": str(path), "energy": float(e), "percentile": float(p), "flag": bool(f)}
                 for path, e, p, f in zip(paths, energy, percentile, flags)]

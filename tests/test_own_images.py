@@ -102,6 +102,32 @@ def test_second_load_is_a_cache_hit(tmp_path, monkeypatch):
         load_dataset(f"folder:{tmp_path / 'd'}", "train")
 
 
+def test_a_damaged_cache_entry_is_decoded_afresh_not_trusted(tmp_path):
+    # The cache was trusted when it held the right number of images: float or wrongly shaped ones gave energy a
+    # misleading error and denoise a traceback, and a data set's labels were taken as they were found.
+    from genlab.data.files import decode_files
+
+    write_folder(tmp_path / "d", blobs(6, (8, 8)), np.arange(6) % 2, ["a", "b"])
+    paths = sorted((tmp_path / "d").rglob("*.png"))
+    first = decode_files(paths, shape=(1, 8, 8))
+    (entry,) = (tmp_path / "cache" / "genlab" / "images").glob("*.npz")
+    for damaged in (first.astype(np.float32) / 255, first[:, None].repeat(3, 1), first[:, :4], first[:3]):
+        np.savez(entry, images=damaged)
+        again = decode_files(paths, shape=(1, 8, 8))
+        assert again.dtype == np.uint8 and np.array_equal(again, first), damaged.shape
+    data = load_dataset(f"folder:{tmp_path / 'd'}", "train")
+    clear_cache()
+    entry = max((tmp_path / "cache" / "genlab" / "images").glob("*.npz"), key=lambda p: p.stat().st_mtime_ns)
+    with np.load(entry) as saved:
+        stored = dict(saved)
+    for key, value in (("labels", stored["labels"] + 7), ("labels", stored["labels"].astype(float)),
+                       ("is_test", stored["is_test"][:-1]), ("images", stored["images"][:, :, :3])):
+        np.savez(entry, **{**stored, key: value})
+        clear_cache()
+        again = load_dataset(f"folder:{tmp_path / 'd'}", "train")
+        assert torch.equal(again.images, data.images) and torch.equal(again.labels, data.labels), key
+
+
 def test_npz_data_set_with_resize_and_grey(tmp_path):
     images = np.random.default_rng(3).integers(0, 256, (10, 20, 30, 3), dtype=np.uint8)
     np.savez(tmp_path / "a.npz", images=images, labels=np.arange(10) % 2)
@@ -412,6 +438,17 @@ def test_held_out_energies_are_cached_per_device(rgb_runs):
     assert genlab.load(runs["dae"])._heldout_key() == key
     model.model.to("meta")
     assert model._heldout_key() != key
+
+def test_a_damaged_held_out_cache_is_computed_afresh(rgb_runs):
+    # All NaN in the cached held-out energies put every new image at percentile 0 and flagged none, silently.
+    from genlab.scoring import _heldout_path
+
+    _, runs = rgb_runs
+    model = genlab.load(runs["dae"])
+    before = model.heldout_energies().copy()
+    np.save(_heldout_path(model._heldout_key()), np.full_like(before, np.nan))
+    assert np.array_equal(genlab.load(runs["dae"]).heldout_energies(), before)
+
 
 def test_load_energy_matches_cli_and_takes_arrays(rgb_runs, tmp_path):
     root, runs = rgb_runs

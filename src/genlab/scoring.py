@@ -192,7 +192,8 @@ def _heldout_path(key: str) -> Path:
 def _read_heldout(key: str) -> np.ndarray | None:
     try:
         values = np.load(_heldout_path(key), allow_pickle=False)
-        return values if values.dtype == np.float64 and values.ndim == 1 and len(values) else None
+        sound = values.dtype == np.float64 and values.ndim == 1 and len(values) and np.isfinite(values).all()
+        return values if sound else None  # a damaged file is a miss (computed afresh), not a wrong percentile
     except (OSError, ValueError):
         return None
 

@@ -42,7 +42,7 @@ from genlab.data.idx import DataError
 PREFIXES = ("folder:", "npz:")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 TEST_SHARE, SPLIT_SEED = 0.1, 0
-CACHE_VERSION = "genlab-images-2"  # 2: photographs turned upright by their EXIF orientation
+CACHE_VERSION = "genlab-images-3"  # 2: photographs turned upright by their EXIF orientation; 3: with a digest
 MAX_FILE_BYTES = 1 << 30  # the largest image file read (a 134-megapixel PNG is well below it)
 MAX_LABEL = 65_535  # class labels of npz: data sets run from 0 to this
 
@@ -323,17 +323,31 @@ def _cache_path(key: str) -> Path:
 
 
 def _read_cache(key: str) -> dict | None:
+    """The arrays cached under ``key``, or None: a missing entry, or one whose arrays no longer match the digest
+    written with them (a damaged or hand-edited file is decoded afresh, never trusted)."""
     import zipfile
     try:
         with np.load(_cache_path(key), allow_pickle=False) as saved:
-            return {k: saved[k] for k in saved.files}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            arrays = {k: saved[k] for k in saved.files}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
+    digest = arrays.pop("digest", None)
+    return arrays if digest is not None and digest.shape == () and str(digest) == _digest(arrays) else None
 
 
 def _write_cache(key: str, **arrays) -> None:
     from genlab.data.datasets import _write_cache_file
-    _write_cache_file(_cache_path(key), lambda f: np.savez(f, **arrays))
+    _write_cache_file(_cache_path(key), lambda f: np.savez(f, **arrays, digest=np.array(_digest(arrays))))
+
+
+def _digest(arrays: dict) -> str:
+    """A hash of the arrays' names, types, shapes and contents."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def decode_files(paths: Sequence[Path], shape: tuple[int, int, int] | None = None, image_size: int = 0,

@@ -179,9 +179,15 @@ def test_a_config_json_naming_another_model_is_one_line(capsys, ae_run, tmp_path
     (["report", "{run}", "--device", "tpu9", "--out", "{run}/r"], "--device must be auto, cpu, cuda or cuda:N"),
     (["train", "ae", *QUICK, "--classes", "\u0663"], "--classes must be comma-separated labels (0 to 999)"),
     (["train", "ae", *QUICK, "--lr-schedule", "cosine", "--lr-final", "5"], "the cosine schedule decays from --lr"),
+    # Said as something else: "argument MODEL: invalid choice: '0.1'", "does not exist", "Not a directory".
+    (["train", "--resume", "{run}", "--lr", "0.1"], "--lr is a setting of a new run; --resume goes on"),
+    (["energy", "{run}", "--images", "{run}/loop"], "a symbolic link that leads nowhere"),
+    (["datasets", "--data-dir", "   "], "--data-dir is blank"),
+    (["datasets", "--data-dir", "{run}/config.json"], "config.json is a file, not a folder; name the data"),
 ])
 def test_out_of_range_requests_are_one_line(argv, words, capsys, ae_run, tmp_path):
     run = copy_run(ae_run, tmp_path / "run")
+    (run / "loop").symlink_to(run / "loop")
     assert_one_line(*cli(capsys, *[a.format(run=run) for a in argv])[:2], words)
 
 

@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return one_line_errors(lambda: _stop(caught[0], None))
     from genlab.models import MODELS
 
+    _refuse_new_run_flags_on_resume(parser, sys.argv[1:] if argv is None else list(argv))
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         unrecognized(parser, args, unknown)
@@ -139,6 +140,23 @@ def _empty_argument(parser, args) -> str | None:
         if value == "" or (isinstance(value, list) and "" in value):
             return "/".join(action.option_strings) or action.metavar or action.dest
     return None
+
+
+def _refuse_new_run_flags_on_resume(parser, words: list[str]) -> None:
+    """``genlab train --resume RUN --lr 0.1``: a model's flag after --resume, refused in words that say why.
+    argparse, which knows such flags only after a MODEL, took 0.1 for the MODEL ("invalid choice: '0.1'")."""
+    if words[:1] != ["train"] or not any(w == "--resume" or w.startswith("--resume=") for w in words):
+        return
+    train_parser = _command_parser(parser, argparse.Namespace(command="train", model=None))
+    models = next(a for a in train_parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if any(w in models for w in words[1:]):
+        return  # a model too: the command says "not vae too"
+    new_run_flags = {f for m in models.values() for f in m._option_string_actions} - set(
+        train_parser._option_string_actions)
+    flag = next((w.split("=")[0] for w in words[1:] if w.split("=")[0] in new_run_flags), None)
+    if flag:
+        train_parser.error(f"{flag} is a setting of a new run; --resume goes on with the run's own settings and "
+                           "takes only --epochs N and --device D")
 
 
 def unrecognized(parser, args, unknown: list[str]) -> None:

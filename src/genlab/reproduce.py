@@ -300,6 +300,7 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
             raise GenlabError(f"--models: {what}; choose from {', '.join(known)}")
     stages = [s for s in STAGES if s.model in MODELS and (not models or s.model in models)
               and (not quick or s.quick_too or models)]
+    cfgmod.check_device(device)  # before the folder is made: a refusal leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     steps = len(stages) + 3

@@ -67,7 +67,17 @@ def cache_dir() -> Path:
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     """The data directory: ``data_dir`` when given (non-empty), else $GENLAB_DATA_DIR, else ``cache_dir()``."""
     chosen = data_dir or os.environ.get("GENLAB_DATA_DIR")
-    return Path(chosen).expanduser() if chosen else cache_dir()
+    if not chosen:
+        return cache_dir()
+    where = "--data-dir" if data_dir else "GENLAB_DATA_DIR"
+    if not str(chosen).strip():  # "   " was a folder of that name, below the working folder
+        raise DataError(f"{where} is blank ({str(chosen)!r}); name the data directory, or leave it unset for "
+                        f"{cache_dir()}")
+    path = Path(chosen).expanduser()
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{where} {path} is a file, not a folder; name the data directory (it holds mnist/ and "
+                        "fashion-mnist/)")
+    return path
 
 
 def _idx_file(directory: Path, stem: str) -> Path | None:

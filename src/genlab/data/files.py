@@ -378,6 +378,9 @@ def image_paths(inputs: Sequence[str | Path]) -> list[str]:
             found.append(str(path))
         elif path.exists():  # a FIFO, a device: reading it could wait for ever or never end
             raise DataError(f"{path} is not a regular file or a folder; give image files or folders of them")
+        elif path.is_symlink():
+            raise DataError(f"{path} is a symbolic link that leads nowhere (to a missing file, or round in a loop); "
+                            "give image files or folders of them")
         else:
             raise DataError(f"{path} does not exist; give image files or folders of them")
     return found

@@ -272,6 +272,24 @@ def test_denoise_out_that_is_a_file_is_said_so(ae_run, tmp_path, capsys):
     assert png.stat().st_size > 0
 
 
+def test_the_largest_sample_grid_is_written_pixel_for_pixel(tmp_path):
+    # sample -n 10000 drew a 6000 x 6000 matplotlib figure: 3.8 GB of memory and 40 s on 2 cores. Above
+    # MAX_FIGURE_PIXELS the grid is written as its own pixels; small grids keep their titled figure.
+    import cv2
+
+    from genlab.viz.figures import save_grid
+
+    images = torch.rand(10_000, 1, 28, 28)
+    save_grid(tmp_path / "big.png", images, ncol=100)
+    got = cv2.imread(str(tmp_path / "big.png"), cv2.IMREAD_UNCHANGED)
+    assert got.shape == (3002, 3002) and got.dtype == "uint8"
+    assert torch.equal(torch.from_numpy(got[2:30, 32:60]), (images[1, 0] * 255).round().byte())  # row 0, column 1
+    assert (got[:2] == 255).all() and (got[30:32] == 255).all()  # the white gaps
+    save_grid(tmp_path / "small.png", images[:64], ncol=8, title="samples")
+    assert cv2.imread(str(tmp_path / "small.png")).shape[:2] == (540, 520)  # matplotlib's figure, 100 dpi
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png", "small.png"]  # no temporary file left
+
+
 def test_weights_that_become_nan_are_never_checkpointed(tmp_path, monkeypatch):
     # The last step of epoch 2 leaves a NaN in the weights after its loss was finite: the epoch's checkpoint
     # is not written, epoch 1's is kept.

@@ -23,7 +23,8 @@ def add(subparsers) -> None:
     ev.add_argument("--json", action="store_true", help="print one JSON object of metric name to value "
                     "(a value that is not finite, NaN or infinite, prints as null)")
     ev.add_argument("--iwae-k", type=bounded_int(1, 100_000), nargs="+",
-                    help="importance samples: the VAE's bound for each value (default: 1 50 5000); a quadrant "
+                    help="importance samples: the VAE's bound for each value (default: 1 50 5000, minutes on a "
+                    "CPU; --iwae-k 1 50 for a quick look); a quadrant "
                     "cvae's completion bounds with the largest (default: 100); other models have no such bound")
     ev.add_argument("--quality", action=argparse.BooleanOptionalAction, default=True,
                     help="sample-quality metrics for models that sample (default: on)")
@@ -33,7 +34,9 @@ def add(subparsers) -> None:
     sp = subparsers.add_parser("sample", help="draw samples from a model that can sample")
     sp.add_argument("run_dir", metavar="RUN_DIR")
     sp.add_argument("-n", type=bounded_int(1, MAX_SAMPLES), default=64,
-                    help=f"number of samples, 1 to {MAX_SAMPLES} (one grid image; default: 64)")
+                    help=f"number of samples, 1 to {MAX_SAMPLES} (one grid image; default: 64); a conditional "
+                    "model without --label rounds it up to whole rows, one per class; a grid of thousands is "
+                    "written pixel for pixel, without a title")
     sp.add_argument("--out", default="samples.png", help="output PNG (default: samples.png)")
     sp.add_argument("--seed", type=seed_flag, default=0, help="seed of the draws (default: 0)")
     sp.add_argument("--device", default="auto", help=DEVICE_HELP)

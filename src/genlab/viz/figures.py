@@ -41,21 +41,45 @@ def save_rows(path: Path, rows: list[tuple[str, torch.Tensor]], title: str = "")
     return save_figure(fig, path)
 
 
+MAX_FIGURE_PIXELS = 4000 * 4000  # a grid drawn larger (10,000 samples: 6000 x 6000) took 3.8 GB in matplotlib
+
+
 def save_grid(path: Path, images: torch.Tensor, ncol: int = 8, title: str = "") -> Path:
-    """A grid of [N x C x H x W] images in [0, 1] (C = 1 grey, 3 RGB), ``ncol`` per row."""
+    """A grid of [N x C x H x W] images in [0, 1] (C = 1 grey, 3 RGB), ``ncol`` per row: a figure with its
+    title, or, where that figure would exceed ``MAX_FIGURE_PIXELS``, the grid itself pixel for pixel (2-pixel
+    white gaps, no title)."""
     images = images.detach().float().cpu()
     n, channels, h, w = images.shape
     nrow = -(-n // ncol)
-    canvas = np.ones((nrow * (h + 2) + 2, ncol * (w + 2) + 2) + ((channels,) if channels > 1 else ()))
+    canvas = np.ones((nrow * (h + 2) + 2, ncol * (w + 2) + 2) + ((channels,) if channels > 1 else ()), np.float32)
     for i in range(n):
         r, c = divmod(i, ncol)
         canvas[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + c * (w + 2):2 + c * (w + 2) + w] = _picture(images[i])
-    fig, ax = plt.subplots(figsize=(ncol * 0.6 + 0.4, nrow * 0.6 + 0.6))
+    size = (ncol * 0.6 + 0.4, nrow * 0.6 + 0.6)  # inches, at 100 dots each
+    if size[0] * size[1] * 100 ** 2 > MAX_FIGURE_PIXELS:
+        return _save_pixels(path, canvas)
+    fig, ax = plt.subplots(figsize=size)
     ax.imshow(canvas, cmap="gray", vmin=0, vmax=1)
     ax.axis("off")
     if title:
         ax.set_title(title, fontsize=10)
     return save_figure(fig, path)
+
+
+def _save_pixels(path: Path, canvas: np.ndarray) -> Path:
+    """[H x W] or [H x W x 3] in [0, 1] as a PNG of exactly those pixels, replaced atomically."""
+    from genlab.config import write_atomically
+    from genlab.data.files import encode_png
+
+    pixels = np.round(np.clip(canvas, 0, 1) * 255).astype(np.uint8)
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, encode_png(pixels if pixels.ndim == 2 else pixels.transpose(2, 0, 1)), hidden=True)
+    except OSError as e:
+        raise GenlabError(f"cannot write the figure {path} ({e.strerror or e}); free space or check the folder's "
+                          "permissions, then run the command again") from None
+    return path
 
 
 def save_figure(fig, path: Path) -> Path:

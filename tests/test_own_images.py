@@ -128,6 +128,35 @@ def test_a_damaged_cache_entry_is_decoded_afresh_not_trusted(tmp_path):
         assert torch.equal(again.images, data.images) and torch.equal(again.labels, data.labels), key
 
 
+def test_the_image_cache_keeps_the_entries_used_last_within_its_size(tmp_path, monkeypatch):
+    # Every data set and every batch of scored files stayed in ~/.cache/genlab/images for ever.
+    from genlab.data.files import decode_files
+
+    entries = tmp_path / "cache" / "genlab" / "images"
+    sets = []
+    for k in range(3):
+        write_folder(tmp_path / f"d{k}", blobs(20, (32, 32), seed=k), np.zeros(20, int), ["x"])
+        sets.append(sorted((tmp_path / f"d{k}").rglob("*.png")))
+    decode_files(sets[0])
+    one_entry = sum(p.stat().st_size for p in entries.glob("*.npz"))
+    monkeypatch.setattr("genlab.data.files.IMAGE_CACHE_BYTES", int(2.5 * one_entry))
+    decode_files(sets[1])
+    time.sleep(0.01)
+    decode_files(sets[0])  # a hit: set 0 is now the one used last
+    time.sleep(0.01)
+    decode_files(sets[2])  # three entries would not fit: set 1's, used longest ago, goes
+    assert len(list(entries.glob("*.npz"))) == 2
+    monkeypatch.setattr("genlab.data.files.read_image", lambda path, size=None: pytest.fail(f"decoded {path} again"))
+    decode_files(sets[0]), decode_files(sets[2])
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    decoded = []
+    monkeypatch.setattr("genlab.data.files.read_image",
+                        lambda path, size=None, read=genlab.data.files.read_image: decoded.append(path) or read(path, size))
+    decode_files(sets[1])
+    assert len(decoded) == 20
+
+
 def test_npz_data_set_with_resize_and_grey(tmp_path):
     images = np.random.default_rng(3).integers(0, 256, (10, 20, 30, 3), dtype=np.uint8)
     np.savez(tmp_path / "a.npz", images=images, labels=np.arange(10) % 2)

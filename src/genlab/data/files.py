@@ -18,7 +18,8 @@ N x N (OpenCV's INTER_AREA; the aspect ratio is not kept). The data set is grey 
 file whose three channels are equal counts as grey), else RGB; ``grey`` (``--grey``) converts colour to grey.
 
 Decoded images are cached as one uint8 array in the user cache (``cache_dir()/images/``), keyed by a hash of
-the files' names, sizes and modification times and the options, so a second load reads one file.
+the files' names, sizes and modification times and the options, so a second load reads one file; the entries
+used longest ago go once the cache holds more than ``IMAGE_CACHE_BYTES``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ TEST_SHARE, SPLIT_SEED = 0.1, 0
 CACHE_VERSION = "genlab-images-3"  # 2: photographs turned upright by their EXIF orientation; 3: with a digest
 MAX_FILE_BYTES = 1 << 30  # the largest image file read (a 134-megapixel PNG is well below it)
 MAX_LABEL = 65_535  # class labels of npz: data sets run from 0 to this
+IMAGE_CACHE_BYTES = 2 << 30  # the decoded-image cache keeps its most recently used entries within this
 
 
 def is_file_dataset(name: str) -> bool:
@@ -332,12 +334,35 @@ def _read_cache(key: str) -> dict | None:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
     digest = arrays.pop("digest", None)
-    return arrays if digest is not None and digest.shape == () and str(digest) == _digest(arrays) else None
+    if digest is None or digest.shape != () or str(digest) != _digest(arrays):
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(_cache_path(key))  # used now: the last entry to be pruned
+    return arrays
 
 
 def _write_cache(key: str, **arrays) -> None:
     from genlab.data.datasets import _write_cache_file
     _write_cache_file(_cache_path(key), lambda f: np.savez(f, **arrays, digest=np.array(_digest(arrays))))
+    _prune_cache(keep=_cache_path(key))
+
+
+def _prune_cache(keep: Path) -> None:
+    """Remove the entries of the image cache used longest ago while it holds more than ``IMAGE_CACHE_BYTES``
+    (never ``keep``, the entry just written): each data set or batch of scored files tried once stayed for ever."""
+    entries = []
+    for path in keep.parent.glob("*.npz"):
+        with contextlib.suppress(OSError):
+            info = path.stat()
+            entries.append((info.st_mtime_ns, info.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    for _, size, path in sorted(entries):
+        if total <= IMAGE_CACHE_BYTES:
+            break
+        if path != keep:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                total -= size
 
 
 def _digest(arrays: dict) -> str:

@@ -50,6 +50,7 @@ class Case:
 
 def genlab(argv, env=None, timeout=300, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "genlab.cli", *argv], capture_output=True, text=True,
+                          errors="backslashreplace",
                           env={**os.environ, **(env or {})}, timeout=timeout, **kw)
 
 
@@ -272,8 +273,8 @@ def flag_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
         Case("flags", "energy --seed 99999999999999999999", ["energy", ae, "--seed", "99999999999999999999"]),
         Case("flags", "inpaint --seed -5", ["inpaint", ae, "--seed", "-5"]),
         Case("flags", "inpaint on an ae run", ["inpaint", ae, "--limit", "10"]),
-        Case("flags", "datasets --data-dir a file (documented: 0, lists the data sets as missing)",
-             ["datasets", "--data-dir", str(runs["ae"] / "config.json")], expect=0),
+        Case("flags", "datasets --data-dir a file (was 0, the data sets listed as missing)",
+             ["datasets", "--data-dir", str(runs["ae"] / "config.json")]),
         Case("flags", "unknown command", ["frobnicate"]),
         Case("images", "energy --images a missing file", ["energy", ae, "--images", str(root / "nope.png")]),
         Case("images", "energy --images a file that is not an image",
@@ -340,6 +341,15 @@ def path_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
     (notdict_metrics / "metrics.jsonl").write_text("[1, 2]\n")
     damaged_eval = copy_run(ae, root / "bad-eval")
     (damaged_eval / "evaluation.json").write_text("{nan")
+    fifo_out = root / "fifo.csv"
+    os.mkfifo(fifo_out)
+    (root / "loop").symlink_to(root / "loop")
+    from genlab.data import load_dataset
+    from genlab.data.files import encode_png
+    digit = root / "digit.png"
+    digit.write_bytes(encode_png(load_dataset("mnist-5k", "test").images[0].numpy()))
+    odd_name = root / os.fsdecode(b"caf\xe9.png")
+    odd_name.write_bytes(digit.read_bytes())
     fifo_metrics = copy_run(ae, root / "fifo-metrics")
     (fifo_metrics / "metrics.jsonl").unlink()
     os.mkfifo(fifo_metrics / "metrics.jsonl")
@@ -387,6 +397,20 @@ def path_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
                                                               str(root / "e.txt")]),
         Case("paths", "reproduce --out over an existing report", ["reproduce", "--quick", "--out",
                                                                   str(existing_report)]),
+        Case("paths", "energy --out a FIFO (waited for a reader for ever)", ["energy", str(ae), "--limit", "10",
+                                                                          "--out", str(fifo_out)]),
+        Case("paths", "denoise --out a file (advised 'free space')", ["denoise", str(ae), "--images", str(digit),
+                                                                      "--out", str(afile)]),
+        Case("paths", "energy --images a symbolic-link loop (was 'does not exist')",
+             ["energy", str(ae), "--images", str(root / "loop")]),
+        Case("paths", "GENLAB_DATA_DIR blank (was a folder named '   ')", ["datasets"], env={"GENLAB_DATA_DIR": "   "}),
+        Case("paths", "GENLAB_DATA_DIR a file (was 'Not a directory')", ["datasets"],
+             env={"GENLAB_DATA_DIR": str(afile)}),
+        Case("flags", "train --resume RUN --lr 0.1 (was \"invalid choice: '0.1'\")",
+             ["train", "--resume", str(ae), "--lr", "0.1"]),
+        Case("paths", "energy --images with a file name not UTF-8, on an ASCII terminal (documented: 0; was a "
+             "traceback)", ["energy", str(ae), "--images", str(odd_name)], expect=0,
+             env={"PYTHONIOENCODING": "ascii:strict"}),
     ]
 
 

@@ -71,7 +71,7 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
         return cache_dir()
     where = "--data-dir" if data_dir else "GENLAB_DATA_DIR"
     if not str(chosen).strip():  # "   " was a folder of that name, below the working folder
-        raise DataError(f"{where} is blank ({str(chosen)!r}); name the data directory, or leave it unset for "
+        raise DataError(f"{where} is blank (white space only); name the data directory, or leave it unset for "
                         f"{cache_dir()}")
     path = Path(chosen).expanduser()
     if path.exists() and not path.is_dir():

@@ -150,9 +150,8 @@ def test_the_image_cache_keeps_the_entries_used_last_within_its_size(tmp_path, m
     decode_files(sets[0]), decode_files(sets[2])
     monkeypatch.undo()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    decoded = []
-    monkeypatch.setattr("genlab.data.files.read_image",
-                        lambda path, size=None, read=genlab.data.files.read_image: decoded.append(path) or read(path, size))
+    decoded, read = [], genlab.data.files.read_image
+    monkeypatch.setattr("genlab.data.files.read_image", lambda path, size=None: decoded.append(path) or read(path, size))
     decode_files(sets[1])
     assert len(decoded) == 20
 

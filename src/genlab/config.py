@@ -260,6 +260,19 @@ def write_atomically(path: Path, data: bytes, hidden: bool = False) -> None:
             os.unlink(tmp)
 
 
+def write_output(path, data: bytes) -> None:
+    """``data`` into the output file ``path`` the user named, whole or not at all: through a temporary file
+    renamed into place (a full disk left the file that was there cut short), into the file a symbolic link
+    names (as opening it did). A folder or a special file (a pipe, a device) there is refused, not replaced or
+    waited on."""
+    path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise GenlabError(f"--out {path} is {kind}; give the name of a file to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, data)
+
+
 def usual_mode() -> int:
     """The permissions a new file gets from ``open``: 0o666 less the umask (mkstemp's files are 0o600). Read
     from /proc where it can be, since setting the umask to read it touches every thread's new files."""

@@ -13,8 +13,9 @@ from pathlib import Path
 import genlab.scoring
 from genlab.checkpoint import load_run
 from genlab.commands.flags import DEVICE_HELP, bounded_int, seed_flag
+from genlab.config import write_output
 from genlab.errors import GenlabError
-from genlab.metrics.anomaly import SPLIT_TITLES, SPLITS, energies, energy_report, report_json, save_energies, split_images, write_output
+from genlab.metrics.anomaly import SPLIT_TITLES, SPLITS, energies, energy_report, report_json, save_energies, split_images
 
 
 def add(subparsers) -> None:

@@ -17,13 +17,12 @@ anomalous input has a higher energy than every clean one, 0.5 is chance.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from genlab.config import write_atomically
+from genlab.config import write_output
 from genlab.errors import GenlabError
 from genlab.models.base import per_example
 
@@ -213,16 +212,3 @@ def save_energies(values: np.ndarray, path) -> Path:
     else:
         write_output(path, ("energy\n" + "".join(f"{v:.9g}\n" for v in values)).encode())
     return path
-
-
-def write_output(path, data: bytes) -> None:
-    """``data`` into the output file ``path`` the user named, whole or not at all: through a temporary file
-    renamed into place (a full disk left the file that was there cut short), into the file a symbolic link
-    names (as opening it did). A folder or a special file (a pipe, a device) there is refused, not replaced or
-    waited on."""
-    path = Path(os.path.realpath(path))
-    if path.exists() and not path.is_file():
-        kind = "a folder" if path.is_dir() else "not a regular file"
-        raise GenlabError(f"--out {path} is {kind}; give the name of a file to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, data)

@@ -430,7 +430,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
                                                            else "does not exist"))
     name, model_cfg, train_cfg = read_configs(run_dir)
     ckpt = load(run_dir / CHECKPOINT)
-    model = build(name, model_cfg)
+    with torch.random.fork_rng(devices=[]):  # the initial weights, replaced below, draw from the caller's stream
+        model = build(name, model_cfg)
     check(ckpt, model, where=run_dir / CHECKPOINT)
     model.load_state_dict(ckpt.model_state)
     return Run(run_dir, name, model.to(device).eval(), model_cfg, train_cfg, ckpt.counters)

@@ -22,6 +22,9 @@ import torch
 from genlab.errors import GenlabError
 
 
+HELDOUT_VERSION = 2  # 2: a run of some classes (--classes) is measured against those classes' images only
+
+
 class LoadedModel:
     """A trained run, ready to score and repair images (``genlab.load``)."""
 
@@ -37,37 +40,70 @@ class LoadedModel:
     # -- inputs -----------------------------------------------------------------------------------------------
     def images(self, images) -> torch.Tensor:
         """uint8 [N x H x W] or [N x C x H x W] in the run's shape, from: paths (files or folders, one or a list),
-        a numpy array ([H x W], [N x H x W] or [N x H x W x C], an image library's layout, or a list of such
-        images of any sizes) or a tensor ([N x H x W] or [N x C x H x W], genlab's layout). Pixels are uint8, or
-        floats in [0, 1] (taken as 255 levels); floats outside [0, 1] are refused rather than clipped."""
+        a numpy array ([H x W] or [H x W x C] for one image; [N x H x W], [N x H x W x C], an image library's
+        layout, or [N x C x H x W]; a list of such images of any sizes; for a grey run also [N x H*W], flat rows
+        as scikit-learn's MNIST comes) or a tensor (the same, with [N x C x H x W], genlab's layout, for
+        channels). Pixels are uint8, or floats in [0, 1] (taken as 255 levels); floats outside [0, 1] are refused
+        rather than clipped."""
         from genlab.data.files import _normalise, image_paths, stack_images
 
         if isinstance(images, (str, Path)) or (isinstance(images, (list, tuple)) and images
                                                and all(isinstance(i, (str, Path)) for i in images)):
             return self.images_from_files(image_paths([images] if isinstance(images, (str, Path)) else images))
+        if isinstance(images, (list, tuple)) and not len(images):
+            raise GenlabError("no images given")
         if isinstance(images, torch.Tensor):
-            t = images.detach().cpu()
-            if t.is_floating_point():
-                t = torch.from_numpy(_unit_floats_to_uint8(t.float().numpy()))
-            if t.dtype != torch.uint8 or t.dim() not in (3, 4):
-                raise GenlabError(f"expected a uint8 tensor [N x H x W] or [N x C x H x W], got {t.dtype} "
-                                  f"{list(t.shape)}")
-            array = t.numpy() if t.dim() == 3 else t.permute(0, 2, 3, 1).numpy()
-        elif isinstance(images, (list, tuple)) and images and all(isinstance(i, np.ndarray) for i in images):
-            array = [_unit_floats_to_uint8(im) for im in images]  # images of different sizes: resized below
+            t = images.detach()
+            if t.device.type == "meta" or not (t.is_floating_point() or t.dtype == torch.uint8):
+                raise GenlabError(f"expected uint8 images, or floats in [0, 1], got a {t.dtype} tensor on "
+                                  f"{t.device.type}; convert it, e.g. with .byte() for 0..255 values")
+            t = t.cpu()
+            array = self._layout(_unit_floats_to_uint8(t.float().numpy() if t.is_floating_point() else t.numpy()),
+                                 channels_last=False)
+        elif isinstance(images, (list, tuple)) and all(_is_image(i) for i in images):
+            array = [_unit_floats_to_uint8(_one_image(im)) for im in images]  # of different sizes: resized below
             bad = next((im for im in array if im.dtype != np.uint8 or im.ndim not in (2, 3)), None)
             if bad is not None:
                 raise GenlabError(f"expected uint8 images [H x W] or [H x W x C], got {bad.dtype} {list(bad.shape)}")
         else:
-            array = _unit_floats_to_uint8(np.asarray(images))
-            if array.dtype != np.uint8 or array.ndim not in (2, 3, 4):
-                raise GenlabError(f"expected uint8 images [H x W], [N x H x W] or [N x H x W x C], got {array.dtype} "
-                                  f"{list(array.shape)}")
-            array = array[None] if array.ndim == 2 else array
+            if not isinstance(images, (np.ndarray, list, tuple)) and not hasattr(images, "__array_interface__"):
+                raise GenlabError(f"expected images (paths, a numpy array, a tensor or a list of images), got "
+                                  f"{type(images).__name__}")
+            try:
+                array = np.asarray(images)
+            except ValueError:  # a ragged list: a path beside an array, say
+                raise GenlabError("expected a list of all paths or all images (numpy arrays), got a mix") from None
+            if array.dtype.kind in "iub" and array.dtype != np.uint8:
+                raise GenlabError(f"expected uint8 images, or floats in [0, 1], got {array.dtype}; convert 0..255 "
+                                  "values with .astype(numpy.uint8)")
+            array = self._layout(_unit_floats_to_uint8(array), channels_last=True)
         if not len(array):
             raise GenlabError("no images given")
         decoded = [_normalise(im, "array") for im in array]
         return torch.from_numpy(stack_images(decoded, [f"image {i}" for i in range(len(decoded))], shape=self.shape))
+
+    def _layout(self, array: np.ndarray, channels_last: bool) -> np.ndarray:
+        """uint8 images as [N x H x W] or [N x H x W x C], read from the layouts ``images`` takes. Where a layout
+        could be read two ways, the reading that makes sense wins: a grey run's [N x H*W] are N flat images, not
+        one image N pixels tall; [H x W x 3] is one colour image, not H images 3 pixels wide."""
+        if array.dtype != np.uint8 or array.ndim not in (2, 3, 4):
+            layouts = "[H x W], [H x W x C], [N x H x W], [N x H x W x C] or [N x C x H x W]"
+            raise GenlabError(f"expected uint8 images {layouts}, got {array.dtype} {list(array.shape)}")
+        channels, height, width = self.shape
+        if array.ndim == 2:
+            if channels == 1 and array.shape[1] == height * width and array.shape != (height, width):
+                return array.reshape(-1, height, width)  # flat rows
+            if array.shape[1] in (3 * height * width, height * width):
+                raise GenlabError(f"got {len(array)} flat rows of {array.shape[1]} values; reshape them to images "
+                                  f"[N x {height} x {width} x 3] (this run is {channels} x {height} x {width})")
+            return array[None]  # one grey image
+        if array.ndim == 3:
+            if array.shape[2] in (3, 4) and array.shape[0] > 4 and array.shape[1] > 4:
+                return array[None]  # one colour image, as an image library gives it
+            return array  # [N x H x W]
+        if not channels_last or (array.shape[1] in (1, 3) and array.shape[3] not in (1, 3, 4)):
+            return array.transpose(0, 2, 3, 1)  # [N x C x H x W]
+        return array
 
     def images_from_files(self, files: Sequence[str | Path]) -> torch.Tensor:
         """Image files (not folders) decoded into the run's shape, through the user cache."""
@@ -94,8 +130,17 @@ class LoadedModel:
             cached = _read_heldout(key)
             if cached is None:
                 test = run_dataset(self.run.train_cfg, "test", download=False, shape=self.shape)
-                cached = np.sort(self._energies(test.images))
+                images = test.images
+                trained = self.run.train_cfg.class_list()
+                if trained:  # a run of some classes: data like its training data are those classes' images
+                    images = images[torch.isin(test.labels, torch.tensor(trained))]
+                    if not len(images):
+                        raise GenlabError(f"the test split of {self.run.train_cfg.dataset} holds no image of the "
+                                          f"run's classes ({self.run.train_cfg.classes}), the ground of percentiles "
+                                          "and thresholds; give the data set test images of those classes")
+                cached = np.sort(self._energies(images))
                 _write_heldout(key, cached)
+            cached.flags.writeable = False  # the ground of every percentile: a caller's edit would move them
             self._heldout = cached
         return self._heldout
 
@@ -120,19 +165,26 @@ class LoadedModel:
             stamps.append(hashlib.sha256(listing.encode(errors="surrogateescape")).hexdigest())
         # The device too: a GPU computes the same energies to a few digits only (TF32 convolutions, other
         # kernels), so percentiles and thresholds are taken against energies from the device that scores.
-        text = json.dumps([stamps, to_dict(self.run.train_cfg), self.model.device.type], sort_keys=True,
-                          default=str)
+        text = json.dumps([HELDOUT_VERSION, stamps, to_dict(self.run.train_cfg), self.model.device.type],
+                          sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def percentile(self, energy) -> np.ndarray:
         """Share (in %) of the held-out energies at or below each energy."""
+        if isinstance(energy, (str, bytes)) or energy is None:
+            raise GenlabError(f"percentile takes energies (numbers, as energy() gives them), got {energy!r}")
+        values = np.asarray(energy, float)
+        if not np.isfinite(values).all():
+            raise GenlabError("percentile takes finite energies; an energy that is NaN or infinite has no percentile")
         held = self.heldout_energies()
-        return 100.0 * np.searchsorted(held, np.asarray(energy, float), side="right") / len(held)
+        return 100.0 * np.searchsorted(held, values, side="right") / len(held)
 
     def threshold(self, fpr: float = 0.01) -> float:
         """The energy that at most a share ``fpr`` of the held-out images exceed: flag energies above it."""
+        if isinstance(fpr, bool) or not isinstance(fpr, (int, float, np.integer, np.floating)):
+            raise GenlabError(f"fpr (--fpr) is a number between 0 and 1, got {fpr!r}")
         if not 0.0 <= fpr <= 1.0:
-            raise GenlabError(f"--fpr must be between 0 and 1, got {fpr}")
+            raise GenlabError(f"fpr (--fpr) must be between 0 and 1, got {fpr}")
         held = self.heldout_energies()
         return float(np.quantile(held, 1.0 - fpr, method="higher"))
 
@@ -163,6 +215,21 @@ class LoadedModel:
         return torch.cat(out).numpy()
 
 
+def _is_image(item) -> bool:
+    """Whether a list item is one image: a numpy array, a tensor or an image library's picture (PIL's)."""
+    return isinstance(item, (np.ndarray, torch.Tensor)) or hasattr(item, "__array_interface__")
+
+
+def _one_image(item) -> np.ndarray:
+    """One image of a list as an array [H x W] or [H x W x C]; a tensor [C x H x W] (genlab's layout) too."""
+    if isinstance(item, torch.Tensor):
+        t = item.detach().cpu()
+        t = t.float() if t.is_floating_point() else t
+        chw = t.dim() == 3 and t.shape[0] in (1, 3) and t.shape[2] not in (1, 3, 4)
+        return (t.permute(1, 2, 0) if chw else t).numpy()
+    return np.asarray(item)
+
+
 def _batch_size(value) -> int:
     """``value`` if it is a whole number of at least 1 (a batch of -1 scored nothing and said nothing)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -177,7 +244,7 @@ def _unit_floats_to_uint8(array: np.ndarray) -> np.ndarray:
         return array
     if array.size and not (np.isfinite(array).all() and array.min() >= 0.0 and array.max() <= 1.0):
         finite = array[np.isfinite(array)]
-        seen = ([f"values from {finite.min():.4g} to {finite.max():.4g}"] if finite.size else []) + \
+        seen = ([f"values from {finite.min():.8g} to {finite.max():.8g}"] if finite.size else []) + \
             (["NaN or infinity"] if finite.size < array.size else [])
         raise GenlabError(f"float images must hold pixels in [0, 1], got {' and '.join(seen)}; divide 0..255 "
                           "values by 255, or pass uint8")

@@ -143,6 +143,7 @@ def train(model_name: str | None, model_cfg=None, train_cfg: TrainConfig | None 
     logs that ``train_cfg.figures`` and ``train_cfg.tensorboard`` ask for come from passing
     ``genlab.viz.training_callbacks(train_cfg)`` here.
 
+    ``device`` (a name or a ``torch.device``), when given, is where to train, in place of ``train_cfg.device``.
     On resume only the schedule length (``train_cfg.epochs``) and the device (``device``, or
     ``train_cfg.device``: a run trained on a GPU can go on on a CPU, and back) may change; a model, a model
     config or other training settings that differ from the run's own are refused.
@@ -165,6 +166,8 @@ def train(model_name: str | None, model_cfg=None, train_cfg: TrainConfig | None 
         model_cfg = model_cfg if model_cfg is not None else MODELS[model_name].Config()
         check_config(model_name, model_cfg)
         train_cfg = train_cfg if train_cfg is not None else default_train_config(model_name)
+        if device is not None:
+            train_cfg = dataclasses.replace(train_cfg, device=str(device))
         run_dir = None
     # Fields may have been set after the configs were made: checked again, before anything is written.
     cfgmod.validate(model_cfg)
@@ -179,8 +182,11 @@ def train(model_name: str | None, model_cfg=None, train_cfg: TrainConfig | None 
     finished = False
     try:
         # One owner per run directory (see genlab.rundir); a refusal reaches every rank.
+        # Gradients on, whatever the caller's block (a notebook's torch.no_grad() gave "element 0 of tensors does
+        # not require grad").
         with distributed.agreed(ctx, rundir.claim(run_dir, owner=ctx.is_main)), \
-                torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+                torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []), \
+                torch.inference_mode(False), torch.enable_grad():
             run_dir = _train(model_name, model_cfg, train_cfg, run_dir, resume is not None, ctx,
                              callbacks if ctx.is_main else ())
         finished = True

@@ -1,5 +1,7 @@
 """The model registry: a name on the command line -> a model class (each with its ``Config`` dataclass)."""
 
+import torch
+
 from genlab.models.ae import AE
 from genlab.models.base import GenerativeModel, evaluating, per_example
 from genlab.models.cdcgan import CDCGAN
@@ -28,6 +30,10 @@ def build(name: str, cfg=None) -> GenerativeModel:
 
     if name not in MODELS:
         raise GenlabError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    if torch.get_default_dtype() != torch.float32:  # weights and noise of another type: errors deep in PyTorch
+        raise GenlabError(f"genlab's models compute in float32, and PyTorch's default dtype is "
+                          f"{torch.get_default_dtype()} (torch.set_default_dtype); set it back to torch.float32 "
+                          "for genlab's calls")
     cls = MODELS[name]
     if cfg is None:
         return cls(cls.Config())

@@ -1,0 +1,141 @@
+"""genlab's Python interface as a researcher uses it: images in the layouts other libraries hand over, the
+caller's random state and grad mode left alone, and one clear exception for what genlab cannot take."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import genlab
+from genlab import config as cfgmod
+from genlab.data import load_dataset
+from genlab.errors import GenlabError
+from genlab.models import MODELS
+from genlab.train import default_train_config, train
+
+
+def small_config(out, **changes) -> cfgmod.TrainConfig:
+    settings = {**cfgmod.to_dict(default_train_config("ae")), "dataset": "mnist-5k", "epochs": 1, "batch_size": 64,
+                "limit": 256, "eval_limit": 100, "progress": False, "figures": False, "out": str(out), **changes}
+    return cfgmod.from_dict(cfgmod.TrainConfig, settings)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    return {"ae": train("ae", MODELS["ae"].Config(latent_dim=8), small_config(root / "ae")),
+            "threes": train("ae", MODELS["ae"].Config(latent_dim=8), small_config(root / "threes", classes="3"))}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("mnist-5k", "test").images[:8].numpy()  # uint8 [8, 28, 28]
+
+
+def test_the_layouts_of_other_libraries_are_read_as_the_images_they_hold(runs, digits):
+    # A flat [N x 784] array (scikit-learn's MNIST) was read as one image 8 pixels tall and gave one energy; one
+    # colour picture [H x W x 3] (OpenCV, PIL) gave H energies of 28 x 3 slivers.
+    model = genlab.load(runs["ae"])
+    reference = model.energy(digits)
+    colour = np.repeat(digits[..., None], 3, axis=3)  # [8, 28, 28, 3], equal channels: the same grey digits
+    for layout in (digits.reshape(8, 784), digits.reshape(8, 784) / 255.0, torch.from_numpy(digits.reshape(8, 784)),
+                   digits[:, None], torch.from_numpy(digits[:, None]), digits[..., None], colour,
+                   [Image.fromarray(d) for d in digits], [torch.from_numpy(d) for d in digits]):
+        assert np.allclose(model.energy(layout), reference), type(layout)
+    for one in (colour[0], torch.from_numpy(colour[0]), Image.fromarray(colour[0]), digits[0]):
+        assert np.allclose(model.energy(one), reference[:1]), type(one)
+    mixed = model.energy([digits[0], np.zeros((40, 30), np.uint8)])  # images of any sizes, resized
+    assert mixed.shape == (2,) and mixed[0] == pytest.approx(reference[0], rel=1e-5)
+    assert model.denoise(digits.reshape(8, 784)).shape == (8, 28, 28)
+
+
+@pytest.mark.parametrize("images,words", [
+    ([], "no images given"),
+    (None, "got NoneType"),
+    (["x.png", np.zeros((28, 28), np.uint8)], "all paths or all images"),
+    (np.zeros((4, 28, 28), np.int64), "got int64; convert 0..255 values with .astype(numpy.uint8)"),
+    (torch.zeros(2, 28, 28, dtype=torch.int64), "got a torch.int64 tensor"),
+    (torch.zeros(2, 28, 28, device="meta"), "on meta"),
+    (torch.full((2, 784), 3.0), "pixels in [0, 1], got values from 3 to 3"),
+    (np.full((2, 28, 28), 1.0000001), "to 1.0000001"),
+    (np.zeros((2, 3 * 784), np.uint8), "reshape them to images"),
+])
+def test_what_cannot_be_read_as_images_is_one_genlab_error(runs, images, words):
+    with pytest.raises(GenlabError, match=re.escape(words)):
+        genlab.load(runs["ae"]).energy(images)
+
+
+def test_a_run_of_some_classes_measures_percentiles_against_those_classes(runs):
+    # A --classes 3 run took its percentiles and thresholds against all ten classes' test images: threshold(0.5)
+    # flagged 16% of threes, not the half that a false-positive rate of 0.5 on data like the training data means.
+    model = genlab.load(runs["threes"])
+    test = load_dataset("mnist-5k", "test")
+    threes = model.energy(test.images[test.labels == 3])
+    assert len(model.heldout_energies()) == len(threes) == 50
+    assert np.mean(threes > model.threshold(0.5)) == pytest.approx(0.5, abs=0.05)
+    with pytest.raises(ValueError, match="read-only"):
+        model.heldout_energies()[0] = -1.0  # the ground of every percentile is not the caller's to edit
+
+
+def test_percentile_and_threshold_refuse_what_is_not_a_number(runs):
+    model = genlab.load(runs["ae"])
+    for bad in (float("nan"), None, "500", [1.0, float("inf")]):
+        with pytest.raises(GenlabError, match="percentile takes"):
+            model.percentile(bad)
+    for bad in ("0.1", None, [0.01], True):
+        with pytest.raises(GenlabError, match="fpr .--fpr. is a number between 0 and 1"):
+            model.threshold(bad)
+    assert model.percentile(np.float32(1e9)) == 100.0 and model.threshold(np.float64(0.5)) > 0
+
+
+def test_loading_and_scoring_leave_the_callers_random_stream_alone_even_from_threads(runs, digits):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    model = genlab.load(runs["ae"])  # built with random weights, then the checkpoint's: drew from the caller's
+    assert torch.equal(torch.rand(3), expected)
+    torch.manual_seed(123)
+    sequential = model.energy(digits, batch_size=2)
+    found = []
+    workers = [threading.Thread(target=lambda: found.extend(model.energy(digits, batch_size=2) for _ in range(3)))
+               for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert torch.equal(torch.rand(3), expected)  # overlapping seeded blocks left seed 0's stream behind
+    assert len(found) == 12 and all(np.allclose(e, sequential) for e in found)
+
+
+def test_train_takes_its_device_trains_under_no_grad_and_refuses_float64_in_one_line(tmp_path):
+    cfg = small_config(tmp_path / "a", limit=64)
+    with pytest.raises(GenlabError, match="--device must be auto, cpu, cuda or cuda:N, got 'gpu'"):
+        train("ae", MODELS["ae"].Config(latent_dim=4), cfg, device="gpu")  # was ignored for a new run
+    assert not (tmp_path / "a").exists()
+    with torch.no_grad():  # a notebook cell: "element 0 of tensors does not require grad"
+        run = train("ae", MODELS["ae"].Config(latent_dim=4), cfg, device=torch.device("cpu"))
+    assert genlab.load(run).run.counters["epoch"] == 1
+    with torch.inference_mode():
+        train("ae", MODELS["ae"].Config(latent_dim=4), small_config(tmp_path / "b", limit=64))
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        for call in (lambda: genlab.load(run), lambda: train("ae", None, small_config(tmp_path / "c", limit=64))):
+            with pytest.raises(GenlabError, match="default dtype is torch.float64"):
+                call()
+    finally:
+        torch.set_default_dtype(before)
+    assert not (tmp_path / "c").exists()
+
+
+def test_sample_refuses_a_generator_that_is_not_torchs(tmp_path):
+    model = MODELS["vae"](MODELS["vae"].Config(latent_dim=4, hidden=16))
+    for bad in ("x", np.random.default_rng(0)):
+        with pytest.raises(GenlabError, match="generator must be a torch.Generator"):
+            model.sample(2, generator=bad)
+    assert model.sample(2, generator=torch.Generator().manual_seed(0)).shape == (2, 1, 28, 28)

@@ -139,3 +139,18 @@ def test_sample_refuses_a_generator_that_is_not_torchs(tmp_path):
         with pytest.raises(GenlabError, match="generator must be a torch.Generator"):
             model.sample(2, generator=bad)
     assert model.sample(2, generator=torch.Generator().manual_seed(0)).shape == (2, 1, 28, 28)
+
+
+def test_genlabs_figures_leave_the_callers_matplotlib_backend_alone(tmp_path):
+    # Importing genlab's figures called matplotlib.use("Agg"): a notebook's inline display, or any backend the
+    # caller had chosen, was switched. A fresh interpreter, since this one's matplotlib is already set up.
+    import subprocess
+    import sys
+
+    script = ("import matplotlib; matplotlib.use('pdf'); import torch; from genlab.viz import training_callbacks; "
+              "from genlab.viz.figures import save_grid; "
+              f"save_grid({str(tmp_path / 'g.png')!r}, torch.rand(4, 1, 28, 28), ncol=2, title='t'); "
+              "print(matplotlib.get_backend())")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "pdf", r.stderr
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -7,15 +7,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from genlab.errors import GenlabError
+from genlab.rundir import read_metrics
 
-from genlab.errors import GenlabError  # noqa: E402
-from genlab.rundir import read_metrics  # noqa: E402
+
+def subplots(nrows: int = 1, ncols: int = 1, figsize=None, squeeze: bool = True):
+    """``pyplot.subplots`` without pyplot: the figure belongs to no backend, so genlab neither chooses nor
+    switches the caller's (importing genlab's figures switched a notebook's to Agg) and leaves none open."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
 def _picture(image: torch.Tensor) -> np.ndarray:
@@ -27,7 +31,7 @@ def _picture(image: torch.Tensor) -> np.ndarray:
 def save_rows(path: Path, rows: list[tuple[str, torch.Tensor]], title: str = "") -> Path:
     """One figure of labelled image rows; each tensor is [N x C x H x W] in [0, 1] (C = 1 grey, 3 RGB)."""
     n = max(len(images) for _, images in rows)
-    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0 + 0.3), squeeze=False)
+    fig, axes = subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0 + 0.3), squeeze=False)
     for r, (label, images) in enumerate(rows):
         images = images.detach().float().cpu()  # one copy from the device per row, not one per picture
         for c in range(n):
@@ -58,7 +62,7 @@ def save_grid(path: Path, images: torch.Tensor, ncol: int = 8, title: str = "") 
     size = (ncol * 0.6 + 0.4, nrow * 0.6 + 0.6)  # inches, at 100 dots each
     if size[0] * size[1] * 100 ** 2 > MAX_FIGURE_PIXELS:
         return _save_pixels(path, canvas)
-    fig, ax = plt.subplots(figsize=size)
+    fig, ax = subplots(figsize=size)
     ax.imshow(canvas, cmap="gray", vmin=0, vmax=1)
     ax.axis("off")
     if title:
@@ -83,7 +87,7 @@ def _save_pixels(path: Path, canvas: np.ndarray) -> Path:
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Write a matplotlib figure to ``path`` (PNG, folders made, replaced atomically) and close it."""
+    """Write a matplotlib figure to ``path`` (PNG, folders made, replaced atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -97,7 +101,6 @@ def save_figure(fig, path: Path) -> Path:
         raise GenlabError(f"cannot write the figure {path} ({e.strerror or e}); free space or check the folder's "
                           "permissions, then run the command again") from None
     finally:
-        plt.close(fig)
         tmp.unlink(missing_ok=True)
     return path
 
@@ -106,7 +109,7 @@ def kernels_figure(path: Path, weights: torch.Tensor, title: str) -> Path:
     """The first 20 rows of the encoder's weight matrix as 28 x 28 images, 5 rows of 4, shown as
     0.5 * (w + 1) with an automatic grey scale per kernel (lecture Figs. 4 and 6)."""
     w = 0.5 * (weights[:20].detach().cpu().float() + 1)
-    fig, axes = plt.subplots(5, 4, figsize=(4.4, 5.6))
+    fig, axes = subplots(5, 4, figsize=(4.4, 5.6))
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < len(w):
@@ -121,7 +124,7 @@ def loss_curves(path: Path, metrics_file: Path) -> Path | None:
     if not lines:
         return None
     terms = sorted({k.split("/", 1)[1] for line in lines for k in line if k.startswith(("train/", "test/"))})
-    fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 2.8), squeeze=False)
+    fig, axes = subplots(1, len(terms), figsize=(3.2 * len(terms), 2.8), squeeze=False)
     for ax, term in zip(axes[0], terms):
         for split in ("train", "test"):
             pts = [(line["epoch"], line[f"{split}/{term}"]) for line in lines if f"{split}/{term}" in line]

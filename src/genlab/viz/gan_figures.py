@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from genlab.data.batching import to_pixels, to_unit
-from genlab.viz.figures import plt, save_figure, save_grid
+from genlab.viz.figures import save_figure, subplots, save_grid
 
 
 # -- energy histograms ----------------------------------------------------------------------------------------
@@ -33,7 +33,7 @@ def energy_histogram_figure(model, real_batch: Tensor, path: str | Path, title: 
     if not (math.isfinite(lo) and math.isfinite(hi)):
         lo, hi = 0.0, 1.0
     bins = torch.linspace(lo, hi if hi > lo else lo + 1.0, 41).numpy()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = subplots(figsize=(5, 3.2))
     ax.hist(real.numpy(), bins=bins, alpha=0.6, label=f"real (mean {real.mean():.3g})", color="tab:blue")
     ax.hist(fake.numpy(), bins=bins, alpha=0.6, label=f"generated (mean {fake.mean():.3g})", color="tab:red")
     if hasattr(model, "margin_value"):  # EBGAN: the discriminator pushes generated energies up to m

@@ -10,7 +10,7 @@ import torch
 
 from genlab.data.batching import to_pixels
 from genlab.metrics.inpainting import METHOD_TITLES, METHODS, image_batch, inpaint_all
-from genlab.viz.figures import plt, save_figure
+from genlab.viz.figures import save_figure, subplots
 
 
 def _numpy(a) -> np.ndarray:
@@ -33,7 +33,7 @@ def figure_merged(model, merged_u8, path, n: int = 8) -> Path | None:
         return None
     lo, hi = (-1.0, 1.0) if model.pixel_range == "tanh" else (0.0, 1.0)
     k = len(u)
-    fig, axes = plt.subplots(2, k, figsize=(1.2 * k + 1.2, 2.6), squeeze=False)
+    fig, axes = subplots(2, k, figsize=(1.2 * k + 1.2, 2.6), squeeze=False)
     for j in range(k):
         axes[0, j].imshow(u[j].numpy(), cmap="gray", vmin=0, vmax=255)
         axes[1, j].imshow(y[j, 0].numpy(), cmap="gray", vmin=lo, vmax=hi)
@@ -56,7 +56,7 @@ def figure_energy_histograms(report: dict, path) -> Path:
     hi = hi if hi > lo else lo + 1.0
     log = lo > 0
     bins = np.geomspace(lo, hi, 60) if log else np.linspace(lo, hi, 60)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5))
     if log:
         ax.set_xscale("log")
     names = {"test": f"{report['in_dataset']} test", "merged": "merged digits", "photos": "photo patches",
@@ -86,7 +86,7 @@ def figure_inpainting(dae_model, images_u8, path, p: float = 0.5, seed: int = 0,
             ("corrupted", c.img8, (0, 255))]
     rows += [(METHOD_TITLES[m], outs[m], (0, 1)) for m in METHODS]
     k = len(images_u8)
-    fig, axes = plt.subplots(len(rows), k, figsize=(1.2 * k + 1.2, 1.2 * len(rows)), squeeze=False)
+    fig, axes = subplots(len(rows), k, figsize=(1.2 * k + 1.2, 1.2 * len(rows)), squeeze=False)
     for r, (title, imgs, (lo, hi)) in enumerate(rows):
         for j in range(k):
             ax = axes[r, j]

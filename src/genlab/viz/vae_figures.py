@@ -8,16 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from genlab.data.batching import to_pixels  # noqa: E402
-from genlab.viz.figures import save_figure, save_grid, save_rows  # noqa: E402
+from genlab.data.batching import to_pixels
+from genlab.viz.figures import save_figure, save_grid, save_rows, subplots
 
 TSNE_IMAGES = 1000  # the lecture's t-SNE uses the first 1000 test images
 
@@ -85,7 +81,7 @@ def tsne_figure(model, images_u8: Tensor, labels: Tensor, epoch: int, path: Path
     emb = TSNE(n_components=2, init="pca", random_state=seed,
                perplexity=min(30.0, max(1.0, (len(mu) - 1) / 3))).fit_transform(mu)
     y = labels[:n].cpu().numpy()
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    fig, ax = subplots(figsize=(5.2, 4.6))
     points = ax.scatter(emb[:, 0], emb[:, 1], c=y, cmap="tab10", vmin=-0.5, vmax=9.5, s=6)
     fig.colorbar(points, ax=ax, ticks=np.arange(10), label="label")
     ax.set_xticks([])

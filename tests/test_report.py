@@ -169,6 +169,38 @@ def test_report_command_side_by_side(tmp_path):
     assert rows[0][1:4] == ["ae", "mnist-5k", "1"] and rows[0][-1] == "50" and rows[2][-1] == "500"
     assert all(float(row[-2]) > 0 for row in rows)
     assert main(["report", runs[0], runs[0] + "/", "--out", str(tmp_path / "twice")]) == 2  # one run named twice
+    # A report.md of the user's was replaced (only report.html was looked for); genlab's own half-written one,
+    # left by a write cut short, is finished.
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "report.md").write_text("my notes\n")
+    assert main(["report", runs[0], "--out", str(tmp_path / "notes")]) == 2
+    assert (tmp_path / "notes" / "report.md").read_text() == "my notes\n"
+    (tmp_path / "report" / "report.html").unlink()
+    assert main(["report", runs[0], "--out", str(tmp_path / "report")]) == 0
+
+
+def test_reproduce_refuses_a_folder_it_did_not_write_or_of_another_kind_before_training(tmp_path, capsys):
+    # A folder of the user's had its tables.json, report.md and figures replaced; a run of other settings copied
+    # into OUT/ae was reused as the stage's; a quick reproduction's runs went into a full one; --data-dir naming
+    # a file was refused after the first stage had trained.
+    from genlab.cli import main
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "tables.json").write_text("mine")
+    other_kind = tmp_path / "quick"
+    other_kind.mkdir()
+    (other_kind / reproduce_mod.MARKER).write_text(json.dumps({"quick": True, "dataset": "mnist-5k"}))
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for argv, words in ((["--quick", "--out", theirs], "holds files that genlab reproduce did not write"),
+                        (["--out", other_kind, "--data-dir", tmp_path], "holds a quick reproduction on mnist-5k, "
+                         "and this is a reproduction on mnist-5k"),
+                        (["--quick", "--data-dir", afile, "--out", tmp_path / "new"], "is a file, not a folder")):
+        assert main(["reproduce", "--models", "ae", *map(str, argv)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    assert (theirs / "tables.json").read_text() == "mine" and not (tmp_path / "new").exists()
 
 
 def test_markdown_and_html_share_one_structure(tmp_path):

@@ -121,6 +121,9 @@ def render_markdown(title: str, sections: list[Section], base: Path) -> str:
     return "\n".join(out)
 
 
+REPORT_TITLE = "genlab report"
+
+
 def write_report(out_dir: Path, title: str, sections: list[Section]) -> tuple[Path, Path]:
     """Write ``report.md`` then ``report.html`` into ``out_dir``, each atomically, and return (html, md).
 
@@ -257,9 +260,26 @@ def _mean_test_energy(run_dir: Path, device: str, limit: int) -> tuple[float, in
     return mean_energy(run.model, images, labels=labels), len(images)
 
 
-def report_runs(run_dirs: list[Path], out_dir: Path, device: str = "auto") -> tuple[Path, Path]:
-    if (Path(out_dir) / "report.html").exists():  # as genlab reproduce: never replace a report silently
+def check_report_folder(out_dir: Path, title: str) -> None:
+    """Refuse an --out holding a whole report (its report.html), or a report.md that is not this command's own
+    half-written one (``write_report``): genlab report and reproduce replace neither, nor a user's notes."""
+    out_dir = Path(out_dir)
+    if (out_dir / "report.html").exists():
         raise GenlabError(f"{out_dir} already holds a report; choose another --out or remove it")
+    md = out_dir / "report.md"
+    if md.exists() or md.is_symlink():
+        try:
+            with open(md, "rb") as f:
+                ours = f.read(len(title.encode()) + 3) == f"# {title}\n".encode()
+        except OSError:
+            ours = False
+        if not ours:
+            raise GenlabError(f"{out_dir} holds a report.md that this command did not write; choose another --out "
+                              "(genlab replaces no file of yours)")
+
+
+def report_runs(run_dirs: list[Path], out_dir: Path, device: str = "auto") -> tuple[Path, Path]:
+    check_report_folder(out_dir, REPORT_TITLE)  # as genlab reproduce: never replace a report silently
     run_dirs = [Path(d) for d in run_dirs]
     seen: set[Path] = set()
     for d in run_dirs:
@@ -273,4 +293,4 @@ def report_runs(run_dirs: list[Path], out_dir: Path, device: str = "auto") -> tu
             anchor, k = f"{_anchor(d.name)}-{k}", k + 1
         ids.add(anchor)
         sections.append(run_section(d, f"{_run_config(d).get('model', '?')}: {d}", anchor))
-    return write_report(out_dir, "genlab report", sections)
+    return write_report(out_dir, REPORT_TITLE, sections)

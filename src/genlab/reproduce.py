@@ -8,6 +8,7 @@ tables as JSON, the cross-model figures, ``report.html`` (self-contained) and ``
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
 import signal
@@ -26,12 +27,12 @@ from tqdm import tqdm
 from genlab import config as cfgmod
 from genlab import checkpoint
 from genlab.checkpoint import load_run
-from genlab.data import load_dataset, resolve_dataset_name
+from genlab.data import load_dataset, resolve_data_dir, resolve_dataset_name
 from genlab.distributed import usable_cpus
 from genlab.errors import GenlabError, Stopped
 from genlab.models import MODELS
 from genlab.train import Interrupted, default_train_config, train
-from genlab.report import Section, write_report
+from genlab.report import Section, check_report_folder, write_report
 from genlab.viz import metric_figures, training_callbacks
 
 
@@ -281,6 +282,26 @@ def _write_json(path: Path, data) -> None:
     cfgmod.write_json(path, data)
 
 
+TITLE = "genlab: the generative-models lecture, reproduced"
+MARKER = ".genlab-reproduce.json"  # what a reproduction folder is of: a later command goes on only with the same
+
+
+def _check_out_folder(out: Path, kind: dict) -> None:
+    """Refuse an --out that holds files but is no reproduction's folder (the user's files would be replaced, and
+    runs of other settings reused), or is a reproduction of another kind (a quick one's runs in a full report)."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        saved = json.loads((out / MARKER).read_text())
+    except (OSError, ValueError):
+        raise GenlabError(f"--out {out} holds files that genlab reproduce did not write; choose a new or empty "
+                          "folder") from None
+    if saved != kind:
+        def said(k):
+            return f"a {'quick ' if k.get('quick') else ''}reproduction on {k.get('dataset')}"
+        raise GenlabError(f"--out {out} holds {said(saved)}, and this is {said(kind)}; choose another --out")
+
+
 def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None = None,
               models: list[str] | None = None, device: str = "auto", processes: int | None = None) -> Path:
     """Train, evaluate and report every model of the lecture; return the folder holding ``report.html``.
@@ -288,8 +309,8 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
     began = time.perf_counter()
     dataset = "mnist-5k" if quick else resolve_dataset_name("auto", data_dir)
     out = Path(out) if out else Path("runs") / f"reproduce-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    if (out / "report.html").exists():
-        raise GenlabError(f"{out} already holds a report; choose another --out")
+    check_report_folder(out, TITLE)
+    _check_out_folder(out, {"quick": quick, "dataset": dataset})
     known = [s.model for s in STAGES if s.model in MODELS]
     if models is not None:
         unknown = sorted(set(models) - set(known))
@@ -301,7 +322,10 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
     stages = [s for s in STAGES if s.model in MODELS and (not models or s.model in models)
               and (not quick or s.quick_too or models)]
     cfgmod.check_device(device)  # before the folder is made: a refusal leaves nothing behind
+    if data_dir:
+        resolve_data_dir(data_dir)  # a file or a blank name: refused now, not after the first stage has trained
     out.mkdir(parents=True, exist_ok=True)
+    cfgmod.write_json(out / MARKER, {"quick": quick, "dataset": dataset})
     timings: dict[str, float] = {}
     steps = len(stages) + 3
     overall = tqdm(total=steps, desc="reproduce", unit="stage", file=sys.stderr, disable=None)
@@ -408,7 +432,7 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
     trained_by = (f"{workers} training processes of one thread each" if workers > 1 and jobs else
                   "one training process" if jobs else "runs trained earlier")
     sections = build_sections(runs, tables, timings, dataset, quick, figures, trained_by)
-    html_path, _ = write_report(out, "genlab: the generative-models lecture, reproduced", sections)
+    html_path, _ = write_report(out, TITLE, sections)
     minutes, seconds = divmod(round(time.perf_counter() - began), 60)
     _log(f"report: {html_path} ({minutes} min {seconds} s in all)")
     return out

@@ -1,5 +1,6 @@
 """Data sets on real data: the IDX reader, mnist-5k, downloads from a local server, the offline message."""
 
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -7,6 +8,7 @@ import http.server
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -280,6 +282,53 @@ def test_download_md5_mismatch_leaves_nothing(tmp_path, serve):
     with pytest.raises(DataError, match=f"labels.gz .*expected {wrong}, got [0-9a-f]{{32}}"):
         download_files(["labels.gz"], target, [serve(served)], {"labels.gz": wrong}, timeout=5, progress=False)
     assert list(target.iterdir()) == []
+
+
+class _DripHandler(http.server.BaseHTTPRequestHandler):
+    """Announces a file, then sends it a byte every 0.2 s (a broken or hostile mirror); /huge announces 1 GB."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(1 << 30 if self.path.endswith("huge") else 100_000))
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            for _ in range(200):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.2)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_mirror_that_crawls_or_sends_too_much_is_given_up_on(tmp_path, monkeypatch):
+    # A mirror sending a byte every few seconds held the download for ever (each read had its own timeout),
+    # and nothing bounded what a mirror could send before the MD5 check at the end.
+    import genlab.data.download as download
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DripHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    monkeypatch.setattr(download, "GRACE_SECONDS", 1.0)
+    try:
+        began = time.monotonic()
+        with pytest.raises(DataError, match="under 1,024 bytes a second"):
+            download_files(["labels.gz"], tmp_path, [base], {"labels.gz": "0" * 32}, timeout=5, progress=False)
+        assert time.monotonic() - began < 10
+        with pytest.raises(DataError, match="announces 1,073,741,824 bytes"):
+            download_files(["huge"], tmp_path, [base], {"huge": "0" * 32}, timeout=5, progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert list(tmp_path.iterdir()) == []  # no temporary file left
+
+
+@pytest.mark.parametrize("mirror", ["mirror.example.com/mnist", "not a url", "http://[::1", "ftp://example.org/"])
+def test_a_mirror_that_is_not_an_http_url_is_one_line(tmp_path, monkeypatch, mirror):
+    # It was a 41-line traceback (urllib's "unknown url type"), exit 70.
+    monkeypatch.setenv("GENLAB_MIRROR", mirror)
+    with pytest.raises(DataError, match=r"GENLAB_MIRROR=.* is not an http\(s\) URL"):
+        load_dataset("mnist", "test", data_dir=tmp_path)
 
 
 def test_offline_message_names_files_and_directory(tmp_path, monkeypatch, closed_port_url):

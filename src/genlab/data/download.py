@@ -10,6 +10,8 @@ import hashlib
 import http.client
 import os
 import tempfile
+import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -67,10 +69,28 @@ class DownloadFailed(DataError):
     """No mirror delivered a file: offline, blocked, or the file is gone. The message lists each attempt."""
 
 
+# The largest file genlab downloads is Fashion-MNIST's training images, 26 MB; a mirror sending more, or too
+# slowly, is given up on (one sending a byte every few seconds held a download for ever).
+MAX_DOWNLOAD_BYTES = 64 << 20
+DOWNLOAD_SECONDS = 600.0      # a whole file, from the request to its last byte
+SLOWEST_BYTES_PER_S = 1024    # held to once a download has run for GRACE_SECONDS
+GRACE_SECONDS = 60.0
+
+
 def mirrors_for(name: str) -> tuple[str, ...]:
     """The base URLs to try for data set ``name``: $GENLAB_MIRROR alone when set, else ``MIRRORS[name]``."""
     override = os.environ.get("GENLAB_MIRROR")
-    return (override,) if override else MIRRORS[name]
+    if not override:
+        return MIRRORS[name]
+    try:
+        parts = urllib.parse.urlsplit(override.strip())
+        parts.port  # noqa: B018 - reading it checks the port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise DataError(f"GENLAB_MIRROR={override!r} is not an http(s) URL; give a base URL like "
+                        "https://example.org/mnist/, or unset it for the data sets' own mirrors")
+    return (override.strip(),)
 
 
 def download_files(filenames: Iterable[str], directory: str | Path, mirrors: Sequence[str],
@@ -97,23 +117,38 @@ def _download_one(filename: str, directory: Path, mirrors: Sequence[str], md5: s
         url = base.rstrip("/") + "/" + filename
         try:
             return _fetch(url, directory / filename, md5, timeout, progress)
-        except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError and timeouts are OSErrors
-            attempts.append(f"{url}: {getattr(e, 'reason', None) or e}")
+        except (OSError, http.client.HTTPException, ValueError) as e:  # URLError, HTTPError, timeouts: OSErrors;
+            attempts.append(f"{url}: {getattr(e, 'reason', None) or e}")  # a malformed URL or _check_pace's: ValueError
     raise DownloadFailed("; ".join(attempts) or f"no mirror given for {filename}")
+
+
+def _check_pace(received: int, seconds: float) -> None:
+    """Give up on a download that has sent too much, taken too long, or crawls (each a ValueError, said as one
+    mirror's failure)."""
+    if received > MAX_DOWNLOAD_BYTES:
+        raise ValueError(f"sent more than {MAX_DOWNLOAD_BYTES:,} bytes, more than any data file genlab downloads")
+    if seconds > DOWNLOAD_SECONDS:
+        raise ValueError(f"took more than {DOWNLOAD_SECONDS:.0f} s")
+    if seconds > GRACE_SECONDS and received < SLOWEST_BYTES_PER_S * seconds:
+        raise ValueError(f"sent {received:,} bytes in {seconds:.0f} s, under {SLOWEST_BYTES_PER_S:,} bytes a second")
 
 
 def _fetch(url: str, target: Path, md5: str, timeout: float, progress: bool | None) -> Path:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
-        digest = hashlib.md5(usedforsecurity=False)
+        digest, began, received = hashlib.md5(usedforsecurity=False), time.monotonic(), 0
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
+            if total and total > MAX_DOWNLOAD_BYTES:
+                raise ValueError(f"announces {total:,} bytes, more than any data file genlab downloads")
             with tqdm(total=total, unit="B", unit_scale=True, desc=target.name,
                       disable=None if progress is None else not progress) as bar:
-                while chunk := response.read(1 << 16):
+                while chunk := response.read1(1 << 16):  # what has come, not a full 64 KiB: the clock is read
+                    received += len(chunk)
                     out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
+                    _check_pace(received, time.monotonic() - began)
         got = digest.hexdigest()
         if got != md5:
             raise DataError(f"{target.name} from {url} failed its MD5 check (expected {md5}, got {got}); "

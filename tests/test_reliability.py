@@ -184,6 +184,8 @@ def test_a_config_json_naming_another_model_is_one_line(capsys, ae_run, tmp_path
     (["energy", "{run}", "--images", "{run}/loop"], "a symbolic link that leads nowhere"),
     (["datasets", "--data-dir", "   "], "--data-dir is blank"),
     (["datasets", "--data-dir", "{run}/config.json"], "config.json is a file, not a folder; name the data"),
+    (["train", "ae", *QUICK, "--classes", "3 5", "--out", "{run}/c"], "--classes must be comma-separated labels"),
+    (["train", "ae", *QUICK, "--classes", " ", "--out", "{run}/c"], "got ' '"),
 ])
 def test_out_of_range_requests_are_one_line(argv, words, capsys, ae_run, tmp_path):
     run = copy_run(ae_run, tmp_path / "run")
@@ -412,7 +414,7 @@ def test_sigterm_ends_any_command_with_one_line(ae_run):
 
 
 @pytest.mark.parametrize("value,accepted", [("0", False), ("", False), ("two", False), ("2,0", False),
-                                            ("2", True), ("4, 2", True)])
+                                            ("99999999999999999999", False), ("2", True), ("4, 2", True)])
 def test_a_thread_count_that_is_not_one_is_one_line(value, accepted):
     # OpenMP printed its own warning as PyTorch loaded, ignored the value and genlab went on.
     done = subprocess.run([sys.executable, "-m", "genlab.cli", "datasets"], capture_output=True, text=True,
@@ -421,8 +423,8 @@ def test_a_thread_count_that_is_not_one_is_one_line(value, accepted):
         assert done.returncode == 0 and "libgomp" not in done.stderr, done.stderr
     else:
         assert done.returncode == 2 and done.stderr.splitlines() == [
-            f"genlab: error: OMP_NUM_THREADS={value!r} is not a number of threads; set it to a whole number of "
-            "at least 1 or unset it"], done.stderr
+            f"genlab: error: OMP_NUM_THREADS={value!r} is not a number of threads; set it to a whole number from "
+            "1 to 65536 or unset it"], done.stderr
 
 
 @pytest.mark.parametrize("signum,line", [(signal.SIGINT, "genlab: interrupted"),

@@ -371,6 +371,13 @@ def test_hostile_requests_get_a_4xx_and_one_line_of_json_and_the_server_keeps_se
     assert "Traceback" not in server["log"].read_text()
 
 
+def test_a_get_where_a_post_belongs_is_405_not_an_unknown_model(server):
+    # GET /api/latent/decode matched /api/latent/{model}: "unknown model 'decode'".
+    for path in ("/api/latent/decode", "/api/latent/interpolate", "/api/draw"):
+        status, body = http(server["port"], "GET", path)
+        assert status == 405 and json.loads(body)["error"].startswith("GET is not allowed on"), (path, status, body)
+
+
 def test_draw_answers_with_the_models_own_energies(server, runs):
     from genlab.checkpoint import load_run
     from genlab.data.batching import to_pixels, to_uint8

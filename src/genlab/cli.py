@@ -23,11 +23,15 @@ def _thread_count_problem() -> str | None:
     ``main`` says the one line itself."""
     value = os.environ.get("OMP_NUM_THREADS")
     count = r"\s*\+?0*[1-9][0-9]*\s*"  # what OpenMP reads: a list of positive counts
-    if value is None or re.fullmatch(rf"{count}(,{count})*", value):
+    if value is None or (re.fullmatch(rf"{count}(,{count})*", value)
+                         and all(int(c) <= MAX_THREADS for c in value.split(","))):
         return None
     del os.environ["OMP_NUM_THREADS"]
-    return (f"OMP_NUM_THREADS={value!r} is not a number of threads; set it to a whole number of at least 1 "
-            "or unset it")
+    return (f"OMP_NUM_THREADS={value!r} is not a number of threads; set it to a whole number from 1 to "
+            f"{MAX_THREADS} or unset it")
+
+
+MAX_THREADS = 65_536  # more overflowed OpenMP's own reading (its two-line warning), and no machine has as many
 
 
 def _file_name_errors(error: UnicodeEncodeError):

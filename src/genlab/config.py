@@ -82,8 +82,9 @@ class TrainConfig:
     def class_list(self) -> list[int]:
         """The labels of ``classes`` as sorted distinct ints in 0..999 (empty: every class); whether the data
         has them is checked when it is loaded."""
-        text = self.classes.replace(" ", "")
-        parts = text.split(",") if text else []
+        if not self.classes:
+            return []
+        parts = [c.strip() for c in self.classes.split(",")]  # "3 5" is no label 35, and " " is no "every class"
         # ASCII digits only: int() reads other scripts' digits too
         if not all(re.fullmatch(r"[0-9]+", c) and int(c) <= 999 for c in parts):
             raise GenlabError(f"--classes must be comma-separated labels (0 to 999) like 3 or 0,1,2, "

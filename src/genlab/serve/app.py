@@ -400,6 +400,8 @@ def build_app(explorer: Explorer, hosts: set[str]) -> Guard:
         return JSON(await compute(explorer.repair, name, index, rate, seed))
 
     async def latent(request: Request):
+        if request.path_params["model"] in ("decode", "interpolate"):  # a GET where a POST belongs, not a model
+            raise ApiError(405, f"GET is not allowed on {request.url.path!r}; GET /api lists the methods")
         name = _model({"model": request.path_params["model"]}, explorer, "latent")
         return JSON(explorer.latent_points(name))
 

@@ -234,6 +234,32 @@ def genlab(capsys):
     return run
 
 
+def test_a_conditional_run_of_some_classes_samples_and_is_scored_on_those_only(tmp_path, genlab):
+    # A cdcgan trained on three classes drew "class 5" (a slot it never trained) without a word, its default grid
+    # had ten rows, and evaluate could never finish (classes with no test images), not even with --no-quality.
+    import cv2
+
+    from genlab.serve.explorer import Explorer
+
+    run = train("cdcgan", CDCGANConfig(ngf=8, ndf=8), quick_config("cdcgan", tmp_path / "run", classes="0,2,5",
+                                                                   limit=128, eval_limit=100))
+    refused = genlab("sample", str(run), "--label", "3", "--out", str(tmp_path / "s.png"))
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"genlab: error: --label 3: {run} learned the classes 0, 2 and 5 only; choose one of them"]
+    grid = genlab("sample", str(run), "-n", "6", "--out", str(tmp_path / "grid.png"))
+    assert grid.returncode == 0, grid.stderr
+    assert cv2.imread(str(tmp_path / "grid.png"), cv2.IMREAD_GRAYSCALE).shape[0] == 240  # 3 rows (10: 660 px)
+    done = genlab("evaluate", str(run), "--no-quality", "--limit", "50", "--json")
+    assert done.returncode == 0, done.stderr
+    assert not [k for k in json.loads(done.stdout) if k.startswith("cond_")]
+    explorer = Explorer([run], device="cpu", test_limit=20)
+    (name,) = explorer.models
+    assert explorer.models[name].describe()["classes"] == [0, 2, 5]
+    assert len(explorer.sample(name, 2, 0, label=5)["images"]) == 2
+    with pytest.raises(GenlabError, match="learned the classes 0, 2 and 5 only"):
+        explorer.walk(name, 0, 3, 1.0, label=9)
+
+
 @pytest.mark.slow
 def test_every_command_on_the_conditional_models(tmp_path, genlab):
     runs = {}
@@ -252,10 +278,12 @@ def test_every_command_on_the_conditional_models(tmp_path, genlab):
     r = json.loads(p.stdout)
     assert r["nll_is_k"] == 10 and all(r[f"nll_is_q{t}"] <= r[f"nll_bound_q{t}"] + 5 for t in (1, 2, 3))
     assert r["nll_bound_q1"] > r["nll_bound_q3"]  # three unseen quadrants cost more than one
-    p = genlab("evaluate", str(runs["gan"]), "--json", "--no-quality", "--limit", "50")
+    p = genlab("evaluate", str(runs["gan"]), "--json", "--limit", "50")
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
     assert 0 <= r["cond_accuracy"] <= 1 and all(f"cond_fid_{k}" in r for k in range(10))
+    p = genlab("evaluate", str(runs["gan"]), "--json", "--no-quality", "--limit", "50")  # the samples' quality
+    assert p.returncode == 0 and not [k for k in json.loads(p.stdout) if k.startswith("cond_")], p.stderr
 
     for tag in ("label", "gan"):
         p = genlab("sample", str(runs[tag]), "--label", "7", "-n", "9", "--out", str(tmp_path / f"{tag}7.png"))

@@ -393,6 +393,26 @@ class Run:
     counters: dict
 
 
+def trained_labels(run: Run) -> list[int]:
+    """The class labels a run learned: those of ``--classes``, else its data set's (a folder of three classes:
+    0 to 2), else the ten digits. A conditional model has ten class slots whatever it learned."""
+    chosen = run.train_cfg.class_list()
+    if chosen:
+        return chosen
+    try:
+        names = cfgmod.read_json(Path(run.dir) / CONFIG).get("classes")
+    except GenlabError:
+        names = None
+    return list(range(len(names))) if isinstance(names, list) and 0 < len(names) <= 10 else list(range(10))
+
+
+def labels_said(labels: list[int]) -> str:
+    """``labels`` in a few words: "0 to 9", "3", "0, 2 and 5"."""
+    if len(labels) > 2 and labels == list(range(labels[0], labels[-1] + 1)):
+        return f"{labels[0]} to {labels[-1]}"
+    return " and ".join(filter(None, [", ".join(map(str, labels[:-1])), str(labels[-1])]))
+
+
 def read_configs(run_dir: Path):
     """(model name, model config, train config) from ``run_dir/config.json``."""
     from genlab.models import MODELS

@@ -20,7 +20,8 @@ from genlab.metrics import conditional, likelihood
 from genlab.models.base import per_example
 from genlab.train import evaluate_terms
 
-# A name in a model class's ``extra_metrics`` -> function(run, images_u8, **options) -> dict of metrics.
+# A name in a model class's ``extra_metrics`` -> function(run, images_u8, quality=..., **options) -> dict of
+# metrics (``quality``: whether sample-quality metrics are wanted).
 EXTRA_METRICS = {"likelihood": likelihood.evaluate_run, "conditional": conditional.evaluate_run}
 
 
@@ -60,7 +61,7 @@ def evaluate_run(run: Run | str | Path, split: str = "test", limit: int = 0, qua
     for name in run.model.extra_metrics:
         # The terms above win: a family's own pass (the VAE's likelihood) draws other noise, and its loss terms
         # would then disagree in the last digits with "loss" and with the run's metrics.jsonl.
-        for key, value in EXTRA_METRICS[name](run, images, **options).items():
+        for key, value in EXTRA_METRICS[name](run, images, quality=quality, **options).items():
             results.setdefault(key, value)
     mnist_like = tuple(run.model_cfg.shape) == (1, 28, 28) and not is_file_dataset(cfg.dataset)
     if quality and run.model.can_sample and mnist_like:  # the quality metrics' classifier knows the built-ins

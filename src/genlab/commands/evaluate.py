@@ -41,7 +41,8 @@ def add(subparsers) -> None:
     sp.add_argument("--seed", type=seed_flag, default=0, help="seed of the draws (default: 0)")
     sp.add_argument("--device", default="auto", help=DEVICE_HELP)
     sp.add_argument("--label", type=bounded_int(0, 9), default=None,
-                    help="conditional models: draw digits of this class 0-9 (default: a grid, one row per class)")
+                    help="conditional models: draw images of this class, one the run learned (default: a grid, "
+                    "one row per class it learned)")
     sp.set_defaults(func=sample)
 
 
@@ -72,7 +73,7 @@ def evaluate(args) -> int:
 def sample(args) -> int:
     import torch
 
-    from genlab.checkpoint import load_run
+    from genlab.checkpoint import labels_said, load_run, trained_labels
     from genlab.data.batching import to_unit
     from genlab.models import evaluating
     from genlab.models.base import eval_batch
@@ -95,6 +96,10 @@ def sample(args) -> int:
     if args.label is not None and not model.conditional:
         conditional = ", ".join(name for name, cls in MODELS.items() if cls.conditional)
         raise GenlabError(f"--label needs a conditional model ({conditional}); {run.model_name} is not one")
+    learned = trained_labels(run) if model.conditional else []
+    if args.label is not None and args.label not in learned:
+        raise GenlabError(f"--label {args.label}: {args.run_dir} learned the classes {labels_said(learned)} only; "
+                          "choose one of them")
     ncol = max(1, round(args.n ** 0.5))
     title = f"{run.model_name} samples"
     if not model.conditional:
@@ -102,10 +107,10 @@ def sample(args) -> int:
     elif args.label is not None:
         labels = torch.full((args.n,), args.label, device=model.device)
         title += f" of class {args.label}"
-    else:  # one row per class, 0 at the top
-        ncol = max(1, -(-args.n // 10))
-        labels = torch.arange(10, device=model.device).repeat_interleave(ncol)
-        title += ", one row per class 0-9"
+    else:  # one row per class it learned, the lowest at the top
+        ncol = max(1, -(-args.n // len(learned)))
+        labels = torch.tensor(learned, device=model.device).repeat_interleave(ncol)
+        title += f", one row per class {labels_said(learned)}"
     n = args.n if labels is None else len(labels)
     chunk = eval_batch(n, model.cfg.shape)  # all at once, 10,000 samples of a large model asked for 30 GB
     with evaluating(model, args.seed):

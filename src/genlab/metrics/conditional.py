@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -80,9 +81,11 @@ def quadrant_nll(model, images_u8: Tensor, k: int = DEFAULT_K, batch_size: int =
 
 # -- conditional samples ---------------------------------------------------------------------------------------
 @torch.no_grad()
-def class_samples(model, per_class: int = PER_CLASS, seed: int = 0, batch_size: int = 1000) -> tuple[Tensor, Tensor]:
-    """``per_class`` samples of each class 0..9: (images [10 per_class x 1 x 28 x 28] in [0, 1], labels int)."""
-    labels = torch.arange(10).repeat_interleave(per_class)
+def class_samples(model, per_class: int = PER_CLASS, seed: int = 0, batch_size: int = 1000,
+                  classes: Sequence[int] = range(10)) -> tuple[Tensor, Tensor]:
+    """``per_class`` samples of each of ``classes`` (default 0..9): (images [K per_class x 1 x 28 x 28] in
+    [0, 1], labels int)."""
+    labels = torch.tensor(list(classes)).repeat_interleave(per_class)
     with evaluating(model, seed):
         parts = [model.sample(len(labels[i:i + batch_size]), labels[i:i + batch_size].to(model.device)).cpu().float()
                  for i in range(0, len(labels), batch_size)]
@@ -108,10 +111,12 @@ def conditional_quality(samples: Tensor, labels: Tensor, real: Tensor, real_labe
     labels_np, real_np = labels.cpu().numpy(), real_labels.cpu().numpy()
     out: dict = {"cond_accuracy": float((ps.argmax(1) == labels_np).mean())}
     fids, ratios = [], []
-    for k in range(10):
+    for k in sorted(set(labels_np.tolist())):
         mine, theirs = labels_np == k, real_np == k
         if mine.sum() < 2 or theirs.sum() < 2:
-            raise GenlabError(f"class {k} needs at least 2 samples and 2 real images for its FID and spread")
+            raise GenlabError(f"class {k} needs at least 2 samples and 2 real test images for its FID and spread, "
+                              f"and the test split has {int(theirs.sum())}; give the data set more test images of "
+                              "it, or leave these metrics out with --no-quality")
         fids.append(fid(fs[mine], fr[theirs]))
         s_fake = mean_pairwise_distance(samples[torch.from_numpy(mine)])
         s_real = mean_pairwise_distance(real[torch.from_numpy(theirs)])
@@ -126,21 +131,22 @@ def conditional_quality(samples: Tensor, labels: Tensor, real: Tensor, real_labe
 
 
 def evaluate_model(model, dataset_name: str, data_dir: str | None = None, per_class: int = PER_CLASS,
-                   seed: int = 0, classifier=None) -> dict:
-    """``conditional_quality`` of ``per_class`` samples per class against the test split, with the
+                   seed: int = 0, classifier=None, classes: Sequence[int] = range(10)) -> dict:
+    """``conditional_quality`` of ``per_class`` samples of each of ``classes`` against the test split, with the
     classifier's own test accuracy as ``classifier_accuracy``."""
     from genlab.data import load_dataset
     from genlab.metrics.classifier import get_classifier
 
     clf = classifier or get_classifier(dataset_name, data_dir)
     test = load_dataset(dataset_name, "test", data_dir)
-    samples, labels = class_samples(model, per_class, seed)
+    samples, labels = class_samples(model, per_class, seed, classes=classes)
     out = conditional_quality(samples, labels, test.images.unsqueeze(1).float() / 255, test.labels, clf)
     out["classifier_accuracy"] = clf.test_accuracy
     return out
 
 
-def evaluate_run(run, images_u8: Tensor, iwae_k=None, per_class: int = PER_CLASS, **options) -> dict:
+def evaluate_run(run, images_u8: Tensor, iwae_k=None, per_class: int = PER_CLASS, quality: bool = True,
+                 **options) -> dict:
     """``genlab evaluate``'s extra metrics of a conditional run: the quadrant likelihoods of a quadrant cvae
     (``iwae_k``: importance samples, the largest value given; default ``DEFAULT_K``), the conditional-sample
     metrics of the others."""
@@ -149,9 +155,13 @@ def evaluate_run(run, images_u8: Tensor, iwae_k=None, per_class: int = PER_CLASS
     if getattr(run.model, "quadrants", False):
         k = int(max(iwae_k)) if iwae_k else DEFAULT_K
         return quadrant_nll(run.model, images_u8, k, progress=True)
+    from genlab.checkpoint import trained_labels
     from genlab.data.files import is_file_dataset
 
     cfg = run.train_cfg
+    if not quality:  # the conditional samples' quality: what --no-quality leaves out
+        return {}
     if is_file_dataset(cfg.dataset) and (cfg.image_size or cfg.grey):
         return {}  # the feature classifier learns a folder:/npz: data set as it is, not resized or made grey
-    return evaluate_model(run.model, resolve_dataset_name(cfg.dataset, cfg.data_dir), cfg.data_dir, per_class)
+    return evaluate_model(run.model, resolve_dataset_name(cfg.dataset, cfg.data_dir), cfg.data_dir, per_class,
+                          classes=trained_labels(run))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from genlab.checkpoint import CHECKPOINT, CONFIG, Run, load_run
+from genlab.checkpoint import CHECKPOINT, CONFIG, Run, labels_said, load_run, trained_labels
 from genlab.data import run_dataset
 from genlab.data.batching import to_unit
 from genlab.distributed import resolve_device
@@ -61,6 +61,13 @@ def encode_images(unit: Tensor) -> list[str]:
 def decode_image(text: str) -> np.ndarray:
     """The inverse of ``encode_image``: [28 x 28] float32 on [0, 1]."""
     return np.frombuffer(base64.b64decode(text), np.uint8).reshape(28, 28).astype(np.float32) / 255
+
+
+def _check_label(m: Loaded, label: int | None) -> None:
+    """A label the conditional model ``m`` learned (a run on three classes has ten class slots, seven of them
+    never trained)."""
+    if label is not None and getattr(m.model, "conditional", False) and label not in trained_labels(m.run):
+        raise GenlabError(f"'label' {label}: {m.name} learned the classes {labels_said(trained_labels(m.run))} only")
 
 
 def find_runs(paths) -> list[Path]:
@@ -184,6 +191,8 @@ class Loaded:
         if self.latent is not None:
             info["latent_dim"] = int(self.latent.mu.shape[1])
         info["conditional"] = bool(getattr(m, "conditional", False))
+        if info["conditional"]:
+            info["classes"] = trained_labels(self.run)  # the labels it learned: a sample of another is noise
         if hasattr(m.cfg, "nz") or (info["conditional"] and m.can_sample):  # a generator panel: GANs, cvae
             info["nz"] = Explorer._latent_size(m)
         return info
@@ -424,6 +433,7 @@ class Explorer:
         """``n`` samples from fixed noise (``seed``), of class ``label`` for a conditional model, and each one's
         energy under the same model (for a GAN, its discriminator's)."""
         m = self.get(name)
+        _check_label(m, label)
         imgs = self._generate(m.model, _seeded_normal(n, self._latent_size(m.model), seed), label)
         energies = m.model.energy(imgs).double().cpu().tolist()
         unit = to_unit(imgs, m.model.pixel_range)
@@ -435,6 +445,7 @@ class Explorer:
         """A straight walk z0 + t u, t from -scale to scale, with z0 and the unit direction u drawn from ``seed``;
         for a conditional model the class stays ``label`` while z, the style, moves."""
         m = self.get(name)
+        _check_label(m, label)
         d = self._latent_size(m.model)
         z0 = _seeded_normal(1, d, seed)
         u = _seeded_normal(1, d, seed + 1)

@@ -331,6 +331,16 @@ def test_a_mirror_that_is_not_an_http_url_is_one_line(tmp_path, monkeypatch, mir
         load_dataset("mnist", "test", data_dir=tmp_path)
 
 
+@pytest.mark.parametrize("value,on", [("1", True), ("yes", True), ("0", False), ("false", False), ("No", False),
+                                      ("off", False), (" ", False), ("", False)])
+def test_on_off_variables_read_false_as_off(monkeypatch, value, on):
+    # GENLAB_OFFLINE=false meant offline: anything but "" and "0" was on.
+    from genlab.data.datasets import switched_on
+
+    monkeypatch.setenv("GENLAB_OFFLINE", value)
+    assert switched_on("GENLAB_OFFLINE") is on
+
+
 def test_offline_message_names_files_and_directory(tmp_path, monkeypatch, closed_port_url):
     monkeypatch.setenv("GENLAB_MIRROR", closed_port_url)
     with pytest.raises(DataError) as err:

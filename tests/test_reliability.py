@@ -186,6 +186,8 @@ def test_a_config_json_naming_another_model_is_one_line(capsys, ae_run, tmp_path
     (["datasets", "--data-dir", "{run}/config.json"], "config.json is a file, not a folder; name the data"),
     (["train", "ae", *QUICK, "--classes", "3 5", "--out", "{run}/c"], "--classes must be comma-separated labels"),
     (["train", "ae", *QUICK, "--classes", " ", "--out", "{run}/c"], "got ' '"),
+    (["sample", "{run}", "--label", "\u0663"], "expected a whole number, got '\u0663'"),  # int() reads it as 3
+    (["serve", "{run}", "{run}/", "--port", "0"], "is named twice; name each run once"),
 ])
 def test_out_of_range_requests_are_one_line(argv, words, capsys, ae_run, tmp_path):
     run = copy_run(ae_run, tmp_path / "run")

@@ -169,6 +169,8 @@ def test_report_command_side_by_side(tmp_path):
     assert rows[0][1:4] == ["ae", "mnist-5k", "1"] and rows[0][-1] == "50" and rows[2][-1] == "500"
     assert all(float(row[-2]) > 0 for row in rows)
     assert main(["report", runs[0], runs[0] + "/", "--out", str(tmp_path / "twice")]) == 2  # one run named twice
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "all")]) == 0  # a folder of runs, as serve takes
+    assert "<section id='dae'>" in (tmp_path / "all" / "report.html").read_text()
     # A report.md of the user's was replaced (only report.html was looked for); genlab's own half-written one,
     # left by a write cut short, is finished.
     (tmp_path / "notes").mkdir()

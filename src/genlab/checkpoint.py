@@ -393,6 +393,34 @@ class Run:
     counters: dict
 
 
+def find_runs(paths) -> list[Path]:
+    """Run directories named by ``paths``: each a run (it holds config.json) or a folder of runs (as
+    ``genlab reproduce`` writes: one sub-folder per model)."""
+    runs = []
+    for raw in paths:
+        if not str(raw).strip():
+            raise GenlabError("a run directory given is empty (''); name the folder genlab train wrote")
+        p = Path(raw)
+        if (p / CONFIG).is_file():
+            runs.append(p)
+        elif p.is_dir():
+            inner = sorted(d for d in p.iterdir() if (d / CONFIG).is_file())
+            if not inner:
+                raise GenlabError(f"{p} is neither a run directory (no {CONFIG}) nor a folder of runs; "
+                                  "pass what genlab train or genlab reproduce wrote")
+            runs.extend(inner)
+        elif p.exists():
+            raise GenlabError(f"{p} is a file, not a run directory; pass the folder genlab train wrote")
+        else:
+            raise GenlabError(f"run directory {p} does not exist")
+    seen: set[Path] = set()
+    for run in runs:  # the same run twice (by another spelling, a link): loaded twice for nothing
+        if run.resolve() in seen:
+            raise GenlabError(f"the run {run.resolve()} is named twice; name each run once")
+        seen.add(run.resolve())
+    return runs
+
+
 def trained_labels(run: Run) -> list[int]:
     """The class labels a run learned: those of ``--classes``, else its data set's (a folder of three classes:
     0 to 2), else the ten digits. A conditional model has ten class slots whatever it learned."""

@@ -29,10 +29,9 @@ class Parser(argparse.ArgumentParser):
 def bounded_int(low: int, high: int | None = None) -> typing.Callable[[str], int]:
     """An argparse ``type`` for a whole-number flag in [low, high]: a bad value is argparse's one-line error."""
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", text):  # int() reads other scripts' digits too ("٣" as 3)
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+        value = int(text)
         if value < low or (high is not None and value > high):
             span = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise argparse.ArgumentTypeError(f"must be {span}, got {value}")

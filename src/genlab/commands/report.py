@@ -10,7 +10,8 @@ from genlab.commands.flags import DEVICE_HELP, bounded_int
 
 def add(subparsers) -> None:
     p = subparsers.add_parser("report", help="build an HTML and Markdown report for one or more runs")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run directories, or folders of runs (as genlab reproduce writes)")
     p.add_argument("--out", default="report", help="output folder (default: ./report)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP + "; computes the mean test energy of runs that "
                    "genlab evaluate has not scored")
@@ -29,12 +30,13 @@ def add(subparsers) -> None:
 
 
 def report(args) -> int:
+    from genlab.checkpoint import find_runs
     from genlab.config import check_device
     from genlab.report import report_runs
 
     check_device(args.device)
-
-    html_path, md_path = report_runs([Path(d) for d in args.run_dirs], Path(args.out), args.device)
+    # A folder genlab reproduce wrote stands for its runs, as in genlab serve.
+    html_path, md_path = report_runs(find_runs(args.run_dirs), Path(args.out), args.device)
     print(html_path)
     print(md_path)
     return 0

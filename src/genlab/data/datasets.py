@@ -64,6 +64,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genlab"
 
 
+def switched_on(variable: str) -> bool:
+    """Whether an on/off environment variable is on: unset, empty, 0, false, no and off are off ("false" meant
+    on); anything else is on."""
+    return os.environ.get(variable, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     """The data directory: ``data_dir`` when given (non-empty), else $GENLAB_DATA_DIR, else ``cache_dir()``."""
     chosen = data_dir or os.environ.get("GENLAB_DATA_DIR")
@@ -90,7 +96,7 @@ def _stems() -> list[str]:
 
 def system_dirs(name: str) -> tuple[Path, ...]:
     """Where Debian's packages put ``name``; none when GENLAB_NO_SYSTEM_DATA is set (a newcomer's machine)."""
-    return () if os.environ.get("GENLAB_NO_SYSTEM_DATA", "") not in ("", "0") else SYSTEM_DIRS.get(name, ())
+    return () if switched_on("GENLAB_NO_SYSTEM_DATA") else SYSTEM_DIRS.get(name, ())
 
 
 def find_idx_dir(name: str, data_dir: str | Path | None = None) -> Path | None:
@@ -117,7 +123,7 @@ def _missing(name: str, root: Path) -> tuple[Path, list[str]]:
 
 
 def _offline() -> bool:
-    return os.environ.get("GENLAB_OFFLINE", "") not in ("", "0")
+    return switched_on("GENLAB_OFFLINE")
 
 
 def resolve_dataset_name(name: str, data_dir: str | Path | None = None) -> str:

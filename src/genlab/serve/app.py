@@ -264,7 +264,7 @@ def _model(d: dict, explorer: Explorer, need: str | None = None) -> str:
           "sample": m.model.can_sample}[need]
     if not ok:
         what = {"dae": "a denoising autoencoder (dae) run", "latent": "a VAE",
-                "sample": "a model that can sample (vae, ebgan, dcgan)"}[need]
+                "sample": "a model that can sample (vae, ebgan, dcgan, cdcgan, cvae with --condition label)"}[need]
         raise ApiError(400, f"model {name!r} ({m.run.model_name}) cannot do this; it needs {what}")
     return name
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from genlab.checkpoint import CHECKPOINT, CONFIG, Run, labels_said, load_run, trained_labels
+from genlab.checkpoint import CHECKPOINT, CONFIG, Run, find_runs, labels_said, load_run, trained_labels
 from genlab.data import run_dataset
 from genlab.data.batching import to_unit
 from genlab.distributed import resolve_device
@@ -68,29 +68,6 @@ def _check_label(m: Loaded, label: int | None) -> None:
     never trained)."""
     if label is not None and getattr(m.model, "conditional", False) and label not in trained_labels(m.run):
         raise GenlabError(f"'label' {label}: {m.name} learned the classes {labels_said(trained_labels(m.run))} only")
-
-
-def find_runs(paths) -> list[Path]:
-    """Run directories named by ``paths``: each a run (it holds config.json) or a folder of runs (as
-    ``genlab reproduce`` writes: one sub-folder per model)."""
-    runs = []
-    for raw in paths:
-        if not str(raw).strip():
-            raise GenlabError("a run directory given is empty (''); name the folder genlab train wrote")
-        p = Path(raw)
-        if (p / CONFIG).is_file():
-            runs.append(p)
-        elif p.is_dir():
-            inner = sorted(d for d in p.iterdir() if (d / CONFIG).is_file())
-            if not inner:
-                raise GenlabError(f"{p} is neither a run directory (no {CONFIG}) nor a folder of runs; "
-                                  "pass what genlab train or genlab reproduce wrote")
-            runs.extend(inner)
-        elif p.exists():
-            raise GenlabError(f"{p} is a file, not a run directory; pass the folder genlab train wrote")
-        else:
-            raise GenlabError(f"run directory {p} does not exist")
-    return runs
 
 
 def _unique_name(path: Path, taken: set[str]) -> str:

@@ -157,6 +157,9 @@ def test_report_command_side_by_side(tmp_path):
     # genlab evaluate keeps its numbers beside the run, where the report's table finds them.
     assert main(["evaluate", runs[0], "--limit", "50"]) == 0
     assert json.loads((tmp_path / "ae" / "evaluation.json").read_text())["images"] == 50
+    # A quicker look at the same checkpoint is printed, and the fuller evaluation kept (it was replaced).
+    assert main(["evaluate", runs[0], "--limit", "5", "--no-quality"]) == 0
+    assert json.loads((tmp_path / "ae" / "evaluation.json").read_text())["images"] == 50
     assert main(["report", *runs, "--out", str(tmp_path / "report")]) == 0
     html = (tmp_path / "report" / "report.html").read_text()
     assert html.count("<section") == 4 and html.count("data:image/png;base64,") >= 5  # the table, then each run

@@ -16,7 +16,10 @@ MAX_SAMPLES = 10_000  # one grid of 100 x 100 digits; more is a typo, not a figu
 
 
 def add(subparsers) -> None:
-    ev = subparsers.add_parser("evaluate", help="test loss, energies and model-specific metrics of a run")
+    ev = subparsers.add_parser("evaluate", help="test loss, energies and model-specific metrics of a run",
+                               description="Print a run's metrics on a split; on the test split also keep them in "
+                                           "RUN_DIR/evaluation.json for genlab report, unless that file holds an "
+                                           "evaluation of the same checkpoint on more images.")
     ev.add_argument("run_dir", metavar="RUN_DIR")
     ev.add_argument("--split", default="test", choices=("train", "test"), help="the split to evaluate (default: test)")
     ev.add_argument("--limit", type=bounded_int(0), default=0, help="use only the first N images (0: all)")
@@ -57,7 +60,11 @@ def evaluate(args) -> int:
                           f"{args.run_dir} holds a {run.model_name} run, which has none: leave the flag out")
     options = {"iwae_k": tuple(args.iwae_k)} if args.iwae_k else {}
     results = evaluate_run(run, split=args.split, limit=args.limit, quality=args.quality, **options)
-    if args.split == "test":  # kept beside the run, where genlab report finds it
+    fuller = _fuller_evaluation(Path(run.dir) / "evaluation.json", results)
+    if fuller:  # a quick look (--limit 1) replaced a whole evaluation, and the report then showed the quick one
+        print(f"genlab evaluate: note: {run.dir}/evaluation.json keeps its evaluation of the same checkpoint on "
+              f"{fuller} test images; this one is printed only", file=sys.stderr)
+    elif args.split == "test":  # kept beside the run, where genlab report finds it
         try:
             cfgmod.write_json(Path(run.dir) / "evaluation.json", finite_or_null(results))
         except GenlabError as e:
@@ -68,6 +75,18 @@ def evaluate(args) -> int:
         for key, value in results.items():
             print(f"{key:<24} {value:.6g}" if isinstance(value, float) else f"{key:<24} {value}")
     return 0
+
+
+def _fuller_evaluation(path: Path, results: dict) -> int:
+    """The number of test images of the evaluation in ``path`` when it is of the same checkpoint as ``results``
+    and of more images (then it is kept), else 0."""
+    try:
+        saved = cfgmod.read_json(path)
+    except GenlabError:  # none yet, or damaged: replaced
+        return 0
+    same = all(saved.get(k) == results.get(k) for k in ("epoch", "step", "split"))
+    images = saved.get("images")
+    return images if same and isinstance(images, int) and images > results["images"] else 0
 
 
 def sample(args) -> int:

@@ -455,9 +455,10 @@ def test_conditional_models_take_a_digit_and_keep_it_along_the_style_walk(tmp_pa
     from genlab.models import MODELS as REGISTRY
     from genlab.train import train
 
-    for name, cfg in (("cvae", {}), ("cdcgan", {"ndf": 8, "ngf": 8})):
+    for name, cfg, classes in (("cvae", {}, ""), ("cdcgan", {"ndf": 8, "ngf": 8}, "1,3,7")):  # cdcgan: 3 classes
         train(name, REGISTRY[name].Config(**cfg), TrainConfig(dataset="mnist-5k", epochs=1, limit=128, batch_size=64,
-              eval_limit=64, figures=False, progress=False, out=str(tmp_path / "runs" / name), device="cpu"))
+              eval_limit=64, figures=False, progress=False, out=str(tmp_path / "runs" / name), device="cpu",
+              classes=classes))
     with running_server([str(tmp_path / "runs"), "--test-limit", "50"], tmp_path / "server.log") as (port, _):
         models = {m["name"]: m for m in json.loads(http(port, "GET", "/api/models")[1])["models"]}
         assert all(models[n]["conditional"] and "nz" in models[n] for n in ("cvae", "cdcgan"))
@@ -470,6 +471,9 @@ def test_conditional_models_take_a_digit_and_keep_it_along_the_style_walk(tmp_pa
             for bad in ({"label": 12}, {"label": "7"}, {"label": 2.5}):
                 status, body = http(port, "POST", "/api/sample", {"model": name, "n": 4, **bad})
                 assert status == 400 and "label" in json.loads(body)["error"]
+        assert models["cdcgan"]["classes"] == [1, 3, 7] and models["cvae"]["classes"] == list(range(10))
+        status, body = http(port, "POST", "/api/sample", {"model": "cdcgan", "n": 4, "label": 5})  # a slot never trained
+        assert status == 400 and "learned the classes 1, 3 and 7 only" in json.loads(body)["error"]
         if CHROMIUM is not None:  # (test_page_in_chromium says when it is missing)
             # In a browser: no VAE and no DAE here, so those panels show their note and none of their controls
             # (a .row's display once overrode the hidden attribute).
@@ -487,6 +491,10 @@ def test_conditional_models_take_a_digit_and_keep_it_along_the_style_walk(tmp_pa
                                                                     "#repair-controls", "#draw-box")}
                     assert shown == {"#latent-none": True, "#latent-box": False, "#repair-none": True,
                                      "#repair-controls": False, "#draw-box": True}
+                    picker = ".gen-card[data-model='{}'] select.digit option"
+                    assert page.eval_on_selector_all(picker.format("cdcgan"), "os => os.map(o => o.value)") == \
+                        ["", "1", "3", "7"]  # the digit picker offers the classes the run learned
+                    assert len(page.eval_on_selector_all(picker.format("cvae"), "os => os")) == 11
                 finally:
                     browser.close()
             assert errors == []

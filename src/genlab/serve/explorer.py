@@ -384,14 +384,15 @@ class Explorer:
     def _latent_size(model) -> int:
         return int(model.cfg.nz if hasattr(model.cfg, "nz") else model.cfg.latent_dim)
 
-    def _generate(self, model, z: Tensor, label: int | None = None) -> Tensor:
+    def _generate(self, model, z: Tensor, label: int | None = None, classes: list[int] | None = None) -> Tensor:
         """Images [N x 1 x 28 x 28] in the model's range from codes z [N x nz]: a VAE's decoder mean, a GAN's
         (averaged, where kept) generator in evaluation mode. A conditional model draws digits of class
-        ``label`` (None: the classes 0..9 in turn); the others take no label."""
+        ``label`` (None: ``classes``, by default 0..9, in turn); the others take no label."""
         z = z.to(self.device)
         if getattr(model, "conditional", False):
+            turns = torch.tensor(classes or list(range(10)), device=self.device)
             y = torch.full((len(z),), label, device=self.device) if label is not None else \
-                torch.arange(len(z), device=self.device) % 10
+                turns[torch.arange(len(z), device=self.device) % len(turns)]
             cond = torch.nn.functional.one_hot(y, 10).to(z.dtype)
             if not hasattr(model, "generator"):  # cvae: the decoder's mean given the class
                 return torch.sigmoid(model.decode_logits(z, cond))
@@ -411,7 +412,8 @@ class Explorer:
         energy under the same model (for a GAN, its discriminator's)."""
         m = self.get(name)
         _check_label(m, label)
-        imgs = self._generate(m.model, _seeded_normal(n, self._latent_size(m.model), seed), label)
+        imgs = self._generate(m.model, _seeded_normal(n, self._latent_size(m.model), seed), label,
+                              trained_labels(m.run))
         energies = m.model.energy(imgs).double().cpu().tolist()
         unit = to_unit(imgs, m.model.pixel_range)
         return {"images": encode_images(unit), "energies": energies,
@@ -428,7 +430,7 @@ class Explorer:
         u = _seeded_normal(1, d, seed + 1)
         u = u / u.norm()
         t = torch.linspace(-scale, scale, steps).unsqueeze(1)
-        imgs = self._generate(m.model, z0 + t * u, label)
+        imgs = self._generate(m.model, z0 + t * u, label, trained_labels(m.run))
         energies = m.model.energy(imgs).double().cpu().tolist()
         return {"images": encode_images(to_unit(imgs, m.model.pixel_range)), "energies": energies,
                 "t": t[:, 0].tolist()}

@@ -325,8 +325,9 @@ function setupGenerators() {
     const seed = el("input", {type: "number", value: 0, min: 0, max: MAX_SEED});
     const grid = el("div", {class: "grid"}), walk = el("div", {class: "strip"});
     // A conditional model (cvae, cdcgan) gets a digit picker; its walk in z is then a style slider for that digit.
-    const digit = el("select", {class: "digit"}, el("option", {value: "", text: "0-9 in turn"}),
-      ...[...Array(10).keys()].map((d) => el("option", {value: String(d), text: String(d)})));
+    const classes = m.classes || [...Array(10).keys()];  // the labels the run learned
+    const digit = el("select", {class: "digit"}, el("option", {value: "", text: "each in turn"}),
+      ...classes.map((d) => el("option", {value: String(d), text: String(d)})));
     const card = el("div", {class: "gen-card", "data-model": m.name},
       el("h3", {text: `${m.name}: samples and the ${m.conditional ? "model's label-free" : "discriminator's"} energy of each`}),
       el("label", {}, "noise seed ", seed), " ", el("button", {type: "button", text: "New noise",

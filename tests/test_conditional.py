@@ -252,6 +252,19 @@ def test_a_conditional_run_of_some_classes_samples_and_is_scored_on_those_only(t
     done = genlab("evaluate", str(run), "--no-quality", "--limit", "50", "--json")
     assert done.returncode == 0, done.stderr
     assert not [k for k in json.loads(done.stdout) if k.startswith("cond_")]
+    # Its label-free energy is over the three classes it learned, not over seven untrained slots too.
+    loaded = load_run(run)
+    x = to_pixels(load_dataset("mnist-5k", "test").images[:8], "tanh")
+    with torch.no_grad():
+        scores = loaded.model.discriminator.all_classes(x)
+        assert loaded.model.learned_classes == [0, 2, 5]
+        assert torch.allclose(loaded.model.energy(x), math.log(3) - torch.logsumexp(scores[:, [0, 2, 5]], 1))
+    cvae = CVAE(CVAEConfig(latent_dim=4, hidden=16)).eval()
+    cvae.learned_classes = [1, 4]
+    u = to_pixels(load_dataset("mnist-5k", "test").images[:8], "unit")
+    with torch.no_grad():
+        free = torch.stack([cvae.terms(u, torch.full((8,), k), False)["loss"] for k in (1, 4)])
+        assert torch.allclose(cvae.energy(u), math.log(2) - torch.logsumexp(-free, 0))
     explorer = Explorer([run], device="cpu", test_limit=20)
     (name,) = explorer.models
     assert explorer.models[name].describe()["classes"] == [0, 2, 5]

@@ -482,4 +482,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
         model = build(name, model_cfg)
     check(ckpt, model, where=run_dir / CHECKPOINT)
     model.load_state_dict(ckpt.model_state)
-    return Run(run_dir, name, model.to(device).eval(), model_cfg, train_cfg, ckpt.counters)
+    run = Run(run_dir, name, model.to(device).eval(), model_cfg, train_cfg, ckpt.counters)
+    if model.conditional and len(trained_labels(run)) < 10:  # its other class slots never trained
+        model.learned_classes = trained_labels(run)
+    return run

@@ -22,7 +22,8 @@ import torch
 from genlab.errors import GenlabError
 
 
-HELDOUT_VERSION = 2  # 2: a run of some classes (--classes) is measured against those classes' images only
+HELDOUT_VERSION = 3  # 2: a run of some classes (--classes) is measured against those classes' images only;
+# 3: a conditional run of some classes scores without a label over those classes only
 
 
 class LoadedModel:

@@ -82,6 +82,7 @@ class ProjectionDiscriminator28(nn.Module):
 class CDCGAN(TwoPlayerGAN):
     Config = CDCGANConfig
     conditional = True
+    learned_classes: list[int] | None = None  # a run of some classes: its label-free energy is over those (load_run)
     # genlab's DCGAN quality settings (benchmarks/gan_quality.py): Adam 5e-4, batch 64.
     train_defaults = {"lr": 5e-4, "batch_size": 64, "epochs": 2}
     figure_sets = ("conditional", "gan")
@@ -143,11 +144,15 @@ class CDCGAN(TwoPlayerGAN):
 
     # -- evaluation and sampling ----------------------------------------------------------------------------
     def energy(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """-s(x, y) per example, [N]; without classes -log (1/10) sum_y exp(s(x, y))."""
+        """-s(x, y) per example, [N]; without classes -log (1/K) sum_y exp(s(x, y)) over the K classes it learned
+        (``learned_classes``; all ten by default)."""
         self.check_images(x)
         if y is not None:
             return -self.discriminator(x, y)
-        return math.log(10) - torch.logsumexp(self.discriminator.all_classes(x), 1)
+        scores = self.discriminator.all_classes(x)
+        if self.learned_classes:
+            scores = scores[:, self.learned_classes]
+        return math.log(scores.shape[1]) - torch.logsumexp(scores, 1)
 
     @torch.no_grad()
     def sample(self, n: int, y: Tensor | int | None = None, generator: torch.Generator | None = None) -> Tensor:

@@ -135,6 +135,7 @@ class CVAE(GenerativeModel):
     Config = CVAEConfig
     pixel_range = "unit"
     conditional = True
+    learned_classes: list[int] | None = None  # a run of some classes: its label-free energy is over those (load_run)
     can_sample = True
     train_defaults = {"batch_size": 128, "epochs": 20}
     figure_sets = ("conditional",)
@@ -241,9 +242,10 @@ class CVAE(GenerativeModel):
     def energy(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The conditional free energy per example, [N] nats, z at the mean of q in eval mode.
 
-        ``label`` with labels ``y``: F(x | y). Without labels: -log (1/10) sum_y exp(-F(x | y)), the free
-        energy of x under a uniform class prior (an upper bound on -log p(x), as each F(x | y) bounds
-        -log p(x | y)). ``quadrants``: the mean over the three tasks of F(unseen | seen) (labels unused).
+        ``label`` with labels ``y``: F(x | y). Without labels: -log (1/K) sum_y exp(-F(x | y)), the free
+        energy of x under a uniform prior over the K classes it learned (``learned_classes``; all ten by
+        default), an upper bound on -log p(x), as each F(x | y) bounds -log p(x | y). ``quadrants``: the mean
+        over the three tasks of F(unseen | seen) (labels unused).
         """
         self.check_images(x)
         sample = self.training
@@ -252,9 +254,10 @@ class CVAE(GenerativeModel):
                        for t in TASKS) / len(TASKS)
         if y is not None:
             return self.terms(x, y, sample)["loss"]
+        classes = self.learned_classes or range(10)
         per_class = torch.stack([self.terms(x, torch.full((len(x),), k, device=x.device), sample)["loss"]
-                                 for k in range(10)])                                  # [10 x N]
-        return math.log(10) - torch.logsumexp(-per_class, 0)
+                                 for k in classes])                                    # [K x N]
+        return math.log(len(classes)) - torch.logsumexp(-per_class, 0)
 
     # -- importance weighting -------------------------------------------------------------------------------
     def log_weights(self, x: Tensor, c: Tensor, k: int) -> Tensor:

@@ -483,6 +483,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     check(ckpt, model, where=run_dir / CHECKPOINT)
     model.load_state_dict(ckpt.model_state)
     run = Run(run_dir, name, model.to(device).eval(), model_cfg, train_cfg, ckpt.counters)
-    if model.conditional and len(trained_labels(run)) < 10:  # its other class slots never trained
+    if model.conditional:  # a run of three classes has ten class slots, seven of them never trained
         model.learned_classes = trained_labels(run)
     return run

@@ -37,12 +37,15 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no space, a quota, a file-size limit
+
+
 def describe_os_error(e: OSError) -> str:
     """An OSError as one line naming the path(s) and what to do about a full disk."""
     where = ", ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
     why = e.strerror or str(e)
     text = f"{where}: {why}" if where else why
-    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if e.errno in DISK_FULL:
         text += "; free space (or raise the limit) and try again"
     elif e.errno == errno.EEXIST and e.filename is not None and not os.path.isdir(e.filename):
         text += " and is not a folder; give a folder (new or existing) for the output"

@@ -280,12 +280,7 @@ def check_report_folder(out_dir: Path, title: str) -> None:
 
 def report_runs(run_dirs: list[Path], out_dir: Path, device: str = "auto") -> tuple[Path, Path]:
     check_report_folder(out_dir, REPORT_TITLE)  # as genlab reproduce: never replace a report silently
-    run_dirs = [Path(d) for d in run_dirs]
-    seen: set[Path] = set()
-    for d in run_dirs:
-        if d.resolve() in seen:
-            raise GenlabError(f"the run {d.resolve()} is named twice; name each run once")
-        seen.add(d.resolve())
+    run_dirs = checkpoint.find_runs(run_dirs)  # a folder genlab reproduce wrote stands for its runs; each once
     sections, ids = [comparison_section(run_dirs, device)], {"runs"}
     for d in run_dirs:
         anchor, k = _anchor(d.name), 2

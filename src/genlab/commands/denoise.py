@@ -3,7 +3,6 @@ picture (input | repair)."""
 
 from __future__ import annotations
 
-import errno
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 
 from genlab import config as cfgmod
 from genlab.commands.flags import DEVICE_HELP
-from genlab.errors import GenlabError
+from genlab.errors import DISK_FULL, GenlabError
 from genlab.scoring import load
 
 
@@ -61,7 +60,7 @@ def command(args) -> int:
         # No file cut short under its final name, and none of this command's: the same command can run again.
         for path in written:
             path.unlink(missing_ok=True)
-        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        full = e.errno in DISK_FULL
         raise GenlabError(f"cannot write the repairs into {out} ({e.strerror or e}); nothing was kept: "
                           f"{'free space (or choose another --out)' if full else 'choose another --out'} and run the "
                           "command again") from None

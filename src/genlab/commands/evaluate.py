@@ -92,7 +92,7 @@ def _fuller_evaluation(path: Path, results: dict) -> int:
 def sample(args) -> int:
     import torch
 
-    from genlab.checkpoint import labels_said, load_run, trained_labels
+    from genlab.checkpoint import labels_said, load_run
     from genlab.data.batching import to_unit
     from genlab.models import evaluating
     from genlab.models.base import eval_batch
@@ -115,7 +115,7 @@ def sample(args) -> int:
     if args.label is not None and not model.conditional:
         conditional = ", ".join(name for name, cls in MODELS.items() if cls.conditional)
         raise GenlabError(f"--label needs a conditional model ({conditional}); {run.model_name} is not one")
-    learned = trained_labels(run) if model.conditional else []
+    learned = model.learned_classes if model.conditional else []
     if args.label is not None and args.label not in learned:
         raise GenlabError(f"--label {args.label}: {args.run_dir} learned the classes {labels_said(learned)} only; "
                           "choose one of them")

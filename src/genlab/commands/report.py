@@ -30,13 +30,11 @@ def add(subparsers) -> None:
 
 
 def report(args) -> int:
-    from genlab.checkpoint import find_runs
     from genlab.config import check_device
     from genlab.report import report_runs
 
     check_device(args.device)
-    # A folder genlab reproduce wrote stands for its runs, as in genlab serve.
-    html_path, md_path = report_runs(find_runs(args.run_dirs), Path(args.out), args.device)
+    html_path, md_path = report_runs(args.run_dirs, Path(args.out), args.device)
     print(html_path)
     print(md_path)
     return 0

@@ -155,7 +155,6 @@ def evaluate_run(run, images_u8: Tensor, iwae_k=None, per_class: int = PER_CLASS
     if getattr(run.model, "quadrants", False):
         k = int(max(iwae_k)) if iwae_k else DEFAULT_K
         return quadrant_nll(run.model, images_u8, k, progress=True)
-    from genlab.checkpoint import trained_labels
     from genlab.data.files import is_file_dataset
 
     cfg = run.train_cfg
@@ -164,4 +163,4 @@ def evaluate_run(run, images_u8: Tensor, iwae_k=None, per_class: int = PER_CLASS
     if is_file_dataset(cfg.dataset) and (cfg.image_size or cfg.grey):
         return {}  # the feature classifier learns a folder:/npz: data set as it is, not resized or made grey
     return evaluate_model(run.model, resolve_dataset_name(cfg.dataset, cfg.data_dir), cfg.data_dir, per_class,
-                          classes=trained_labels(run))
+                          classes=run.model.learned_classes)

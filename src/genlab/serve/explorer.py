@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from genlab.checkpoint import CHECKPOINT, CONFIG, Run, find_runs, labels_said, load_run, trained_labels
+from genlab.checkpoint import CHECKPOINT, CONFIG, Run, find_runs, labels_said, load_run
 from genlab.data import run_dataset
 from genlab.data.batching import to_unit
 from genlab.distributed import resolve_device
@@ -66,8 +66,9 @@ def decode_image(text: str) -> np.ndarray:
 def _check_label(m: Loaded, label: int | None) -> None:
     """A label the conditional model ``m`` learned (a run on three classes has ten class slots, seven of them
     never trained)."""
-    if label is not None and getattr(m.model, "conditional", False) and label not in trained_labels(m.run):
-        raise GenlabError(f"'label' {label}: {m.name} learned the classes {labels_said(trained_labels(m.run))} only")
+    learned = m.model.learned_classes if getattr(m.model, "conditional", False) else None
+    if label is not None and learned is not None and label not in learned:
+        raise GenlabError(f"'label' {label}: {m.name} learned the classes {labels_said(learned)} only")
 
 
 def _unique_name(path: Path, taken: set[str]) -> str:
@@ -169,7 +170,7 @@ class Loaded:
             info["latent_dim"] = int(self.latent.mu.shape[1])
         info["conditional"] = bool(getattr(m, "conditional", False))
         if info["conditional"]:
-            info["classes"] = trained_labels(self.run)  # the labels it learned: a sample of another is noise
+            info["classes"] = m.learned_classes  # the labels it learned: a sample of another is noise
         if hasattr(m.cfg, "nz") or (info["conditional"] and m.can_sample):  # a generator panel: GANs, cvae
             info["nz"] = Explorer._latent_size(m)
         return info
@@ -384,13 +385,13 @@ class Explorer:
     def _latent_size(model) -> int:
         return int(model.cfg.nz if hasattr(model.cfg, "nz") else model.cfg.latent_dim)
 
-    def _generate(self, model, z: Tensor, label: int | None = None, classes: list[int] | None = None) -> Tensor:
+    def _generate(self, model, z: Tensor, label: int | None = None) -> Tensor:
         """Images [N x 1 x 28 x 28] in the model's range from codes z [N x nz]: a VAE's decoder mean, a GAN's
         (averaged, where kept) generator in evaluation mode. A conditional model draws digits of class
-        ``label`` (None: ``classes``, by default 0..9, in turn); the others take no label."""
+        ``label`` (None: the classes it learned in turn); the others take no label."""
         z = z.to(self.device)
         if getattr(model, "conditional", False):
-            turns = torch.tensor(classes or list(range(10)), device=self.device)
+            turns = torch.tensor(model.learned_classes or list(range(10)), device=self.device)
             y = torch.full((len(z),), label, device=self.device) if label is not None else \
                 turns[torch.arange(len(z), device=self.device) % len(turns)]
             cond = torch.nn.functional.one_hot(y, 10).to(z.dtype)
@@ -412,8 +413,7 @@ class Explorer:
         energy under the same model (for a GAN, its discriminator's)."""
         m = self.get(name)
         _check_label(m, label)
-        imgs = self._generate(m.model, _seeded_normal(n, self._latent_size(m.model), seed), label,
-                              trained_labels(m.run))
+        imgs = self._generate(m.model, _seeded_normal(n, self._latent_size(m.model), seed), label)
         energies = m.model.energy(imgs).double().cpu().tolist()
         unit = to_unit(imgs, m.model.pixel_range)
         return {"images": encode_images(unit), "energies": energies,
@@ -430,7 +430,7 @@ class Explorer:
         u = _seeded_normal(1, d, seed + 1)
         u = u / u.norm()
         t = torch.linspace(-scale, scale, steps).unsqueeze(1)
-        imgs = self._generate(m.model, z0 + t * u, label, trained_labels(m.run))
+        imgs = self._generate(m.model, z0 + t * u, label)
         energies = m.model.energy(imgs).double().cpu().tolist()
         return {"images": encode_images(to_unit(imgs, m.model.pixel_range)), "energies": energies,
                 "t": t[:, 0].tolist()}

@@ -290,6 +290,9 @@ def hostile_requests(server) -> list[tuple[str, bytes]]:
         ("wrong Host (DNS rebinding)", get("/api/models", f"evil.example:{port}")),
         ("right name, wrong port in Host", get("/api/models", "127.0.0.1:1")),
         ("no Host header", b"GET /api/models HTTP/1.0\r\n\r\n"),
+        ("two Host headers", f"GET /api/models HTTP/1.1\r\nHost: {host}\r\nHost: evil.example\r\n\r\n".encode()),
+        ("a gzip body", (f"POST /api/draw HTTP/1.1\r\nHost: {host}\r\nContent-Encoding: gzip\r\n"
+                         "Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}").encode()),
         ("another site's Origin", (f"POST /api/draw HTTP/1.1\r\nHost: {host}\r\nOrigin: http://evil.example\r\n"
                                    "Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n"
                                    "\r\n{}").encode()),

@@ -124,9 +124,14 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {}
+        headers, hosts_named = {}, 0
         for k, v in scope["headers"]:
-            headers.setdefault(k.decode("latin-1").lower(), v.decode("latin-1"))
+            name = k.decode("latin-1").lower()
+            hosts_named += name == "host"
+            headers.setdefault(name, v.decode("latin-1"))
+        if hosts_named > 1:  # which one a proxy in front read is anyone's guess (RFC 9112, 3.2)
+            return await self._refuse(send, 400, "a request names one Host header, this one named "
+                                                 f"{hosts_named}")
         host = headers.get("host", "").lower()
         if host not in self.hosts:
             return await self._refuse(send, 421, f"Host header {host[:80]!r} is not the address this server "
@@ -135,6 +140,10 @@ class Guard:
         if origin is not None and origin.lower() not in self.origins:
             return await self._refuse(send, 403, f"requests from origin {origin[:80]!r} are refused; use the "
                                                  "page this server serves")
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":  # a small compressed body could unpack past the body cap
+            return await self._refuse(send, 415, f"Content-Encoding {encoding[:40]!r} is not accepted; send the "
+                                                 "JSON body uncompressed")
         length = headers.get("content-length")
         if length is not None:
             if not length.isdigit():

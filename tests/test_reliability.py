@@ -513,6 +513,16 @@ def test_checkpoint_counters_that_cannot_be_are_refused_on_resume(counters, word
     assert_one_line(*cli(capsys, "train", "--resume", run, "--epochs", "4")[:2], words)
 
 
+@pytest.mark.parametrize("counters,words", [({"epoch": float("nan")}, "counter epoch"),
+                                             ({"epoch": 10 ** 30}, "more than any run can")])
+def test_counters_that_cannot_be_are_refused_by_evaluate_too(counters, words, capsys, ae_run, tmp_path):
+    # evaluate printed "epoch nan" (and wrote it to evaluation.json) where resume refused the same file.
+    run = copy_run(ae_run, tmp_path / "run")
+    edit_checkpoint(run, counters=counters)
+    assert_one_line(*cli(capsys, "evaluate", run, "--limit", "20", "--no-quality", "--device", "cpu")[:2], words)
+    assert not (run / "evaluation.json").exists()
+
+
 @pytest.mark.parametrize("label,tensors,counters,words", [
     ("optimiser state of the wrong shape", lambda t: {**t, "optim/model/0/exp_avg": torch.zeros(3, 3)}, None,
      "optim/model/0/exp_avg has shape [3, 3]"),
@@ -624,8 +634,8 @@ def test_a_half_written_figure_is_neither_shown_nor_kept(ae_run, tmp_path):
         (run / "figures" / name).write_bytes(b"")
     html, md = report_runs([run], tmp_path / "rep", device="cpu")
     assert ".tmp" not in md.read_text()
-    train(None, None, quick_config(run, epochs=3), resume=run)  # the next claim of the run clears them
-    assert not list((run / "figures").glob("*.tmp.png"))
+    train(None, None, quick_config(run, epochs=3), resume=run)  # the next claim clears genlab's own
+    assert [p.name for p in (run / "figures").glob("*.tmp.png")] == ["loss_curves.tmp.png"]  # a name genlab never writes
 
 
 def test_report_leaves_out_an_evaluation_of_an_earlier_epoch(ae_run, tmp_path, capsys):
@@ -745,7 +755,7 @@ def test_resume_drops_lines_past_the_checkpoint_and_stale_temporaries(ae_run, tm
     lines = (run / "metrics.jsonl").read_text().splitlines()
     # A run killed after logging epoch 3 but before its checkpoint, half-way through a save and an append:
     (run / "metrics.jsonl").write_text("\n".join(lines + [json.dumps({"epoch": 3, "train/loss": 9.0})]) + '\n{"ep')
-    (run / ".checkpoint-abc.tmp").write_bytes(b"half")
+    (run / ".checkpoint-abcd_123.tmp").write_bytes(b"half")
     train(None, None, quick_config(run, epochs=3), resume=run)
     assert "note: 2 lines of" in capsys.readouterr().err  # said, not dropped in silence
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -927,3 +937,51 @@ def test_resume_from_python_takes_the_model_config_it_was_trained_with_on_other_
     run = train("ae", model_cfg, cfg)
     train("ae", model_cfg, dataclasses.replace(cfg, epochs=2), resume=run)
     assert checkpoint.load(run / checkpoint.CHECKPOINT).counters["epoch"] == 2
+
+
+# -- a folder given to --out is the user's until genlab has made a run there ------------------------------------
+def test_a_folder_of_the_users_is_refused_and_its_files_kept(tmp_path, capsys):
+    # Training into it deleted the user's notes.json.tmp and figures/plot.tmp.png (taken for genlab's debris)
+    # and wrote a run among the user's files.
+    folder = tmp_path / "mine"
+    (folder / "figures").mkdir(parents=True)
+    mine = {"notes.json.tmp": "1", "a.json.v1.tmp": "2", ".checkpoint-mine.tmp": "3", "readme.txt": "4",
+            "figures/plot.tmp.png": "5"}
+    for name, text in mine.items():
+        (folder / name).write_text(text)
+    status, lines, _ = cli(capsys, "train", "ae", *QUICK, "--out", folder)
+    assert_one_line(status, lines, "holds files that are not a genlab run's")
+    assert {name: (folder / name).read_text() for name in mine} == mine
+    assert sorted(p.name for p in folder.iterdir()) == sorted([".checkpoint-mine.tmp", "a.json.v1.tmp", "figures",
+                                                                "notes.json.tmp", "readme.txt"])
+
+
+def test_a_refused_run_and_a_resume_keep_files_genlab_did_not_name(ae_run, tmp_path, capsys):
+    run = copy_run(ae_run, tmp_path / "run")
+    (run / "keep.json.tmp").write_text("mine")
+    assert_one_line(*cli(capsys, "train", "ae", *QUICK, "--out", run)[:2], "already holds a run")
+    train(None, None, quick_config(run, epochs=3), resume=run)
+    assert (run / "keep.json.tmp").read_text() == "mine"
+
+
+def test_a_lock_that_is_a_link_is_refused_and_its_target_untouched(ae_run, tmp_path, capsys):
+    # .lock pointing at a file of the user's: the file was truncated to genlab's process id.
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's own words\n")
+    run = copy_run(ae_run, tmp_path / "run")
+    (run / rundir.LOCK).unlink(missing_ok=True)
+    (run / rundir.LOCK).symlink_to(victim)
+    assert_one_line(*cli(capsys, "train", "--resume", run, "--epochs", "3")[:2], "is a symbolic link")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / rundir.LOCK).symlink_to(victim)
+    assert_one_line(*cli(capsys, "train", "ae", *QUICK, "--out", fresh)[:2], "is a symbolic link")
+    assert victim.read_text() == "the user's own words\n"
+
+
+def test_a_lock_file_holding_something_else_is_locked_but_not_rewritten(ae_run, tmp_path):
+    # A hard link (or any file named .lock) that is not a process id is the user's: locked as it is.
+    run = copy_run(ae_run, tmp_path / "run")
+    (run / rundir.LOCK).write_text("not a pid\n")
+    train(None, None, quick_config(run, epochs=3), resume=run)
+    assert (run / rundir.LOCK).read_text() == "not a pid\n"

@@ -271,7 +271,7 @@ def check(ckpt: Checkpoint, model: torch.nn.Module, optimizers: dict[str, torch.
                               f"players {sorted(optimizers)}; the checkpoint does not fit its config.json")
         for name, opt in optimizers.items():
             _check_optimizer(name, opt, ckpt.optimizer_states[name], where)
-        _check_counters(ckpt.counters, where)
+    _check_counters(ckpt.counters, where)  # evaluate and report show the epoch: a NaN there was shown too
     if world is not None:
         if not ckpt.rng_states:
             raise GenlabError(f"{where}: random state rng/0 is missing; the file is damaged")
@@ -367,6 +367,9 @@ def _check_counters(counters: dict, where) -> None:
         value = counters.get(key)
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
             raise GenlabError(f"{where}: counter {key} must be a non-negative whole number, found {value!r}")
+    if counters["epoch"] > cfgmod.TrainConfig.__dataclass_fields__["epochs"].metadata["max"]:
+        raise GenlabError(f"{where} says it trained {counters['epoch']} epochs, more than any run can; the file is "
+                          "damaged: restore it or retrain")
     seconds = counters.get("seconds")
     if not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 <= seconds < math.inf):
         raise GenlabError(f"{where}: counter seconds must be a non-negative number, found {seconds!r}")

@@ -7,14 +7,22 @@
   record in its counters; the line in ``metrics.jsonl`` follows. On resume, lines past the checkpoint's epoch
   (from a run killed after logging) are dropped and a line the checkpoint has but the log lacks (a kill between
   the two writes) is restored, so no epoch is logged twice or lost.
-- No debris: a checkpoint save killed half-way leaves a ``.checkpoint-*.tmp``; the next owner removes it.
+- No debris: a checkpoint save killed half-way leaves a ``.checkpoint-XXXXXXXX.tmp``; the next owner removes it,
+  and only the temporary files genlab itself names so (``is_stale``): a folder given to ``--out`` may hold a
+  user's ``notes.json.tmp``.
+- A lock that is not genlab's is not written: ``.lock`` is opened without following a symbolic link, and a
+  file there holding anything but a process id is locked as it is, not replaced by one (a run folder from
+  somebody else could have pointed ``.lock`` at a file of the user's).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import re
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -39,13 +47,21 @@ def claim(run_dir: Path, owner: bool = True) -> Iterator[None]:
     if run_dir.exists() and not run_dir.is_dir():
         raise GenlabError(f"{run_dir} is a file, not a run directory; choose another --out")
     made = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # innermost first
-    made_lock = not (run_dir / LOCK).exists()
+    made_lock = not os.path.lexists(run_dir / LOCK)
+    before = set(os.listdir(run_dir)) if run_dir.is_dir() else set()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise GenlabError(f"{run_dir / LOCK} is a symbolic link, not genlab's lock file; remove it (genlab makes "
+                              "its own) or train into another folder (--out)") from None
         raise GenlabError(f"cannot use {run_dir} as a run directory ({e.strerror or e}); make it writable, or "
                           "train into another folder (--out)") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device named .lock
+        os.close(fd)
+        raise GenlabError(f"{run_dir / LOCK} is not a regular file, not genlab's lock file; remove it or train into "
+                          "another folder (--out)")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -55,8 +71,9 @@ def claim(run_dir: Path, owner: bool = True) -> Iterator[None]:
             raise GenlabError(f"{run_dir} is in use by another genlab process{who}; wait for it to finish or "
                               "choose another --out") from None
         try:  # the pid only makes the refusal above more helpful; a full disk must not stop the run here
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            if _holds_a_pid_or_nothing(fd):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except OSError:
             pass
         remove_stale_temporaries(run_dir)
@@ -64,16 +81,16 @@ def claim(run_dir: Path, owner: bool = True) -> Iterator[None]:
             yield
         except BaseException:
             if made_lock:
-                _remove_if_unused(run_dir, made)
+                _remove_if_unused(run_dir, made, before)
             raise
     finally:
         os.close(fd)  # releases the lock
 
 
-def _remove_if_unused(run_dir: Path, made: list[Path]) -> None:
+def _remove_if_unused(run_dir: Path, made: list[Path], before: set[str]) -> None:
     """Remove the lock file ``claim`` made and the folders it made (``made``, innermost first) when the run
-    left nothing else in them (called while the lock is held)."""
-    if {p.name for p in run_dir.iterdir()} != {LOCK}:
+    added nothing to what the folder held ``before`` (called while the lock is held)."""
+    if set(os.listdir(run_dir)) - {LOCK} != before:
         return
     try:
         (run_dir / LOCK).unlink()
@@ -83,13 +100,35 @@ def _remove_if_unused(run_dir: Path, made: list[Path]) -> None:
         pass
 
 
+def _holds_a_pid_or_nothing(fd: int) -> bool:
+    """Whether the lock file open at ``fd`` is one genlab wrote (a process id) or an empty one."""
+    return re.fullmatch(rb"\s*\d*\s*", os.pread(fd, 64, 0)) is not None
+
+
+# The temporary files genlab writes in a run directory, by their exact names: tempfile's eight characters
+# (``config.write_atomically``, ``checkpoint.save``), or a process id (``viz.figures.save_figure``).
+_RANDOM = r"[a-z0-9_]{8}"
+_STALE = re.compile(rf"{re.escape(TMP_PREFIX)}{_RANDOM}{re.escape(TMP_SUFFIX)}"
+                    rf"|(config|evaluation|inpainting)\.json\.{_RANDOM}\.tmp"
+                    rf"|\.{re.escape(METRICS)}\.tmp")
+_STALE_FIGURE = re.compile(rf"\.[^/]+\.png\.{_RANDOM}\.tmp|\.[^/]+\.\d+\.tmp\.png")
+
+
+def is_stale(name: str, in_figures: bool = False) -> bool:
+    """Whether ``name`` (in the run directory, or in its ``figures/``) is a temporary file of genlab's."""
+    return (_STALE_FIGURE if in_figures else _STALE).fullmatch(name) is not None
+
+
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Delete half-written checkpoints and config files left by a killed run (call only while holding the lock)."""
-    stale = [path for pattern in (f"{TMP_PREFIX}*{TMP_SUFFIX}", "*.json.tmp", "*.json.*.tmp", f".{METRICS}.tmp",
-                                  "figures/*.tmp.png")  # a figure's, hidden or (older genlab) not
-             for path in Path(run_dir).glob(pattern)]
+    """Delete half-written checkpoints, JSON files and figures left by a killed run (call only while holding the
+    lock); a file of another name is left alone, whatever it ends with."""
+    run_dir = Path(run_dir)
+    stale = [path for path in run_dir.glob("*.tmp") if is_stale(path.name)]
+    if (run_dir / "figures").is_dir() and not (run_dir / "figures").is_symlink():
+        stale += [path for path in (run_dir / "figures").glob(".*") if is_stale(path.name, in_figures=True)]
     for path in stale:
-        path.unlink(missing_ok=True)
+        if path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
     return stale
 
 

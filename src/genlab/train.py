@@ -387,9 +387,6 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
                               f"start it again: genlab train {model_name} ... --out {run_dir}")
         ckpt = checkpoint.load(run_dir / checkpoint.CHECKPOINT)
         checkpoint.check(ckpt, model, optimizers, ctx.world, where=run_dir / checkpoint.CHECKPOINT)
-        if ckpt.counters["epoch"] > TrainConfig.__dataclass_fields__["epochs"].metadata["max"]:
-            raise GenlabError(f"{run_dir / checkpoint.CHECKPOINT} says it trained {ckpt.counters['epoch']} epochs, "
-                              "more than any run can; the file is damaged: restore it or retrain")
         if ckpt.counters["epoch"] > cfg.epochs:
             raise GenlabError(f"{run_dir} has already trained {ckpt.counters['epoch']} epochs; --epochs must be "
                               f"at least that, got {cfg.epochs}")
@@ -471,6 +468,16 @@ def _check_fresh(run_dir: Path) -> None:
         if not ours:
             raise GenlabError(f"{config} is not a genlab run's config, and training would replace it; choose "
                               "another --out")
+    # Anything else is somebody's: a run writes its files and figures/ among them, and could replace one of the
+    # same name. A run of genlab's stopped before its first epoch (its config, an empty log) may be started over.
+    ours = {rundir.LOCK} | ({checkpoint.CONFIG, rundir.METRICS, "figures", "tensorboard"}
+                           if os.path.lexists(config) else set())
+    foreign = sorted(entry.name for entry in os.scandir(run_dir)
+                     if entry.name not in ours and not rundir.is_stale(entry.name))
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise GenlabError(f"{run_dir} holds files that are not a genlab run's ({foreign[0]!r}{more}); train into an "
+                          "empty or new folder (--out)")
 
 
 def _record_schedule(run_dir: Path, epochs: int) -> None:

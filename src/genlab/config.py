@@ -60,7 +60,7 @@ class TrainConfig:
                             "as CUDA graphs and replay it at every step: far fewer kernel launches")
     deterministic: bool = opt(False, "deterministic algorithms only, so a GPU run repeats (and resumes) bit for bit; "
                               "somewhat slower on a GPU")
-    out: str = opt("", "run directory (default: runs/<model>-<time>)")
+    out: str = opt("", "run directory, new or empty (default: runs/<model>-<time>)")
     limit: int = opt(0, "use only the first N training examples (0: all); for quick checks", min=0)
     classes: str = opt("", "train only on these labels, comma-separated (e.g. 3 or 0,1,2; empty: all); the test "
                        "split keeps every class")

@@ -470,8 +470,9 @@ def _check_fresh(run_dir: Path) -> None:
                               "another --out")
     # Anything else is somebody's: a run writes its files and figures/ among them, and could replace one of the
     # same name. A run of genlab's stopped before its first epoch (its config, an empty log) may be started over.
-    ours = {rundir.LOCK} | ({checkpoint.CONFIG, rundir.METRICS, "figures", "tensorboard"}
-                           if os.path.lexists(config) else set())
+    # train.log: where genlab reproduce's worker writes this run's lines (train itself never touches it).
+    ours = {rundir.LOCK, "train.log"} | ({checkpoint.CONFIG, rundir.METRICS, "figures", "tensorboard"}
+                                         if os.path.lexists(config) else set())
     foreign = sorted(entry.name for entry in os.scandir(run_dir)
                      if entry.name not in ours and not rundir.is_stale(entry.name))
     if foreign:

@@ -94,7 +94,8 @@ class GenerativeModel(nn.Module):
         return list(self.parameters())
 
     def optimizer_options(self, player: str) -> dict:
-        """Extra keyword arguments for ``player``'s optimiser, e.g. {"betas": (0.5, 0.999)} for DCGAN."""
+        """Extra keyword arguments for ``player``'s Adam, e.g. {"betas": (0.5, 0.999)} for DCGAN (SGD, with
+        ``--optimizer sgd``, takes none)."""
         return {}
 
     def steps(self, x: Tensor, *cond: Tensor) -> Iterator[tuple[str, dict[str, Tensor]]]:

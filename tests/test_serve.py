@@ -531,19 +531,25 @@ def test_hostile_files_in_a_watched_run_are_skipped_not_a_500(server):
     port, watched = server["port"], server["watched"]
     metrics = watched / "metrics.jsonl"
     kept = metrics.read_bytes()
-    odd_figures = [watched / "figures" / "half.tmp.png", watched / "figures" / os.fsdecode(b"bad\xff.png")]
+    odd_figures = [watched / "figures" / "half.tmp.png", watched / "figures" / os.fsdecode(b"bad\xff.png"),
+                   watched / "figures" / "huge.png"]
     try:
         with open(metrics, "ab") as f:
             f.write(b"[" * 100_000 + b"\n" + b'{"epoch": 9, "\\ud800": 1.0}\n' + b'{"test/loss": 1.0}\n')
         odd_figures[0].parent.mkdir(exist_ok=True)
         for path in odd_figures:
             path.write_bytes(b"\x89PNG")
+        os.truncate(odd_figures[2], 2 << 30)  # 2 GB (sparse): it was read whole into the server's memory
         status, body = http(port, "GET", "/api/watch")
         assert status == 200, body
         run = next(r for r in json.loads(body)["runs"] if r["name"] == watched.name)
         assert [m["epoch"] for m in run["metrics"]][-1] == 9  # the line without an epoch is no epoch's
         names = [f["name"] for f in run["figures"]]
-        assert "half.tmp.png" not in names and "bad\udcff.png" in names  # escaped, still listed
+        assert "half.tmp.png" not in names and "huge.png" not in names and "bad\ufffd.png" in names
+        status, body = http(port, "GET", f"/api/watch/{watched.name}/bad%EF%BF%BD.png")  # as listed, fetched
+        assert status == 200 and body == b"\x89PNG"
+        status, body = http(port, "GET", f"/api/watch/{watched.name}/huge.png")
+        assert status == 404 and "has no figure" in json.loads(body)["error"]
     finally:
         metrics.write_bytes(kept)
         for path in odd_figures:

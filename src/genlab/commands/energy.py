@@ -26,7 +26,7 @@ def add(subparsers) -> None:
                                           "histogram and merged-digit figures.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by genlab train")
     p.add_argument("--split", default="test", choices=SPLITS, help="inputs to score (default: test)")
-    p.add_argument("--out", default=None, help="save the energies to FILE.npy or FILE.csv instead of printing them")
+    p.add_argument("--out", default=None, help="save the energies to FILE.npy or FILE.csv (replaced whole if it exists) instead of printing them")
     p.add_argument("--auroc", action="store_true", help="AUROC of merged and out-of-distribution vs clean, and figures")
     p.add_argument("--figures", default=None, help="directory for the --auroc figures (default: RUN_DIR/figures)")
     p.add_argument("--limit", type=bounded_int(0), default=0, help="use only the first N images of each split (0: all)")

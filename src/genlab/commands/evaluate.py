@@ -40,7 +40,7 @@ def add(subparsers) -> None:
                     help=f"number of samples, 1 to {MAX_SAMPLES} (one grid image; default: 64); a conditional "
                     "model without --label rounds it up to whole rows, one per class; a grid of thousands is "
                     "written pixel for pixel, without a title")
-    sp.add_argument("--out", default="samples.png", help="output PNG (default: samples.png)")
+    sp.add_argument("--out", default="samples.png", help="output PNG, replaced if it exists (default: samples.png)")
     sp.add_argument("--seed", type=seed_flag, default=0, help="seed of the draws (default: 0)")
     sp.add_argument("--device", default="auto", help=DEVICE_HELP)
     sp.add_argument("--label", type=bounded_int(0, 9), default=None,

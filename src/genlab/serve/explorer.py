@@ -38,6 +38,7 @@ LIMITS = {
 }
 TAIL_LINE_BYTES = 4096  # a metrics line is well under this (a few hundred bytes)
 METRICS_TAIL = 2000  # metrics lines of a watched run sent to the page
+MAX_FIGURE_BYTES = 64 << 20  # a watched figure the page may fetch (genlab's own are well under 1 MB; read whole)
 
 
 def encode_image(unit: np.ndarray | Tensor) -> str:
@@ -473,8 +474,9 @@ class Explorer:
     @staticmethod
     def _figures(w: Watched, unreadable: list | None = None) -> dict[str, tuple[Path, float]]:
         """The run's PNG figures by file name, newest first: the only files ``figure`` will read. Figures this
-        process may not read are left out (and the figures folder, if it cannot be listed, said in
-        ``unreadable``)."""
+        process may not read, or larger than ``MAX_FIGURE_BYTES``, are left out (and the figures folder, if it
+        cannot be listed, said in ``unreadable``). A name's bytes that are not UTF-8 are listed as U+FFFD,
+        the name a client's request for it arrives with."""
         found = []
         fig_dir = w.dir / "figures"
         try:
@@ -489,7 +491,10 @@ class Explorer:
                 continue
             try:
                 if entry.is_file() and not entry.is_symlink() and os.access(entry, os.R_OK):
-                    found.append((entry.name, (entry, entry.stat().st_mtime)))
+                    info = entry.stat()
+                    if info.st_size <= MAX_FIGURE_BYTES:
+                        name = os.fsencode(entry.name).decode("utf-8", "replace")
+                        found.append((name, (entry, info.st_mtime)))
             except OSError:
                 continue
         return dict(sorted(found, key=lambda kv: -kv[1][1]))
@@ -498,7 +503,11 @@ class Explorer:
         """The bytes of figure ``file_name`` of watched run ``run``, looked up in the run's own listing (never
         a path built from the request)."""
         figures = self._figures(self.watched[run])
-        return figures[file_name][0].read_bytes()
+        with open(figures[file_name][0], "rb") as f:  # grown past the cap since it was listed: a KeyError too
+            data = f.read(MAX_FIGURE_BYTES + 1)
+        if len(data) > MAX_FIGURE_BYTES:
+            raise KeyError(file_name)
+        return data
 
     @torch.inference_mode()
     def _refresh_samples(self, w: Watched) -> None:

@@ -985,3 +985,15 @@ def test_a_lock_file_holding_something_else_is_locked_but_not_rewritten(ae_run, 
     (run / rundir.LOCK).write_text("not a pid\n")
     train(None, None, quick_config(run, epochs=3), resume=run)
     assert (run / rundir.LOCK).read_text() == "not a pid\n"
+
+
+def test_no_usable_temporary_folder_says_why_and_what_to_do(tmp_path):
+    # Under a file-size limit, PyTorch's first look for a temporary folder failed and genlab said only
+    # "No usable temporary directory found in [...]".
+    script = (f"import os, sys, tempfile; tempfile.tempdir = None; os.environ['TMPDIR'] = {str(tmp_path)!r}\n"
+              "from genlab.errors import one_line_errors\n"
+              "sys.exit(one_line_errors(lambda: tempfile.gettempdir() and 0))\n")
+    proc = subprocess.run(["bash", "-c", f'ulimit -f 0; exec "{sys.executable}" -c "$0"', script],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "set TMPDIR to a writable folder" in proc.stderr

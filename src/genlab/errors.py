@@ -49,6 +49,9 @@ def describe_os_error(e: OSError) -> str:
         text += "; free space (or raise the limit) and try again"
     elif e.errno == errno.EEXIST and e.filename is not None and not os.path.isdir(e.filename):
         text += " and is not a folder; give a folder (new or existing) for the output"
+    elif why.startswith("No usable temporary directory"):  # Python's tempfile could write a test file nowhere
+        text += ("; no file could be written there: free space (or raise the file-size limit), or set TMPDIR to "
+                 "a writable folder")
     return one_line(text)
 
 

@@ -290,8 +290,27 @@ def test_the_largest_sample_grid_is_written_pixel_for_pixel(tmp_path):
     assert torch.equal(torch.from_numpy(got[2:30, 32:60]), (images[1, 0] * 255).round().byte())  # row 0, column 1
     assert (got[:2] == 255).all() and (got[30:32] == 255).all()  # the white gaps
     save_grid(tmp_path / "small.png", images[:64], ncol=8, title="samples")
-    assert cv2.imread(str(tmp_path / "small.png")).shape[:2] == (540, 520)  # matplotlib's figure, 100 dpi
+    assert cv2.imread(str(tmp_path / "small.png")).shape[:2] == (542, 520)  # matplotlib's figure, 100 dpi
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png", "small.png"]  # no temporary file left
+
+
+def test_a_narrow_grids_title_is_wrapped_inside_the_figure(tmp_path, monkeypatch):
+    # A conditional model's 10 x 1 grid titled "...: 10 samples, one row per class 0 to 9" showed its middle.
+    import genlab.viz.figures as figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    for ncol in (1, 2, 8):
+        figures.save_grid(tmp_path / "g.png", torch.rand(10 * ncol, 1, 28, 28), ncol=ncol,
+                          title="CVAE: 10 samples, one row per class 0 to 9")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    for fig in drawn:
+        fig.tight_layout()
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        title = fig.axes[0].title.get_window_extent(renderer)
+        page = fig.bbox
+        assert page.x0 <= title.x0 and title.x1 <= page.x1 and title.y1 <= page.y1, (title, page)
 
 
 def test_weights_that_become_nan_are_never_checkpointed(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ a figure is written (``save_figure``). Which figures a run gets is genlab.viz.ca
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -59,14 +60,18 @@ def save_grid(path: Path, images: torch.Tensor, ncol: int = 8, title: str = "") 
     for i in range(n):
         r, c = divmod(i, ncol)
         canvas[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + c * (w + 2):2 + c * (w + 2) + w] = _picture(images[i])
-    size = (ncol * 0.6 + 0.4, nrow * 0.6 + 0.6)  # inches, at 100 dots each
+    width = max(ncol * 0.6 + 0.4, 2.0 if title else 0.0)  # inches, at 100 dots each
+    # The title in lines that fit the figure's width (at most 7.5 dots a character at 10 points): a grid of
+    # one column cut "samples, one row per class" to its middle.
+    lines = textwrap.wrap(title, int(width * 100 / 7.5))
+    size = (width, nrow * 0.6 + 0.45 + 0.17 * max(len(lines), 1))
     if size[0] * size[1] * 100 ** 2 > MAX_FIGURE_PIXELS:
         return _save_pixels(path, canvas)
     fig, ax = subplots(figsize=size)
     ax.imshow(canvas, cmap="gray", vmin=0, vmax=1)
     ax.axis("off")
-    if title:
-        ax.set_title(title, fontsize=10)
+    if lines:
+        ax.set_title("\n".join(lines), fontsize=10)
     return save_figure(fig, path)
 
 

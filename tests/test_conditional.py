@@ -248,7 +248,7 @@ def test_a_conditional_run_of_some_classes_samples_and_is_scored_on_those_only(t
         f"genlab: error: --label 3: {run} learned the classes 0, 2 and 5 only; choose one of them"]
     grid = genlab("sample", str(run), "-n", "6", "--out", str(tmp_path / "grid.png"))
     assert grid.returncode == 0, grid.stderr
-    assert cv2.imread(str(tmp_path / "grid.png"), cv2.IMREAD_GRAYSCALE).shape[0] == 240  # 3 rows (10: 660 px)
+    assert cv2.imread(str(tmp_path / "grid.png"), cv2.IMREAD_GRAYSCALE).shape[0] == 259  # 3 rows, a title of 2 lines (10 rows: 679 px)
     done = genlab("evaluate", str(run), "--no-quality", "--limit", "50", "--json")
     assert done.returncode == 0, done.stderr
     assert not [k for k in json.loads(done.stdout) if k.startswith("cond_")]

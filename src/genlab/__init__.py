@@ -18,6 +18,9 @@ if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 27))
 
 
+from genlab.errors import GenlabError  # noqa: E402 - what every refusal raises: ``except genlab.GenlabError``
+
+
 def load(run_dir, device: str = "cpu"):
     """A trained run directory, ready to score and repair images: ``.energy(images)``, ``.denoise(images)``
     (images: paths, a numpy uint8 array or a tensor). See ``genlab.scoring``."""

@@ -416,7 +416,8 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
                     "trained again")
             _record_schedule(run_dir, cfg.epochs)
         if counters["epoch"] >= cfg.epochs:
-            say(f"{run_dir} has already trained its {cfg.epochs} epochs: nothing to do (--epochs N trains it longer)")
+            say(f"{run_dir} has already trained its {cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''}: nothing to do "
+                "(--epochs N trains it longer)")
         else:
             say(f"resuming {run_dir} at epoch {counters['epoch'] + 1}, batch {counters['batch']}")
     elif ctx.is_main:

@@ -389,3 +389,25 @@ def test_a_link_loop_where_a_data_file_belongs_is_named(tmp_path, monkeypatch, c
     with pytest.raises(DataError) as err:
         load_dataset("mnist", "test", data_dir=tmp_path)
     assert str(err.value).startswith(f"{loop} is a symbolic link that leads nowhere")
+
+
+def test_a_home_that_cannot_be_found_is_one_line_or_a_cache_of_the_users_own(tmp_path, monkeypatch):
+    # '~nouser/x' in --data-dir, GENLAB_DATA_DIR or a folder: data set, and a user with no home folder at all
+    # (HOME unset, no password entry), each ended in RuntimeError("Could not determine home directory").
+    from genlab.data import datasets, resolve_data_dir
+
+    for where, call in [("--data-dir", lambda: resolve_data_dir("~genlab-no-such-user/x")),
+                        ("--dataset folder:", lambda: load_dataset("folder:~genlab-no-such-user/x"))]:
+        with pytest.raises(DataError, match=f"{where} ~genlab-no-such-user/x: no user 'genlab-no-such-user'"):
+            call()
+    monkeypatch.setenv("GENLAB_DATA_DIR", "~genlab-no-such-user")
+    with pytest.raises(DataError, match="GENLAB_DATA_DIR ~genlab-no-such-user: no user"):
+        resolve_data_dir()
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(datasets.Path, "home", staticmethod(no_home))
+    monkeypatch.setattr(datasets.tempfile, "tempdir", str(tmp_path))
+    assert datasets.cache_dir() == tmp_path / f"genlab-cache-{os.getuid()}"

@@ -555,6 +555,8 @@ def test_counters_that_cannot_be_are_refused_by_evaluate_too(counters, words, ca
      "model/decoder.0.bias is missing"),
     ("random state cut short", lambda t: {**t, "rng/0": t["rng/0"][:10].clone()}, None, "rng/0 has 10 bytes"),
     ("random state of the wrong dtype", lambda t: {**t, "rng/0": t["rng/0"].float()}, None, "rng/0 must be a 1-D uint8"),
+    ("random state of zeros", lambda t: {**t, "rng/0": torch.zeros_like(t["rng/0"])}, None,
+     "rng/0 is not a valid generator state"),
     ("CUDA random state of the wrong dtype", lambda t: {**t, "cuda_rng/0": torch.zeros(3)}, None, "cuda_rng/0"),
     ("an unknown tensor", lambda t: {**t, "payload": torch.zeros(1)}, None, "unexpected tensor 'payload'"),
     ("a negative counter", None, {"epoch": -1}, "counter epoch"),
@@ -1016,3 +1018,15 @@ def test_no_usable_temporary_folder_says_why_and_what_to_do(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "set TMPDIR to a writable folder" in proc.stderr
+
+
+def test_a_float_setting_written_as_a_huge_integer_is_one_line(ae_run, tmp_path, capsys):
+    # "lr": 1 followed by 400 zeros in config.json: float() raised OverflowError in evaluate, resume and serve.
+    run = copy_run(ae_run, tmp_path / "run")
+    text = (run / "config.json").read_text()
+    data = json.loads(text)
+    lr = data["train_config"]["lr"]
+    (run / "config.json").write_text(text.replace(f'"lr": {json.dumps(lr)}', '"lr": 1' + "0" * 400))
+    assert_one_line(*cli(capsys, "evaluate", run, "--no-quality", "--limit", "20")[:2],
+                    "--lr must be a finite number, got a 401-digit number")
+    assert_one_line(*cli(capsys, "train", "--resume", run, "--epochs", "3")[:2], "a 401-digit number")

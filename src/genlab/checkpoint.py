@@ -283,6 +283,11 @@ def check(ckpt: Checkpoint, model: torch.nn.Module, optimizers: dict[str, torch.
             if state.numel() != size:
                 raise GenlabError(f"{where}: random state rng/{rank} has {state.numel()} bytes, expected {size}; "
                                   "the file is damaged")
+            try:  # bytes of the right length may still be no generator's state ("Invalid mt19937 state")
+                torch.Generator().set_state(state)
+            except (RuntimeError, TypeError):
+                raise GenlabError(f"{where}: random state rng/{rank} is not a valid generator state; the file is "
+                                  "damaged: restore it or retrain") from None
 
 
 def first_not_finite(state: dict[str, torch.Tensor]) -> str | None:

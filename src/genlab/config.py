@@ -168,7 +168,12 @@ def from_dict(cls: type, data: dict) -> Any:
 
 def _number(x: float) -> str:
     if isinstance(x, int):  # JSON ints are unbounded: 10**400 has no float
-        return str(x) if abs(x) < 10**15 else f"a {len(str(abs(x)))}-digit number"
+        if abs(x) < 10**15:
+            return str(x)
+        try:
+            return f"a {len(str(abs(x)))}-digit number"
+        except ValueError:  # past Python's limit on turning an int into digits (4,300)
+            return f"a number of about {int(abs(x).bit_length() * math.log10(2))} digits"
     return str(int(x)) if x.is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
@@ -200,7 +205,12 @@ def _check_type(name: str, kind: type, value: Any) -> Any:
     if not ok:
         words = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
         raise GenlabError(f"--{name.replace('_', '-')} must be {words.get(kind, kind.__name__)}, got {value!r}")
-    return float(value) if kind is float else value
+    if kind is float:
+        try:
+            return float(value)
+        except OverflowError:  # a JSON integer of hundreds of digits: no float holds it
+            raise GenlabError(f"--{name.replace('_', '-')} must be a finite number, got {_number(value)}") from None
+    return value
 
 
 def validate(obj: Any) -> None:

@@ -29,7 +29,7 @@ from typing import BinaryIO, Callable
 import numpy as np
 import torch
 
-from genlab.data.files import image_shape, is_file_dataset, load_files, resolve_spec
+from genlab.data.files import expand_home, image_shape, is_file_dataset, load_files, resolve_spec
 from genlab.data.download import CHECKSUMS, IDX_CHECKSUMS, DownloadFailed, download_files, mirrors_for
 from genlab.data.idx import DataError, idx_shape, read_idx
 
@@ -60,8 +60,15 @@ class Dataset:
 
 # -- where the files are --------------------------------------------------------------------------------------
 def cache_dir() -> Path:
-    """The per-user cache: $XDG_CACHE_HOME/genlab, by default ~/.cache/genlab."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genlab"
+    """The per-user cache: $XDG_CACHE_HOME/genlab, by default ~/.cache/genlab; for a user with no home folder
+    (HOME unset, no entry in the password file: a container's numeric user) one of their own in the
+    temporary folder."""
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "genlab"
+    try:
+        return Path.home() / ".cache" / "genlab"
+    except RuntimeError:
+        return Path(tempfile.gettempdir()) / f"genlab-cache-{os.getuid()}"
 
 
 def switched_on(variable: str) -> bool:
@@ -79,7 +86,7 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     if not str(chosen).strip():  # "   " was a folder of that name, below the working folder
         raise DataError(f"{where} is blank (white space only); name the data directory, or leave it unset for "
                         f"{cache_dir()}")
-    path = Path(chosen).expanduser()
+    path = expand_home(chosen, where)
     if path.exists() and not path.is_dir():
         raise DataError(f"{where} {path} is a file, not a folder; name the data directory (it holds mnist/ and "
                         "fashion-mnist/)")

@@ -53,6 +53,17 @@ def is_file_dataset(name: str) -> bool:
     return isinstance(name, str) and name.startswith(PREFIXES)
 
 
+def expand_home(raw, what: str) -> Path:
+    """``raw`` as a path with a leading ``~`` or ``~user`` expanded; one line where it cannot be (no such user,
+    or no home folder known), instead of Python's RuntimeError."""
+    try:
+        return Path(raw).expanduser()
+    except RuntimeError:
+        user = str(raw)[1:].split("/", 1)[0]
+        who = f"no user {user!r} is known here" if user else "no home folder is known here (HOME is unset)"
+        raise DataError(f"{what} {raw}: {who}, so '~' cannot be expanded; give the full path") from None
+
+
 def resolve_spec(name: str) -> str:
     """``folder:PATH`` / ``npz:FILE`` with PATH made absolute (so a run finds its data from any folder), after
     checking that the path exists and is of the right kind."""
@@ -60,7 +71,7 @@ def resolve_spec(name: str) -> str:
     if not raw:
         raise DataError(f"--dataset {name}: give a path after '{kind}:', e.g. --dataset {kind}:"
                         f"{'my_images/' if kind == 'folder' else 'images.npz'}")
-    path = Path(raw).expanduser().absolute()
+    path = expand_home(raw, f"--dataset {kind}:").absolute()
     if not path.exists():
         raise DataError(f"--dataset {name}: {path} does not exist; check the path")
     if kind == "folder" and not path.is_dir():

@@ -1030,3 +1030,13 @@ def test_a_float_setting_written_as_a_huge_integer_is_one_line(ae_run, tmp_path,
     assert_one_line(*cli(capsys, "evaluate", run, "--no-quality", "--limit", "20")[:2],
                     "--lr must be a finite number, got a 401-digit number")
     assert_one_line(*cli(capsys, "train", "--resume", run, "--epochs", "3")[:2], "a 401-digit number")
+
+
+def test_a_command_started_with_its_output_closed_says_so(tmp_path):
+    # genlab datasets >&- printed nowhere and exited 0.
+    proc = subprocess.run(["bash", "-c", f'exec "{sys.executable}" -m genlab.cli datasets >&-'],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "GENLAB_OFFLINE": "1"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "genlab: error: standard output is closed, so what this command prints would be lost; run it with its "
+        "output going to a terminal, a file or a pipe"]

@@ -7,6 +7,8 @@ import argparse
 import codecs
 import contextlib
 import difflib
+import errno
+import io
 import os
 import re
 import signal
@@ -62,7 +64,21 @@ def build_parser():
     return parser
 
 
+class _ClosedOutput(io.TextIOBase):
+    """Standard output when the command was started with it closed (``>&-``): Python made ``sys.stdout`` None
+    and every print went nowhere, exit 0. A command that prints now stops with one line instead."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "standard output is closed, so what this command prints would be lost; run "
+                                   "it with its output going to a terminal, a file or a pipe")
+
+
 def main(argv: list[str] | None = None) -> int:
+    if sys.stdout is None:
+        sys.stdout = _ClosedOutput()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError):  # not a text stream of Python's (a test's stand-in)
             stream.reconfigure(errors="genlab-file-names")

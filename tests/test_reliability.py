@@ -69,7 +69,7 @@ def assert_one_line(status, lines, *words):
         assert word in lines[0], (word, lines)
 
 
-def edit_checkpoint(run: Path, tensors=None, counters=None) -> None:
+def edit_checkpoint(run: Path, tensors=None, counters=None, meta_edit=None) -> None:
     path = run / checkpoint.CHECKPOINT
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
@@ -78,6 +78,8 @@ def edit_checkpoint(run: Path, tensors=None, counters=None) -> None:
         t = tensors(t)
     if counters:
         meta = {**meta, "counters": json.dumps({**json.loads(meta["counters"]), **counters})}
+    if meta_edit:
+        meta = meta_edit(meta)
     # A file crafted whole (its checksum matching its tensors), so the checks behind the checksum are tested.
     save_file(t, str(path), metadata={**meta, "crc32": checkpoint.checksum(t)})
 
@@ -1040,3 +1042,42 @@ def test_a_command_started_with_its_output_closed_says_so(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "genlab: error: standard output is closed, so what this command prints would be lost; run it with its "
         "output going to a terminal, a file or a pipe"]
+
+
+
+def _set_group(meta: dict, key: str, value) -> dict:
+    optims = json.loads(meta["optimizers"])
+    optims["model"]["param_groups"][0][key] = value
+    return {**meta, "optimizers": json.dumps(optims)}
+
+
+@pytest.mark.parametrize("label,tensors,meta_edit,words", [
+    # Each resumed with exit 0: gradient ascent, NaN logged as the train loss, a layout of another genlab.
+    ("a negative learning rate", None, lambda m: _set_group(m, "lr", -5.0), "setting lr is -5.0"),
+    ("betas past 1", None, lambda m: _set_group(m, "betas", [5.0, -3.0]), "setting betas is [5.0, -3.0]"),
+    ("a negative eps", None, lambda m: _set_group(m, "eps", -1e-8), "setting eps is -1e-08"),
+    ("NaN running sums", None, lambda m: {**m, "counters": m["counters"].replace('"sums": {}', '"sums": {"loss": NaN}')
+                                          .replace('"count": 0', '"count": 1').replace('"batch": 0', '"batch": 1')},
+     "counter sums must map loss terms to finite numbers"),
+    ("a format of another genlab", None, lambda m: {**m, "format": "genlab-99"}, "of format 'genlab-99'"),
+    ("NaN in Adam's average", lambda t: {**t, "optim/model/0/exp_avg": torch.full_like(t["optim/model/0/exp_avg"], float("nan"))},
+     None, "optim/model/0/exp_avg holds values no training step leaves"),
+    ("a negative mean square", lambda t: {**t, "optim/model/1/exp_avg_sq": -torch.ones_like(t["optim/model/1/exp_avg_sq"])},
+     None, "optim/model/1/exp_avg_sq holds values no training step leaves"),
+])
+def test_optimiser_settings_and_state_a_run_cannot_hold_are_refused(label, tensors, meta_edit, words, ae_run, tmp_path,
+                                                                    capsys):
+    run = copy_run(ae_run, tmp_path / "run")
+    edit_checkpoint(run, tensors, meta_edit=meta_edit)
+    assert_one_line(*cli(capsys, "train", "--resume", run, "--epochs", "3")[:2], words)
+
+
+def test_a_file_whose_tensors_do_not_end_where_it_does_is_refused_before_it_is_read(ae_run, tmp_path, capsys):
+    # A sparse 1.9 GB file was read whole (2.2 GB of memory) before its header was found wanting.
+    run = copy_run(ae_run, tmp_path / "run")
+    path = run / checkpoint.CHECKPOINT
+    os.truncate(path, 1 << 30)
+    status, lines, _ = cli(capsys, "evaluate", run, "--no-quality", "--limit", "20")
+    assert_one_line(status, lines, "do not end where the file does")
+    (run / checkpoint.CHECKPOINT).write_bytes(b"\xff" * 8 + b"{}")
+    assert_one_line(*cli(capsys, "evaluate", run, "--no-quality")[:2], "is damaged or not a genlab checkpoint")

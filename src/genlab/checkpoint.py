@@ -28,6 +28,7 @@ from genlab.errors import GenlabError
 CHECKPOINT = "checkpoint.safetensors"
 CONFIG = "config.json"
 RNG_PREFIXES = {"cpu": "rng", "cuda": "cuda_rng"}  # generator kind -> tensor name prefix, one tensor per rank
+FORMAT = "genlab-1"  # the checkpoint layout this genlab writes and reads
 TMP_PREFIX, TMP_SUFFIX = ".checkpoint-", ".tmp"  # a save in progress; stale ones are removed on the next claim
 
 
@@ -81,7 +82,7 @@ def save(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.O
     for kind, prefix in RNG_PREFIXES.items():
         for rank, state in enumerate(rng_states.get(kind, ())):
             tensors[f"{prefix}/{rank}"] = state.cpu().contiguous()
-    meta = {"counters": json.dumps(counters), "optimizers": json.dumps(optim_meta), "format": "genlab-1",
+    meta = {"counters": json.dumps(counters), "optimizers": json.dumps(optim_meta), "format": FORMAT,
             "model": _model_name(model), "crc32": checksum(tensors)}
     tmp = None
     try:
@@ -127,12 +128,16 @@ def load(path: Path) -> Checkpoint:
         # checkpoint replaced by a training run in between gave one file's counters with another's tensors,
         # or tensors read at shifted offsets (finite garbage).
         with _open_regular(path) as f:
+            _check_extent(f, path)  # before the body is read: a 2 GB file of garbage took 2 GB of memory
             data = f.read(MAX_CHECKPOINT_BYTES + 1)
         if len(data) > MAX_CHECKPOINT_BYTES:
             raise GenlabError(f"checkpoint {path} is over {MAX_CHECKPOINT_BYTES >> 30} GB, far more than a genlab "
                               "model; retrain, or restore the file")
         tensors = load_bytes(data)
         meta = _metadata(data)
+        if meta.get("format", FORMAT) != FORMAT:
+            raise GenlabError(f"checkpoint {path} is of format {str(meta['format'])[:40]!r}, which this genlab "
+                              f"({FORMAT}) does not read; use the genlab that wrote it, or retrain")
         # genlab writes these with json.dumps, which spells a diverged term NaN: accepted here, while the
         # optimiser's settings are checked to be finite numbers in ``check``.
         counters = json.loads(meta["counters"])
@@ -208,6 +213,23 @@ def read_counters(path: Path) -> dict:
 
 
 MAX_JSON_HEADER = 100 << 20  # safetensors' own limit on a header
+
+
+def _check_extent(f, path: Path) -> None:
+    """Read the header of the safetensors file open at ``f`` (then back to its start) and check that its
+    tensors end where the file does: a ValueError where they do not."""
+    head = f.read(8)
+    length = int.from_bytes(head, "little")
+    if len(head) < 8 or length > MAX_JSON_HEADER:
+        raise ValueError("the header is cut short" if len(head) < 8 else f"a header of {length} bytes")
+    header = json.loads(f.read(length))
+    if not isinstance(header, dict):
+        raise ValueError("the header is no JSON object")
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    size = os.fstat(f.fileno()).st_size
+    if not all(isinstance(end, int) for end in ends) or 8 + length + max(ends, default=0) != size:
+        raise ValueError(f"its tensors do not end where the file does ({size} bytes)")
+    f.seek(0)
 
 
 def _metadata(data: bytes) -> dict:
@@ -329,6 +351,12 @@ def _check_optimizer(name: str, opt: torch.optim.Optimizer, saved: dict, where) 
             if not _same_kind(got[key], value) or (key == "params" and list(got[key]) != list(value)):
                 raise GenlabError(f"{where}: optimiser {name} group {i} setting {key} is {got[key]!r}, "
                                   f"expected a value like {value!r}")
+            low, high = SETTING_RANGES.get(key, (None, None))
+            if low is not None and not all(low(x) and high(x) for x in
+                                           (got[key] if isinstance(got[key], (list, tuple)) else [got[key]])):
+                # A negative learning rate trained uphill, exit 0.
+                raise GenlabError(f"{where}: optimiser {name} group {i} setting {key} is {got[key]!r}, which no "
+                                  "genlab run sets; the file is damaged: restore it or retrain")
     params = [(p, group) for group in opt.param_groups for p in group["params"]]
     for pid, entries in saved["state"].items():
         if pid >= len(params):
@@ -354,6 +382,23 @@ def _check_optimizer(name: str, opt: torch.optim.Optimizer, saved: dict, where) 
                 shown = _describe(value) if torch.is_tensor(value) else repr(value)
                 raise GenlabError(f"{where}: tensor {label} has {shown}, expected {_describe(param)} like its "
                                   "parameter; the checkpoint does not fit its config.json")
+    # The state itself: finite, and Adam's averages of squared gradients not negative (their square roots
+    # divide the step). genlab never saves a diverged step, so anything else is a damaged file.
+    state = {f"optim/{name}/{pid}/{key}": value for pid, entries in saved["state"].items()
+             for key, value in entries.items() if key != "step"}
+    bad = first_not_finite(state) or next((label for label, value in state.items() if label.endswith("exp_avg_sq")
+                                           and value.numel() and float(value.min()) < 0), None)
+    if bad is not None:
+        raise GenlabError(f"{where}: optimiser state {bad} holds values no training step leaves (NaN, infinite or a "
+                          "negative mean square); the file is damaged: restore it or retrain")
+
+
+# The optimiser settings a run can hold, as (lower test, upper test); a betas pair is tested entry by entry.
+SETTING_RANGES = {
+    "lr": (lambda x: x >= 0, lambda x: x <= 10), "eps": (lambda x: x > 0, lambda x: x < 1),
+    "betas": (lambda x: x >= 0, lambda x: x < 1), "momentum": (lambda x: x >= 0, lambda x: x < 1),
+    "weight_decay": (lambda x: x >= 0, lambda x: x < 1), "dampening": (lambda x: x >= 0, lambda x: x <= 1),
+}
 
 
 def _same_kind(got: Any, want: Any) -> bool:
@@ -380,8 +425,9 @@ def _check_counters(counters: dict, where) -> None:
         raise GenlabError(f"{where}: counter seconds must be a non-negative number, found {seconds!r}")
     sums = counters.get("sums")
     if not (isinstance(sums, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                           for v in sums.values())):
-        raise GenlabError(f"{where}: counter sums must map loss terms to numbers, found {sums!r}")
+                                           and math.isfinite(v) for v in sums.values())):
+        # A NaN here was logged as the epoch's train loss: no step that ends finite sums to one.
+        raise GenlabError(f"{where}: counter sums must map loss terms to finite numbers, found {str(sums)[:80]}")
     checks = counters.get("checks", {})
     if not (isinstance(checks, dict) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
                                              for v in checks.values())):

@@ -864,3 +864,25 @@ def test_a_client_that_leaves_mid_body_leaves_no_traceback(server):
     good_draw(port)
     log = server["log"].read_text()
     assert "Traceback" not in log and "ClientDisconnect" not in log
+
+
+def test_a_pipelined_flood_closed_unread_leaves_no_traceback(server):
+    # 3,000 drawings sent on one connection, none of the answers read, then the connection closed: writing the
+    # answers to the closed connection logged two tracebacks.
+    port = server["port"]
+    body = json.dumps({"image": b64(np.pad(np.ones((20, 4)), ((18, 18), (26, 26))))}).encode()
+    one = (f"POST /api/draw HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+           f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    def flood():
+        with contextlib.suppress(OSError):  # the connection closed under it
+            s.sendall(one * 3000)
+
+    sender = threading.Thread(target=flood, daemon=True)
+    sender.start()
+    time.sleep(3)
+    s.close()
+    time.sleep(2)
+    good_draw(port)
+    log = server["log"].read_text()
+    assert "Traceback" not in log and "handler is closed" not in log

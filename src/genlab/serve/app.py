@@ -155,7 +155,13 @@ class Guard:
         async def send_secure(message):
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
-            await send(message)
+            try:
+                await send(message)
+            except (RuntimeError, ConnectionError) as e:
+                # The client has gone (a pipelined flood closed unread): its answer goes nowhere, and is no error
+                # of the server's (it logged two tracebacks).
+                if not isinstance(e, ConnectionError) and "closed" not in str(e):
+                    raise
 
         await self.app(scope, receive, send_secure)
 

@@ -445,6 +445,13 @@ def test_energy_images_csv(rgb_runs, tmp_path, capsys):
     assert [r["flag"] for r in answer["images"]] == [r["energy"] > answer["threshold"] for r in answer["images"]]
     status, err, _ = cli(capsys, "energy", runs["dae"], "--fpr", "0.2")
     assert status == 2 and len(err) == 1 and "--fpr applies with --images" in err[0]
+    # And the flags of the test splits are refused with --images (they were ignored, exit 0).
+    for flags, name in ((["--auroc"], "--auroc"), (["--split", "test"], "--split"), (["--limit", "5"], "--limit"),
+                        (["--figures", str(tmp_path / "f")], "--figures")):
+        status, err, _ = cli(capsys, "energy", runs["dae"], "--images", tmp_path / "new", *flags)
+        assert status == 2 and len(err) == 1 and f"{name} applies to the run's own test splits" in err[0]
+    status, err, _ = cli(capsys, "energy", runs["dae"], "--figures", str(tmp_path / "f"))
+    assert status == 2 and len(err) == 1 and "add --auroc" in err[0]
 
 
 

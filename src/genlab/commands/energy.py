@@ -25,7 +25,7 @@ def add(subparsers) -> None:
                                           "AUROC of the energy for merged and out-of-distribution inputs and the "
                                           "histogram and merged-digit figures.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by genlab train")
-    p.add_argument("--split", default="test", choices=SPLITS, help="inputs to score (default: test)")
+    p.add_argument("--split", default=None, choices=SPLITS, help="inputs to score (default: test)")
     p.add_argument("--out", default=None, help="save the energies to FILE.npy or FILE.csv (replaced whole if it exists) instead of printing them")
     p.add_argument("--auroc", action="store_true", help="AUROC of merged and out-of-distribution vs clean, and figures")
     p.add_argument("--figures", default=None, help="directory for the --auroc figures (default: RUN_DIR/figures)")
@@ -43,7 +43,17 @@ def add(subparsers) -> None:
 
 def command(args: argparse.Namespace) -> int:
     if args.images:
+        # They were ignored in silence, exit 0: the user thought they had asked for something they did not get.
+        other = next((flag for flag, given in (("--auroc", args.auroc), ("--split", args.split is not None),
+                                               ("--limit", args.limit), ("--figures", args.figures is not None))
+                      if given), None)
+        if other:
+            raise GenlabError(f"{other} applies to the run's own test splits, not with --images (which scores the "
+                              "files named); run it as its own genlab energy command")
         return score_images(args)
+    if args.figures is not None and not args.auroc:
+        raise GenlabError("--figures names where --auroc draws its figures; add --auroc, or leave --figures out")
+    args.split = args.split or "test"
     if args.fpr is not None:
         raise GenlabError("--fpr applies with --images (it sets the threshold that flags new images)")
     if args.limit < 0:

@@ -332,11 +332,16 @@ def test_checkpoint_of_genlab_0_1_loads_with_its_weight_average(tmp_path):
 
 
 def test_config_errors_are_one_line():
-    for bad in (dict(beta=-1.0), dict(latent_dim=0), dict(ema_decay=1.0), dict(tsne_epochs="0,five")):
+    # --dreg without the IWAE objective, and --unscaled-mask without dropout, were accepted and did nothing.
+    from genlab.models.dae import DAEConfig
+
+    for bad in (dict(beta=-1.0), dict(latent_dim=0), dict(ema_decay=1.0), dict(tsne_epochs="0,five"), dict(dreg=True),
+                lambda: DAEConfig(corruption="gaussian", noise=0.3, unscaled_mask=True)):
         with pytest.raises(GenlabError) as info:
-            validate(VAEConfig(**bad))
+            validate(VAEConfig(**bad) if isinstance(bad, dict) else bad())
         assert "\n" not in str(info.value) and "--" in str(info.value)
     assert VAEConfig(tsne_epochs="0, 5,10").figure_epochs() == {0, 5, 10}
+    assert VAEConfig(tsne_epochs="none").figure_epochs() == VAEConfig(tsne_epochs="").figure_epochs() == set()
 
 
 @pytest.mark.slow

@@ -57,7 +57,7 @@ def evaluate(args) -> int:
     bounds = "likelihood" in run.model.extra_metrics or getattr(run.model, "quadrants", False)
     if args.iwae_k and not bounds:
         raise GenlabError(f"--iwae-k sets the importance samples of a vae's bounds or a quadrant cvae's; "
-                          f"{args.run_dir} holds a {run.model_name} run, which has none: leave the flag out")
+                          f"{args.run_dir} holds {'an' if run.model_name[0] in 'aeiou' else 'a'} {run.model_name} run, which has none: leave the flag out")
     options = {"iwae_k": tuple(args.iwae_k)} if args.iwae_k else {}
     results = evaluate_run(run, split=args.split, limit=args.limit, quality=args.quality, **options)
     fuller = _fuller_evaluation(Path(run.dir) / "evaluation.json", results)

@@ -319,6 +319,6 @@ def load_dae_run(run_dir, device: str = "cpu"):
 
     run = load_run(run_dir, device)
     if run.model_name != "dae":
-        raise GenlabError(f"{run_dir} holds a {run.model_name} run; genlab inpaint needs a dae run "
+        raise GenlabError(f"{run_dir} holds {'an' if run.model_name[0] in 'aeiou' else 'a'} {run.model_name} run; genlab inpaint needs a dae run "
                           "(train one with: genlab train dae)")
     return run

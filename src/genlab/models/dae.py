@@ -39,6 +39,9 @@ class DAEConfig(ImageShape):
     def check(self) -> None:
         if self.corruption in ("dropout", "salt-pepper") and not 0.0 <= self.noise < 1.0:
             raise GenlabError(f"--noise is a probability for {self.corruption}: expected 0 <= noise < 1, got {self.noise}")
+        if self.unscaled_mask and self.corruption != "dropout":  # it was accepted and did nothing
+            raise GenlabError(f"--unscaled-mask sets the dropout mask's values; it does nothing with --corruption "
+                              f"{self.corruption}: leave it out")
 
 
 def dropout_mask(shape, p: float, scaled: bool = True, generator: torch.Generator | None = None,

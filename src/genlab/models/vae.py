@@ -79,7 +79,7 @@ class VAEConfig(ImageShape):
     ema_decay: float = opt(0.999, "evaluate with an exponential moving average of the weights, updated each step "
                                   "with this decay (0: off, the last weights)", min=0.0, below=1.0)
     tsne_epochs: str = opt("0,5,10", "epochs after which to draw the t-SNE of test codes (the lecture: 0,5,10; "
-                                     "empty: none)")
+                                     "none: no t-SNE)")
     sample_eval: bool = opt(True, "the evaluation 'loss' decodes a sampled z (the PyTorch examples' test loss); "
                                   "--no-sample-eval decodes z = mu (the lecture's notebook); both are reported")
 
@@ -90,11 +90,15 @@ class VAEConfig(ImageShape):
         try:
             self.figure_epochs()
         except ValueError:
-            raise GenlabError(f"--tsne-epochs must be comma-separated epoch numbers like 0,5,10, "
+            raise GenlabError(f"--tsne-epochs must be comma-separated epoch numbers like 0,5,10, or none, "
                               f"got {self.tsne_epochs!r}") from None
+        if self.dreg and self.objective != "iwae":  # it was accepted and did nothing
+            raise GenlabError("--dreg is a gradient of the IWAE bound L_k; add --objective iwae, or leave --dreg out")
 
     def figure_epochs(self) -> set[int]:
         """The epochs of ``tsne_epochs`` as a set of ints."""
+        if self.tsne_epochs.strip().lower() == "none":
+            return set()
         return {int(e) for e in self.tsne_epochs.replace(" ", "").split(",") if e}
 
 

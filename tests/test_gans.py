@@ -205,6 +205,16 @@ def test_dcgan_saturation_needs_a_streak():
     assert reason and "discriminator saturated" in reason and f"{patience} steps" in reason
 
 
+def test_a_dcgan_whose_cross_entropy_runs_off_stops_at_once():
+    # --lr 10 reached a G loss of 1.7e5 nats an image within a few dozen steps and ended with exit 0.
+    from genlab.models import MODELS, build
+
+    for model in (small_dcgan(), build("cdcgan", MODELS["cdcgan"].Config(ngf=8, ndf=8))):
+        assert model.diverged({"d/loss": 1.2, "g/loss": 8.0, "d/d_x": 0.8, "d/d_g_z1": 0.2}) is None
+        reason = model.diverged({"d/loss": 0.5, "g/loss": 1.7e5, "d/d_x": 0.9, "d/d_g_z1": 0.02})
+        assert reason and "the g loss reached 1.7e+05 nats an image" in reason and "--lr" in reason
+
+
 def test_collapse_is_detected_from_batch_spread():
     model = small_ebgan()
     check = model._collapsed

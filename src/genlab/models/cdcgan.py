@@ -89,6 +89,7 @@ class CDCGAN(TwoPlayerGAN):
     extra_metrics = ("conditional",)
     SATURATION_D_X, SATURATION_D_G_Z, SATURATION_PATIENCE = DCGAN.SATURATION_D_X, DCGAN.SATURATION_D_G_Z, \
         DCGAN.SATURATION_PATIENCE
+    BCE_LIMIT = DCGAN.BCE_LIMIT
     diverged = DCGAN.diverged
 
     def __init__(self, cfg: CDCGANConfig):

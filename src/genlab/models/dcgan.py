@@ -100,6 +100,10 @@ class DCGAN(TwoPlayerGAN):
     # run keeps D(G(z)) around 0.1 to 0.4 after the first hundred steps; once D separates everything this
     # sharply the generator's gradient carries no information about the data and the run does not recover.
     SATURATION_D_X, SATURATION_D_G_Z, SATURATION_PATIENCE = 0.999, 1e-3, 100
+    # A player's mean binary cross-entropy above this many nats an image means the discriminator's logits are in
+    # the thousands: no healthy step comes near (the losses stay within about 0.1 to 10), and a run at --lr 10
+    # reached 1.7e5 in a few dozen steps, too soon for the streak above, and ended with exit 0.
+    BCE_LIMIT = 1e3
 
     def __init__(self, cfg: DCGANConfig):
         super().__init__(cfg)
@@ -154,6 +158,11 @@ class DCGAN(TwoPlayerGAN):
         yield "g", {"loss": loss_g, "d_g_z2": torch.sigmoid(s_fake).detach()}
 
     def diverged(self, logs: dict[str, float]) -> str | None:
+        for player in self.players:
+            loss = logs.get(f"{player}/loss")
+            if loss is not None and loss > self.BCE_LIMIT:
+                return (f"the {player} loss reached {loss:.3g} nats an image (healthy runs stay below 10): the "
+                        "discriminator's logits have run off to the thousands; try a lower --lr")
         d_x, d_g_z = find_log(logs, "d_x"), find_log(logs, "d_g_z1")
         if d_x is not None and d_g_z is not None:
             if self._saturated.update(d_x > self.SATURATION_D_X and d_g_z < self.SATURATION_D_G_Z):

@@ -263,6 +263,10 @@ def test_hostile_image_files_are_one_line_or_read(tmp_path, capsys):
             read_image(path)
     images = genlab.data.files.decode_files(sorted((odd / "x").iterdir()), shape=(1, 28, 28))
     assert images.shape == (8, 28, 28)
+    # A whole JPEG with more than 64 KiB after its end marker (a Motion Photo's video) was refused as cut short.
+    trailer = tmp_path / "motion.jpg"
+    trailer.write_bytes(jpeg.tobytes() + b"\0" * 70_000)
+    assert np.array_equal(read_image(trailer), cv2.imdecode(jpeg, cv2.IMREAD_GRAYSCALE))
 
 
 def test_a_photograph_is_read_upright_as_its_exif_orientation_says(tmp_path):

@@ -145,9 +145,6 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
         data = np.fromfile(path, np.uint8)
     except OSError as e:
         raise DataError(f"{path} cannot be read ({e.strerror or e}); fix or remove that file") from None
-    if data[:3].tobytes() == b"\xff\xd8\xff" and b"\xff\xd9" not in data[-65536:].tobytes():
-        # OpenCV would decode what is there, grey below, and libjpeg print its own warning
-        raise DataError(f"{path} is a JPEG cut short (no end marker); fix or remove that file")
     try:
         # Any colour and depth as stored (grey stays grey, 16 bits stay 16), with the EXIF orientation applied;
         # an alpha channel is dropped, as _normalise would.
@@ -158,6 +155,11 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
             raise DataError(f"{path} has more than {int(os.environ.get('OPENCV_IO_MAX_IMAGE_PIXELS', 1 << 30)):,} "
                             "pixels, the most genlab decodes; shrink it first") from None
         raise DataError(f"{path} cannot be decoded ({' '.join(str(e.err).split())}); fix or remove that file") from None
+    # A JPEG cut short: this OpenCV decodes nothing, others decode what is there, grey below. Its end marker is
+    # looked for in the whole file: a Motion Photo carries a video after it, a photograph a thumbnail's before.
+    if data[:3].tobytes() == b"\xff\xd8\xff" and (image is None or b"\xff\xd9" not in data.tobytes()) and \
+            b"\xff\xd9" not in data[-65536:].tobytes():
+        raise DataError(f"{path} is a JPEG cut short (no end marker); fix or remove that file")
     damage = next((line for line in said.lines if any(words in line for words in JPEG_DAMAGE)), None)
     if damage:  # libjpeg decodes what it can of a damaged file and only says so
         raise DataError(f"{path} is a damaged JPEG ({damage.strip()}); fix or remove that file")
@@ -227,7 +229,8 @@ def _codec_messages() -> Iterator[_Said]:
 
 # libjpeg's notes that pixels were lost or made up ("extraneous bytes before marker", also seen where padding
 # was added to a whole image, is not among them)
-JPEG_DAMAGE = ("premature end of data segment", "bad Huffman code", "Huffman code size table overflow")
+JPEG_DAMAGE = ("premature end of data segment", "Premature end of JPEG file", "bad Huffman code",
+               "Huffman code size table overflow")
 
 
 def _normalise(image: np.ndarray, where: str) -> np.ndarray:

@@ -1081,3 +1081,16 @@ def test_a_file_whose_tensors_do_not_end_where_it_does_is_refused_before_it_is_r
     assert_one_line(status, lines, "do not end where the file does")
     (run / checkpoint.CHECKPOINT).write_bytes(b"\xff" * 8 + b"{}")
     assert_one_line(*cli(capsys, "evaluate", run, "--no-quality")[:2], "is damaged or not a genlab checkpoint")
+
+
+def test_a_hard_linked_copy_of_a_run_keeps_its_own_log(ae_run, tmp_path):
+    # resume appended to metrics.jsonl in place, so a snapshot made with hard links (cp -al) logged epochs its
+    # checkpoint never held.
+    run = copy_run(ae_run, tmp_path / "run")
+    snapshot = tmp_path / "snapshot"
+    subprocess.run(["cp", "-al", str(run), str(snapshot)], check=True)
+    before = {p.name: p.read_bytes() for p in snapshot.iterdir() if p.is_file()}
+    train(None, None, quick_config(run, epochs=3), resume=run)
+    assert {p.name: p.read_bytes() for p in snapshot.iterdir() if p.is_file()} == before
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert not list(run.glob(".metrics*"))

@@ -147,16 +147,23 @@ MAX_METRICS_BYTES = 256 << 20
 
 
 def commit_metrics(run_dir: Path, record: dict) -> None:
-    """Append the epoch's line to ``metrics.jsonl`` (after its checkpoint is on disk) and flush it to disk."""
+    """Add the epoch's line to ``metrics.jsonl`` (after its checkpoint is on disk): the file is written anew
+    beside it and renamed into place, as the checkpoint is, so a copy of the run made with hard links (``cp
+    -al``, a snapshot backup) keeps its own log, and a kill leaves either the old file or the new one."""
     path = Path(run_dir) / METRICS
     _regular_or_absent(path)
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        logged = path.read_bytes() if path.exists() else b""
+        with open(tmp, "wb") as f:
+            f.write(logged + (b"\n" if logged and not logged.endswith(b"\n") else b"")
+                    + (json.dumps(record) + "\n").encode())
             f.flush()
             os.fsync(f.fileno())
+        tmp.replace(path)
     except OSError as e:
-        raise GenlabError(f"cannot append to {path} ({e.strerror or e}); the checkpoint of epoch {record['epoch']} "
+        tmp.unlink(missing_ok=True)
+        raise GenlabError(f"cannot write {path} ({e.strerror or e}); the checkpoint of epoch {record['epoch']} "
                           "is saved and holds this line: free space and continue with --resume") from None
 
 

@@ -817,6 +817,20 @@ def test_a_full_disk_while_saving_keeps_the_last_good_checkpoint(tmp_path, monke
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("error,words", [(errno.EPERM, "make the run folder and its files writable and start the run again"),
+                                          (errno.ENOSPC, "free space and start the run again")])
+def test_a_failed_first_save_says_what_helps(error, words, tmp_path, monkeypatch):
+    # A refused write (an immutable file) was blamed on the disk, and with no checkpoint at all the advice was
+    # to --resume, which then said there was nothing to resume.
+    def refuse(tensors, filename, metadata=None):
+        raise OSError(error, os.strerror(error), filename)
+
+    monkeypatch.setattr(checkpoint, "save_file", refuse)
+    with pytest.raises(GenlabError) as info:
+        train("ae", MODELS["ae"].Config(latent_dim=8), quick_config(tmp_path / "run"))
+    assert str(info.value).endswith(words) and "--resume" not in str(info.value)
+
+
 # -- data checked against published checksums ---------------------------------------------------------------
 @needs_mnist
 def test_overwritten_pixels_fail_the_checksum_once_and_a_pass_is_remembered(tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes, save_file
 
 from genlab import config as cfgmod
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, what_to_do
 
 CHECKPOINT = "checkpoint.safetensors"
 CONFIG = "config.json"
@@ -96,9 +96,9 @@ def save(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.O
     except (OSError, SafetensorError) as e:
         # A full disk (ENOSPC, or EFBIG past a file-size limit) lands here: the rename never happened, so the
         # previous checkpoint is whole; say so in one line.
-        kept = f"the last good checkpoint {path} is kept" if path.exists() else "no checkpoint was written"
-        raise GenlabError(f"cannot write the checkpoint {path} ({getattr(e, 'strerror', None) or e}); {kept}; "
-                          f"free space and continue with --resume") from None
+        kept = (f"the last good checkpoint {path} is kept; {what_to_do(e)} and continue with --resume"
+                if path.exists() else f"no checkpoint was written; {what_to_do(e)} and start the run again")
+        raise GenlabError(f"cannot write the checkpoint {path} ({getattr(e, 'strerror', None) or e}); {kept}") from None
     finally:
         if tmp and os.path.exists(tmp):
             os.unlink(tmp)

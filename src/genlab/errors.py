@@ -40,6 +40,13 @@ def one_line(text: str) -> str:
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no space, a quota, a file-size limit
 
 
+def what_to_do(e: BaseException) -> str:
+    """What a user can do about a failed write: make room for a full disk, make a refused place writable."""
+    if getattr(e, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "make the run folder and its files writable"
+    return "free space"
+
+
 def describe_os_error(e: OSError) -> str:
     """An OSError as one line naming the path(s) and what to do about a full disk."""
     where = ", ".join(str(f) for f in (e.filename, e.filename2) if f is not None)

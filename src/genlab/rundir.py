@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 from genlab.checkpoint import TMP_PREFIX, TMP_SUFFIX
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, what_to_do
 
 LOCK = ".lock"
 METRICS = "metrics.jsonl"
@@ -164,7 +164,7 @@ def commit_metrics(run_dir: Path, record: dict) -> None:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise GenlabError(f"cannot write {path} ({e.strerror or e}); the checkpoint of epoch {record['epoch']} "
-                          "is saved and holds this line: free space and continue with --resume") from None
+                          f"is saved and holds this line: {what_to_do(e)} and continue with --resume") from None
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -235,5 +235,5 @@ def recover_metrics(run_dir: Path, counters: dict) -> int:
         tmp.replace(path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise GenlabError(f"cannot rewrite {path} ({e.strerror or e}); free space and resume again") from None
+        raise GenlabError(f"cannot rewrite {path} ({e.strerror or e}); {what_to_do(e)} and resume again") from None
     return dropped

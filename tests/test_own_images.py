@@ -226,14 +226,15 @@ def test_an_npz_member_that_is_not_used_is_never_read(tmp_path):
     assert reads and not any(name.startswith("junk") for name in reads), reads
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG that announces width x height grey pixels and holds one row: enough for a decoder's size check."""
+def _png_header_only(width: int, height: int, depth: int = 8, colour: int = 0) -> bytes:
+    """A PNG that announces width x height pixels (grey 8-bit unless said) and holds one row: enough for a
+    decoder's size check."""
     import struct
     import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1)))
             + chunk(b"IEND", b""))
 
@@ -254,10 +255,13 @@ def test_hostile_image_files_are_one_line_or_read(tmp_path, capsys):
     # A 2 MB PNG can declare 16384 x 16384 16-bit pixels (5.5 GB of memory once), a file 6 GB: refused before
     # decoding, and before reading.
     (tmp_path / "wide.png").write_bytes(_png_header_only(16_384, 16_384))
+    # Under the pixel cap, 11000 x 11000 16-bit RGBA pixels took 2 GB and 17 s to decode from a 940 kB file.
+    (tmp_path / "deep.png").write_bytes(_png_header_only(11_000, 11_000, depth=16, colour=6))
     with open(tmp_path / "huge.png", "wb") as f:
         f.truncate(3 << 30)  # sparse: no disk used
     for path, words in ((tmp_path / "big.png", "the most genlab decodes"), (tmp_path / "wide.png", "134,217,728 pixels"),
-                        (tmp_path / "huge.png", "3.2 GB, more than the 1 GB"), (cut, "a JPEG cut short")):
+                        (tmp_path / "huge.png", "3.2 GB, more than the 1 GB"), (cut, "a JPEG cut short"),
+                        (tmp_path / "deep.png", "would decode to 0.9 GiB")):
         from genlab.data.files import read_image
         with pytest.raises(GenlabError, match=words):
             read_image(path)

@@ -145,6 +145,10 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
         data = np.fromfile(path, np.uint8)
     except OSError as e:
         raise DataError(f"{path} cannot be read ({e.strerror or e}); fix or remove that file") from None
+    declared = _png_decoded_bytes(data)
+    if declared > MAX_DECODED_BYTES:  # OpenCV's cap counts pixels: 16-bit RGBA is 8 bytes each, and copies follow
+        raise DataError(f"{path} would decode to {declared / 2**30:.1f} GiB (its header's size, channels and depth), "
+                        f"more than {MAX_DECODED_BYTES >> 20} MiB, the most genlab decodes from one image; shrink it first")
     try:
         # Any colour and depth as stored (grey stays grey, 16 bits stay 16), with the EXIF orientation applied;
         # an alpha channel is dropped, as _normalise would.
@@ -171,6 +175,21 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
     if size is not None and image.shape[:2] != size:
         image = cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA)
     return image
+
+
+MAX_DECODED_BYTES = 512 << 20  # a 134-megapixel 8-bit colour photograph is 402 MiB
+
+
+def _png_decoded_bytes(data: np.ndarray) -> int:
+    """The bytes a PNG's pixels take once decoded, from its header (0 for anything else): a 940 kB file of
+    11000 x 11000 16-bit RGBA zeros decoded to 2 GB in 17 s."""
+    head = data[:26].tobytes()
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return 0
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    depth, colour = head[24], head[25]
+    channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(colour, 4)  # a palette decodes to colour
+    return width * height * channels * (2 if depth == 16 and colour != 3 else 1)
 
 
 _CODEC_LOCK = threading.Lock()

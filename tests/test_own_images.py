@@ -643,3 +643,22 @@ def test_a_conditional_run_on_an_npz_file_evaluates_with_its_own_classifier(tmp_
     clear_cache()  # this process's memory of the data set (a new genlab command starts without it)
     status, err, _ = cli(capsys, *evaluate)
     assert status == 0 and any("training the npz:" in line for line in err), err
+
+
+def test_a_run_whose_folder_data_set_is_gone_says_so_in_its_own_words(tmp_path, capsys):
+    # "--dataset folder:...: ... does not exist; check the path", for a flag the user never gave.
+    root = tmp_path / "photos"
+    write_folder(root, blobs(24, (28, 28)), np.arange(24) % 2, ["a", "b"])
+    run = tmp_path / "run"
+    assert main(["train", "ae", "--dataset", f"folder:{root}", "--epochs", "1", "--no-progress", "--no-figures",
+                 "--out", str(run)]) == 0
+    root.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--no-quality"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"genlab: error: the data set this run was trained on, folder:{root} (its config.json): {root} does not "
+        "exist; put the data back there"]
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert main(["evaluate", str(loop)]) == 2
+    assert "is a symbolic link that leads nowhere" in capsys.readouterr().err

@@ -528,8 +528,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
         raise GenlabError(f"a run directory is a path to the folder genlab train wrote, got {run_dir!r}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise GenlabError(f"run directory {run_dir} " + ("is a file, not a directory" if run_dir.exists()
-                                                           else "does not exist"))
+        raise GenlabError(f"run directory {run_dir} " + (
+            "is a file, not a directory" if run_dir.exists() else
+            "is a symbolic link that leads nowhere (or round in a loop)" if run_dir.is_symlink() else "does not exist"))
     name, model_cfg, train_cfg = read_configs(run_dir)
     ckpt = load(run_dir / CHECKPOINT)
     with torch.random.fork_rng(devices=[]):  # the initial weights, replaced below, draw from the caller's stream

@@ -189,6 +189,11 @@ def test_a_config_json_naming_another_model_is_one_line(capsys, ae_run, tmp_path
     (["train", "ae", *QUICK, "--classes", "3 5", "--out", "{run}/c"], "--classes must be comma-separated labels"),
     (["train", "ae", *QUICK, "--classes", " ", "--out", "{run}/c"], "got ' '"),
     (["sample", "{run}", "--label", "\u0663"], "expected a whole number, got '\u0663'"),  # int() reads it as 3
+    # A model's and training's own flags read them too, and "1_0" as 10.
+    (["train", "ae", *QUICK, "--latent-dim", "\u0663", "--out", "{run}/c"], "expected a whole number, got '\u0663'"),
+    (["train", "ae", *QUICK, "--latent-dim", "1_0", "--out", "{run}/c"], "expected a whole number, got '1_0'"),
+    (["train", "ae", *QUICK, "--lr", "\u0660.\u0661", "--out", "{run}/c"], "expected a number, got"),
+    (["energy", "{run}", "--images", "{run}", "--fpr", "1_0e-3"], "expected a number, got '1_0e-3'"),
     (["serve", "{run}", "{run}/", "--port", "0"], "is named twice; name each run once"),
 ])
 def test_out_of_range_requests_are_one_line(argv, words, capsys, ae_run, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import genlab.scoring
 from genlab.checkpoint import load_run
-from genlab.commands.flags import DEVICE_HELP, bounded_int, seed_flag
+from genlab.commands.flags import DEVICE_HELP, bounded_int, number_flag, seed_flag
 from genlab.config import write_output
 from genlab.errors import GenlabError
 from genlab.metrics.anomaly import SPLIT_TITLES, SPLITS, energies, energy_report, report_json, save_energies, split_images
@@ -36,7 +36,7 @@ def add(subparsers) -> None:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--images", nargs="+", metavar="PATH", help="score these image files or folders instead: one "
                    "CSV row per file (path, energy, percentile among the held-out energies, flag)")
-    p.add_argument("--fpr", type=float, default=None, help="with --images: flag energies above the threshold this "
+    p.add_argument("--fpr", type=number_flag, default=None, help="with --images: flag energies above the threshold this "
                    "share of held-out images exceed (default: 0.01)")
     p.set_defaults(func=command)
 

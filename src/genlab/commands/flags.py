@@ -40,6 +40,26 @@ def bounded_int(low: int, high: int | None = None) -> typing.Callable[[str], int
     return parse
 
 
+def _whole_number(text: str) -> int:
+    """An int flag of a config: ASCII digits only (int() took "٣" as 3 and "1_0" as 10)."""
+    if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", text):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(text)
+
+
+def _decimal(text: str) -> float:
+    """A float flag of a config: a decimal number in ASCII (float() took other scripts' digits and "1_0");
+    nan and inf pass here for the config's own check to refuse in its words."""
+    if not re.fullmatch(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*|\s*[+-]?(nan|inf|infinity)\s*",
+                        text, flags=re.IGNORECASE):
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    return float(text)
+
+
+_whole_number.__name__, _decimal.__name__ = "whole number", "number"
+_PARSERS = {int: _whole_number, float: _decimal}
+number_flag = _decimal  # the ``type`` of a command's own number flag
+
 seed_flag = bounded_int(0, MAX_SEED)  # the ``type`` of a --seed flag: the range TrainConfig.seed declares
 
 
@@ -63,7 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str, defaul
                                default=argparse.SUPPRESS, help=help_text)
         else:
             choices = f.metadata.get("choices")  # shown as {a,b,c} in the usage and the help
-            action = group.add_argument(_flag(f.name), dest=f.name, type=kind, default=argparse.SUPPRESS,
+            action = group.add_argument(_flag(f.name), dest=f.name, type=_PARSERS.get(kind, kind),
+                                        default=argparse.SUPPRESS,
                                         choices=choices, help=help_text, metavar=None if choices else f.name.upper())
             action.empty_is_default = shown == ""  # "--classes ''" means all classes, as leaving it out does
 

@@ -526,6 +526,69 @@ def hostile_file_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
     ]
 
 
+def user_file_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
+    """Folders and files of the user's, and settings that once did nothing or the wrong thing with exit 0 (28
+    November, evening): a run written among the user's files (their notes.json.tmp deleted), a run folder whose
+    .lock pointed at the user's file (truncated to a process id), a negative learning rate in a checkpoint
+    (trained uphill), a diverging DCGAN, flags ignored in silence."""
+    import numpy as np
+
+    ae = runs["ae"]
+    out = lambda i: ["--out", str(root / f"user-run{i}")]  # noqa: E731
+    mine = root / "users-folder"
+    mine.mkdir()
+    (mine / "notes.json.tmp").write_text("mine")
+    linked = copy_run(ae, root / "lock-link")
+    (linked / ".lock").unlink(missing_ok=True)
+    (root / "victim.txt").write_text("the user's own words")
+    (linked / ".lock").symlink_to(root / "victim.txt")
+
+    def group(key, value):
+        def edit(meta):
+            optims = json.loads(meta["optimizers"])
+            optims["model"]["param_groups"][0][key] = value
+            return {**meta, "optimizers": json.dumps(optims)}
+        return edit
+
+    crafted = {
+        "a negative learning rate in the checkpoint": dict(meta=group("lr", -5.0)),
+        "betas past 1 in the checkpoint": dict(meta=group("betas", [5.0, -3.0])),
+        "a checkpoint of another genlab's format": dict(meta=lambda m: {**m, "format": "genlab-99"}),
+        "a random state of zeros (the right size)": dict(tensors=lambda t: {**t, "rng/0": torch.zeros_like(t["rng/0"])}),
+        "NaN in Adam's average": dict(tensors=lambda t: {**t, "optim/model/0/exp_avg":
+                                                          torch.full_like(t["optim/model/0/exp_avg"], float("nan"))}),
+    }
+    cases = [Case("user files", "train --out a folder of the user's (was: run written among, notes.json.tmp deleted)",
+                  ["train", "ae", *QUICK, "--out", str(mine)]),
+             Case("user files", "train --resume a run whose .lock links to the user's file (was: file truncated)",
+                  ["train", "--resume", str(linked), "--epochs", "2"])]
+    for i, (label, how) in enumerate(crafted.items()):
+        cases.append(Case("checkpoint", f"resume: {label}", ["train", "--resume", str(copy_run(ae, root / f"crafted{i}",
+                                                                                                 **how)), "--epochs", "2"]))
+    good = json.loads((ae / "config.json").read_text())
+    huge = copy_run(ae, root / "huge-lr")
+    (huge / "config.json").write_text(json.dumps(good).replace(f'"lr": {json.dumps(good["train_config"]["lr"])}',
+                                                                '"lr": 1' + "0" * 400))
+    photo = root / "motion.jpg"
+    import cv2
+    photo.write_bytes(cv2.imencode(".jpg", (np.arange(784).reshape(28, 28) % 256).astype(np.uint8))[1].tobytes()
+                      + b"\0" * 70_000)
+    cases += [
+        Case("config.json", "evaluate: lr written as a 401-digit integer (was: OverflowError)",
+             ["evaluate", str(huge), "--no-quality"]),
+        Case("flags", "train dcgan --lr 10 (was: diverged, exit 0)", ["train", "dcgan", *QUICK, *out(1), "--lr", "10"]),
+        Case("flags", "train ebgan --optimizer sgd (documented: 0; was a traceback)",
+             ["train", "ebgan", *QUICK, *out(2), "--optimizer", "sgd"], expect=0),
+        Case("flags", "train ae --latent-dim in Arabic-Indic digits", ["train", "ae", *QUICK, *out(3), "--latent-dim", "\u0663"]),
+        Case("flags", "train vae --dreg without --objective iwae", ["train", "vae", *QUICK, *out(4), "--dreg"]),
+        Case("flags", "energy --images with --auroc (was: ignored)", ["energy", str(ae), "--images", str(photo), "--auroc"]),
+        Case("flags", "datasets --data-dir ~no-such-user (was: RuntimeError)", ["datasets", "--data-dir", "~genlab-nobody/x"]),
+        Case("images", "energy --images a JPEG with 70 kB after its end (documented: 0; was refused as cut short)",
+             ["energy", str(ae), "--images", str(photo)], expect=0),
+    ]
+    return cases
+
+
 def scenario_cases() -> list[Case]:
     return [
         Case("signals", "SIGTERM during training (documented: 143, one line, resumable)", expect=143,
@@ -645,7 +708,8 @@ def main() -> int:
         root = Path(tmp)
         runs = make_fixtures(root)
         cases = (flag_cases(root, runs) + path_cases(root, runs) + config_cases(root, runs["ae"])
-                 + checkpoint_cases(root, runs["ae"]) + data_cases(root) + hostile_file_cases(root, runs))
+                 + checkpoint_cases(root, runs["ae"]) + data_cases(root) + hostile_file_cases(root, runs)
+                 + user_file_cases(root, runs))
         cases = [c for c in cases if args.only in c.name]
         scenarios = [c for c in scenario_cases() if args.only in c.name]
         state: dict = {}

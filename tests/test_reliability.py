@@ -1113,3 +1113,29 @@ def test_a_hard_linked_copy_of_a_run_keeps_its_own_log(ae_run, tmp_path):
     assert {p.name: p.read_bytes() for p in snapshot.iterdir() if p.is_file()} == before
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
     assert not list(run.glob(".metrics*"))
+
+
+def test_a_failed_command_leaves_no_empty_output_folder(tmp_path):
+    # report, denoise and inpaint made their --out folder, failed to write into it, and left it behind.
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    for out in (tmp_path / "new" / "deeper", existing):
+        with pytest.raises(OSError):
+            with cfgmod.output_folder(out):
+                assert out.is_dir()
+                raise OSError(errno.ENOSPC, "No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]  # the one that was there before stays
+    with cfgmod.output_folder(tmp_path / "kept"):
+        pass
+    assert (tmp_path / "kept").is_dir()
+
+
+def test_an_input_name_too_long_for_its_repair_says_to_rename_it(ae_run, tmp_path, capsys):
+    # "File name too long ...: choose another --out", which cannot help: NAME-pair.png is over 255 bytes.
+    import numpy as np
+
+    long_name = tmp_path / ("b" * 250 + ".png")
+    long_name.write_bytes(encode_png(np.zeros((28, 28), np.uint8)))
+    status, lines, _ = cli(capsys, "denoise", ae_run, "--images", long_name, "--out", tmp_path / "repairs")
+    assert_one_line(status, lines, "is too long a name for its repair's", "rename it")
+    assert not (tmp_path / "repairs").exists()

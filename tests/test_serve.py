@@ -314,6 +314,7 @@ def hostile_requests(server) -> list[tuple[str, bytes]]:
         ("a 20 x 20 drawing", post("/api/draw", json.dumps({"image": b64(np.ones((20, 20)))}))),
         ("invalid base64", post("/api/draw", json.dumps({"image": "!!!not base64!!!"}))),
         ("a blank drawing", post("/api/draw", json.dumps({"image": b64(np.zeros((56, 56)))}))),
+        ("ink of 1e-40 (was scaled up into a solid block)", post("/api/draw", json.dumps({"image": [1e-40] * 784}))),
         ("56 x 56 without preprocessing", post("/api/draw", json.dumps({"image": image, "preprocess": False}))),
         ("preprocess not a bool", post("/api/draw", json.dumps({"image": image, "preprocess": "yes"}))),
         ("unknown model", post("/api/draw", json.dumps({"image": image, "models": ["gpt"]}))),

@@ -13,9 +13,10 @@ import os
 import re
 import tempfile
 import typing
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from genlab.errors import GenlabError
 
@@ -269,6 +270,24 @@ def write_atomically(path: Path, data: bytes, hidden: bool = False) -> None:
     finally:
         if tmp and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def output_folder(path) -> Iterator[Path]:
+    """``path`` made (with its parents) for the block's output; if the block fails, the folders made here are
+    removed again where they are still empty: a refused or failed command leaves no empty folder behind."""
+    path = Path(path)
+    made = [folder for folder in (path, *path.parents) if not os.path.lexists(folder)]  # innermost first
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (something of the command's, or another's), or gone: stop there
+                break
+        raise
 
 
 def write_output(path, data: bytes) -> None:

@@ -130,18 +130,18 @@ def write_report(out_dir: Path, title: str, sections: list[Section]) -> tuple[Pa
     The HTML comes last: a folder holding it holds a whole report (genlab report and reproduce refuse to
     replace one), so a write cut short (a full disk) leaves a folder the same command can finish."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in (("report.md", render_markdown(title, sections, out_dir)),
-                       ("report.html", render_html(title, sections))):
-        tmp = out_dir / f".{name}.tmp"
-        try:
-            tmp.write_text(text, errors="surrogateescape")  # a folder name's odd bytes written back as they were
-            tmp.replace(out_dir / name)
-        except OSError as e:
-            raise GenlabError(f"cannot write {out_dir / name} ({e.strerror or e}); free space (or choose another "
-                              "--out) and run the command again") from None
-        finally:
-            tmp.unlink(missing_ok=True)
+    with cfgmod.output_folder(out_dir):
+        for name, text in (("report.md", render_markdown(title, sections, out_dir)),
+                           ("report.html", render_html(title, sections))):
+            tmp = out_dir / f".{name}.tmp"
+            try:
+                tmp.write_text(text, errors="surrogateescape")  # a folder name's odd bytes written back as they were
+                tmp.replace(out_dir / name)
+            except OSError as e:
+                raise GenlabError(f"cannot write {out_dir / name} ({e.strerror or e}); free space (or choose another "
+                                  "--out) and run the command again") from None
+            finally:
+                tmp.unlink(missing_ok=True)
     return out_dir / "report.html", out_dir / "report.md"
 
 

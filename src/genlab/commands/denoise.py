@@ -3,6 +3,8 @@ picture (input | repair)."""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -50,20 +52,29 @@ def command(args) -> int:
     repaired = model.denoise(torch.from_numpy(inputs))
     written: list[Path] = []
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        for stem, before, after in zip(stems, inputs, repaired):
-            gap = np.full(before.shape[:-1] + (2,), 255, np.uint8)
-            for name, image in ((f"{stem}.png", after), (f"{stem}-pair.png", np.concatenate([before, gap, after], -1))):
-                cfgmod.write_atomically(out / name, encode_png(image), hidden=True)
-                written.append(out / name)
+        with cfgmod.output_folder(out):
+            try:
+                for stem, before, after in zip(stems, inputs, repaired):
+                    gap = np.full(before.shape[:-1] + (2,), 255, np.uint8)
+                    for name, image in ((f"{stem}.png", after),
+                                        (f"{stem}-pair.png", np.concatenate([before, gap, after], -1))):
+                        cfgmod.write_atomically(out / name, encode_png(image), hidden=True)
+                        written.append(out / name)
+            except OSError:
+                # No file cut short under its final name, and none of this command's: it can run again.
+                for path in written:
+                    path.unlink(missing_ok=True)
+                raise
     except OSError as e:
-        # No file cut short under its final name, and none of this command's: the same command can run again.
-        for path in written:
-            path.unlink(missing_ok=True)
-        full = e.errno in DISK_FULL
-        raise GenlabError(f"cannot write the repairs into {out} ({e.strerror or e}); nothing was kept: "
-                          f"{'free space (or choose another --out)' if full else 'choose another --out'} and run the "
-                          "command again") from None
+        longest = max(stems, key=lambda stem: len(os.fsencode(stem)))
+        if e.errno == errno.ENAMETOOLONG and len(os.fsencode(f"{longest}-pair.png")) > 255:
+            todo = f"the input named {longest[:40]}... is too long a name for its repair's ({longest[:8]}...-pair.png): rename it"
+        elif e.errno in DISK_FULL:
+            todo = "free space (or choose another --out)"
+        else:
+            todo = "choose another --out"
+        raise GenlabError(f"cannot write the repairs into {out} ({e.strerror or e}); nothing was kept: {todo} and "
+                          "run the command again") from None
     n = len(paths)
     print(f"wrote {n} repair{'s' if n != 1 else ''} and {n} side-by-side pair{'s' if n != 1 else ''} (input | repair) "
           f"to {out}")

@@ -48,10 +48,10 @@ def command(args: argparse.Namespace) -> int:
     images = _run_images(run, args.split, args.limit)
     table = inpainting_table(run.model, images, DROP_RATES, seed=args.seed)
     out = Path(args.out) if args.out else Path(run.dir) / "figures"
-    fig = figure_inpainting(run.model, images, out / "fig7_inpainting.png", p=0.5, seed=args.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    # A perfect repair scores an infinite PSNR: JSON has no such number, so it is written as null.
-    cfgmod.write_json(out / "inpainting.json", finite_or_null(table))
+    with cfgmod.output_folder(out):
+        fig = figure_inpainting(run.model, images, out / "fig7_inpainting.png", p=0.5, seed=args.seed)
+        # A perfect repair scores an infinite PSNR: JSON has no such number, so it is written as null.
+        cfgmod.write_json(out / "inpainting.json", finite_or_null(table))
     if args.json:
         print(json.dumps(finite_or_null(table), indent=2, allow_nan=False))
     else:

@@ -260,6 +260,8 @@ def _drawing(d: dict, preprocess: bool) -> np.ndarray:
     if side * side != a.size or not 28 <= side <= MAX_SIDE or (not preprocess and side != 28):
         want = "784 (28 x 28, with preprocess false)" if not preprocess else f"S x S with S from 28 to {MAX_SIDE}"
         raise ApiError(400, f"'image' has {a.size} pixels; expected {want}")
+    if a.size and a.max() < 0.5:  # ink no 8-bit image shows (1e-40) was scaled up into a solid block
+        raise ApiError(400, "the drawing is blank: draw a digit first")
     a = (a.astype(np.float32) / 255).reshape(side, side)
     try:
         a = mnist_style(a) if preprocess else a

@@ -199,11 +199,7 @@ def read_counters(path: Path) -> dict:
     path = Path(path)
     try:
         with _open_regular(path) as f:
-            head = f.read(8)
-            length = int.from_bytes(head, "little")
-            if length > MAX_JSON_HEADER:
-                raise ValueError(f"a header of {length} bytes")
-            counters = json.loads(_metadata(head + f.read(length))["counters"])
+            counters = json.loads(_meta_of(_read_header(f)[0])["counters"])
     except (OSError, KeyError, ValueError, TypeError, RecursionError) as e:
         raise GenlabError(f"checkpoint {path} is damaged or not a genlab checkpoint ({e}); retrain, or restore "
                           "the file") from None
@@ -215,16 +211,26 @@ def read_counters(path: Path) -> dict:
 MAX_JSON_HEADER = 100 << 20  # safetensors' own limit on a header
 
 
-def _check_extent(f, path: Path) -> None:
-    """Read the header of the safetensors file open at ``f`` (then back to its start) and check that its
-    tensors end where the file does: a ValueError where they do not."""
+def _read_header(f) -> tuple[dict, int]:
+    """The JSON header of the safetensors file open at ``f`` (at its start), and its length in bytes: 8 bytes
+    of length, then the JSON. A ValueError where there is none."""
     head = f.read(8)
     length = int.from_bytes(head, "little")
     if len(head) < 8 or length > MAX_JSON_HEADER:
         raise ValueError("the header is cut short" if len(head) < 8 else f"a header of {length} bytes")
-    header = json.loads(f.read(length))
+    raw = f.read(length)
+    if len(raw) < length:
+        raise ValueError("the header is cut short")
+    header = json.loads(raw)
     if not isinstance(header, dict):
         raise ValueError("the header is no JSON object")
+    return header, length
+
+
+def _check_extent(f, path: Path) -> None:
+    """Read the header of the safetensors file open at ``f`` (then back to its start) and check that its
+    tensors end where the file does: a ValueError where they do not."""
+    header, length = _read_header(f)
     ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
     size = os.fstat(f.fileno()).st_size
     if not all(isinstance(end, int) for end in ends) or 8 + length + max(ends, default=0) != size:
@@ -237,7 +243,11 @@ def _metadata(data: bytes) -> dict:
     length = int.from_bytes(data[:8], "little")
     if len(data) < 8 or length > len(data) - 8:
         raise ValueError("the header is cut short")
-    header = json.loads(data[8:8 + length])
+    return _meta_of(json.loads(data[8:8 + length]))
+
+
+def _meta_of(header) -> dict:
+    """A safetensors header's ``__metadata__``; a ValueError where it has none."""
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict):
         raise ValueError("no metadata")
@@ -351,9 +361,8 @@ def _check_optimizer(name: str, opt: torch.optim.Optimizer, saved: dict, where) 
             if not _same_kind(got[key], value) or (key == "params" and list(got[key]) != list(value)):
                 raise GenlabError(f"{where}: optimiser {name} group {i} setting {key} is {got[key]!r}, "
                                   f"expected a value like {value!r}")
-            low, high = SETTING_RANGES.get(key, (None, None))
-            if low is not None and not all(low(x) and high(x) for x in
-                                           (got[key] if isinstance(got[key], (list, tuple)) else [got[key]])):
+            fits = SETTING_RANGES.get(key)
+            if fits is not None and not all(map(fits, got[key] if isinstance(got[key], (list, tuple)) else [got[key]])):
                 # A negative learning rate trained uphill, exit 0.
                 raise GenlabError(f"{where}: optimiser {name} group {i} setting {key} is {got[key]!r}, which no "
                                   "genlab run sets; the file is damaged: restore it or retrain")
@@ -393,11 +402,10 @@ def _check_optimizer(name: str, opt: torch.optim.Optimizer, saved: dict, where) 
                           "negative mean square); the file is damaged: restore it or retrain")
 
 
-# The optimiser settings a run can hold, as (lower test, upper test); a betas pair is tested entry by entry.
+# The optimiser settings a run can hold; a betas pair is tested entry by entry.
 SETTING_RANGES = {
-    "lr": (lambda x: x >= 0, lambda x: x <= 10), "eps": (lambda x: x > 0, lambda x: x < 1),
-    "betas": (lambda x: x >= 0, lambda x: x < 1), "momentum": (lambda x: x >= 0, lambda x: x < 1),
-    "weight_decay": (lambda x: x >= 0, lambda x: x < 1), "dampening": (lambda x: x >= 0, lambda x: x <= 1),
+    "lr": lambda x: 0 <= x <= 10, "eps": lambda x: 0 < x < 1, "betas": lambda x: 0 <= x < 1,
+    "momentum": lambda x: 0 <= x < 1, "weight_decay": lambda x: 0 <= x < 1, "dampening": lambda x: 0 <= x <= 1,
 }
 
 

@@ -152,17 +152,11 @@ def commit_metrics(run_dir: Path, record: dict) -> None:
     -al``, a snapshot backup) keeps its own log, and a kill leaves either the old file or the new one."""
     path = Path(run_dir) / METRICS
     _regular_or_absent(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
         logged = path.read_bytes() if path.exists() else b""
-        with open(tmp, "wb") as f:
-            f.write(logged + (b"\n" if logged and not logged.endswith(b"\n") else b"")
-                    + (json.dumps(record) + "\n").encode())
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
+        _replace_metrics(path, logged + (b"\n" if logged and not logged.endswith(b"\n") else b"")
+                         + (json.dumps(record) + "\n").encode())
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise GenlabError(f"cannot write {path} ({e.strerror or e}); the checkpoint of epoch {record['epoch']} "
                           f"is saved and holds this line: {what_to_do(e)} and continue with --resume") from None
 
@@ -229,11 +223,22 @@ def recover_metrics(run_dir: Path, counters: dict) -> int:
         kept.append(json.dumps(record))
     elif not dropped:
         return 0
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(path)
+        _replace_metrics(path, "".join(line + "\n" for line in kept).encode())
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise GenlabError(f"cannot rewrite {path} ({e.strerror or e}); {what_to_do(e)} and resume again") from None
     return dropped
+
+
+def _replace_metrics(path: Path, data: bytes) -> None:
+    """``data`` as the whole of ``metrics.jsonl``: written to disk beside it (``.metrics.jsonl.tmp``, a name
+    ``is_stale`` knows) and renamed into place; an OSError leaves the file as it was and no temporary file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -473,10 +473,10 @@ def _check_fresh(run_dir: Path) -> None:
     # Anything else is somebody's: a run writes its files and figures/ among them, and could replace one of the
     # same name. A run of genlab's stopped before its first epoch (its config, an empty log) may be started over.
     # train.log: where genlab reproduce's worker writes this run's lines (train itself never touches it).
-    ours = {rundir.LOCK, "train.log"} | ({checkpoint.CONFIG, rundir.METRICS, "figures", "tensorboard"}
-                                         if os.path.lexists(config) else set())
+    genlabs = {rundir.LOCK, "train.log"} | ({checkpoint.CONFIG, rundir.METRICS, "figures", "tensorboard"}
+                                            if os.path.lexists(config) else set())
     foreign = sorted(entry.name for entry in os.scandir(run_dir)
-                     if entry.name not in ours and not rundir.is_stale(entry.name))
+                     if entry.name not in genlabs and not rundir.is_stale(entry.name))
     if foreign:
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
         raise GenlabError(f"{run_dir} holds files that are not a genlab run's ({foreign[0]!r}{more}); train into an "

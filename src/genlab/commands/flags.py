@@ -26,25 +26,23 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _whole_number(text: str) -> int:
+    """An int flag of a config: ASCII digits only (int() took "٣" as 3 and "1_0" as 10)."""
+    if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", text):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(text)
+
+
 def bounded_int(low: int, high: int | None = None) -> typing.Callable[[str], int]:
     """An argparse ``type`` for a whole-number flag in [low, high]: a bad value is argparse's one-line error."""
     def parse(text: str) -> int:
-        if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", text):  # int() reads other scripts' digits too ("٣" as 3)
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-        value = int(text)
+        value = _whole_number(text)
         if value < low or (high is not None and value > high):
             span = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise argparse.ArgumentTypeError(f"must be {span}, got {value}")
         return value
     parse.__name__ = "whole number"
     return parse
-
-
-def _whole_number(text: str) -> int:
-    """An int flag of a config: ASCII digits only (int() took "٣" as 3 and "1_0" as 10)."""
-    if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", text):
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    return int(text)
 
 
 def _decimal(text: str) -> float:

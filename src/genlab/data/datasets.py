@@ -212,16 +212,13 @@ def _load_idx(name: str, split: str, directory: str) -> Dataset:
 def run_dataset(train_cfg, split: str = "test", download: bool = True, shape=None) -> Dataset:
     """``split`` of the data set a run was trained on, loaded with the run's options (data directory, image
     size, grey). ``shape`` (channels, height, width): the run's model's, which the images must still have."""
-    try:
-        data = load_dataset(train_cfg.dataset, split, train_cfg.data_dir, download=download,
-                            image_size=getattr(train_cfg, "image_size", 0), grey=getattr(train_cfg, "grey", False))
-    except DataError as e:
-        if is_file_dataset(train_cfg.dataset) and str(e).startswith(f"--dataset {train_cfg.dataset}: "):
-            # said as a flag the user never gave: it is the run's own data that is gone
-            what = str(e).removeprefix(f"--dataset {train_cfg.dataset}: ").split("; ")[0]
-            raise DataError(f"the data set this run was trained on, {train_cfg.dataset} (its config.json): {what}; "
-                            "put the data back there") from None
-        raise
+    if is_file_dataset(train_cfg.dataset):  # the run stores it as an absolute path
+        where = Path(train_cfg.dataset.partition(":")[2])
+        if not where.exists():  # said by load_dataset as a --dataset flag, which the user never gave
+            raise DataError(f"the data set this run was trained on, {train_cfg.dataset} (its config.json): {where} "
+                            "does not exist; put the data back there")
+    data = load_dataset(train_cfg.dataset, split, train_cfg.data_dir, download=download,
+                        image_size=getattr(train_cfg, "image_size", 0), grey=getattr(train_cfg, "grey", False))
     if shape is not None:
         check_run_shape(data.images, shape)
     return data

@@ -161,8 +161,8 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
         raise DataError(f"{path} cannot be decoded ({' '.join(str(e.err).split())}); fix or remove that file") from None
     # A JPEG cut short: this OpenCV decodes nothing, others decode what is there, grey below. Its end marker is
     # looked for in the whole file: a Motion Photo carries a video after it, a photograph a thumbnail's before.
-    if data[:3].tobytes() == b"\xff\xd8\xff" and (image is None or b"\xff\xd9" not in data.tobytes()) and \
-            b"\xff\xd9" not in data[-65536:].tobytes():
+    if data[:3].tobytes() == b"\xff\xd8\xff" and b"\xff\xd9" not in data[-65536:].tobytes() and \
+            (image is None or b"\xff\xd9" not in data.tobytes()):
         raise DataError(f"{path} is a JPEG cut short (no end marker); fix or remove that file")
     damage = next((line for line in said.lines if any(words in line for words in JPEG_DAMAGE)), None)
     if damage:  # libjpeg decodes what it can of a damaged file and only says so

@@ -1100,6 +1100,10 @@ def test_a_file_whose_tensors_do_not_end_where_it_does_is_refused_before_it_is_r
     assert_one_line(status, lines, "do not end where the file does")
     (run / checkpoint.CHECKPOINT).write_bytes(b"\xff" * 8 + b"{}")
     assert_one_line(*cli(capsys, "evaluate", run, "--no-quality")[:2], "is damaged or not a genlab checkpoint")
+    for entry in ({"data_offsets": []}, [], {"data_offsets": "0-4"}):  # an IndexError reached the user
+        header = json.dumps({"__metadata__": {}, "x": entry}).encode()
+        (run / checkpoint.CHECKPOINT).write_bytes(len(header).to_bytes(8, "little") + header)
+        assert_one_line(*cli(capsys, "evaluate", run, "--no-quality")[:2], "do not end where the file does")
 
 
 def test_a_hard_linked_copy_of_a_run_keeps_its_own_log(ae_run, tmp_path):

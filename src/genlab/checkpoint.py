@@ -231,7 +231,9 @@ def _check_extent(f, path: Path) -> None:
     """Read the header of the safetensors file open at ``f`` (then back to its start) and check that its
     tensors end where the file does: a ValueError where they do not."""
     header, length = _read_header(f)
-    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    ends = [entry.get("data_offsets") if isinstance(entry, dict) else None
+            for key, entry in header.items() if key != "__metadata__"]
+    ends = [pair[1] if isinstance(pair, list) and len(pair) == 2 else None for pair in ends]
     size = os.fstat(f.fileno()).st_size
     if not all(isinstance(end, int) for end in ends) or 8 + length + max(ends, default=0) != size:
         raise ValueError(f"its tensors do not end where the file does ({size} bytes)")

@@ -143,6 +143,23 @@ def test_damaged_config_json_is_one_line(config, words, capsys, ae_run, tmp_path
         assert_one_line(*cli(capsys, *argv)[:2], words)
 
 
+@pytest.mark.parametrize("edit,words", [
+    ({"image_shape": {"channels": 3, "height": 28, "width": 28}}, "'image_shape' is"),
+    ({"image_shape": "28x28"}, "while the model's config says channels 1, height 28, width 28"),
+    ({"classes": [1, 2]}, "'classes' is '[1, 2]', not a list of class names"),
+    ({"world_size": 0}, "'world_size' is '0', not a number of processes"),
+    ({"world_size": True}, "not a number of processes"),
+])
+def test_config_json_facts_that_disagree_with_the_model_are_one_line(edit, words, capsys, ae_run, tmp_path):
+    # These were read by nobody, or read as they came: an edited image shape let every command run as if
+    # nothing were wrong, and class names that were numbers reached the conditional models' labels.
+    run = copy_run(ae_run, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, **edit}))
+    for argv in (["train", "--resume", run, "--epochs", "3"], ["evaluate", run, "--no-quality"]):
+        assert_one_line(*cli(capsys, *argv)[:2], words, "the run directory is damaged")
+
+
 def test_a_config_json_naming_another_model_is_one_line(capsys, ae_run, tmp_path):
     # A DAE has an AE's tensors, so only the model named in the checkpoint tells the two apart.
     run = copy_run(ae_run, tmp_path / "run")

@@ -524,7 +524,31 @@ def read_configs(run_dir: Path):
         train_cfg = cfgmod.from_dict(TrainConfig, data["train_config"])
     except GenlabError as e:
         raise GenlabError(f"{path}: {e}") from None
+    wrong = _recorded_facts_problem(data, model_cfg)
+    if wrong:
+        raise GenlabError(f"{path}: {wrong}, which is not what genlab train wrote; the run directory is damaged "
+                          "(train the run again, or put back its own config.json)")
     return name, model_cfg, train_cfg
+
+
+def _recorded_facts_problem(data: dict, model_cfg) -> str | None:
+    """What is wrong with the facts beside the configs that genlab train records in config.json (the image
+    shape, the data set's class names, the number of processes), or None. Each is optional (runs of older
+    genlab lack them), but one that is there must agree with the model's config and be of its kind: a copy
+    that disagrees says the file was edited or mixed with another run's."""
+    shape = data.get("image_shape")
+    if shape is not None:
+        wanted = {"channels": model_cfg.channels, "height": model_cfg.height, "width": model_cfg.width}
+        if shape != wanted:
+            said = ", ".join(f"{k} {v}" for k, v in wanted.items())
+            return f"'image_shape' is {shape!r} while the model's config says {said}"
+    classes = data.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        return f"'classes' is {str(classes)[:80]!r}, not a list of class names"
+    world = data.get("world_size")
+    if world is not None and not (type(world) is int and 1 <= world <= 1 << 20):
+        return f"'world_size' is {str(world)[:40]!r}, not a number of processes"
+    return None
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:

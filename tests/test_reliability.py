@@ -498,6 +498,21 @@ def test_a_reader_that_goes_away_ends_the_command_quietly():
     assert done.stdout == "0\n" and done.stderr == "", done.stderr
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a device that is always full)")
+@pytest.mark.parametrize("argv", [["datasets"], ["--version"], ["train", "ae", "--help"]])
+def test_a_full_standard_output_is_named_in_one_line(argv):
+    # > /dev/full: "No space left on device" without a word of which file, or Python's "Exception ignored"
+    # traceback and status 120 where the output was still buffered when the command ended.
+    # Unbuffered (python -u), the failure met argparse's --help and --version, which ignore it: status 0.
+    for unbuffered in ("", "1"):
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        with open("/dev/full", "w") as full:
+            done = subprocess.run([sys.executable, "-m", "genlab.cli", *argv], stdout=full, stderr=subprocess.PIPE,
+                                  text=True, timeout=120, env={**env, **({"PYTHONUNBUFFERED": "1"} if unbuffered else {})})
+        assert done.returncode == 2 and done.stderr.splitlines() == [
+            "genlab: error: standard output: No space left on device; free space (or raise the limit) and try again"]
+
+
 def test_a_bug_shows_its_traceback_and_asks_for_a_report(capsys):
     def bug():
         raise ZeroDivisionError("oops")

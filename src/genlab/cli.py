@@ -76,9 +76,79 @@ class _ClosedOutput(io.TextIOBase):
                                    "it with its output going to a terminal, a file or a pipe")
 
 
+class _StandardOutput(io.RawIOBase):
+    """File descriptor 1 under ``sys.stdout``, whose failed writes name it: a full disk behind ``> FILE`` (or
+    ``> /dev/full``) ended the command with "No space left on device" and no word of which file."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self.failure: OSError | None = None  # the first failed write, said by ``_flush_output``
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self._fd)
+
+    def write(self, data) -> int:
+        if self.failure is not None:  # said once, as the command's error; the rest is dropped, not said at exit
+            return len(data)
+        try:
+            return os.write(self._fd, data)
+        except BrokenPipeError:  # the reader has gone: said by nothing (genlab.errors)
+            raise
+        except OSError as e:
+            self.failure = OSError(e.errno, e.strerror, "standard output")
+            raise self.failure from None
+
+
+_output: _StandardOutput | None = None  # under sys.stdout, once ``main`` has put it there
+
+
+def _flush_output() -> None:
+    """Send what is still buffered, and raise a failed write to standard output, also one that was caught on
+    the way (argparse's --help and --version print and ignore failures)."""
+    sys.stdout.flush()
+    if _output is not None and _output.failure is not None:
+        raise _output.failure
+
+
+def _named_standard_output() -> None:
+    """Put ``_StandardOutput`` under Python's own standard output, keeping its encoding and buffering; a stand-in
+    (a test's capture, a closed output) is left as it is."""
+    if sys.stdout is not sys.__stdout__ or not isinstance(sys.stdout, io.TextIOWrapper):
+        return
+    try:
+        fd = sys.stdout.fileno()
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        return
+    global _output
+    raw = _output = _StandardOutput(fd)
+    unbuffered = isinstance(sys.stdout.buffer, io.RawIOBase)  # python -u, PYTHONUNBUFFERED
+    sys.stdout = io.TextIOWrapper(raw if unbuffered else io.BufferedWriter(raw), encoding=sys.stdout.encoding,
+                                  errors=sys.stdout.errors, line_buffering=sys.stdout.line_buffering,
+                                  write_through=sys.stdout.write_through)
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except SystemExit as e:
+        if e.code in (0, None):  # --help, --version: what they printed is flushed where a failure is one line
+            status = one_line_errors(lambda: _flush_output() or 0)
+            if status:
+                raise SystemExit(status) from None
+        raise
+
+
+def _main(argv: list[str] | None) -> int:
     if sys.stdout is None:
         sys.stdout = _ClosedOutput()
+    _named_standard_output()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError):  # not a text stream of Python's (a test's stand-in)
             stream.reconfigure(errors="genlab-file-names")
@@ -117,7 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     # does: one line, status 128 + 15. Training and the reproduction put their own handler in place while they
     # train (they checkpoint first, then say how to go on).
     with _handlers({signal.SIGTERM: _stop}):
-        return one_line_errors(lambda: args.func(args))
+        return one_line_errors(lambda: _run(args))
+
+
+def _run(args) -> int:
+    status = args.func(args)
+    _flush_output()  # here, where a failure is one line, not at exit
+    return status
 
 
 @contextlib.contextmanager

@@ -28,7 +28,8 @@ def add(subparsers) -> None:
     p.add_argument("--split", default=None, choices=SPLITS, help="inputs to score (default: test)")
     p.add_argument("--out", default=None, help="save the energies to FILE.npy or FILE.csv (replaced whole if it exists) instead of printing them")
     p.add_argument("--auroc", action="store_true", help="AUROC of merged and out-of-distribution vs clean, and figures")
-    p.add_argument("--figures", default=None, help="directory for the --auroc figures (default: RUN_DIR/figures)")
+    p.add_argument("--figures", default=None, help="directory for the --auroc figures, energy_histograms.png and "
+                   "fig8_merged.png, which replace files of those names (default: RUN_DIR/figures)")
     p.add_argument("--limit", type=bounded_int(0), default=0, help="use only the first N images of each split (0: all)")
     p.add_argument("--seed", type=seed_flag, default=0,
                    help="seed of the digit pairing and of stochastic energies")

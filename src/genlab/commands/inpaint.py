@@ -24,8 +24,8 @@ def add(subparsers) -> None:
     p.add_argument("--seed", type=seed_flag, default=0,
                    help="seed of the corruption masks (default: 0)")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
-    p.add_argument("--out", default=None, help="directory for fig7_inpainting.png and inpainting.json "
-                                             "(default: RUN_DIR/figures)")
+    p.add_argument("--out", default=None, help="directory for fig7_inpainting.png and inpainting.json, "
+                                             "which replace files of those names (default: RUN_DIR/figures)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=command)
 

@@ -24,6 +24,9 @@
 #               2048, on full MNIST (30 steps an epoch rather than 15), 3 rounds; each line says how long genlab's
 #               loop rests between epochs; then dae again with the plain loop resting 50 ms between its epochs:
 #               does the rest (evaluation, checkpoint, log) slow the next epoch's steps? (at most 210 s)
+#   suite       (only when named) the everyday test tier (pytest -m "not slow") on the GPU machine: every test
+#               but tests/test_cuda.py runs on the CPU there too (tests/conftest.py), as CI runs it; this says
+#               that a GPU in the machine changes none of their outcomes (at most 200 s)
 #   profile     (only when named) benchmarks/profile_step.py: PyTorch's profiler over genlab's loop for vae at
 #               batch 1024, ae and dae at 2048 (the cases once below 0.9x; dae b2048 still is, 0.79x on 27
 #               November's night): host time by operator, kernels and device
@@ -49,7 +52,7 @@
 # commands' runs into WORK_DIR/commands, the reproduction into WORK_DIR/reproduce, whose report.md and
 # tables.json are copied into OUT_DIR. A failing stage does not stop the others.
 set -u
-out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR [tests] [commands] [throughput] [reproduce] [bf16] [gap] [graphs] [profile]}
+out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR [tests] [commands] [throughput] [reproduce] [bf16] [gap] [graphs] [suite] [profile]}
 shift
 stages=${*:-tests commands throughput reproduce}
 work=${WORK_DIR:-$out}
@@ -72,6 +75,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to OUT_DI
 for s in $stages; do
   case $s in
     tests) stage tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py ;;
+    suite) stage suite 200 python3 -m pytest -q -p no:cacheprovider -m "not slow" -x ;;
     commands) stage commands 200 python3 benchmarks/cuda_commands.py "$work/commands" --jobs 4 ;;
     reproduce)
       stage reproduce 480 python3 -m genlab.cli reproduce --device cuda --out "$work/reproduce"

@@ -19,3 +19,20 @@ def mnist_available() -> bool:
 
 
 needs_mnist = pytest.mark.skipif(not mnist_available(), reason="full MNIST not found: set GENLAB_DATA_DIR")
+
+
+@pytest.fixture(autouse=True)
+def cpu_unless_a_cuda_test(request, monkeypatch):
+    """Every test but those of tests/test_cuda.py is of genlab on the CPU, as CI runs it. On a GPU machine
+    ``--device auto`` would take CUDA there: two torchrun processes would each want a GPU of their own, and
+    tests of exact CPU numbers would measure another device. So "auto" means the CPU for them, in this process
+    and in the processes they start (CUDA_VISIBLE_DEVICES, read when CUDA starts in a new process);
+    tests/test_cuda.py is where genlab is tested on the GPU."""
+    if request.path.name == "test_cuda.py":
+        yield
+        return
+    import torch
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    yield

@@ -85,8 +85,10 @@ def copy_run(src: Path, dst: Path, config=None, tensors=None, meta=None, raw: by
         new_meta = meta(old_meta) if meta else old_meta
         if "crc32" in new_meta and "crc32" in old_meta and new_meta["crc32"] == old_meta["crc32"]:
             # Crafted whole, its checksum matching its tensors: the checks behind the checksum are what is tried.
-            from genlab.checkpoint import checksum
+            from genlab.checkpoint import checksum, metadata_checksum
             new_meta = {**new_meta, "crc32": checksum(t)}
+            if "crc32_meta" in new_meta:
+                new_meta["crc32_meta"] = metadata_checksum(new_meta)
         save_file(t, str(ckpt), metadata=new_meta)
     return dst
 

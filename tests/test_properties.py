@@ -141,7 +141,8 @@ META_EDITS = st.lists(st.tuples(st.sampled_from(["counters", "optimizers", "form
 @given(tensor_edits=TENSOR_EDITS, meta_edits=META_EDITS, group_edit=st.none() | st.tuples(st.text(max_size=12), JSON))
 def test_checkpoint_structure_damaged(saved_checkpoint, tensor_edits, meta_edits, group_edit):
     _, tensors, meta = saved_checkpoint
-    tensors, meta = dict(tensors), dict(meta)
+    # Without the checksums (as an older genlab wrote them), so that the edits meet the checks behind them.
+    tensors, meta = dict(tensors), {k: v for k, v in meta.items() if k not in ("crc32", "crc32_meta")}
     names = sorted(tensors)
     for action, i, new_name in tensor_edits:
         name = names[i % len(names)]

@@ -81,7 +81,8 @@ def edit_checkpoint(run: Path, tensors=None, counters=None, meta_edit=None) -> N
     if meta_edit:
         meta = meta_edit(meta)
     # A file crafted whole (its checksum matching its tensors), so the checks behind the checksum are tested.
-    save_file(t, str(path), metadata={**meta, "crc32": checkpoint.checksum(t)})
+    meta = {**meta, "crc32": checkpoint.checksum(t)}
+    save_file(t, str(path), metadata={**meta, "crc32_meta": checkpoint.metadata_checksum(meta)})
 
 
 # -- validation in one place --------------------------------------------------------------------------------
@@ -270,6 +271,14 @@ def test_energy_out_is_whole_or_not_written_and_never_waits_on_a_pipe(ae_run, tm
                         str(tmp_path / "to-kept.csv")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and (tmp_path / "to-kept.csv").is_symlink(), r.stderr
     assert len(kept.read_text().splitlines()) == 4
+    # ... but not into a file of another kind: a link named scores.csv to the run's checkpoint replaced it
+    run = copy_run(ae_run, tmp_path / "run")
+    (tmp_path / "scores.csv").symlink_to(run / checkpoint.CHECKPOINT)
+    before = (run / checkpoint.CHECKPOINT).read_bytes()
+    r = subprocess.run([sys.executable, "-m", "genlab.cli", "energy", str(run), "--limit", "3", "--out",
+                        str(tmp_path / "scores.csv")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "a file of another kind" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert (run / checkpoint.CHECKPOINT).read_bytes() == before
 
 
 def test_file_names_the_output_encoding_cannot_carry_are_printed_not_a_traceback(ae_run, tmp_path):
@@ -648,6 +657,24 @@ def test_a_flipped_bit_or_a_checkpoint_replaced_while_read_never_loads_wrong_wei
     finally:
         stop.set()
         writer.join()
+
+
+@pytest.mark.parametrize("where,flip", [
+    (b'"lr\\": 0.00', 0x02),  # the learning rate 0.001 read as 0.003: resume trained on with it
+    (b'{\\"epoch\\": ', 0x02),  # epoch 1 read as 3: resume skipped two epochs
+    (b'"crc32_meta"', 0x01),  # the checksum's own name: an entry genlab never writes
+])
+def test_a_flipped_bit_in_the_counters_or_settings_is_damage(where, flip, capsys, ae_run, tmp_path):
+    # Only the tensors had a checksum: one bit of the metadata, JSON that still parsed, was taken as written.
+    run = copy_run(ae_run, tmp_path / "run")
+    path = run / checkpoint.CHECKPOINT
+    data = bytearray(path.read_bytes())
+    data[data.index(where) + len(where)] ^= flip
+    path.write_bytes(bytes(data))
+    # report passed a damaged checkpoint over as a blank energy, as it does a run copied without its weights
+    for argv in (["train", "--resume", run, "--epochs", "5"], ["evaluate", run, "--no-quality"],
+                 ["report", run, "--out", tmp_path / "report"]):
+        assert_one_line(*cli(capsys, *argv)[:2], f"checkpoint {path} is damaged")
 
 
 def test_optional_cuda_random_state_is_accepted(ae_run, tmp_path):

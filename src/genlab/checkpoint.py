@@ -84,6 +84,7 @@ def save(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.O
             tensors[f"{prefix}/{rank}"] = state.cpu().contiguous()
     meta = {"counters": json.dumps(counters), "optimizers": json.dumps(optim_meta), "format": FORMAT,
             "model": _model_name(model), "crc32": checksum(tensors)}
+    meta["crc32_meta"] = metadata_checksum(meta)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=path.parent)
@@ -249,15 +250,34 @@ def _metadata(data: bytes) -> dict:
 
 
 def _meta_of(header) -> dict:
-    """A safetensors header's ``__metadata__``; a ValueError where it has none."""
+    """A safetensors header's ``__metadata__``, checked against its checksum where it has one (checkpoints of
+    an older genlab have none); a ValueError where it has no metadata, an entry genlab never writes (a flipped
+    bit in an entry's name), or entries that do not match their checksum."""
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict):
         raise ValueError("no metadata")
+    unknown = sorted(set(meta) - METADATA_KEYS)
+    if unknown:
+        raise ValueError(f"an entry {unknown[0][:40]!r} in its metadata, which genlab never writes")
+    if "crc32_meta" in meta and meta["crc32_meta"] != metadata_checksum(meta):
+        raise ValueError("its counters and optimiser settings do not match the checksum written with them")
     return meta
 
 
+METADATA_KEYS = {"counters", "optimizers", "format", "model", "crc32", "crc32_meta"}
+
+
+def metadata_checksum(meta: dict) -> str:
+    """CRC-32 of a checkpoint's metadata but its checksums, in name order: a flipped bit in the counters or an
+    optimiser's settings is JSON that still parses (an epoch 1 read as 3, a learning rate 0.001 as 0.003),
+    which only this notices."""
+    body = json.dumps({k: v for k, v in meta.items() if k not in ("crc32", "crc32_meta")}, sort_keys=True)
+    return f"{zlib.crc32(body.encode()):08x}"
+
+
 def checksum(tensors: dict[str, torch.Tensor]) -> str:
-    """CRC-32 of every tensor's bytes, in name order: a flipped bit in the data is noticed on loading."""
+    """CRC-32 of every tensor's bytes, in name order: a flipped bit in the data is noticed on loading (the
+    metadata has its own, ``metadata_checksum``)."""
     crc = 0
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous().reshape(-1)

@@ -293,12 +293,16 @@ def output_folder(path) -> Iterator[Path]:
 def write_output(path, data: bytes) -> None:
     """``data`` into the output file ``path`` the user named, whole or not at all: through a temporary file
     renamed into place (a full disk left the file that was there cut short), into the file a symbolic link
-    names (as opening it did). A folder or a special file (a pipe, a device) there is refused, not replaced or
-    waited on."""
-    path = Path(os.path.realpath(path))
+    names (as opening it did) if its name ends as the link's does. A folder or a special file (a pipe, a
+    device) there is refused, not replaced or waited on."""
+    named, path = Path(path), Path(os.path.realpath(path))
     if path.exists() and not path.is_file():
         kind = "a folder" if path.is_dir() else "not a regular file"
         raise GenlabError(f"--out {path} is {kind}; give the name of a file to write")
+    if path.suffix.lower() != named.suffix.lower():
+        # A link named scores.csv that leads to a run's checkpoint replaced the checkpoint with a table.
+        raise GenlabError(f"--out {named} is a link to {path}, a file of another kind; give the name of a "
+                          f"{named.suffix} file, or remove the link")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, data)
 

@@ -232,10 +232,7 @@ def comparison_section(run_dirs: list[Path], device: str = "auto", limit: int = 
         evaluation = _evaluation(d, metrics)[0]
         energy, images = evaluation.get("energy"), evaluation.get("images")
         if not (_number(energy) and _number(images) and evaluation.get("split") == "test"):
-            try:
-                energy, images = _mean_test_energy(d, device, limit)
-            except GenlabError:  # its data or checkpoint is not here (a copied run): the table says nothing
-                energy, images = None, None
+            energy, images = _mean_test_energy(d, device, limit) or (None, None)
         rows.append([str(d), config.get("model", "?"), config.get("train_config", {}).get("dataset", "?"),
                      last.get("epoch"), last.get("seconds"), last.get("test/loss"), energy, images])
     return Section("runs", "Runs side by side").table(
@@ -248,13 +245,19 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _mean_test_energy(run_dir: Path, device: str, limit: int) -> tuple[float, int]:
-    from genlab.checkpoint import load_run
-    from genlab.data import run_dataset
+def _mean_test_energy(run_dir: Path, device: str, limit: int) -> tuple[float, int] | None:
+    """(mean energy, images) of a run's test images; None where its weights or its data are not here (a copied
+    run: the table says nothing). A damaged checkpoint is said, not passed over as a blank."""
+    from genlab.data import DataError, run_dataset
     from genlab.evaluate import mean_energy
 
-    run = load_run(run_dir, device=device)
-    data = run_dataset(run.train_cfg, "test", shape=run.model_cfg.shape)
+    if not (run_dir / checkpoint.CHECKPOINT).exists():
+        return None
+    run = checkpoint.load_run(run_dir, device=device)
+    try:
+        data = run_dataset(run.train_cfg, "test", shape=run.model_cfg.shape)
+    except DataError:
+        return None
     images = data.images[:limit]
     labels = data.labels[:len(images)] if run.model.conditional else None
     return mean_energy(run.model, images, labels=labels), len(images)

@@ -435,6 +435,26 @@ def test_a_longer_schedule_given_on_resume_is_kept_for_the_next_resume(tmp_path)
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
+def test_resume_takes_no_cuda_graphs_and_no_progress_for_this_time(tmp_path, monkeypatch, capsys):
+    # A failed CUDA-graph recording says "train with --no-cuda-graphs (and --resume ...)", which the command
+    # refused as a setting of a new run; and Python's train() checked cuda_graphs on resume, then dropped it.
+    from genlab import graphs
+    from genlab.cli import main
+
+    run = train("ae", MODELS["ae"].Config(latent_dim=8),
+                quick_config("ae", tmp_path / "r", limit=128, epochs=1, progress=True))
+    seen = []
+    real = graphs.for_training
+    monkeypatch.setattr(graphs, "for_training", lambda model, cfg, *a: seen.append(cfg) or real(model, cfg, *a))
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-cuda-graphs", "--no-progress"]) == 0
+    assert (seen[-1].epochs, seen[-1].cuda_graphs, seen[-1].progress) == (2, False, False)
+    saved = checkpoint.read_configs(run)[2]
+    assert saved.cuda_graphs and saved.epochs == 2  # for this time only; the longer schedule is the run's
+    import dataclasses
+    train(None, train_cfg=dataclasses.replace(saved, epochs=3, cuda_graphs=False), resume=run)
+    assert (seen[-1].epochs, seen[-1].cuda_graphs) == (3, False)
+
+
 def test_a_finite_but_astronomical_loss_is_divergence_and_a_first_epoch_leaves_no_checkpoint(tmp_path, monkeypatch):
     # An EBGAN at --lr 10 reached a discriminator loss of 6.4e35 and the run "succeeded"; and a run that
     # diverged in its first epoch promised a last good checkpoint it never wrote.

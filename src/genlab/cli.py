@@ -243,6 +243,8 @@ def _refuse_new_run_flags_on_resume(parser, words: list[str]) -> None:
     argparse, which knows such flags only after a MODEL, took 0.1 for the MODEL ("invalid choice: '0.1'")."""
     if words[:1] != ["train"] or not any(w == "--resume" or w.startswith("--resume=") for w in words):
         return
+    from genlab.commands.train import RESUME_FLAGS
+
     train_parser = _command_parser(parser, argparse.Namespace(command="train", model=None))
     models = next(a for a in train_parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     if any(w in models for w in words[1:]):
@@ -252,7 +254,7 @@ def _refuse_new_run_flags_on_resume(parser, words: list[str]) -> None:
     flag = next((w.split("=")[0] for w in words[1:] if w.split("=")[0] in new_run_flags), None)
     if flag:
         train_parser.error(f"{flag} is a setting of a new run; --resume goes on with the run's own settings and "
-                           "takes only --epochs N and --device D")
+                           f"takes only {RESUME_FLAGS}")
 
 
 def unrecognized(parser, args, unknown: list[str]) -> None:

@@ -145,9 +145,10 @@ def train(model_name: str | None, model_cfg=None, train_cfg: TrainConfig | None 
     ``genlab.viz.training_callbacks(train_cfg)`` here.
 
     ``device`` (a name or a ``torch.device``), when given, is where to train, in place of ``train_cfg.device``.
-    On resume only the schedule length (``train_cfg.epochs``) and the device (``device``, or
-    ``train_cfg.device``: a run trained on a GPU can go on on a CPU, and back) may change; a model, a model
-    config or other training settings that differ from the run's own are refused.
+    On resume only the schedule length (``train_cfg.epochs``), the device (``device``, or
+    ``train_cfg.device``: a run trained on a GPU can go on on a CPU, and back), ``cuda_graphs`` and
+    ``progress`` may change (``RESUME_MAY_CHANGE``); a model, a model config or other training settings that
+    differ from the run's own are refused.
 
     The caller's random state is left as it was: training draws from generators seeded by ``train_cfg.seed``.
     """
@@ -158,7 +159,7 @@ def train(model_name: str | None, model_cfg=None, train_cfg: TrainConfig | None 
         name, saved_model_cfg, saved = checkpoint.read_configs(run_dir)
         _check_resume(run_dir, name, saved_model_cfg, saved, model_name, model_cfg, train_cfg)
         model_name, model_cfg = name, saved_model_cfg
-        changes = {"epochs": train_cfg.epochs, "device": train_cfg.device} if train_cfg is not None else {}
+        changes = {k: getattr(train_cfg, k) for k in RESUME_MAY_CHANGE if k != "out"} if train_cfg is not None else {}
         changes.update({"device": device} if device is not None else {})
         train_cfg = cfgmod.from_dict(TrainConfig, {**cfgmod.to_dict(saved), **changes})
     else:
@@ -207,7 +208,9 @@ def train(model_name: str | None, model_cfg=None, train_cfg: TrainConfig | None 
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
-RESUME_MAY_CHANGE = ("epochs", "device", "out", "cuda_graphs")  # out: the run is where resume points
+# What a resumed run may do differently: its length, where it runs, and how (neither changes what it computes
+# beyond rounding); out: the run is where resume points.
+RESUME_MAY_CHANGE = ("epochs", "device", "out", "cuda_graphs", "progress")
 
 
 def _check_resume(run_dir: Path, name: str, saved_model_cfg, saved: TrainConfig, model_name, model_cfg,

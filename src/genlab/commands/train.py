@@ -23,12 +23,20 @@ def add(subparsers) -> None:
                    help="with --resume: train up to this many epochs in all")
     p.add_argument("--device", default=argparse.SUPPRESS,
                    help=f"with --resume: continue on this device ({DEVICE_HELP}) instead of the run's own")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                   help="with --resume: record the step as CUDA graphs on one GPU, or not (--no-cuda-graphs), "
+                        "this time")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                   help="with --resume: show a progress bar, or not (--no-progress), this time")
     p.set_defaults(func=command, model=None)
     models = p.add_subparsers(dest="model", parser_class=Parser, metavar="MODEL")
     for name, cls in MODELS.items():
         m = models.add_parser(name, help=summary(cls), description=summary(cls))
         add_arguments(m, cls.Config, f"{name} model")
         add_arguments(m, cfgmod.TrainConfig, "training", defaults=default_train_config(name))
+
+
+RESUME_FLAGS = "--epochs N, --device D, --no-cuda-graphs and --no-progress"  # what --resume takes
 
 
 def summary(cls) -> str:
@@ -42,10 +50,11 @@ def command(args) -> int:
     # Ctrl-C or SIGTERM ends in train's Interrupted: one line and 128 + the signal (genlab.errors.Stopped).
     if args.resume and args.model:
         raise GenlabError(f"--resume goes on with the run's own model and settings; give either --resume RUN_DIR "
-                          f"(with --epochs N or --device D at most) or a model and its flags, not {args.model} too")
+                          f"(with {RESUME_FLAGS} at most) or a model and its flags, not {args.model} too")
     if args.resume:
         saved = checkpoint.read_configs(args.resume)[2]
-        train_cfg = dataclasses.replace(saved, epochs=args.epochs) if hasattr(args, "epochs") else None
+        given = {k: getattr(args, k) for k in ("epochs", "cuda_graphs", "progress") if hasattr(args, k)}
+        train_cfg = dataclasses.replace(saved, **given) if given else None
         run_dir = train(None, None, train_cfg, resume=args.resume, device=getattr(args, "device", None),
                         callbacks=training_callbacks(saved))
     else:

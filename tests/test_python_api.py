@@ -154,3 +154,25 @@ def test_genlabs_figures_leave_the_callers_matplotlib_backend_alone(tmp_path):
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "pdf", r.stderr
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_samples_come_as_pixels_that_score_like_any_images(tmp_path, runs):
+    # model.model.sample gives floats in the model's own range ([-1, 1] for the GANs), which energy() refused
+    # as "floats outside [0, 1]"; sample() gives uint8 as denoise() does, seeded and leaving the caller's stream.
+    vae = genlab.load(train("vae", MODELS["vae"].Config(), small_config(tmp_path / "vae")))
+    gan = genlab.load(train("dcgan", MODELS["dcgan"].Config(), small_config(tmp_path / "dcgan")))
+    for model in (vae, gan):
+        state = torch.get_rng_state()
+        drawn = model.sample(70, seed=5, batch_size=32)  # three batches, one seed
+        assert torch.equal(torch.get_rng_state(), state)
+        assert drawn.shape == (70, 28, 28) and drawn.dtype == np.uint8 and drawn.max() > drawn.min()
+        assert np.array_equal(drawn, model.sample(70, seed=5)) and not np.array_equal(drawn, model.sample(70, seed=6))
+        assert np.isfinite(model.energy(drawn)).all()
+        assert model.sample(0).shape == (0, 28, 28)
+    with pytest.raises(GenlabError, match="ae cannot sample; models that can: vae"):
+        genlab.load(runs["ae"]).sample(4)
+    with pytest.raises(NotImplementedError):  # the network's own refusal: a GenlabError too
+        genlab.load(runs["ae"]).model.sample(4)
+    for seed in (-1, 1.5, True):
+        with pytest.raises(GenlabError, match="seed is a whole number"):
+            vae.sample(4, seed=seed)

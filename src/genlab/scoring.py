@@ -191,6 +191,40 @@ class LoadedModel:
 
     # -- repairs ----------------------------------------------------------------------------------------------
     @torch.no_grad()
+    def sample(self, n: int, seed: int = 0, batch_size: int = 1000) -> np.ndarray:
+        """``n`` of the model's samples as uint8 pixels, laid out as ``denoise`` gives them (grey [N x H x W],
+        colour [N x C x H x W]), so that ``energy(sample(n))`` scores them whatever the model's own pixel range
+        (``model.sample`` gives floats in it: [0, 1] or [-1, 1]). The same ``seed`` gives the same samples on
+        one device; the caller's random stream is left alone. A conditional model's samples cycle through the
+        classes the run learned."""
+        from genlab.checkpoint import trained_labels
+        from genlab.data.batching import to_uint8
+        from genlab.models import cannot_sample
+        from genlab.models.base import eval_batch, sample_count
+        from genlab.rng import seeded
+
+        model, count = self.model.eval(), sample_count(n)
+        if not model.can_sample:
+            raise GenlabError(cannot_sample(self.run.model_name, model))
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+            raise GenlabError(f"seed is a whole number from 0 to 2**63 - 1, got {seed!r}")
+        generator = torch.Generator().manual_seed(int(seed))
+        batch_size = eval_batch(_batch_size(batch_size), self.shape)
+        labels = torch.tensor(trained_labels(self.run))
+        out = []
+        with torch.no_grad(), seeded(int(seed)):
+            for start in range(0, count, batch_size):
+                size = min(batch_size, count - start)
+                if model.conditional:
+                    ys = labels[torch.arange(start, start + size) % len(labels)].to(model.device)
+                    x = model.sample(size, ys, generator=generator)
+                else:
+                    x = model.sample(size, generator=generator)
+                out.append(to_uint8(x.float().cpu(), model.pixel_range))
+        if not out:
+            return np.zeros((0, *self.shape[1:]) if self.shape[0] == 1 else (0, *self.shape), np.uint8)
+        return torch.cat(out).numpy()
+
     def denoise(self, images, batch_size: int = 1000) -> np.ndarray:
         """The model's repair (reconstruction) of each image: uint8 [N x H x W] (grey) or [N x C x H x W]."""
         from genlab.data.batching import to_pixels, to_uint8

@@ -10,7 +10,7 @@ from pathlib import Path
 from genlab import config as cfgmod
 from genlab.commands.flags import DEVICE_HELP, bounded_int, seed_flag
 from genlab.errors import GenlabError
-from genlab.models import MODELS
+from genlab.models import MODELS, cannot_sample
 
 MAX_SAMPLES = 10_000  # one grid of 100 x 100 digits; more is a typo, not a figure
 
@@ -107,11 +107,7 @@ def sample(args) -> int:
     run = load_run(args.run_dir, device=args.device)
     model = run.model
     if not model.can_sample:
-        hint = ("; it completes digits from observed quadrants (see figures/completions.png of the run)"
-                if getattr(model, "quadrants", False) else "")
-        can = ", ".join(name for name, cls in MODELS.items() if cls.can_sample)
-        raise GenlabError(f"{run.model_name} cannot sample{hint}; models that can: {can} "
-                          "(cvae with --condition label)")
+        raise GenlabError(cannot_sample(run.model_name, model))
     if args.label is not None and not model.conditional:
         conditional = ", ".join(name for name, cls in MODELS.items() if cls.conditional)
         raise GenlabError(f"--label needs a conditional model ({conditional}); {run.model_name} is not one")

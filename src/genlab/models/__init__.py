@@ -48,3 +48,12 @@ def check_config(name: str, cfg) -> None:
 
     if type(cfg) is not MODELS[name].Config:
         raise GenlabError(f"the model config of {name} is MODELS[{name!r}].Config, got {type(cfg).__name__}")
+
+
+def cannot_sample(name: str, model: GenerativeModel) -> str:
+    """The line for a model that cannot sample (``model.can_sample`` is False): what it does instead, and the
+    models that can."""
+    hint = ("; it completes digits from observed quadrants (see figures/completions.png of the run)"
+            if getattr(model, "quadrants", False) else "")
+    can = ", ".join(n for n, cls in MODELS.items() if cls.can_sample)
+    return f"{name} cannot sample{hint}; models that can: {can} (cvae with --condition label)"

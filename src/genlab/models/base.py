@@ -36,6 +36,11 @@ from genlab.rng import seeded
 from genlab.errors import GenlabError
 
 
+class Unsupported(GenlabError, NotImplementedError):
+    """A model asked for what it does not do (sampling, a reconstruction): a GenlabError, as every refusal of
+    genlab's, and a NotImplementedError, Python's word for it."""
+
+
 def sample_count(n) -> int:
     """``n`` if it is a whole number of samples (0 or more), else one line."""
     try:
@@ -152,7 +157,7 @@ class GenerativeModel(nn.Module):
                               f"{list(x.shape)}; genlab.load(RUN).energy(images) takes images of any size and type")
 
     def reconstruct(self, x: Tensor) -> Tensor:
-        raise NotImplementedError(f"{type(self).__name__} does not reconstruct")
+        raise Unsupported(f"{type(self).__name__} does not reconstruct (its can_reconstruct is False)")
 
     @property
     def can_reconstruct(self) -> bool:
@@ -161,7 +166,7 @@ class GenerativeModel(nn.Module):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n samples as [n x C x H x W], the model's image shape, in its pixel range."""
-        raise NotImplementedError(f"{type(self).__name__} cannot sample")
+        raise Unsupported(f"{type(self).__name__} cannot sample (its can_sample is False)")
 
     def upgrade_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """A checkpoint's weights with the names an older genlab gave them renamed to this one's (see the VAE)."""

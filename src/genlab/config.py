@@ -251,6 +251,14 @@ def write_json(path: Path, data: dict) -> None:
         raise GenlabError(f"cannot write {path} ({e.strerror or e})") from None
 
 
+def discard(path) -> None:
+    """Remove the file ``path`` if it is there (a temporary file after a failed write). Not
+    ``unlink(missing_ok=True)``: on a read-only file system that raises EROFS for a file that is not there,
+    which then replaced the error being said."""
+    if os.path.lexists(path):
+        os.unlink(path)
+
+
 def write_atomically(path: Path, data: bytes, hidden: bool = False) -> None:
     """``data`` into ``path`` through a temporary file of its own beside it (two writers never share one; named
     NAME.XXXX.tmp, or .NAME.XXXX.tmp when ``hidden``), renamed into place when whole. The file gets the usual

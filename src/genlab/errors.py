@@ -54,6 +54,10 @@ def describe_os_error(e: OSError) -> str:
     text = f"{where}: {why}" if where else why
     if e.errno in DISK_FULL:
         text += "; free space (or raise the limit) and try again"
+    elif e.errno == errno.EROFS:  # only a write meets it
+        text += "; give the command a place it can write (its --out, or --figures)"
+    elif e.errno in (errno.EACCES, errno.EPERM) and where:
+        text += "; check that path's permissions, or give the command another path"
     elif e.errno == errno.EEXIST and e.filename is not None and not os.path.isdir(e.filename):
         text += " and is not a folder; give a folder (new or existing) for the output"
     elif why.startswith("No usable temporary directory"):  # Python's tempfile could write a test file nowhere

@@ -141,7 +141,7 @@ def write_report(out_dir: Path, title: str, sections: list[Section]) -> tuple[Pa
                 raise GenlabError(f"cannot write {out_dir / name} ({e.strerror or e}); free space (or choose another "
                                   "--out) and run the command again") from None
             finally:
-                tmp.unlink(missing_ok=True)
+                cfgmod.discard(tmp)
     return out_dir / "report.html", out_dir / "report.md"
 
 

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from genlab import config as cfgmod
 from genlab.checkpoint import TMP_PREFIX, TMP_SUFFIX
 from genlab.errors import GenlabError, what_to_do
 
@@ -241,4 +242,4 @@ def _replace_metrics(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         tmp.replace(path)
     finally:
-        tmp.unlink(missing_ok=True)
+        cfgmod.discard(tmp)

@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from genlab.config import write_json
+from genlab.config import discard, write_json
 from genlab.errors import GenlabError
 from genlab.rng import seeded
 
@@ -291,7 +291,7 @@ def save_classifier(clf: Classifier, directory: Path) -> Path:
         save_file(state, str(tmp), metadata={"format_version": str(FORMAT_VERSION)})
         tmp.replace(weights)
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
     try:
         write_json(directory / f"{stem}.json", clf.meta)
     except GenlabError:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from genlab.config import discard
 from genlab.errors import GenlabError
 from genlab.rundir import read_metrics
 
@@ -106,7 +107,7 @@ def save_figure(fig, path: Path) -> Path:
         raise GenlabError(f"cannot write the figure {path} ({e.strerror or e}); free space or check the folder's "
                           "permissions, then run the command again") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
     return path
 
 

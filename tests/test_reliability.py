@@ -481,6 +481,28 @@ def test_a_thread_count_that_is_not_one_is_one_line(value, accepted):
             "1 to 65536 or unset it"], done.stderr
 
 
+@pytest.mark.parametrize("variable,value,words", [
+    ("OPENCV_IO_MAX_IMAGE_PIXELS", "abc", "is not a number of pixels"),
+    ("OPENCV_IO_MAX_IMAGE_PIXELS", "", "is not a number of pixels"),
+    ("OPENCV_IO_MAX_IMAGE_PIXELS", "1e9", "is not a number of pixels"),
+    ("OPENCV_IO_MAX_IMAGE_PIXELS", "99999999999999999999999", "is not a number of pixels"),
+    ("OPENCV_IO_MAX_IMAGE_PIXELS", "500000000", None),
+    ("OMP_WAIT_POLICY", "garbage", "is not a wait policy; set it to PASSIVE or ACTIVE"),
+    ("OMP_WAIT_POLICY", "active", None),
+])
+def test_library_settings_they_cannot_read_are_one_line(variable, value, words):
+    # OpenCV aborted every command as it loaded ("terminate called after throwing ... stoull", status 134), and
+    # OpenMP printed its own complaint and genlab went on.
+    done = subprocess.run([sys.executable, "-m", "genlab.cli", "datasets"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, variable: value})
+    if words is None:
+        assert done.returncode == 0 and "libgomp" not in done.stderr, done.stderr
+    else:
+        lines = done.stderr.splitlines()
+        assert done.returncode == 2 and len(lines) == 1, done.stderr
+        assert lines[0].startswith(f"genlab: error: {variable}={value!r} {words}"), lines
+
+
 @pytest.mark.parametrize("signum,line", [(signal.SIGINT, "genlab: interrupted"),
                                          (signal.SIGTERM, "genlab: stopped by SIGTERM")])
 def test_a_signal_while_pytorch_loads_is_one_line(signum, line):

@@ -9,12 +9,27 @@ __version__ = "0.1.0"
 # training step takes several times longer (benchmarks/omp_wait.py). Waiting passively costs little on an
 # idle machine. It takes effect when genlab is imported before torch (the command line always is); a user's
 # own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+#
+# Settings the libraries cannot read are taken out (``ENVIRONMENT_PROBLEMS``: the command line stops on them
+# in one line; in Python genlab goes on with its own): OpenCV aborted the whole process on a pixel limit it
+# could not read (a C++ terminate, no Python error), and OpenMP printed its own complaint on every run.
+ENVIRONMENT_PROBLEMS: list[str] = []
+_policy = os.environ.get("OMP_WAIT_POLICY")
+if _policy is not None and _policy.strip().upper() not in ("ACTIVE", "PASSIVE"):
+    ENVIRONMENT_PROBLEMS.append(f"OMP_WAIT_POLICY={_policy!r} is not a wait policy; set it to PASSIVE or ACTIVE, "
+                                "or unset it")
+    del os.environ["OMP_WAIT_POLICY"]
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 # OpenCV decodes images of up to this many pixels (its own default is 2^30, which a 2 MB PNG can declare and a
 # 16-bit one then fills with 8 GB): 2^27 is 134 megapixels, past any camera's photographs. OpenCV reads it
 # once, when it loads, so it is set here, before genlab imports cv2; a user's own setting wins.
+_pixels = os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS")
+if _pixels is not None and not (_pixels.isascii() and _pixels.isdigit() and 0 < int(_pixels) < 2**64):
+    ENVIRONMENT_PROBLEMS.append(f"OPENCV_IO_MAX_IMAGE_PIXELS={_pixels[:40]!r} is not a number of pixels; set it "
+                                "to a whole number from 1 to 2**64 - 1, or unset it")
+    del os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"]
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 27))
 
 

@@ -174,8 +174,10 @@ def _main(argv: list[str] | None) -> int:
         _command_parser(parser, args).error(f"{empty} is empty; give a value, or leave the flag out")
     if args.command == "train" and args.model is None and not args.resume:
         parser.error(f"train needs a MODEL ({', '.join(MODELS)}) or --resume RUN_DIR")
-    if thread_count_problem:
-        print(f"genlab: error: {thread_count_problem}", file=sys.stderr)
+    from genlab import ENVIRONMENT_PROBLEMS
+
+    if thread_count_problem or ENVIRONMENT_PROBLEMS:
+        print(f"genlab: error: {thread_count_problem or ENVIRONMENT_PROBLEMS[0]}", file=sys.stderr)
         return 2
     if args.command != "train" and os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1"):
         # Each process would do the whole job and write the same files (reproduce's training processes even

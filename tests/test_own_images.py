@@ -336,6 +336,9 @@ def test_damaged_image_files_are_one_line_with_the_codecs_reason_and_nothing_els
     (("train/cat", "test/cat", "val/cat"), "and also val, which genlab would leave out"),
     (("train/cat", "test/cat", "stray.png"), "and also stray.png"),
     (("train/cat", "test/cat", "README.md", "__MACOSX/train/._0.png"), None),  # no images beside the splits: read
+    (("Train/cat", "Test/cat", "Test/dog"), None),  # the splits in capitals: was two classes, "Test" and "Train"
+    (("Train/cat", "Validation/cat"), "rename Validation/ to test/"),
+    (("Train/cat", "train/cat", "test/cat"), "holds Train/ and train/: genlab reads one train split"),
 ])
 def test_folder_layouts_that_would_be_misread_are_refused(tmp_path, capsys, layout, words):
     # train/ + val/ trained on two classes named "train" and "val"; val/ or a file beside train/ and test/ was
@@ -350,6 +353,8 @@ def test_folder_layouts_that_would_be_misread_are_refused(tmp_path, capsys, layo
                  "--no-progress", "--out", tmp_path / "r")
     if words is None:
         assert result[0] == 0, result
+        classes = json.loads((tmp_path / "r" / "config.json").read_text())["classes"]
+        assert classes in (["cat"], ["cat", "dog"]), classes  # the splits' class folders, never the splits
     else:
         assert_one_line(result, words)
 

@@ -461,9 +461,10 @@ def _folder_listing(root: Path) -> tuple[list[tuple[str, int, int]], np.ndarray,
     Files are ordered by their name below the class folder, then by class: files named by their index keep
     the original order across class folders (a written-out data set reads back in its own order).
     """
-    split_roots = [root / "train", root / "test"]
-    has_splits = all(p.is_dir() for p in split_roots)
-    _check_split_layout(root, has_splits)
+    entries = _listing(root)
+    split_roots = _split_roots(root, entries)
+    has_splits = split_roots is not None
+    _check_split_layout(root, entries, split_roots)
     listed = []  # per split: (files, [(class folder, separator, name below it)])
     for base in (split_roots if has_splits else [root]):
         files = scan_images(base, ordered=False)  # ordered below, all at once
@@ -501,28 +502,50 @@ def _folder_listing(root: Path) -> tuple[list[tuple[str, int, int]], np.ndarray,
 VALIDATION_NAMES = ("val", "valid", "validation")
 
 
-def _check_split_layout(root: Path, has_splits: bool) -> None:
-    """Refuse folder layouts that would be misread: beside train/ and test/ (the splits) anything else was
-    ignored; train/ beside val/ without test/ made "train" and "val" two classes of one data set."""
+def _listing(root: Path) -> list[str]:
+    """The names in ``root`` but hidden ones, sorted."""
     try:
-        entries = sorted(e.name for e in os.scandir(root) if not e.name.startswith("."))
+        return sorted(e.name for e in os.scandir(root) if not e.name.startswith("."))
     except OSError as e:
         raise DataError(f"{root} cannot be listed ({e.strerror}); check the path and its permissions") from None
-    if has_splits:
+
+
+def _split_roots(root: Path, entries: list[str]) -> list[Path] | None:
+    """``root``'s train and test folders, in any case (Train/ and Test/ as often as train/ and test/), or None
+    where it lacks either. Train/ beside train/ is refused: which one is the split?"""
+    roots = []
+    for split in ("train", "test"):
+        spelt = [name for name in entries if name.lower() == split and (root / name).is_dir()]
+        if len(spelt) > 1:
+            raise DataError(f"{root} holds {' and '.join(f'{name}/' for name in spelt)}: genlab reads one {split} "
+                            "split; merge them into one folder")
+        if not spelt:
+            return None
+        roots.append(root / spelt[0])
+    return roots
+
+
+def _check_split_layout(root: Path, entries: list[str], split_roots: list[Path] | None) -> None:
+    """Refuse folder layouts that would be misread: beside train/ and test/ (the splits) anything else was
+    ignored; train/ beside val/ without test/ made "train" and "val" two classes of one data set."""
+    if split_roots is not None:
         # Images beside the splits, loose or in another folder, would be left out; other files (a README, a
         # licence, a zip tool's __MACOSX/ of hidden files) are no images and are left alone, as elsewhere.
-        others = [name for name in entries if name not in ("train", "test")
+        train, test = (p.name for p in split_roots)
+        others = [name for name in entries if name not in (train, test)
                   and ((root / name).is_file() and name.lower().endswith(IMAGE_SUFFIXES)
                        or (root / name).is_dir() and scan_images(root / name, ordered=False))]
         if others:
-            raise DataError(f"{root} holds train/ and test/, read as the two splits, and also {', '.join(others[:3])}"
-                            f"{' ...' if len(others) > 3 else ''}, which genlab would leave out; move "
-                            f"{'it' if len(others) == 1 else 'them'} elsewhere (or into a split)")
+            raise DataError(f"{root} holds {train}/ and {test}/, read as the two splits, and also "
+                            f"{', '.join(others[:3])}{' ...' if len(others) > 3 else ''}, which genlab would leave "
+                            f"out; move {'it' if len(others) == 1 else 'them'} elsewhere (or into a split)")
         return
-    val = next((name for name in VALIDATION_NAMES if name in entries and (root / name).is_dir()), None)
-    if "train" in entries and (root / "train").is_dir() and val:
-        raise DataError(f"{root} holds train/ and {val}/: genlab reads the splits from train/ and test/ (else each "
-                        f"sub-folder is a class); rename {val}/ to test/, or point --dataset at {root / 'train'}")
+    folders = [name for name in entries if (root / name).is_dir()]
+    train = next((name for name in folders if name.lower() == "train"), None)
+    val = next((name for name in folders if name.lower() in VALIDATION_NAMES), None)
+    if train and val:
+        raise DataError(f"{root} holds {train}/ and {val}/: genlab reads the splits from train/ and test/ (else each "
+                        f"sub-folder is a class); rename {val}/ to test/, or point --dataset at {root / train}")
 
 
 def _load_npz(path: Path, image_size: int, grey: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:

@@ -43,7 +43,9 @@ def test_the_layouts_of_other_libraries_are_read_as_the_images_they_hold(runs, d
     model = genlab.load(runs["ae"])
     reference = model.energy(digits)
     colour = np.repeat(digits[..., None], 3, axis=3)  # [8, 28, 28, 3], equal channels: the same grey digits
+    # [8 x 1 x 784] (a channel axis kept) was eight strips one pixel high, squeezed into blank images.
     for layout in (digits.reshape(8, 784), digits.reshape(8, 784) / 255.0, torch.from_numpy(digits.reshape(8, 784)),
+                   digits.reshape(8, 1, 784), digits.reshape(8, 784, 1), torch.from_numpy(digits.reshape(8, 1, 784)),
                    digits[:, None], torch.from_numpy(digits[:, None]), digits[..., None], colour,
                    [Image.fromarray(d) for d in digits], [torch.from_numpy(d) for d in digits]):
         assert np.allclose(model.energy(layout), reference), type(layout)

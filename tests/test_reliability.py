@@ -172,6 +172,7 @@ def test_a_config_json_naming_another_model_is_one_line(capsys, ae_run, tmp_path
 
 @pytest.mark.parametrize("argv,words", [
     (["sample", "{run}", "-n", "0"], "must be between 1 and 10000"),
+    (["evaluate", "{run}", "--quality"], "--quality measures a model's samples, and ae cannot sample"),  # was ignored
     (["sample", "{run}", "-n", "-5"], "must be between 1 and 10000"),
     (["sample", "{run}", "-n", "10000000"], "must be between 1 and 10000"),
     (["train", "--resume", "{run}", "--epochs", "-1"], "must be at least 1"),

@@ -86,7 +86,8 @@ class LoadedModel:
     def _layout(self, array: np.ndarray, channels_last: bool) -> np.ndarray:
         """uint8 images as [N x H x W] or [N x H x W x C], read from the layouts ``images`` takes. Where a layout
         could be read two ways, the reading that makes sense wins: a grey run's [N x H*W] are N flat images, not
-        one image N pixels tall; [H x W x 3] is one colour image, not H images 3 pixels wide."""
+        one image N pixels tall (and so are [N x 1 x H*W] and [N x H*W x 1], not strips one pixel high); [H x W x 3]
+        is one colour image, not H images 3 pixels wide."""
         if array.dtype != np.uint8 or array.ndim not in (2, 3, 4):
             layouts = "[H x W], [H x W x C], [N x H x W], [N x H x W x C] or [N x C x H x W]"
             raise GenlabError(f"expected uint8 images {layouts}, got {array.dtype} {list(array.shape)}")
@@ -99,6 +100,8 @@ class LoadedModel:
                                   f"[N x {height} x {width} x 3] (this run is {channels} x {height} x {width})")
             return array[None]  # one grey image
         if array.ndim == 3:
+            if channels == 1 and sorted(array.shape[1:]) == [1, height * width] and height * width > 1:
+                return array.reshape(-1, height, width)  # flat rows with an axis kept, [N x 1 x H*W] or [N x H*W x 1]
             if array.shape[2] in (3, 4) and array.shape[0] > 4 and array.shape[1] > 4:
                 return array[None]  # one colour image, as an image library gives it
             return array  # [N x H x W]
@@ -234,6 +237,9 @@ class LoadedModel:
         name, others = self.run.model_name, "use an ae, dae, vae or ebgan run"
         if not self.model.can_reconstruct:
             raise GenlabError(f"a {name} model has no reconstruction to repair images with; {others}")
+        if getattr(self.model, "quadrants", False):
+            raise GenlabError(f"a {name} model trained with --condition quadrants completes digits from observed "
+                              f"quadrants (its model's complete()); it has no repair of whole images: {others}")
         if self.model.conditional:
             raise GenlabError(f"a {name} model repairs a digit only given its class, and these images come without "
                               f"labels; {others}")

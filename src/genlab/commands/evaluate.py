@@ -29,8 +29,8 @@ def add(subparsers) -> None:
                     help="importance samples: the VAE's bound for each value (default: 1 50 5000, minutes on a "
                     "CPU; --iwae-k 1 50 for a quick look); a quadrant "
                     "cvae's completion bounds with the largest (default: 100); other models have no such bound")
-    ev.add_argument("--quality", action=argparse.BooleanOptionalAction, default=True,
-                    help="sample-quality metrics for models that sample (default: on)")
+    ev.add_argument("--quality", action=argparse.BooleanOptionalAction, default=None,
+                    help="sample-quality metrics for models that sample (default: on where the model samples)")
     ev.add_argument("--device", default="auto", help=DEVICE_HELP)
     ev.set_defaults(func=evaluate)
 
@@ -58,8 +58,12 @@ def evaluate(args) -> int:
     if args.iwae_k and not bounds:
         raise GenlabError(f"--iwae-k sets the importance samples of a vae's bounds or a quadrant cvae's; "
                           f"{args.run_dir} holds {'an' if run.model_name[0] in 'aeiou' else 'a'} {run.model_name} run, which has none: leave the flag out")
+    if args.quality and not run.model.can_sample:
+        raise GenlabError(f"--quality measures a model's samples, and {cannot_sample(run.model_name, run.model)}; "
+                          "leave the flag out")
     options = {"iwae_k": tuple(args.iwae_k)} if args.iwae_k else {}
-    results = evaluate_run(run, split=args.split, limit=args.limit, quality=args.quality, **options)
+    quality = run.model.can_sample if args.quality is None else args.quality
+    results = evaluate_run(run, split=args.split, limit=args.limit, quality=quality, **options)
     fuller = _fuller_evaluation(Path(run.dir) / "evaluation.json", results)
     if fuller:  # a quick look (--limit 1) replaced a whole evaluation, and the report then showed the quick one
         print(f"genlab evaluate: note: {run.dir}/evaluation.json keeps its evaluation of the same checkpoint on "

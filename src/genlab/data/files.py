@@ -116,10 +116,26 @@ def scan_images(root: str | Path, ordered: bool = True) -> list[tuple[str, int, 
             if name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
                 info = entry.stat()
                 found.append((entry.path, info.st_size, info.st_mtime_ns))
+                if entry.is_symlink():
+                    linked.append(entry.path)
             elif entry.is_dir():
                 walk(entry.path, above | {key})
+            elif name.lower().endswith(IMAGE_SUFFIXES):  # named as an image, read as none: said, not skipped
+                if entry.is_symlink() and not os.path.exists(entry.path):
+                    raise DataError(f"{entry.path} is a symbolic link that leads nowhere; restore the image it "
+                                    "named, or remove the link")
+                raise DataError(f"{entry.path} is not a regular file (a FIFO, a device?); remove it or replace it "
+                                "with the image")
 
+    linked: list[str] = []  # image files reached through a link: one to an image listed too is read twice
     walk(str(root), frozenset())
+    if linked:
+        links = set(linked)
+        listed = {os.path.realpath(path): path for path, _, _ in found if path not in links}
+        twice = next((path for path in linked if os.path.realpath(path) in listed), None)
+        if twice:
+            raise DataError(f"{twice} is a link to {listed[os.path.realpath(twice)]}, so that image would be read "
+                            "twice (in a data set, under two classes); remove the link")
     return found
 
 

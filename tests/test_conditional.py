@@ -334,3 +334,27 @@ def test_quadrant_likelihood_draws_in_chunks_with_the_same_result(monkeypatch):
     monkeypatch.setattr(conditional, "QUADRANT_ROWS", 20 * 8)  # chunks of 8 draws
     chunked = conditional.quadrant_nll(model, images, k=64)
     assert chunked == pytest.approx(whole, rel=1e-9)
+
+
+def test_a_quadrant_cvae_completes_images_from_python(tmp_path):
+    # complete() drew from the global stream with no generator, and nothing took a user's images to it.
+    import numpy as np
+
+    import genlab as api
+
+    run = train("cvae", CVAEConfig(condition="quadrants", latent_dim=4, hidden=32), quick_config("cvae", tmp_path / "q"))
+    model = api.load(run)
+    digits = load_dataset("mnist-5k", "test").images[:5].numpy()
+    state = torch.get_rng_state()
+    done = model.complete(digits, observed=2, n=3, seed=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert done.shape == (3, 5, 28, 28) and done.dtype == np.uint8
+    assert np.array_equal(done[:, :, :, :14], np.broadcast_to(digits[:, :, :14], (3, 5, 28, 14)))  # left half kept
+    assert np.array_equal(done, model.complete(digits, 2, n=3, seed=1))
+    assert not np.array_equal(done[:, :, :, 14:], model.complete(digits, 2, n=3, seed=2)[:, :, :, 14:])
+    assert not np.array_equal(done[0], done[1])  # each completion its own draw
+    with pytest.raises(GenlabError, match="observed quadrants must be 1, 2 or 3"):
+        model.complete(digits, observed=4)
+    label_run = train("cvae", CVAEConfig(latent_dim=4, hidden=32), quick_config("cvae", tmp_path / "l"))
+    with pytest.raises(GenlabError, match="needs a cvae trained with --condition quadrants"):
+        api.load(label_run).complete(digits, 2)

@@ -209,13 +209,11 @@ class LoadedModel:
         model, count = self.model.eval(), sample_count(n)
         if not model.can_sample:
             raise GenlabError(cannot_sample(self.run.model_name, model))
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
-            raise GenlabError(f"seed is a whole number from 0 to 2**63 - 1, got {seed!r}")
-        generator = torch.Generator().manual_seed(int(seed))
+        generator = torch.Generator().manual_seed(_seed(seed))
         batch_size = eval_batch(_batch_size(batch_size), self.shape)
         labels = torch.tensor(trained_labels(self.run))
         out = []
-        with torch.no_grad(), seeded(int(seed)):
+        with torch.no_grad(), seeded(_seed(seed)):
             for start in range(0, count, batch_size):
                 size = min(batch_size, count - start)
                 if model.conditional:
@@ -227,6 +225,25 @@ class LoadedModel:
         if not out:
             return np.zeros((0, *self.shape[1:]) if self.shape[0] == 1 else (0, *self.shape), np.uint8)
         return torch.cat(out).numpy()
+
+    def complete(self, images, observed: int, n: int = 1, seed: int = 0) -> np.ndarray:
+        """A quadrant cvae's ``n`` completions of each image from ``observed`` quadrants (1: the lower left,
+        2: the left half, 3: all but the upper right; the rest of each image is not looked at): uint8
+        [n x N x H x W], the observed pixels kept. Seeded as ``sample`` is."""
+        from genlab.data.batching import to_pixels, to_uint8
+        from genlab.models.base import sample_count
+        from genlab.rng import seeded
+
+        if not getattr(self.model, "quadrants", False):
+            raise GenlabError(f"completing quadrants needs a cvae trained with --condition quadrants; "
+                              f"{self.run.dir} holds a {self.run.model_name} run")
+        count = sample_count(n)
+        generator = torch.Generator().manual_seed(_seed(seed))
+        x = to_pixels(self.images(images), self.model.pixel_range).to(self.model.device)
+        with torch.no_grad(), seeded(_seed(seed)):
+            done = self.model.eval().complete(x, observed, count, generator=generator)
+        return to_uint8(done.flatten(0, 1).float().cpu(), self.model.pixel_range).view(
+            count, len(x), *self.shape[1:]).numpy()
 
     def denoise(self, images, batch_size: int = 1000) -> np.ndarray:
         """The model's repair (reconstruction) of each image: uint8 [N x H x W] (grey) or [N x C x H x W]."""
@@ -269,6 +286,12 @@ def _one_image(item) -> np.ndarray:
         chw = t.dim() == 3 and t.shape[0] in (1, 3) and t.shape[2] not in (1, 3, 4)
         return (t.permute(1, 2, 0) if chw else t).numpy()
     return np.asarray(item)
+
+
+def _seed(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 2**63:
+        raise GenlabError(f"seed is a whole number from 0 to 2**63 - 1, got {value!r}")
+    return int(value)
 
 
 def _batch_size(value) -> int:

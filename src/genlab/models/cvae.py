@@ -285,9 +285,11 @@ class CVAE(GenerativeModel):
         return log_py + log_pz - log_qz
 
     # -- generation -----------------------------------------------------------------------------------------
-    def complete(self, x: Tensor, observed: int, n: int = 1) -> Tensor:
-        """``n`` completions of each image from ``observed`` quadrants: z ~ p(z | c), the decoder's mean on the
-        unseen pixels, the observed pixels kept. :param x: [N x 1 x 28 x 28]. :return: [n x N x 1 x 28 x 28]."""
+    def complete(self, x: Tensor, observed: int, n: int = 1, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` completions of each image from ``observed`` quadrants (1: the lower left, 2: the left half,
+        3: all but the upper right): z ~ p(z | c) drawn by ``generator`` (None: the device's own), the decoder's
+        mean on the unseen pixels, the observed pixels kept. :param x: [N x 1 x 28 x 28] in [0, 1].
+        :return: [n x N x 1 x 28 x 28]."""
         if not self.quadrants:
             raise GenlabError("completing quadrants needs a cvae trained with --condition quadrants")
         c = torch.full((len(x),), checked_task(observed), device=x.device)
@@ -295,7 +297,7 @@ class CVAE(GenerativeModel):
         mu_p, lv_p = self._p(cond)
         out = []
         for _ in range(n):
-            z = mu_p + (0.5 * lv_p).exp() * torch.randn_like(mu_p)
+            z = mu_p + (0.5 * lv_p).exp() * rng.randn(mu_p.shape, generator, mu_p.device, mu_p.dtype)
             mean = torch.sigmoid(self.decode_logits(z, cond))
             out.append(torch.where(weight > 0, mean, x))
         return torch.stack(out)

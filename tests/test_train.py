@@ -209,6 +209,9 @@ def test_resume_with_cosine_schedule_and_iwae_objective_is_bitwise_exact(tmp_pat
     opt_state = checkpoint.load(whole / checkpoint.CHECKPOINT).optimizer_states["model"]
     assert opt_state["param_groups"][0]["lr"] == pytest.approx(train_mod.learning_rate(
         a.train_cfg, 15, 16))
+    # ... which each epoch's log line says (it was in the checkpoint's metadata only)
+    logged = [json.loads(line)["lr"] for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [pytest.approx(train_mod.learning_rate(a.train_cfg, s, 16)) for s in (7, 15)]
 
 
 def test_train_vae_help_lists_the_schedule_and_objective_flags(capsys):

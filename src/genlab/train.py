@@ -314,7 +314,9 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
             bar.close()
             seconds = time.perf_counter() - started
             counters["seconds"] += seconds
+            # lr: the rate of the epoch's last step (the schedule's, a function of the step counter)
             record = {"epoch": epoch + 1, "step": counters["step"],
+                      "lr": learning_rate(cfg, max(counters["step"] - 1, 0), cfg.epochs * len(batches)),
                       **{f"train/{k}": v / max(counters["count"], 1) for k, v in counters["sums"].items()}}
             if ctx.is_main:
                 test_terms = evaluate_terms(model, test_images, labels=test_labels)

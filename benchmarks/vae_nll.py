@@ -88,9 +88,9 @@ def main(argv=None) -> int:
     if args.train_k < 1:
         raise GenlabError(f"--train-k must be at least 1, got {args.train_k}")
     iwae_from = round(args.epochs * IWAE_FROM / EPOCHS) if args.iwae_from < 0 else args.iwae_from
+    iwae = {"objective": "iwae", "iwae_k": args.train_k, "iwae_from": iwae_from} if args.train_k > 1 else {}
     model_cfg = VAEConfig(latent_dim=20, hidden=400, binarize="dynamic", warmup_epochs=args.warmup_epochs,
-                          objective="iwae" if args.train_k > 1 else "elbo", iwae_k=args.train_k,
-                          iwae_from=iwae_from, dreg=args.dreg, ema_decay=args.ema_decay, tsne_epochs="")
+                          dreg=args.dreg, ema_decay=args.ema_decay, tsne_epochs="", **iwae)
     out = args.out or str(default_run_dir("vae"))
     train_cfg = cfgmod.from_dict(cfgmod.TrainConfig, {
         **cfgmod.to_dict(default_train_config("vae")), "dataset": "mnist", "data_dir": args.data_dir,

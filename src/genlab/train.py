@@ -168,6 +168,7 @@ def train(model_name: str | None, model_cfg=None, train_cfg: TrainConfig | None 
         model_cfg = model_cfg if model_cfg is not None else MODELS[model_name].Config()
         check_config(model_name, model_cfg)
         train_cfg = train_cfg if train_cfg is not None else default_train_config(model_name)
+        _refuse_settings_that_do_nothing(model_cfg, train_cfg)
         if device is not None:
             train_cfg = dataclasses.replace(train_cfg, device=str(device))
         run_dir = None
@@ -231,6 +232,22 @@ def _check_resume(run_dir: Path, name: str, saved_model_cfg, saved: TrainConfig,
             raise GenlabError(f"{run_dir}: a resumed run keeps its own settings, and train_cfg changes "
                               f"{', '.join(changed)}; only {', '.join(RESUME_MAY_CHANGE)} may change: pass "
                               f"dataclasses.replace(genlab.checkpoint.read_configs(run_dir)[2], epochs=N)")
+
+
+def _refuse_settings_that_do_nothing(model_cfg, train_cfg: TrainConfig) -> None:
+    """A new run's settings that another one switches on, given without it: accepted, they did nothing. (Only
+    for new runs: a run's own config.json is read as it was written.)"""
+    def given(cfg, name: str) -> bool:
+        return getattr(cfg, name) != type(cfg).__dataclass_fields__[name].default
+
+    if given(train_cfg, "lr_final") and train_cfg.lr_schedule == "constant":
+        raise GenlabError("--lr-final is where the cosine schedule ends; add --lr-schedule cosine, or leave "
+                          "--lr-final out")
+    iwae = [f"--{name.replace('_', '-')}" for name in ("iwae_k", "iwae_from")
+            if hasattr(model_cfg, name) and given(model_cfg, name)]
+    if iwae and getattr(model_cfg, "objective", None) != "iwae":
+        raise GenlabError(f"{' and '.join(iwae)} set{'s' if len(iwae) == 1 else ''} the IWAE objective; add "
+                          f"--objective iwae, or leave {'it' if len(iwae) == 1 else 'them'} out")
 
 
 def default_train_config(model_name: str) -> TrainConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 
 from genlab import config as cfgmod
 from genlab.commands.flags import DEVICE_HELP
-from genlab.errors import DISK_FULL, GenlabError
+from genlab.errors import DISK_FULL, GenlabError, Stopped
 from genlab.scoring import load
 
 
@@ -60,11 +61,14 @@ def command(args) -> int:
                                         (f"{stem}-pair.png", np.concatenate([before, gap, after], -1))):
                         cfgmod.write_atomically(out / name, encode_png(image), hidden=True)
                         written.append(out / name)
-            except OSError:
+            except BaseException:  # a failed write, or Ctrl-C / SIGTERM part-way (its line says nothing was kept)
                 # No file cut short under its final name, and none of this command's: it can run again.
                 for path in written:
-                    path.unlink(missing_ok=True)
+                    cfgmod.discard(path)
                 raise
+    except (Stopped, KeyboardInterrupt) as e:
+        said, signum = (str(e), e.signum) if isinstance(e, Stopped) else ("interrupted", signal.SIGINT)
+        raise Stopped(f"{said}; no repair was kept in {out}: run the command again", signum) from None
     except OSError as e:
         longest = max(stems, key=lambda stem: len(os.fsencode(stem)))
         if e.errno == errno.ENAMETOOLONG and len(os.fsencode(f"{longest}-pair.png")) > 255:

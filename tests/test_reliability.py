@@ -200,6 +200,9 @@ def test_a_config_json_naming_another_model_is_one_line(capsys, ae_run, tmp_path
     (["report", "{run}", "--device", "tpu9", "--out", "{run}/r"], "--device must be auto, cpu, cuda or cuda:N"),
     (["train", "ae", *QUICK, "--classes", "\u0663"], "--classes must be comma-separated labels (0 to 999)"),
     (["train", "ae", *QUICK, "--lr-schedule", "cosine", "--lr-final", "5"], "the cosine schedule decays from --lr"),
+    # settings that another one switches on, given without it, did nothing
+    (["train", "ae", *QUICK, "--lr-final", "0.5"], "--lr-final is where the cosine schedule ends; add --lr-schedule"),
+    (["train", "vae", *QUICK, "--iwae-k", "5", "--iwae-from", "1"], "--iwae-k and --iwae-from set the IWAE objective"),
     # Said as something else: "argument MODEL: invalid choice: '0.1'", "does not exist", "Not a directory".
     (["train", "--resume", "{run}", "--lr", "0.1"], "--lr is a setting of a new run; --resume goes on"),
     (["energy", "{run}", "--images", "{run}/loop"], "a symbolic link that leads nowhere"),
@@ -444,6 +447,33 @@ def test_denoise_never_writes_over_its_own_input_images(ae_run, tmp_path, capsys
     (out / "b.png").write_bytes(b"a file of the user's")
     assert_one_line(*cli(capsys, "denoise", ae_run, "--images", folder, "--out", out)[:2], "already holds")
     assert (out / "b.png").read_bytes() == b"a file of the user's"
+
+
+def test_denoise_stopped_part_way_keeps_nothing_and_says_so(ae_run, tmp_path, capsys, monkeypatch):
+    # Stopped by SIGTERM it left the repairs written so far, said only "stopped by SIGTERM", and the same
+    # command then refused the folder as not empty.
+    from genlab.data.files import encode_png
+    from genlab.errors import Stopped
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.png").write_bytes(encode_png(load_dataset("mnist-5k", "test").images[i].numpy()))
+    real, writes = cfgmod.write_atomically, []
+
+    def stopped_at_the_third(path, data, **kwargs):
+        writes.append(path)
+        if len(writes) == 3:
+            raise Stopped("stopped by SIGTERM", signal.SIGTERM)
+        return real(path, data, **kwargs)
+
+    monkeypatch.setattr(cfgmod, "write_atomically", stopped_at_the_third)
+    status, lines, _ = cli(capsys, "denoise", ae_run, "--images", folder, "--out", tmp_path / "out")
+    assert status == 128 + signal.SIGTERM and lines == [
+        f"genlab: stopped by SIGTERM; no repair was kept in {tmp_path / 'out'}: run the command again"]
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(cfgmod, "write_atomically", real)
+    assert cli(capsys, "denoise", ae_run, "--images", folder, "--out", tmp_path / "out")[0] == 0
 
 
 def test_sigterm_ends_any_command_with_one_line(ae_run):
@@ -698,6 +728,23 @@ def test_a_flipped_bit_in_the_counters_or_settings_is_damage(where, flip, capsys
     for argv in (["train", "--resume", run, "--epochs", "5"], ["evaluate", run, "--no-quality"],
                  ["report", run, "--out", tmp_path / "report"]):
         assert_one_line(*cli(capsys, *argv)[:2], f"checkpoint {path} is damaged")
+
+
+def test_report_says_a_damaged_checkpoint_or_metrics_log_beside_an_evaluation(ae_run, tmp_path, capsys):
+    # With an evaluation.json beside it, a checkpoint cut short was never read: the report showed the old
+    # evaluation as the run's numbers, exit 0; and a metrics.jsonl that is a folder was passed over.
+    run = copy_run(ae_run, tmp_path / "run")
+    assert cli(capsys, "evaluate", run, "--no-quality", "--limit", "20")[0] == 0
+    whole = (run / checkpoint.CHECKPOINT).read_bytes()
+    (run / checkpoint.CHECKPOINT).write_bytes(whole[:-100])
+    assert_one_line(*cli(capsys, "report", run, "--out", tmp_path / "r1")[:2], "is damaged", "restore the file")
+    (run / checkpoint.CHECKPOINT).write_bytes(whole)
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").mkdir()
+    assert_one_line(*cli(capsys, "report", run, "--out", tmp_path / "r2")[:2], "metrics.jsonl is not a regular file")
+    (run / "metrics.jsonl").rmdir()
+    (run / checkpoint.CHECKPOINT).unlink()  # a run copied without its weights is reported from what it has
+    assert cli(capsys, "report", run, "--out", tmp_path / "r3")[0] == 0
 
 
 def test_optional_cuda_random_state_is_accepted(ae_run, tmp_path):

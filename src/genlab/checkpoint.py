@@ -200,6 +200,7 @@ def read_counters(path: Path) -> dict:
     path = Path(path)
     try:
         with _open_regular(path) as f:
+            _check_extent(f, path)  # a file cut short holds its header whole
             counters = json.loads(_meta_of(_read_header(f)[0])["counters"])
     except (OSError, KeyError, ValueError, TypeError, RecursionError) as e:
         raise GenlabError(f"checkpoint {path} is damaged or not a genlab checkpoint ({e}); retrain, or restore "

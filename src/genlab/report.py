@@ -162,7 +162,7 @@ def run_section(run_dir: Path, title: str | None = None, section_id: str | None 
     run_dir = Path(run_dir)
     config = _run_config(run_dir)
     section = Section(section_id or _anchor(run_dir.name), title or f"{config.get('model', '?')}: {run_dir.name}")
-    lines = rundir.read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    lines = _metrics(run_dir)
     if lines:
         last = lines[-1]
         epochs = f"{last['epoch']} epoch" + ("s" if last["epoch"] != 1 else "")
@@ -201,12 +201,19 @@ def _evaluation(run_dir: Path, metrics: list[dict]) -> tuple[dict, str]:
     return {}, f"epoch {data['epoch']}, step {data.get('step')}"
 
 
+def _metrics(run_dir: Path) -> list[dict]:
+    """The run's metrics.jsonl records; none where it has no such file (a folder or a FIFO there is said)."""
+    path = run_dir / rundir.METRICS
+    return rundir.read_metrics(path) if os.path.lexists(path) else []
+
+
 def _checkpoint_counters(run_dir: Path) -> dict | None:
-    """The counters of the run's checkpoint (a run stopped mid-epoch is past its last metrics line), or None."""
-    try:
-        return checkpoint.read_counters(run_dir / checkpoint.CHECKPOINT)
-    except (GenlabError, OSError):  # no checkpoint (a copied run): its last metrics line says where it stands
+    """The counters of the run's checkpoint (a run stopped mid-epoch is past its last metrics line), or None
+    where it has none (a copied run: its last metrics line says where it stands). A damaged checkpoint is said:
+    the run's evaluation.json would otherwise be shown as the numbers of weights that are gone."""
+    if not os.path.lexists(run_dir / checkpoint.CHECKPOINT):
         return None
+    return checkpoint.read_counters(run_dir / checkpoint.CHECKPOINT)
 
 
 def _run_config(run_dir: Path) -> dict:
@@ -227,7 +234,7 @@ def comparison_section(run_dirs: list[Path], device: str = "auto", limit: int = 
     rows = []
     for d in run_dirs:
         config = _run_config(d)
-        metrics = rundir.read_metrics(d / "metrics.jsonl") if (d / "metrics.jsonl").is_file() else []
+        metrics = _metrics(d)
         last = metrics[-1] if metrics else {}
         evaluation = _evaluation(d, metrics)[0]
         energy, images = evaluation.get("energy"), evaluation.get("images")

@@ -1148,6 +1148,9 @@ def test_a_lock_that_is_a_link_is_refused_and_its_target_untouched(ae_run, tmp_p
     (fresh / rundir.LOCK).symlink_to(victim)
     assert_one_line(*cli(capsys, "train", "ae", *QUICK, "--out", fresh)[:2], "is a symbolic link")
     assert victim.read_text() == "the user's own words\n"
+    (run / rundir.LOCK).unlink()
+    (run / rundir.LOCK).mkdir()  # was "(Is a directory); make it writable"
+    assert_one_line(*cli(capsys, "train", "--resume", run, "--epochs", "3")[:2], ".lock is a folder, not genlab's")
 
 
 def test_a_lock_file_holding_something_else_is_locked_but_not_rewritten(ae_run, tmp_path):

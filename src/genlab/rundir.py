@@ -54,9 +54,10 @@ def claim(run_dir: Path, owner: bool = True) -> Iterator[None]:
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise GenlabError(f"{run_dir / LOCK} is a symbolic link, not genlab's lock file; remove it (genlab makes "
-                              "its own) or train into another folder (--out)") from None
+        if e.errno in (errno.ELOOP, errno.EISDIR):
+            kind = "a symbolic link" if e.errno == errno.ELOOP else "a folder"
+            raise GenlabError(f"{run_dir / LOCK} is {kind}, not genlab's lock file; remove it (genlab makes its own) "
+                              "or train into another folder (--out)") from None
         raise GenlabError(f"cannot use {run_dir} as a run directory ({e.strerror or e}); make it writable, or "
                           "train into another folder (--out)") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device named .lock

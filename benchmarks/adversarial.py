@@ -591,6 +591,81 @@ def user_file_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
     return cases
 
 
+def review_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
+    """Found by a hostile and a peer review (29 November) with exit 0, an abort or a wrong line: one flipped
+    bit in a checkpoint's counters or settings (JSON that still parses), an output link to a run's own file,
+    settings a library cannot read, capitalised Train/ and Test/ folders, a damaged checkpoint beside an
+    evaluation.json, settings that do nothing."""
+    from genlab.data.files import encode_png
+
+    ae = runs["ae"]
+    out = lambda i: ["--out", str(root / f"review-run{i}")]  # noqa: E731
+
+    def flipped(name: str, where: bytes) -> Path:
+        run = copy_run(ae, root / name)
+        data = bytearray((run / "checkpoint.safetensors").read_bytes())
+        data[data.index(where) + len(where)] ^= 0x02
+        (run / "checkpoint.safetensors").write_bytes(bytes(data))
+        return run
+
+    linked = copy_run(ae, root / "link-target-run")
+    (root / "scores.csv").symlink_to(linked / "checkpoint.safetensors")
+    shape = copy_run(ae, root / "edited-shape")
+    config = json.loads((shape / "config.json").read_text())
+    (shape / "config.json").write_text(json.dumps({**config, "image_shape": {**config["image_shape"], "height": 32}}))
+    evaluated = copy_run(ae, root / "evaluated-then-cut")
+    genlab(["evaluate", str(evaluated), "--no-quality", "--limit", "20"])
+    whole = (evaluated / "checkpoint.safetensors").read_bytes()
+    (evaluated / "checkpoint.safetensors").write_bytes(whole[:len(whole) // 2])
+    folder_lock = copy_run(ae, root / "lock-folder")
+    (folder_lock / ".lock").unlink(missing_ok=True)
+    (folder_lock / ".lock").mkdir()
+    capitals, dangling = root / "capitals", root / "dangling"
+    for split in ("Train", "Test"):
+        for c in ("a", "b"):
+            (capitals / split / c).mkdir(parents=True)
+            for i in range(4):
+                (capitals / split / c / f"{i}.png").write_bytes(encode_png(
+                    load_mnist_digits()[i + (4 if c == "b" else 0)]))
+    shutil.copytree(capitals / "Train", dangling)
+    (dangling / "a" / "gone.png").symlink_to(root / "nowhere.png")
+    return [
+        Case("checkpoint", "resume: one bit of the saved learning rate flipped (was: trained at 3x, exit 0)",
+             ["train", "--resume", str(flipped("flip-lr", b'"lr\\": 0.00')), "--epochs", "2"]),
+        Case("checkpoint", "resume: one bit of the saved epoch flipped (was: epochs skipped, exit 0)",
+             ["train", "--resume", str(flipped("flip-epoch", b'{\\"epoch\\": ')), "--epochs", "5"]),
+        Case("paths", "energy --out a .csv link to the run's checkpoint (was: checkpoint replaced)",
+             ["energy", str(linked), "--limit", "5", "--out", str(root / "scores.csv")]),
+        Case("config.json", "evaluate: config.json's image_shape edited (was: ignored)",
+             ["evaluate", str(shape), "--no-quality"]),
+        Case("report", "report: checkpoint cut in half beside an evaluation.json (was: old numbers, exit 0)",
+             ["report", str(evaluated), "--out", str(root / "review-report")]),
+        Case("flags", "OPENCV_IO_MAX_IMAGE_PIXELS=abc (was: C++ abort, 134)", ["datasets"],
+             env={"OPENCV_IO_MAX_IMAGE_PIXELS": "abc"}),
+        Case("flags", "OMP_WAIT_POLICY=garbage (was: libgomp's complaint, exit 0)", ["datasets"],
+             env={"OMP_WAIT_POLICY": "garbage"}),
+        Case("flags", "evaluate ae --quality (was: ignored)", ["evaluate", str(ae), "--quality"]),
+        Case("flags", "train vae --iwae-k 5 without --objective iwae (was: ignored)",
+             ["train", "vae", *QUICK, *out(1), "--iwae-k", "5"]),
+        Case("flags", "train ae --lr-final 0.5 without a cosine schedule (was: ignored)",
+             ["train", "ae", *QUICK, *out(2), "--lr-final", "0.5"]),
+        Case("flags", "train --resume RUN --no-cuda-graphs (documented: 0; was refused as a new run's flag)",
+             ["train", "--resume", str(copy_run(ae, root / "resume-flags")), "--epochs", "2", "--no-cuda-graphs",
+              "--no-progress"], expect=0),
+        Case("user files", "train --resume a run whose .lock is a folder (was: 'make it writable')",
+             ["train", "--resume", str(folder_lock), "--epochs", "2"]),
+        Case("data", "train on a folder with Train/ and Test/ (documented: 0, read as splits; was two classes)",
+             ["train", "ae", *QUICK, *out(3), "--dataset", f"folder:{capitals}"], expect=0),
+        Case("data", "train on a folder holding a link to no image (was: skipped in silence)",
+             ["train", "ae", *QUICK, *out(4), "--dataset", f"folder:{dangling}"]),
+    ]
+
+
+def load_mnist_digits():
+    from genlab.data import load_dataset
+    return load_dataset("mnist-5k", "test").images[:8].numpy()
+
+
 def scenario_cases() -> list[Case]:
     return [
         Case("signals", "SIGTERM during training (documented: 143, one line, resumable)", expect=143,
@@ -711,7 +786,7 @@ def main() -> int:
         runs = make_fixtures(root)
         cases = (flag_cases(root, runs) + path_cases(root, runs) + config_cases(root, runs["ae"])
                  + checkpoint_cases(root, runs["ae"]) + data_cases(root) + hostile_file_cases(root, runs)
-                 + user_file_cases(root, runs))
+                 + user_file_cases(root, runs) + review_cases(root, runs))
         cases = [c for c in cases if args.only in c.name]
         scenarios = [c for c in scenario_cases() if args.only in c.name]
         state: dict = {}

@@ -38,6 +38,7 @@ from genlab.errors import GenlabError  # noqa: E402 - what every refusal raises:
 
 def load(run_dir, device: str = "cpu"):
     """A trained run directory, ready to score and repair images: ``.energy(images)``, ``.denoise(images)``
-    (images: paths, a numpy uint8 array or a tensor). See ``genlab.scoring``."""
+    (images: paths, a numpy uint8 array or a tensor), and to draw them: ``.sample(n)``, a quadrant cvae's
+    ``.complete(images, observed)``. See ``genlab.scoring``."""
     from genlab.scoring import load as _load
     return _load(run_dir, device)

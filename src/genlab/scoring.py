@@ -4,6 +4,7 @@ and ``genlab denoise RUN --images ...`` (genlab.commands).
     >>> model = genlab.load("runs/dae-mnist")
     >>> model.energy(["photo.png", "scans/"])          # float64 [N]: low on the run's data, high off it
     >>> model.denoise(np.asarray(images, np.uint8))     # uint8, the model's repair of each image
+    >>> model.sample(64, seed=0)                        # uint8, a model that samples (complete(): a quadrant cvae)
 
 Images are fitted to the run's shape first: resized to its height and width (OpenCV INTER_AREA) and made grey
 or colour as the run's data were. An energy is put in context by the run's own held-out energies (its test
@@ -192,8 +193,7 @@ class LoadedModel:
         held = self.heldout_energies()
         return float(np.quantile(held, 1.0 - fpr, method="higher"))
 
-    # -- repairs ----------------------------------------------------------------------------------------------
-    @torch.no_grad()
+    # -- samples and completions ----------------------------------------------------------------------------
     def sample(self, n: int, seed: int = 0, batch_size: int = 1000) -> np.ndarray:
         """``n`` of the model's samples as uint8 pixels, laid out as ``denoise`` gives them (grey [N x H x W],
         colour [N x C x H x W]), so that ``energy(sample(n))`` scores them whatever the model's own pixel range
@@ -245,6 +245,8 @@ class LoadedModel:
         return to_uint8(done.flatten(0, 1).float().cpu(), self.model.pixel_range).view(
             count, len(x), *self.shape[1:]).numpy()
 
+    # -- repairs ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
     def denoise(self, images, batch_size: int = 1000) -> np.ndarray:
         """The model's repair (reconstruction) of each image: uint8 [N x H x W] (grey) or [N x C x H x W]."""
         from genlab.data.batching import to_pixels, to_uint8

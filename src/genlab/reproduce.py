@@ -494,8 +494,9 @@ def build_sections(runs, tables, timings, dataset, quick, figures: Path, trained
         q = Section("quality", "Sample quality (offline classifier features)")
         keys = ["fid", "kid", "precision", "recall", "min_class_share", "classifier_score"]
         q.table(["samples"] + keys, _fmt_rows(tables["quality"], keys),
-                "FID and KID on the penultimate features of genlab's MNIST classifier; the reference row is the "
-                "test split against the training split")
+                "FID and KID on the penultimate features of genlab's MNIST classifier, of as many samples as the "
+                "test split holds; the reference row is the test split against the training split. "
+                "min_class_share: the rarest class among the classifier's predictions, on at least 5,000 samples")
         sections.append(q)
 
     completions = {name: run.dir / "figures" / "completions.png" for name, run in runs.items()

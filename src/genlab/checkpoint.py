@@ -101,8 +101,8 @@ def save(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.O
                 if path.exists() else f"no checkpoint was written; {what_to_do(e)} and start the run again")
         raise GenlabError(f"cannot write the checkpoint {path} ({getattr(e, 'strerror', None) or e}); {kept}") from None
     finally:
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp:
+            cfgmod.discard(tmp)
 
 
 @dataclass
@@ -200,8 +200,8 @@ def read_counters(path: Path) -> dict:
     path = Path(path)
     try:
         with _open_regular(path) as f:
-            _check_extent(f, path)  # a file cut short holds its header whole
-            counters = json.loads(_meta_of(_read_header(f)[0])["counters"])
+            header = _check_extent(f, path)  # a file cut short holds its header whole
+            counters = json.loads(_meta_of(header)["counters"])
     except (OSError, KeyError, ValueError, TypeError, RecursionError) as e:
         raise GenlabError(f"checkpoint {path} is damaged or not a genlab checkpoint ({e}); retrain, or restore "
                           "the file") from None
@@ -229,9 +229,9 @@ def _read_header(f) -> tuple[dict, int]:
     return header, length
 
 
-def _check_extent(f, path: Path) -> None:
-    """Read the header of the safetensors file open at ``f`` (then back to its start) and check that its
-    tensors end where the file does: a ValueError where they do not."""
+def _check_extent(f, path: Path) -> dict:
+    """Read the header of the safetensors file open at ``f`` (then back to its start), check that its
+    tensors end where the file does (a ValueError where they do not) and return the header."""
     header, length = _read_header(f)
     ends = [entry.get("data_offsets") if isinstance(entry, dict) else None
             for key, entry in header.items() if key != "__metadata__"]
@@ -240,6 +240,7 @@ def _check_extent(f, path: Path) -> None:
     if not all(isinstance(end, int) for end in ends) or 8 + length + max(ends, default=0) != size:
         raise ValueError(f"its tensors do not end where the file does ({size} bytes)")
     f.seek(0)
+    return header
 
 
 def _metadata(data: bytes) -> dict:

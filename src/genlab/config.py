@@ -276,8 +276,8 @@ def write_atomically(path: Path, data: bytes, hidden: bool = False) -> None:
             e.filename = str(path)
         raise
     finally:
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp:
+            discard(tmp)
 
 
 @contextmanager

@@ -258,7 +258,7 @@ def _mean_test_energy(run_dir: Path, device: str, limit: int) -> tuple[float, in
     from genlab.data import DataError, run_dataset
     from genlab.evaluate import mean_energy
 
-    if not (run_dir / checkpoint.CHECKPOINT).exists():
+    if not os.path.lexists(run_dir / checkpoint.CHECKPOINT):
         return None
     run = checkpoint.load_run(run_dir, device=device)
     try:

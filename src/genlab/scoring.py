@@ -209,11 +209,12 @@ class LoadedModel:
         model, count = self.model.eval(), sample_count(n)
         if not model.can_sample:
             raise GenlabError(cannot_sample(self.run.model_name, model))
-        generator = torch.Generator().manual_seed(_seed(seed))
+        seed = _seed(seed)
+        generator = torch.Generator().manual_seed(seed)
         batch_size = eval_batch(_batch_size(batch_size), self.shape)
         labels = torch.tensor(trained_labels(self.run))
         out = []
-        with torch.no_grad(), seeded(_seed(seed)):
+        with torch.no_grad(), seeded(seed):
             for start in range(0, count, batch_size):
                 size = min(batch_size, count - start)
                 if model.conditional:
@@ -237,10 +238,10 @@ class LoadedModel:
         if not getattr(self.model, "quadrants", False):
             raise GenlabError(f"completing quadrants needs a cvae trained with --condition quadrants; "
                               f"{self.run.dir} holds a {self.run.model_name} run")
-        count = sample_count(n)
-        generator = torch.Generator().manual_seed(_seed(seed))
+        count, seed = sample_count(n), _seed(seed)
+        generator = torch.Generator().manual_seed(seed)
         x = to_pixels(self.images(images), self.model.pixel_range).to(self.model.device)
-        with torch.no_grad(), seeded(_seed(seed)):
+        with torch.no_grad(), seeded(seed):
             done = self.model.eval().complete(x, observed, count, generator=generator)
         return to_uint8(done.flatten(0, 1).float().cpu(), self.model.pixel_range).view(
             count, len(x), *self.shape[1:]).numpy()

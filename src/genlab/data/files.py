@@ -132,10 +132,11 @@ def scan_images(root: str | Path, ordered: bool = True) -> list[tuple[str, int, 
     if linked:
         links = set(linked)
         listed = {os.path.realpath(path): path for path, _, _ in found if path not in links}
-        twice = next((path for path in linked if os.path.realpath(path) in listed), None)
+        twice = next(((path, listed[target]) for path in linked
+                      if (target := os.path.realpath(path)) in listed), None)
         if twice:
-            raise DataError(f"{twice} is a link to {listed[os.path.realpath(twice)]}, so that image would be read "
-                            "twice (in a data set, under two classes); remove the link")
+            raise DataError(f"{twice[0]} is a link to {twice[1]}, so that image would be read twice (in a data set, "
+                            "under two classes); remove the link")
     return found
 
 

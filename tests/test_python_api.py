@@ -80,6 +80,11 @@ def test_a_run_of_some_classes_measures_percentiles_against_those_classes(runs):
     threes = model.energy(test.images[test.labels == 3])
     assert len(model.heldout_energies()) == len(threes) == 50
     assert np.mean(threes > model.threshold(0.5)) == pytest.approx(0.5, abs=0.05)
+    # A rate is met as nearly as 50 images allow: 0.02 flagged none of them (the threshold was the largest).
+    held = model.heldout_energies()
+    assert len(np.unique(held)) == 50  # no ties, so each rate is met exactly
+    for fpr, flagged in ((0.0, 0), (0.01, 0), (0.02, 1), (0.04, 2), (0.5, 25), (1.0, 49)):
+        assert np.sum(held > model.threshold(fpr)) == flagged, fpr
     with pytest.raises(ValueError, match="read-only"):
         model.heldout_energies()[0] = -1.0  # the ground of every percentile is not the caller's to edit
 

@@ -14,6 +14,7 @@ a share ``fpr`` of the held-out images exceed (the false-positive rate on data l
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -185,13 +186,16 @@ class LoadedModel:
         return 100.0 * np.searchsorted(held, values, side="right") / len(held)
 
     def threshold(self, fpr: float = 0.01) -> float:
-        """The energy that at most a share ``fpr`` of the held-out images exceed: flag energies above it."""
+        """The energy that a share ``fpr`` of the held-out images exceed, as nearly as their count allows (the
+        largest whole number of images not above ``fpr`` of them, ties taken together; all but the lowest at
+        most): flag energies above it."""
         if isinstance(fpr, bool) or not isinstance(fpr, (int, float, np.integer, np.floating)):
             raise GenlabError(f"fpr (--fpr) is a number between 0 and 1, got {fpr!r}")
         if not 0.0 <= fpr <= 1.0:
             raise GenlabError(f"fpr (--fpr) must be between 0 and 1, got {fpr}")
-        held = self.heldout_energies()
-        return float(np.quantile(held, 1.0 - fpr, method="higher"))
+        held = self.heldout_energies()  # sorted
+        above = min(math.floor(fpr * len(held) + 1e-9), len(held) - 1)  # + 1e-9: 0.01 * 500 is 5, not 4.999...
+        return float(held[len(held) - 1 - above])
 
     # -- samples and completions ----------------------------------------------------------------------------
     def sample(self, n: int, seed: int = 0, batch_size: int = 1000) -> np.ndarray:
@@ -229,7 +233,7 @@ class LoadedModel:
 
     def complete(self, images, observed: int, n: int = 1, seed: int = 0) -> np.ndarray:
         """A quadrant cvae's ``n`` completions of each image from ``observed`` quadrants (1: the lower left,
-        2: the left half, 3: all but the upper right; the rest of each image is not looked at): uint8
+        2: the left half, 3: all but the lower right; the rest of each image is not looked at): uint8
         [n x N x H x W], the observed pixels kept. Seeded as ``sample`` is."""
         from genlab.data.batching import to_pixels, to_uint8
         from genlab.models.base import sample_count

@@ -287,7 +287,7 @@ class CVAE(GenerativeModel):
     # -- generation -----------------------------------------------------------------------------------------
     def complete(self, x: Tensor, observed: int, n: int = 1, generator: torch.Generator | None = None) -> Tensor:
         """``n`` completions of each image from ``observed`` quadrants (1: the lower left, 2: the left half,
-        3: all but the upper right): z ~ p(z | c) drawn by ``generator`` (None: the device's own), the decoder's
+        3: all but the lower right): z ~ p(z | c) drawn by ``generator`` (None: the device's own), the decoder's
         mean on the unseen pixels, the observed pixels kept. :param x: [N x 1 x 28 x 28] in [0, 1].
         :return: [n x N x 1 x 28 x 28]."""
         if not self.quadrants:

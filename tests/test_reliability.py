@@ -666,6 +666,12 @@ def test_counters_that_cannot_be_are_refused_by_evaluate_too(counters, words, ca
     ("random state of zeros", lambda t: {**t, "rng/0": torch.zeros_like(t["rng/0"])}, None,
      "rng/0 is not a valid generator state"),
     ("CUDA random state of the wrong dtype", lambda t: {**t, "cuda_rng/0": torch.zeros(3)}, None, "cuda_rng/0"),
+    # torch.cuda.set_rng_state refuses these with a RuntimeError: a GPU resume showed a traceback.
+    ("CUDA random state cut short", lambda t: {**t, "cuda_rng/0": torch.zeros(12, dtype=torch.uint8)}, None,
+     "cuda_rng/0 is not a valid CUDA generator state"),
+    ("CUDA random state at an offset CUDA cannot take",
+     lambda t: {**t, "cuda_rng/0": torch.tensor([0] * 8 + [6] + [0] * 7, dtype=torch.uint8)}, None,
+     "cuda_rng/0 is not a valid CUDA generator state"),
     ("an unknown tensor", lambda t: {**t, "payload": torch.zeros(1)}, None, "unexpected tensor 'payload'"),
     ("a negative counter", None, {"epoch": -1}, "counter epoch"),
     ("a string counter", None, {"step": "7"}, "counter step"),

@@ -344,6 +344,13 @@ def check(ckpt: Checkpoint, model: torch.nn.Module, optimizers: dict[str, torch.
             except (RuntimeError, TypeError):
                 raise GenlabError(f"{where}: random state rng/{rank} is not a valid generator state; the file is "
                                   "damaged: restore it or retrain") from None
+        for rank, state in enumerate(ckpt.cuda_rng_states):
+            # A CUDA generator's state is its seed and its offset into the stream, 8 bytes each; PyTorch refuses an
+            # offset that is not a multiple of 4. Checked here, where a CPU can: only a GPU resume would set it.
+            offset = int.from_bytes(state[8:].numpy().tobytes(), "little", signed=True) if state.numel() == 16 else -1
+            if offset < 0 or offset % 4:
+                raise GenlabError(f"{where}: random state cuda_rng/{rank} is not a valid CUDA generator state; the "
+                                  "file is damaged: restore it or retrain")
 
 
 def first_not_finite(state: dict[str, torch.Tensor]) -> str | None:

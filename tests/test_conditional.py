@@ -108,6 +108,19 @@ def test_unseen_pixels_alone_count():
 
 
 # -- labels through the loop -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("condition", ["label", "quadrants"])
+def test_bf16_autocast_keeps_the_cvaes_probabilistic_terms_float32(condition):
+    # Its draws, KL and log-densities ran in bf16 under --precision bf16 (the VAE's did not).
+    model = CVAE(CVAEConfig(condition=condition, latent_dim=4, hidden=16, ema_decay=0))
+    x, c = torch.rand(8, 1, 28, 28), torch.tensor([0, 1, 2, 3, 1, 2, 3, 9]) % (3 if condition == "quadrants" else 10) + (
+        1 if condition == "quadrants" else 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cond, _ = model.condition(x, c)
+        assert all(t.dtype == torch.float32 for t in (*model._q(x, cond), *model._p(cond)))
+        assert model.decode_logits(torch.zeros(8, 4), cond).dtype == torch.float32
+        assert all(t.dtype == torch.float32 for t in model.terms(x, c).values())
+
+
 def test_batches_carry_labels_with_their_images():
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1).expand(10, 28, 28).contiguous()
     labels = torch.arange(10) * 7

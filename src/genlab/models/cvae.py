@@ -189,19 +189,21 @@ class CVAE(GenerativeModel):
         one_hot = one_hot_checked(c, 0, 9, "digit labels")
         return one_hot.to(x.dtype), torch.ones(1, device=x.device, dtype=x.dtype)
 
+    # .float() in the three below: under bf16 autocast the matrix products run in bf16, while the draws, the KL
+    # and the log-densities stay in float32 (as the VAE's). A no-op otherwise.
     def _q(self, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
-        return self._nets().recognition(torch.cat([x.flatten(1), cond], 1)).chunk(2, dim=1)
+        return self._nets().recognition(torch.cat([x.flatten(1), cond], 1)).float().chunk(2, dim=1)
 
     def _p(self, cond: Tensor) -> tuple[Tensor, Tensor]:
         """(mu, logvar) of the prior p(z | c): learned for quadrants, N(0, I) for labels. Each [N x d]."""
         if self.quadrants:
-            return self._nets().prior(cond).chunk(2, dim=1)
+            return self._nets().prior(cond).float().chunk(2, dim=1)
         zeros = cond.new_zeros(len(cond), self.cfg.latent_dim)
         return zeros, zeros
 
     def decode_logits(self, z: Tensor, cond: Tensor) -> Tensor:
         """:param z: [N x d]; :param cond: [N x C]. :return: Bernoulli logits [N x 1 x 28 x 28]."""
-        return self._nets().decoder(torch.cat([z, cond], 1)).view(-1, 1, 28, 28)
+        return self._nets().decoder(torch.cat([z, cond], 1)).float().view(-1, 1, 28, 28)
 
     # -- per-example terms ----------------------------------------------------------------------------------
     def terms(self, x: Tensor, c: Tensor, sample: bool = True) -> dict[str, Tensor]:

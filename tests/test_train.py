@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import genlab.train as train_mod
-from genlab import checkpoint, config as cfgmod
+from genlab import checkpoint, config as cfgmod, distributed
 from genlab.checkpoint import load_run
 from genlab.data import load_dataset
 from genlab.data.batching import to_pixels
@@ -296,6 +296,17 @@ sys.argv = ["genlab"] + sys.argv[1:]
 from genlab.cli import main
 sys.exit(main())
 """
+
+
+def test_a_peer_gone_is_told_from_a_failure_of_this_process():
+    # nccl's watchdog words were not known: on GPUs a survivor of a dead peer showed a traceback (exit 70).
+    from torch.distributed import DistBackendError
+    gone = ["[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500",
+            "[Rank 1] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=41, OpType=ALLREDUCE) ran for "
+            "600000 milliseconds before timing out.", "NCCL communicator was aborted on rank 0."]
+    assert all(distributed.is_peer_failure(DistBackendError(text)) for text in gone)
+    assert not distributed.is_peer_failure(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not distributed.is_peer_failure(ValueError("Connection closed by peer"))
 
 
 @pytest.mark.slow
@@ -636,6 +647,25 @@ def test_the_loss_is_recorded_only_for_one_gpu_in_fp32_and_a_model_that_allows_i
     images = load_dataset("mnist-5k", "train").images[:512]  # stays on the CPU: nothing here touches CUDA
     got = graphs.for_training(model, cfg, ctx, images, print)
     assert got == (("recorded", (64, 1, 28, 28)) if not change else None)
+
+
+def test_a_recording_captures_on_a_stream_of_its_models_gpu(monkeypatch):
+    # PyTorch makes its default capture stream once, on the GPU current then: a process that recorded a model on
+    # cuda:0 and then one on cuda:1 captured nothing the second time (an empty graph, replays computing nothing).
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from genlab import graphs
+    entered = []
+    monkeypatch.setattr(torch.cuda, "device", lambda device: entered.append(device) or nullcontext())
+    for made_on, recording_on, kept in (("cuda:0", "cuda:0", True), ("cuda:0", "cuda:1", False)):
+        made = SimpleNamespace(device=torch.device(made_on))
+        monkeypatch.setattr(torch.cuda.graph, "default_capture_stream", made)
+        with graphs._capturing_on(torch.device(recording_on)):
+            assert entered[-1] == torch.device(recording_on)
+            assert (torch.cuda.graph.default_capture_stream is made) == kept
+    with graphs._capturing_on(torch.device("cpu")):  # the CPU tests' plumbing: nothing to switch
+        assert len(entered) == 2
 
 
 def _record_on_the_cpu(monkeypatch, fail_at: int = 0, error=RuntimeError) -> list:

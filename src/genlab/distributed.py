@@ -121,8 +121,9 @@ def teardown(ctx: Context, finished: bool = False) -> None:
     would otherwise be freed during interpreter shutdown (a rare SIGABRT at exit on a loaded machine). After a
     failure the ranks may not all arrive, so they leave at once."""
     if ctx.world > 1 and dist.is_initialized():
-        if finished:
-            dist.barrier()
+        if finished:  # nccl's barrier at this process's own GPU (else PyTorch guesses it, and warns)
+            on_gpu = ctx.device.type == "cuda"
+            dist.barrier(device_ids=[ctx.device.index] if on_gpu else None)
         dist.destroy_process_group()
 
 
@@ -175,11 +176,16 @@ def check_same(ctx: Context, text: str, what: str) -> None:
                           "the same --dataset and data directory")
 
 
+# How a collective says that another process of the group went away: gloo's and the store's connection closed
+# or reset; nccl's watchdog, which aborts the communicator when a collective waits past the group's timeout.
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote process exited",
+             "communicator was aborted", "Watchdog caught collective operation timeout")
+
+
 def is_peer_failure(error: BaseException) -> bool:
-    """Whether ``error`` is a collective that failed because another process of the group went away (its
-    connection closed or reset), as opposed to a failure of this process's own."""
-    return isinstance(error, RuntimeError) and any(
-        words in str(error) for words in ("Connection closed by peer", "Connection reset by peer"))
+    """Whether ``error`` is a collective that failed because another process of the group went away, as opposed
+    to a failure of this process's own."""
+    return isinstance(error, RuntimeError) and any(words in str(error) for words in PEER_GONE)
 
 
 @contextmanager

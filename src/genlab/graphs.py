@@ -16,7 +16,7 @@ would have drawn them.
 from __future__ import annotations
 
 import gc
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -94,7 +94,8 @@ class GraphedLoss:
         buffers = [(b, b.clone()) for b in self.model.buffers()]
         try:
             # Also the current stream: a capture that fails can leave its own stream current.
-            with torch.cuda.stream(torch.cuda.current_stream(self.sample.device)) if cuda else nullcontext(), \
+            with _capturing_on(self.sample.device), \
+                    torch.cuda.stream(torch.cuda.current_stream(self.sample.device)) if cuda else nullcontext(), \
                     torch.random.fork_rng(devices=[self.sample.device] if cuda else []):
                 graphed = torch.cuda.make_graphed_callables(loss, (self.sample,), allow_unused_input=True)
         except (RuntimeError, AssertionError) as e:  # a capture that failed, or a module refused
@@ -121,6 +122,21 @@ class GraphedLoss:
         yield "model", {name: outputs[index] for name, index in self.layout}
 
 
+@contextmanager
+def _capturing_on(device: torch.device):
+    """Make ``device`` the current one, and the stream PyTorch captures on by default a stream of it: PyTorch
+    makes that stream once per process, on the device current then, and a capture for a model on another GPU
+    would run there unrecorded, leaving an empty graph (a warning, and replays that compute nothing)."""
+    if device.type != "cuda":
+        yield
+        return
+    with torch.cuda.device(device):
+        stream = torch.cuda.graph.default_capture_stream
+        if stream is not None and stream.device != device:
+            torch.cuda.graph.default_capture_stream = None  # made again by the next capture, on this device
+        yield
+
+
 def _recovered(device: torch.device) -> bool:
     """Whether this process can still draw random numbers on ``device`` after a failed capture. PyTorch versions
     that mark the generator as capturing unmark it only when a capture ends well, so first one small capture
@@ -129,7 +145,7 @@ def _recovered(device: torch.device) -> bool:
         return True
     try:
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with _capturing_on(device), torch.cuda.graph(graph):
             torch.ones(1, device=device).add_(1)
         del graph
     except RuntimeError:

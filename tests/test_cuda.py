@@ -177,7 +177,7 @@ def test_a_loss_the_graphs_cannot_hold_is_said_in_one_line_and_never_a_traceback
     # A model that says it is graph-safe but reads a number on the host: the recording fails. genlab either
     # trains on kernel by kernel with a note (the process can still draw random numbers: the DAE's corruption)
     # or, where the failed capture left the generator refusing draws, stops in one line naming --no-cuda-graphs.
-    # Either way the same process then trains with the recording off.
+    # Then the same process trains with the recording off, where it still can draw (the AE draws nothing).
     model_cls = type(MODELS[name](MODELS[name].Config()))
     real_loss = model_cls.loss
 
@@ -195,6 +195,8 @@ def test_a_loss_the_graphs_cannot_hold_is_said_in_one_line_and_never_a_traceback
         assert load_run(run_dir).counters["epoch"] == 1
     except GenlabError as e:
         assert "unable to draw random numbers on the GPU; train with --no-cuda-graphs" in str(e)
+        if name == "dae":
+            return  # its corruption cannot be drawn in this process now (the resume: tests/test_train.py)
     monkeypatch.setattr(model_cls, "loss", real_loss)
     run_dir = train(name, MODELS[name].Config(), cuda_config(name, tmp_path / "launched", epochs=1,
                                                              deterministic=False, cuda_graphs=False))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 from pathlib import Path
 
@@ -368,6 +369,14 @@ def test_a_quadrant_cvae_completes_images_from_python(tmp_path):
     assert not np.array_equal(done[0], done[1])  # each completion its own draw
     with pytest.raises(GenlabError, match="observed quadrants must be 1, 2 or 3"):
         model.complete(digits, observed=4)
+    for taken in (True, 2.0, "2"):  # True completed as 1, and "2" was refused as "got 2"
+        with pytest.raises(GenlabError, match=re.escape(f"must be 1, 2 or 3, got {taken!r}")):
+            model.complete(digits, observed=taken)
+    assert np.array_equal(model.complete(digits, np.int64(2), n=3, seed=1), done)
+    # n = 0 is no completions, as sample(0) is no samples (it raised from torch.stack); too many is one line.
+    assert model.complete(digits, 2, n=0).shape == (0, 5, 28, 28)
+    with pytest.raises(GenlabError, match=r"10000000 x 5 completions of 1 x 28 x 28 pixels would take 36.5 GiB"):
+        model.complete(digits, 2, n=10 ** 7)
     label_run = train("cvae", CVAEConfig(latent_dim=4, hidden=32), quick_config("cvae", tmp_path / "l"))
     with pytest.raises(GenlabError, match="needs a cvae trained with --condition quadrants"):
         api.load(label_run).complete(digits, 2)

@@ -51,6 +51,13 @@ def test_the_layouts_of_other_libraries_are_read_as_the_images_they_hold(runs, d
         assert np.allclose(model.energy(layout), reference), type(layout)
     for one in (colour[0], torch.from_numpy(colour[0]), Image.fromarray(colour[0]), digits[0]):
         assert np.allclose(model.energy(one), reference[:1]), type(one)
+    # A grey picture with alpha (PIL's "LA", [H x W x 2]) was read as 28 images 2 pixels wide; a palette picture
+    # as its palette indices; a 1-bit one was refused as booleans.
+    grey_alpha = np.stack([digits[0], np.full_like(digits[0], 255)], axis=2)
+    for one in (grey_alpha, Image.fromarray(grey_alpha, "LA"), Image.fromarray(digits[0]).convert("P")):
+        assert np.allclose(model.energy(one), reference[:1]), one
+    black_white = (digits[0] > 127).astype(np.uint8) * 255
+    assert np.allclose(model.energy(Image.fromarray(black_white).convert("1")), model.energy(black_white))
     mixed = model.energy([digits[0], np.zeros((40, 30), np.uint8)])  # images of any sizes, resized
     assert mixed.shape == (2,) and mixed[0] == pytest.approx(reference[0], rel=1e-5)
     assert model.denoise(digits.reshape(8, 784)).shape == (8, 28, 28)
@@ -66,6 +73,11 @@ def test_the_layouts_of_other_libraries_are_read_as_the_images_they_hold(runs, d
     (torch.full((2, 784), 3.0), "pixels in [0, 1], got values from 3 to 3"),
     (np.full((2, 28, 28), 1.0000001), "to 1.0000001"),
     (np.zeros((2, 3 * 784), np.uint8), "reshape them to images"),
+    (np.zeros((0, 0), np.uint8), "an image of 0 x 0 pixels has none to read"),  # OpenCV's resize assertion
+    (Image.new("L", (0, 5)), "an image of 0 x 5 pixels has none to read"),
+    (torch.rand(2, 28, 28).to_sparse(), "got a sparse_coo one; convert it with .to_dense()"),  # a TypeError
+    ([torch.rand(28, 28).to_sparse()], "got a sparse_coo one; convert it with .to_dense()"),
+    (["x" * 5000], "x (5000 characters): File name too long"),  # Python's OSError
 ])
 def test_what_cannot_be_read_as_images_is_one_genlab_error(runs, images, words):
     with pytest.raises(GenlabError, match=re.escape(words)):
@@ -183,3 +195,14 @@ def test_samples_come_as_pixels_that_score_like_any_images(tmp_path, runs):
     for seed in (-1, 1.5, True):
         with pytest.raises(GenlabError, match="seed is a whole number"):
             vae.sample(4, seed=seed)
+
+
+def test_a_path_the_system_refuses_and_too_many_samples_are_one_genlab_error(runs, tmp_path):
+    # genlab.load of a name too long raised Python's OSError; sample(10**12) grew until the system killed it.
+    with pytest.raises(GenlabError, match=r"^x{100}\.\.\.x{50} \(5000 characters\): File name too long$"):
+        genlab.load("x" * 5000)
+    vae = train("vae", MODELS["vae"].Config(latent_dim=4), small_config(tmp_path / "vae"))
+    with pytest.raises(GenlabError, match=r"1000000000000 samples of 1 x 28 x 28 pixels would take 7.3e\+05 GiB, "
+                                          r"more than the 4 GiB genlab gives one array"):
+        genlab.load(vae).sample(10 ** 12)
+    assert genlab.load(vae).sample(0).shape == (0, 28, 28)

@@ -47,9 +47,14 @@ def what_to_do(e: BaseException) -> str:
     return "free space"
 
 
+def _shortened(path: str, most: int = 200) -> str:
+    """A path for a line of text: its start and end where it is longer than ``most`` characters."""
+    return path if len(path) <= most else f"{path[:most // 2]}...{path[-most // 4:]} ({len(path)} characters)"
+
+
 def describe_os_error(e: OSError) -> str:
     """An OSError as one line naming the path(s) and what to do about a full disk."""
-    where = ", ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    where = ", ".join(_shortened(str(f)) for f in (e.filename, e.filename2) if f is not None)
     why = e.strerror or str(e)
     text = f"{where}: {why}" if where else why
     if e.errno in DISK_FULL:

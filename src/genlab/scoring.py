@@ -14,6 +14,7 @@ a share ``fpr`` of the held-out images exceed (the false-positive rate on data l
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Sequence
@@ -21,11 +22,34 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, describe_os_error
 
 
 HELDOUT_VERSION = 3  # 2: a run of some classes (--classes) is measured against those classes' images only;
 # 3: a conditional run of some classes scores without a label over those classes only
+
+
+def _os_errors_in_one_line(method):
+    """A path the system refuses (a name too long, a folder that cannot be listed) is a GenlabError naming it,
+    as on the command line, not Python's OSError."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except OSError as e:
+            raise GenlabError(describe_os_error(e)) from None
+    return wrapper
+
+
+def _room_for(images: int, shape: Sequence[int], what: str) -> None:
+    """Refuse, before drawing any, more images of ``shape`` than genlab holds in one array."""
+    from genlab.data.files import MAX_ARRAY_BYTES
+
+    needed = images * math.prod(shape)
+    if needed > MAX_ARRAY_BYTES:
+        raise GenlabError(f"{what} of {' x '.join(map(str, shape))} pixels would take {needed / 2**30:.3g} GiB, "
+                          f"more than the {MAX_ARRAY_BYTES >> 30} GiB genlab gives one array; ask for fewer at a "
+                          "time (another seed for each call)")
 
 
 class LoadedModel:
@@ -41,6 +65,7 @@ class LoadedModel:
         return f"<genlab {self.run.model_name} {' x '.join(map(str, self.shape))} from {self.run.dir}>"
 
     # -- inputs -----------------------------------------------------------------------------------------------
+    @_os_errors_in_one_line
     def images(self, images) -> torch.Tensor:
         """uint8 [N x H x W] or [N x C x H x W] in the run's shape, from: paths (files or folders, one or a list),
         a numpy array ([H x W] or [H x W x C] for one image; [N x H x W], [N x H x W x C], an image library's
@@ -57,6 +82,9 @@ class LoadedModel:
             raise GenlabError("no images given")
         if isinstance(images, torch.Tensor):
             t = images.detach()
+            if t.layout != torch.strided:
+                raise GenlabError(f"expected a dense tensor of images, got a {str(t.layout).removeprefix('torch.')} "
+                                  "one; convert it with .to_dense()")
             if t.device.type == "meta" or not (t.is_floating_point() or t.dtype == torch.uint8):
                 raise GenlabError(f"expected uint8 images, or floats in [0, 1], got a {t.dtype} tensor on "
                                   f"{t.device.type}; convert it, e.g. with .byte() for 0..255 values")
@@ -73,7 +101,7 @@ class LoadedModel:
                 raise GenlabError(f"expected images (paths, a numpy array, a tensor or a list of images), got "
                                   f"{type(images).__name__}")
             try:
-                array = np.asarray(images)
+                array = _picture(images) if _is_picture(images) else np.asarray(images)
             except ValueError:  # a ragged list: a path beside an array, say
                 raise GenlabError("expected a list of all paths or all images (numpy arrays), got a mix") from None
             if array.dtype.kind in "iub" and array.dtype != np.uint8:
@@ -104,8 +132,8 @@ class LoadedModel:
         if array.ndim == 3:
             if channels == 1 and sorted(array.shape[1:]) == [1, height * width] and height * width > 1:
                 return array.reshape(-1, height, width)  # flat rows with an axis kept, [N x 1 x H*W] or [N x H*W x 1]
-            if array.shape[2] in (3, 4) and array.shape[0] > 4 and array.shape[1] > 4:
-                return array[None]  # one colour image, as an image library gives it
+            if array.shape[2] in (2, 3, 4) and array.shape[0] > 4 and array.shape[1] > 4:
+                return array[None]  # one image with channels (grey and alpha, colour), as an image library gives it
             return array  # [N x H x W]
         if not channels_last or (array.shape[1] in (1, 3) and array.shape[3] not in (1, 3, 4)):
             return array.transpose(0, 2, 3, 1)  # [N x C x H x W]
@@ -117,6 +145,7 @@ class LoadedModel:
         return torch.from_numpy(decode_files(files, shape=self.shape))
 
     # -- energies ---------------------------------------------------------------------------------------------
+    @_os_errors_in_one_line
     def energy(self, images, batch_size: int = 1000) -> np.ndarray:
         """The model's energy of each image: float64 [N], low on the run's data, high off it."""
         return self._energies(self.images(images), _batch_size(batch_size))
@@ -127,6 +156,7 @@ class LoadedModel:
         # (cvae's quadrants: the mean over its three completion tasks), as in the AUROC of genlab energy.
         return energies(self.model, u8, batch_size)
 
+    @_os_errors_in_one_line
     def heldout_energies(self) -> np.ndarray:
         """Energies of the run's held-out images (its test split), sorted: float64 [M]. Kept in the user cache,
         keyed by the checkpoint's and the data's size and modification time, so a second command reuses them."""
@@ -198,6 +228,7 @@ class LoadedModel:
         return float(held[len(held) - 1 - above])
 
     # -- samples and completions ----------------------------------------------------------------------------
+    @_os_errors_in_one_line
     def sample(self, n: int, seed: int = 0, batch_size: int = 1000) -> np.ndarray:
         """``n`` of the model's samples as uint8 pixels, laid out as ``denoise`` gives them (grey [N x H x W],
         colour [N x C x H x W]), so that ``energy(sample(n))`` scores them whatever the model's own pixel range
@@ -213,6 +244,7 @@ class LoadedModel:
         model, count = self.model.eval(), sample_count(n)
         if not model.can_sample:
             raise GenlabError(cannot_sample(self.run.model_name, model))
+        _room_for(count, self.shape, f"{count} samples")
         seed = _seed(seed)
         generator = torch.Generator().manual_seed(seed)
         batch_size = eval_batch(_batch_size(batch_size), self.shape)
@@ -231,6 +263,7 @@ class LoadedModel:
             return np.zeros((0, *self.shape[1:]) if self.shape[0] == 1 else (0, *self.shape), np.uint8)
         return torch.cat(out).numpy()
 
+    @_os_errors_in_one_line
     def complete(self, images, observed: int, n: int = 1, seed: int = 0) -> np.ndarray:
         """A quadrant cvae's ``n`` completions of each image from ``observed`` quadrants (1: the lower left,
         2: the left half, 3: all but the lower right; the rest of each image is not looked at): uint8
@@ -244,13 +277,18 @@ class LoadedModel:
                               f"{self.run.dir} holds a {self.run.model_name} run")
         count, seed = sample_count(n), _seed(seed)
         generator = torch.Generator().manual_seed(seed)
-        x = to_pixels(self.images(images), self.model.pixel_range).to(self.model.device)
+        u8 = self.images(images)
+        _room_for(count * len(u8), self.shape, f"{count} x {len(u8)} completions")
+        if not count:
+            return np.zeros((0, *u8.shape), np.uint8)
+        x = to_pixels(u8, self.model.pixel_range).to(self.model.device)
         with torch.no_grad(), seeded(seed):
             done = self.model.eval().complete(x, observed, count, generator=generator)
         return to_uint8(done.flatten(0, 1).float().cpu(), self.model.pixel_range).view(
             count, len(x), *self.shape[1:]).numpy()
 
     # -- repairs ----------------------------------------------------------------------------------------------
+    @_os_errors_in_one_line
     @torch.no_grad()
     def denoise(self, images, batch_size: int = 1000) -> np.ndarray:
         """The model's repair (reconstruction) of each image: uint8 [N x H x W] (grey) or [N x C x H x W]."""
@@ -288,11 +326,30 @@ def _is_image(item) -> bool:
 def _one_image(item) -> np.ndarray:
     """One image of a list as an array [H x W] or [H x W x C]; a tensor [C x H x W] (genlab's layout) too."""
     if isinstance(item, torch.Tensor):
+        if item.layout != torch.strided:
+            raise GenlabError(f"expected dense tensors of images, got a {str(item.layout).removeprefix('torch.')} "
+                              "one; convert it with .to_dense()")
         t = item.detach().cpu()
         t = t.float() if t.is_floating_point() else t
         chw = t.dim() == 3 and t.shape[0] in (1, 3) and t.shape[2] not in (1, 3, 4)
         return (t.permute(1, 2, 0) if chw else t).numpy()
-    return np.asarray(item)
+    return _picture(item) if _is_picture(item) else np.asarray(item)
+
+
+def _is_picture(item) -> bool:
+    """Whether ``item`` is an image library's picture (PIL's): it has a mode and converts between modes."""
+    return hasattr(item, "mode") and callable(getattr(item, "convert", None)) and hasattr(item, "__array_interface__")
+
+
+# A picture's pixels as numpy reads them are not always its colours: a palette picture's are indices into its
+# palette, a 1-bit picture's are booleans, CMYK's four inks. Those are converted first.
+PICTURE_MODES = {"P": "RGBA", "PA": "RGBA", "1": "L", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB"}
+
+
+def _picture(item) -> np.ndarray:
+    """A PIL picture as [H x W] or [H x W x C] pixels, in a mode whose numbers are its grey or colour levels."""
+    mode = PICTURE_MODES.get(item.mode)
+    return np.asarray(item.convert(mode) if mode else item)
 
 
 def _seed(value) -> int:
@@ -341,6 +398,7 @@ def _write_heldout(key: str, values: np.ndarray) -> None:
     _write_cache_file(_heldout_path(key), lambda f: np.save(f, values))
 
 
+@_os_errors_in_one_line
 def load(run_dir: str | Path, device: str = "cpu") -> LoadedModel:
     """A trained run directory as a ``LoadedModel`` with ``.energy(images)`` and ``.denoise(images)``."""
     from genlab.checkpoint import load_run

@@ -277,7 +277,7 @@ def _normalise(image: np.ndarray, where: str) -> np.ndarray:
         image = (image >> 8).astype(np.uint8)
     if image.dtype != np.uint8:
         raise DataError(f"{where}: pixels are {image.dtype}, expected 8-bit (uint8) images")
-    if image.ndim == 3 and image.shape[2] == 1:
+    if image.ndim == 3 and image.shape[2] in (1, 2):  # grey, or grey and alpha
         image = image[:, :, 0]
     if image.ndim == 3 and image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB) if where != "array" else image[:, :, :3]
@@ -285,6 +285,8 @@ def _normalise(image: np.ndarray, where: str) -> np.ndarray:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
         raise DataError(f"{where}: expected a grey or colour image, found shape {image.shape}")
+    if not image.size:
+        raise DataError(f"{where}: an image of {image.shape[1]} x {image.shape[0]} pixels has none to read")
     return np.ascontiguousarray(image)
 
 

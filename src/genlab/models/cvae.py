@@ -29,6 +29,7 @@ average of the weights (``--ema-decay``).
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -62,9 +63,13 @@ class CVAEConfig(ImageShape):
 
 def checked_task(observed: int) -> int:
     """``observed`` (how many quadrants are seen), if it is one of the tasks 1, 2, 3."""
-    if observed not in TASKS:
-        raise GenlabError(f"the number of observed quadrants must be 1, 2 or 3, got {observed}")
-    return observed
+    try:
+        task = operator.index(observed)  # an int, or a numpy integer
+    except TypeError:
+        task = None
+    if isinstance(observed, bool) or task not in TASKS:
+        raise GenlabError(f"the number of observed quadrants must be 1, 2 or 3, got {observed!r}")
+    return task
 
 
 def quadrant_mask(observed: int) -> Tensor:

@@ -339,12 +339,20 @@ def test_damaged_image_files_are_one_line_with_the_codecs_reason_and_nothing_els
     (("Train/cat", "Test/cat", "Test/dog"), None),  # the splits in capitals: was two classes, "Test" and "Train"
     (("Train/cat", "Validation/cat"), "rename Validation/ to test/"),
     (("Train/cat", "train/cat", "test/cat"), "holds Train/ and train/: genlab reads one train split"),
+    # One split alone was one class named "train" (or "test"), and a class folder without images was dropped.
+    (("train/cat", "train/dog"), "holds train/ without test/: genlab reads the splits from train/ and test/"),
+    (("Test/cat",), "holds Test/ without train/"),
+    (("cat", "dog/"), "dog holds no PNG, JPEG or BMP images, so it would be no class"),
+    (("train/cat", "test/cat", "test/dog/"), "dog holds no PNG, JPEG or BMP images"),
+    (("cat", "__MACOSX/"), None),
 ])
 def test_folder_layouts_that_would_be_misread_are_refused(tmp_path, capsys, layout, words):
     # train/ + val/ trained on two classes named "train" and "val"; val/ or a file beside train/ and test/ was
     # silently left out.
     for part in layout:
-        if part.endswith((".png", ".md")):
+        if part.endswith("/"):
+            (tmp_path / "d" / part).mkdir(parents=True)
+        elif part.endswith((".png", ".md")):
             (tmp_path / "d" / part).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / "d" / part).write_bytes(encode_png(blobs(1, (8, 8))[0]))
         else:

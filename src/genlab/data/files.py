@@ -499,6 +499,12 @@ def _folder_listing(root: Path) -> tuple[list[tuple[str, int, int]], np.ndarray,
         raise DataError(f"{loose} lies beside the class sub-folders of {os.path.dirname(loose)}; move it into a "
                         "class sub-folder or remove it")
     classes = sorted({head for _, rel in listed for head, _, _ in rel}) if any(nested) else []
+    for base in (split_roots if has_splits else [root]) if classes else []:
+        # A class folder without an image of a kind genlab reads (GIFs, say) was dropped, the classes renumbered.
+        empty = [name for name in _listing(base) if name not in classes and name != "__MACOSX" and (base / name).is_dir()]
+        if empty:
+            raise DataError(f"{base / empty[0]} holds no PNG, JPEG or BMP images, so it would be no class: put its "
+                            f"images there as PNG, JPEG or BMP files, or move the folder out of {base}")
     index = {c: i for i, c in enumerate(classes)}
     all_files, labels = [], []
     for files, rel in listed:
@@ -561,10 +567,16 @@ def _check_split_layout(root: Path, entries: list[str], split_roots: list[Path] 
         return
     folders = [name for name in entries if (root / name).is_dir()]
     train = next((name for name in folders if name.lower() == "train"), None)
+    test = next((name for name in folders if name.lower() == "test"), None)
     val = next((name for name in folders if name.lower() in VALIDATION_NAMES), None)
     if train and val:
         raise DataError(f"{root} holds {train}/ and {val}/: genlab reads the splits from train/ and test/ (else each "
                         f"sub-folder is a class); rename {val}/ to test/, or point --dataset at {root / train}")
+    if train or test:  # one split alone was read as one class named after it (its test images trained on)
+        alone = train or test
+        raise DataError(f"{root} holds {alone}/ without {'test' if train else 'train'}/: genlab reads the splits from "
+                        f"train/ and test/ together (else each sub-folder is a class); add the other split, or point "
+                        f"--dataset at {root / alone} (a seeded tenth is then the test split)")
 
 
 def _load_npz(path: Path, image_size: int, grey: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:

@@ -374,6 +374,26 @@ def test_labels_for_one_split_only_are_refused(tmp_path, capsys):
                     "holds y_train but no y_test")
 
 
+def test_an_npz_read_two_ways_or_with_bytes_past_its_array_is_refused(tmp_path, capsys):
+    # 'images' beside x_train/x_test trained on 'images' with x_train and x_test unread; bytes past an array's
+    # declared end were ignored (an IDX file with bytes past its data is refused as altered).
+    np.savez(tmp_path / "both.npz", images=blobs(30, (8, 8)), x_train=blobs(20, (8, 8)), x_test=blobs(5, (8, 8)))
+    assert_one_line(cli(capsys, "train", "ae", "--dataset", f"npz:{tmp_path / 'both.npz'}", "--out", tmp_path / "r"),
+                    "holds 'images' and 'x_test' and 'x_train': genlab reads one or the other")
+    import io
+    import zipfile
+    array = io.BytesIO()
+    np.save(array, blobs(30, (8, 8)))
+    with zipfile.ZipFile(tmp_path / "long.npz", "w") as z:
+        z.writestr("images.npy", array.getvalue() + b"\0" * 100)
+    assert_one_line(cli(capsys, "train", "ae", "--dataset", f"npz:{tmp_path / 'long.npz'}", "--out", tmp_path / "r"),
+                    "'images' holds 100 bytes past the [30, 8, 8] uint8 array its header declares")
+    with zipfile.ZipFile(tmp_path / "exact.npz", "w") as z:
+        z.writestr("images.npy", array.getvalue())
+    assert cli(capsys, "train", "ae", "--dataset", f"npz:{tmp_path / 'exact.npz'}", "--epochs", "1", "--no-figures",
+               "--no-progress", "--out", tmp_path / "r")[0] == 0
+
+
 def test_held_out_energies_follow_the_files_in_class_folders(tmp_path, capsys):
     # The cache key stat'ed the data set's root only, whose time stays put when files in its class folders
     # change: percentiles and flags came from the old images.

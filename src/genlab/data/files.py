@@ -587,6 +587,10 @@ def _load_npz(path: Path, image_size: int, grey: bool) -> tuple[np.ndarray, np.n
             raise DataError(f"{path} is not a .npz file (a zip archive of numpy arrays); {fix}")
         with np.load(path, allow_pickle=False) as saved:
             members = set(saved.files)
+            both = sorted(members & {"x_train", "x_test"})
+            if "images" in members and both:  # which ones are the data? x_train and x_test went unread
+                raise DataError(f"{path} holds 'images' and {' and '.join(map(repr, both))}: genlab reads one or the "
+                                "other; write the arrays you mean into a file of their own")
             if "images" in members:
                 parts = [("images", "labels")]
             elif "x_train" in members and "x_test" in members:
@@ -654,10 +658,15 @@ def _check_npy_size(archive, key: str, path: Path) -> None:
             version = np.lib.format.read_magic(f)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, _, dtype = read(f)
+            header = f.tell()
         except ValueError:
             raise DataError(f"{path}: {key!r} is not a numpy array; write it with numpy.savez(path, images=..., "
                             "labels=...)") from None
     size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    stored = archive.getinfo(name).file_size - header
+    if stored > size and not dtype.hasobject:  # numpy reads what the header declares and leaves the rest unread
+        raise DataError(f"{path}: {key!r} holds {stored - size:,} bytes past the {list(shape)} {dtype} array its "
+                        "header declares; the file is damaged or was altered")
     if size > MAX_ARRAY_BYTES:
         raise DataError(f"{path}: {key!r} declares shape {list(shape)} ({size:,} bytes), more than genlab reads "
                         f"from one array ({MAX_ARRAY_BYTES:,}); the file is damaged or too large")

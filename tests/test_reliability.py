@@ -148,6 +148,7 @@ def test_damaged_config_json_is_one_line(config, words, capsys, ae_run, tmp_path
     ({"image_shape": {"channels": 3, "height": 28, "width": 28}}, "'image_shape' is"),
     ({"image_shape": "28x28"}, "while the model's config says channels 1, height 28, width 28"),
     ({"classes": [1, 2]}, "'classes' is '[1, 2]', not a list of class names"),
+    ({"classes": ["a"]}, "'classes' is \"['a']\" while mnist-5k names no classes"),  # a cvae sampled class 0 only
     ({"world_size": 0}, "'world_size' is '0', not a number of processes"),
     ({"world_size": True}, "not a number of processes"),
 ])

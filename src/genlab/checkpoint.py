@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes, save_file
 
 from genlab import config as cfgmod
+from genlab.data.files import is_file_dataset
 from genlab.errors import GenlabError, what_to_do
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -574,6 +575,9 @@ def _recorded_facts_problem(data: dict, model_cfg) -> str | None:
     classes = data.get("classes")
     if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
         return f"'classes' is {str(classes)[:80]!r}, not a list of class names"
+    dataset = data["train_config"].get("dataset")  # a dict: read_configs has built the config from it
+    if classes and isinstance(dataset, str) and not is_file_dataset(dataset):  # what a conditional run samples
+        return f"'classes' is {str(classes)[:80]!r} while {dataset[:40]} names no classes (its labels are digits)"
     world = data.get("world_size")
     if world is not None and not (type(world) is int and 1 <= world <= 1 << 20):
         return f"'world_size' is {str(world)[:40]!r}, not a number of processes"

@@ -283,6 +283,36 @@ def test_processes_that_see_different_data_all_say_so(tmp_path):
         assert result.returncode != 0 and lines and all(words in line for line in lines), result.stderr[-3000:]
 
 
+SETTINGS_LAUNCHER = """import os, sys
+extra = sys.argv[1].split() if os.environ["RANK"] == "1" else []  # this process alone is started differently
+sys.argv = ["genlab"] + sys.argv[2:] + extra
+from genlab.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+def test_processes_started_with_different_settings_all_say_so(tmp_path):
+    # Started by hand, rank 1 with --epochs 3 waited for ever (deaf to SIGTERM) after rank 0 finished its one;
+    # with --lr 0.01 both stepped their copies apart and exited 0; with --latent-dim 8 rank 1 showed a traceback.
+    (tmp_path / "launch.py").write_text(SETTINGS_LAUNCHER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    common = ["ae", "--dataset", "mnist-5k", "--limit", "256", "--eval-limit", "100", "--epochs", "1",
+              "--no-figures", "--no-progress"]
+    for extra, port in (("--epochs 3", "29544"), ("--lr 0.01", "29545"), ("--latent-dim 8", "29546")):
+        out = tmp_path / port
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                                 "--master-port", port, str(tmp_path / "launch.py"), extra, "train", *common,
+                                 "--out", str(out)], capture_output=True, text=True, env=env, cwd=tmp_path,
+                                timeout=120)
+        lines = [line for line in result.stderr.splitlines() if line.startswith("genlab: error:")]
+        assert result.returncode != 0 and len(lines) == 2, result.stderr[-3000:]
+        assert all("the processes see different settings; start every process of a run with one command" in line
+                   for line in lines), lines
+        assert "internal error" not in result.stderr and not (out / "checkpoint.safetensors").exists()
+
+
 DYING = """import os, sys
 import genlab.train as t
 real, steps = t._step, [0]

@@ -164,16 +164,17 @@ def agree(ctx: Context, work: Callable[[], T]) -> T:
     return result
 
 
-def check_same(ctx: Context, text: str, what: str) -> None:
-    """A GenlabError on every rank unless every rank passes the same ``text`` (a description of ``what``)."""
+def check_same(ctx: Context, text: str, what: str, fix: str, show: bool = True) -> None:
+    """A GenlabError on every rank, saying ``fix``, unless every rank passes the same ``text`` (a description of
+    ``what``, shown in the line where ``show``)."""
     if ctx.world == 1:
         return
     digest = int.from_bytes(hashlib.sha256(text.encode(errors="surrogateescape")).digest()[:7], "big")
     extremes = torch.tensor([digest, -digest], dtype=torch.int64, device=ctx.device)
     dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
     if extremes[0].item() != -extremes[1].item():
-        raise GenlabError(f"rank {ctx.rank}: the processes see different {what} (here: {text}); give every process "
-                          "the same --dataset and data directory")
+        raise GenlabError(f"rank {ctx.rank}: the processes see different {what}{f' (here: {text})' if show else ''}; "
+                          f"{fix}")
 
 
 # How a collective says that another process of the group went away: gloo's and the store's connection closed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import os
 import signal
@@ -184,6 +185,13 @@ def train(model_name: str | None, model_cfg=None, train_cfg: TrainConfig | None 
     ctx = distributed.setup(train_cfg.device, train_cfg.deterministic)  # a missing device is a GenlabError here
     finished = False
     try:
+        # The processes of one run train one model the same way: torchrun gives them one command line, but
+        # processes started by hand with different settings (epochs, learning rates) waited on each other for
+        # ever, or stepped their copies of the model apart.
+        settings = [model_name, cfgmod.to_dict(model_cfg), cfgmod.to_dict(train_cfg), str(run_dir)]
+        distributed.check_same(ctx, json.dumps(settings, sort_keys=True, default=str), "settings",
+                               "start every process of a run with one command (torchrun --nproc-per-node N -m "
+                               "genlab.cli train ...)", show=False)
         # One owner per run directory (see genlab.rundir); a refusal reaches every rank.
         # Gradients on, whatever the caller's block (a notebook's torch.no_grad() gave "element 0 of tensors does
         # not require grad").
@@ -265,7 +273,8 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
     # "--dataset auto" and the data directory are resolved by each process: one without full MNIST would
     # train on mnist-5k while the others train on MNIST.
     distributed.check_same(ctx, f"{test_set.name}, {len(train_images)} training images of shape "
-                                f"{list(train_images.shape[1:])}", "training data")
+                                f"{list(train_images.shape[1:])}", "training data",
+                           "give every process the same --dataset and data directory")
     distributed.broadcast_buffers(model, ctx)
     steps = distributed.player_steps(model, ctx)  # DDP puts rank 0's parameters on every rank here
     model.end_of_epoch(counters["epoch"] - 1)  # schedules are functions of the epoch: set them for this one

@@ -375,6 +375,8 @@ def test_a_quadrant_cvae_completes_images_from_python(tmp_path):
     assert np.array_equal(model.complete(digits, np.int64(2), n=3, seed=1), done)
     # n = 0 is no completions, as sample(0) is no samples (it raised from torch.stack); too many is one line.
     assert model.complete(digits, 2, n=0).shape == (0, 5, 28, 28)
+    with pytest.raises(GenlabError, match="observed quadrants must be 1, 2 or 3, got 7"):
+        model.complete(digits, 7, n=0)
     with pytest.raises(GenlabError, match=r"10000000 x 5 completions of 1 x 28 x 28 pixels would take 36.5 GiB"):
         model.complete(digits, 2, n=10 ** 7)
     label_run = train("cvae", CVAEConfig(latent_dim=4, hidden=32), quick_config("cvae", tmp_path / "l"))

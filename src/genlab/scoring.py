@@ -216,9 +216,9 @@ class LoadedModel:
         return 100.0 * np.searchsorted(held, values, side="right") / len(held)
 
     def threshold(self, fpr: float = 0.01) -> float:
-        """The energy that a share ``fpr`` of the held-out images exceed, as nearly as their count allows (the
-        largest whole number of images not above ``fpr`` of them, ties taken together; all but the lowest at
-        most): flag energies above it."""
+        """The energy that a share ``fpr`` of the held-out images exceed, as nearly as their count allows: of M
+        held-out energies, the floor(fpr * M) highest lie above it (fewer where energies tie; M - 1 at most).
+        Flag energies above it."""
         if isinstance(fpr, bool) or not isinstance(fpr, (int, float, np.integer, np.floating)):
             raise GenlabError(f"fpr (--fpr) is a number between 0 and 1, got {fpr!r}")
         if not 0.0 <= fpr <= 1.0:
@@ -270,6 +270,7 @@ class LoadedModel:
         [n x N x H x W], the observed pixels kept. Seeded as ``sample`` is."""
         from genlab.data.batching import to_pixels, to_uint8
         from genlab.models.base import sample_count
+        from genlab.models.cvae import checked_task
         from genlab.rng import seeded
 
         if not getattr(self.model, "quadrants", False):
@@ -280,6 +281,7 @@ class LoadedModel:
         u8 = self.images(images)
         _room_for(count * len(u8), self.shape, f"{count} x {len(u8)} completions")
         if not count:
+            checked_task(observed)  # a task that is not one is refused, asked for none
             return np.zeros((0, *u8.shape), np.uint8)
         x = to_pixels(u8, self.model.pixel_range).to(self.model.device)
         with torch.no_grad(), seeded(seed):

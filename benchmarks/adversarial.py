@@ -661,6 +661,47 @@ def review_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
     ]
 
 
+def second_review_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
+    """Found by a second hostile review (29 November, morning) with exit 0: folder and npz layouts read some other
+    way than they say, and class names edited into a run of a data set that has none."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from genlab.data.files import encode_png
+
+    out = lambda i: ["--out", str(root / f"review2-run{i}")]  # noqa: E731
+    digits = load_mnist_digits()
+    alone, empty = root / "train-alone", root / "empty-class"
+    for c in ("a", "b"):
+        (alone / "train" / c).mkdir(parents=True)
+        (empty / c).mkdir(parents=True)
+    for i in range(4):
+        (alone / "train" / ("a" if i < 2 else "b") / f"{i}.png").write_bytes(encode_png(digits[i]))
+        (empty / "a" / f"{i}.png").write_bytes(encode_png(digits[i]))  # b/ stays empty (its images were GIFs)
+    np.savez(root / "both.npz", images=digits, x_train=digits[:6], x_test=digits[6:])
+    array = io.BytesIO()
+    np.save(array, digits)
+    with zipfile.ZipFile(root / "long.npz", "w") as z:
+        z.writestr("images.npy", array.getvalue() + b"\0" * 100)
+    named = copy_run(runs["ae"], root / "named-classes")
+    config = json.loads((named / "config.json").read_text())
+    (named / "config.json").write_text(json.dumps({**config, "classes": ["a"]}))
+    return [
+        Case("data", "train on a folder holding train/ alone (was: one class named 'train')",
+             ["train", "ae", *QUICK, *out(1), "--dataset", f"folder:{alone}"]),
+        Case("data", "train on a folder with a class folder holding no image (was: dropped, classes renumbered)",
+             ["train", "ae", *QUICK, *out(2), "--dataset", f"folder:{empty}"]),
+        Case("data", "train on an npz holding images and x_train/x_test (was: x_train, x_test unread)",
+             ["train", "ae", *QUICK, *out(3), "--dataset", f"npz:{root / 'both.npz'}"]),
+        Case("data", "train on an npz with 100 bytes past its array (was: ignored)",
+             ["train", "ae", *QUICK, *out(4), "--dataset", f"npz:{root / 'long.npz'}"]),
+        Case("config.json", "evaluate: class names edited into a mnist-5k run (was: accepted)",
+             ["evaluate", str(named), "--no-quality"]),
+    ]
+
+
 def load_mnist_digits():
     from genlab.data import load_dataset
     return load_dataset("mnist-5k", "test").images[:8].numpy()
@@ -786,7 +827,7 @@ def main() -> int:
         runs = make_fixtures(root)
         cases = (flag_cases(root, runs) + path_cases(root, runs) + config_cases(root, runs["ae"])
                  + checkpoint_cases(root, runs["ae"]) + data_cases(root) + hostile_file_cases(root, runs)
-                 + user_file_cases(root, runs) + review_cases(root, runs))
+                 + user_file_cases(root, runs) + review_cases(root, runs) + second_review_cases(root, runs))
         cases = [c for c in cases if args.only in c.name]
         scenarios = [c for c in scenario_cases() if args.only in c.name]
         state: dict = {}

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import http.server
 import os
+import re
 import socket
 import threading
 import time
@@ -279,7 +280,8 @@ def test_download_md5_mismatch_leaves_nothing(tmp_path, serve):
     (served / "labels.gz").write_bytes(gzip.compress(b"some bytes that are not the published file"))
     target = tmp_path / "target"
     wrong = "0" * 32
-    with pytest.raises(DataError, match=f"labels.gz .*expected {wrong}, got [0-9a-f]{{32}}"):
+    with pytest.raises(DataError, match=f"labels.gz: sent a file that failed its MD5 check .expected {wrong}, "
+                                        f"got [0-9a-f]{{32}}; it was deleted"):
         download_files(["labels.gz"], target, [serve(served)], {"labels.gz": wrong}, timeout=5, progress=False)
     assert list(target.iterdir()) == []
 
@@ -299,6 +301,109 @@ class _DripHandler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+class _HostileHandler(http.server.BaseHTTPRequestHandler):
+    """What a broken or hostile mirror answers, by path: /drip drips its headers, /continue sends interim answers
+    without end, /short closes half-way through the body it announced, /status answers 404 with escape
+    sequences in its reason phrase, /good the file the test put in ``good``."""
+    good = b""
+
+    def do_GET(self):
+        with contextlib.suppress(OSError):
+            if self.path.endswith("drip"):
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                for _ in range(100):
+                    self.wfile.write(b"a")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            elif self.path.endswith("continue"):
+                for _ in range(10 ** 6):
+                    self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n" * 100)
+            elif self.path.endswith("short"):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(self.good)))
+                self.end_headers()
+                self.wfile.write(self.good[:len(self.good) // 2])
+            elif self.path.endswith("status"):
+                self.wfile.write(b"HTTP/1.1 404 Gone\x1b]0;owned\x07\x1b[2J\r\nContent-Length: 0\r\n\r\n")
+            else:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(self.good)))
+                self.end_headers()
+                self.wfile.write(self.good)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_mirror_that_never_finishes_answering_or_says_too_little_is_one_line(tmp_path, monkeypatch):
+    # Headers dripped a byte at a time, or interim "100 Continue" answers without end, held a download for
+    # ever with nothing said (the time and size limits began with the body); a body cut short was called a
+    # failed MD5 check; a 404 was said by its reason phrase alone, escape sequences and all.
+    import genlab.data.download as download
+
+    _HostileHandler.good = gzip.compress(b"the file")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HostileHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    monkeypatch.setattr(download, "ANSWER_SECONDS", 1.0)
+    md5 = {name: _md5(_HostileHandler.good) for name in ("drip", "continue", "short", "status", "good")}
+    try:
+        for name, words in (("drip", "drip: had not answered in 1 s"), ("continue", "continue: had not answered"),
+                            ("short", "short: sent 14 of the 28 bytes it announced (the connection ended early)"),
+                            ("status", r"status: HTTP 404 Gone\x1b]0;owned\x07\x1b[2J")):
+            began = time.monotonic()
+            with pytest.raises(DataError) as info:
+                download_files([name], tmp_path, [base], md5, timeout=5, progress=False)
+            assert words in str(info.value) and "\x1b" not in str(info.value), str(info.value)
+            assert time.monotonic() - began < 5
+        # A mirror that fails the MD5 check is one mirror's failure: the next one is tried.
+        (tmp_path / "served").mkdir()
+        (tmp_path / "served" / "good").write_bytes(b"another file")
+        fallback = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(
+            _QuietHandler, directory=str(tmp_path / "served")))
+        threading.Thread(target=fallback.serve_forever, daemon=True).start()
+        wrong_first = f"http://127.0.0.1:{fallback.server_address[1]}/"
+        [path] = download_files(["good"], tmp_path / "got", [wrong_first, base], md5, timeout=5, progress=False)
+        assert path.read_bytes() == _HostileHandler.good
+        fallback.shutdown()
+        fallback.server_close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["got", "served"]  # no temporary file left
+
+
+def test_what_a_killed_download_left_is_removed_by_the_next(tmp_path, serve):
+    # A download killed outright (SIGKILL) left its hidden .part file for good.
+    (tmp_path / "served").mkdir()
+    (tmp_path / "served" / "f.gz").write_bytes(b"x" * 1000)
+    target = tmp_path / "target"
+    target.mkdir()
+    stale, live = target / ".f.gz.abc123.part", target / ".f.gz.def456.part"
+    for part in (stale, live):
+        part.write_bytes(b"x" * 10)
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    download_files(["f.gz"], target, [serve(tmp_path / "served")], {"f.gz": _md5(b"x" * 1000)}, timeout=5,
+                   progress=False)
+    assert sorted(p.name for p in target.iterdir()) == [live.name, "f.gz"]  # another download's may be live
+
+
+def test_a_full_disk_while_downloading_is_said_as_such(tmp_path, monkeypatch, serve):
+    # ENOSPC was said as the mirror's failure, with advice to put the files into the full folder (and the
+    # next mirror sent the whole file again).
+    import genlab.data.download as download
+
+    (tmp_path / "served").mkdir()
+    (tmp_path / "served" / "f.gz").write_bytes(b"x" * 1000)
+    real = os.fdopen
+    monkeypatch.setattr(download.os, "fdopen", lambda fd, *a, **k: (os.close(fd), real(
+        os.open("/dev/full", os.O_WRONLY), *a, **k))[1])
+    with pytest.raises(DataError, match=r"cannot write f.gz into .*: No space left on device; free space"):
+        download_files(["f.gz"], tmp_path / "target", [serve(tmp_path / "served")], {"f.gz": "0" * 32},
+                       timeout=5, progress=False)
+    assert list((tmp_path / "target").iterdir()) == []
 
 
 def test_a_mirror_that_crawls_or_sends_too_much_is_given_up_on(tmp_path, monkeypatch):
@@ -323,12 +428,33 @@ def test_a_mirror_that_crawls_or_sends_too_much_is_given_up_on(tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []  # no temporary file left
 
 
-@pytest.mark.parametrize("mirror", ["mirror.example.com/mnist", "not a url", "http://[::1", "ftp://example.org/"])
+@pytest.mark.parametrize("mirror", ["mirror.example.com/mnist", "not a url", "http://[::1", "ftp://example.org/",
+                                    "http://:80/"])
 def test_a_mirror_that_is_not_an_http_url_is_one_line(tmp_path, monkeypatch, mirror):
     # It was a 41-line traceback (urllib's "unknown url type"), exit 70.
     monkeypatch.setenv("GENLAB_MIRROR", mirror)
     with pytest.raises(DataError, match=r"GENLAB_MIRROR=.* is not an http\(s\) URL"):
         load_dataset("mnist", "test", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("mirror,words", [
+    ("http://user:s3cret@127.0.0.1:9/", "GENLAB_MIRROR holds a user name (and password), which genlab does not send"),
+    ("http://127.0.0.1:9/?token=abc", "has a query or a fragment"),  # the file's name went after the query
+    ("http://127.0.0.1:9/mnist/#part", "has a query or a fragment"),
+    ("http://a..b/", "'a..b' is not a host name"),
+])
+def test_a_mirror_url_genlab_cannot_use_as_given_is_one_line(tmp_path, monkeypatch, mirror, words):
+    monkeypatch.setenv("GENLAB_MIRROR", mirror)
+    with pytest.raises(DataError, match=re.escape(words)) as info:
+        load_dataset("mnist", "test", data_dir=tmp_path)
+    assert "s3cret" not in str(info.value)
+
+
+def test_a_mirror_named_in_another_script_is_asked_for_in_ascii(monkeypatch):
+    # "http://☃.net/" failed with "ordinal not in range(256)" (the Host header is ASCII).
+    from genlab.data.download import mirrors_for
+    monkeypatch.setenv("GENLAB_MIRROR", "http://☃.net:8080/mnist/")
+    assert mirrors_for("mnist") == ("http://xn--n3h.net:8080/mnist/",)
 
 
 @pytest.mark.parametrize("value,on", [("1", True), ("yes", True), ("0", False), ("false", False), ("No", False),

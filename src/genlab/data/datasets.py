@@ -179,15 +179,17 @@ def _download_missing(name: str, root: Path, download: bool) -> Path:
             raise DataError(f"{path} is {what}, not one of {name}'s IDX files; remove it and put the file "
                             "there, or choose another data directory with GENLAB_DATA_DIR (or --data-dir of train, "
                             "reproduce and datasets)")
-    where = (f"put {', '.join(missing)} into {target} (GENLAB_DATA_DIR chooses the data directory, which "
-             f"holds {name}/; train, reproduce and datasets also take --data-dir)")
+    def put(files: list[str]) -> str:
+        return (f"put {', '.join(files)} into {target} (GENLAB_DATA_DIR chooses the data directory, which "
+                f"holds {name}/; train, reproduce and datasets also take --data-dir)")
+
     if not download or _offline():
         why = "GENLAB_OFFLINE is set" if download else "downloads are off"
-        raise DataError(f"{name} not found and {why}: {where}")
+        raise DataError(f"{name} not found and {why}: {put(missing)}")
     try:
         download_files(missing, target, mirrors_for(name), CHECKSUMS[name])
-    except DownloadFailed as e:
-        raise DataError(f"could not download {name} ({e}): {where}") from None
+    except DownloadFailed as e:  # the files that came are kept: only the others are still to be put there
+        raise DataError(f"could not download {name} ({e}): {put(_missing(name, root)[1])}") from None
     return target
 
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import socket
 import tempfile
+import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -19,6 +22,7 @@ from typing import Iterable, Sequence
 from tqdm import tqdm
 
 from genlab.data.idx import DataError
+from genlab.errors import describe_os_error
 
 # Tried in order; the environment variable GENLAB_MIRROR replaces the list by one base URL.
 MIRRORS = {
@@ -75,6 +79,8 @@ MAX_DOWNLOAD_BYTES = 64 << 20
 DOWNLOAD_SECONDS = 600.0      # a whole file, from the request to its last byte
 SLOWEST_BYTES_PER_S = 1024    # held to once a download has run for GRACE_SECONDS
 GRACE_SECONDS = 60.0
+ANSWER_SECONDS = 60.0         # from the request to the end of the answer's headers (a server dripping them, or
+#                               sending interim answers without end, held a download for ever before a byte of data)
 
 
 def mirrors_for(name: str) -> tuple[str, ...]:
@@ -87,10 +93,23 @@ def mirrors_for(name: str) -> tuple[str, ...]:
         parts.port  # noqa: B018 - reading it checks the port
     except ValueError:
         parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise DataError(f"GENLAB_MIRROR={override!r} is not an http(s) URL; give a base URL like "
                         "https://example.org/mnist/, or unset it for the data sets' own mirrors")
-    return (override.strip(),)
+    if parts.username is not None or parts.password is not None:  # not said back: it may hold a password
+        raise DataError("GENLAB_MIRROR holds a user name (and password), which genlab does not send; give a mirror "
+                        "that needs none, or unset it for the data sets' own mirrors")
+    if parts.query or parts.fragment:  # each file's name would go after them, into the query or the fragment
+        raise DataError(f"GENLAB_MIRROR={override!r} has a query or a fragment; give the folder's URL alone, like "
+                        "https://example.org/mnist/")
+    try:  # the host as the Host header carries it (a name in other scripts is spelt in ASCII)
+        host = parts.hostname.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise DataError(f"GENLAB_MIRROR={override!r}: {parts.hostname!r} is not a host name; give a base URL like "
+                        "https://example.org/mnist/") from None
+    netloc = f"[{host}]" if ":" in host else host
+    netloc += f":{parts.port}" if parts.port is not None else ""
+    return (urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")),)
 
 
 def download_files(filenames: Iterable[str], directory: str | Path, mirrors: Sequence[str],
@@ -107,7 +126,23 @@ def download_files(filenames: Iterable[str], directory: str | Path, mirrors: Seq
     except OSError as e:
         raise DataError(f"cannot create {directory} ({e.strerror}); choose a writable directory with GENLAB_DATA_DIR "
                         "(or --data-dir of train, reproduce and datasets)") from None
-    return [_download_one(name, directory, mirrors, checksums[name], timeout, progress) for name in filenames]
+    names = list(filenames)
+    _remove_stale_parts(directory, names)
+    return [_download_one(name, directory, mirrors, checksums[name], timeout, progress) for name in names]
+
+
+def _remove_stale_parts(directory: Path, names: Sequence[str]) -> None:
+    """Remove what downloads killed outright left (``.NAME.*.part``): a live download writes to its file at
+    least once a second past its first minute and ends within ``DOWNLOAD_SECONDS``, so one untouched for longer
+    is no one's."""
+    now = time.time()
+    for name in names:
+        for part in directory.glob(f".{name}.*.part"):
+            try:
+                if now - part.stat().st_mtime > DOWNLOAD_SECONDS + GRACE_SECONDS:
+                    part.unlink()
+            except OSError:
+                pass  # gone meanwhile, or not ours to remove: it never looks like a data file
 
 
 def _download_one(filename: str, directory: Path, mirrors: Sequence[str], md5: str, timeout: float,
@@ -118,8 +153,66 @@ def _download_one(filename: str, directory: Path, mirrors: Sequence[str], md5: s
         try:
             return _fetch(url, directory / filename, md5, timeout, progress)
         except (OSError, http.client.HTTPException, ValueError) as e:  # URLError, HTTPError, timeouts: OSErrors;
-            attempts.append(f"{url}: {getattr(e, 'reason', None) or e}")  # a malformed URL or _check_pace's: ValueError
+            attempts.append(f"{url}: {_reason(e)}")  # a malformed URL, a short or wrong file: ValueError
     raise DownloadFailed("; ".join(attempts) or f"no mirror given for {filename}")
+
+
+def _reason(e: BaseException) -> str:
+    """Why a mirror failed, in words a terminal shows as they are: what a server sends (its status line, its
+    reason phrase) may hold any bytes, escape sequences included, so those are written as escapes, and shortened."""
+    if isinstance(e, urllib.error.HTTPError):
+        text = f"HTTP {e.code} {e.reason or ''}".strip()
+    else:
+        text = str(getattr(e, "reason", None) or e) or type(e).__name__
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if isinstance(e, http.client.BadStatusLine) and not isinstance(e, http.client.RemoteDisconnected):
+        return f"answered with something that is not HTTP (it began {shown[:40]})"  # its file, say, headers none
+    return shown if len(shown) <= 200 else shown[:200] + "..."
+
+
+class _Watchdog:
+    """Ends the connections of one download when its server has not finished answering (status line and
+    headers) within ``seconds``: each read has its own timeout, which a byte every few seconds, or one interim
+    answer after another, never lets run out. ``opener`` opens URLs whose connections it watches."""
+
+    def __init__(self, seconds: float):
+        self.sockets: list[socket.socket] = []
+        self.fired = False
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        watchdog = self
+
+        def watched(connection_class):
+            class Watched(connection_class):
+                def connect(self):
+                    super().connect()
+                    watchdog.sockets.append(self.sock)
+            return Watched
+
+        class HTTP(urllib.request.HTTPHandler):
+            def do_open(self, http_class, req, **kwargs):
+                return super().do_open(watched(http_class), req, **kwargs)
+
+        class HTTPS(urllib.request.HTTPSHandler):
+            def do_open(self, http_class, req, **kwargs):
+                return super().do_open(watched(http_class), req, **kwargs)
+
+        self.opener = urllib.request.build_opener(HTTP, HTTPS)
+
+    def _fire(self) -> None:
+        self.fired = True
+        for sock in self.sockets:
+            try:  # the plain socket's shutdown (an SSL socket's own would drop its state under the reader)
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def __enter__(self):
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
 
 
 def _check_pace(received: int, seconds: float) -> None:
@@ -134,10 +227,28 @@ def _check_pace(received: int, seconds: float) -> None:
 
 
 def _fetch(url: str, target: Path, md5: str, timeout: float, progress: bool | None) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    """``url`` into ``target`` through a hidden temporary file beside it, renamed into place once its MD5 is
+    right. The mirror's failures are ValueErrors and OSErrors (the next mirror is tried); a failure to write here
+    (a full disk, a read-only folder) is a DataError: no mirror can help with it."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        out = os.fdopen(fd, "wb", buffering=0)  # unbuffered: a full disk is met by the write that meets it
+    except OSError as e:
+        raise DataError(f"cannot write into {target.parent}: {describe_os_error(e)}") from None
     try:
         digest, began, received = hashlib.md5(usedforsecurity=False), time.monotonic(), 0
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        response = None
+        with _Watchdog(ANSWER_SECONDS) as watchdog:
+            try:
+                response = watchdog.opener.open(url, timeout=timeout)
+            except (OSError, http.client.HTTPException):
+                if not watchdog.fired:
+                    raise
+        if watchdog.fired:  # what came before the connection was ended may even parse as an answer
+            if response is not None:
+                response.close()
+            raise ValueError(f"had not answered in {ANSWER_SECONDS:.0f} s")
+        with out, response:
             total = int(response.headers.get("Content-Length") or 0) or None
             if total and total > MAX_DOWNLOAD_BYTES:
                 raise ValueError(f"announces {total:,} bytes, more than any data file genlab downloads")
@@ -145,17 +256,28 @@ def _fetch(url: str, target: Path, md5: str, timeout: float, progress: bool | No
                       disable=None if progress is None else not progress) as bar:
                 while chunk := response.read1(1 << 16):  # what has come, not a full 64 KiB: the clock is read
                     received += len(chunk)
-                    out.write(chunk)
+                    _write(out, chunk, target)
                     digest.update(chunk)
                     bar.update(len(chunk))
                     _check_pace(received, time.monotonic() - began)
+        if total is not None and received != total:
+            raise ValueError(f"sent {received:,} of the {total:,} bytes it announced (the connection ended early)")
         got = digest.hexdigest()
         if got != md5:
-            raise DataError(f"{target.name} from {url} failed its MD5 check (expected {md5}, got {got}); "
-                            f"the download was deleted")
+            raise ValueError(f"sent a file that failed its MD5 check (expected {md5}, got {got}; it was deleted)")
         os.chmod(tmp, 0o644)  # mkstemp makes it private; data files are for everyone who shares the directory
         os.replace(tmp, target)
         return target
     except BaseException:
+        out.close()
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write(out, chunk: bytes, target: Path) -> None:
+    view = memoryview(chunk)
+    try:
+        while view:  # an unbuffered write may take part of what it is given
+            view = view[out.write(view):]
+    except OSError as e:
+        raise DataError(f"cannot write {target.name} into {target.parent}: {describe_os_error(e)}") from None

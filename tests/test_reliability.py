@@ -583,6 +583,18 @@ def test_a_full_standard_output_is_named_in_one_line(argv, unbuffered):
         "genlab: error: standard output: No space left on device; free space (or raise the limit) and try again"]
 
 
+def test_a_signal_after_the_commands_last_line_ends_the_process_at_once():
+    # A second Ctrl-C right after the first ("genlab: interrupted") raised KeyboardInterrupt inside the exit's
+    # handlers: "Exception ignored in atexit callback" and PyTorch's traceback. A caller's main(argv) keeps its own.
+    script = ("import signal, sys\nfrom genlab.cli import main\ntry:\n    main(['--version'])\n"
+              "except SystemExit:\n    pass\nkept = signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
+              "sys.argv = ['genlab', '--version']\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+              "print(kept, signal.getsignal(signal.SIGINT) is signal.SIG_DFL, "
+              "signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[-1] == "True True True", done.stderr
+
+
 def test_a_bug_shows_its_traceback_and_asks_for_a_report(capsys):
     def bug():
         raise ZeroDivisionError("oops")

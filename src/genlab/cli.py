@@ -143,6 +143,18 @@ def main(argv: list[str] | None = None) -> int:
             if status:
                 raise SystemExit(status) from None
         raise
+    finally:
+        if argv is None:  # the genlab command's own process, not a caller's
+            _signals_end_the_exit()
+
+
+def _signals_end_the_exit() -> None:
+    """Once the command has said its last line, Ctrl-C or SIGTERM ends the process at once: a second Ctrl-C
+    right after the first was a KeyboardInterrupt inside the interpreter's exit, shown as PyTorch's traceback."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, signal.SIG_DFL)
 
 
 def _main(argv: list[str] | None) -> int:

@@ -484,8 +484,9 @@ def _folder_listing(root: Path) -> tuple[list[tuple[str, int, int]], np.ndarray,
     split_roots = _split_roots(root, entries)
     has_splits = split_roots is not None
     _check_split_layout(root, entries, split_roots)
+    bases = split_roots if has_splits else [root]
     listed = []  # per split: (files, [(class folder, separator, name below it)])
-    for base in (split_roots if has_splits else [root]):
+    for base in bases:
         files = scan_images(base, ordered=False)  # ordered below, all at once
         if not files:
             raise DataError(f"{base} holds no PNG, JPEG or BMP images; put image files there (one sub-folder per "
@@ -499,8 +500,8 @@ def _folder_listing(root: Path) -> tuple[list[tuple[str, int, int]], np.ndarray,
         raise DataError(f"{loose} lies beside the class sub-folders of {os.path.dirname(loose)}; move it into a "
                         "class sub-folder or remove it")
     classes = sorted({head for _, rel in listed for head, _, _ in rel}) if any(nested) else []
-    for base in (split_roots if has_splits else [root]) if classes else []:
-        # A class folder without an image of a kind genlab reads (GIFs, say) was dropped, the classes renumbered.
+    # A class folder without an image of a kind genlab reads (GIFs, say) was dropped, the classes renumbered.
+    for base in bases if classes else []:
         empty = [name for name in _listing(base) if name not in classes and name != "__MACOSX" and (base / name).is_dir()]
         if empty:
             raise DataError(f"{base / empty[0]} holds no PNG, JPEG or BMP images, so it would be no class: put its "

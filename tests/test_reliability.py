@@ -543,7 +543,8 @@ def test_pixel_limits_opencv_cannot_read_are_found_without_starting_it():
 
 
 @pytest.mark.parametrize("signum,line", [(signal.SIGINT, "genlab: interrupted"),
-                                         (signal.SIGTERM, "genlab: stopped by SIGTERM")])
+                                         (signal.SIGTERM, "genlab: stopped by SIGTERM"),
+                                         (signal.SIGHUP, "genlab: stopped by SIGHUP")])
 def test_a_signal_while_pytorch_loads_is_one_line(signum, line):
     # Sent while the command's imports load (PyTorch takes a second or more): a KeyboardInterrupt traceback from
     # inside an import, an abort from C++, or (SIGTERM) a death without a word.
@@ -1301,3 +1302,71 @@ def test_an_input_name_too_long_for_its_repair_says_to_rename_it(ae_run, tmp_pat
     status, lines, _ = cli(capsys, "denoise", ae_run, "--images", long_name, "--out", tmp_path / "repairs")
     assert_one_line(status, lines, "is too long a name for its repair's", "rename it")
     assert not (tmp_path / "repairs").exists()
+
+
+def _genlab_in_bash(args: str, timeout=300, **kw) -> subprocess.CompletedProcess:
+    """``genlab ARGS`` as a shell runs it, so ARGS may close or redirect the command's standard files."""
+    return subprocess.run(["bash", "-c", f'exec "{sys.executable}" -m genlab.cli {args}'], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "GENLAB_OFFLINE": "1"}, **kw)
+
+
+@pytest.mark.parametrize("redirect", ["2>&-", "2>/dev/full"])
+def test_a_standard_error_closed_or_full_loses_only_what_it_would_have_shown(redirect, tmp_path):
+    # train ... 2>&- was a traceback from the progress bar (status 70); 2>/dev/full ended the run at its first
+    # line (status 1, neither bad input nor a bug); both left the run without a checkpoint. With standard error
+    # closed, the next file opened took its number, and whatever wrote there wrote into that file.
+    if redirect.endswith("/dev/full") and not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full (a device that is always full)")
+    run = tmp_path / "run"
+    done = _genlab_in_bash(f'train ae --dataset mnist-5k --limit 300 --epochs 2 --no-figures --out "{run}" {redirect}')
+    assert done.returncode == 0 and done.stdout.strip() == str(run), done.stdout
+    assert (run / ".lock").read_text().strip().isdigit()  # the lock holds a pid and nothing written to fd 2
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    checked = _genlab_in_bash(f'evaluate "{run}" --no-quality --limit 50 --json')
+    assert checked.returncode == 0 and json.loads(checked.stdout)["epoch"] == 2, checked.stderr
+    refused = _genlab_in_bash(f'evaluate "{tmp_path / "no-such-run"}" {redirect}')
+    assert refused.returncode == 2 and refused.stdout == ""
+
+
+def test_a_hang_up_stops_training_at_a_checkpoint_unless_it_is_ignored(tmp_path):
+    # SIGHUP (a closed terminal, a dropped ssh session) killed training outright: no checkpoint of the epoch in
+    # progress, no line. It now stops as SIGTERM does; under nohup, which ignores it, the run goes on.
+    for ignored in (False, True):
+        run = tmp_path / f"run-{ignored}"
+        argv = [sys.executable, "-m", "genlab.cli", "train", "ae", "--dataset", "mnist-5k", "--limit", "1000",
+                "--epochs", "6" if ignored else "2000", "--no-figures", "--no-progress", "--out", str(run)]
+        ignore = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignored else None
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore,
+                                env={**os.environ, "GENLAB_OFFLINE": "1"})
+        deadline = time.monotonic() + 120
+        while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGHUP)
+        _, err = proc.communicate(timeout=120)
+        if ignored:
+            assert proc.returncode == 0, err[-2000:]
+            continue
+        assert proc.returncode == 128 + signal.SIGHUP, err[-2000:]
+        assert err.strip().splitlines()[-1] == (f"genlab: interrupted by SIGHUP: checkpoint saved; continue with: "
+                                                f"genlab train --resume {run}")
+        epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+        resumed = _genlab_in_bash(f'train --resume "{run}" --epochs {epochs[-1] + 1} --no-progress')
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [
+            *epochs, epochs[-1] + 1]
+
+
+def test_a_library_that_cannot_load_is_one_line(tmp_path):
+    # Under a memory limit too small for PyTorch's code (ulimit -v), or with a dependency missing, the import
+    # of the commands ended in a traceback and status 1.
+    resource = pytest.importorskip("resource")
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (300 << 20, 300 << 20))  # noqa: E731
+    done = _genlab_in_bash("datasets", preexec_fn=limit)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert done.stderr.startswith("genlab: error: too little memory to load PyTorch") and "ulimit -v" in done.stderr
+    script = "import sys; sys.modules['tqdm'] = None; from genlab.cli import main; sys.exit(main())"
+    done = subprocess.run([sys.executable, "-c", script, "datasets"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        "genlab: error: the package 'tqdm', which genlab needs, is not installed in this environment; install genlab "
+        "with its dependencies (pip install -e . in its folder)"], done.stderr

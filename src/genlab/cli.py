@@ -16,7 +16,7 @@ import sys
 import threading
 
 from genlab import __version__
-from genlab.errors import Stopped, one_line_errors
+from genlab.errors import Stopped, one_line, one_line_errors
 
 
 def _thread_count_problem() -> str | None:
@@ -116,6 +116,66 @@ def _flush_output() -> None:
         raise _output.failure
 
 
+class _StandardError(io.RawIOBase):
+    """File descriptor 2 under ``sys.stderr``, whose failed writes are dropped: standard error is where genlab
+    says what went wrong, so a failure there (a full disk behind ``2>>train.log``, a hung-up terminal) has
+    nowhere to be said. A training run went on losing only its progress lines; it ended at its first one, with
+    no checkpoint. The exit status still tells what happened."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self._fd)
+
+    def write(self, data) -> int:
+        left = memoryview(data)
+        try:
+            while left:
+                left = left[os.write(self._fd, left):]
+        except OSError:
+            pass
+        return len(data)
+
+
+def _standard_files_open() -> None:
+    """Give file descriptors 0, 1 and 2 the null device where the command was started with them closed
+    (``<&-``, ``>&-``, ``2>&-``): otherwise the next file genlab opens takes the number, and whatever writes to
+    standard error (PyTorch's C++ warnings, a progress bar) writes into that file, a checkpoint or a lock.
+    Python has made ``sys.stdout`` or ``sys.stderr`` None for a closed one; a closed output stays said as
+    closed (``_ClosedOutput``), a closed standard error becomes the null device, as ``2>/dev/null`` would."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+
+
+def _named_standard_error() -> None:
+    """Put ``_StandardError`` under Python's own standard error, keeping its encoding and buffering; a stand-in
+    (a test's capture) is left as it is."""
+    if sys.stderr is not sys.__stderr__ or not isinstance(sys.stderr, io.TextIOWrapper):
+        return
+    try:
+        fd = sys.stderr.fileno()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    sys.stderr = io.TextIOWrapper(_StandardError(fd), encoding=sys.stderr.encoding, errors=sys.stderr.errors,
+                                  line_buffering=True, write_through=True)
+
+
 def _named_standard_output() -> None:
     """Put ``_StandardOutput`` under Python's own standard output, keeping its encoding and buffering; a stand-in
     (a test's capture, a closed output) is left as it is."""
@@ -152,12 +212,15 @@ def _signals_end_the_exit() -> None:
     """Once the command has said its last line, Ctrl-C or SIGTERM ends the process at once: a second Ctrl-C
     right after the first was a KeyboardInterrupt inside the interpreter's exit, shown as PyTorch's traceback."""
     if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             if signal.getsignal(signum) is not signal.SIG_IGN:
                 signal.signal(signum, signal.SIG_DFL)
 
 
 def _main(argv: list[str] | None) -> int:
+    if argv is None:  # the genlab command's own process: its standard files are its own
+        _standard_files_open()
+        _named_standard_error()
     if sys.stdout is None:
         sys.stdout = _ClosedOutput()
     _named_standard_output()
@@ -169,8 +232,15 @@ def _main(argv: list[str] | None) -> int:
     # with its one line: raised in the middle of an import it gave a traceback, or an abort from inside C++.
     caught: list[int] = []
     note = lambda signum, frame: caught.append(signum)  # noqa: E731
-    with _handlers({signal.SIGINT: note, signal.SIGTERM: note}):
-        parser = build_parser()
+    try:
+        with _handlers({signal.SIGINT: note, signal.SIGTERM: note, signal.SIGHUP: note}):
+            parser = build_parser()
+    except (ImportError, OSError, MemoryError) as e:
+        trouble = _load_trouble(e)
+        if trouble is None:
+            raise
+        print(f"genlab: error: {trouble}", file=sys.stderr)
+        return 2
     if caught:  # then said as a stop during the command is
         return one_line_errors(lambda: _stop(caught[0], None))
     from genlab.models import MODELS
@@ -197,11 +267,26 @@ def _main(argv: list[str] | None) -> int:
         print(f"genlab: error: genlab {args.command} runs as one process; start it without torchrun (only genlab "
               "train is data-parallel)", file=sys.stderr)
         return 2
-    # SIGTERM (``kill``, ``timeout``, a scheduler, torchrun stopping its other workers) ends any command as Ctrl-C
-    # does: one line, status 128 + 15. Training and the reproduction put their own handler in place while they
-    # train (they checkpoint first, then say how to go on).
-    with _handlers({signal.SIGTERM: _stop}):
+    # SIGTERM (``kill``, ``timeout``, a scheduler, torchrun stopping its other workers) and SIGHUP (a closed
+    # terminal) end any command as Ctrl-C does: one line, status 128 + the signal's number. Training and the
+    # reproduction put their own handler in place while they train (they checkpoint first, then say how to go on).
+    with _handlers({signal.SIGTERM: _stop, signal.SIGHUP: _stop}):
         return one_line_errors(lambda: _run(args))
+
+
+def _load_trouble(e: BaseException) -> str | None:
+    """The line for a library that would not load because of the machine, not of genlab: too little memory
+    for its code (``ulimit -v``: "failed to map segment from shared object"), or a package missing from the
+    environment; None for anything else (a bug: its traceback is shown)."""
+    text = one_line(e)
+    if isinstance(e, MemoryError) or "failed to map segment" in text or "annot allocate memory" in text:
+        return (f"too little memory to load PyTorch and genlab's other libraries ({text}); raise the process's "
+                "memory limit (ulimit -v) or free memory, and try again")
+    missing = getattr(e, "name", None) if isinstance(e, ModuleNotFoundError) else None
+    if missing and missing.split(".")[0] != "genlab":
+        return (f"the package {missing.split('.')[0]!r}, which genlab needs, is not installed in this environment; "
+                "install genlab with its dependencies (pip install -e . in its folder)")
+    return None
 
 
 def _run(args) -> int:

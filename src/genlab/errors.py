@@ -4,7 +4,7 @@ one line on stderr and exit status 2.
 Expected failures are a GenlabError, an OSError (a path the user gave that is missing, unreadable or
 unwritable, a full disk) and running out of memory. Anything else is a bug in genlab: its traceback is shown,
 followed by one line asking for a report, and the exit status is 70 (EX_SOFTWARE), so a script can tell the two
-apart. Work stopped by Ctrl-C or SIGTERM at a clean point (``Stopped``) prints its one line, which says how to
+apart. Work stopped by Ctrl-C, SIGTERM or SIGHUP at a clean point (``Stopped``) prints its one line, which says how to
 go on, and exits 128 + the signal's number, as a shell reports a process ended by that signal.
 """
 
@@ -25,7 +25,7 @@ class GenlabError(Exception):
 
 
 class Stopped(Exception):
-    """Ctrl-C or SIGTERM stopped the work at a clean point; the message says what was kept and how to go on."""
+    """Ctrl-C, SIGTERM or SIGHUP stopped the work at a clean point; the message says what was kept and how to go on."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)

@@ -181,6 +181,8 @@ def _start_worker(stopping) -> None:
     # so its locks are released (killed outright, it left one to the resource tracker, which said so on stderr
     # after genlab's one line). While a stage trains, the training loop's own handler takes over.
     signal.signal(signal.SIGTERM, _exit_unless_exiting)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # a closed terminal hangs up every process of it
+        signal.signal(signal.SIGHUP, _exit_unless_exiting)
     tqdm.monitor_interval = 0  # no bar is shown in a worker, and no thread is wanted to watch one
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
 
@@ -261,9 +263,10 @@ def _quiet_resource_tracker() -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts(out: Path):
-    """SIGTERM sent to this process alone (``kill``, ``timeout``, a scheduler) stops the training stages as
-    Ctrl-C does. Only the main thread can install a handler; elsewhere SIGTERM keeps its default."""
+def _stop_signals_interrupt(out: Path):
+    """SIGTERM sent to this process alone (``kill``, ``timeout``, a scheduler), or SIGHUP (a closed terminal),
+    stops the training stages as Ctrl-C does. Only the main thread can install a handler; elsewhere they keep
+    their default, and SIGHUP ignored by the caller (``nohup``) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -271,11 +274,13 @@ def _sigterm_interrupts(out: Path):
     def stop(signum, frame):
         raise Interrupted(out, signum)
 
-    old = signal.signal(signal.SIGTERM, stop)
+    signals = [signal.SIGTERM] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN else [])
+    old = {signum: signal.signal(signum, stop) for signum in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
 
 
 def _write_json(path: Path, data) -> None:
@@ -355,7 +360,7 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
         from genlab.metrics import classifier as feature_classifier
         classifier = _Alongside(lambda: feature_classifier.get_classifier(dataset, data_dir))
     try:
-        with _sigterm_interrupts(out):
+        with _stop_signals_interrupt(out):
             if workers > 1:
                 overall.set_postfix_str(f"training {len(jobs)} models in {workers} processes")
                 _log(f"training {', '.join(j[0] for j in jobs)} in {workers} processes of one thread each; "

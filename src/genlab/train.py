@@ -48,7 +48,7 @@ def resume_command(run_dir: Path, world: int = 1) -> str:
 
 
 class Interrupted(Stopped):
-    """Ctrl-C or SIGTERM: the run was checkpointed where it stopped and can be resumed."""
+    """Ctrl-C, SIGTERM or SIGHUP: the run was checkpointed where it stopped and can be resumed."""
 
     def __init__(self, run_dir: Path, signum: int, world: int = 1):
         super().__init__(f"interrupted by {signal.Signals(signum).name}: checkpoint saved; "
@@ -115,7 +115,8 @@ class Callback:
 
 
 class _SignalFlag:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step, so it stops at a clean point."""
+    """Turns SIGINT, SIGTERM and SIGHUP (a closed terminal, a dropped ssh session) into a flag the loop checks
+    after each step, so it stops at a clean point. SIGHUP that the caller ignores (``nohup``) stays ignored."""
 
     def __init__(self):
         self.signum = 0
@@ -128,7 +129,8 @@ class _SignalFlag:
         if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
             yield self
             return
-        old = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+        hangup = [signal.SIGHUP] if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN else []
+        old = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM, *hangup)}
         try:
             yield self
         finally:

@@ -135,9 +135,11 @@ def test_energy_report_scores_fashion_mnist_above_mnist(dae_run, tmp_path):
     run = load_run(dae_run)
     report = anomaly.energy_report(run, limit=300)
     assert report["in_dataset"] == "mnist-5k" and report["ood_dataset"] == "fashion-mnist"
-    assert report["n"] == {"test": 300, "merged": 300, "photos": 300, "ood": 300} and report["missing"] is None
+    assert report["n"] == {"test": 300, "merged": 300, "faded": 300, "photos": 300, "ood": 300}
+    assert report["missing"] is None
     e = report["energies"]
     assert report["auroc_ood"] == pytest.approx(anomaly.auroc(e["test"], e["ood"]))
+    assert report["auroc_merged_vs_faded"] == pytest.approx(anomaly.auroc(e["faded"], e["merged"]))
     assert report["auroc_ood"] > 0.6  # a trained DAE reconstructs digits better than clothes
     assert 0.0 <= report["auroc_merged"] <= 1.0
     json.dumps(anomaly.report_json(report))
@@ -160,7 +162,7 @@ def test_energy_report_without_fashion_mnist_still_has_an_ood_column(dae_run, tm
     clear_cache()
     run = load_run(dae_run)
     report = anomaly.energy_report(run, limit=200)
-    assert set(report["energies"]) == {"test", "merged", "photos"} and report["auroc_ood"] is None
+    assert set(report["energies"]) == {"test", "merged", "faded", "photos"} and report["auroc_ood"] is None
     e = report["energies"]
     assert len(e["photos"]) == 200 and report["auroc_photos"] == pytest.approx(anomaly.auroc(e["test"], e["photos"]))
     missing = report["missing"]
@@ -203,3 +205,28 @@ def test_cli_auroc_json(dae_run, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert 0.0 <= out["auroc_merged"] <= 1.0 and 0.0 <= out["auroc_ood"] <= 1.0
     assert (tmp_path / "energy_histograms.png").is_file() and (tmp_path / "fig8_merged.png").is_file()
+
+
+def test_faded_digits_have_the_ink_of_a_merged_digit_where_the_two_do_not_overlap():
+    # The control for the merged digits: a merged digit is also fainter than a clean one, and an energy that
+    # falls or rises with faintness alone separated merged from clean digits (or put them below) without
+    # seeing two digits in one.
+    a = torch.tensor([[[0, 255, 255, 1]]], dtype=torch.uint8).expand(2, 1, 4).contiguous()
+    assert anomaly.faded_digits(a)[0].tolist() == [[0, 128, 128, 1]]
+    merged = anomaly.merged_digits(torch.tensor([[[0, 255, 255]], [[255, 255, 0]]], dtype=torch.uint8), seed=0)
+    assert merged.tolist() == [[[128, 255, 128]], [[128, 255, 128]]]  # half strength where they do not overlap
+    with pytest.raises(GenlabError, match="uint8"):
+        anomaly.faded_digits(a.float())
+
+
+def test_the_report_reads_the_merged_digit_columns_in_words():
+    from genlab.reproduce import _reading_of_merged
+
+    def row(merged, vs_faded, clean=100.0, faded=50.0, mixed=70.0):
+        return {"auroc_merged": merged, "auroc_merged_vs_faded": vs_faded,
+                "mean_energy": {"test": clean, "faded": faded, "merged": mixed}}
+    text = _reading_of_merged({"ae": row(0.08, 0.92), "vae": row(0.97, 0.93), "dcgan": row(0.88, 0.52)})
+    assert text.startswith("Reading: ae gives merged digits lower energies than clean ones, against the lecture")
+    assert "vae gives merged digits higher energies than clean and than faded ones" in text
+    assert "dcgan tells merged from clean digits at 0.88 but merged from faded ones only at 0.52" in text
+    assert _reading_of_merged({"ae": {"auroc_merged": 0.3, "mean_energy": {"test": 1.0}}}) == ""  # an older table

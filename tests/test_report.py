@@ -297,3 +297,18 @@ def test_a_worker_stopped_between_stages_leaves_no_lock_behind(tmp_path):
                             env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
                                                                               os.environ.get("PYTHONPATH", "")])})
     assert result.returncode == 0 and "leaked" not in result.stderr, result.stderr[-2000:]
+
+
+def test_figure_captions_name_the_lectures_figure_only_where_it_is_one():
+    # "as the lecture's Fig. 4 (AE) and Fig. 6 (DAE)" was printed under the VAE's kernels, "Fig. 3" under the
+    # EBGAN discriminator's reconstructions, and fifteen per-epoch histograms of each GAN filled its section.
+    from genlab.report import _caption
+
+    assert _caption(Path("kernels.png"), "ae").endswith("as the lecture's Fig. 4")
+    assert _caption(Path("kernels.png"), "dae").endswith("as the lecture's Fig. 6")
+    assert "Fig." not in _caption(Path("kernels.png"), "vae")
+    assert "discriminator" in _caption(Path("reconstructions.png"), "ebgan")
+    assert _caption(Path("energy_hist_epoch007.png"), "dcgan") is None
+    assert "before training" in _caption(Path("tsne_epoch000.png"), "vae")
+    assert "after epoch 10" in _caption(Path("tsne_epoch010.png"), "vae")
+    assert _caption(Path("something_new.png"), "ae") == "something new"

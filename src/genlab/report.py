@@ -146,15 +146,42 @@ def write_report(out_dir: Path, title: str, sections: list[Section]) -> tuple[Pa
 
 
 # -- sections for plain runs ---------------------------------------------------------------------------------
-FIGURE_CAPTIONS = {
-    "reconstructions.png": "Inputs (top) and reconstructions (bottom), as the lecture's Fig. 3",
-    "kernels.png": "The first 20 encoder kernels, as the lecture's Fig. 4 (AE) and Fig. 6 (DAE)",
-    "corrupted_inputs.png": "Clean inputs, their corruption and the denoised output",
-    "loss_curves.png": "Training and test loss terms per epoch",
-    "completions.png": "Quadrant completion: the observed quadrants (unseen pixels grey), completions drawn from "
-                       "the conditional prior, and the truth (after Sohn et al. 2015, Fig. 4)",
-    "class_grid.png": "Samples asked for by class, one row per class 0-9",
+FIGURE_CAPTIONS = {  # (file name, model or None for any) -> caption; the lecture's figure only where it is one
+    ("reconstructions.png", "ae"): "Inputs (top) and reconstructions (bottom), as the lecture's Fig. 3",
+    ("reconstructions.png", "ebgan"): "Inputs (top) and the discriminator's reconstructions (bottom): an image's "
+                                      "energy is its squared distance to its reconstruction",
+    ("reconstructions.png", None): "Inputs (top) and reconstructions (bottom)",
+    ("reconstructions_vae.png", None): "Inputs, then their decodings at the mean code z = mu and at a code drawn "
+                                       "from q(z|x)",
+    ("kernels.png", "ae"): "The first 20 encoder kernels, as the lecture's Fig. 4",
+    ("kernels.png", "dae"): "The first 20 encoder kernels, as the lecture's Fig. 6",
+    ("kernels.png", None): "The first 20 encoder kernels",
+    ("corrupted_inputs.png", None): "Clean inputs, their corruption and the denoised output",
+    ("loss_curves.png", None): "Training and test loss terms per epoch",
+    ("samples.png", "vae"): "Samples: the decoder's means at codes drawn from the prior N(0, I)",
+    ("samples.png", None): "Samples of the generator (its moving average of weights where the run keeps one)",
+    ("interpolation.png", None): "Decoded codes along straight lines between the codes of test digits",
+    ("energy_hist.png", None): "The discriminator's energies of 500 test digits and of 500 samples, after the "
+                               "last epoch",
+    ("completions.png", None): "Quadrant completion: the observed quadrants (unseen pixels grey), completions "
+                               "drawn from the conditional prior, and the truth (after Sohn et al. 2015, Fig. 4)",
+    ("class_grid.png", None): "Samples asked for by class, one row per class 0-9",
+    ("manifold.png", None): "The decoder's means over a grid of codes of the 2-d latent space",
 }
+
+
+def _caption(png: Path, model: str | None) -> str | None:
+    """A figure's caption in a run's section, or None for one left out: the per-epoch energy histograms of a
+    GAN (one an epoch; the last is ``energy_hist.png``, and all stay in the run's ``figures/``)."""
+    name = png.name
+    if re.fullmatch(r"energy_hist_epoch\d+\.png", name):
+        return None
+    epoch = re.fullmatch(r"tsne_epoch(\d+)\.png", name)
+    if epoch:
+        when = f"after epoch {int(epoch.group(1))}" if int(epoch.group(1)) else "before training"
+        return (f"t-SNE of the test digits' mean codes {when}, coloured by label (the lecture's second Fig. 8, "
+                "whose caption calls them samples)")
+    return FIGURE_CAPTIONS.get((name, model), FIGURE_CAPTIONS.get((name, None), png.stem.replace("_", " ")))
 
 
 def run_section(run_dir: Path, title: str | None = None, section_id: str | None = None) -> Section:
@@ -181,7 +208,9 @@ def run_section(run_dir: Path, title: str | None = None, section_id: str | None 
     for png in sorted(figures.glob("*.png")) if figures.is_dir() else []:
         if png.name.startswith(".") or png.name.endswith(".tmp.png"):  # a figure being written, or left half-written
             continue
-        section.figure(png, FIGURE_CAPTIONS.get(png.name, png.stem.replace("_", " ")))
+        caption = _caption(png, config.get("model"))
+        if caption is not None:
+            section.figure(png, caption)
     section.text("```\n" + json.dumps(config, indent=2) + "\n```")
     return section
 

@@ -77,8 +77,8 @@ def command(args: argparse.Namespace) -> int:
         else:
             ood = (f"{report['ood_dataset']} vs {report['in_dataset']} {report['auroc_ood']:.4f}"
                    if report["auroc_ood"] is not None else f"{report['ood_dataset']} missing")
-            print(f"{run.model_name}: AUROC merged vs clean {report['auroc_merged']:.4f}, "
-                  f"photo patches vs clean {report['auroc_photos']:.4f}, {ood}")
+            print(f"{run.model_name}: AUROC merged vs clean {report['auroc_merged']:.4f}, merged vs faded "
+                  f"{report['auroc_merged_vs_faded']:.4f}, photo patches vs clean {report['auroc_photos']:.4f}, {ood}")
             for s in report["energies"]:
                 print(f"  mean energy {SPLIT_TITLES[s]:<20} {report['mean_energy'][s]:.4g} (n = {report['n'][s]})")
             if report["missing"]:

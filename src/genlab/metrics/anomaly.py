@@ -4,7 +4,10 @@ An energy-based model should give low energy on the data manifold and high energ
 
 - merged digits: the lecture averages two test digits 50/50; the result is no digit, and the DAE cannot map it
   back to one, so its reconstruction error (energy) is high. AUROC of the energy separating merged from clean
-  test digits.
+  test digits. A merged digit is also fainter than a clean one (where the two do not overlap, its ink is at
+  half strength), and an energy may rise, or fall, with faintness alone: the control is ``faded`` digits, each
+  test digit averaged 50/50 with a blank image (one digit at the same half strength), and the AUROC of merged
+  against faded digits says whether the energy sees two digits in one (1) or only how faint an image is (0.5).
 - out of distribution: 28 x 28 grey patches of the sample photographs that scikit-learn and scikit-image ship
   (``photos``, always at hand), and, where its files are on disk, the other data set's test split (``ood``:
   Fashion-MNIST for a model of digits, MNIST for a model of clothes). A missing data set leaves its
@@ -26,9 +29,9 @@ from genlab.config import write_output
 from genlab.errors import GenlabError
 from genlab.models.base import per_example
 
-SPLITS = ("test", "merged", "photos", "ood")
-SPLIT_TITLES = {"test": "clean test digits", "merged": "merged digits", "photos": "photo patches",
-                "ood": "other data set"}
+SPLITS = ("test", "merged", "faded", "photos", "ood")
+SPLIT_TITLES = {"test": "clean test digits", "merged": "merged digits", "faded": "faded digits",
+                "photos": "photo patches", "ood": "other data set"}
 
 
 def _numpy(a) -> np.ndarray:
@@ -78,6 +81,18 @@ def merged_digits(images_u8, seed: int = 0, labels=None) -> torch.Tensor:
         raise GenlabError(f"merged_digits needs uint8 images [N x 28 x 28], got {u.dtype} {list(u.shape)}")
     partner = torch.as_tensor(merged_pairs(len(u), seed, labels))
     return ((u.int() + u[partner].int() + 1) // 2).to(torch.uint8)
+
+
+def faded_digits(images_u8) -> torch.Tensor:
+    """Each image averaged 50/50 with a blank (black) one, rounded as ``merged_digits`` rounds: one digit at the
+    half strength of a merged digit's ink, the control that tells two digits in one from a faint digit.
+
+    :param images_u8: uint8 [N x 28 x 28]; :return: uint8 [N x 28 x 28], ``(a + 1) // 2``.
+    """
+    u = torch.as_tensor(_numpy(images_u8))
+    if u.dtype != torch.uint8 or u.ndim != 3:
+        raise GenlabError(f"faded_digits needs uint8 images [N x 28 x 28], got {u.dtype} {list(u.shape)}")
+    return ((u.int() + 1) // 2).to(torch.uint8)
 
 
 # -- energies ----------------------------------------------------------------------------------------------
@@ -133,12 +148,12 @@ def run_dataset(run, split: str = "test", name: str | None = None):
 
 def split_images(run, split: str, limit: int = 0, seed: int = 0, download: bool = True) -> torch.Tensor:
     """uint8 [N x 28 x 28] inputs for ``split``: "test" (the run's test split), "merged" (merged test digits),
-    "photos" (patches of the shipped sample photographs; 2,000, or ``limit``) or "ood" (the other data set's
+    "faded" (test digits at half strength, the control for merged ones), "photos" (patches of the shipped sample photographs; 2,000, or ``limit``) or "ood" (the other data set's
     test split, downloaded when missing unless ``download`` is False); the first ``limit`` of them (0: all)."""
     if split not in SPLITS:
         raise GenlabError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     shape = tuple(getattr(run.model_cfg, "shape", (1, 28, 28)))
-    if split in ("merged", "photos", "ood") and shape != (1, 28, 28):
+    if split in ("merged", "faded", "photos", "ood") and shape != (1, 28, 28):
         raise GenlabError(f"--split {split} and --auroc use 28 x 28 grey digits, but this run works on "
                           f"{' x '.join(map(str, shape))} images; score images of your own with --images PATH")
     if split == "photos":
@@ -154,15 +169,18 @@ def split_images(run, split: str, limit: int = 0, seed: int = 0, download: bool 
             images, labels = images[:limit], labels[:limit]
         if split == "merged":
             images = merged_digits(images, seed, labels)
+        elif split == "faded":
+            images = faded_digits(images)
     return images[:limit] if limit else images
 
 
 def energy_report(run, limit: int = 0, seed: int = 0, batch_size: int = 1000) -> dict:
-    """Energies of the clean test split, merged test digits, photo patches and, when its files are on disk,
-    the other data set's test split (nothing is downloaded here).
+    """Energies of the clean test split, merged and faded test digits, photo patches and, when its files are on
+    disk, the other data set's test split (nothing is downloaded here).
 
     :return: ``{"model", "in_dataset", "ood_dataset", "n": {split: N}, "mean_energy": {split: float},
-        "auroc_merged", "auroc_photos", "auroc_ood" (None when the other data set is missing), "missing" (one
+        "auroc_merged", "auroc_merged_vs_faded" (merged digits the positives, faded ones the negatives),
+        "auroc_photos", "auroc_ood" (None when the other data set is missing), "missing" (one
         line saying which comparison is left out and how to get it, or None), "energies": {split: float64 [N]}}``
         (the arrays are left out of ``report_json``).
     """
@@ -187,6 +205,7 @@ def energy_report(run, limit: int = 0, seed: int = 0, batch_size: int = 1000) ->
         "n": {s: int(len(v)) for s, v in e.items()},
         "mean_energy": {s: float(v.mean()) for s, v in e.items()},
         "auroc_merged": auroc(e["test"], e["merged"]),
+        "auroc_merged_vs_faded": auroc(e["faded"], e["merged"]),
         "auroc_photos": auroc(e["test"], e["photos"]),
         "auroc_ood": auroc(e["test"], e["ood"]) if "ood" in e else None,
         "missing": missing,

@@ -7,9 +7,11 @@ per example and in nats:
 - ``rec``: -log p(x|z), the binary cross-entropy **summed over the 784 pixels**, computed from logits
   (softplus form), so it never takes the log of a saturated sigmoid;
 - ``kl``: KL(q(z|x) || N(0, I)) in closed form, summed over the d latents: 0.5 * sum(v - log v - 1 + mu^2);
-- the free energy F(x) = rec + beta * kl (the lecture's F(y) = C(y, y~) + beta * D_KL). With beta = 1 it is
-  the negative ELBO, an upper bound on -log p(x); ``genlab.metrics.likelihood`` tightens it by importance
-  weighting (Burda, Grosse & Salakhutdinov 2016).
+- the free energy F(x) = rec + beta * kl (the lecture's F(y) = C(y, y~) + beta * D_KL). With beta = 1 and rec
+  averaged over codes drawn from q(z|x) it is the negative ELBO, an upper bound on -log p(x);
+  ``genlab.metrics.likelihood`` tightens it by importance weighting (Burda, Grosse & Salakhutdinov 2016).
+  ``energy`` decodes the single code z = mu in evaluation (the lecture's notebook), which is no bound: it is
+  usually below the -ELBO.
 
 Pixels are in [0, 1] (``pixel_range = "unit"``). Binarisation happens here, not in the data pipeline:
 ``none`` keeps grey values (the lecture and the PyTorch examples: the "BCE" of grey targets is then a loss,
@@ -21,7 +23,7 @@ in eval mode each image gets one fixed binarisation, a pseudo-random function of
 Two choices beyond the lecture make short runs better: the encoder starts near-deterministic (small means,
 log-variance -4), so the decoder sees informative codes from the first step; and evaluation uses an
 exponential moving average of the weights (Polyak & Juditsky 1992; ``--ema-decay 0`` turns it off). In the
-PyTorch examples' setting (batch 128, Adam 1e-3, 10 epochs) they take the test loss from about 105.5 (that
+PyTorch examples' setting (batch 128, Adam 1e-3, 10 epochs) they take the test loss from about 105.6 (that
 script's own figure) to about 104.2 nats.
 
 Training tricks, both off by default: a KL warm-up (beta rises linearly from 0 over ``warmup_epochs``;

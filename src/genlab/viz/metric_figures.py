@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from genlab.data.batching import to_pixels
 from genlab.metrics.inpainting import METHOD_TITLES, METHODS, image_batch, inpaint_all
@@ -59,16 +60,22 @@ def figure_energy_histograms(report: dict, path) -> Path:
     fig, ax = subplots(figsize=(6, 3.5))
     if log:
         ax.set_xscale("log")
-    names = {"test": f"{report['in_dataset']} test", "merged": "merged digits", "photos": "photo patches",
-             "ood": f"{report['ood_dataset']} test"}
+        # Labels at 1, 2 and 5 times the powers of ten, as plain numbers: matplotlib's own labelled minor ticks
+        # of a range of one or two decades overlapped ("2 x 10^2" beside "3 x 10^2").
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    names = {"test": f"{report['in_dataset']} test", "merged": "merged digits", "faded": "faded digits",
+             "photos": "photo patches", "ood": f"{report['ood_dataset']} test"}
     for s in e:
         ax.hist(np.clip(e[s], bins[0], bins[-1]), bins=bins, density=True, histtype="stepfilled", alpha=0.4,
                 label=f"{names[s]} (n = {len(e[s])})")
     ax.set_xlabel("energy")
     ax.set_ylabel("density")
-    ax.set_title(f"{report['model']}: " + ", ".join(f"AUROC {label} {report[key]:.3f}" for key, label in (
-        ("auroc_merged", "merged"), ("auroc_photos", "photos"), ("auroc_ood", report["ood_dataset"]))
-        if report[key] is not None), fontsize=10)
+    aurocs = [f"{label} {report[key]:.3f}" for key, label in (
+        ("auroc_merged", "merged"), ("auroc_merged_vs_faded", "merged vs faded"), ("auroc_photos", "photos"),
+        ("auroc_ood", report["ood_dataset"])) if report.get(key) is not None]
+    ax.set_title(f"{report['model']}: AUROC " + ", ".join(aurocs), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -787,3 +788,63 @@ def test_every_model_trains_with_sgd(name):
 def test_a_gan_trains_an_epoch_with_sgd(tmp_path):
     run = train("ebgan", MODELS["ebgan"].Config(), quick_config("ebgan", tmp_path / "run", optimizer="sgd", limit=256))
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+BY_HAND_LAUNCHER = """import sys
+import genlab.distributed as distributed
+distributed.MEET_SECONDS = float(sys.argv[1])
+sys.argv = ["genlab"] + sys.argv[2:]
+from genlab.cli import main
+sys.exit(main())
+"""
+
+
+def _by_hand(tmp_path, rank: int, port: int, meet_seconds: float, out: str, **env) -> subprocess.Popen:
+    """``genlab train`` as one process of a group started by hand (WORLD_SIZE, RANK, MASTER_* without torchrun)."""
+    (tmp_path / "by_hand.py").write_text(BY_HAND_LAUNCHER)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TORCHELASTIC")}, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]), "WORLD_SIZE": "2",
+           "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **env}
+    argv = [sys.executable, str(tmp_path / "by_hand.py"), str(meet_seconds), "train", "ae", "--dataset", "mnist-5k",
+            "--limit", "256", "--eval-limit", "100", "--epochs", "1", "--no-figures", "--no-progress", "--out",
+            str(tmp_path / out)]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+
+
+def test_processes_started_by_hand_that_never_meet_end_in_one_line(tmp_path):
+    # A process whose peer never came waited 30 minutes inside PyTorch, deaf to Ctrl-C and SIGTERM; a
+    # MASTER_PORT of "abc" or 99999, or one another program holds, was a traceback and "internal error".
+    alone = _by_hand(tmp_path, 1, 29611, 3, "alone")
+    _, err = alone.communicate(timeout=120)
+    assert alone.returncode == 2 and err.splitlines() == [
+        "genlab: error: MASTER_ADDR:MASTER_PORT 127.0.0.1:29611: process 0 did not come in 3 s; start every process "
+        "of the run (RANK 0 to WORLD_SIZE - 1) with the same MASTER_ADDR and MASTER_PORT, or use torchrun, which does"]
+    waiting = _by_hand(tmp_path, 0, 29612, 600, "waiting")
+    time.sleep(6)
+    waiting.send_signal(signal.SIGTERM)
+    _, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 128 + signal.SIGTERM and err.splitlines()[-1] == "genlab: stopped by SIGTERM", err
+    for port, words in (("abc", "MASTER_PORT='abc' is not a port number (1 to 65535)"),
+                        ("99999", "MASTER_PORT='99999' is not a port number")):
+        bad = _by_hand(tmp_path, 0, port, 3, "bad")
+        _, err = bad.communicate(timeout=120)
+        assert bad.returncode == 2 and len(err.splitlines()) == 1 and words in err, err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        held = _by_hand(tmp_path, 0, port, 3, "held")
+        _, err = held.communicate(timeout=120)
+        assert held.returncode == 2 and len(err.splitlines()) == 1 and "in use by another program" in err, err
+    assert not any((tmp_path / name).exists() for name in ("alone", "waiting", "bad", "held"))
+
+
+@pytest.mark.slow
+def test_processes_started_by_hand_train_together(tmp_path):
+    # The same group through genlab's own meeting of the processes: rank 1 first, rank 0 seconds later.
+    first = _by_hand(tmp_path, 1, 29613, 120, "run")
+    time.sleep(3)
+    second = _by_hand(tmp_path, 0, 29613, 120, "run")
+    results = [(p.communicate(timeout=300), p.returncode) for p in (second, first)]
+    assert all(code == 0 for _, code in results), [err[-2000:] for (_, err), _ in results]
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1]

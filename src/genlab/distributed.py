@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import sys
+import threading
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 from contextlib import ExitStack, contextmanager
 from typing import Callable, ContextManager, Iterator, TypeVar
 
@@ -76,8 +81,93 @@ def setup(device: str = "auto", deterministic: bool = False) -> Context:
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if os.environ.get("TORCHELASTIC_RUN_ID"):  # torchrun: its agents have met, and it holds the store
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, store=_meet_by_hand(world, rank), rank=rank, world_size=world)
     return Context(rank, world, dev)
+
+
+MEET_SECONDS = 300  # how long processes started by hand wait for each other before giving up, in one line
+
+
+def _meet_by_hand(world: int, rank: int) -> dist.Store:
+    """The store of processes started by hand (WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT set without torchrun),
+    once all ``world`` of them have reached it. PyTorch's own rendezvous waited 30 minutes inside C++ for a
+    process that was never started, deaf to Ctrl-C and SIGTERM; here the main thread waits in Python, so a
+    signal ends the wait with genlab's line, and after ``MEET_SECONDS`` so does one line naming the address."""
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    where = f"MASTER_ADDR:MASTER_PORT {host}:{port}"
+    try:
+        socket.getaddrinfo(host, port)
+    except (OSError, UnicodeError) as e:
+        raise GenlabError(f"{where}: the address does not resolve ({getattr(e, 'strerror', None) or e}); set "
+                          "MASTER_ADDR to rank 0's machine, or start data-parallel runs with torchrun") from None
+    started, said = time.monotonic(), []
+
+    def wait_for(whom: str) -> None:  # a moment of waiting; the deadline and one note on the way
+        waited = time.monotonic() - started
+        if waited > MEET_SECONDS:
+            raise GenlabError(f"{where}: {whom} did not come in {MEET_SECONDS:g} s; start every process of the run "
+                              "(RANK 0 to WORLD_SIZE - 1) with the same MASTER_ADDR and MASTER_PORT, or use "
+                              "torchrun, which does")
+        if waited > 10 and not said:
+            print(f"genlab: waiting at {host}:{port} for {whom} (Ctrl-C stops)", file=sys.stderr)
+            said.append(whom)
+        time.sleep(0.2)
+
+    if rank > 0:  # knock on process 0's port in Python first (PyTorch's own tries log a stack trace each)
+        while not _answers(host, port):
+            wait_for("process 0")
+    try:
+        # In a thread of its own: a client that reached something other than a genlab run's store waits in C++.
+        store = _in_a_thread(lambda: dist.TCPStore(host, port, world, is_master=rank == 0, wait_for_workers=False,
+                                                   timeout=timedelta(seconds=MEET_SECONDS)),
+                             lambda: wait_for("process 0's answer"))
+    except RuntimeError as e:  # DistNetworkError, DistStoreError
+        why = ("in use by another program, or not an address of this machine" if rank == 0 else
+               "what answers there is not process 0 of a genlab run")
+        raise GenlabError(f"{where}: {why} ({_first_line(e)}); start every process of the run with the same "
+                          "MASTER_ADDR and a free MASTER_PORT, or use torchrun") from None
+    store.add("genlab/arrived", 1)
+    while (arrived := store.add("genlab/arrived", 0)) < world:
+        wait_for(f"{world - arrived} more of WORLD_SIZE={world} processes")
+    return store
+
+
+def _in_a_thread(work: Callable[[], T], wait: Callable[[], None]) -> T:
+    """``work()`` in a daemon thread while this one calls ``wait()`` until it is done (``wait`` sleeps a moment,
+    and raises to give up: the thread is then left to end with the process)."""
+    done: list = []
+
+    def run() -> None:
+        try:
+            done.append((work(), None))
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            done.append((None, e))
+
+    threading.Thread(target=run, daemon=True).start()
+    while not done:
+        wait()
+    result, error = done[0]
+    if error is not None:
+        raise error
+    return result
+
+
+def _answers(host: str, port: int) -> bool:
+    """Whether something accepts connections at ``host``:``port``."""
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0][:200] if text else type(e).__name__)
 
 
 def launch_env() -> tuple[int, int]:
@@ -101,6 +191,10 @@ def launch_env() -> tuple[int, int]:
     if missing:
         raise GenlabError(f"WORLD_SIZE is {world} but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
                           "not set; start data-parallel runs with torchrun, which sets them")
+    port = os.environ["MASTER_PORT"]
+    if not (port.strip().isdigit() and 1 <= int(port) <= 65535):
+        raise GenlabError(f"MASTER_PORT={port!r} is not a port number (1 to 65535); start data-parallel runs with "
+                          "torchrun, which sets it")
     return world, rank
 
 

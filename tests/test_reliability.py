@@ -1370,3 +1370,14 @@ def test_a_library_that_cannot_load_is_one_line(tmp_path):
     assert done.returncode == 2 and done.stderr.splitlines() == [
         "genlab: error: the package 'tqdm', which genlab needs, is not installed in this environment; install genlab "
         "with its dependencies (pip install -e . in its folder)"], done.stderr
+
+
+def test_a_plotting_backend_named_in_the_environment_does_not_stop_the_figures(tmp_path):
+    # MPLBACKEND=foo (a backend matplotlib does not know) ended training in a traceback, status 70; the command
+    # draws into files and opens no window, so the setting is not its business.
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "genlab.cli", "train", "ae", "--dataset", "mnist-5k", "--limit", "300",
+                           "--epochs", "1", "--no-progress", "--out", str(run)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "MPLBACKEND": "foo", "GENLAB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (run / "figures" / "loss_curves.png").stat().st_size > 1000

@@ -228,6 +228,9 @@ def _main(argv: list[str] | None) -> int:
         with contextlib.suppress(AttributeError, ValueError):  # not a text stream of Python's (a test's stand-in)
             stream.reconfigure(errors="genlab-file-names")
     thread_count_problem = _thread_count_problem()  # before PyTorch loads (build_parser), which reads it
+    # The command draws into files through matplotlib's Agg and opens no window: a backend named for pyplot
+    # (MPLBACKEND) is not its business, and one matplotlib does not know ended training in a traceback.
+    os.environ.pop("MPLBACKEND", None)
     # Ctrl-C or SIGTERM while PyTorch and the rest load is held until they have loaded, then ends the command
     # with its one line: raised in the middle of an import it gave a traceback, or an abort from inside C++.
     caught: list[int] = []

@@ -1212,14 +1212,56 @@ def test_a_float_setting_written_as_a_huge_integer_is_one_line(ae_run, tmp_path,
     assert_one_line(*cli(capsys, "train", "--resume", run, "--epochs", "3")[:2], "a 401-digit number")
 
 
-def test_a_command_started_with_its_output_closed_says_so(tmp_path):
-    # genlab datasets >&- printed nowhere and exited 0.
-    proc = subprocess.run(["bash", "-c", f'exec "{sys.executable}" -m genlab.cli datasets >&-'],
+@pytest.mark.parametrize("command", ["datasets", "train ae --dataset mnist-5k --limit 300 --epochs 1 --out run"])
+def test_a_command_started_with_its_output_closed_says_so_before_any_work(command, tmp_path):
+    # genlab datasets >&- printed nowhere and exited 0; then a training run trained to its end and only then
+    # said so, status 2 after the work was done.
+    proc = subprocess.run(["bash", "-c", f'exec "{sys.executable}" -m genlab.cli {command} >&-'], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300, env={**os.environ, "GENLAB_OFFLINE": "1"})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "genlab: error: standard output is closed, so what this command prints would be lost; run it with its "
         "output going to a terminal, a file or a pipe"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_working_folder_that_was_removed_is_said_so(tmp_path):
+    # PyTorch's libraries failed to load: "Intel oneMKL FATAL ERROR: Cannot load .../libtorch_cpu.so".
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    proc = subprocess.run(["bash", "-c", f'cd "{gone}" && rmdir "{gone}" && exec "{sys.executable}" -m genlab.cli '
+                           'datasets'], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "genlab: error: the working folder no longer exists (it was removed after the shell entered it); cd to an "
+        "existing folder and run the command again"], proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("replace", ["removed and made again", "renamed"])
+def test_a_run_folder_taken_away_while_it_trains_stops_the_run_in_one_line(replace, tmp_path):
+    # Removed and made again, the rest of the run went into the new folder (no config.json, no lock) and it
+    # reported success; renamed, the line said only "r: No such file or directory".
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "genlab.cli", "train", "ae", "--dataset", "mnist-5k", "--epochs",
+                             "400", "--no-figures", "--no-progress", "--out", str(run)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "GENLAB_OFFLINE": "1"})
+    deadline = time.monotonic() + 120
+    while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    if replace == "renamed":
+        run.rename(tmp_path / "elsewhere")
+    else:
+        shutil.rmtree(run)
+        run.mkdir()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and err.strip().splitlines()[-1] == (
+        f"genlab: error: the run folder {run} was removed, renamed or replaced while the run trained, so its "
+        "checkpoint has nowhere to go; start the run again (or resume it from where its folder went, if it was "
+        "renamed)"), err[-2000:]
+    if replace == "renamed":  # the folder where it went is a whole run: its checkpoint loads and is evaluated
+        checked = _genlab_in_bash(f'evaluate "{tmp_path / "elsewhere"}" --no-quality --limit 50 --json')
+        assert checked.returncode == 0 and json.loads(checked.stdout)["epoch"] >= 1, checked.stderr[-2000:]
 
 
 

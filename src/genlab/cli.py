@@ -7,7 +7,6 @@ import argparse
 import codecs
 import contextlib
 import difflib
-import errno
 import io
 import os
 import re
@@ -62,18 +61,6 @@ def build_parser():
     for command in (train, data, evaluate, energy, denoise, inpaint, report, serve):  # in the order --help lists
         command.add(sub)
     return parser
-
-
-class _ClosedOutput(io.TextIOBase):
-    """Standard output when the command was started with it closed (``>&-``): Python made ``sys.stdout`` None
-    and every print went nowhere, exit 0. A command that prints now stops with one line instead."""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        raise OSError(errno.EBADF, "standard output is closed, so what this command prints would be lost; run "
-                                   "it with its output going to a terminal, a file or a pipe")
 
 
 class _StandardOutput(io.RawIOBase):
@@ -148,8 +135,8 @@ def _standard_files_open() -> None:
     """Give file descriptors 0, 1 and 2 the null device where the command was started with them closed
     (``<&-``, ``>&-``, ``2>&-``): otherwise the next file genlab opens takes the number, and whatever writes to
     standard error (PyTorch's C++ warnings, a progress bar) writes into that file, a checkpoint or a lock.
-    Python has made ``sys.stdout`` or ``sys.stderr`` None for a closed one; a closed output stays said as
-    closed (``_ClosedOutput``), a closed standard error becomes the null device, as ``2>/dev/null`` would."""
+    Python has made ``sys.stdout`` or ``sys.stderr`` None for a closed one: a closed output is refused by
+    ``_main``; a closed standard error becomes the null device, as ``2>/dev/null`` would."""
     for fd in (0, 1, 2):
         try:
             os.fstat(fd)
@@ -221,8 +208,16 @@ def _main(argv: list[str] | None) -> int:
     if argv is None:  # the genlab command's own process: its standard files are its own
         _standard_files_open()
         _named_standard_error()
-    if sys.stdout is None:
-        sys.stdout = _ClosedOutput()
+    if sys.stdout is None:  # started with it closed (>&-): said before any work, not after hours of it
+        print("genlab: error: standard output is closed, so what this command prints would be lost; run it with its "
+              "output going to a terminal, a file or a pipe", file=sys.stderr)
+        return 2
+    try:
+        os.getcwd()
+    except OSError:  # PyTorch's libraries then failed to load, in words about a library file
+        print("genlab: error: the working folder no longer exists (it was removed after the shell entered it); cd "
+              "to an existing folder and run the command again", file=sys.stderr)
+        return 2
     _named_standard_output()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError):  # not a text stream of Python's (a test's stand-in)

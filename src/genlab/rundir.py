@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Iterator
 
 from genlab import config as cfgmod
-from genlab.checkpoint import TMP_PREFIX, TMP_SUFFIX
+from genlab.checkpoint import CONFIG, TMP_PREFIX, TMP_SUFFIX
 from genlab.errors import GenlabError, what_to_do
 
 LOCK = ".lock"
 METRICS = "metrics.jsonl"
+_claimed: dict[str, tuple[int, int]] = {}  # run folder (as claimed) -> (device, inode) of the folder claimed
 
 
 @contextmanager
@@ -79,6 +80,8 @@ def claim(run_dir: Path, owner: bool = True) -> Iterator[None]:
         except OSError:
             pass
         remove_stale_temporaries(run_dir)
+        folder = os.stat(run_dir)
+        _claimed[str(run_dir)] = (folder.st_dev, folder.st_ino)
         try:
             yield
         except BaseException:
@@ -86,15 +89,34 @@ def claim(run_dir: Path, owner: bool = True) -> Iterator[None]:
                 _remove_if_unused(run_dir, made, before)
             raise
     finally:
+        _claimed.pop(str(run_dir), None)
         os.close(fd)  # releases the lock
+
+
+def check_still_claimed(run_dir: Path) -> None:
+    """A GenlabError unless ``run_dir`` is still the folder this process claimed: a run folder removed (or
+    renamed, and another made in its place) while training went on took the checkpoints of the rest of the
+    run into a folder without its config, and the run reported success."""
+    claimed = _claimed.get(str(run_dir))
+    if claimed is None:
+        return  # not claimed here (a process of a data-parallel run that writes nothing)
+    try:
+        folder = os.stat(run_dir)
+        same = (folder.st_dev, folder.st_ino) == claimed and os.path.isfile(run_dir / CONFIG)
+    except OSError:
+        same = False
+    if not same:
+        raise GenlabError(f"the run folder {run_dir} was removed, renamed or replaced while the run trained, so its "
+                          "checkpoint has nowhere to go; start the run again (or resume it from where its folder "
+                          "went, if it was renamed)")
 
 
 def _remove_if_unused(run_dir: Path, made: list[Path], before: set[str]) -> None:
     """Remove the lock file ``claim`` made and the folders it made (``made``, innermost first) when the run
     added nothing to what the folder held ``before`` (called while the lock is held)."""
-    if set(os.listdir(run_dir)) - {LOCK} != before:
-        return
     try:
+        if set(os.listdir(run_dir)) - {LOCK} != before:
+            return
         (run_dir / LOCK).unlink()
         for folder in made:
             folder.rmdir()  # an OSError (not empty: somebody else's file) ends the walk up

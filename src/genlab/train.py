@@ -297,7 +297,12 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
         counters["checks"] = model.check_state()  # the same on every rank: the checks read agreed means
         rng = distributed.gather_rng(ctx)
         if ctx.is_main:
-            checkpoint.save(run_dir / checkpoint.CHECKPOINT, model, optimizers, rng, counters)
+            rundir.check_still_claimed(run_dir)
+            try:
+                checkpoint.save(run_dir / checkpoint.CHECKPOINT, model, optimizers, rng, counters)
+            except OSError:
+                rundir.check_still_claimed(run_dir)  # a folder that went away in the meantime is said as such
+                raise
 
     state = RunState(model_name, model, run_dir, test_set)
     for callback in callbacks:

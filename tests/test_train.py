@@ -848,3 +848,34 @@ def test_processes_started_by_hand_train_together(tmp_path):
     results = [(p.communicate(timeout=300), p.returncode) for p in (second, first)]
     assert all(code == 0 for _, code in results), [err[-2000:] for (_, err), _ in results]
     assert [json.loads(x)["epoch"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_the_progress_bar_shows_the_loss_in_every_epoch_whatever_its_length(tmp_path, monkeypatch):
+    # The loss and speed were shown when a read of the logged terms fell on a multiple of 50 steps; reading
+    # every 50 steps (a GPU), an epoch whose length is no multiple of 50 left every later epoch without them.
+    shown: list[int] = []
+
+    class Bar:
+        def __init__(self, *args, **kwargs):
+            self.n = 0
+
+        def update(self, n):
+            self.n += n
+
+        def set_postfix(self, **kwargs):
+            shown.append(epoch_of[0])
+
+        def close(self):
+            epoch_of[0] += 1
+
+        @staticmethod
+        def write(message, file=None):  # the loop's lines, said beside the bar
+            pass
+
+    epoch_of = [0]
+    monkeypatch.setattr(train_mod, "tqdm", Bar)
+    monkeypatch.setattr(train_mod, "READ_EVERY", {"cpu": 7})  # as a GPU reads, every few steps
+    monkeypatch.setattr(train_mod, "POSTFIX_EVERY", 10)
+    train("ae", MODELS["ae"].Config(latent_dim=8), quick_config("ae", tmp_path / "r", limit=64 * 18, epochs=3,
+                                                                 progress=True))
+    assert sorted(set(shown)) == [0, 1, 2], shown  # 18 steps an epoch: reads at 7 and 14, shown once an epoch

@@ -314,7 +314,7 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
     with flag.installed():
         for epoch in range(counters["epoch"], cfg.epochs):
             started = time.perf_counter()
-            images_seen = 0
+            images_seen, next_postfix = 0, counters["step"] + POSTFIX_EVERY
             bar = tqdm(total=len(batches), initial=counters["batch"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        unit="batch", leave=False, disable=not (ctx.is_main and cfg.progress) or None,
                        file=sys.stderr)
@@ -335,7 +335,8 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
                 stop_here = ctx.world == 1 and flag.signum > 0
                 if stop_here or len(log.pending) >= log.every:
                     stop = log.flush(epoch, stop=flag.signum > 0)
-                    if counters["step"] % 50 == 0:
+                    if counters["step"] >= next_postfix:  # not step % 50: reads every 50 steps from a resumed
+                        next_postfix = counters["step"] + POSTFIX_EVERY  # step met no multiple of 50 again
                         rate = images_seen / max(time.perf_counter() - started, 1e-9)
                         bar.set_postfix(loss=f"{log.last_loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
                     if stop:
@@ -603,6 +604,7 @@ def _batch_means(values: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 READ_EVERY = {"cuda": 50}  # steps between reads of the logged terms, by device type (1 elsewhere)
+POSTFIX_EVERY = 50  # steps between updates of the progress bar's loss and speed, at the first read after them
 # A loss beyond this has diverged though still finite: no model here trains at such a scale (float32 ends at 3.4e38).
 LOSS_LIMIT = 1e30
 

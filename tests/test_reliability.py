@@ -477,8 +477,10 @@ def test_denoise_stopped_part_way_keeps_nothing_and_says_so(ae_run, tmp_path, ca
     assert cli(capsys, "denoise", ae_run, "--images", folder, "--out", tmp_path / "out")[0] == 0
 
 
-def test_sigterm_ends_any_command_with_one_line(ae_run):
-    # serve and the commands that do not train died of SIGTERM in silence; they now end as Ctrl-C does.
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_ends_any_command_with_one_line(signum, ae_run):
+    # serve and the commands that do not train died of SIGTERM in silence; they now end as Ctrl-C does. A
+    # SIGHUP (a closed terminal) left the explorer serving, after a traceback from inside its event loop.
     pytest.importorskip("uvicorn")
     server = subprocess.Popen([sys.executable, "-m", "genlab.cli", "serve", str(ae_run), "--port", "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -492,11 +494,12 @@ def test_sigterm_ends_any_command_with_one_line(ae_run):
                 break
             except OSError:
                 time.sleep(0.1)
-        server.send_signal(signal.SIGTERM)
+        server.send_signal(signum)
         err = server.communicate(timeout=60)[1]
     finally:
         server.kill()
-    assert server.returncode == 128 + signal.SIGTERM and err.strip().splitlines() == ["genlab: stopped by SIGTERM"]
+    name = signal.Signals(signum).name
+    assert server.returncode == 128 + signum and err.strip().splitlines() == [f"genlab: stopped by {name}"], err
 
 
 @pytest.mark.parametrize("value,accepted", [("0", False), ("", False), ("two", False), ("2,0", False),

@@ -804,7 +804,8 @@ def _by_hand(tmp_path, rank: int, port: int, meet_seconds: float, out: str, **en
     (tmp_path / "by_hand.py").write_text(BY_HAND_LAUNCHER)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("TORCHELASTIC")}, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]), "WORLD_SIZE": "2",
-           "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **env}
+           "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "TORCH_CPP_LOG_LEVEL": "ERROR", **env}  # as genlab's command sets it before PyTorch loads (here, after)
     argv = [sys.executable, str(tmp_path / "by_hand.py"), str(meet_seconds), "train", "ae", "--dataset", "mnist-5k",
             "--limit", "256", "--eval-limit", "100", "--epochs", "1", "--no-figures", "--no-progress", "--out",
             str(tmp_path / out)]
@@ -836,7 +837,17 @@ def test_processes_started_by_hand_that_never_meet_end_in_one_line(tmp_path):
         held = _by_hand(tmp_path, 0, port, 3, "held")
         _, err = held.communicate(timeout=120)
         assert held.returncode == 2 and len(err.splitlines()) == 1 and "in use by another program" in err, err
-    assert not any((tmp_path / name).exists() for name in ("alone", "waiting", "bad", "held"))
+    # RANK 1 started twice: the count of arrivals was full, and the group waited inside PyTorch for ever.
+    group = [_by_hand(tmp_path, rank, 29614, 4, "dup", WORLD_SIZE="3") for rank in (0, 1)]
+    time.sleep(2)
+    twice = _by_hand(tmp_path, 1, 29614, 4, "dup", WORLD_SIZE="3")
+    said = [(p.communicate(timeout=120)[1], p.returncode) for p in (twice, *group)]
+    assert said[0] == ("genlab: error: MASTER_ADDR:MASTER_PORT 127.0.0.1:29614: a process with RANK=1 is already "
+                       "there; give each process of the run its own RANK (0 to WORLD_SIZE - 1), or use torchrun, "
+                       "which does\n", 2)
+    assert all(code == 2 and len(err.splitlines()) == 1 for err, code in said[1:]), said
+    assert "RANK 2 of WORLD_SIZE=3 did not come in 4 s" in said[1][0]
+    assert not any((tmp_path / name).exists() for name in ("alone", "waiting", "bad", "held", "dup"))
 
 
 @pytest.mark.slow

@@ -226,6 +226,9 @@ def _main(argv: list[str] | None) -> int:
     # The command draws into files through matplotlib's Agg and opens no window: a backend named for pyplot
     # (MPLBACKEND) is not its business, and one matplotlib does not know ended training in a traceback.
     os.environ.pop("MPLBACKEND", None)
+    # PyTorch's C++ warnings (c10d's, each with a stack trace, when a process of a group goes away) came before
+    # genlab's own line about the same thing; its errors still show. Read as PyTorch loads; a user's setting wins.
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     # Ctrl-C or SIGTERM while PyTorch and the rest load is held until they have loaded, then ends the command
     # with its one line: raised in the middle of an import it gave a traceback, or an abort from inside C++.
     caught: list[int] = []

@@ -130,9 +130,19 @@ def _meet_by_hand(world: int, rank: int) -> dist.Store:
                "what answers there is not process 0 of a genlab run")
         raise GenlabError(f"{where}: {why} ({_first_line(e)}); start every process of the run with the same "
                           "MASTER_ADDR and a free MASTER_PORT, or use torchrun") from None
-    store.add("genlab/arrived", 1)
-    while (arrived := store.add("genlab/arrived", 0)) < world:
-        wait_for(f"{world - arrived} more of WORLD_SIZE={world} processes")
+    # Each process claims its own rank: a count of arrivals let a rank started twice stand in for a missing one,
+    # and the group then waited inside PyTorch for ever, deaf to signals.
+    if store.add(f"genlab/rank/{rank}", 1) > 1:
+        raise GenlabError(f"{where}: a process with RANK={rank} is already there; give each process of the run "
+                          "its own RANK (0 to WORLD_SIZE - 1), or use torchrun, which does")
+    ranks = [f"genlab/rank/{r}" for r in range(world)]
+    try:
+        while not store.check(ranks):
+            missing = [r for r in range(world) if not store.check([ranks[r]])]
+            wait_for(f"RANK {', '.join(map(str, missing))} of WORLD_SIZE={world}")
+    except RuntimeError as e:  # DistNetworkError: process 0, which holds the store, has gone
+        raise GenlabError(f"{where}: process 0 went away while the processes met ({_first_line(e)}); start every "
+                          "process of the run again, or use torchrun") from None
     return store
 
 

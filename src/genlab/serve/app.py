@@ -35,14 +35,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import errno
 import functools
 import ipaddress
 import json
 import math
 import random
+import signal
 import socket
 import sys
+import threading
 import traceback
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -645,5 +648,27 @@ def serve(run_dirs=(), watch=(), host: str = "127.0.0.1", port: int = 8000, allo
     # SIGTERM in the instant before uvicorn takes its signals over stops the start-up (genlab.cli's handler)
     # and leaves uvicorn's coroutine unstarted: no warning about it, the one line of the stop is enough.
     warnings.filterwarnings("ignore", message="coroutine 'Server.serve' was never awaited")
-    uvicorn.Server(config).run(sockets=[sock])
+    _hangs_up_too(uvicorn.Server)(config).run(sockets=[sock])
     return 0
+
+
+def _hangs_up_too(server_class):
+    """``server_class`` (uvicorn's Server) stopping on SIGHUP (a closed terminal) as it stops on SIGTERM: shut
+    down, then the signal raised again for genlab's own line and status. uvicorn captures SIGINT and SIGTERM
+    only, and genlab's handler, raising inside the event loop, was caught there: the explorer printed a
+    traceback and went on serving, holding its port."""
+
+    class Server(server_class):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():  # which raises the captured signals again as it ends
+                hang_up = threading.current_thread() is threading.main_thread() and \
+                    signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN
+                old = signal.signal(signal.SIGHUP, self.handle_exit) if hang_up else None
+                try:
+                    yield
+                finally:
+                    if hang_up:
+                        signal.signal(signal.SIGHUP, old)
+
+    return Server if hasattr(server_class, "capture_signals") else server_class

@@ -278,12 +278,16 @@ def test_download_md5_mismatch_leaves_nothing(tmp_path, serve):
     served = tmp_path / "served"
     served.mkdir()
     (served / "labels.gz").write_bytes(gzip.compress(b"some bytes that are not the published file"))
-    target = tmp_path / "target"
+    target = tmp_path / "data" / "target"
     wrong = "0" * 32
     with pytest.raises(DataError, match=f"labels.gz: sent a file that failed its MD5 check .expected {wrong}, "
                                         f"got [0-9a-f]{{32}}; it was deleted"):
         download_files(["labels.gz"], target, [serve(served)], {"labels.gz": wrong}, timeout=5, progress=False)
-    assert list(target.iterdir()) == []
+    assert not (tmp_path / "data").exists()  # nor the folders made for it (an empty mnist/ was left behind)
+    target.mkdir(parents=True)
+    with pytest.raises(DataError, match="failed its MD5 check"):
+        download_files(["labels.gz"], target, [serve(served)], {"labels.gz": wrong}, timeout=5, progress=False)
+    assert list(target.iterdir()) == []  # a folder that was there stays
 
 
 class _DripHandler(http.server.BaseHTTPRequestHandler):
@@ -403,7 +407,7 @@ def test_a_full_disk_while_downloading_is_said_as_such(tmp_path, monkeypatch, se
     with pytest.raises(DataError, match=r"cannot write f.gz into .*: No space left on device; free space"):
         download_files(["f.gz"], tmp_path / "target", [serve(tmp_path / "served")], {"f.gz": "0" * 32},
                        timeout=5, progress=False)
-    assert list((tmp_path / "target").iterdir()) == []
+    assert not (tmp_path / "target").exists()  # made for the download, removed with it
 
 
 def test_a_mirror_that_crawls_or_sends_too_much_is_given_up_on(tmp_path, monkeypatch):
@@ -476,7 +480,7 @@ def test_offline_message_names_files_and_directory(tmp_path, monkeypatch, closed
     assert all(f"{stem}.gz" in message for stem in STEMS)
     assert f"into {tmp_path / 'mnist'}" in message and "GENLAB_DATA_DIR" in message and "--data-dir" in message
     assert closed_port_url in message  # says which mirror failed
-    assert not list((tmp_path / "mnist").iterdir())
+    assert not (tmp_path / "mnist").exists()  # no empty folder left behind
 
 
 def test_a_folder_where_a_data_file_belongs_is_named_before_any_download(tmp_path, monkeypatch, closed_port_url):

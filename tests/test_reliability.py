@@ -1426,3 +1426,12 @@ def test_a_plotting_backend_named_in_the_environment_does_not_stop_the_figures(t
                           timeout=300, env={**os.environ, "MPLBACKEND": "foo", "GENLAB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert (run / "figures" / "loss_curves.png").stat().st_size > 1000
+
+
+def test_a_run_folder_that_is_a_dangling_link_is_said_so(capsys, tmp_path):
+    # "cannot use RUN as a run directory (File exists); make it writable": the folder was not the trouble.
+    (tmp_path / "run").symlink_to(tmp_path / "nowhere")
+    status, lines, _ = cli(capsys, "train", "ae", "--dataset", "mnist-5k", "--limit", "64", "--epochs", "1",
+                           "--out", tmp_path / "run")
+    assert_one_line(status, lines, f"{tmp_path / 'run'} is a symbolic link to {tmp_path / 'nowhere'}, which does not "
+                                   "exist; make that folder, or remove the link")

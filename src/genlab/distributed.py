@@ -73,7 +73,8 @@ def setup(device: str = "auto", deterministic: bool = False) -> Context:
     if dev.type == "cuda":
         # One GPU per process (nccl refuses two ranks on one GPU). Every rank of the machine sees the same
         # counts, so all of them stop with the same line before any of them waits for another.
-        here, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1)), torch.cuda.device_count()
+        here = _whole(os.environ.get("LOCAL_WORLD_SIZE", str(local_rank + 1)), "LOCAL_WORLD_SIZE", 1)
+        gpus = torch.cuda.device_count()
         if max(here, local_rank + 1) > gpus:
             raise GenlabError(f"torchrun started {here} processes on this machine, which has {gpus} GPU"
                               f"{'' if gpus == 1 else 's'}; each process needs a GPU of its own: use "

@@ -59,8 +59,11 @@ def claim(run_dir: Path, owner: bool = True) -> Iterator[None]:
             kind = "a symbolic link" if e.errno == errno.ELOOP else "a folder"
             raise GenlabError(f"{run_dir / LOCK} is {kind}, not genlab's lock file; remove it (genlab makes its own) "
                               "or train into another folder (--out)") from None
-        raise GenlabError(f"cannot use {run_dir} as a run directory ({e.strerror or e}); make it writable, or "
-                          "train into another folder (--out)") from None
+        if os.path.islink(run_dir) and not run_dir.exists():
+            raise GenlabError(f"{run_dir} is a symbolic link to {os.readlink(run_dir)}, which does not exist; make "
+                              "that folder, or remove the link, or train into another folder (--out)") from None
+        raise GenlabError(f"cannot use {run_dir} as a run directory ({e.strerror or e}); make it writable (a new run "
+                          "can also go into another folder, with --out)") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device named .lock
         os.close(fd)
         raise GenlabError(f"{run_dir / LOCK} is not a regular file, not genlab's lock file; remove it or train into "

@@ -121,6 +121,7 @@ def download_files(filenames: Iterable[str], directory: str | Path, mirrors: Seq
     ``DataError`` on an MD5 mismatch (the bad download is deleted).
     """
     directory = Path(directory)
+    made = [folder for folder in (directory, *directory.parents) if not folder.exists()]  # innermost first
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -128,7 +129,15 @@ def download_files(filenames: Iterable[str], directory: str | Path, mirrors: Seq
                         "(or --data-dir of train, reproduce and datasets)") from None
     names = list(filenames)
     _remove_stale_parts(directory, names)
-    return [_download_one(name, directory, mirrors, checksums[name], timeout, progress) for name in names]
+    try:
+        return [_download_one(name, directory, mirrors, checksums[name], timeout, progress) for name in names]
+    except BaseException:
+        for folder in made:  # a failed first download leaves no empty folders behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (a file it did fetch, or somebody else's)
+        raise
 
 
 def _remove_stale_parts(directory: Path, names: Sequence[str]) -> None:

@@ -54,20 +54,20 @@ def _optimizer_from_flat(name: str, meta: Any, tensors: dict, where: Path) -> di
     prefix = f"optim/{name}/"
     for key, value in tensors.items():
         if key.startswith(prefix):
-            pid, field = _param_key(key[len(prefix):], key, where)
-            state.setdefault(pid, {})[field] = value
+            pid, state_key = _param_key(key[len(prefix):], key, where)
+            state.setdefault(pid, {})[state_key] = value
     for key, value in meta["scalars"].items():
-        pid, field = _param_key(key, f"optimiser {name} scalar {key}", where)
-        state.setdefault(pid, {})[field] = value
+        pid, state_key = _param_key(key, f"optimiser {name} scalar {key}", where)
+        state.setdefault(pid, {})[state_key] = value
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def _param_key(key: str, what: str, where: Path) -> tuple[int, str]:
     """"<param index>/<state key>" -> (index, key)."""
-    pid, _, field = key.partition("/")
-    if not (pid.isdigit() and field):
+    pid, _, state_key = key.partition("/")
+    if not (pid.isdigit() and state_key):
         raise GenlabError(f"checkpoint {where}: {what!r} is not <parameter index>/<state key>; the file is damaged")
-    return int(pid), field
+    return int(pid), state_key
 
 
 def save(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
@@ -538,7 +538,6 @@ def labels_said(labels: list[int]) -> str:
 def read_configs(run_dir: Path):
     """(model name, model config, train config) from ``run_dir/config.json``."""
     from genlab.models import MODELS
-    from genlab.config import TrainConfig
 
     path = Path(run_dir) / CONFIG
     data = cfgmod.read_json(path)
@@ -551,7 +550,7 @@ def read_configs(run_dir: Path):
             raise GenlabError(f"{path} lacks {key!r}; the run directory is damaged")
     try:
         model_cfg = cfgmod.from_dict(MODELS[name].Config, data["model_config"])
-        train_cfg = cfgmod.from_dict(TrainConfig, data["train_config"])
+        train_cfg = cfgmod.from_dict(cfgmod.TrainConfig, data["train_config"])
     except GenlabError as e:
         raise GenlabError(f"{path}: {e}") from None
     wrong = _recorded_facts_problem(data, model_cfg)

@@ -116,6 +116,9 @@ class ImageShape:
     height: int = opt(28, "image height in pixels (set from the data)", min=1, max=4096, cli=False)
     width: int = opt(28, "image width in pixels (set from the data)", min=1, max=4096, cli=False)
 
+    def __post_init__(self) -> None:  # every model's config: the declared ranges hold however it is built
+        validate(self)  # (flags, JSON or Python)
+
     @property
     def shape(self) -> tuple[int, int, int]:
         return (self.channels, self.height, self.width)

@@ -295,10 +295,6 @@ def _stop_signals_interrupt(out: Path):
             signal.signal(signum, handler)
 
 
-def _write_json(path: Path, data) -> None:
-    cfgmod.write_json(path, data)
-
-
 TITLE = "genlab: the generative-models lecture, reproduced"
 MARKER = ".genlab-reproduce.json"  # what a reproduction folder is of: a later command goes on only with the same
 
@@ -402,7 +398,7 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
     iwae_k = (1, 50) if quick else (1, 50, 500)
     for name, run in runs.items():
         results = evaluate_run(run, limit=limit, quality=False, **({"iwae_k": iwae_k} if "likelihood" in run.model.extra_metrics else {}))
-        _write_json(run.dir / "evaluation.json", finite_or_null(results))
+        cfgmod.write_json(run.dir / "evaluation.json", finite_or_null(results))
         tables.setdefault("evaluation", {})[name] = results
     timings["evaluate"] = time.perf_counter() - started
     overall.update(1)
@@ -444,8 +440,7 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
     overall.close()
 
     timings["all stages"] = time.perf_counter() - began
-    _write_json(out / "tables.json", {"dataset": dataset, "quick": quick, "timings_s": timings,
-                                      **{k: v for k, v in tables.items()}})
+    cfgmod.write_json(out / "tables.json", {"dataset": dataset, "quick": quick, "timings_s": timings, **tables})
     trained_by = (f"{workers} training processes of one thread each" if workers > 1 and jobs else
                   "one training process" if jobs else "runs trained earlier")
     sections = build_sections(runs, tables, timings, dataset, quick, figures, trained_by)

@@ -28,7 +28,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import io
 import os
 import re
 import tempfile
@@ -715,4 +714,4 @@ def encode_png(image: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".png", image)
     if not ok:
         raise DataError("could not encode a PNG")
-    return io.BytesIO(buf.tobytes()).getvalue()
+    return buf.tobytes()

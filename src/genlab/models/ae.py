@@ -9,16 +9,13 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from genlab.config import ImageShape, opt, validate
+from genlab.config import ImageShape, opt
 from genlab.models.base import GenerativeModel
 
 
 @dataclass
 class AEConfig(ImageShape):
     latent_dim: int = opt(30, "code size d: 30 is under-complete (the lecture), 500 over-complete", min=1, max=10_000)
-
-    def __post_init__(self) -> None:
-        validate(self)  # the declared ranges hold however the config is built: flags, JSON or Python
 
 
 def squared_error(x_hat: Tensor, x: Tensor) -> Tensor:

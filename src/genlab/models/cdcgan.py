@@ -30,12 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.config import ImageShape, opt, validate
+from genlab.config import ImageShape, opt
 from genlab.errors import GenlabError
+from genlab.models.base import EMA, mnist_shape_only, sample_count
 from genlab.models.cvae import class_labels
-from genlab.models.base import mnist_shape_only, sample_count
 from genlab.models.dcgan import DCGAN
-from genlab.models.base import EMA
 from genlab.models.gan_common import (CollapseCheck, Streak, TwoPlayerGAN, dcgan_init, make_generator,
                                       running_stats_frozen, spread)
 
@@ -47,9 +46,6 @@ class CDCGANConfig(ImageShape):
     ndf: int = opt(64, "discriminator width (channels of its first layer)", min=1, max=256)
     ema: float = opt(0.999, "decay of the exponential moving average of the generator that samples (0: off)",
                      min=0.0, below=1.0)
-
-    def __post_init__(self) -> None:
-        validate(self)  # the declared ranges hold however the config is built: flags, JSON or Python
 
 
 class ProjectionDiscriminator28(nn.Module):
@@ -134,14 +130,6 @@ class CDCGAN(TwoPlayerGAN):
             s_fake = self.discriminator(fake, y)
         loss_g = F.binary_cross_entropy_with_logits(s_fake, ones, reduction="none")
         yield "g", {"loss": loss_g, "d_g_z2": torch.sigmoid(s_fake).detach()}
-
-    def loss(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
-        """Both players' terms on one batch, no update: D's loss as ``loss``, G's as ``loss_g`` (each [N])."""
-        terms = {}
-        for player, t in self.steps(x, y):
-            for key, value in t.items():
-                terms["loss_g" if (player == "g" and key == "loss") else key] = value.detach()
-        return terms
 
     # -- evaluation and sampling ----------------------------------------------------------------------------
     def energy(self, x: Tensor, y: Tensor | None = None) -> Tensor:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab import rng
-from genlab.config import ImageShape, opt, validate
+from genlab.config import ImageShape, opt
 from genlab.errors import GenlabError
 from genlab.models.base import EMA, GenerativeModel, mnist_shape_only, sample_count
 
@@ -56,9 +56,6 @@ class CVAEConfig(ImageShape):
                       min=1, max=10_000)
     ema_decay: float = opt(0.999, "evaluate with an exponential moving average of the weights, updated each step "
                                   "with this decay (0: off, the last weights)", min=0.0, below=1.0)
-
-    def __post_init__(self) -> None:
-        validate(self)  # the declared ranges hold however the config is built: flags, JSON or Python
 
 
 def checked_task(observed: int) -> int:

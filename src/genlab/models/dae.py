@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from genlab import rng
-from genlab.config import ImageShape, opt, validate
+from genlab.config import ImageShape, opt
 from genlab.errors import GenlabError
 from genlab.models.ae import squared_error
 from genlab.models.base import GenerativeModel, conv_sizes_ok
@@ -32,9 +32,6 @@ class DAEConfig(ImageShape):
                        min=0.0, max=100.0)
     unscaled_mask: bool = opt(False, "dropout: use a {0, 1} mask instead of the lecture's {0, 1/(1-p)}")
     arch: str = opt("mlp", "mlp (the lecture) or conv (a stronger convolutional denoiser)", choices=("mlp", "conv"))
-
-    def __post_init__(self) -> None:
-        validate(self)  # the declared ranges hold however the config is built: flags, JSON or Python
 
     def check(self) -> None:
         if self.corruption in ("dropout", "salt-pepper") and not 0.0 <= self.noise < 1.0:

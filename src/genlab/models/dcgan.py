@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.config import ImageShape, opt, validate
+from genlab.config import ImageShape, opt
 from genlab.models.base import EMA
 from genlab.models.gan_common import (CollapseCheck, Streak, TwoPlayerGAN, dcgan_init, find_log,
                                       make_generator, resize, running_stats_frozen, spread, to_64)
@@ -38,9 +38,6 @@ class DCGANConfig(ImageShape):
     ndf: int = opt(64, "discriminator width (channels of its first layer)", min=1, max=256)
     ema: float = opt(0.0, "decay of an exponential moving average of the generator used for sampling (0: off; "
                           "0.999 is typical)", min=0.0, below=1.0)
-
-    def __post_init__(self) -> None:
-        validate(self)  # the declared ranges hold however the config is built: flags, JSON or Python
 
 
 class Discriminator28(nn.Module):

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.config import ImageShape, opt, validate
+from genlab.config import ImageShape, opt
 from genlab.errors import GenlabError
 from genlab.models.base import EMA, conv_sizes_ok
 from genlab.models.gan_common import GENERATOR_SIZES, CollapseCheck, Streak, TwoPlayerGAN, find_log, make_generator, spread
@@ -58,9 +58,6 @@ class EBGANConfig(ImageShape):
                            min=0.0, max=1e6)
     ema: float = opt(0.0, "decay of an exponential moving average of the generator used for sampling (0: off)",
                      min=0.0, below=1.0)
-
-    def __post_init__(self) -> None:
-        validate(self)  # the declared ranges hold however the config is built: flags, JSON or Python
 
 
 # -- the energy and the two loss terms, as functions so they can be checked against known answers ----------

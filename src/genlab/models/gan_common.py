@@ -173,10 +173,11 @@ class TwoPlayerGAN(GenerativeModel):
         self._collapsed.seen = state.get("collapse_seen", 0)
         self._collapsed.streak.count = state.get("collapse_streak", 0)
 
-    def loss(self, x: Tensor) -> dict[str, Tensor]:
-        """Both players' terms on one batch, no update: D's loss as ``loss``, G's as ``loss_g`` (each [N])."""
+    def loss(self, x: Tensor, *condition: Tensor) -> dict[str, Tensor]:
+        """Both players' terms on one batch, no update: D's loss as ``loss``, G's as ``loss_g`` (each [N]).
+        ``condition``: a conditional GAN's labels, as its ``steps`` takes them."""
         terms = {}
-        for player, t in self.steps(x):
+        for player, t in self.steps(x, *condition):
             for key, value in t.items():
                 terms["loss_g" if (player == "g" and key == "loss") else key] = value.detach()
         return terms
@@ -213,7 +214,6 @@ def running_stats_frozen(net: nn.Module) -> Iterator[None]:
             m.momentum = momentum
 
 
-# -- EMA of the generator -----------------------------------------------------------------------------------
 # -- batch statistics for the divergence checks ---------------------------------------------------------------
 def spread(x: Tensor) -> Tensor:
     """Each example's mean Euclidean distance to the other examples of its batch: [N x ...] -> [N].

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab import rng
-from genlab.config import ImageShape, opt, validate
+from genlab.config import ImageShape, opt
 from genlab.errors import GenlabError
 from genlab.models.base import EMA, GenerativeModel, conv_sizes_ok, sample_count
 
@@ -84,9 +84,6 @@ class VAEConfig(ImageShape):
                                      "none: no t-SNE)")
     sample_eval: bool = opt(True, "the evaluation 'loss' decodes a sampled z (the PyTorch examples' test loss); "
                                   "--no-sample-eval decodes z = mu (the lecture's notebook); both are reported")
-
-    def __post_init__(self) -> None:
-        validate(self)  # the declared ranges hold however the config is built: flags, JSON or Python
 
     def check(self) -> None:
         try:

@@ -15,7 +15,6 @@ import torch
 
 from genlab.data.batching import to_pixels, to_unit
 from genlab.models.base import evaluating
-from genlab.rng import seeded
 from genlab.train import Callback, RunState
 from genlab.viz import conditional_figures, gan_figures, vae_figures
 from genlab.viz.figures import kernels_figure, loss_curves, save_rows
@@ -90,9 +89,6 @@ def epoch_figures(model, epoch: int, test_set, fig_dir: Path) -> None:
     """Per-epoch figures of the model's figure sets (t-SNE of VAE codes, GAN energy histograms), if any."""
     sets = [FIGURE_SETS[name][1] for name in model.figure_sets if FIGURE_SETS[name][1] is not None]
     if sets:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad(), seeded(epoch):
+        with evaluating(model, seed=epoch):  # the model's mode is as it was after, also when a figure fails
             for draw in sets:
                 draw(model, epoch, test_set, Path(fig_dir))
-        model.train(was_training)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from genlab.data.batching import to_pixels, to_unit
 from genlab.errors import GenlabError
-from genlab.rng import seeded
+from genlab.models.base import evaluating
 from genlab.train import Callback, RunState
 
 
@@ -25,15 +23,12 @@ class TensorBoardLog(Callback):
     def on_start(self, run: RunState, resuming: bool) -> None:
         self.writer = self.writer_class(str(Path(run.run_dir) / "tensorboard"))
 
-    @torch.no_grad()
     def on_epoch(self, run: RunState, epoch: int, record: dict) -> None:
         model, test_images = run.model, run.test_set.images
         for key, value in record.items():
             if isinstance(value, (int, float)) and key != "epoch":
                 self.writer.add_scalar(key, value, epoch)
-        was_training = model.training
-        model.eval()
-        with seeded(epoch):
+        with evaluating(model, seed=epoch):
             x = to_pixels(test_images[:1000], model.pixel_range).to(model.device)
             self.writer.add_histogram("energy/test", model.energy(x).cpu(), epoch)
             if model.can_sample:
@@ -43,7 +38,6 @@ class TensorBoardLog(Callback):
                                        epoch)
             except NotImplementedError:
                 pass
-        model.train(was_training)
         self.writer.flush()
 
     def on_end(self, run: RunState) -> None:

@@ -6,7 +6,8 @@ exit 1, no crash); the few cases marked with another expected status are documen
 stops on SIGTERM exits 143 with one line saying how to resume it; ``evaluate --json`` of a model whose metrics
 are not finite prints null). Kinds: flags, run directories and their files (config.json, checkpoints,
 metrics.jsonl), damaged data files, output paths, signals, concurrent runs, a full disk (a 2 MB tmpfs; needs
-root, skipped otherwise).
+root, skipped otherwise), and the surroundings: settings in the environment, standard files closed or full, a
+working folder removed, an address-space limit, processes started by hand whose peer never comes.
 
     python benchmarks/adversarial.py [--jobs 2] [--only SUBSTRING] [--json]
 
@@ -702,6 +703,103 @@ def second_review_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
     ]
 
 
+def environment_cases(root: Path) -> list[Case]:
+    """Found by a pass over the command's surroundings (29 November, forenoon): the environment and the process's
+    standard files, each once a traceback, a wait without end, or a run that lost its checkpoints."""
+    out = lambda name: ["--out", str(root / f"env-{name}")]  # noqa: E731
+    (root / "env-dangling").symlink_to(root / "env-nowhere")
+    by_hand = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    return [
+        Case("environment", "MPLBACKEND=foo while training draws its figures (documented: 0; was a traceback)",
+             ["train", "ae", *[a for a in QUICK if a != "--no-figures"], *out("mpl")], expect=0,
+             env={"MPLBACKEND": "foo"}),
+        Case("environment", "MASTER_PORT=abc for processes started by hand (was a traceback)",
+             ["train", "ae", *QUICK, *out("port")], env={**by_hand, "MASTER_PORT": "abc"}),
+        Case("environment", "MASTER_PORT=99999 (was a traceback)", ["train", "ae", *QUICK, *out("port2")],
+             env={**by_hand, "MASTER_PORT": "99999"}),
+        Case("environment", "MASTER_ADDR that does not resolve (was a wait deaf to signals)",
+             ["train", "ae", *QUICK, *out("addr")],
+             env={**by_hand, "MASTER_ADDR": "no.such.host.invalid", "MASTER_PORT": "29731"}),
+        Case("paths", "--out a symbolic link to a folder that does not exist (was: 'File exists; make it writable')",
+             ["train", "ae", *QUICK, "--out", str(root / "env-dangling")]),
+        Case("environment", "train with standard error closed (documented: 0, checkpoint written; was status 70)",
+             expect=0, special="stderr-closed"),
+        Case("environment", "train with standard error on a full disk (documented: 0; was status 1, no checkpoint)",
+             expect=0, special="stderr-full"),
+        Case("environment", "train with standard output closed (said before any work; was after the whole run)",
+             special="stdout-closed"),
+        Case("environment", "a working folder that was removed (was oneMKL's 'Cannot load libtorch_cpu.so')",
+             special="cwd-gone"),
+        Case("environment", "too little address space for PyTorch (ulimit -v; was a traceback, status 1)",
+             special="ulimit-v"),
+        Case("signals", "SIGHUP during training (documented: 129, one line, resumable; was killed, no line)",
+             expect=129, special="sighup"),
+        Case("signals", "SIGTERM to a process started by hand whose peer never comes (documented: 143; was deaf "
+                        "for 30 minutes)", expect=143, special="lonely-rank"),
+        Case("paths", "the run folder removed and made again while training (was: rest of the run in the new "
+                      "folder, exit 0)", special="folder-replaced"),
+    ]
+
+
+def _in_bash(line: str, cwd: Path | None = None, limit=None, **kw) -> subprocess.CompletedProcess:
+    """``genlab`` run by bash as ``line`` writes it (with redirections), under ``ulimit -v`` where given."""
+    ulimit = f"ulimit -v {limit}; " if limit else ""
+    return subprocess.run(["bash", "-c", f'{ulimit}exec "{sys.executable}" -m genlab.cli {line}'], cwd=cwd,
+                          capture_output=True, text=True, errors="backslashreplace", timeout=300, **kw)
+
+
+def run_environment_scenario(case: Case, root: Path) -> tuple[int, str]:
+    quick = " ".join(QUICK)
+    if case.special in ("stderr-closed", "stderr-full"):
+        run = root / f"env-{case.special}"
+        r = _in_bash(f'train ae {quick} --out "{run}" ' + ("2>&-" if case.special == "stderr-closed" else "2>/dev/full"))
+        kept = (run / "checkpoint.safetensors").is_file()
+        return (r.returncode if kept else 1), ("" if kept else "no checkpoint written")
+    if case.special == "stdout-closed":
+        run = root / "env-stdout-closed"
+        r = _in_bash(f'train ae {quick} --out "{run}" >&-')
+        return (r.returncode if not run.exists() else 1), r.stderr
+    if case.special == "cwd-gone":
+        gone = root / "env-gone"
+        gone.mkdir()
+        # The installed command, as a user runs it: ``python -m`` fails in Python's own start-up there, before
+        # genlab, because it puts the missing working folder on the module path.
+        command = shutil.which("genlab", path=str(Path(sys.executable).parent)) or "genlab"
+        r = subprocess.run(["bash", "-c", f'cd "{gone}" && rmdir "{gone}" && exec "{command}" datasets'],
+                           capture_output=True, text=True, timeout=300,
+                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+        return r.returncode, r.stderr
+    if case.special == "ulimit-v":
+        r = _in_bash("datasets", limit=300_000)
+        return r.returncode, r.stderr
+    if case.special == "sighup":
+        out = root / "env-hup"
+        proc = _popen(_long_train(out))
+        _wait_for(out / "checkpoint.safetensors")
+        proc.send_signal(signal.SIGHUP)
+        _, err = proc.communicate(timeout=120)
+        return proc.returncode, err
+    if case.special == "lonely-rank":
+        proc = subprocess.Popen([sys.executable, "-m", "genlab.cli", "train", "ae", *QUICK, "--out",
+                                 str(root / "env-lonely")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1",
+                                     "MASTER_PORT": "29732"})
+        time.sleep(15)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        waiting = [x for x in err.splitlines() if x.startswith("genlab: waiting at")]  # said once, after 10 s
+        return proc.returncode, "\n".join(x for x in err.splitlines() if x not in waiting)
+    if case.special == "folder-replaced":
+        out = root / "env-replaced"
+        proc = _popen(_long_train(out))
+        _wait_for(out / "checkpoint.safetensors")
+        shutil.rmtree(out)
+        out.mkdir()
+        _, err = proc.communicate(timeout=120)
+        return proc.returncode, err
+    raise ValueError(case.special)
+
+
 def load_mnist_digits():
     from genlab.data import load_dataset
     return load_dataset("mnist-5k", "test").images[:8].numpy()
@@ -720,6 +818,10 @@ def scenario_cases() -> list[Case]:
         Case("signals", "kill -9 then --resume (documented: 0, no temporary file left)", expect=0,
              special="kill9-resume"),
     ]
+
+
+ENVIRONMENT_SCENARIOS = ("stderr-closed", "stderr-full", "stdout-closed", "cwd-gone", "ulimit-v", "sighup",
+                         "lonely-rank", "folder-replaced")  # independent of each other: run beside the rest
 
 
 # -- scenarios --------------------------------------------------------------------------------------------------
@@ -800,7 +902,9 @@ def run_scenario(case: Case, root: Path, state: dict) -> tuple[int, str]:
 
 def run_case(case: Case, root: Path, state: dict) -> dict:
     started = time.time()
-    if case.special:
+    if case.kind in ("environment", "signals", "paths") and case.special in ENVIRONMENT_SCENARIOS:
+        status, err = run_environment_scenario(case, root)
+    elif case.special:
         status, err = run_scenario(case, root, state)
     else:
         r = genlab(case.argv, env=case.env)
@@ -821,13 +925,14 @@ def main() -> int:
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory(prefix="genlab-adversarial-") as tmp:
         root = Path(tmp)
         runs = make_fixtures(root)
         cases = (flag_cases(root, runs) + path_cases(root, runs) + config_cases(root, runs["ae"])
                  + checkpoint_cases(root, runs["ae"]) + data_cases(root) + hostile_file_cases(root, runs)
-                 + user_file_cases(root, runs) + review_cases(root, runs) + second_review_cases(root, runs))
+                 + user_file_cases(root, runs) + review_cases(root, runs) + second_review_cases(root, runs)
+                 + environment_cases(root))
         cases = [c for c in cases if args.only in c.name]
         scenarios = [c for c in scenario_cases() if args.only in c.name]
         state: dict = {}

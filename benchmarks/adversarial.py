@@ -773,12 +773,7 @@ def run_environment_scenario(case: Case, root: Path) -> tuple[int, str]:
         r = _in_bash("datasets", limit=300_000)
         return r.returncode, r.stderr
     if case.special == "sighup":
-        out = root / "env-hup"
-        proc = _popen(_long_train(out))
-        _wait_for(out / "checkpoint.safetensors")
-        proc.send_signal(signal.SIGHUP)
-        _, err = proc.communicate(timeout=120)
-        return proc.returncode, err
+        return _signal_mid_training(root / "env-hup", signal.SIGHUP)
     if case.special == "lonely-rank":
         proc = subprocess.Popen([sys.executable, "-m", "genlab.cli", "train", "ae", *QUICK, "--out",
                                  str(root / "env-lonely")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -841,14 +836,18 @@ def _wait_for(path: Path, timeout=120.0):
         time.sleep(0.1)
 
 
+def _signal_mid_training(out: Path, signum: int) -> tuple[int, str]:
+    """A long training run into ``out`` sent ``signum`` once its first checkpoint is written."""
+    proc = _popen(_long_train(out))
+    _wait_for(out / "checkpoint.safetensors")
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
 def run_scenario(case: Case, root: Path, state: dict) -> tuple[int, str]:
     if case.special == "sigterm":
-        out = root / "sig"
-        proc = _popen(_long_train(out))
-        _wait_for(out / "checkpoint.safetensors")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-        return proc.returncode, err
+        return _signal_mid_training(root / "sig", signal.SIGTERM)
     if case.special == "sigterm-resume":
         done = len((root / "sig" / "metrics.jsonl").read_text().splitlines())
         r = genlab(["train", "--resume", str(root / "sig"), "--epochs", str(done + 2)])

@@ -63,13 +63,12 @@ def build_parser():
     return parser
 
 
-class _StandardOutput(io.RawIOBase):
-    """File descriptor 1 under ``sys.stdout``, whose failed writes name it: a full disk behind ``> FILE`` (or
-    ``> /dev/full``) ended the command with "No space left on device" and no word of which file."""
+class _Descriptor(io.RawIOBase):
+    """A file descriptor (1 or 2) as the raw stream under Python's ``sys.stdout`` or ``sys.stderr``; the
+    subclass says what a failed write does."""
 
     def __init__(self, fd: int):
         self._fd = fd
-        self.failure: OSError | None = None  # the first failed write, said by ``_flush_output``
 
     def writable(self) -> bool:
         return True
@@ -79,6 +78,15 @@ class _StandardOutput(io.RawIOBase):
 
     def isatty(self) -> bool:
         return os.isatty(self._fd)
+
+
+class _StandardOutput(_Descriptor):
+    """File descriptor 1 under ``sys.stdout``, whose failed writes name it: a full disk behind ``> FILE`` (or
+    ``> /dev/full``) ended the command with "No space left on device" and no word of which file."""
+
+    def __init__(self, fd: int):
+        super().__init__(fd)
+        self.failure: OSError | None = None  # the first failed write, said by ``_flush_output``
 
     def write(self, data) -> int:
         if self.failure is not None:  # said once, as the command's error; the rest is dropped, not said at exit
@@ -103,23 +111,11 @@ def _flush_output() -> None:
         raise _output.failure
 
 
-class _StandardError(io.RawIOBase):
+class _StandardError(_Descriptor):
     """File descriptor 2 under ``sys.stderr``, whose failed writes are dropped: standard error is where genlab
     says what went wrong, so a failure there (a full disk behind ``2>>train.log``, a hung-up terminal) has
     nowhere to be said. A training run went on losing only its progress lines; it ended at its first one, with
     no checkpoint. The exit status still tells what happened."""
-
-    def __init__(self, fd: int):
-        self._fd = fd
-
-    def writable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def isatty(self) -> bool:
-        return os.isatty(self._fd)
 
     def write(self, data) -> int:
         left = memoryview(data)

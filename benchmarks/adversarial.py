@@ -788,7 +788,7 @@ def run_environment_scenario(case: Case, root: Path) -> tuple[int, str]:
         out = root / "env-replaced"
         proc = _popen(_long_train(out))
         _wait_for(out / "checkpoint.safetensors")
-        shutil.rmtree(out)
+        out.rename(root / "env-replaced-old")  # at once (a removal by rmtree races the run's own temporary files)
         out.mkdir()
         _, err = proc.communicate(timeout=120)
         return proc.returncode, err

@@ -1245,26 +1245,24 @@ def test_a_run_folder_taken_away_while_it_trains_stops_the_run_in_one_line(repla
     # Removed and made again, the rest of the run went into the new folder (no config.json, no lock) and it
     # reported success; renamed, the line said only "r: No such file or directory".
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "genlab.cli", "train", "ae", "--dataset", "mnist-5k", "--epochs",
-                             "400", "--no-figures", "--no-progress", "--out", str(run)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "genlab.cli", "train", "ae", "--dataset", "mnist-5k", "--limit",
+                             "1000", "--epochs", "2000", "--no-figures", "--no-progress", "--out", str(run)],
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "GENLAB_OFFLINE": "1"})
     deadline = time.monotonic() + 120
     while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text()):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.1)
-    if replace == "renamed":
-        run.rename(tmp_path / "elsewhere")
-    else:
-        shutil.rmtree(run)
+    run.rename(tmp_path / "elsewhere")  # at once (a removal by rmtree races the run's own temporary files)
+    if replace == "removed and made again":
         run.mkdir()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and err.strip().splitlines()[-1] == (
         f"genlab: error: the run folder {run} was removed, renamed or replaced while the run trained, so its "
         "checkpoint has nowhere to go; start the run again (or resume it from where its folder went, if it was "
         "renamed)"), err[-2000:]
-    if replace == "renamed":  # the folder where it went is a whole run: its checkpoint loads and is evaluated
-        checked = _genlab_in_bash(f'evaluate "{tmp_path / "elsewhere"}" --no-quality --limit 50 --json')
-        assert checked.returncode == 0 and json.loads(checked.stdout)["epoch"] >= 1, checked.stderr[-2000:]
+    if replace == "renamed":  # the folder where it went is a whole run: its checkpoint is checked and loads
+        assert checkpoint.load_run(tmp_path / "elsewhere").model is not None
 
 
 
@@ -1349,10 +1347,11 @@ def test_an_input_name_too_long_for_its_repair_says_to_rename_it(ae_run, tmp_pat
     assert not (tmp_path / "repairs").exists()
 
 
-def _genlab_in_bash(args: str, timeout=300, **kw) -> subprocess.CompletedProcess:
+def _genlab_in_bash(args: str, timeout=300, extra_env=None, **kw) -> subprocess.CompletedProcess:
     """``genlab ARGS`` as a shell runs it, so ARGS may close or redirect the command's standard files."""
     return subprocess.run(["bash", "-c", f'exec "{sys.executable}" -m genlab.cli {args}'], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "GENLAB_OFFLINE": "1"}, **kw)
+                          text=True, timeout=timeout, env={**os.environ, "GENLAB_OFFLINE": "1", **(extra_env or {})},
+                          **kw)
 
 
 @pytest.mark.parametrize("redirect", ["2>&-", "2>/dev/full"])
@@ -1362,13 +1361,16 @@ def test_a_standard_error_closed_or_full_loses_only_what_it_would_have_shown(red
     # closed, the next file opened took its number, and whatever wrote there wrote into that file.
     if redirect.endswith("/dev/full") and not os.path.exists("/dev/full"):
         pytest.skip("needs /dev/full (a device that is always full)")
+    # Also MPLBACKEND=foo, a backend matplotlib does not know: training, sampling and energy --auroc ended in a
+    # traceback (status 70); the command draws into files and opens no window, so the setting is not its business.
     run = tmp_path / "run"
-    done = _genlab_in_bash(f'train ae --dataset mnist-5k --limit 300 --epochs 2 --no-figures --out "{run}" {redirect}')
+    done = _genlab_in_bash(f'train ae --dataset mnist-5k --limit 300 --epochs 2 --out "{run}" {redirect}',
+                           extra_env={"MPLBACKEND": "foo"})
     assert done.returncode == 0 and done.stdout.strip() == str(run), done.stdout
+    assert (run / "figures" / "loss_curves.png").stat().st_size > 1000
     assert (run / ".lock").read_text().strip().isdigit()  # the lock holds a pid and nothing written to fd 2
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-    checked = _genlab_in_bash(f'evaluate "{run}" --no-quality --limit 50 --json')
-    assert checked.returncode == 0 and json.loads(checked.stdout)["epoch"] == 2, checked.stderr
+    assert checkpoint.load_run(run).model is not None  # a whole checkpoint: checked and loaded
     refused = _genlab_in_bash(f'evaluate "{tmp_path / "no-such-run"}" {redirect}')
     assert refused.returncode == 2 and refused.stdout == ""
 
@@ -1376,30 +1378,31 @@ def test_a_standard_error_closed_or_full_loses_only_what_it_would_have_shown(red
 def test_a_hang_up_stops_training_at_a_checkpoint_unless_it_is_ignored(tmp_path):
     # SIGHUP (a closed terminal, a dropped ssh session) killed training outright: no checkpoint of the epoch in
     # progress, no line. It now stops as SIGTERM does; under nohup, which ignores it, the run goes on.
-    for ignored in (False, True):
+    started = {}
+    for ignored in (False, True):  # both at once
         run = tmp_path / f"run-{ignored}"
         argv = [sys.executable, "-m", "genlab.cli", "train", "ae", "--dataset", "mnist-5k", "--limit", "1000",
                 "--epochs", "6" if ignored else "2000", "--no-figures", "--no-progress", "--out", str(run)]
         ignore = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignored else None
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore,
-                                env={**os.environ, "GENLAB_OFFLINE": "1"})
-        deadline = time.monotonic() + 120
+        started[ignored] = run, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                                 preexec_fn=ignore, env={**os.environ, "GENLAB_OFFLINE": "1"})
+    deadline = time.monotonic() + 120
+    for run, proc in started.values():
         while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text()):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.1)
         proc.send_signal(signal.SIGHUP)
-        _, err = proc.communicate(timeout=120)
-        if ignored:
-            assert proc.returncode == 0, err[-2000:]
-            continue
-        assert proc.returncode == 128 + signal.SIGHUP, err[-2000:]
-        assert err.strip().splitlines()[-1] == (f"genlab: interrupted by SIGHUP: checkpoint saved; continue with: "
-                                                f"genlab train --resume {run}")
-        epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
-        resumed = _genlab_in_bash(f'train --resume "{run}" --epochs {epochs[-1] + 1} --no-progress')
-        assert resumed.returncode == 0, resumed.stderr[-2000:]
-        assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [
-            *epochs, epochs[-1] + 1]
+    (run, proc), (_, ignoring) = started[False], started[True]
+    _, err = proc.communicate(timeout=120)
+    assert ignoring.wait(timeout=120) == 0, ignoring.communicate()[1][-2000:]
+    assert proc.returncode == 128 + signal.SIGHUP, err[-2000:]
+    assert err.strip().splitlines()[-1] == (f"genlab: interrupted by SIGHUP: checkpoint saved; continue with: "
+                                            f"genlab train --resume {run}")
+    epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    resumed = _genlab_in_bash(f'train --resume "{run}" --epochs {epochs[-1] + 1} --no-progress')
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [
+        *epochs, epochs[-1] + 1]
 
 
 def test_a_library_that_cannot_load_is_one_line(tmp_path):
@@ -1415,17 +1418,6 @@ def test_a_library_that_cannot_load_is_one_line(tmp_path):
     assert done.returncode == 2 and done.stderr.splitlines() == [
         "genlab: error: the package 'tqdm', which genlab needs, is not installed in this environment; install genlab "
         "with its dependencies (pip install -e . in its folder)"], done.stderr
-
-
-def test_a_plotting_backend_named_in_the_environment_does_not_stop_the_figures(tmp_path):
-    # MPLBACKEND=foo (a backend matplotlib does not know) ended training in a traceback, status 70; the command
-    # draws into files and opens no window, so the setting is not its business.
-    run = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "genlab.cli", "train", "ae", "--dataset", "mnist-5k", "--limit", "300",
-                           "--epochs", "1", "--no-progress", "--out", str(run)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "MPLBACKEND": "foo", "GENLAB_OFFLINE": "1"})
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert (run / "figures" / "loss_curves.png").stat().st_size > 1000
 
 
 def test_a_run_folder_that_is_a_dangling_link_is_said_so(capsys, tmp_path):

@@ -119,7 +119,7 @@ def test_on_a_gpu_the_classifier_trains_beside_the_training_processes(tmp_path, 
 
     def slow_get(*args, **kwargs):
         if not events:
-            time.sleep(20)
+            time.sleep(10)
             events.append(("classifier", threading.current_thread() is threading.main_thread()))
         return real_get(*args, **kwargs)
 

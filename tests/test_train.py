@@ -799,7 +799,7 @@ sys.exit(main())
 """
 
 
-def _by_hand(tmp_path, rank: int, port: int, meet_seconds: float, out: str, **env) -> subprocess.Popen:
+def _by_hand(tmp_path, rank: int, port, meet_seconds: float, out: str, **env) -> subprocess.Popen:
     """``genlab train`` as one process of a group started by hand (WORLD_SIZE, RANK, MASTER_* without torchrun)."""
     (tmp_path / "by_hand.py").write_text(BY_HAND_LAUNCHER)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("TORCHELASTIC")}, "OMP_NUM_THREADS": "1",
@@ -813,40 +813,41 @@ def _by_hand(tmp_path, rank: int, port: int, meet_seconds: float, out: str, **en
 
 
 def test_processes_started_by_hand_that_never_meet_end_in_one_line(tmp_path):
-    # A process whose peer never came waited 30 minutes inside PyTorch, deaf to Ctrl-C and SIGTERM; a
-    # MASTER_PORT of "abc" or 99999, or one another program holds, was a traceback and "internal error".
-    alone = _by_hand(tmp_path, 1, 29611, 3, "alone")
-    _, err = alone.communicate(timeout=120)
-    assert alone.returncode == 2 and err.splitlines() == [
-        "genlab: error: MASTER_ADDR:MASTER_PORT 127.0.0.1:29611: process 0 did not come in 3 s; start every process "
-        "of the run (RANK 0 to WORLD_SIZE - 1) with the same MASTER_ADDR and MASTER_PORT, or use torchrun, which does"]
-    waiting = _by_hand(tmp_path, 0, 29612, 600, "waiting")
-    time.sleep(6)
-    waiting.send_signal(signal.SIGTERM)
-    _, err = waiting.communicate(timeout=60)
-    assert waiting.returncode == 128 + signal.SIGTERM and err.splitlines()[-1] == "genlab: stopped by SIGTERM", err
-    for port, words in (("abc", "MASTER_PORT='abc' is not a port number (1 to 65535)"),
-                        ("99999", "MASTER_PORT='99999' is not a port number")):
-        bad = _by_hand(tmp_path, 0, port, 3, "bad")
-        _, err = bad.communicate(timeout=120)
-        assert bad.returncode == 2 and len(err.splitlines()) == 1 and words in err, err
+    # A process whose peer never came waited 30 minutes inside PyTorch, deaf to Ctrl-C and SIGTERM; a RANK
+    # started twice filled the count of arrivals and the group waited for ever; a MASTER_PORT of "abc" or
+    # 99999, or one another program holds, was a traceback and "internal error". All at once, each its own port.
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
-        held = _by_hand(tmp_path, 0, port, 3, "held")
-        _, err = held.communicate(timeout=120)
-        assert held.returncode == 2 and len(err.splitlines()) == 1 and "in use by another program" in err, err
-    # RANK 1 started twice: the count of arrivals was full, and the group waited inside PyTorch for ever.
-    group = [_by_hand(tmp_path, rank, 29614, 4, "dup", WORLD_SIZE="3") for rank in (0, 1)]
-    time.sleep(2)
-    twice = _by_hand(tmp_path, 1, 29614, 4, "dup", WORLD_SIZE="3")
-    said = [(p.communicate(timeout=120)[1], p.returncode) for p in (twice, *group)]
-    assert said[0] == ("genlab: error: MASTER_ADDR:MASTER_PORT 127.0.0.1:29614: a process with RANK=1 is already "
-                       "there; give each process of the run its own RANK (0 to WORLD_SIZE - 1), or use torchrun, "
-                       "which does\n", 2)
-    assert all(code == 2 and len(err.splitlines()) == 1 for err, code in said[1:]), said
-    assert "RANK 2 of WORLD_SIZE=3 did not come in 4 s" in said[1][0]
+        started = {"alone": _by_hand(tmp_path, 1, 29611, 3, "alone"),
+                   "waiting": _by_hand(tmp_path, 0, 29612, 600, "waiting"),
+                   "abc": _by_hand(tmp_path, 0, "abc", 3, "bad"), "99999": _by_hand(tmp_path, 0, "99999", 3, "bad"),
+                   "held": _by_hand(tmp_path, 0, taken.getsockname()[1], 3, "held"),
+                   **{name: _by_hand(tmp_path, rank, 29614, 8, "dup", WORLD_SIZE="3")
+                      for name, rank in (("group 0", 0), ("group 1", 1), ("group 1 again", 1))}}
+        deadline = time.monotonic() + 120
+        while True:  # until process 0 waits for its peer, in Python, its store listening
+            try:
+                socket.create_connection(("127.0.0.1", 29612), timeout=1).close()
+                break
+            except OSError:
+                assert started["waiting"].poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        started["waiting"].send_signal(signal.SIGTERM)
+        said = {name: (p.communicate(timeout=120)[1], p.returncode) for name, p in started.items()}
+    assert said["alone"] == ("genlab: error: MASTER_ADDR:MASTER_PORT 127.0.0.1:29611: process 0 did not come in 3 s; "
+                             "start every process of the run (RANK 0 to WORLD_SIZE - 1) with the same MASTER_ADDR and "
+                             "MASTER_PORT, or use torchrun, which does\n", 2)
+    assert said["waiting"][1] == 128 + signal.SIGTERM and said["waiting"][0].splitlines()[-1] == \
+        "genlab: stopped by SIGTERM", said["waiting"]
+    for port in ("abc", "99999"):
+        assert said[port] == (f"genlab: error: MASTER_PORT='{port}' is not a port number (1 to 65535); start "
+                              "data-parallel runs with torchrun, which sets it\n", 2)
+    assert said["held"][1] == 2 and said["held"][0].count("\n") == 1 and "in use by another program" in said["held"][0]
+    group = [said[name] for name in ("group 0", "group 1", "group 1 again")]
+    assert all(code == 2 and err.count("\n") == 1 for err, code in group), group
+    twice = [err for err, _ in group if "a process with RANK=1 is already there" in err]
+    assert len(twice) == 1 and "RANK 2 of WORLD_SIZE=3 did not come in 8 s" in said["group 0"][0], group
     assert not any((tmp_path / name).exists() for name in ("alone", "waiting", "bad", "held", "dup"))
 
 

@@ -178,12 +178,14 @@ def commit_metrics(run_dir: Path, record: dict) -> None:
     beside it and renamed into place, as the checkpoint is, so a copy of the run made with hard links (``cp
     -al``, a snapshot backup) keeps its own log, and a kill leaves either the old file or the new one."""
     path = Path(run_dir) / METRICS
+    check_still_claimed(run_dir)
     _regular_or_absent(path)
     try:
         logged = path.read_bytes() if path.exists() else b""
         _replace_metrics(path, logged + (b"\n" if logged and not logged.endswith(b"\n") else b"")
                          + (json.dumps(record) + "\n").encode())
     except OSError as e:
+        check_still_claimed(run_dir)  # a folder gone since its checkpoint was written is said as such
         raise GenlabError(f"cannot write {path} ({e.strerror or e}); the checkpoint of epoch {record['epoch']} "
                           f"is saved and holds this line: {what_to_do(e)} and continue with --resume") from None
 

@@ -300,7 +300,7 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
             rundir.check_still_claimed(run_dir)
             try:
                 checkpoint.save(run_dir / checkpoint.CHECKPOINT, model, optimizers, rng, counters)
-            except OSError:
+            except (OSError, GenlabError):  # a failed write, said by checkpoint.save as a full disk
                 rundir.check_still_claimed(run_dir)  # a folder that went away in the meantime is said as such
                 raise
 

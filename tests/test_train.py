@@ -801,12 +801,14 @@ sys.exit(main())
 
 def _by_hand(tmp_path, rank: int, port, meet_seconds: float, out: str, **env) -> subprocess.Popen:
     """``genlab train`` as one process of a group started by hand (WORLD_SIZE, RANK, MASTER_* without torchrun)."""
-    (tmp_path / "by_hand.py").write_text(BY_HAND_LAUNCHER)
+    launcher = tmp_path / "by_hand.py"
+    if not launcher.exists():  # written once: a process starting while it was written again read it empty
+        launcher.write_text(BY_HAND_LAUNCHER)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("TORCHELASTIC")}, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]), "WORLD_SIZE": "2",
            "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
            "TORCH_CPP_LOG_LEVEL": "ERROR", **env}  # as genlab's command sets it before PyTorch loads (here, after)
-    argv = [sys.executable, str(tmp_path / "by_hand.py"), str(meet_seconds), "train", "ae", "--dataset", "mnist-5k",
+    argv = [sys.executable, str(launcher), str(meet_seconds), "train", "ae", "--dataset", "mnist-5k",
             "--limit", "256", "--eval-limit", "100", "--epochs", "1", "--no-figures", "--no-progress", "--out",
             str(tmp_path / out)]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
@@ -831,7 +833,8 @@ def test_processes_started_by_hand_that_never_meet_end_in_one_line(tmp_path):
                 socket.create_connection(("127.0.0.1", 29612), timeout=1).close()
                 break
             except OSError:
-                assert started["waiting"].poll() is None and time.monotonic() < deadline
+                assert started["waiting"].poll() is None and time.monotonic() < deadline, \
+                    started["waiting"].communicate()
                 time.sleep(0.2)
         started["waiting"].send_signal(signal.SIGTERM)
         said = {name: (p.communicate(timeout=120)[1], p.returncode) for name, p in started.items()}

@@ -145,29 +145,32 @@ def _standard_files_open() -> None:
         sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
 
 
-def _named_standard_error() -> None:
-    """Put ``_StandardError`` under Python's own standard error, keeping its encoding and buffering; a stand-in
-    (a test's capture) is left as it is."""
-    if sys.stderr is not sys.__stderr__ or not isinstance(sys.stderr, io.TextIOWrapper):
-        return
+def _own_descriptor(stream, original) -> int | None:
+    """The file descriptor under ``stream`` (flushed) when it is Python's own ``original`` text stream; None for
+    a stand-in (a test's capture) or a stream with no descriptor, which are left as they are."""
+    if stream is not original or not isinstance(stream, io.TextIOWrapper):
+        return None
     try:
-        fd = sys.stderr.fileno()
-        sys.stderr.flush()
+        fd = stream.fileno()
+        stream.flush()
     except (OSError, ValueError):
+        return None
+    return fd
+
+
+def _named_standard_error() -> None:
+    """Put ``_StandardError`` under Python's own standard error, keeping its encoding and buffering."""
+    fd = _own_descriptor(sys.stderr, sys.__stderr__)
+    if fd is None:
         return
     sys.stderr = io.TextIOWrapper(_StandardError(fd), encoding=sys.stderr.encoding, errors=sys.stderr.errors,
                                   line_buffering=True, write_through=True)
 
 
 def _named_standard_output() -> None:
-    """Put ``_StandardOutput`` under Python's own standard output, keeping its encoding and buffering; a stand-in
-    (a test's capture, a closed output) is left as it is."""
-    if sys.stdout is not sys.__stdout__ or not isinstance(sys.stdout, io.TextIOWrapper):
-        return
-    try:
-        fd = sys.stdout.fileno()
-        sys.stdout.flush()
-    except (OSError, ValueError):
+    """Put ``_StandardOutput`` under Python's own standard output, keeping its encoding and buffering."""
+    fd = _own_descriptor(sys.stdout, sys.__stdout__)
+    if fd is None:
         return
     global _output
     raw = _output = _StandardOutput(fd)

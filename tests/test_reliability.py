@@ -587,6 +587,21 @@ def test_a_full_standard_output_is_named_in_one_line(argv, unbuffered):
         "genlab: error: standard output: No space left on device; free space (or raise the limit) and try again"]
 
 
+def test_an_error_line_is_written_whole_even_unbuffered():
+    # Under python -u (PYTHONUNBUFFERED), print wrote a line and its end in two writes: the error lines of two
+    # processes of one run came out glued, "...one command)genlab: error: rank 1: ...", then an empty line.
+    script = ("import os, sys\nwrites, real = [], os.write\n"
+              "def write(fd, data):\n    if fd == 2:\n        writes.append(bytes(data))\n    return real(fd, data)\n"
+              "os.write = write\nfrom genlab.cli import main\nsys.argv = ['genlab', 'evaluate', 'no-such-run']\ntry:\n    status = main()\n"
+              "except SystemExit as e:\n    status = e.code\nprint(status, repr(writes))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    status, writes = done.stdout.split(" ", 1)
+    writes = eval(writes)  # a list of bytes, as repr wrote it
+    assert status == "2" and len(writes) == 1 and writes[0].startswith(b"genlab: error: ") \
+        and writes[0].endswith(b"\n"), (done.stdout, done.stderr)
+
+
 def test_a_signal_after_the_commands_last_line_ends_the_process_at_once():
     # A second Ctrl-C right after the first ("genlab: interrupted") raised KeyboardInterrupt inside the exit's
     # handlers: "Exception ignored in atexit callback" and PyTorch's traceback. A caller's main(argv) keeps its own.

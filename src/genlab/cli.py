@@ -159,12 +159,14 @@ def _own_descriptor(stream, original) -> int | None:
 
 
 def _named_standard_error() -> None:
-    """Put ``_StandardError`` under Python's own standard error, keeping its encoding and buffering."""
+    """Put ``_StandardError`` under Python's own standard error, keeping its encoding, and write it a line at a
+    time, also under ``python -u`` (PYTHONUNBUFFERED): ``print`` writes a line and its end separately, and the
+    error lines of two processes of one run, each written in two parts, came out glued together."""
     fd = _own_descriptor(sys.stderr, sys.__stderr__)
     if fd is None:
         return
-    sys.stderr = io.TextIOWrapper(_StandardError(fd), encoding=sys.stderr.encoding, errors=sys.stderr.errors,
-                                  line_buffering=True, write_through=True)
+    sys.stderr = io.TextIOWrapper(io.BufferedWriter(_StandardError(fd)), encoding=sys.stderr.encoding,
+                                  errors=sys.stderr.errors, line_buffering=True)
 
 
 def _named_standard_output() -> None:

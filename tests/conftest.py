@@ -12,6 +12,16 @@ if "GENLAB_DATA_DIR" not in os.environ and (_shared / "mnist").is_dir():
     os.environ["GENLAB_DATA_DIR"] = str(_shared)
 os.environ.setdefault("GENLAB_OFFLINE", "1")  # tests never reach out to the network
 
+# The README's test command runs the tests in several processes (pytest-xdist's `-n auto`, one per core): each
+# takes its share of the cores for PyTorch's threads rather than all of them, so the workers do not fight.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    import torch
+
+    from genlab.distributed import usable_cpus
+
+    torch.set_num_threads(max(1, usable_cpus() // _workers))
+
 
 def mnist_available() -> bool:
     root = os.environ.get("GENLAB_DATA_DIR")

@@ -378,6 +378,14 @@ def test_the_reference_row_is_computed_once_per_classifier(quick_classifier, tmp
     Q.cached_reference_row("mnist-5k", data_dir, other, reference)
     assert len(calls) == 2
     # A damaged file is recomputed, not trusted.
-    (tmp_path / "data" / "classifiers" / "mnist-5k-reference.json").write_text("{not json")
+    cached = tmp_path / "data" / "classifiers" / "mnist-5k-reference.json"
+    cached.write_text("{not json")
     assert Q.cached_reference_row("mnist-5k", data_dir, quick_classifier, reference) == first
     assert len(calls) == 3
+    # So is JSON of another shape ("[]" was a traceback) or a row whose numbers are not numbers (trusted).
+    stored = json.loads(cached.read_text())
+    for damaged in ([], None, "x", {**stored, "row": {**stored["row"], "fid": "abc"}},
+                    {**stored, "row": {**stored["row"], "class_shares": []}}):
+        cached.write_text(json.dumps(damaged))
+        assert Q.cached_reference_row("mnist-5k", data_dir, quick_classifier, reference) == first
+    assert len(calls) == 8

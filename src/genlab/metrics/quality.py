@@ -25,6 +25,7 @@ Images passed to ``sample_quality`` and friends are [N x 1 x 28 x 28] float tens
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -292,6 +293,18 @@ def reference_row(dataset_name: str, data_dir: str | None = None, classifier=Non
     return quality_from_features(fs, ps, reference[0])
 
 
+def _is_quality_row(row) -> bool:
+    """Whether ``row`` is what ``quality_from_features`` gives: its numbers all there and finite (a cache file is
+    anyone's to edit: "[]" there was a traceback, and "fid": "abc" went into evaluation.json)."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    scalars = ("fid", "kid", "kid_std", "precision", "recall", "min_class_share", "classifier_score")
+    return (isinstance(row, dict) and all(number(row.get(key)) for key in scalars)
+            and isinstance(row.get("class_shares"), list) and len(row["class_shares"]) > 0
+            and all(number(share) for share in row["class_shares"]))
+
+
 def cached_reference_row(dataset_name: str, data_dir: str | None, classifier, reference) -> dict:
     """``reference_row``, computed once per classifier and kept as JSON in the classifier cache folders
     (``<cache_name(dataset)>-reference.json``, tagged with the classifier's metadata and the reference set's size); a
@@ -309,8 +322,8 @@ def cached_reference_row(dataset_name: str, data_dir: str | None, classifier, re
             stored = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if (stored.get("classifier") == classifier.meta and stored.get("reference_size") == len(reference[0])
-                and isinstance(stored.get("row"), dict)):
+        if (isinstance(stored, dict) and stored.get("classifier") == classifier.meta
+                and stored.get("reference_size") == len(reference[0]) and _is_quality_row(stored.get("row"))):
             return stored["row"]
     row = reference_row(dataset_name, data_dir, classifier, reference)
     stored = {"classifier": classifier.meta, "reference_size": len(reference[0]), "row": row}

@@ -35,9 +35,8 @@ from genlab.data import load_dataset
 from genlab.errors import GenlabError, one_line_errors
 from genlab.metrics.conditional import DEFAULT_K, evaluate_model, quadrant_nll
 from genlab.models import MODELS
-from genlab.reproduce import STAGES
+from genlab.reproduce import PYRO_TABLE, STAGES
 from genlab.train import default_train_config, train
-from genlab.viz.conditional_figures import PYRO_TABLE
 
 MODEL_NAMES = ("cvae", "cdcgan")
 CPU_LIMITS = {"cvae": 30 * 60, "cdcgan": 15 * 60}

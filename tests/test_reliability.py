@@ -111,6 +111,48 @@ def test_flags_json_and_python_give_the_same_error(field, flag_value, value, wor
     assert_one_line(status, lines, words, "config.json")
 
 
+@pytest.mark.parametrize("edit,words", [
+    ({"limit": 64}, "limit 64 (trained with 128)"),
+    ({"batch_size": 8}, "batch_size 8 (trained with 64)"),
+    ({"classes": " 1 , 2"}, 'classes " 1 , 2" (trained with "")'),
+    ({"seed": 5, "lr": 0.01}, "lr 0.01 (trained with 0.001), seed 5 (trained with 0)"),
+])
+def test_a_config_json_edited_to_other_settings_is_refused_not_followed(edit, words, capsys, ae_run, tmp_path):
+    # --resume went on under the edited settings (another data set, limit, batch size, classes) and exited 0;
+    # evaluate scored the run under them. The checkpoint keeps the settings it was trained with.
+    run = copy_run(ae_run, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config["train_config"].update(edit)
+    (run / "config.json").write_text(json.dumps(config))
+    for argv in (["train", "--resume", run, "--epochs", "3"], ["evaluate", run, "--no-quality"]):
+        status, lines, _ = cli(capsys, *argv)
+        assert_one_line(status, lines, "was not trained with the settings of its config.json", words,
+                        "put back the run's own config.json")
+    assert checkpoint.read_counters(run / checkpoint.CHECKPOINT)["epoch"] == 2
+
+
+def test_settings_that_change_no_number_may_change_and_an_older_checkpoint_has_none(capsys, ae_run, tmp_path):
+    run = copy_run(ae_run, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config["train_config"].update(figures=True, progress=True, data_dir="/elsewhere", device="cpu")
+    (run / "config.json").write_text(json.dumps(config))
+    assert cli(capsys, "evaluate", run, "--no-quality")[0] == 0
+    config["train_config"]["limit"] = 64
+    (run / "config.json").write_text(json.dumps(config))
+    edit_checkpoint(run, meta_edit=lambda meta: {k: v for k, v in meta.items() if k != "settings"})
+    assert cli(capsys, "evaluate", run, "--no-quality")[0] == 0  # no settings to compare with: an older genlab's
+
+
+def test_a_training_setting_missing_from_config_json_is_damage(capsys, ae_run, tmp_path):
+    # "train_config": {} was read as the defaults: "dataset": "auto" scored a mnist-5k run on full MNIST.
+    run = copy_run(ae_run, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    del config["train_config"]["dataset"], config["train_config"]["limit"]
+    (run / "config.json").write_text(json.dumps(config))
+    status, lines, _ = cli(capsys, "evaluate", run, "--no-quality")
+    assert_one_line(status, lines, "'train_config' lacks 'dataset', 'limit'", "the run directory is damaged")
+
+
 @pytest.mark.parametrize("name,fields", [
     ("ae", {"latent_dim": 10**8}), ("vae", {"hidden": 10**6}), ("dcgan", {"ngf": 10**5}),
     ("dae", {"noise": float("inf")}), ("ebgan", {"margin": -1.0}), ("vae", {"ema_decay": 1.0}),
@@ -790,6 +832,18 @@ def test_report_says_a_damaged_checkpoint_or_metrics_log_beside_an_evaluation(ae
     (run / "metrics.jsonl").rmdir()
     (run / checkpoint.CHECKPOINT).unlink()  # a run copied without its weights is reported from what it has
     assert cli(capsys, "report", run, "--out", tmp_path / "r3")[0] == 0
+
+
+def test_report_shows_the_epochs_the_checkpoint_holds(ae_run, tmp_path, capsys):
+    # A line of "epoch 7" appended to the log of a 2-epoch run: the report said 7 epochs, with its numbers.
+    run = copy_run(ae_run, tmp_path / "run")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    (run / "metrics.jsonl").write_text("\n".join([*lines, lines[-1], json.dumps({**last, "epoch": 7,
+                                                                              "train/loss": 123.456})]) + "\n")
+    assert cli(capsys, "report", run, "--out", tmp_path / "r")[0] == 0
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "2 epochs" in text and "7 epochs" not in text and "123.456" not in text
 
 
 def test_optional_cuda_random_state_is_accepted(ae_run, tmp_path):

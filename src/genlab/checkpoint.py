@@ -71,11 +71,12 @@ def _param_key(key: str, what: str, where: Path) -> tuple[int, str]:
 
 
 def save(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-         rng_states: dict[str, list[torch.Tensor]], counters: dict) -> None:
+         rng_states: dict[str, list[torch.Tensor]], counters: dict, settings: str | None = None) -> None:
     """Write the checkpoint to a temporary file in the same folder, fsync it, then rename it into place.
 
     ``rng_states``: {"cpu": [state per rank]} and, for a run on CUDA, "cuda": [state per rank]. The metadata
-    also names the model, so a ``config.json`` edited to name another model with the same tensors is caught.
+    also names the model, so a ``config.json`` edited to name another model with the same tensors is caught,
+    and holds the run's ``settings`` (``settings_of``), so one edited to train or score under others is too.
     """
     path = Path(path)
     tensors = {f"model/{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
@@ -85,6 +86,8 @@ def save(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.O
             tensors[f"{prefix}/{rank}"] = state.cpu().contiguous()
     meta = {"counters": json.dumps(counters), "optimizers": json.dumps(optim_meta), "format": FORMAT,
             "model": _model_name(model), "crc32": checksum(tensors)}
+    if settings is not None:
+        meta["settings"] = settings
     meta["crc32_meta"] = metadata_checksum(meta)
     tmp = None
     try:
@@ -114,6 +117,7 @@ class Checkpoint:
     counters: dict
     cuda_rng_states: list[torch.Tensor] = field(default_factory=list)  # per rank, for a run trained on CUDA
     model_name: str | None = None  # the model that wrote it (None: a checkpoint of an older genlab)
+    settings: str | None = None  # ``settings_of`` the run that wrote it (None: a checkpoint of an older genlab)
 
 
 def load(path: Path) -> Checkpoint:
@@ -145,6 +149,9 @@ def load(path: Path) -> Checkpoint:
         counters = json.loads(meta["counters"])
         optim_meta = json.loads(meta["optimizers"])
         model_name = meta.get("model")
+        settings = meta.get("settings")  # absent in checkpoints of an older genlab
+        if settings is not None and not isinstance(json.loads(settings), dict):
+            raise ValueError("its settings are not a JSON object")
         stored_crc = meta.get("crc32")  # absent in checkpoints of an older genlab
     except (SafetensorError, OSError, KeyError, ValueError, TypeError, RecursionError) as e:
         raise GenlabError(f"checkpoint {path} is damaged or not a genlab checkpoint ({e}); "
@@ -178,7 +185,7 @@ def load(path: Path) -> Checkpoint:
     model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     optimizers = {name: _optimizer_from_flat(name, m, tensors, path) for name, m in optim_meta.items()}
     return Checkpoint(model_state, optimizers, [rng["rng"][r] for r in range(len(rng["rng"]))], counters,
-                      [rng["cuda_rng"][r] for r in range(len(rng["cuda_rng"]))], model_name)
+                      [rng["cuda_rng"][r] for r in range(len(rng["cuda_rng"]))], model_name, settings)
 
 
 MAX_CHECKPOINT_BYTES = 2 << 30  # the largest checkpoint read (genlab's largest model's is tens of MB)
@@ -267,7 +274,29 @@ def _meta_of(header) -> dict:
     return meta
 
 
-METADATA_KEYS = {"counters", "optimizers", "format", "model", "crc32", "crc32_meta"}
+METADATA_KEYS = {"counters", "optimizers", "format", "model", "settings", "crc32", "crc32_meta"}
+
+# Settings a run may change, or that change none of its numbers: left out of ``settings_of``. (The first five
+# are what ``train(resume=...)`` lets change; the rest say where the data is and what else is written.)
+FREE_SETTINGS = ("epochs", "device", "out", "cuda_graphs", "progress", "data_dir", "figures", "tensorboard")
+
+
+def settings_of(model_cfg, train_cfg) -> str:
+    """The settings a run's numbers follow, as JSON: written into each checkpoint, so a config.json edited by
+    hand (another data set, batch size, limit or classes) is refused rather than resumed or scored under. It
+    went on in silence: --resume trained the next epoch on full MNIST, evaluate scored a mnist-5k run there."""
+    train = {k: v for k, v in cfgmod.to_dict(train_cfg).items() if k not in FREE_SETTINGS}
+    return json.dumps({"model_config": cfgmod.to_dict(model_cfg), "train_config": train}, sort_keys=True)
+
+
+def _settings_problem(saved: str, now: str) -> str | None:
+    """The settings that differ between a checkpoint's and its config.json's, said as "KEY NOW (trained with
+    THEN)" in JSON, or None."""
+    saved, now = json.loads(saved), json.loads(now)
+    changed = [f"{key} {json.dumps(now[part].get(key))[:40]} (trained with {json.dumps(saved[part].get(key))[:40]})"
+               for part in ("model_config", "train_config") for key in sorted(set(saved.get(part, {})) | set(now[part]))
+               if saved.get(part, {}).get(key) != now[part].get(key)]
+    return ", ".join(changed) or None
 
 
 def metadata_checksum(meta: dict) -> str:
@@ -307,7 +336,7 @@ COUNTERS = ("epoch", "batch", "step", "count")
 
 
 def check(ckpt: Checkpoint, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer] | None = None,
-          world: int | None = None, where: Path | str = "checkpoint") -> None:
+          world: int | None = None, where: Path | str = "checkpoint", settings: str | None = None) -> None:
     """Check every tensor of ``ckpt`` (name, shape, dtype) against ``model`` and ``optimizers`` as built from the
     run's config, and its counters and random states, before anything is loaded; a mismatch is one line
     naming the tensor. (Loading unchecked optimiser state can crash a fused kernel outright.) Weights an older
@@ -315,6 +344,10 @@ def check(ckpt: Checkpoint, model: torch.nn.Module, optimizers: dict[str, torch.
     if ckpt.model_name is not None and ckpt.model_name != _model_name(model):
         raise GenlabError(f"{where} holds model {ckpt.model_name or '(none)'!r}, but its config.json "
                           f"names {_model_name(model) or type(model).__name__!r}; restore config.json")
+    if ckpt.settings is not None and settings is not None and ckpt.settings != settings:
+        raise GenlabError(f"{where} was not trained with the settings of its config.json, which says "
+                          f"{_settings_problem(ckpt.settings, settings)}; the file was edited: put back the run's "
+                          "own config.json (to train with other settings, start a new run)")
     if hasattr(model, "upgrade_state"):
         ckpt.model_state = model.upgrade_state(ckpt.model_state)
     _check_tensors(model.state_dict(), ckpt.model_state, "model/", where)
@@ -535,6 +568,12 @@ def labels_said(labels: list[int]) -> str:
     return " and ".join(filter(None, [", ".join(map(str, labels[:-1])), str(labels[-1])]))
 
 
+# The training settings every genlab has written into config.json: one missing says the file was edited (a
+# missing data set became "auto", and a run of mnist-5k was scored on full MNIST). Settings added since may be
+# absent, in runs of an older genlab, and take their defaults.
+ALWAYS_WRITTEN = ("dataset", "epochs", "batch_size", "lr", "optimizer", "seed", "limit", "eval_limit")
+
+
 def read_configs(run_dir: Path):
     """(model name, model config, train config) from ``run_dir/config.json``."""
     from genlab.models import MODELS
@@ -553,7 +592,9 @@ def read_configs(run_dir: Path):
         train_cfg = cfgmod.from_dict(cfgmod.TrainConfig, data["train_config"])
     except GenlabError as e:
         raise GenlabError(f"{path}: {e}") from None
-    wrong = _recorded_facts_problem(data, model_cfg)
+    missing = [key for key in ALWAYS_WRITTEN if key not in data["train_config"]]
+    wrong = (f"'train_config' lacks {', '.join(map(repr, missing))}" if missing
+             else _recorded_facts_problem(data, model_cfg))
     if wrong:
         raise GenlabError(f"{path}: {wrong}, which is not what genlab train wrote; the run directory is damaged "
                           "(train the run again, or put back its own config.json)")
@@ -601,7 +642,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     ckpt = load(run_dir / CHECKPOINT)
     with torch.random.fork_rng(devices=[]):  # the initial weights, replaced below, draw from the caller's stream
         model = build(name, model_cfg)
-    check(ckpt, model, where=run_dir / CHECKPOINT)
+    check(ckpt, model, where=run_dir / CHECKPOINT, settings=settings_of(model_cfg, train_cfg))
     model.load_state_dict(ckpt.model_state)
     run = Run(run_dir, name, model.to(device).eval(), model_cfg, train_cfg, ckpt.counters)
     if model.conditional:  # a run of three classes has ten class slots, seven of them never trained

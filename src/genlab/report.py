@@ -231,9 +231,16 @@ def _evaluation(run_dir: Path, metrics: list[dict]) -> tuple[dict, str]:
 
 
 def _metrics(run_dir: Path) -> list[dict]:
-    """The run's metrics.jsonl records; none where it has no such file (a folder or a FIFO there is said)."""
+    """The run's metrics.jsonl records of the epochs its checkpoint holds, one an epoch; none where it has no
+    such file (a folder or a FIFO there is said). genlab writes a line after its epoch's checkpoint, so a line
+    past the checkpoint is a hand edit or another run's: one of "epoch 7" beside a checkpoint of epoch 1 made
+    the report say 7 epochs, with that line's numbers."""
     path = run_dir / rundir.METRICS
-    return rundir.read_metrics(path) if os.path.lexists(path) else []
+    records = rundir.read_metrics(path) if os.path.lexists(path) else []
+    counters = _checkpoint_counters(run_dir)
+    if counters is not None:
+        records = [r for r in records if r["epoch"] <= counters["epoch"]]
+    return list({r["epoch"]: r for r in records}.values())
 
 
 def _checkpoint_counters(run_dir: Path) -> dict | None:

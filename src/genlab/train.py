@@ -269,7 +269,7 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
     say = (lambda msg: tqdm.write(msg, file=sys.stderr)) if ctx.is_main else (lambda msg: None)
     # Everything that can fail on bad input happens before the first collective, and every rank learns of
     # a failure on any rank (distributed.agree), so no rank waits on another that has already given up.
-    model, optimizers, counters, data = distributed.agree(
+    model, optimizers, counters, settings, data = distributed.agree(
         ctx, lambda: _prepare(model_name, model_cfg, cfg, run_dir, resuming, ctx, say))
     train_images, train_labels, test_images, test_labels, test_set = data
     # "--dataset auto" and the data directory are resolved by each process: one without full MNIST would
@@ -299,7 +299,7 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
         if ctx.is_main:
             rundir.check_still_claimed(run_dir)
             try:
-                checkpoint.save(run_dir / checkpoint.CHECKPOINT, model, optimizers, rng, counters)
+                checkpoint.save(run_dir / checkpoint.CHECKPOINT, model, optimizers, rng, counters, settings)
             except (OSError, GenlabError):  # a failed write, said by checkpoint.save as a full disk
                 rundir.check_still_claimed(run_dir)  # a folder that went away in the meantime is said as such
                 raise
@@ -410,6 +410,8 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
         raise GenlabError(f"--lr-final {cfg.lr_final:g} is above --lr {cfg.lr:g}; the cosine schedule decays from "
                           "--lr down to --lr-final")
 
+    # What each checkpoint records of the run's settings, as config.json keeps them (the data set resolved)
+    settings = checkpoint.settings_of(model_cfg, dataclasses.replace(cfg, dataset=dataset))
     _seed(ctx, cfg.seed)  # the same initial weights on every rank
     model = build(model_name, model_cfg).to(ctx.device)
     optimizers = {p: make_optimizer(cfg, model.player_parameters(p), model.optimizer_options(p))
@@ -426,7 +428,7 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
             raise GenlabError(f"{run_dir} stopped before its first epoch ended, so it has no checkpoint to resume; "
                               f"start it again: genlab train {model_name} ... --out {run_dir}")
         ckpt = checkpoint.load(run_dir / checkpoint.CHECKPOINT)
-        checkpoint.check(ckpt, model, optimizers, ctx.world, where=run_dir / checkpoint.CHECKPOINT)
+        checkpoint.check(ckpt, model, optimizers, ctx.world, where=run_dir / checkpoint.CHECKPOINT, settings=settings)
         if ckpt.counters["epoch"] > cfg.epochs:
             raise GenlabError(f"{run_dir} has already trained {ckpt.counters['epoch']} epochs; --epochs must be "
                               f"at least that, got {cfg.epochs}")
@@ -470,7 +472,7 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
             "world_size": ctx.world})
         (run_dir / rundir.METRICS).write_text("")  # a run that never ended an epoch may have left one
         say(f"training {model_name} on {dataset} ({len(train_images)} images) -> {run_dir}")
-    return model, optimizers, counters, (train_images, train_labels, test_images, test_labels, test_set)
+    return model, optimizers, counters, settings, (train_images, train_labels, test_images, test_labels, test_set)
 
 
 def _same_dataset(train_cfg: TrainConfig, saved: str) -> bool:

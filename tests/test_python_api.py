@@ -152,6 +152,24 @@ def test_train_takes_its_device_trains_under_no_grad_and_refuses_float64_in_one_
     assert not (tmp_path / "c").exists()
 
 
+def test_a_model_made_in_float32_samples_the_same_under_a_float64_default():
+    # A model loaded, then torch.set_default_dtype(torch.float64) in the caller's session: energy and denoise
+    # went on, sample raised PyTorch's "mat1 and mat2 must have the same dtype" (its noise took the default).
+    from genlab.models import build
+
+    for name in ("vae", "ebgan", "dcgan", "cvae", "cdcgan"):
+        model = build(name).eval()
+        with torch.no_grad():
+            wanted = model.sample(3, generator=torch.Generator().manual_seed(0))
+            before = torch.get_default_dtype()
+            torch.set_default_dtype(torch.float64)
+            try:
+                got = model.sample(3, generator=torch.Generator().manual_seed(0))
+            finally:
+                torch.set_default_dtype(before)
+        assert got.dtype == torch.float32 and torch.equal(got, wanted), name
+
+
 def test_sample_refuses_a_generator_that_is_not_torchs(tmp_path):
     model = MODELS["vae"](MODELS["vae"].Config(latent_dim=4, hidden=16))
     for bad in ("x", np.random.default_rng(0)):

@@ -42,13 +42,13 @@ def randn(shape, generator: torch.Generator | None, device, dtype: torch.dtype |
     user most often makes) serves a model on a GPU too, its draws copied over. Without a generator, the global
     generator of ``device``."""
     where = _home(generator, device)
-    return torch.randn(shape, generator=generator, device=where, dtype=dtype).to(device)
+    return torch.randn(shape, generator=generator, device=where, dtype=dtype or torch.float32).to(device)
 
 
 def rand(shape, generator: torch.Generator | None, device) -> torch.Tensor:
     """``torch.rand(shape)`` on ``device``, drawn by ``generator`` where it lives (see ``randn``)."""
     where = _home(generator, device)
-    return torch.rand(shape, generator=generator, device=where).to(device)
+    return torch.rand(shape, generator=generator, device=where, dtype=torch.float32).to(device)
 
 
 def _home(generator, device):

@@ -459,6 +459,17 @@ def test_rgb_32_conv_models_train(rgb_runs):
         assert (run / "figures" / "reconstructions.png").is_file()
 
 
+def test_a_colour_runs_image_in_pytorchs_layout_is_one_image(rgb_runs):
+    # [3 x 32 x 32], torchvision's ToTensor layout and the run's own shape, gave three energies: one per channel,
+    # each taken as a grey image.
+    model = genlab.load(rgb_runs[1]["dae"])
+    image = blobs(1, (3, 32, 32), seed=4)[0]
+    wanted = model.energy(image.transpose(1, 2, 0))  # [H x W x 3], as an image library gives it
+    for same in (image, torch.from_numpy(image), torch.from_numpy(image).float() / 255):
+        assert np.allclose(model.energy(same), wanted), type(same)
+    assert len(model.energy(image[None])) == 1 and len(model.energy(image[:, :, :, None])) == 3  # [N x H x W x 1]
+
+
 def test_energy_images_csv(rgb_runs, tmp_path, capsys):
     root, runs = rgb_runs
     # New images of another size and in grey: fitted to the run's 3 x 32 x 32.

@@ -117,7 +117,8 @@ class LoadedModel:
         """uint8 images as [N x H x W] or [N x H x W x C], read from the layouts ``images`` takes. Where a layout
         could be read two ways, the reading that makes sense wins: a grey run's [N x H*W] are N flat images, not
         one image N pixels tall (and so are [N x 1 x H*W] and [N x H*W x 1], not strips one pixel high); [H x W x 3]
-        is one colour image, not H images 3 pixels wide."""
+        is one colour image, not H images 3 pixels wide; and a colour run's [3 x H x W] is one image in PyTorch's
+        layout (torchvision's ``ToTensor`` gives it), not three grey ones."""
         if array.dtype != np.uint8 or array.ndim not in (2, 3, 4):
             layouts = "[H x W], [H x W x C], [N x H x W], [N x H x W x C] or [N x C x H x W]"
             raise GenlabError(f"expected uint8 images {layouts}, got {array.dtype} {list(array.shape)}")
@@ -134,6 +135,8 @@ class LoadedModel:
                 return array.reshape(-1, height, width)  # flat rows with an axis kept, [N x 1 x H*W] or [N x H*W x 1]
             if array.shape[2] in (2, 3, 4) and array.shape[0] > 4 and array.shape[1] > 4:
                 return array[None]  # one image with channels (grey and alpha, colour), as an image library gives it
+            if channels == 3 and array.shape[0] == 3 and array.shape[1] > 4 and array.shape[2] > 4:
+                return array.transpose(1, 2, 0)[None]  # one colour image [3 x H x W]: PyTorch's layout, the run's
             return array  # [N x H x W]
         if not channels_last or (array.shape[1] in (1, 3) and array.shape[3] not in (1, 3, 4)):
             return array.transpose(0, 2, 3, 1)  # [N x C x H x W]

@@ -237,8 +237,11 @@ def test_a_config_json_naming_another_model_is_one_line(capsys, ae_run, tmp_path
     (["serve", "{run}", "--host", "", "--port", "0"], "--host is empty; give a value, or leave the flag out"),
     (["train", "--resume", "{run}", "--device", ""], "--device is empty; give a value, or leave the flag out"),
     (["energy", "{run}", "--images", ""], "--images is empty"),
-    (["denoise", "{run}", "--images", "{run}", "--out", ""], "--out is empty"),
-    (["report", "{run}", ""], "RUN_DIR is empty"),
+    # A required one was told "or leave the flag out"; train's --out '' was the default folder.
+    (["denoise", "{run}", "--images", "{run}", "--out", ""], "--out is empty; give a value (see genlab denoise"),
+    (["report", "{run}", ""], "RUN_DIR is empty; give a value (see genlab report"),
+    (["evaluate", ""], "RUN_DIR is empty; give a value (see genlab evaluate"),
+    (["train", "ae", "--out", ""], "--out is empty; give a value, or leave the flag out"),
     (["report", "{run}", "--out", "/dev/null"], "/dev/null: File exists and is not a folder; give a folder"),
     (["report", "{run}", "--device", "tpu9", "--out", "{run}/r"], "--device must be auto, cpu, cuda or cuda:N"),
     (["train", "ae", *QUICK, "--classes", "\u0663"], "--classes must be comma-separated labels (0 to 999)"),
@@ -844,6 +847,20 @@ def test_report_shows_the_epochs_the_checkpoint_holds(ae_run, tmp_path, capsys):
     assert cli(capsys, "report", run, "--out", tmp_path / "r")[0] == 0
     text = (tmp_path / "r" / "report.md").read_text()
     assert "2 epochs" in text and "7 epochs" not in text and "123.456" not in text
+
+
+def test_a_run_named_wrongly_is_said_as_what_it_is(ae_run, tmp_path, capsys):
+    # "--resume RUN/config.json" was "RUN/config.json/config.json not found"; a folder of runs was "FOLDER/config.json
+    # not found"; a checkpoint that is a link in a loop was "no checkpoint ...; train first".
+    run = copy_run(ae_run, tmp_path / "runs" / "ae")
+    assert_one_line(*cli(capsys, "train", "--resume", run / "config.json")[:2],
+                    f"{run / 'config.json'} is a file; name the run directory that holds it ({run})")
+    assert_one_line(*cli(capsys, "energy", tmp_path / "runs")[:2],
+                    f"{tmp_path / 'runs'} is not a run directory but holds runs: {run}; name one of them")
+    (run / checkpoint.CHECKPOINT).unlink()
+    (run / checkpoint.CHECKPOINT).symlink_to(checkpoint.CHECKPOINT)
+    assert_one_line(*cli(capsys, "evaluate", run, "--no-quality")[:2], "is a symbolic link that leads nowhere",
+                    "restore the file")
 
 
 def test_optional_cuda_random_state_is_accepted(ae_run, tmp_path):

@@ -127,6 +127,9 @@ def load(path: Path) -> Checkpoint:
     the model and optimisers it is meant for.
     """
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise GenlabError(f"checkpoint {path} is a symbolic link that leads nowhere (or round in a loop); restore "
+                          "the file")
     if not path.exists():
         raise GenlabError(f"no checkpoint at {path}; train first, or point at a genlab run directory")
     try:
@@ -578,7 +581,15 @@ def read_configs(run_dir: Path):
     """(model name, model config, train config) from ``run_dir/config.json``."""
     from genlab.models import MODELS
 
-    path = Path(run_dir) / CONFIG
+    run_dir = Path(run_dir)
+    if run_dir.is_file():  # --resume runs/ae/config.json: "runs/ae/config.json/config.json not found"
+        raise GenlabError(f"{run_dir} is a file; name the run directory that holds it ({run_dir.parent})")
+    path = run_dir / CONFIG
+    if not path.exists() and run_dir.is_dir():
+        runs = sorted(str(d) for d in run_dir.iterdir() if (d / CONFIG).is_file())
+        if runs:  # a folder of runs, as reproduce writes
+            raise GenlabError(f"{run_dir} is not a run directory but holds runs: {', '.join(runs[:5])}"
+                              f"{', ...' if len(runs) > 5 else ''}; name one of them")
     data = cfgmod.read_json(path)
     name = data.get("model")
     if not isinstance(name, str) or name not in MODELS:

@@ -255,7 +255,8 @@ def _main(argv: list[str] | None) -> int:
     if empty:
         # A script's unset variable (--images "$DIR") read as "." scored the whole working folder, and an empty
         # --out quietly meant the default: an empty argument is a mistake, whatever it names.
-        _command_parser(parser, args).error(f"{empty} is empty; give a value, or leave the flag out")
+        name, _, rest = empty.partition(", ")
+        _command_parser(parser, args).error(f"{name} is empty; give a value{', ' + rest if rest else ''}")
     if args.command == "train" and args.model is None and not args.resume:
         parser.error(f"train needs a MODEL ({', '.join(MODELS)}) or --resume RUN_DIR")
     from genlab import ENVIRONMENT_PROBLEMS
@@ -329,13 +330,15 @@ def _command_parser(parser, args) -> argparse.ArgumentParser:
 
 
 def _empty_argument(parser, args) -> str | None:
-    """The first argument given as an empty string (its flag, or its name for a positional one), or None."""
+    """The first argument given as an empty string (its flag, or its name for a positional one), with ", or
+    leave the flag out" where it may be left out; or None."""
     for action in _command_parser(parser, args)._actions:
         value = getattr(args, action.dest, None)
         if action.default == "" or getattr(action, "empty_is_default", False):  # empty is its default: --classes
             continue
         if value == "" or (isinstance(value, list) and "" in value):
-            return "/".join(action.option_strings) or action.metavar or action.dest
+            name = "/".join(action.option_strings) or action.metavar or action.dest
+            return name if action.required or not action.option_strings else f"{name}, or leave the flag out"
     return None
 
 

@@ -84,7 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str, defaul
             action = group.add_argument(_flag(f.name), dest=f.name, type=_PARSERS.get(kind, kind),
                                         default=argparse.SUPPRESS,
                                         choices=choices, help=help_text, metavar=None if choices else f.name.upper())
-            action.empty_is_default = shown == ""  # "--classes ''" means all classes, as leaving it out does
+            # "--classes ''" means all classes, as leaving it out does; "--out ''" (a script's unset variable) is
+            # refused as the other commands' empty arguments are, not read as the default folder
+            action.empty_is_default = shown == "" and f.name != "out"
 
 
 def _help_text(meta: dict, shown: Any) -> str:

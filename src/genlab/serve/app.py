@@ -640,7 +640,9 @@ def serve(run_dirs=(), watch=(), host: str = "127.0.0.1", port: int = 8000, allo
               "login. Requests must name the address in their Host header (add names with --allow-host)",
               file=sys.stderr)
     shown = f"[{host}]" if ":" in host else host
-    config = uvicorn.Config(build_app(explorer, allowed_hosts(host, port, allow_hosts)), log_level="warning",
+    # uvicorn's warnings are of the clients' requests (each answered 400 already): a client sending garbage
+    # filled the server's output with "WARNING:  Invalid HTTP request received.", a line a request.
+    config = uvicorn.Config(build_app(explorer, allowed_hosts(host, port, allow_hosts)), log_level="error",
                             access_log=False, lifespan="off", timeout_keep_alive=30, http=guarded_protocol(),
                             ws="none")
     names = ", ".join([*explorer.models, *(f"{w} (watched)" for w in explorer.watched)])

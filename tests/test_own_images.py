@@ -239,6 +239,23 @@ def _png_header_only(width: int, height: int, depth: int = 8, colour: int = 0) -
             + chunk(b"IEND", b""))
 
 
+def test_files_of_other_formats_are_refused_when_named_as_a_folder_leaves_them_out(tmp_path, capsys):
+    # A folder's GIF and TIFF were left out without a word while the same files named one by one were scored, an
+    # animated GIF by its first frame; and --grey on a built-in (grey) data set did nothing, in silence.
+    from genlab.data.files import image_paths
+
+    write_folder(tmp_path / "imgs", blobs(2, (28, 28)), np.zeros(2, int), ["x"])
+    ok, gif = cv2.imencode(".png", blobs(1, (28, 28))[0])
+    (tmp_path / "imgs" / "x" / "moving.gif").write_bytes(gif.tobytes())  # PNG bytes: only its name is wrong
+    assert [Path(p).name for p in image_paths([tmp_path / "imgs"])] == ["0000.png", "0001.png"]
+    with pytest.raises(GenlabError, match=r"moving.gif is not named as a PNG, JPEG or BMP image \(.png, .jpg, "
+                                          r".jpeg, .bmp\), the images genlab reads; convert it to one"):
+        image_paths([tmp_path / "imgs" / "x" / "0000.png", tmp_path / "imgs" / "x" / "moving.gif"])
+    assert_one_line(cli(capsys, "train", "ae", "--dataset", "mnist-5k", "--grey", "--out", tmp_path / "r"),
+                    "--grey: mnist-5k is grey already")
+    assert not (tmp_path / "r").exists()
+
+
 def test_hostile_image_files_are_one_line_or_read(tmp_path, capsys):
     # Each of these once ended in a traceback or worse: a label of 10^12 took all memory, a file name that is not
     # valid UTF-8 crashed OpenCV (segmentation fault), an image over OpenCV's pixel limit raised its own error,

@@ -382,6 +382,9 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
     if cfg.image_size not in (0, 28) and not is_file_dataset(dataset) and not sizes_its_networks and not resuming:
         raise GenlabError(f"--image-size {cfg.image_size}: {dataset} is 28 x 28; --image-size resizes folder: and "
                           "npz: data sets (leave it out here)")
+    if cfg.grey and not is_file_dataset(dataset) and not resuming:
+        raise GenlabError(f"--grey: {dataset} is grey already; --grey converts folder: and npz: data sets of colour "
+                          "images (leave it out here)")
     options = {"image_size": cfg.image_size, "grey": cfg.grey}
     train_set = load_dataset(dataset, "train", cfg.data_dir, **options)
     test_set = load_dataset(dataset, "test", cfg.data_dir, **options)

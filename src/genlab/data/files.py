@@ -451,6 +451,9 @@ def image_paths(inputs: Sequence[str | Path]) -> list[str]:
                 raise DataError(f"{path} holds no PNG, JPEG or BMP images; put image files there")
             found += listed
         elif path.is_file():
+            if not path.name.lower().endswith(IMAGE_SUFFIXES):  # a folder's listing leaves such files out too
+                raise DataError(f"{path} is not named as a PNG, JPEG or BMP image (.png, .jpg, .jpeg, .bmp), the "
+                                "images genlab reads; convert it to one")
             found.append(str(path))
         elif path.exists():  # a FIFO, a device: reading it could wait for ever or never end
             raise DataError(f"{path} is not a regular file or a folder; give image files or folders of them")

@@ -279,6 +279,15 @@ def test_a_conditional_run_of_some_classes_samples_and_is_scored_on_those_only(t
     with torch.no_grad():
         free = torch.stack([cvae.terms(u, torch.full((8,), k), False)["loss"] for k in (1, 4)])
         assert torch.allclose(cvae.energy(u), math.log(2) - torch.logsumexp(-free, 0))
+        # The networks too refuse to draw a class the run never learned (they drew one without a word), and cycle
+        # the ones it did.
+        with pytest.raises(GenlabError, match="learned the classes 0, 2, 5 only; class 4 is one it never saw"):
+            loaded.model.sample(2, y=4)
+        assert loaded.model.sample(4).shape == (4, 1, 28, 28)
+        assert torch.equal(loaded.model.sample(4, generator=torch.Generator().manual_seed(1)),
+                           loaded.model.sample(4, torch.tensor([0, 2, 5, 0]), torch.Generator().manual_seed(1)))
+        with pytest.raises(GenlabError, match="learned the classes 1, 4 only; class 3"):
+            cvae.sample(1, y=3)
     explorer = Explorer([run], device="cpu", test_limit=20)
     (name,) = explorer.models
     assert explorer.models[name].describe()["classes"] == [0, 2, 5]

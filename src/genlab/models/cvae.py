@@ -308,12 +308,12 @@ class CVAE(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, n: int, y: Tensor | int | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """Decode z ~ N(0, I) with class ``y`` (int [n], one int, or None for 0, 1, ..., 9, 0, ...): the mean
-        images [n x 1 x 28 x 28] in [0, 1]."""
+        """Decode z ~ N(0, I) with class ``y`` (int [n], one int, or None for the classes cycled: 0, 1, ..., 9, 0,
+        ..., or those the run learned): the mean images [n x 1 x 28 x 28] in [0, 1]."""
         if self.quadrants:
             raise GenlabError("a cvae with --condition quadrants completes digits (see figures/completions.png); "
                               "train --condition label to draw digits of a class")
-        labels = class_labels(sample_count(n), y, self.device)
+        labels = class_labels(sample_count(n), y, self.device, self.learned_classes)
         z = rng.randn((len(labels), self.cfg.latent_dim), generator, self.device)
         cond = F.one_hot(labels, 10).to(z.dtype)
         return torch.sigmoid(self.decode_logits(z, cond))
@@ -334,19 +334,36 @@ class CVAE(GenerativeModel):
         return torch.sigmoid(self.decode_logits(self._q(x, cond)[0], cond))
 
 
-def class_labels(n: int, y: Tensor | int | None, device) -> Tensor:
-    """Labels for ``n`` conditional samples: ``y`` as given (int [n] or one class for all), or 0..9 cycled."""
+def class_labels(n: int, y: Tensor | int | None, device, learned: list[int] | None = None) -> Tensor:
+    """Labels for ``n`` conditional samples: ``y`` as given (int [n] or one class for all), or the classes cycled:
+    0..9, or those a run of some classes ``learned`` (another is refused, see ``check_learned``)."""
     if y is None:
-        return torch.arange(n, device=device) % 10
+        classes = torch.tensor(learned or range(10), device=device)
+        return classes[torch.arange(n, device=device) % len(classes)]
     if isinstance(y, torch.Generator):
         raise GenlabError("the classes come second in sample(n, y, generator): pass the generator as generator=...")
     if isinstance(y, int):
         if not 0 <= y <= 9:
             raise GenlabError(f"a digit class is 0..9, got {y}")
+        check_learned(y, learned)
         return torch.full((n,), y, device=device, dtype=torch.long)
     y = torch.as_tensor(y, device=device).long()
     if y.shape != (n,):
         raise GenlabError(f"expected {n} labels, got shape {list(y.shape)}")
     if len(y) and (y.min() < 0 or y.max() > 9):
         raise GenlabError("digit labels must be in 0..9")
+    check_learned(y, learned)
     return y
+
+
+def check_learned(y: Tensor | int, learned: list[int] | None) -> None:
+    """Refuse a class that a run of some classes never learned (``learned``; None: all ten): its samples are
+    noise, and the network drew them without a word. (Energies given a label stay open to every class: evaluate
+    scores a run's whole test split, each image given its own label.)"""
+    if not learned:
+        return
+    wanted = torch.as_tensor(y).reshape(-1).cpu()
+    unseen = sorted(set(wanted.tolist()) - set(learned))
+    if unseen:
+        raise GenlabError(f"this run learned the classes {', '.join(map(str, learned))} only; class {unseen[0]} is "
+                          "one it never saw")

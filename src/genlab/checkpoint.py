@@ -369,8 +369,11 @@ def check(ckpt: Checkpoint, model: torch.nn.Module, optimizers: dict[str, torch.
         if not ckpt.rng_states:
             raise GenlabError(f"{where}: random state rng/0 is missing; the file is damaged")
         if len(ckpt.rng_states) != world:
-            raise GenlabError(f"{where} was trained on {len(ckpt.rng_states)} process(es); "
-                              f"resume it with the same number (got {world})")
+            raise GenlabError(f"{where} was trained on {len(ckpt.rng_states)} process(es); resume it with the same "
+                              f"number (got {world}): "
+                              + (f"torchrun --nproc-per-node {len(ckpt.rng_states)} -m genlab.cli train --resume "
+                                 f"{Path(where).parent}" if len(ckpt.rng_states) > 1 else
+                                 f"genlab train --resume {Path(where).parent}"))
         size = torch.get_rng_state().numel()
         for rank, state in enumerate(ckpt.rng_states):
             if state.numel() != size:

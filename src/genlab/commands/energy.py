@@ -21,11 +21,12 @@ from genlab.metrics.anomaly import SPLIT_TITLES, SPLITS, energies, energy_report
 def add(subparsers) -> None:
     p = subparsers.add_parser("energy", help="per-example energies; AUROC for merged and out-of-distribution inputs",
                               description="Print or save a run's per-example energies on the test split, merged "
-                                          "test digits or the out-of-distribution test split; with --auroc, the "
-                                          "AUROC of the energy for merged and out-of-distribution inputs and the "
-                                          "histogram and merged-digit figures.")
+                                          "test digits, faded test digits (the merged digits' control), patches of "
+                                          "sample photographs or the other data set's test split; with --auroc, the "
+                                          "AUROC of the energy for each against clean test digits and the "
+                                          "histogram and merged-digit figures. With --images, of your own files.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by genlab train")
-    p.add_argument("--split", default=None, choices=SPLITS, help="inputs to score (default: test)")
+    p.add_argument("--split", default=None, choices=SPLITS, help="inputs to score: " + ", ".join(f"{name} ({title})" for name, title in SPLIT_TITLES.items()) + " (default: test)")
     p.add_argument("--out", default=None, help="save the energies to FILE.npy or FILE.csv (replaced whole if it exists) instead of printing them")
     p.add_argument("--auroc", action="store_true", help="AUROC of merged and out-of-distribution vs clean, and figures")
     p.add_argument("--figures", default=None, help="directory for the --auroc figures, energy_histograms.png and "

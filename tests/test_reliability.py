@@ -249,6 +249,8 @@ def test_a_config_json_naming_another_model_is_one_line(capsys, ae_run, tmp_path
     # settings that another one switches on, given without it, did nothing
     (["train", "ae", *QUICK, "--lr-final", "0.5"], "--lr-final is where the cosine schedule ends; add --lr-schedule"),
     (["train", "vae", *QUICK, "--iwae-k", "5", "--iwae-from", "1"], "--iwae-k and --iwae-from set the IWAE objective"),
+    (["train", "vae", *QUICK, "--objective", "iwae", "--iwae-from", "1000000"],
+     "--iwae-from 1000000 is past the run's 1 epoch, so it would never train on L_k"),
     # Said as something else: "argument MODEL: invalid choice: '0.1'", "does not exist", "Not a directory".
     (["train", "--resume", "{run}", "--lr", "0.1"], "--lr is a setting of a new run; --resume goes on"),
     (["energy", "{run}", "--images", "{run}/loop"], "a symbolic link that leads nowhere"),

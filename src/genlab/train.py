@@ -258,6 +258,10 @@ def _refuse_settings_that_do_nothing(model_cfg, train_cfg: TrainConfig) -> None:
     if iwae and getattr(model_cfg, "objective", None) != "iwae":
         raise GenlabError(f"{' and '.join(iwae)} set{'s' if len(iwae) == 1 else ''} the IWAE objective; add "
                           f"--objective iwae, or leave {'it' if len(iwae) == 1 else 'them'} out")
+    if getattr(model_cfg, "objective", None) == "iwae" and model_cfg.iwae_from >= train_cfg.epochs:
+        epochs = f"{train_cfg.epochs} epoch{'s' if train_cfg.epochs != 1 else ''}"
+        raise GenlabError(f"--iwae-from {model_cfg.iwae_from} is past the run's {epochs}, so it would never train "
+                          "on L_k; lower it (0: L_k throughout) or raise --epochs")
 
 
 def default_train_config(model_name: str) -> TrainConfig:

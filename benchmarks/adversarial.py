@@ -703,6 +703,47 @@ def second_review_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
     ]
 
 
+def third_review_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
+    """Found by a hostile pass and a peer's pass (29 November, afternoon) with exit 0 or an unclear line: a
+    config.json edited to other settings and followed, files of other formats, settings that do nothing, runs
+    named wrongly."""
+    from genlab.data.files import encode_png
+
+    ae = runs["ae"]
+    good = json.loads((ae / "config.json").read_text())
+    edited = copy_run(ae, root / "edited-limit", config={**good, "train_config": {**good["train_config"], "limit": 64}})
+    emptied = copy_run(ae, root / "emptied-train-config", config={**good, "train_config": {}})
+    future = copy_run(ae, root / "future-metrics")
+    with open(future / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 7, "train/loss": 0.001}) + "\n")
+    looped = copy_run(ae, root / "looped" / "ae")
+    (looped / "checkpoint.safetensors").unlink()
+    (looped / "checkpoint.safetensors").symlink_to("checkpoint.safetensors")
+    (root / "moving.gif").write_bytes(encode_png(load_mnist_digits()[0]))
+    out = lambda i: ["--out", str(root / f"review3-run{i}")]  # noqa: E731
+    return [
+        Case("config.json", "resume: training limit edited (was: followed, exit 0)", ["train", "--resume", str(edited)]),
+        Case("config.json", "evaluate: training limit edited (was: scored under it)",
+             ["evaluate", str(edited), "--no-quality"]),
+        Case("config.json", "evaluate: train_config {} (was: read as defaults, 'auto' data set)",
+             ["evaluate", str(emptied), "--no-quality"]),
+        Case("config.json", "report: a metrics line past the checkpoint (shows the checkpoint's epochs; was: 7 epochs)",
+             ["report", str(future), "--out", str(root / "future-report")], expect=0),
+        Case("paths", "energy --images a GIF named directly (was: its first frame scored)",
+             ["energy", str(ae), "--images", str(root / "moving.gif")]),
+        Case("paths", "resume: a run's config.json named for the run (was: 'config.json/config.json not found')",
+             ["train", "--resume", str(ae / "config.json")]),
+        Case("paths", "evaluate: a folder of runs (was: 'config.json not found')", ["evaluate", str(root / "looped")]),
+        Case("checkpoint", "evaluate: checkpoint a link in a loop (was: 'no checkpoint; train first')",
+             ["evaluate", str(looped), "--no-quality"]),
+        Case("flags", "train --grey on mnist-5k (was: did nothing)", ["train", "ae", *QUICK, *out(1), "--grey"]),
+        Case("flags", "train --out '' (was: the default folder)", ["train", "ae", *QUICK, "--out", ""]),
+        Case("flags", "evaluate '' (was: told to leave out a required argument)", ["evaluate", ""]),
+        Case("flags", "train vae --objective iwae --iwae-from past the last epoch (was: never L_k, exit 0)",
+             ["train", "vae", *QUICK, *out(2), "--objective", "iwae", "--iwae-from", "1000000"]),
+    ]
+
+
 def environment_cases(root: Path) -> list[Case]:
     """Found by a pass over the command's surroundings (29 November, forenoon): the environment and the process's
     standard files, each once a traceback, a wait without end, or a run that lost its checkpoints."""
@@ -931,7 +972,7 @@ def main() -> int:
         cases = (flag_cases(root, runs) + path_cases(root, runs) + config_cases(root, runs["ae"])
                  + checkpoint_cases(root, runs["ae"]) + data_cases(root) + hostile_file_cases(root, runs)
                  + user_file_cases(root, runs) + review_cases(root, runs) + second_review_cases(root, runs)
-                 + environment_cases(root))
+                 + third_review_cases(root, runs) + environment_cases(root))
         cases = [c for c in cases if args.only in c.name]
         scenarios = [c for c in scenario_cases() if args.only in c.name]
         state: dict = {}

@@ -239,6 +239,23 @@ def _png_header_only(width: int, height: int, depth: int = 8, colour: int = 0) -
             + chunk(b"IEND", b""))
 
 
+def test_a_run_whose_image_folder_moved_is_scored_where_config_json_now_says(tmp_path, capsys):
+    # Each checkpoint keeps the settings it was trained with, but a folder data set by its kind alone: its files
+    # may move, and config.json then say where. Another kind of data set there is refused.
+    write_folder(tmp_path / "imgs", blobs(20, (8, 8)), np.arange(20) % 2, ["a", "b"])
+    run = tmp_path / "run"
+    assert cli(capsys, "train", "ae", "--dataset", f"folder:{tmp_path / 'imgs'}", "--epochs", "1", "--batch-size", "8",
+               "--no-figures", "--no-progress", "--out", run)[0] == 0
+    (tmp_path / "imgs").rename(tmp_path / "moved")
+    config = json.loads((run / "config.json").read_text())
+    config["train_config"]["dataset"] = f"folder:{tmp_path / 'moved'}"
+    (run / "config.json").write_text(json.dumps(config))
+    assert cli(capsys, "evaluate", run, "--no-quality")[0] == 0
+    config["train_config"]["dataset"] = f"npz:{tmp_path / 'moved.npz'}"
+    (run / "config.json").write_text(json.dumps(config))
+    assert_one_line(cli(capsys, "evaluate", run, "--no-quality"), 'dataset "npz:" (trained with "folder:")')
+
+
 def test_files_of_other_formats_are_refused_when_named_as_a_folder_leaves_them_out(tmp_path, capsys):
     # A folder's GIF and TIFF were left out without a word while the same files named one by one were scored, an
     # animated GIF by its first frame; and --grey on a built-in (grey) data set did nothing, in silence.

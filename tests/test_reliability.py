@@ -139,6 +139,13 @@ def test_settings_that_change_no_number_may_change_and_an_older_checkpoint_has_n
     assert cli(capsys, "evaluate", run, "--no-quality")[0] == 0
     config["train_config"]["limit"] = 64
     (run / "config.json").write_text(json.dumps(config))
+    # A setting genlab gained after the checkpoint was written is not compared (every run would be refused).
+    def without_limit(meta):
+        settings = json.loads(meta["settings"])
+        del settings["train_config"]["limit"]
+        return {**meta, "settings": json.dumps(settings)}
+    edit_checkpoint(run, meta_edit=without_limit)
+    assert cli(capsys, "evaluate", run, "--no-quality")[0] == 0
     edit_checkpoint(run, meta_edit=lambda meta: {k: v for k, v in meta.items() if k != "settings"})
     assert cli(capsys, "evaluate", run, "--no-quality")[0] == 0  # no settings to compare with: an older genlab's
 

@@ -287,18 +287,26 @@ FREE_SETTINGS = ("epochs", "device", "out", "cuda_graphs", "progress", "data_dir
 def settings_of(model_cfg, train_cfg) -> str:
     """The settings a run's numbers follow, as JSON: written into each checkpoint, so a config.json edited by
     hand (another data set, batch size, limit or classes) is refused rather than resumed or scored under. It
-    went on in silence: --resume trained the next epoch on full MNIST, evaluate scored a mnist-5k run there."""
+    went on in silence: --resume trained the next epoch on full MNIST, evaluate scored a mnist-5k run there.
+    A folder or npz data set is kept by its kind alone: its files may move, and config.json say where."""
     train = {k: v for k, v in cfgmod.to_dict(train_cfg).items() if k not in FREE_SETTINGS}
+    if is_file_dataset(train["dataset"]):
+        train["dataset"] = train["dataset"].partition(":")[0] + ":"
     return json.dumps({"model_config": cfgmod.to_dict(model_cfg), "train_config": train}, sort_keys=True)
 
 
 def _settings_problem(saved: str, now: str) -> str | None:
-    """The settings that differ between a checkpoint's and its config.json's, said as "KEY NOW (trained with
-    THEN)" in JSON, or None."""
+    """The settings a checkpoint was trained with that its config.json now gives otherwise, said as "KEY NOW
+    (trained with THEN)" in JSON; or None. Settings genlab has gained since the checkpoint was written, or
+    lost, are not compared."""
     saved, now = json.loads(saved), json.loads(now)
-    changed = [f"{key} {json.dumps(now[part].get(key))[:40]} (trained with {json.dumps(saved[part].get(key))[:40]})"
-               for part in ("model_config", "train_config") for key in sorted(set(saved.get(part, {})) | set(now[part]))
-               if saved.get(part, {}).get(key) != now[part].get(key)]
+    changed = []
+    for part in ("model_config", "train_config"):
+        then = saved.get(part)
+        if not isinstance(then, dict):
+            return f"settings the checkpoint cannot show (its {part} is damaged)"
+        changed += [f"{key} {json.dumps(now[part][key])[:40]} (trained with {json.dumps(value)[:40]})"
+                    for key, value in sorted(then.items()) if key in now[part] and now[part][key] != value]
     return ", ".join(changed) or None
 
 
@@ -347,10 +355,11 @@ def check(ckpt: Checkpoint, model: torch.nn.Module, optimizers: dict[str, torch.
     if ckpt.model_name is not None and ckpt.model_name != _model_name(model):
         raise GenlabError(f"{where} holds model {ckpt.model_name or '(none)'!r}, but its config.json "
                           f"names {_model_name(model) or type(model).__name__!r}; restore config.json")
-    if ckpt.settings is not None and settings is not None and ckpt.settings != settings:
-        raise GenlabError(f"{where} was not trained with the settings of its config.json, which says "
-                          f"{_settings_problem(ckpt.settings, settings)}; the file was edited: put back the run's "
-                          "own config.json (to train with other settings, start a new run)")
+    changed = _settings_problem(ckpt.settings, settings) if ckpt.settings and settings else None
+    if changed:
+        raise GenlabError(f"{where} was not trained with the settings of its config.json, which says {changed}; "
+                          "the file was edited: put back the run's own config.json (to train with other settings, "
+                          "start a new run)")
     if hasattr(model, "upgrade_state"):
         ckpt.model_state = model.upgrade_state(ckpt.model_state)
     _check_tensors(model.state_dict(), ckpt.model_state, "model/", where)

@@ -255,8 +255,16 @@ def test_a_conditional_run_of_some_classes_samples_and_is_scored_on_those_only(t
 
     from genlab.serve.explorer import Explorer
 
+    from genlab.train import Callback
+    from genlab.viz.conditional_figures import class_grid
+
+    class EndGrid(Callback):  # the figures at the end of training: its grid had ten rows, seven of them noise
+        def on_end(self, run):
+            class_grid(run.model, tmp_path / "end_grid.png", per_class=2)
+
     run = train("cdcgan", CDCGANConfig(ngf=8, ndf=8), quick_config("cdcgan", tmp_path / "run", classes="0,2,5",
-                                                                   limit=128, eval_limit=100))
+                                                                   limit=128, eval_limit=100), callbacks=[EndGrid()])
+    assert cv2.imread(str(tmp_path / "end_grid.png"), cv2.IMREAD_GRAYSCALE).shape[0] == 259  # 3 rows and a title (10 rows: 679)
     refused = genlab("sample", str(run), "--label", "3", "--out", str(tmp_path / "s.png"))
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         f"genlab: error: --label 3: {run} learned the classes 0, 2 and 5 only; choose one of them"]

@@ -372,6 +372,8 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
             if graphed is not None and epoch + 1 < cfg.epochs:
                 graphed.refresh()  # a schedule the loss reads may have moved on (after the commit: loses nothing)
 
+    if model.conditional and cfg.class_list():  # the end's figures draw the classes it learned, as a loaded run does
+        model.learned_classes = cfg.class_list()
     for callback in callbacks:
         callback.on_end(state)
     return run_dir

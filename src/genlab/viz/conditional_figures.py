@@ -38,10 +38,13 @@ def completions_figure(model, test_set, path: Path, samples: int = 3) -> Path:
 
 @torch.no_grad()
 def class_grid(model, path: Path, per_class: int = 10) -> Path:
-    """``per_class`` samples of each class, one row per class 0..9 (top to bottom)."""
-    labels = torch.arange(10).repeat_interleave(per_class)
+    """``per_class`` samples of each class, one row per class (top to bottom): 0..9, or the classes a run of
+    some classes learned (its other rows were noise)."""
+    classes = getattr(model, "learned_classes", None) or list(range(10))
+    labels = torch.tensor(classes).repeat_interleave(per_class)
     images = to_unit(model.sample(len(labels), labels.to(model.device)), model.pixel_range)
-    return save_grid(path, images.cpu(), ncol=per_class, title=f"{type(model).__name__}: one row per class 0-9")
+    said = "0-9" if classes == list(range(10)) else ", ".join(map(str, classes))
+    return save_grid(path, images.cpu(), ncol=per_class, title=f"{type(model).__name__}: one row per class {said}")
 
 
 def final_figures(model, test_set, fig_dir: Path) -> list[Path]:

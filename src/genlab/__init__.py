@@ -1,6 +1,6 @@
 """genlab: the classic deep generative models, trained, evaluated and visualised as energy-based models."""
 
-import os
+import os as _os  # the package's names are genlab's own: not genlab.os
 
 __version__ = "0.1.0"
 
@@ -14,23 +14,23 @@ __version__ = "0.1.0"
 # in one line; in Python genlab goes on with its own): OpenCV aborted the whole process on a pixel limit it
 # could not read (a C++ terminate, no Python error), and OpenMP printed its own complaint on every run.
 ENVIRONMENT_PROBLEMS: list[str] = []
-_policy = os.environ.get("OMP_WAIT_POLICY")
+_policy = _os.environ.get("OMP_WAIT_POLICY")
 if _policy is not None and _policy.strip().upper() not in ("ACTIVE", "PASSIVE"):
     ENVIRONMENT_PROBLEMS.append(f"OMP_WAIT_POLICY={_policy!r} is not a wait policy; set it to PASSIVE or ACTIVE, "
                                 "or unset it")
-    del os.environ["OMP_WAIT_POLICY"]
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    del _os.environ["OMP_WAIT_POLICY"]
+if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
+    _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 # OpenCV decodes images of up to this many pixels (its own default is 2^30, which a 2 MB PNG can declare and a
 # 16-bit one then fills with 8 GB): 2^27 is 134 megapixels, past any camera's photographs. OpenCV reads it
 # once, when it loads, so it is set here, before genlab imports cv2; a user's own setting wins.
-_pixels = os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS")
+_pixels = _os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS")
 if _pixels is not None and not (_pixels.isascii() and _pixels.isdigit() and 0 < int(_pixels) < 2**64):
     ENVIRONMENT_PROBLEMS.append(f"OPENCV_IO_MAX_IMAGE_PIXELS={_pixels[:40]!r} is not a number of pixels; set it "
                                 "to a whole number from 1 to 2**64 - 1, or unset it")
-    del os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"]
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 27))
+    del _os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"]
+_os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 27))
 
 
 from genlab.errors import GenlabError  # noqa: E402 - what every refusal raises: ``except genlab.GenlabError``

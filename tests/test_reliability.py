@@ -150,6 +150,16 @@ def test_settings_that_change_no_number_may_change_and_an_older_checkpoint_has_n
     assert cli(capsys, "evaluate", run, "--no-quality")[0] == 0  # no settings to compare with: an older genlab's
 
 
+@pytest.mark.parametrize("settings", ['[]', '{}', '{"model_config": 1, "train_config": {}}',
+                                      '{"model_config": {}, "train_config": []}'])
+def test_a_checkpoints_damaged_settings_are_the_checkpoints_damage(settings, capsys, ae_run, tmp_path):
+    # They were blamed on config.json ("the file was edited: put back the run's own config.json").
+    run = copy_run(ae_run, tmp_path / "run")
+    edit_checkpoint(run, meta_edit=lambda meta: {**meta, "settings": settings})
+    assert_one_line(*cli(capsys, "evaluate", run, "--no-quality")[:2], "is damaged or not a genlab checkpoint",
+                    "its settings are not model_config and train_config as JSON objects")
+
+
 def test_a_training_setting_missing_from_config_json_is_damage(capsys, ae_run, tmp_path):
     # "train_config": {} was read as the defaults: "dataset": "auto" scored a mnist-5k run on full MNIST.
     run = copy_run(ae_run, tmp_path / "run")

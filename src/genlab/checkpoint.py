@@ -153,8 +153,10 @@ def load(path: Path) -> Checkpoint:
         optim_meta = json.loads(meta["optimizers"])
         model_name = meta.get("model")
         settings = meta.get("settings")  # absent in checkpoints of an older genlab
-        if settings is not None and not isinstance(json.loads(settings), dict):
-            raise ValueError("its settings are not a JSON object")
+        if settings is not None:
+            parts = json.loads(settings)
+            if not (isinstance(parts, dict) and all(isinstance(parts.get(p), dict) for p in SETTINGS_PARTS)):
+                raise ValueError(f"its settings are not {' and '.join(SETTINGS_PARTS)} as JSON objects")
         stored_crc = meta.get("crc32")  # absent in checkpoints of an older genlab
     except (SafetensorError, OSError, KeyError, ValueError, TypeError, RecursionError) as e:
         raise GenlabError(f"checkpoint {path} is damaged or not a genlab checkpoint ({e}); "
@@ -282,6 +284,7 @@ METADATA_KEYS = {"counters", "optimizers", "format", "model", "settings", "crc32
 # Settings a run may change, or that change none of its numbers: left out of ``settings_of``. (The first five
 # are what ``train(resume=...)`` lets change; the rest say where the data is and what else is written.)
 FREE_SETTINGS = ("epochs", "device", "out", "cuda_graphs", "progress", "data_dir", "figures", "tensorboard")
+SETTINGS_PARTS = ("model_config", "train_config")  # what ``settings_of`` holds, as config.json names them
 
 
 def settings_of(model_cfg, train_cfg) -> str:
@@ -292,21 +295,17 @@ def settings_of(model_cfg, train_cfg) -> str:
     train = {k: v for k, v in cfgmod.to_dict(train_cfg).items() if k not in FREE_SETTINGS}
     if is_file_dataset(train["dataset"]):
         train["dataset"] = train["dataset"].partition(":")[0] + ":"
-    return json.dumps({"model_config": cfgmod.to_dict(model_cfg), "train_config": train}, sort_keys=True)
+    return json.dumps(dict(zip(SETTINGS_PARTS, (cfgmod.to_dict(model_cfg), train))), sort_keys=True)
 
 
 def _settings_problem(saved: str, now: str) -> str | None:
     """The settings a checkpoint was trained with that its config.json now gives otherwise, said as "KEY NOW
     (trained with THEN)" in JSON; or None. Settings genlab has gained since the checkpoint was written, or
     lost, are not compared."""
-    saved, now = json.loads(saved), json.loads(now)
-    changed = []
-    for part in ("model_config", "train_config"):
-        then = saved.get(part)
-        if not isinstance(then, dict):
-            return f"settings the checkpoint cannot show (its {part} is damaged)"
-        changed += [f"{key} {json.dumps(now[part][key])[:40]} (trained with {json.dumps(value)[:40]})"
-                    for key, value in sorted(then.items()) if key in now[part] and now[part][key] != value]
+    saved, now = json.loads(saved), json.loads(now)  # both with SETTINGS_PARTS as objects (``load`` checks)
+    changed = [f"{key} {json.dumps(now[part][key])[:40]} (trained with {json.dumps(value)[:40]})"
+               for part in SETTINGS_PARTS for key, value in sorted(saved[part].items())
+               if key in now[part] and now[part][key] != value]
     return ", ".join(changed) or None
 
 

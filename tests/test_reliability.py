@@ -121,10 +121,12 @@ def test_a_config_json_edited_to_other_settings_is_refused_not_followed(edit, wo
     # --resume went on under the edited settings (another data set, limit, batch size, classes) and exited 0;
     # evaluate scored the run under them. The checkpoint keeps the settings it was trained with.
     run = copy_run(ae_run, tmp_path / "run")
+    assert cli(capsys, "evaluate", run, "--no-quality", "--limit", "20")[0] == 0  # the report shows it unloaded
     config = json.loads((run / "config.json").read_text())
     config["train_config"].update(edit)
     (run / "config.json").write_text(json.dumps(config))
-    for argv in (["train", "--resume", run, "--epochs", "3"], ["evaluate", run, "--no-quality"]):
+    for argv in (["train", "--resume", run, "--epochs", "3"], ["evaluate", run, "--no-quality"],
+                 ["report", run, "--out", tmp_path / "report"]):
         status, lines, _ = cli(capsys, *argv)
         assert_one_line(status, lines, "was not trained with the settings of its config.json", words,
                         "put back the run's own config.json")

@@ -152,11 +152,7 @@ def load(path: Path) -> Checkpoint:
         counters = json.loads(meta["counters"])
         optim_meta = json.loads(meta["optimizers"])
         model_name = meta.get("model")
-        settings = meta.get("settings")  # absent in checkpoints of an older genlab
-        if settings is not None:
-            parts = json.loads(settings)
-            if not (isinstance(parts, dict) and all(isinstance(parts.get(p), dict) for p in SETTINGS_PARTS)):
-                raise ValueError(f"its settings are not {' and '.join(SETTINGS_PARTS)} as JSON objects")
+        settings = _settings_in(meta)
         stored_crc = meta.get("crc32")  # absent in checkpoints of an older genlab
     except (SafetensorError, OSError, KeyError, ValueError, TypeError, RecursionError) as e:
         raise GenlabError(f"checkpoint {path} is damaged or not a genlab checkpoint ({e}); "
@@ -298,6 +294,40 @@ def settings_of(model_cfg, train_cfg) -> str:
     return json.dumps(dict(zip(SETTINGS_PARTS, (cfgmod.to_dict(model_cfg), train))), sort_keys=True)
 
 
+def _settings_in(meta: dict) -> str | None:
+    """A checkpoint's record of its settings, checked to be what ``settings_of`` writes (a ValueError where it
+    is not); None in a checkpoint of an older genlab."""
+    settings = meta.get("settings")
+    if settings is not None:
+        parts = json.loads(settings)
+        if not (isinstance(parts, dict) and all(isinstance(parts.get(p), dict) for p in SETTINGS_PARTS)):
+            raise ValueError(f"its settings are not {' and '.join(SETTINGS_PARTS)} as JSON objects")
+    return settings
+
+
+def _refuse_changed_settings(where, saved: str | None, now: str | None) -> None:
+    changed = _settings_problem(saved, now) if saved and now else None
+    if changed:
+        raise GenlabError(f"{where} was not trained with the settings of its config.json, which says {changed}; "
+                          "the file was edited: put back the run's own config.json (to train with other settings, "
+                          "start a new run)")
+
+
+def check_settings(run_dir: Path) -> None:
+    """``check``'s comparison of a run's config.json with the settings its checkpoint was trained with, from the
+    checkpoint's header alone: genlab report shows a run's evaluation.json without loading its weights, and
+    showed an edited run's numbers under the edited settings."""
+    _, model_cfg, train_cfg = read_configs(run_dir)
+    path = Path(run_dir) / CHECKPOINT
+    try:
+        with _open_regular(path) as f:
+            saved = _settings_in(_meta_of(_check_extent(f, path)))
+    except (OSError, KeyError, ValueError, TypeError, RecursionError) as e:
+        raise GenlabError(f"checkpoint {path} is damaged or not a genlab checkpoint ({e}); retrain, or restore "
+                          "the file") from None
+    _refuse_changed_settings(path, saved, settings_of(model_cfg, train_cfg))
+
+
 def _settings_problem(saved: str, now: str) -> str | None:
     """The settings a checkpoint was trained with that its config.json now gives otherwise, said as "KEY NOW
     (trained with THEN)" in JSON; or None. Settings genlab has gained since the checkpoint was written, or
@@ -354,11 +384,7 @@ def check(ckpt: Checkpoint, model: torch.nn.Module, optimizers: dict[str, torch.
     if ckpt.model_name is not None and ckpt.model_name != _model_name(model):
         raise GenlabError(f"{where} holds model {ckpt.model_name or '(none)'!r}, but its config.json "
                           f"names {_model_name(model) or type(model).__name__!r}; restore config.json")
-    changed = _settings_problem(ckpt.settings, settings) if ckpt.settings and settings else None
-    if changed:
-        raise GenlabError(f"{where} was not trained with the settings of its config.json, which says {changed}; "
-                          "the file was edited: put back the run's own config.json (to train with other settings, "
-                          "start a new run)")
+    _refuse_changed_settings(where, ckpt.settings, settings)
     if hasattr(model, "upgrade_state"):
         ckpt.model_state = model.upgrade_state(ckpt.model_state)
     _check_tensors(model.state_dict(), ckpt.model_state, "model/", where)

@@ -249,7 +249,9 @@ def _checkpoint_counters(run_dir: Path) -> dict | None:
     the run's evaluation.json would otherwise be shown as the numbers of weights that are gone."""
     if not os.path.lexists(run_dir / checkpoint.CHECKPOINT):
         return None
-    return checkpoint.read_counters(run_dir / checkpoint.CHECKPOINT)
+    counters = checkpoint.read_counters(run_dir / checkpoint.CHECKPOINT)
+    checkpoint.check_settings(run_dir)  # an edited config.json: its numbers would be shown under other settings
+    return counters
 
 
 def _run_config(run_dir: Path) -> dict:

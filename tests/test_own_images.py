@@ -499,7 +499,7 @@ def test_a_colour_runs_image_in_pytorchs_layout_is_one_image(rgb_runs):
     model = genlab.load(rgb_runs[1]["dae"])
     image = blobs(1, (3, 32, 32), seed=4)[0]
     wanted = model.energy(image.transpose(1, 2, 0))  # [H x W x 3], as an image library gives it
-    for same in (image, torch.from_numpy(image), torch.from_numpy(image).float() / 255):
+    for same in (image, torch.from_numpy(image), torch.from_numpy(image).float() / 255, [image], [image / 255]):
         assert np.allclose(model.energy(same), wanted), type(same)
     assert len(model.energy(image[None])) == 1 and len(model.energy(image[:, :, :, None])) == 3  # [N x H x W x 1]
 

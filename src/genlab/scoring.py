@@ -329,16 +329,17 @@ def _is_image(item) -> bool:
 
 
 def _one_image(item) -> np.ndarray:
-    """One image of a list as an array [H x W] or [H x W x C]; a tensor [C x H x W] (genlab's layout) too."""
+    """One image of a list as an array [H x W] or [H x W x C]; an array or a tensor [C x H x W] (PyTorch's layout,
+    genlab's) too: a list of such arrays was refused while a list of such tensors was read."""
     if isinstance(item, torch.Tensor):
         if item.layout != torch.strided:
             raise GenlabError(f"expected dense tensors of images, got a {str(item.layout).removeprefix('torch.')} "
                               "one; convert it with .to_dense()")
         t = item.detach().cpu()
-        t = t.float() if t.is_floating_point() else t
-        chw = t.dim() == 3 and t.shape[0] in (1, 3) and t.shape[2] not in (1, 3, 4)
-        return (t.permute(1, 2, 0) if chw else t).numpy()
-    return _picture(item) if _is_picture(item) else np.asarray(item)
+        item = (t.float() if t.is_floating_point() else t).numpy()
+    array = _picture(item) if _is_picture(item) else np.asarray(item)
+    chw = array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[2] not in (1, 3, 4)
+    return array.transpose(1, 2, 0) if chw else array
 
 
 def _is_picture(item) -> bool:

@@ -207,16 +207,21 @@ def read_counters(path: Path) -> dict:
     """A checkpoint's counters (epoch, step, ...) from its header alone, no tensor read: for a caller that
     only asks where a run stands (genlab report)."""
     path = Path(path)
-    try:
-        with _open_regular(path) as f:
-            header = _check_extent(f, path)  # a file cut short holds its header whole
-            counters = json.loads(_meta_of(header)["counters"])
-    except (OSError, KeyError, ValueError, TypeError, RecursionError) as e:
-        raise GenlabError(f"checkpoint {path} is damaged or not a genlab checkpoint ({e}); retrain, or restore "
-                          "the file") from None
+    counters = _from_header(path, lambda meta: json.loads(meta["counters"]))
     if not isinstance(counters, dict):
         raise GenlabError(f"checkpoint {path}: its counters must be a JSON object; the file is damaged")
     return counters
+
+
+def _from_header(path: Path, read):
+    """``read`` of a checkpoint's metadata, from its header alone (a file cut short holds its header whole);
+    a file that is no genlab checkpoint, or whose metadata ``read`` cannot take, is one line."""
+    try:
+        with _open_regular(path) as f:
+            return read(_meta_of(_check_extent(f, path)))
+    except (OSError, KeyError, ValueError, TypeError, RecursionError) as e:
+        raise GenlabError(f"checkpoint {path} is damaged or not a genlab checkpoint ({e}); retrain, or restore "
+                          "the file") from None
 
 
 MAX_JSON_HEADER = 100 << 20  # safetensors' own limit on a header
@@ -319,13 +324,7 @@ def check_settings(run_dir: Path) -> None:
     showed an edited run's numbers under the edited settings."""
     _, model_cfg, train_cfg = read_configs(run_dir)
     path = Path(run_dir) / CHECKPOINT
-    try:
-        with _open_regular(path) as f:
-            saved = _settings_in(_meta_of(_check_extent(f, path)))
-    except (OSError, KeyError, ValueError, TypeError, RecursionError) as e:
-        raise GenlabError(f"checkpoint {path} is damaged or not a genlab checkpoint ({e}); retrain, or restore "
-                          "the file") from None
-    _refuse_changed_settings(path, saved, settings_of(model_cfg, train_cfg))
+    _refuse_changed_settings(path, _from_header(path, _settings_in), settings_of(model_cfg, train_cfg))
 
 
 def _settings_problem(saved: str, now: str) -> str | None:
@@ -571,7 +570,7 @@ def find_runs(paths) -> list[Path]:
         if (p / CONFIG).is_file():
             runs.append(p)
         elif p.is_dir():
-            inner = sorted(d for d in p.iterdir() if (d / CONFIG).is_file())
+            inner = _runs_in(p)
             if not inner:
                 raise GenlabError(f"{p} is neither a run directory (no {CONFIG}) nor a folder of runs; "
                                   "pass what genlab train or genlab reproduce wrote")
@@ -586,6 +585,11 @@ def find_runs(paths) -> list[Path]:
             raise GenlabError(f"the run {run.resolve()} is named twice; name each run once")
         seen.add(run.resolve())
     return runs
+
+
+def _runs_in(folder: Path) -> list[Path]:
+    """The run directories in ``folder`` (as ``genlab reproduce`` writes them: one sub-folder per model)."""
+    return sorted(d for d in folder.iterdir() if (d / CONFIG).is_file())
 
 
 def trained_labels(run: Run) -> list[int]:
@@ -623,7 +627,7 @@ def read_configs(run_dir: Path):
         raise GenlabError(f"{run_dir} is a file; name the run directory that holds it ({run_dir.parent})")
     path = run_dir / CONFIG
     if not path.exists() and run_dir.is_dir():
-        runs = sorted(str(d) for d in run_dir.iterdir() if (d / CONFIG).is_file())
+        runs = [str(d) for d in _runs_in(run_dir)]
         if runs:  # a folder of runs, as reproduce writes
             raise GenlabError(f"{run_dir} is not a run directory but holds runs: {', '.join(runs[:5])}"
                               f"{', ...' if len(runs) > 5 else ''}; name one of them")

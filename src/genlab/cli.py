@@ -255,8 +255,7 @@ def _main(argv: list[str] | None) -> int:
     if empty:
         # A script's unset variable (--images "$DIR") read as "." scored the whole working folder, and an empty
         # --out quietly meant the default: an empty argument is a mistake, whatever it names.
-        name, _, rest = empty.partition(", ")
-        _command_parser(parser, args).error(f"{name} is empty; give a value{', ' + rest if rest else ''}")
+        _command_parser(parser, args).error(empty)
     if args.command == "train" and args.model is None and not args.resume:
         parser.error(f"train needs a MODEL ({', '.join(MODELS)}) or --resume RUN_DIR")
     from genlab import ENVIRONMENT_PROBLEMS
@@ -330,15 +329,16 @@ def _command_parser(parser, args) -> argparse.ArgumentParser:
 
 
 def _empty_argument(parser, args) -> str | None:
-    """The first argument given as an empty string (its flag, or its name for a positional one), with ", or
-    leave the flag out" where it may be left out; or None."""
+    """What to say of the first argument given as an empty string (by its flag, or its name for a positional
+    one), or None."""
     for action in _command_parser(parser, args)._actions:
         value = getattr(args, action.dest, None)
         if action.default == "" or getattr(action, "empty_is_default", False):  # empty is its default: --classes
             continue
         if value == "" or (isinstance(value, list) and "" in value):
             name = "/".join(action.option_strings) or action.metavar or action.dest
-            return name if action.required or not action.option_strings else f"{name}, or leave the flag out"
+            optional = action.option_strings and not action.required
+            return f"{name} is empty; give a value" + (", or leave the flag out" if optional else "")
     return None
 
 

@@ -239,6 +239,7 @@ def _metrics(run_dir: Path) -> list[dict]:
     records = rundir.read_metrics(path) if os.path.lexists(path) else []
     counters = _checkpoint_counters(run_dir)
     if counters is not None:
+        checkpoint.check_settings(run_dir)  # an edited config.json: the run's numbers shown under other settings
         records = [r for r in records if r["epoch"] <= counters["epoch"]]
     return list({r["epoch"]: r for r in records}.values())
 
@@ -249,9 +250,7 @@ def _checkpoint_counters(run_dir: Path) -> dict | None:
     the run's evaluation.json would otherwise be shown as the numbers of weights that are gone."""
     if not os.path.lexists(run_dir / checkpoint.CHECKPOINT):
         return None
-    counters = checkpoint.read_counters(run_dir / checkpoint.CHECKPOINT)
-    checkpoint.check_settings(run_dir)  # an edited config.json: its numbers would be shown under other settings
-    return counters
+    return checkpoint.read_counters(run_dir / checkpoint.CHECKPOINT)
 
 
 def _run_config(run_dir: Path) -> dict:

@@ -26,7 +26,8 @@ def add(subparsers) -> None:
                                           "AUROC of the energy for each against clean test digits and the "
                                           "histogram and merged-digit figures. With --images, of your own files.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by genlab train")
-    p.add_argument("--split", default=None, choices=SPLITS, help="inputs to score: " + ", ".join(f"{name} ({title})" for name, title in SPLIT_TITLES.items()) + " (default: test)")
+    splits = ", ".join(f"{name} ({title})" for name, title in SPLIT_TITLES.items())
+    p.add_argument("--split", default=None, choices=SPLITS, help=f"inputs to score: {splits} (default: test)")
     p.add_argument("--out", default=None, help="save the energies to FILE.npy or FILE.csv (replaced whole if it exists) instead of printing them")
     p.add_argument("--auroc", action="store_true", help="AUROC of merged and out-of-distribution vs clean, and figures")
     p.add_argument("--figures", default=None, help="directory for the --auroc figures, energy_histograms.png and "

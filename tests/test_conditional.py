@@ -10,6 +10,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -208,6 +209,27 @@ def test_cdcgan_generator_and_discriminator_use_the_class():
     for k in (0, 7):
         torch.testing.assert_close(model.discriminator(x, torch.full((4,), k)), s[:, k])
     torch.testing.assert_close(model.energy(x), math.log(10) - torch.logsumexp(s, 1))
+
+
+def test_the_classes_to_sample_are_integers_of_any_kind():
+    """One class as a NumPy or 0-d tensor integer is one class for all; truth values, floats (which would be
+    truncated) and text are refused by name."""
+    model = CVAE(CVAEConfig(hidden=16)).eval()
+    for one in (np.int64(3), torch.tensor(3), np.array(3, dtype=np.uint8)):
+        torch.manual_seed(0)
+        a = model.sample(4, one)
+        torch.manual_seed(0)
+        torch.testing.assert_close(a, model.sample(4, 3))
+    torch.manual_seed(0)
+    a = model.sample(2, np.array([1, 7]))
+    torch.manual_seed(0)
+    torch.testing.assert_close(a, model.sample(2, torch.tensor([1, 7])))
+    for bad, said in ((True, "truth value True"), (torch.tensor([1.7, 2.0]), "float32 labels"), (2.0, "float32"),
+                      ([True, False], "bool labels"), ("3", "str '3'")):
+        with pytest.raises(GenlabError, match=re.escape(said)):
+            model.sample(2, bad)
+    with pytest.raises(GenlabError, match=re.escape("expected 2 labels (or one class for all), got shape [3]")):
+        model.sample(2, [1, 2, 3])
 
 
 # -- round trips and commands ------------------------------------------------------------------------------

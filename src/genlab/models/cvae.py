@@ -32,6 +32,7 @@ import math
 import operator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -342,18 +343,36 @@ def class_labels(n: int, y: Tensor | int | None, device, learned: list[int] | No
         return classes[torch.arange(n, device=device) % len(classes)]
     if isinstance(y, torch.Generator):
         raise GenlabError("the classes come second in sample(n, y, generator): pass the generator as generator=...")
+    if isinstance(y, (bool, np.bool_)) or (isinstance(y, (Tensor, np.ndarray)) and y.dtype in (torch.bool, np.bool_)):
+        raise GenlabError(f"the classes are integers 0..9, got the truth value {y!r}")
+    if isinstance(y, (np.integer, Tensor, np.ndarray)) and np.ndim(y) == 0 and _is_integer_kind(y):
+        y = int(y)  # one class, as a NumPy or 0-d tensor integer
     if isinstance(y, int):
         if not 0 <= y <= 9:
             raise GenlabError(f"a digit class is 0..9, got {y}")
         check_learned(y, learned)
         return torch.full((n,), y, device=device, dtype=torch.long)
-    y = torch.as_tensor(y, device=device).long()
+    try:
+        y = torch.as_tensor(y, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise GenlabError(f"the classes are integers 0..9 (one, or one per sample), got {type(y).__name__} "
+                          f"{str(y)[:40]!r}") from None
+    if y.numel() and not _is_integer_kind(y):
+        raise GenlabError(f"the classes are integers 0..9, got {str(y.dtype).removeprefix('torch.')} labels")
+    y = y.long()
     if y.shape != (n,):
-        raise GenlabError(f"expected {n} labels, got shape {list(y.shape)}")
+        raise GenlabError(f"expected {n} labels (or one class for all), got shape {list(y.shape)}")
     if len(y) and (y.min() < 0 or y.max() > 9):
         raise GenlabError("digit labels must be in 0..9")
     check_learned(y, learned)
     return y
+
+
+def _is_integer_kind(y) -> bool:
+    """Whether ``y`` (a tensor, an array or a NumPy scalar) holds integers (not truth values or floats)."""
+    if isinstance(y, Tensor):
+        return not y.dtype.is_floating_point and not y.dtype.is_complex and y.dtype != torch.bool
+    return np.issubdtype(np.asarray(y).dtype, np.integer)
 
 
 def check_learned(y: Tensor | int, learned: list[int] | None) -> None:

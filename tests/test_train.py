@@ -254,6 +254,12 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     assert logged[0]["step"] == logged[1]["step"] == 9
     for key in ("train/loss", "test/loss"):
         assert logged[1][key] == pytest.approx(logged[0][key], rel=1e-5), key
+    # Resumed by one process, the two-process run is told the command that resumes it, the new --epochs kept
+    wrong = _cli("train", "--resume", str(tmp_path / "two"), "--epochs", "3", timeout=120)
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1, wrong.stderr
+    assert wrong.stderr.rstrip().endswith(
+        f"resume it with the same number (got 1): torchrun --nproc-per-node 2 -m genlab.cli train --resume "
+        f"{tmp_path / 'two'} --epochs 3"), wrong.stderr
 
 
 LAUNCHER = """import os, sys

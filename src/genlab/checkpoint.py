@@ -375,11 +375,13 @@ COUNTERS = ("epoch", "batch", "step", "count")
 
 
 def check(ckpt: Checkpoint, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer] | None = None,
-          world: int | None = None, where: Path | str = "checkpoint", settings: str | None = None) -> None:
+          world: int | None = None, where: Path | str = "checkpoint", settings: str | None = None,
+          epochs: int | None = None) -> None:
     """Check every tensor of ``ckpt`` (name, shape, dtype) against ``model`` and ``optimizers`` as built from the
     run's config, and its counters and random states, before anything is loaded; a mismatch is one line
     naming the tensor. (Loading unchecked optimiser state can crash a fused kernel outright.) Weights an older
-    genlab named differently are renamed first (``upgrade_state``), so its runs still load."""
+    genlab named differently are renamed first (``upgrade_state``), so its runs still load. ``epochs``: the
+    resume's --epochs, for the command a wrong number of processes is told to run."""
     if ckpt.model_name is not None and ckpt.model_name != _model_name(model):
         raise GenlabError(f"{where} holds model {ckpt.model_name or '(none)'!r}, but its config.json "
                           f"names {_model_name(model) or type(model).__name__!r}; restore config.json")
@@ -402,11 +404,11 @@ def check(ckpt: Checkpoint, model: torch.nn.Module, optimizers: dict[str, torch.
         if not ckpt.rng_states:
             raise GenlabError(f"{where}: random state rng/0 is missing; the file is damaged")
         if len(ckpt.rng_states) != world:
-            raise GenlabError(f"{where} was trained on {len(ckpt.rng_states)} process(es); resume it with the same "
-                              f"number (got {world}): "
-                              + (f"torchrun --nproc-per-node {len(ckpt.rng_states)} -m genlab.cli train --resume "
-                                 f"{Path(where).parent}" if len(ckpt.rng_states) > 1 else
-                                 f"genlab train --resume {Path(where).parent}"))
+            trained = len(ckpt.rng_states)
+            command = (f"torchrun --nproc-per-node {trained} -m genlab.cli" if trained > 1 else "genlab")
+            further = "" if epochs is None else f" --epochs {epochs}"
+            raise GenlabError(f"{where} was trained on {trained} process(es); resume it with the same number (got "
+                              f"{world}): {command} train --resume {Path(where).parent}{further}")
         size = torch.get_rng_state().numel()
         for rank, state in enumerate(ckpt.rng_states):
             if state.numel() != size:

@@ -437,7 +437,8 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
             raise GenlabError(f"{run_dir} stopped before its first epoch ended, so it has no checkpoint to resume; "
                               f"start it again: genlab train {model_name} ... --out {run_dir}")
         ckpt = checkpoint.load(run_dir / checkpoint.CHECKPOINT)
-        checkpoint.check(ckpt, model, optimizers, ctx.world, where=run_dir / checkpoint.CHECKPOINT, settings=settings)
+        checkpoint.check(ckpt, model, optimizers, ctx.world, where=run_dir / checkpoint.CHECKPOINT, settings=settings,
+                         epochs=cfg.epochs)
         if ckpt.counters["epoch"] > cfg.epochs:
             raise GenlabError(f"{run_dir} has already trained {ckpt.counters['epoch']} epochs; --epochs must be "
                               f"at least that, got {cfg.epochs}")

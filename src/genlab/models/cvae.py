@@ -41,10 +41,10 @@ from genlab import rng
 from genlab.config import ImageShape, opt
 from genlab.errors import GenlabError
 from genlab.models.base import EMA, GenerativeModel, mnist_shape_only, sample_count
+from genlab.models.vae import LOG_2PI, bernoulli_nll, gaussian_log_density
 
 CONDITIONS = ("label", "quadrants")
 TASKS = (1, 2, 3)  # observed quadrants in the structured-output task
-LOG_2PI = math.log(2 * math.pi)
 MASKED = -1.0  # the value unseen pixels take in the condition (Pyro's choice; observed pixels are in [0, 1])
 
 
@@ -98,17 +98,6 @@ def task_masks(tasks: Tensor) -> Tensor:
 def gaussian_kl2(mu_q: Tensor, lv_q: Tensor, mu_p: Tensor, lv_p: Tensor) -> Tensor:
     """KL(N(mu_q, e^lv_q) || N(mu_p, e^lv_p)) summed over the last dimension, in nats: [N x d] -> [N]."""
     return 0.5 * (lv_p - lv_q + (lv_q.exp() + (mu_q - mu_p).pow(2)) / lv_p.exp() - 1).sum(-1)
-
-
-def gaussian_log_density(z: Tensor, mu: Tensor, lv: Tensor) -> Tensor:
-    """log N(z; mu, diag(e^lv)) summed over the last dimension: [... x d] -> [...]."""
-    return -0.5 * ((z - mu).pow(2) / lv.exp() + lv + LOG_2PI).sum(-1)
-
-
-def masked_bce(logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    """Binary cross-entropy (logits form) summed over the pixels where ``weight`` is 1: [N x ...] -> [N].
-    ``weight`` broadcasts against ``logits``."""
-    return ((F.softplus(logits) - target * logits) * weight).flatten(1).sum(1)
 
 
 def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
@@ -215,7 +204,7 @@ class CVAE(GenerativeModel):
         cond, weight = self.condition(x, c)
         mu, lv = self._q(x, cond)
         z = mu + (0.5 * lv).exp() * torch.randn_like(mu) if sample else mu
-        rec = masked_bce(self.decode_logits(z, cond), x, weight)
+        rec = bernoulli_nll(self.decode_logits(z, cond), x, weight)
         kl = gaussian_kl2(mu, lv, *self._p(cond))
         return {"loss": rec + kl, "rec": rec, "kl": kl}
 

@@ -101,18 +101,25 @@ class VAEConfig(ImageShape):
         return {int(e) for e in self.tsne_epochs.replace(" ", "").split(",") if e}
 
 
-def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
-    """-log Bernoulli(x | sigmoid(logits)) summed over all but the first dimension: [N x ...] -> [N].
+def bernoulli_nll(logits: Tensor, x: Tensor, weight: Tensor | None = None) -> Tensor:
+    """-log Bernoulli(x | sigmoid(logits)) summed over all but the first dimension: [N x ...] -> [N]; with
+    ``weight`` (0 or 1, broadcasting against ``logits``) over the pixels it marks only.
 
     softplus(l) - x * l is the binary cross-entropy written in logits: exact for x in {0, 1}, and the
     cross-entropy loss for grey x in [0, 1]; it never forms log(sigmoid(l)), which underflows.
     """
-    return (F.softplus(logits) - x * logits).flatten(1).sum(1)
+    nll = F.softplus(logits) - x * logits
+    return (nll if weight is None else nll * weight).flatten(1).sum(1)
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(mu, diag(exp(logvar))) || N(0, I)) per latent dimension, in nats: [N x d] -> [N x d]."""
     return 0.5 * (logvar.exp() - logvar - 1 + mu.pow(2))
+
+
+def gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """log N(z; mu, diag(exp(logvar))) summed over the last dimension: [... x d] -> [...]."""
+    return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + LOG_2PI).sum(-1)
 
 
 _U32 = 0xFFFFFFFF
@@ -404,8 +411,7 @@ class VAE(GenerativeModel):
             log_px = torch.einsum("knp,np->kn", logits, x.flatten(1).float()) - F.softplus(logits).sum(-1)  # [k x N]
         log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
         if fixed_q:
-            m, lv = mu.detach(), logvar.detach()
-            log_qz = -0.5 * ((z - m).pow(2) / lv.exp() + lv + LOG_2PI).sum(-1)
+            log_qz = gaussian_log_density(z, mu.detach(), logvar.detach())
         else:
             log_qz = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(-1)
         return log_px + log_pz - log_qz, z, log_px, gaussian_kl(mu, logvar).sum(1)

@@ -34,9 +34,8 @@ from genlab.config import ImageShape, opt
 from genlab.errors import GenlabError
 from genlab.models.base import EMA, mnist_shape_only, sample_count
 from genlab.models.cvae import class_labels
-from genlab.models.dcgan import DCGAN
-from genlab.models.gan_common import (CollapseCheck, Streak, TwoPlayerGAN, dcgan_init, make_generator,
-                                      running_stats_frozen, spread)
+from genlab.models.dcgan import BCEGAN
+from genlab.models.gan_common import dcgan_init, make_generator, running_stats_frozen, spread
 
 
 @dataclass
@@ -75,7 +74,7 @@ class ProjectionDiscriminator28(nn.Module):
         return self.psi(h).flatten(1) + h.flatten(1) @ self.embed.weight.t()
 
 
-class CDCGAN(TwoPlayerGAN):
+class CDCGAN(BCEGAN):
     Config = CDCGANConfig
     conditional = True
     learned_classes: list[int] | None = None  # a run of some classes: its label-free energy is over those (load_run)
@@ -83,10 +82,6 @@ class CDCGAN(TwoPlayerGAN):
     train_defaults = {"lr": 5e-4, "batch_size": 64, "epochs": 2}
     figure_sets = ("conditional", "gan")
     extra_metrics = ("conditional",)
-    SATURATION_D_X, SATURATION_D_G_Z, SATURATION_PATIENCE = DCGAN.SATURATION_D_X, DCGAN.SATURATION_D_G_Z, \
-        DCGAN.SATURATION_PATIENCE
-    BCE_LIMIT = DCGAN.BCE_LIMIT
-    diverged = DCGAN.diverged
 
     def __init__(self, cfg: CDCGANConfig):
         super().__init__(cfg)
@@ -94,8 +89,6 @@ class CDCGAN(TwoPlayerGAN):
         self.generator = make_generator("conv", cfg.nz + 10, cfg.ngf, 28)
         self.discriminator = ProjectionDiscriminator28(cfg.ndf)
         self.g_ema = EMA(self.generator, cfg.ema) if cfg.ema > 0 else None
-        self._saturated = Streak(self.SATURATION_PATIENCE)
-        self._collapsed = CollapseCheck()
 
     def generate(self, net: nn.Module, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Images [N x 1 x 28 x 28] in [-1, 1] of classes ``y`` (int [N]) from ``net``, a generator or its EMA."""

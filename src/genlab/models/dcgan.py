@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from genlab.config import ImageShape, opt
 from genlab.models.base import EMA
-from genlab.models.gan_common import (CollapseCheck, Streak, TwoPlayerGAN, dcgan_init, find_log,
-                                      make_generator, resize, running_stats_frozen, spread, to_64)
+from genlab.models.gan_common import (TwoPlayerGAN, dcgan_init, find_log, make_generator, resize,
+                                      running_stats_frozen, spread, to_64)
 
 
 @dataclass
@@ -85,13 +85,9 @@ class Discriminator64(nn.Module):
         return self.net(x).flatten()
 
 
-class DCGAN(TwoPlayerGAN):
-    Config = DCGANConfig
-    # The lecture's (PyTorch examples') optimiser settings. One epoch of the 28 x 28 variant took 200 s on a
-    # 2-core CPU (the 64 x 64 networks about ten times as long); genlab's quality benchmark uses lr 5e-4 and two
-    # epochs, which reach recognisable digits sooner.
-    train_defaults = {"lr": 2e-4, "batch_size": 64, "epochs": 3}
-    figure_sets = ("gan",)
+class BCEGAN(TwoPlayerGAN):
+    """A GAN whose discriminator is a classifier trained with binary cross-entropy (DCGAN and its conditional
+    form, genlab.models.cdcgan): its divergence checks."""
 
     # Saturation: D(x) > 0.999 and D(G(z)) < 1e-3 on average over the batch, 100 steps in a row. A healthy
     # run keeps D(G(z)) around 0.1 to 0.4 after the first hundred steps; once D separates everything this
@@ -102,6 +98,29 @@ class DCGAN(TwoPlayerGAN):
     # reached 1.7e5 in a few dozen steps, too soon for the streak above, and ended with exit 0.
     BCE_LIMIT = 1e3
 
+    def diverged(self, logs: dict[str, float]) -> str | None:
+        for player in self.players:
+            loss = logs.get(f"{player}/loss")
+            if loss is not None and loss > self.BCE_LIMIT:
+                return (f"the {player} loss reached {loss:.3g} nats an image (healthy runs stay below 10): the "
+                        "discriminator's logits have run off to the thousands; try a lower --lr")
+        d_x, d_g_z = find_log(logs, "d_x"), find_log(logs, "d_g_z1")
+        if d_x is not None and d_g_z is not None:
+            if self._saturated.update(d_x > self.SATURATION_D_X and d_g_z < self.SATURATION_D_G_Z):
+                return (f"discriminator saturated: D(x) = {d_x:.4f} and D(G(z)) = {d_g_z:.2e} for "
+                        f"{self._saturated.count} steps in a row, so the generator no longer learns; try a lower "
+                        f"--lr, --image-size 28, or another --seed")
+        return self._collapsed(logs)
+
+
+class DCGAN(BCEGAN):
+    Config = DCGANConfig
+    # The lecture's (PyTorch examples') optimiser settings. One epoch of the 28 x 28 variant took 200 s on a
+    # 2-core CPU (the 64 x 64 networks about ten times as long); genlab's quality benchmark uses lr 5e-4 and two
+    # epochs, which reach recognisable digits sooner.
+    train_defaults = {"lr": 2e-4, "batch_size": 64, "epochs": 3}
+    figure_sets = ("gan",)
+
     def __init__(self, cfg: DCGANConfig):
         super().__init__(cfg)
         s, c = cfg.image_size, cfg.channels
@@ -109,8 +128,6 @@ class DCGAN(TwoPlayerGAN):
         self.discriminator = Discriminator64(cfg.ndf, c, s) if s in (32, 64) else Discriminator28(cfg.ndf, c)
         self.discriminator.apply(dcgan_init)
         self.g_ema = EMA(self.generator, cfg.ema) if cfg.ema > 0 else None
-        self._saturated = Streak(self.SATURATION_PATIENCE)
-        self._collapsed = CollapseCheck()
 
     # -- networks -------------------------------------------------------------------------------------------
     def _resize(self, x: Tensor) -> Tensor:
@@ -153,20 +170,6 @@ class DCGAN(TwoPlayerGAN):
             s_fake = self.discriminator(fake)
         loss_g = F.binary_cross_entropy_with_logits(s_fake, ones, reduction="none")
         yield "g", {"loss": loss_g, "d_g_z2": torch.sigmoid(s_fake).detach()}
-
-    def diverged(self, logs: dict[str, float]) -> str | None:
-        for player in self.players:
-            loss = logs.get(f"{player}/loss")
-            if loss is not None and loss > self.BCE_LIMIT:
-                return (f"the {player} loss reached {loss:.3g} nats an image (healthy runs stay below 10): the "
-                        "discriminator's logits have run off to the thousands; try a lower --lr")
-        d_x, d_g_z = find_log(logs, "d_x"), find_log(logs, "d_g_z1")
-        if d_x is not None and d_g_z is not None:
-            if self._saturated.update(d_x > self.SATURATION_D_X and d_g_z < self.SATURATION_D_G_Z):
-                return (f"discriminator saturated: D(x) = {d_x:.4f} and D(G(z)) = {d_g_z:.2e} for "
-                        f"{self._saturated.count} steps in a row, so the generator no longer learns; try a lower "
-                        f"--lr, --image-size 28, or another --seed")
-        return self._collapsed(logs)
 
     # -- evaluation -----------------------------------------------------------------------------------------
     def energy(self, x: Tensor) -> Tensor:

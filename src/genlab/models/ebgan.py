@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from genlab.config import ImageShape, opt
 from genlab.errors import GenlabError
 from genlab.models.base import EMA, conv_sizes_ok
-from genlab.models.gan_common import GENERATOR_SIZES, CollapseCheck, Streak, TwoPlayerGAN, find_log, make_generator, spread
+from genlab.models.gan_common import GENERATOR_SIZES, TwoPlayerGAN, find_log, make_generator, spread
 
 ENERGIES = ("sum", "mean", "norm")
 
@@ -161,8 +161,6 @@ class EBGAN(TwoPlayerGAN):
         else:
             self.discriminator = MLPAutoencoder(cfg.ndf * 16, cfg.code_dim, cfg.channels * cfg.height * cfg.width)
         self.g_ema = EMA(self.generator, cfg.ema) if cfg.ema > 0 else None
-        self._saturated = Streak(self.SATURATION_PATIENCE)
-        self._collapsed = CollapseCheck()
 
     @property
     def margin_value(self) -> float:

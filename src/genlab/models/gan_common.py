@@ -141,12 +141,19 @@ def to_64(x: Tensor) -> Tensor:
 # -- what both GANs do alike --------------------------------------------------------------------------------
 class TwoPlayerGAN(GenerativeModel):
     """A discriminator ``d`` and a generator ``g`` stepped in that order by the one training loop; subclasses
-    set ``generator``, ``discriminator``, ``g_ema`` (an ``EMA`` or None), ``cfg.nz``, ``steps(x)`` and the
-    divergence checks ``_saturated`` (a ``Streak``) and ``_collapsed`` (a ``CollapseCheck``)."""
+    set ``generator``, ``discriminator``, ``g_ema`` (an ``EMA`` or None), ``cfg.nz``, ``steps(x)``, and
+    ``SATURATION_PATIENCE`` for their divergence checks ``_saturated`` (a ``Streak``) and ``_collapsed`` (a
+    ``CollapseCheck``), which ``diverged`` updates."""
 
     pixel_range = "tanh"
     players = ("d", "g")
     can_sample = True
+    SATURATION_PATIENCE: int  # steps in a row of a saturated discriminator that stop a run
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self._saturated = Streak(self.SATURATION_PATIENCE)
+        self._collapsed = CollapseCheck()
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """The generator's input z ~ N(0, I): [n x nz], drawn by ``generator`` or the device's own."""

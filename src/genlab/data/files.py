@@ -167,7 +167,7 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
                         f"more than {MAX_DECODED_BYTES >> 20} MiB, the most genlab decodes from one image; shrink it first")
     try:
         # Any colour and depth as stored (grey stays grey, 16 bits stay 16), with the EXIF orientation applied;
-        # an alpha channel is dropped, as _normalise would.
+        # an alpha channel is dropped, as normalise_image would.
         with _codec_messages() as said:
             image = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH) if len(data) else None
     except cv2.error as e:
@@ -187,7 +187,7 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
         why = f" ({said.lines[-1].strip()})" if said.lines else ""
         raise DataError(f"{path} is not a readable PNG, JPEG or BMP image{why}; fix or remove that file")
     said.pass_on()
-    image = _normalise(image, str(path))
+    image = normalise_image(image, str(path))
     if size is not None and image.shape[:2] != size:
         image = cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA)
     return image
@@ -268,7 +268,7 @@ JPEG_DAMAGE = ("premature end of data segment", "Premature end of JPEG file", "b
                "Huffman code size table overflow")
 
 
-def _normalise(image: np.ndarray, where: str) -> np.ndarray:
+def normalise_image(image: np.ndarray, where: str) -> np.ndarray:
     """An image as OpenCV or a user gives it -> uint8 [H, W] or [H, W, 3] RGB (16-bit scaled, alpha dropped)."""
     import cv2
 
@@ -393,8 +393,8 @@ def _read_cache(key: str) -> dict | None:
 
 
 def _write_cache(key: str, **arrays) -> None:
-    from genlab.data.datasets import _write_cache_file
-    _write_cache_file(_cache_path(key), lambda f: np.savez(f, **arrays, digest=np.array(_digest(arrays))))
+    from genlab.data.datasets import write_cache_file
+    write_cache_file(_cache_path(key), lambda f: np.savez(f, **arrays, digest=np.array(_digest(arrays))))
     _prune_cache(keep=_cache_path(key))
 
 
@@ -631,7 +631,7 @@ def _load_npz(path: Path, image_size: int, grey: bool) -> tuple[np.ndarray, np.n
             raise DataError(f"{path}: '{yk}' goes up to {int(y.max())}; class labels run from 0 to {MAX_LABEL} "
                             "(number the classes from 0)")
         names = [f"{path}:{xk}[{j}]" for j in range(len(x))]
-        images.append(stack_images([_normalise(im, "array") for im in x], names, image_size, grey)
+        images.append(stack_images([normalise_image(im, "array") for im in x], names, image_size, grey)
                       if (image_size or grey or x.ndim == 4) else x)
         labels.append(y.astype(np.int64))
         is_test.append(np.full(len(x), i == 1))

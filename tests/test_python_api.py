@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -49,8 +50,15 @@ def test_the_layouts_of_other_libraries_are_read_as_the_images_they_hold(runs, d
                    digits[:, None], torch.from_numpy(digits[:, None]), digits[..., None], colour,
                    [Image.fromarray(d) for d in digits], [torch.from_numpy(d) for d in digits]):
         assert np.allclose(model.energy(layout), reference), type(layout)
-    for one in (colour[0], torch.from_numpy(colour[0]), Image.fromarray(colour[0]), digits[0]):
+    # A tensor in an image library's layout, [N x H x W x C], where only that reading fits (it was read as
+    # [N x C x H x W] and refused with a shape the caller never gave).
+    for layout in (torch.from_numpy(digits[..., None]), torch.from_numpy(colour)):
+        assert np.allclose(model.energy(layout), reference), layout.shape
+    # One grey image with its channel axis, [H x W x 1], was read as 28 images 28 x 1 pixels.
+    for one in (colour[0], torch.from_numpy(colour[0]), Image.fromarray(colour[0]), digits[0], digits[0][..., None],
+                torch.from_numpy(digits[0][..., None])):
         assert np.allclose(model.energy(one), reference[:1]), type(one)
+    assert model.denoise(digits[0][..., None]).shape == (1, 28, 28)
     # A grey picture with alpha (PIL's "LA", [H x W x 2]) was read as 28 images 2 pixels wide; a palette picture
     # as its palette indices; a 1-bit one was refused as booleans.
     grey_alpha = np.stack([digits[0], np.full_like(digits[0], 255)], axis=2)
@@ -63,13 +71,21 @@ def test_the_layouts_of_other_libraries_are_read_as_the_images_they_hold(runs, d
     assert model.denoise(digits.reshape(8, 784)).shape == (8, 28, 28)
 
 
+def _nested_tensor() -> torch.Tensor:
+    with warnings.catch_warnings():  # "nested tensors are a prototype"
+        warnings.simplefilter("ignore")
+        return torch.nested.nested_tensor([torch.zeros(28, 28), torch.zeros(20, 20)])
+
+
 @pytest.mark.parametrize("images,words", [
     ([], "no images given"),
     (None, "got NoneType"),
     (["x.png", np.zeros((28, 28), np.uint8)], "all paths or all images"),
     (np.zeros((4, 28, 28), np.int64), "got int64; convert 0..255 values with .astype(numpy.uint8)"),
     (torch.zeros(2, 28, 28, dtype=torch.int64), "got a torch.int64 tensor"),
-    (torch.zeros(2, 28, 28, device="meta"), "on meta"),
+    (torch.zeros(2, 28, 28, device="meta"), "got a meta tensor, which holds no pixels"),
+    ([torch.zeros(28, 28, device="meta")], "got a meta tensor, which holds no pixels"),  # PyTorch's error
+    (_nested_tensor(), "got a nested one"),  # PyTorch's "Internal error"
     (torch.full((2, 784), 3.0), "pixels in [0, 1], got values from 3 to 3"),
     (np.full((2, 28, 28), 1.0000001), "to 1.0000001"),
     (np.zeros((2, 3 * 784), np.uint8), "reshape them to images"),
@@ -103,7 +119,7 @@ def test_a_run_of_some_classes_measures_percentiles_against_those_classes(runs):
 
 def test_percentile_and_threshold_refuse_what_is_not_a_number(runs):
     model = genlab.load(runs["ae"])
-    for bad in (float("nan"), None, "500", [1.0, float("inf")]):
+    for bad in (float("nan"), None, "500", [1.0, float("inf")], {}, 1 + 2j, [object()]):  # the last three: TypeError
         with pytest.raises(GenlabError, match="percentile takes"):
             model.percentile(bad)
     for bad in ("0.1", None, [0.01], True):

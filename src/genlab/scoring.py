@@ -82,8 +82,8 @@ class LoadedModel:
         """uint8 [N x H x W] or [N x C x H x W] in the run's shape, from: paths (files or folders, one or a list),
         a numpy array ([H x W] or [H x W x C] for one image; [N x H x W], [N x H x W x C], an image library's
         layout, or [N x C x H x W]; a list of such images of any sizes; for a grey run also [N x H*W], flat rows
-        as scikit-learn's MNIST comes) or a tensor (the same, with [N x C x H x W], genlab's layout, for
-        channels). Pixels are uint8, or floats in [0, 1] (taken as 255 levels); floats outside [0, 1] are refused
+        as scikit-learn's MNIST comes) or a tensor (the same; with channels [N x C x H x W], genlab's layout, or
+        [N x H x W x C] where only that reading fits). Pixels are uint8, or floats in [0, 1] (taken as 255 levels); floats outside [0, 1] are refused
         rather than clipped."""
 
         if isinstance(images, (str, Path)) or (isinstance(images, (list, tuple)) and images
@@ -92,14 +92,10 @@ class LoadedModel:
         if isinstance(images, (list, tuple)) and not len(images):
             raise GenlabError("no images given")
         if isinstance(images, torch.Tensor):
-            t = images.detach()
-            if t.layout != torch.strided:
-                raise GenlabError(f"expected a dense tensor of images, got a {str(t.layout).removeprefix('torch.')} "
-                                  "one; convert it with .to_dense()")
-            if t.device.type == "meta" or not (t.is_floating_point() or t.dtype == torch.uint8):
-                raise GenlabError(f"expected uint8 images, or floats in [0, 1], got a {t.dtype} tensor on "
-                                  f"{t.device.type}; convert it, e.g. with .byte() for 0..255 values")
-            t = t.cpu()
+            t = _dense_cpu(images, "a dense tensor")
+            if not (t.is_floating_point() or t.dtype == torch.uint8):
+                raise GenlabError(f"expected uint8 images, or floats in [0, 1], got a {t.dtype} tensor; convert it, "
+                                  "e.g. with .byte() for 0..255 values")
             array = self._layout(_unit_floats_to_uint8(t.float().numpy() if t.is_floating_point() else t.numpy()),
                                  channels_last=False)
         elif isinstance(images, (list, tuple)) and all(_is_image(i) for i in images):
@@ -144,14 +140,16 @@ class LoadedModel:
         if array.ndim == 3:
             if channels == 1 and sorted(array.shape[1:]) == [1, height * width] and height * width > 1:
                 return array.reshape(-1, height, width)  # flat rows with an axis kept, [N x 1 x H*W] or [N x H*W x 1]
-            if array.shape[2] in (2, 3, 4) and array.shape[0] > 4 and array.shape[1] > 4:
-                return array[None]  # one image with channels (grey and alpha, colour), as an image library gives it
+            if array.shape[2] in (1, 2, 3, 4) and array.shape[0] > 4 and array.shape[1] > 4:
+                return array[None]  # one image with channels (grey, grey and alpha, colour), as libraries give it
             if channels == 3 and array.shape[0] == 3 and array.shape[1] > 4 and array.shape[2] > 4:
                 return array.transpose(1, 2, 0)[None]  # one colour image [3 x H x W]: PyTorch's layout, the run's
             return array  # [N x H x W]
-        if not channels_last or (array.shape[1] in (1, 3) and array.shape[3] not in (1, 3, 4)):
-            return array.transpose(0, 2, 3, 1)  # [N x C x H x W]
-        return array
+        if channels_last:  # an array: [N x H x W x C] unless only [N x C x H x W] makes sense
+            nchw = array.shape[1] in (1, 3) and array.shape[3] not in (1, 3, 4)
+        else:  # a tensor: [N x C x H x W] unless only [N x H x W x C] makes sense
+            nchw = not (array.shape[1] not in (1, 3, 4) and array.shape[3] in (1, 3, 4))
+        return array.transpose(0, 2, 3, 1) if nchw else array
 
     def images_from_files(self, files: Sequence[str | Path]) -> torch.Tensor:
         """Image files (not folders) decoded into the run's shape, through the user cache."""
@@ -215,7 +213,11 @@ class LoadedModel:
         """Share (in %) of the held-out energies at or below each energy."""
         if isinstance(energy, (str, bytes)) or energy is None:
             raise GenlabError(f"percentile takes energies (numbers, as energy() gives them), got {energy!r}")
-        values = np.asarray(energy, float)
+        try:
+            values = np.asarray(energy, float)
+        except (TypeError, ValueError):
+            raise GenlabError(f"percentile takes energies (numbers, as energy() gives them), got "
+                              f"{type(energy).__name__} {str(energy)[:40]}") from None
         if not np.isfinite(values).all():
             raise GenlabError("percentile takes finite energies; an energy that is NaN or infinite has no percentile")
         held = self.heldout_energies()
@@ -323,14 +325,23 @@ def _one_image(item) -> np.ndarray:
     """One image of a list as an array [H x W] or [H x W x C]; an array or a tensor [C x H x W] (PyTorch's layout,
     genlab's) too: a list of such arrays was refused while a list of such tensors was read."""
     if isinstance(item, torch.Tensor):
-        if item.layout != torch.strided:
-            raise GenlabError(f"expected dense tensors of images, got a {str(item.layout).removeprefix('torch.')} "
-                              "one; convert it with .to_dense()")
-        t = item.detach().cpu()
+        t = _dense_cpu(item, "dense tensors")
         item = (t.float() if t.is_floating_point() else t).numpy()
     array = _picture(item) if _is_picture(item) else np.asarray(item)
     chw = array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[2] not in (1, 3, 4)
     return array.transpose(1, 2, 0) if chw else array
+
+
+def _dense_cpu(t: torch.Tensor, what: str) -> torch.Tensor:
+    """A tensor of images, detached and on the CPU; sparse, nested and meta tensors (no pixels to read) refused.
+    ``what``: what was expected, for the message."""
+    if t.is_nested or t.layout != torch.strided:
+        kind = "nested" if t.is_nested else str(t.layout).removeprefix("torch.")
+        raise GenlabError(f"expected {what} of images, got a {kind} one; convert it with .to_dense() (a nested "
+                          "tensor: pass its images as a list)")
+    if t.device.type == "meta":
+        raise GenlabError(f"expected {what} of images, got a meta tensor, which holds no pixels")
+    return t.detach().cpu()
 
 
 def _is_picture(item) -> bool:

@@ -974,6 +974,21 @@ def test_a_process_group_set_up_by_hand_wrongly_is_one_line(env, words, capsys, 
     assert not (tmp_path / "r").exists()
 
 
+def test_control_characters_of_a_name_are_escaped_in_the_line_that_names_it(capsys, ae_run, tmp_path):
+    """A file name from an unpacked archive, ESC and BEL in it, reached the terminal raw in the error naming it:
+    enough to set the window's title and clear the screen."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    bad = folder / "\x1b]0;pwned\x07\x1b[2J.png"
+    bad.write_bytes(b"not a png")
+    for argv, words in ((("energy", ae_run, "--images", folder), "\\x1b]0;pwned\\x07\\x1b[2J.png is not a readable"),
+                        (("evaluate", tmp_path / "\x1b[31mred"), "\\x1b[31mred does not exist"),
+                        (("train", "ae", "--bogus\x1b[2J"), "--bogus\\x1b[2J")):
+        status, lines, _ = cli(capsys, *argv)
+        assert_one_line(status, lines, words)
+        assert not any(c in lines[0] for c in "\x1b\x07"), lines
+
+
 def test_commands_other_than_train_refuse_torchrun(capsys, ae_run, monkeypatch):
     # Each process did the whole job: evaluate --json printed its JSON twice, reproduce's stages joined one
     # another's process groups.

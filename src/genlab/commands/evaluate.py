@@ -9,7 +9,7 @@ from pathlib import Path
 
 from genlab import config as cfgmod
 from genlab.commands.flags import DEVICE_HELP, bounded_int, seed_flag
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, one_line
 from genlab.models import MODELS, cannot_sample
 
 MAX_SAMPLES = 10_000  # one grid of 100 x 100 digits; more is a typo, not a figure
@@ -66,13 +66,13 @@ def evaluate(args) -> int:
     results = evaluate_run(run, split=args.split, limit=args.limit, quality=quality, **options)
     fuller = _fuller_evaluation(Path(run.dir) / "evaluation.json", results)
     if fuller:  # a quick look (--limit 1) replaced a whole evaluation, and the report then showed the quick one
-        print(f"genlab evaluate: note: {run.dir}/evaluation.json keeps its evaluation of the same checkpoint on "
-              f"{fuller} test images; this one is printed only", file=sys.stderr)
+        print(one_line(f"genlab evaluate: note: {run.dir}/evaluation.json keeps its evaluation of the same checkpoint "
+                       f"on {fuller} test images; this one is printed only"), file=sys.stderr)
     elif args.split == "test":  # kept beside the run, where genlab report finds it
         try:
             cfgmod.write_json(Path(run.dir) / "evaluation.json", finite_or_null(results))
         except GenlabError as e:
-            print(f"genlab evaluate: note: {e}; the results are printed only", file=sys.stderr)
+            print(f"genlab evaluate: note: {one_line(e)}; the results are printed only", file=sys.stderr)
     if args.json:
         print(json.dumps(finite_or_null(results), allow_nan=False))
     else:

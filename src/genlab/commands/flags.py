@@ -11,6 +11,7 @@ import typing
 from typing import Any
 
 from genlab.config import MAX_SEED, fields_of, optional_of, validate
+from genlab.errors import one_line
 
 DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
 
@@ -22,7 +23,7 @@ class Parser(argparse.ArgumentParser):
         # A value thousands of characters long (a 5,000-digit number) is shown by its ends and its length.
         message = re.sub(r"\S{80,}", lambda m: f"{m.group()[:30]}...{m.group()[-10:]} ({len(m.group())} characters)",
                          message)
-        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.stderr.write(f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
         raise SystemExit(2)
 
 

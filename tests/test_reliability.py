@@ -974,6 +974,19 @@ def test_a_process_group_set_up_by_hand_wrongly_is_one_line(env, words, capsys, 
     assert not (tmp_path / "r").exists()
 
 
+def test_a_checkpoint_this_user_may_not_read_is_not_called_damaged(capsys, ae_run, monkeypatch):
+    """A checkpoint without read permission (as root cannot show) was "damaged or not a genlab checkpoint ...;
+    retrain": advice that threw away a sound run."""
+    def refused(path):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(checkpoint, "_open_regular", refused)
+    for argv in (("evaluate", ae_run, "--no-quality"), ("report", ae_run)):
+        status, lines, _ = cli(capsys, *argv)
+        assert_one_line(status, lines, f"cannot read checkpoint {ae_run / 'checkpoint.safetensors'} (Permission "
+                        "denied); check its permissions")
+        assert "damaged" not in lines[0] and "retrain" not in lines[0]
+
+
 def test_control_characters_of_a_name_are_escaped_in_the_line_that_names_it(capsys, ae_run, tmp_path):
     """A file name from an unpacked archive, ESC and BEL in it, reached the terminal raw in the error naming it:
     enough to set the window's title and clear the screen."""

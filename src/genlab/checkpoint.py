@@ -154,6 +154,8 @@ def load(path: Path) -> Checkpoint:
         model_name = meta.get("model")
         settings = _settings_in(meta)
         stored_crc = meta.get("crc32")  # absent in checkpoints of an older genlab
+    except PermissionError as e:
+        raise GenlabError(_unreadable(path, e)) from None
     except (SafetensorError, OSError, KeyError, ValueError, TypeError, RecursionError) as e:
         raise GenlabError(f"checkpoint {path} is damaged or not a genlab checkpoint ({e}); "
                           "retrain, or restore the file") from None
@@ -203,6 +205,11 @@ def _open_regular(path: Path):
     return open(fd, "rb")
 
 
+def _unreadable(path: Path, e: PermissionError) -> str:
+    """The line for a checkpoint this user may not read: the file is likely sound (not "damaged")."""
+    return f"cannot read checkpoint {path} ({e.strerror}); check its permissions (the file itself may be sound)"
+
+
 def read_counters(path: Path) -> dict:
     """A checkpoint's counters (epoch, step, ...) from its header alone, no tensor read: for a caller that
     only asks where a run stands (genlab report)."""
@@ -219,6 +226,8 @@ def _from_header(path: Path, read):
     try:
         with _open_regular(path) as f:
             return read(_meta_of(_check_extent(f, path)))
+    except PermissionError as e:
+        raise GenlabError(_unreadable(path, e)) from None
     except (OSError, KeyError, ValueError, TypeError, RecursionError) as e:
         raise GenlabError(f"checkpoint {path} is damaged or not a genlab checkpoint ({e}); retrain, or restore "
                           "the file") from None

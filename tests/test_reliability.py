@@ -974,6 +974,27 @@ def test_a_process_group_set_up_by_hand_wrongly_is_one_line(env, words, capsys, 
     assert not (tmp_path / "r").exists()
 
 
+def test_a_figures_folder_that_cannot_be_written_is_refused_before_the_scoring(capsys, ae_run, tmp_path,
+                                                                              monkeypatch):
+    """energy --auroc on a read-only run scored every split, then stopped at the figures folder and printed none
+    of its AUROCs; the line named no way out."""
+    scored = []
+    monkeypatch.setattr("genlab.commands.energy.energy_report", lambda *a: scored.append(a))
+    in_the_way = tmp_path / "afile"
+    in_the_way.write_text("x")
+    status, lines, _ = cli(capsys, "energy", ae_run, "--auroc", "--figures", in_the_way / "sub")
+    assert_one_line(status, lines, f"cannot write into {in_the_way / 'sub'}: {in_the_way} is a file, not a folder; "
+                    "pass --figures DIR to write elsewhere")
+    read_only = copy_run(ae_run, tmp_path / "ro")
+    writable = os.access
+    assert not (read_only / "figures").exists()  # to be made in a run folder this user may not write
+    monkeypatch.setattr(os, "access", lambda p, *a, **k: str(p) != str(read_only) and writable(p, *a, **k))
+    status, lines, _ = cli(capsys, "energy", read_only, "--auroc")
+    assert_one_line(status, lines, f"cannot write into {read_only / 'figures'}: {read_only} is not writable",
+                    "pass --figures DIR")
+    assert scored == []
+
+
 def test_a_checkpoint_this_user_may_not_read_is_not_called_damaged(capsys, ae_run, monkeypatch):
     """A checkpoint without read permission (as root cannot show) was "damaged or not a genlab checkpoint ...;
     retrain": advice that threw away a sound run."""

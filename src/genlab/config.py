@@ -301,6 +301,20 @@ def output_folder(path) -> Iterator[Path]:
         raise
 
 
+def check_output_folder(path, flag: str) -> None:
+    """Refuse, before a command's work rather than after it, a folder its output cannot go into: ``path`` or
+    its nearest existing parent not writable by this user, or a file where a folder is wanted. ``flag``: the
+    option that chooses another place, for the message."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if os.path.lexists(p)), Path("."))
+    if not existing.is_dir():
+        raise GenlabError(f"cannot write into {path}: {existing} is a file, not a folder; pass {flag} to write "
+                          "elsewhere")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise GenlabError(f"cannot write into {path}: {existing} is not writable (permissions, or a read-only "
+                          f"disk); pass {flag} to write elsewhere")
+
+
 def write_output(path, data: bytes) -> None:
     """``data`` into the output file ``path`` the user named, whole or not at all: through a temporary file
     renamed into place (a full disk left the file that was there cut short), into the file a symbolic link

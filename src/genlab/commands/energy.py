@@ -13,7 +13,7 @@ from pathlib import Path
 import genlab.scoring
 from genlab.checkpoint import load_run
 from genlab.commands.flags import DEVICE_HELP, bounded_int, number_flag, seed_flag
-from genlab.config import write_output
+from genlab.config import check_output_folder, write_output
 from genlab.errors import GenlabError
 from genlab.metrics.anomaly import SPLIT_TITLES, SPLITS, energies, energy_report, report_json, save_energies, split_images
 
@@ -65,10 +65,11 @@ def command(args: argparse.Namespace) -> int:
     if args.auroc:
         from genlab.viz import metric_figures
 
+        figs = Path(args.figures) if args.figures else Path(run.dir) / "figures"
+        check_output_folder(figs, "--figures DIR")  # before the scoring, which takes minutes
         report = energy_report(run, args.limit, args.seed)
         if args.out and args.split not in report["energies"]:
             raise GenlabError(report["missing"])
-        figs = Path(args.figures) if args.figures else Path(run.dir) / "figures"
         written = [metric_figures.figure_energy_histograms(report, figs / "energy_histograms.png")]
         merged = metric_figures.figure_merged(run.model, split_images(run, "merged", args.limit, args.seed), figs / "fig8_merged.png")
         written += [merged] if merged else []

@@ -45,9 +45,10 @@ def command(args: argparse.Namespace) -> int:
     if run.model_cfg.shape[0] != 1:
         raise GenlabError(f"inpaint compares the DAE with OpenCV's inpainting on grey images; {run.dir} works on "
                           f"{' x '.join(map(str, run.model_cfg.shape))} colour images (genlab denoise repairs those)")
+    out = Path(args.out) if args.out else Path(run.dir) / "figures"
+    cfgmod.check_output_folder(out, "--out DIR")  # before the table, which takes a while
     images = _run_images(run, args.split, args.limit)
     table = inpainting_table(run.model, images, DROP_RATES, seed=args.seed)
-    out = Path(args.out) if args.out else Path(run.dir) / "figures"
     with cfgmod.output_folder(out):
         fig = figure_inpainting(run.model, images, out / "fig7_inpainting.png", p=0.5, seed=args.seed)
         # A perfect repair scores an infinite PSNR: JSON has no such number, so it is written as null.

@@ -521,6 +521,22 @@ def test_a_link_loop_where_a_data_file_belongs_is_named(tmp_path, monkeypatch, c
     assert str(err.value).startswith(f"{loop} is a symbolic link that leads nowhere")
 
 
+def test_a_file_where_a_data_sets_folder_belongs_is_named(tmp_path, monkeypatch, closed_port_url):
+    # The line said to put the files into DATA_DIR/mnist, a file (following it failed), or blamed the mirrors.
+    monkeypatch.setenv("GENLAB_MIRROR", closed_port_url)
+    (tmp_path / "mnist").write_text("x")
+    (tmp_path / "fashion-mnist").symlink_to("nowhere")
+    for name, what in (("mnist", "is a file, not a folder; move it away"),
+                       ("fashion-mnist", "is a symbolic link that leads nowhere; remove it")):
+        with pytest.raises(DataError) as err:
+            load_dataset(name, "test", data_dir=tmp_path)
+        assert str(err.value).startswith(f"{name} not found: {tmp_path / name} {what}, then put the files into the "
+                                         f"folder {tmp_path / name}"), err.value
+        assert closed_port_url not in str(err.value)  # no download was tried
+        described = next(d for d in describe_datasets(tmp_path) if d["name"] == name)
+        assert described["why"].startswith(f"{tmp_path / name} {what}")
+
+
 def test_a_home_that_cannot_be_found_is_one_line_or_a_cache_of_the_users_own(tmp_path, monkeypatch):
     # '~nouser/x' in --data-dir, GENLAB_DATA_DIR or a folder: data set, and a user with no home folder at all
     # (HOME unset, no password entry), each ended in RuntimeError("Could not determine home directory").

@@ -169,8 +169,20 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
     return _load_idx(name, split, str(directory))
 
 
+def _in_the_way(target: Path) -> str | None:
+    """Why the folder ``target`` (DATA_DIR/NAME) cannot hold a data set's files, or None where it can."""
+    if target.is_symlink() and not target.exists():
+        return f"{target} is a symbolic link that leads nowhere; remove it, then put the files into the folder {target}"
+    if target.exists() and not target.is_dir():
+        return f"{target} is a file, not a folder; move it away, then put the files into the folder {target}"
+    return None
+
+
 def _download_missing(name: str, root: Path, download: bool) -> Path:
     target, missing = _missing(name, root)
+    blocked = _in_the_way(target)  # the advice to put the files there (or a download) would fail
+    if blocked:
+        raise DataError(f"{name} not found: {blocked} ({', '.join(missing)})")
     for path in (target / f for stem in _stems() for f in (stem, f"{stem}.gz")):
         dangling = path.is_symlink() and not path.exists()  # a link to nothing, or a loop of links
         if (path.exists() and not path.is_file()) or dangling:
@@ -365,7 +377,7 @@ def _describe(name: str, root: Path) -> dict:
     if directory is None:
         target, missing = _missing(name, root)
         when = "GENLAB_OFFLINE is set: put them there" if _offline() else "downloaded on first use"
-        return entry | {"why": f"missing {', '.join(missing)} in {target} ({when})"}
+        return entry | {"why": _in_the_way(target) or f"missing {', '.join(missing)} in {target} ({when})"}
     try:
         splits = {split: _split_size(name, split, directory) for split in SPLITS}
     except DataError as e:

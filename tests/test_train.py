@@ -526,6 +526,20 @@ def test_a_finite_but_astronomical_loss_is_divergence_and_a_first_epoch_leaves_n
     assert not (tmp_path / "run" / checkpoint.CHECKPOINT).exists()
 
 
+@pytest.mark.parametrize("name", ["ae", "dae"])
+def test_an_autoencoder_whose_outputs_stick_at_the_wrong_ends_stops_in_one_line(name, tmp_path):
+    # Adam at --lr 10 (within the flag's range) saturated an AE's and a DAE's tanh outputs at their first step;
+    # the error stayed at 3.4, worse than an output of mid-grey everywhere (at most 1), and the run ended with
+    # exit 0 and a model that reconstructed nothing.
+    with pytest.raises(train_mod.TrainingDiverged) as info:
+        train(name, MODELS[name].Config(), quick_config(name, tmp_path / "run", lr=10.0, epochs=3, limit=512))
+    message = str(info.value)
+    assert "the mean squared error has stayed above 2 for 10 steps in a row" in message, message
+    assert "try a lower --lr" in message
+    healthy = train(name, MODELS[name].Config(), quick_config(name, tmp_path / "ok", lr=0.1, epochs=2, limit=512))
+    assert load_run(healthy).counters["checks"] == {"worse_than_grey": 0}
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_end_of_run_figures_draw_from_their_own_random_stream(name, tmp_path):
     # The GANs' and conditional models' own figure sets once drew from the training stream (the CUDA one on a

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from genlab.config import ImageShape, opt
-from genlab.models.base import GenerativeModel
+from genlab.models.base import GenerativeModel, Streak
 
 
 @dataclass
@@ -23,9 +23,38 @@ def squared_error(x_hat: Tensor, x: Tensor) -> Tensor:
     return (x_hat - x).pow(2).flatten(1).sum(1)
 
 
-class AE(GenerativeModel):
-    Config = AEConfig
+class Reconstructor(GenerativeModel):
+    """A model trained to give back its input's pixels, in [-1, 1], by mean squared error (AE, DAE): its
+    divergence check. The error of an output of mid-grey (0) everywhere is mean(x^2), at most 1 whatever the
+    images; an untrained network starts near it (0.8 to 1.3 measured, any code size, at both ends of the grey
+    scale) and training only lowers it. An error above ``MSE_LIMIT`` for ``MSE_PATIENCE`` steps in a row means
+    the outputs sit at the wrong ends of their range: Adam at --lr 10 left an AE there after its first step,
+    its error frozen at 3.4, and the run ended with exit 0 as if it had trained."""
+
     pixel_range = "tanh"
+    MSE_LIMIT, MSE_PATIENCE = 2.0, 10
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self._worse = Streak(self.MSE_PATIENCE)
+
+    def diverged(self, logs: dict[str, float]) -> str | None:
+        mse = logs.get("loss")
+        if mse is not None and self._worse.update(mse > self.MSE_LIMIT):
+            return (f"the mean squared error has stayed above {self.MSE_LIMIT:g} for {self._worse.count} steps in a "
+                    f"row (now {mse:.3g}; an output of mid-grey everywhere scores at most 1): the outputs are stuck "
+                    "at the wrong ends of their range; try a lower --lr")
+        return None
+
+    def check_state(self) -> dict[str, int]:
+        return {"worse_than_grey": self._worse.count}
+
+    def load_check_state(self, state: dict[str, int]) -> None:
+        self._worse.count = state.get("worse_than_grey", 0)
+
+
+class AE(Reconstructor):
+    Config = AEConfig
     graph_safe = True  # its loss is one fixed computation at every step (genlab.graphs)
 
     def __init__(self, cfg: AEConfig):

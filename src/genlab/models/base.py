@@ -181,6 +181,22 @@ class GenerativeModel(nn.Module):
         return next(self.parameters()).device
 
 
+class Streak:
+    """Counts consecutive steps on which a condition held; fires once the count reaches ``patience``.
+
+    Divergence is a state, not an event: one batch with D(G(z)) near 0 happens in healthy GAN runs, a few
+    hundred in a row does not.
+    """
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.count = 0
+
+    def update(self, condition: bool) -> bool:
+        self.count = self.count + 1 if condition else 0
+        return self.count >= self.patience
+
+
 class EMA(nn.Module):
     """An exponential moving average of a network's weights: the one weight average of every genlab model
     (Polyak & Juditsky 1992; for GAN generators, Yazici et al. 2019).

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from genlab import rng
 from genlab.config import ImageShape, opt
 from genlab.errors import GenlabError
-from genlab.models.ae import squared_error
-from genlab.models.base import GenerativeModel, conv_sizes_ok
+from genlab.models.ae import Reconstructor, squared_error
+from genlab.models.base import conv_sizes_ok
 
 CORRUPTIONS = ("dropout", "gaussian", "salt-pepper")
 
@@ -91,9 +91,8 @@ class ConvDenoiser(nn.Module):
         return y if self.training else y.clamp(-1, 1)
 
 
-class DAE(GenerativeModel):
+class DAE(Reconstructor):
     Config = DAEConfig
-    pixel_range = "tanh"
     graph_safe = True  # its loss is one fixed computation at every step (genlab.graphs)
 
     def __init__(self, cfg: DAEConfig):

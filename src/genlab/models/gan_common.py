@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab import rng
-from genlab.models.base import GenerativeModel, sample_count
+from genlab.models.base import GenerativeModel, Streak, sample_count
 
 
 # -- initialisation -----------------------------------------------------------------------------------------
@@ -242,22 +242,6 @@ def find_log(logs: dict[str, float], name: str) -> float | None:
         if key.endswith(("/" + name, "." + name)):
             return value
     return None
-
-
-class Streak:
-    """Counts consecutive steps on which a condition held; fires once the count reaches ``patience``.
-
-    Divergence in a GAN is a state, not an event: one batch with D(G(z)) near 0 happens in healthy runs, a
-    few hundred in a row does not.
-    """
-
-    def __init__(self, patience: int):
-        self.patience = patience
-        self.count = 0
-
-    def update(self, condition: bool) -> bool:
-        self.count = self.count + 1 if condition else 0
-        return self.count >= self.patience
 
 
 class CollapseCheck:

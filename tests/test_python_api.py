@@ -240,3 +240,24 @@ def test_a_path_the_system_refuses_and_too_many_samples_are_one_genlab_error(run
                                           r"more than the 4 GiB genlab gives one array"):
         genlab.load(vae).sample(10 ** 12)
     assert genlab.load(vae).sample(0).shape == (0, 28, 28)
+
+
+def test_configs_take_numpy_scalars_and_train_refuses_mistaken_arguments_before_any_folder(tmp_path):
+    # A sweep's values are NumPy scalars: np.int64(8) was "not a whole number". default_train_config("nosuch")
+    # was a KeyError, resume=True a TypeError of pathlib, callbacks=[5] an AttributeError after --out was made.
+    cfg = MODELS["ae"].Config(latent_dim=np.int64(8))
+    settings = cfgmod.TrainConfig(lr=np.float32(1e-3), epochs=np.int32(2), progress=np.bool_(False))
+    assert (type(cfg.latent_dim), type(settings.lr), type(settings.epochs), type(settings.progress)) == \
+        (int, float, int, bool)
+    with pytest.raises(GenlabError, match=re.escape("--epochs must be a whole number, got np.float64(2.0)")):
+        cfgmod.TrainConfig(epochs=np.float64(2.0))
+    with pytest.raises(GenlabError, match="unknown model 'nosuch'; choose one of: ae, dae"):
+        default_train_config("nosuch")
+    with pytest.raises(GenlabError, match="resume is the path of the run directory to continue, got True"):
+        train(None, resume=True)
+    out = tmp_path / "run"
+    for callbacks, words in ((5, "callbacks is a list of genlab.train.Callback, got int"),
+                             ([5], "callback int has no on_start(); subclass genlab.train.Callback")):
+        with pytest.raises(GenlabError, match=re.escape(words)):
+            train("ae", cfg, small_config(out), callbacks=callbacks)
+    assert not out.exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import re
 import tempfile
@@ -17,6 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
+
+import numpy as np
 
 from genlab.errors import GenlabError
 
@@ -195,15 +198,18 @@ def optional_of(kind: Any) -> type | None:
 
 
 def _check_type(name: str, kind: type, value: Any) -> Any:
-    """``value`` as ``kind`` (an int is a float too), or a GenlabError: a JSON file can hold anything."""
+    """``value`` as ``kind`` (an int is a float too; NumPy's scalars, as a sweep over ``numpy.arange`` gives
+    them, are Python's), or a GenlabError: a JSON file can hold anything."""
     if optional_of(kind) is not None:
         return None if value is None else _check_type(name, optional_of(kind), value)
     if kind is bool:
-        ok = isinstance(value, bool)
+        ok = isinstance(value, (bool, np.bool_))
+        value = bool(value) if ok else value
     elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+        value = int(value) if ok else value
     elif kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
     else:
         ok = isinstance(value, kind)
     if not ok:

@@ -114,6 +114,9 @@ class Callback:
         """After the last epoch."""
 
 
+CALLBACK_METHODS = ("on_start", "on_epoch", "on_end")
+
+
 class _SignalFlag:
     """Turns SIGINT, SIGTERM and SIGHUP (a closed terminal, a dropped ssh session) into a flag the loop checks
     after each step, so it stops at a clean point. SIGHUP that the caller ignores (``nohup``) stays ignored."""
@@ -157,7 +160,10 @@ def train(model_name: str | None, model_cfg=None, train_cfg: TrainConfig | None 
     """
     if train_cfg is not None and not isinstance(train_cfg, TrainConfig):
         raise GenlabError(f"train_cfg is a genlab.config.TrainConfig, got {type(train_cfg).__name__}")
+    callbacks = _checked_callbacks(callbacks)  # before the run folder is made
     if resume is not None:
+        if not isinstance(resume, (str, os.PathLike)) or not str(resume):
+            raise GenlabError(f"resume is the path of the run directory to continue, got {resume!r}")
         run_dir = Path(resume)
         name, saved_model_cfg, saved = checkpoint.read_configs(run_dir)
         _check_resume(run_dir, name, saved_model_cfg, saved, model_name, model_cfg, train_cfg)
@@ -180,7 +186,6 @@ def train(model_name: str | None, model_cfg=None, train_cfg: TrainConfig | None 
     cfgmod.validate(train_cfg)
     if run_dir is None:
         run_dir = Path(train_cfg.out) if train_cfg.out else default_run_dir(model_name)
-    callbacks = tuple(callbacks or ())
 
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
@@ -264,8 +269,26 @@ def _refuse_settings_that_do_nothing(model_cfg, train_cfg: TrainConfig) -> None:
                           "on L_k; lower it (0: L_k throughout) or raise --epochs")
 
 
+def _checked_callbacks(callbacks) -> tuple[Callback, ...]:
+    """``callbacks`` as a tuple, each with Callback's methods (a mistaken argument is refused before any work)."""
+    if callbacks is None:
+        return ()
+    try:
+        callbacks = tuple(callbacks)
+    except TypeError:
+        raise GenlabError(f"callbacks is a list of genlab.train.Callback, got {type(callbacks).__name__}") from None
+    for callback in callbacks:
+        missing = [m for m in CALLBACK_METHODS if not callable(getattr(callback, m, None))]
+        if missing:
+            raise GenlabError(f"callback {type(callback).__name__} has no {missing[0]}(); subclass "
+                              "genlab.train.Callback, whose methods do nothing until overridden")
+    return tuple(callbacks)
+
+
 def default_train_config(model_name: str) -> TrainConfig:
     """TrainConfig's defaults with the model's own (``train_defaults``) on top."""
+    if not isinstance(model_name, str) or model_name not in MODELS:
+        raise GenlabError(f"unknown model {model_name!r}; choose one of: {', '.join(MODELS)}")
     return cfgmod.from_dict(TrainConfig, {**cfgmod.to_dict(TrainConfig()), **MODELS[model_name].train_defaults})
 
 

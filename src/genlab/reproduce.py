@@ -505,7 +505,8 @@ def build_sections(runs, tables, timings, dataset, quick, figures: Path, trained
                  "test digits: 1 when every anomalous input has the higher energy, 0.5 chance, below 0.5 the "
                  "anomalous inputs have the lower energies. Merged vs faded: merged digits against single test "
                  "digits faded to the same half strength of ink (each averaged with a blank image), the control "
-                 "for faintness: near 0.5 where the energy sees only how faint an image is")
+                 "for faintness: near 0.5 where the energy sees only how faint an image is. "
+                 + _counts_of(first["n"], other))
         reading = _reading_of_merged(tables["energy"])
         if reading:
             en.text(reading)
@@ -560,6 +561,14 @@ def _reading_of_inpainting(results: dict) -> str:
             parts.append(f"{what} best {best} {form.format(scores[best])}{dae}")
         said.append(f"at p = {p}, " + ", ".join(parts))
     return "Reading (higher is better for each): " + "; ".join(said) + "."
+
+
+def _counts_of(n: dict, other: str) -> str:
+    """The number of images behind each AUROC, from an energy report's counts (genlab energy --auroc scores as
+    many with the same --limit); ``other``: the out-of-distribution data set."""
+    names = {"test": "clean test digits", "merged": "merged", "faded": "faded", "photos": "photo patches",
+             "ood": f"{other} test images"}
+    return "Images scored: " + ", ".join(f"{count:,} {names[split]}" for split, count in n.items()) + "."
 
 
 def _reading_of_merged(energy: dict) -> str:

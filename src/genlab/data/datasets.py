@@ -196,7 +196,8 @@ def _download_missing(name: str, root: Path, download: bool) -> Path:
                 f"holds {name}/; train, reproduce and datasets also take --data-dir)")
 
     if not download or _offline():
-        why = "GENLAB_OFFLINE is set" if download else "downloads are off"
+        why = ("GENLAB_OFFLINE is set" if download else
+               "this command reads data only from disk (genlab train downloads it)")
         raise DataError(f"{name} not found and {why}: {put(missing)}")
     try:
         download_files(missing, target, mirrors_for(name), CHECKSUMS[name])

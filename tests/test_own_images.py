@@ -502,6 +502,11 @@ def test_a_colour_runs_image_in_pytorchs_layout_is_one_image(rgb_runs):
     for same in (image, torch.from_numpy(image), torch.from_numpy(image).float() / 255, [image], [image / 255]):
         assert np.allclose(model.energy(same), wanted), type(same)
     assert len(model.energy(image[None])) == 1 and len(model.energy(image[:, :, :, None])) == 3  # [N x H x W x 1]
+    # Flat grey rows were told to become [N x 32 x 32 x 3], which 1,024 values cannot fill.
+    for flat, layout in ((np.zeros((2, 1024), np.uint8), "[N x 32 x 32]"), (np.zeros((2, 3072), np.uint8),
+                                                                            "[N x 32 x 32 x 3]")):
+        with pytest.raises(GenlabError, match=re.escape(f"reshape them to images {layout} (this run is 3 x 32 x 32)")):
+            model.energy(flat)
 
 
 def test_energy_images_csv(rgb_runs, tmp_path, capsys):

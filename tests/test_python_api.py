@@ -261,3 +261,16 @@ def test_configs_take_numpy_scalars_and_train_refuses_mistaken_arguments_before_
         with pytest.raises(GenlabError, match=re.escape(words)):
             train("ae", cfg, small_config(out), callbacks=callbacks)
     assert not out.exists()
+
+
+def test_pixel_conversions_refuse_float_images_and_unknown_ranges():
+    # to_pixels divided [0, 1] floats by 255 again (near-black images, no word); to_uint8 read "bogus" as "unit".
+    from genlab.data.batching import to_pixels, to_uint8, to_unit
+
+    u8 = torch.tensor([[[0, 255]]], dtype=torch.uint8)
+    assert to_pixels(u8, "tanh").tolist() == [[[[-1.0, 1.0]]]] and torch.equal(to_uint8(to_pixels(u8, "unit"), "unit"), u8)
+    with pytest.raises(GenlabError, match="to_pixels takes uint8 images .0..255., got float32"):
+        to_pixels(torch.rand(2, 28, 28), "unit")
+    for convert in (to_pixels, to_uint8, to_unit):
+        with pytest.raises(GenlabError, match="unknown pixel range 'bogus'; expected one of tanh, unit"):
+            convert(u8 if convert is to_pixels else u8.float(), "bogus")

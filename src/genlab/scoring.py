@@ -134,8 +134,9 @@ class LoadedModel:
             if channels == 1 and array.shape[1] == height * width and array.shape != (height, width):
                 return array.reshape(-1, height, width)  # flat rows
             if array.shape[1] in (3 * height * width, height * width):
+                layout = f"{height} x {width}" + (" x 3" if array.shape[1] == 3 * height * width else "")
                 raise GenlabError(f"got {len(array)} flat rows of {array.shape[1]} values; reshape them to images "
-                                  f"[N x {height} x {width} x 3] (this run is {channels} x {height} x {width})")
+                                  f"[N x {layout}] (this run is {channels} x {height} x {width})")
             return array[None]  # one grey image
         if array.ndim == 3:
             if channels == 1 and sorted(array.shape[1:]) == [1, height * width] and height * width > 1:

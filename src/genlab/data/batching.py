@@ -11,32 +11,42 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from genlab.errors import GenlabError
+
 PIXEL_RANGES = ("tanh", "unit")
 
 
 def to_pixels(images: Tensor, pixel_range: str) -> Tensor:
     """uint8 [N x H x W] (grey) or [N x C x H x W] -> float [N x C x H x W] (C = 1 for grey) in [-1, 1] ("tanh")
-    or [0, 1] ("unit")."""
+    or [0, 1] ("unit"). Float images are refused: divided by 255 again, [0, 1] pixels became near-black ones."""
+    _check_range(pixel_range)
+    if images.dtype != torch.uint8:
+        raise GenlabError(f"to_pixels takes uint8 images (0..255), got {str(images.dtype).removeprefix('torch.')}; "
+                          "float images in [0, 1] are already pixels of the \"unit\" range")
     if images.dim() not in (3, 4):
-        raise ValueError(f"expected images [N x H x W] or [N x C x H x W], got shape {list(images.shape)}")
+        raise GenlabError(f"expected images [N x H x W] or [N x C x H x W], got shape {list(images.shape)}")
     x = (images.unsqueeze(1) if images.dim() == 3 else images).float().div_(255.0)
     if pixel_range == "tanh":
         return x.mul_(2.0).sub_(1.0)  # (x / 255 - 0.5) / 0.5, the lecture's normalisation
-    if pixel_range == "unit":
-        return x
-    raise ValueError(f"unknown pixel range {pixel_range!r}; expected one of {PIXEL_RANGES}")
+    return x
 
 
 def to_uint8(x: Tensor, pixel_range: str) -> Tensor:
     """The inverse of ``to_pixels``: float [N x C x H x W] in the model's range -> uint8 [N x H x W] when C = 1,
     else [N x C x H x W]."""
-    unit = (x + 1) / 2 if pixel_range == "tanh" else x
-    return unit.clamp(0, 1).mul(255).round().to(torch.uint8).squeeze(1)
+    return to_unit(x, pixel_range).mul(255).round().to(torch.uint8).squeeze(1)
 
 
 def to_unit(x: Tensor, pixel_range: str) -> Tensor:
     """Float images in the model's range -> [0, 1] (for figures and sample-quality metrics)."""
+    _check_range(pixel_range)
     return ((x + 1) / 2 if pixel_range == "tanh" else x).clamp(0, 1)
+
+
+def _check_range(pixel_range: str) -> None:
+    if pixel_range not in PIXEL_RANGES:
+        raise GenlabError(f"unknown pixel range {pixel_range!r}; expected one of {', '.join(PIXEL_RANGES)} (a "
+                          "model's pixel_range)")
 
 
 class Batches:

@@ -33,7 +33,8 @@ def _picture(image: torch.Tensor) -> np.ndarray:
 def save_rows(path: Path, rows: list[tuple[str, torch.Tensor]], title: str = "") -> Path:
     """One figure of labelled image rows; each tensor is [N x C x H x W] in [0, 1] (C = 1 grey, 3 RGB)."""
     n = max(len(images) for _, images in rows)
-    fig, axes = subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0 + 0.3), squeeze=False)
+    # 1.2 inches a row: at 1.0 the squares of the images left no room for the next row's label, drawn over them
+    fig, axes = subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.2 + 0.3), squeeze=False)
     for r, (label, images) in enumerate(rows):
         images = images.detach().float().cpu()  # one copy from the device per row, not one per picture
         for c in range(n):

@@ -3,6 +3,7 @@ clean and anomalous inputs, and the lecture's Fig. 7 (inpainting against OpenCV)
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -72,10 +73,12 @@ def figure_energy_histograms(report: dict, path) -> Path:
                 label=f"{names[s]} (n = {len(e[s])})")
     ax.set_xlabel("energy")
     ax.set_ylabel("density")
-    aurocs = [f"{label} {report[key]:.3f}" for key, label in (
+    aurocs = [f"{label} {report[key]:.3f}".replace(" ", "\u00a0") for key, label in (  # a pair kept on one line
         ("auroc_merged", "merged"), ("auroc_merged_vs_faded", "merged vs faded"), ("auroc_photos", "photos"),
         ("auroc_ood", report["ood_dataset"])) if report.get(key) is not None]
-    ax.set_title(f"{report['model']}: AUROC " + ", ".join(aurocs), fontsize=9)
+    # Wrapped: with a data set's name in it the line ran past the figure's edge and lost its last value.
+    ax.set_title(textwrap.fill(f"{report['model']}: AUROC " + ", ".join(aurocs), 75, break_on_hyphens=False),
+                 fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -995,6 +995,26 @@ def test_a_figures_folder_that_cannot_be_written_is_refused_before_the_scoring(c
     assert scored == []
 
 
+def test_a_stop_during_a_write_waits_for_the_file_to_be_whole(tmp_path, monkeypatch):
+    """SIGTERM arriving inside a write left its hidden .tmp file (denoise then said "no repair was kept" beside
+    it), or a finished file its command had not yet recorded for the cleanup."""
+    import signal
+
+    from genlab import cli
+    from genlab.errors import Stopped
+
+    real_replace, target = os.replace, tmp_path / "out.png"
+
+    def replace_while_signalled(src, dst):
+        signal.raise_signal(signal.SIGTERM)  # delivered, and its handler run, before the rename
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_while_signalled)
+    with cli._handlers({signal.SIGTERM: cli._stop}), pytest.raises(Stopped, match="stopped by SIGTERM"):
+        cfgmod.write_atomically(target, b"whole", hidden=True)
+    assert target.read_bytes() == b"whole" and sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
 def test_a_checkpoint_this_user_may_not_read_is_not_called_damaged(capsys, ae_run, monkeypatch):
     """A checkpoint without read permission (as root cannot show) was "damaged or not a genlab checkpoint ...;
     retrain": advice that threw away a sound run."""

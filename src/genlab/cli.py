@@ -15,7 +15,7 @@ import sys
 import threading
 
 from genlab import __version__
-from genlab.errors import Stopped, one_line, one_line_errors
+from genlab.errors import Stopped, held, one_line, one_line_errors
 
 
 def _thread_count_problem() -> str | None:
@@ -315,6 +315,8 @@ def _handlers(handlers: dict):
 
 
 def _stop(signum, frame):
+    if held(signum):  # a file being written (genlab.errors.signals_held): raised as the write ends
+        return
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise Stopped(f"stopped by {signal.Signals(signum).name}", signum)

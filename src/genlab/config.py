@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, signals_held
 
 
 def opt(default: Any, help: str, choices: tuple | None = None, min: float | None = None,
@@ -272,21 +272,22 @@ def write_atomically(path: Path, data: bytes, hidden: bool = False) -> None:
     """``data`` into ``path`` through a temporary file of its own beside it (two writers never share one; named
     NAME.XXXX.tmp, or .NAME.XXXX.tmp when ``hidden``), renamed into place when whole. The file gets the usual
     permissions (the umask's), not a temporary file's private ones. An OSError (a full disk) leaves no
-    temporary file behind, and whatever ``path`` held before."""
-    tmp = None
+    temporary file behind, and whatever ``path`` held before; so does Ctrl-C, SIGTERM or SIGHUP, which waits
+    until the file is whole or gone (a stop part-way left a .tmp file that its command's cleanup never knew of)."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{'.' if hidden else ''}{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), usual_mode())
-            f.write(data)
-        os.replace(tmp, path)
+        with signals_held():
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{'.' if hidden else ''}{path.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    os.fchmod(f.fileno(), usual_mode())
+                    f.write(data)
+                os.replace(tmp, path)
+            finally:
+                discard(tmp)
     except OSError as e:
         if e.filename is None:  # a write's error names no file: say which one it was
             e.filename = str(path)
         raise
-    finally:
-        if tmp:
-            discard(tmp)
 
 
 @contextmanager

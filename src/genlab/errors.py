@@ -13,9 +13,12 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 BUG_STATUS = 70
 
@@ -33,6 +36,35 @@ class Stopped(Exception):
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+_hold = threading.local()  # per thread: how deep in signals_held, and the signal held back
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP, which genlab's handlers turn into exceptions (``Stopped``), wait until the
+    block ends and are delivered then: a file is never left half-written, or written and not yet recorded for
+    its command's cleanup. A handler asks ``held`` first."""
+    depth = getattr(_hold, "depth", 0)
+    _hold.depth = depth + 1
+    try:
+        yield
+    finally:
+        _hold.depth = depth
+        pending = getattr(_hold, "pending", None) if depth == 0 else None
+        if pending is not None:
+            _hold.pending = None
+            signal.raise_signal(pending)  # its handler runs again, outside the block
+
+
+def held(signum: int) -> bool:
+    """For a signal handler: whether this thread is inside ``signals_held`` (then ``signum`` is kept for the
+    block's end, and the handler returns)."""
+    if getattr(_hold, "depth", 0):
+        _hold.pending = signum
+        return True
+    return False
 
 
 def one_line(text: str) -> str:

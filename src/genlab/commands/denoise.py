@@ -59,8 +59,8 @@ def command(args) -> int:
                     gap = np.full(before.shape[:-1] + (2,), 255, np.uint8)
                     for name, image in ((f"{stem}.png", after),
                                         (f"{stem}-pair.png", np.concatenate([before, gap, after], -1))):
+                        written.append(out / name)  # first: a stop just after the write still finds it
                         cfgmod.write_atomically(out / name, encode_png(image), hidden=True)
-                        written.append(out / name)
             except BaseException:  # a failed write, or Ctrl-C / SIGTERM part-way (its line says nothing was kept)
                 # No file cut short under its final name, and none of this command's: it can run again.
                 for path in written:

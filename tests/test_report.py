@@ -143,7 +143,7 @@ def test_on_a_gpu_the_classifier_trains_beside_the_training_processes(tmp_path, 
         reproduce_mod.reproduce(tmp_path / "repro2", quick=True, device="cpu", processes=2)
 
 
-def test_report_command_side_by_side(tmp_path):
+def test_report_command_side_by_side(tmp_path, capsys):
     from genlab.cli import main
 
     runs = []
@@ -172,8 +172,11 @@ def test_report_command_side_by_side(tmp_path):
     assert rows[0][1:4] == ["ae", "mnist-5k", "1"] and rows[0][-1] == "50" and rows[2][-1] == "500"
     assert all(float(row[-2]) > 0 for row in rows)
     assert main(["report", runs[0], runs[0] + "/", "--out", str(tmp_path / "twice")]) == 2  # one run named twice
+    capsys.readouterr()
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "all")]) == 0  # a folder of runs, as serve takes
     assert "<section id='dae'>" in (tmp_path / "all" / "report.html").read_text()
+    # Its other folders (the reports above; a reproduction's folder of runs) were left out without a word.
+    assert f"note: in {tmp_path}, it's, report are not a run and left out" in capsys.readouterr().err
     # A report.md of the user's was replaced (only report.html was looked for); genlab's own half-written one,
     # left by a write cut short, is finished.
     (tmp_path / "notes").mkdir()

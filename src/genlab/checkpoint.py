@@ -570,9 +570,10 @@ class Run:
     counters: dict
 
 
-def find_runs(paths) -> list[Path]:
+def find_runs(paths, say=None) -> list[Path]:
     """Run directories named by ``paths``: each a run (it holds config.json) or a folder of runs (as
-    ``genlab reproduce`` writes: one sub-folder per model)."""
+    ``genlab reproduce`` writes: one sub-folder per model). ``say``: where a note of a folder of runs' other
+    sub-folders goes (a folder of runs one level further down is not searched)."""
     runs = []
     for raw in paths:
         if not str(raw).strip():
@@ -586,6 +587,12 @@ def find_runs(paths) -> list[Path]:
                 raise GenlabError(f"{p} is neither a run directory (no {CONFIG}) nor a folder of runs; "
                                   "pass what genlab train or genlab reproduce wrote")
             runs.extend(inner)
+            others = sorted(d.name for d in p.iterdir() if d.is_dir() and d not in inner
+                            and not d.name.startswith(".") and d.name != "figures")
+            if others and say is not None:
+                said = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+                say(f"note: in {p}, {said} {'is' if len(others) == 1 else 'are'} not a run and left out (a folder "
+                    "of runs inside it is named on its own)")
         elif p.exists():
             raise GenlabError(f"{p} is a file, not a run directory; pass the folder genlab train wrote")
         else:

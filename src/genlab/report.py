@@ -325,9 +325,10 @@ def check_report_folder(out_dir: Path, title: str) -> None:
                               "(genlab replaces no file of yours)")
 
 
-def report_runs(run_dirs: list[Path], out_dir: Path, device: str = "auto") -> tuple[Path, Path]:
+def report_runs(run_dirs: list[Path], out_dir: Path, device: str = "auto", say=None) -> tuple[Path, Path]:
+    """The report of ``run_dirs`` (runs, or folders of them) in ``out_dir``; ``say``: where notes go."""
     check_report_folder(out_dir, REPORT_TITLE)  # as genlab reproduce: never replace a report silently
-    run_dirs = checkpoint.find_runs(run_dirs)  # a folder genlab reproduce wrote stands for its runs; each once
+    run_dirs = checkpoint.find_runs(run_dirs, say)  # a folder genlab reproduce wrote stands for its runs; each once
     sections, ids = [comparison_section(run_dirs, device)], {"runs"}
     for d in run_dirs:
         anchor, k = _anchor(d.name), 2

@@ -3,9 +3,11 @@ evaluate every model of the lecture, and write its report)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from genlab.commands.flags import DEVICE_HELP, bounded_int
+from genlab.errors import one_line
 
 
 def add(subparsers) -> None:
@@ -34,7 +36,8 @@ def report(args) -> int:
     from genlab.report import report_runs
 
     check_device(args.device)
-    html_path, md_path = report_runs(args.run_dirs, Path(args.out), args.device)
+    html_path, md_path = report_runs(args.run_dirs, Path(args.out), args.device,
+                                     say=lambda note: print(one_line(note), file=sys.stderr))
     print(html_path)
     print(md_path)
     return 0

@@ -492,6 +492,19 @@ def test_a_metrics_log_that_is_a_fifo_is_one_line_not_a_wait(ae_run, tmp_path):
     assert done.returncode == 2 and len(lines) == 1 and "is not a regular file" in lines[0], done.stderr
 
 
+def test_a_config_that_is_a_fifo_is_named_as_such_by_report_and_serve(ae_run, tmp_path):
+    # Both said "no config.json" beside the FIFO that was there (evaluate named it).
+    run = copy_run(ae_run, tmp_path / "run")
+    (run / "config.json").unlink()
+    os.mkfifo(run / "config.json")
+    for argv in (("report", run, "--out", tmp_path / "rep"), ("serve", run, "--port", "0")):
+        done = subprocess.run([sys.executable, "-m", "genlab.cli", *map(str, argv)], capture_output=True, text=True,
+                              timeout=120)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and lines == [f"genlab: error: {run / 'config.json'} is not a regular file (a "
+                                                  "FIFO, a device?); the run directory is damaged"], done.stderr
+
+
 def test_denoise_never_writes_over_its_own_input_images(ae_run, tmp_path, capsys):
     from genlab.data.files import encode_png
 

@@ -579,7 +579,7 @@ def find_runs(paths, say=None) -> list[Path]:
         if not str(raw).strip():
             raise GenlabError("a run directory given is empty (''); name the folder genlab train wrote")
         p = Path(raw)
-        if (p / CONFIG).is_file():
+        if os.path.lexists(p / CONFIG):  # not a regular file (a FIFO): a damaged run, which reading it will say
             runs.append(p)
         elif p.is_dir():
             inner = _runs_in(p)
@@ -607,7 +607,7 @@ def find_runs(paths, say=None) -> list[Path]:
 
 def _runs_in(folder: Path) -> list[Path]:
     """The run directories in ``folder`` (as ``genlab reproduce`` writes them: one sub-folder per model)."""
-    return sorted(d for d in folder.iterdir() if (d / CONFIG).is_file())
+    return sorted(d for d in folder.iterdir() if d.is_dir() and os.path.lexists(d / CONFIG))
 
 
 def trained_labels(run: Run) -> list[int]:

@@ -857,6 +857,29 @@ def test_watch_says_what_it_cannot_read_instead_of_answering_500(tmp_path, monke
     json.dumps(run)
 
 
+def test_watch_sees_an_edited_config_of_a_watched_run(tmp_path):
+    # The watch reloaded a run only when its checkpoint changed: a config.json broken, removed or swapped went
+    # unseen, its samples shown as those of a healthy run.
+    from genlab.config import TrainConfig
+    from genlab.models import MODELS as REGISTRY
+    from genlab.serve.explorer import Explorer
+    from genlab.train import train
+
+    run = train("ae", REGISTRY["ae"].Config(latent_dim=8), TrainConfig(
+        dataset="mnist-5k", epochs=1, limit=128, batch_size=64, eval_limit=64, figures=False, progress=False,
+        out=str(tmp_path / "run"), device="cpu"))
+    explorer = Explorer(watch_dirs=[run])
+    assert explorer.watch_state()["runs"][0]["note"] == ""
+    config = run / "config.json"
+    kept = config.read_text()
+    config.write_text("{")
+    os.utime(config, (time.time() + 5, time.time() + 5))  # a later time, whatever the file system's resolution
+    assert "config.json" in explorer.watch_state()["runs"][0]["note"]
+    config.write_text(kept)
+    os.utime(config, (time.time() + 10, time.time() + 10))
+    assert explorer.watch_state()["runs"][0]["note"] == ""
+
+
 def test_a_client_that_leaves_mid_body_leaves_no_traceback(server):
     # The body promised 100 bytes and the client closed after 10: the server logged a ClientDisconnect traceback.
     port = server["port"]

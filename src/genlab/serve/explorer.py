@@ -187,7 +187,7 @@ class Watched:
     when it changes (for a sample grid from fixed noise)."""
     name: str
     dir: Path
-    ckpt_mtime: float = -1.0
+    stamp: tuple = ()  # the modification times of the checkpoint and config.json its samples were drawn from
     samples: list = field(default_factory=list)
     sample_epoch: int | None = None
     note: str = ""
@@ -514,17 +514,19 @@ class Explorer:
         ckpt = w.dir / CHECKPOINT
         if not ckpt.is_file():
             w.note = "no checkpoint yet" if w.dir.is_dir() else f"{w.dir} is gone (moved or deleted)"
-            w.samples, w.sample_epoch, w.ckpt_mtime = [], None, -1.0
+            w.samples, w.sample_epoch, w.stamp = [], None, ()
             return
-        mtime = ckpt.stat().st_mtime
-        if mtime == w.ckpt_mtime:
+        # config.json too: an edited or broken one was not seen until the next checkpoint
+        config = w.dir / CONFIG
+        stamp = (ckpt.stat().st_mtime, config.stat().st_mtime if os.path.lexists(config) else None)
+        if stamp == w.stamp:
             return
         try:
             run = load_run(w.dir, self.device)
         except GenlabError as e:  # caught between writes, or a damaged file: try again at the next poll
             w.note = str(e)
             return
-        w.ckpt_mtime, w.note = mtime, ""
+        w.stamp, w.note = stamp, ""
         w.sample_epoch = run.counters.get("epoch")
         if run.model.can_sample:
             imgs = self._generate(run.model, _seeded_normal(16, self._latent_size(run.model), 0))

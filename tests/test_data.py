@@ -274,6 +274,24 @@ def test_download_checks_md5_and_falls_back_to_next_mirror(tmp_path, serve, clos
     assert sorted(p.name for p in target.iterdir()) == ["labels.gz"]  # no temporary file left
 
 
+def test_a_mirrors_file_compressed_again_is_taken_by_its_decompressed_md5(tmp_path, serve):
+    # A mirror of Debian's Fashion-MNIST (the authors' bytes, gzipped again without the file name) was refused:
+    # only the .gz file's MD5 was checked, where a file on disk is checked by its decompressed bytes.
+    payload = b"the bytes of an IDX file" * 100
+    published, again = gzip.compress(payload, mtime=1), gzip.compress(payload, compresslevel=1, mtime=2)
+    assert _md5(published) != _md5(again)
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "f.gz").write_bytes(again)
+    [path] = download_files(["f.gz"], tmp_path / "got", [serve(served)], {"f.gz": _md5(published)}, timeout=5,
+                            progress=False, contents={"f.gz": _md5(payload)})
+    assert path.read_bytes() == again
+    with pytest.raises(DataError, match="failed its MD5 check"):  # other bytes inside: still refused
+        download_files(["f.gz"], tmp_path / "other", [serve(served)], {"f.gz": _md5(published)}, timeout=5,
+                       progress=False, contents={"f.gz": _md5(payload + b"!")})
+    assert not (tmp_path / "other").exists()
+
+
 def test_download_md5_mismatch_leaves_nothing(tmp_path, serve):
     served = tmp_path / "served"
     served.mkdir()

@@ -200,7 +200,8 @@ def _download_missing(name: str, root: Path, download: bool) -> Path:
                "this command reads data only from disk (genlab train downloads it)")
         raise DataError(f"{name} not found and {why}: {put(missing)}")
     try:
-        download_files(missing, target, mirrors_for(name), CHECKSUMS[name])
+        contents = {f"{stem}.gz": md5 for stem, md5 in IDX_CHECKSUMS[name].items()}  # a mirror's files recompressed
+        download_files(missing, target, mirrors_for(name), CHECKSUMS[name], contents=contents)
     except DownloadFailed as e:  # the files that came are kept: only the others are still to be put there
         raise DataError(f"could not download {name} ({e}): {put(_missing(name, root)[1])}") from None
     return target

@@ -536,6 +536,9 @@ def test_an_autoencoder_whose_outputs_stick_at_the_wrong_ends_stops_in_one_line(
     message = str(info.value)
     assert "the mean squared error has stayed above 2 for 10 steps in a row" in message, message
     assert "try a lower --lr" in message
+    # The last checkpoint (epoch 2) is already stuck: it is not promised as good.
+    assert f"the checkpoint of the last finished epoch is kept in {tmp_path / 'run'} (the trouble may have begun " \
+           "before it)" in message
     healthy = train(name, MODELS[name].Config(), quick_config(name, tmp_path / "ok", lr=0.1, epochs=2, limit=512))
     assert load_run(healthy).counters["checks"] == {"worse_than_grey": 0}
 

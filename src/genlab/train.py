@@ -691,11 +691,15 @@ class _Log:
             problem = self.model.diverged(means)
             if problem:
                 raise TrainingDiverged(f"training stopped at epoch {epoch + 1}, step {step}: {problem}; "
-                                       f"{self.kept()}")
+                                       f"{self.kept(streak=True)}")
         return stop
 
-    def kept(self) -> str:
-        """What a diverged run leaves: its last good checkpoint, or none yet (it diverged in its first epoch)."""
+    def kept(self, streak: bool = False) -> str:
+        """What a diverged run leaves: its last good checkpoint, or none yet (it diverged in its first epoch).
+        ``streak``: the verdict is on a streak of steps, which may have begun before that checkpoint."""
         if (self.run_dir / checkpoint.CHECKPOINT).exists():
+            if streak:
+                return (f"the checkpoint of the last finished epoch is kept in {self.run_dir} (the trouble may have "
+                        "begun before it)")
             return f"the last good checkpoint in {self.run_dir} is kept"
         return f"no epoch finished, so {self.run_dir} holds no checkpoint: start again with a lower --lr"

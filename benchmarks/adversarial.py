@@ -958,6 +958,39 @@ def run_case(case: Case, root: Path, state: dict) -> dict:
             "first_line": lines[0] if lines else "", "ok": ok, "seconds": round(time.time() - started, 1)}
 
 
+def fourth_review_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
+    """Found by a hostile pass and a peer's pass (29 November, evening): control characters reaching the
+    terminal, wrong advice, divergence said as success, a FIFO called missing."""
+    from genlab.data.files import encode_png
+
+    ae = runs["ae"]
+    images = root / "escapes"
+    images.mkdir()
+    (images / "good.png").write_bytes(encode_png(load_mnist_digits()[0]))
+    (images / "\x1b]0;pwned\x07\x1b[2J.png").write_bytes(b"not a png")
+    (root / "data-file").mkdir()
+    (root / "data-file" / "mnist").write_text("x")
+    fifo = copy_run(ae, root / "fifo-config")
+    (fifo / "config.json").unlink()
+    os.mkfifo(fifo / "config.json")
+    (root / "a-file").write_text("x")
+    out = lambda i: ["--out", str(root / f"review4-run{i}")]  # noqa: E731
+    return [
+        Case("paths", "energy --images: ESC and BEL in a bad file's name (was: sent raw to the terminal)",
+             ["energy", str(ae), "--images", str(images)]),
+        Case("flags", "train ae --lr 10 (was: outputs stuck at the wrong ends, exit 0)",
+             ["train", "ae", "--dataset", "mnist-5k", "--limit", "512", "--eval-limit", "100", "--batch-size", "64",
+              "--epochs", "3", "--no-progress", "--no-figures", *out(1), "--lr", "10"]),
+        Case("paths", "train --data-dir whose mnist is a file (was: 'put the files into' it)",
+             ["train", "ae", *QUICK, "--dataset", "mnist", "--data-dir", str(root / "data-file"), *out(2)],
+             env={"GENLAB_OFFLINE": "1"}),
+        Case("paths", "energy --auroc --figures under a file (was: refused only after scoring every split)",
+             ["energy", str(ae), "--auroc", "--figures", str(root / "a-file" / "figs")]),
+        Case("config.json", "report: config.json a FIFO (was: 'no config.json')",
+             ["report", str(fifo), "--out", str(root / "fifo-report")]),
+    ]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=2, help="cases run at once (default 2)")
@@ -972,7 +1005,7 @@ def main() -> int:
         cases = (flag_cases(root, runs) + path_cases(root, runs) + config_cases(root, runs["ae"])
                  + checkpoint_cases(root, runs["ae"]) + data_cases(root) + hostile_file_cases(root, runs)
                  + user_file_cases(root, runs) + review_cases(root, runs) + second_review_cases(root, runs)
-                 + third_review_cases(root, runs) + environment_cases(root))
+                 + third_review_cases(root, runs) + fourth_review_cases(root, runs) + environment_cases(root))
         cases = [c for c in cases if args.only in c.name]
         scenarios = [c for c in scenario_cases() if args.only in c.name]
         state: dict = {}

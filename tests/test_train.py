@@ -543,6 +543,16 @@ def test_an_autoencoder_whose_outputs_stick_at_the_wrong_ends_stops_in_one_line(
     assert load_run(healthy).counters["checks"] == {"worse_than_grey": 0}
 
 
+def test_the_conv_daes_unbounded_output_may_overshoot_and_recover():
+    # At Adam lr 5e-2 the U-Net's (unclamped) training output overshot to an error of 1e9, stayed above 2 for 16
+    # steps and then trained to a usable denoiser; the autoencoders' streak stopped it at step 11.
+    from genlab.models.dae import DAE, DAEConfig
+
+    conv, mlp = DAE(DAEConfig(arch="conv")), DAE(DAEConfig())
+    assert not any(conv.diverged({"loss": 30.0}) for _ in range(50))
+    assert any(mlp.diverged({"loss": 3.0}) for _ in range(10))
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_end_of_run_figures_draw_from_their_own_random_stream(name, tmp_path):
     # The GANs' and conditional models' own figure sets once drew from the training stream (the CUDA one on a

@@ -97,6 +97,7 @@ class DAE(Reconstructor):
 
     def __init__(self, cfg: DAEConfig):
         super().__init__(cfg)
+        self.tanh_output = cfg.arch == "mlp"  # the U-Net's output is unbounded in training (Reconstructor)
         if cfg.arch == "mlp":
             d, pixels = cfg.latent_dim, cfg.channels * cfg.height * cfg.width
             self.encoder = nn.Sequential(nn.Linear(pixels, d), nn.Tanh())

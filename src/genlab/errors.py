@@ -67,11 +67,15 @@ def held(signum: int) -> bool:
     return False
 
 
+def printable(text: str) -> str:
+    """``text`` with its control characters escaped ("\\x1b" for ESC), its spacing kept: a file name from an
+    unpacked archive could otherwise set a terminal's title or clear its screen when genlab names it."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
 def one_line(text: str) -> str:
-    """``text`` on one line (a message that quotes another error may hold newlines), its other control
-    characters escaped ("\\x1b" for ESC): a file name from an unpacked archive could otherwise set a terminal's
-    title or clear its screen when genlab names it."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", " ".join(str(text).split()))
+    """``text`` on one line (a message that quotes another error may hold newlines), ``printable``."""
+    return printable(" ".join(str(text).split()))
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no space, a quota, a file-size limit

@@ -32,7 +32,7 @@ from genlab.config import TrainConfig
 from genlab.data import check_run_shape, image_shape, load_dataset, resolve_dataset_name
 from genlab.data.batching import Batches, to_pixels
 from genlab.data.files import is_file_dataset
-from genlab.errors import GenlabError, Stopped, one_line
+from genlab.errors import GenlabError, Stopped, printable
 from genlab.models import MODELS, build, check_config
 from genlab.models.base import per_example
 
@@ -293,7 +293,7 @@ def default_train_config(model_name: str) -> TrainConfig:
 
 
 def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: bool, ctx, callbacks) -> Path:
-    say = (lambda msg: tqdm.write(one_line(msg), file=sys.stderr)) if ctx.is_main else (lambda msg: None)
+    say = (lambda msg: tqdm.write(printable(msg), file=sys.stderr)) if ctx.is_main else (lambda msg: None)
     # Everything that can fail on bad input happens before the first collective, and every rank learns of
     # a failure on any rank (distributed.agree), so no rank waits on another that has already given up.
     model, optimizers, counters, settings, data = distributed.agree(

@@ -271,6 +271,8 @@ def test_pixel_conversions_refuse_float_images_and_unknown_ranges():
     assert to_pixels(u8, "tanh").tolist() == [[[[-1.0, 1.0]]]] and torch.equal(to_uint8(to_pixels(u8, "unit"), "unit"), u8)
     with pytest.raises(GenlabError, match="to_pixels takes uint8 images .0..255., got float32"):
         to_pixels(torch.rand(2, 28, 28), "unit")
+    with pytest.raises(GenlabError, match="to_pixels takes a tensor of uint8 images, got ndarray; convert"):
+        to_pixels(np.zeros((2, 28, 28), np.uint8), "unit")  # was "takes uint8 images, got uint8"
     for convert in (to_pixels, to_uint8, to_unit):
         with pytest.raises(GenlabError, match="unknown pixel range 'bogus'; expected one of tanh, unit"):
             convert(u8 if convert is to_pixels else u8.float(), "bogus")

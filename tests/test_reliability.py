@@ -998,6 +998,9 @@ def test_a_figures_folder_that_cannot_be_written_is_refused_before_the_scoring(c
     status, lines, _ = cli(capsys, "energy", ae_run, "--auroc", "--figures", in_the_way / "sub")
     assert_one_line(status, lines, f"cannot write into {in_the_way / 'sub'}: {in_the_way} is a file, not a folder; "
                     "pass --figures DIR to write elsewhere")
+    (tmp_path / "dangling").symlink_to("nowhere")
+    status, lines, _ = cli(capsys, "energy", ae_run, "--auroc", "--figures", tmp_path / "dangling" / "figs")
+    assert_one_line(status, lines, f"{tmp_path / 'dangling'} is a symbolic link that leads nowhere; pass --figures")
     read_only = copy_run(ae_run, tmp_path / "ro")
     writable = os.access
     assert not (read_only / "figures").exists()  # to be made in a run folder this user may not write

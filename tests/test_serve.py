@@ -875,6 +875,11 @@ def test_watch_sees_an_edited_config_of_a_watched_run(tmp_path):
     config.write_text("{")
     os.utime(config, (time.time() + 5, time.time() + 5))  # a later time, whatever the file system's resolution
     assert "config.json" in explorer.watch_state()["runs"][0]["note"]
+    config.unlink()
+    config.symlink_to("nowhere.json")  # a link to nothing: the note blamed the checkpoint
+    note = explorer.watch_state()["runs"][0]["note"]
+    assert "config.json" in note and "checkpoint" not in note, note
+    config.unlink()
     config.write_text(kept)
     os.utime(config, (time.time() + 10, time.time() + 10))
     assert explorer.watch_state()["runs"][0]["note"] == ""

@@ -315,8 +315,8 @@ def check_output_folder(path, flag: str) -> None:
     path = Path(path)
     existing = next((p for p in (path, *path.parents) if os.path.lexists(p)), Path("."))
     if not existing.is_dir():
-        raise GenlabError(f"cannot write into {path}: {existing} is a file, not a folder; pass {flag} to write "
-                          "elsewhere")
+        what = "a symbolic link that leads nowhere" if existing.is_symlink() else "a file, not a folder"
+        raise GenlabError(f"cannot write into {path}: {existing} is {what}; pass {flag} to write elsewhere")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise GenlabError(f"cannot write into {path}: {existing} is not writable (permissions, or a read-only "
                           f"disk); pass {flag} to write elsewhere")

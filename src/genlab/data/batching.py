@@ -20,6 +20,9 @@ def to_pixels(images: Tensor, pixel_range: str) -> Tensor:
     """uint8 [N x H x W] (grey) or [N x C x H x W] -> float [N x C x H x W] (C = 1 for grey) in [-1, 1] ("tanh")
     or [0, 1] ("unit"). Float images are refused: divided by 255 again, [0, 1] pixels became near-black ones."""
     _check_range(pixel_range)
+    if not isinstance(images, Tensor):
+        raise GenlabError(f"to_pixels takes a tensor of uint8 images, got {type(images).__name__}; convert a NumPy "
+                          "array with torch.from_numpy")
     if images.dtype != torch.uint8:
         raise GenlabError(f"to_pixels takes uint8 images (0..255), got {str(images.dtype).removeprefix('torch.')}; "
                           "float images in [0, 1] are already pixels of the \"unit\" range")

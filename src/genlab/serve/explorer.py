@@ -181,6 +181,14 @@ class Loaded:
         return 100.0 * float(np.searchsorted(self.energies, energy, side="right")) / len(self.energies)
 
 
+def _mtime(path: Path) -> float | None:
+    """When ``path`` was last modified, or None where it is missing (or a link to nothing)."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
 @dataclass
 class Watched:
     """A run in progress: its metrics and figures are read afresh on each poll, its checkpoint reloaded
@@ -517,8 +525,7 @@ class Explorer:
             w.samples, w.sample_epoch, w.stamp = [], None, ()
             return
         # config.json too: an edited or broken one was not seen until the next checkpoint
-        config = w.dir / CONFIG
-        stamp = (ckpt.stat().st_mtime, config.stat().st_mtime if os.path.lexists(config) else None)
+        stamp = (ckpt.stat().st_mtime, _mtime(w.dir / CONFIG))
         if stamp == w.stamp:
             return
         try:

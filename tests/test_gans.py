@@ -203,6 +203,13 @@ def test_dcgan_saturation_needs_a_streak():
         assert model.diverged(saturated) is None
     reason = model.diverged(saturated)
     assert reason and "discriminator saturated" in reason and f"{patience} steps" in reason
+    assert reason.endswith("try a lower --lr or another --seed")  # a 28 x 28 network: no smaller size to try
+    from genlab.models.cdcgan import CDCGAN, CDCGANConfig
+    conditional = CDCGAN(CDCGANConfig(ngf=8, ndf=8))
+    reasons = [conditional.diverged(saturated) for _ in range(patience)]
+    assert reasons[-1].endswith("try a lower --lr or another --seed") and "--image-size" not in reasons[-1]
+    big = small_dcgan(image_size=64)
+    assert [big.diverged(saturated) for _ in range(patience)][-1].endswith("--lr, --image-size 28 or another --seed")
 
 
 def test_a_dcgan_whose_cross_entropy_runs_off_stops_at_once():

@@ -868,6 +868,11 @@ def test_watch_sees_an_edited_config_of_a_watched_run(tmp_path):
     run = train("ae", REGISTRY["ae"].Config(latent_dim=8), TrainConfig(
         dataset="mnist-5k", epochs=1, limit=128, batch_size=64, eval_limit=64, figures=False, progress=False,
         out=str(tmp_path / "run"), device="cpu"))
+    said = []
+    (tmp_path / "not-a-run").mkdir()
+    Explorer(run_dirs=[tmp_path], test_limit=10, say=said.append)  # the runs of a folder; its other folders named
+    assert said == [f"note: in {tmp_path}, not-a-run is not a run and left out (a folder of runs inside it is named "
+                    "on its own)"]
     explorer = Explorer(watch_dirs=[run])
     assert explorer.watch_state()["runs"][0]["note"] == ""
     config = run / "config.json"

@@ -107,9 +107,10 @@ class BCEGAN(TwoPlayerGAN):
         d_x, d_g_z = find_log(logs, "d_x"), find_log(logs, "d_g_z1")
         if d_x is not None and d_g_z is not None:
             if self._saturated.update(d_x > self.SATURATION_D_X and d_g_z < self.SATURATION_D_G_Z):
+                smaller = ", --image-size 28" if getattr(self.cfg, "image_size", 28) != 28 else ""
                 return (f"discriminator saturated: D(x) = {d_x:.4f} and D(G(z)) = {d_g_z:.2e} for "
                         f"{self._saturated.count} steps in a row, so the generator no longer learns; try a lower "
-                        f"--lr, --image-size 28, or another --seed")
+                        f"--lr{smaller} or another --seed")
         return self._collapsed(logs)
 
 

@@ -58,7 +58,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, one_line
 from genlab.evaluate import finite_or_null
 from genlab.serve.explorer import LIMITS, Explorer, encode_image
 from genlab.serve.preprocess import mnist_style
@@ -631,7 +631,8 @@ def serve(run_dirs=(), watch=(), host: str = "127.0.0.1", port: int = 8000, allo
                           "(127.0.0.1: this machine only; 0.0.0.0: every interface), without brackets or port") from None
     port = sock.getsockname()[1]
     try:  # the port is held while the runs load, so a bad --port fails before the wait
-        explorer = Explorer(run_dirs, watch, test_limit=test_limit, device=device)
+        explorer = Explorer(run_dirs, watch, test_limit=test_limit, device=device,
+                            say=lambda note: print(f"genlab serve: {one_line(note)}", file=sys.stderr))
     except BaseException:
         sock.close()
         raise

@@ -204,14 +204,15 @@ class Watched:
 class Explorer:
     """The runs named on the command line, loaded once; each method is one action of the page."""
 
-    def __init__(self, run_dirs=(), watch_dirs=(), test_limit: int = 1000, device: str = "cpu"):
+    def __init__(self, run_dirs=(), watch_dirs=(), test_limit: int = 1000, device: str = "cpu", say=None):
+        """``say``: where a note goes (the folders a folder of runs holds that are not runs)."""
         if test_limit < 10:
             raise GenlabError(f"--test-limit must be at least 10, got {test_limit}")
         self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
         self.test_limit = test_limit
         taken: set[str] = set()
         self.models: dict[str, Loaded] = {}
-        for path in find_runs(run_dirs) if run_dirs else []:
+        for path in find_runs(run_dirs, say) if run_dirs else []:
             name = _unique_name(path, taken)
             self.models[name] = self._load(name, path)
         self.watched: dict[str, Watched] = {}

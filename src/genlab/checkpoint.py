@@ -587,9 +587,9 @@ def find_runs(paths, say=None) -> list[Path]:
                 raise GenlabError(f"{p} is neither a run directory (no {CONFIG}) nor a folder of runs; "
                                   "pass what genlab train or genlab reproduce wrote")
             runs.extend(inner)
-            others = sorted(d.name for d in p.iterdir() if d.is_dir() and d not in inner
-                            and not d.name.startswith(".") and d.name != "figures")
-            if others and say is not None:
+            others = [] if say is None else sorted(d.name for d in p.iterdir() if d.is_dir() and d not in inner
+                                                   and not d.name.startswith(".") and d.name != "figures")
+            if others:
                 said = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
                 say(f"note: in {p}, {said} {'is' if len(others) == 1 else 'are'} not a run and left out (a folder "
                     "of runs inside it is named on its own)")

@@ -420,8 +420,8 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
         reference = features_and_probs(reference_images(dataset, data_dir), clf)
         tables["quality"] = {"reference (test vs train)": cached_reference_row(dataset, data_dir, clf, reference)}
         for name in samplers:
-            tables["quality"][name] = model_quality(runs[name].model, dataset, data_dir, clf, reference)
             model = runs[name].model
+            tables["quality"][name] = model_quality(model, dataset, data_dir, clf, reference)
             if model.conditional and not getattr(model, "quadrants", False):  # accuracy and FID per class
                 results = tables["evaluation"][name]
                 results.update(conditional.evaluate_model(model, dataset, data_dir, classifier=clf))

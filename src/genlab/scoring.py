@@ -56,7 +56,6 @@ def _os_errors_in_one_line(method):
 
 def _room_for(images: int, shape: Sequence[int], what: str) -> None:
     """Refuse, before drawing any, more images of ``shape`` than genlab holds in one array."""
-
     needed = images * math.prod(shape)
     if needed > MAX_ARRAY_BYTES:
         raise GenlabError(f"{what} of {' x '.join(map(str, shape))} pixels would take {needed / 2**30:.3g} GiB, "
@@ -83,9 +82,8 @@ class LoadedModel:
         a numpy array ([H x W] or [H x W x C] for one image; [N x H x W], [N x H x W x C], an image library's
         layout, or [N x C x H x W]; a list of such images of any sizes; for a grey run also [N x H*W], flat rows
         as scikit-learn's MNIST comes) or a tensor (the same; with channels [N x C x H x W], genlab's layout, or
-        [N x H x W x C] where only that reading fits). Pixels are uint8, or floats in [0, 1] (taken as 255 levels); floats outside [0, 1] are refused
-        rather than clipped."""
-
+        [N x H x W x C] where only that reading fits). Pixels are uint8, or floats in [0, 1] (taken as 255
+        levels); floats outside [0, 1] are refused rather than clipped."""
         if isinstance(images, (str, Path)) or (isinstance(images, (list, tuple)) and images
                                                and all(isinstance(i, (str, Path)) for i in images)):
             return self.images_from_files(image_paths([images] if isinstance(images, (str, Path)) else images))
@@ -149,7 +147,7 @@ class LoadedModel:
         if channels_last:  # an array: [N x H x W x C] unless only [N x C x H x W] makes sense
             nchw = array.shape[1] in (1, 3) and array.shape[3] not in (1, 3, 4)
         else:  # a tensor: [N x C x H x W] unless only [N x H x W x C] makes sense
-            nchw = not (array.shape[1] not in (1, 3, 4) and array.shape[3] in (1, 3, 4))
+            nchw = array.shape[1] in (1, 3, 4) or array.shape[3] not in (1, 3, 4)
         return array.transpose(0, 2, 3, 1) if nchw else array
 
     def images_from_files(self, files: Sequence[str | Path]) -> torch.Tensor:
@@ -191,7 +189,6 @@ class LoadedModel:
         return self._heldout
 
     def _heldout_key(self) -> str:
-
         stamps = []
         dataset = self.run.train_cfg.dataset
         for path in (Path(self.run.dir) / CHECKPOINT, Path(self.run.dir) / CONFIG,
@@ -212,13 +209,13 @@ class LoadedModel:
 
     def percentile(self, energy) -> np.ndarray:
         """Share (in %) of the held-out energies at or below each energy."""
-        if isinstance(energy, (str, bytes)) or energy is None:
-            raise GenlabError(f"percentile takes energies (numbers, as energy() gives them), got {energy!r}")
-        try:
+        try:  # text ("500") and None would be read by NumPy as a number and as NaN
+            if isinstance(energy, (str, bytes)) or energy is None:
+                raise TypeError
             values = np.asarray(energy, float)
         except (TypeError, ValueError):
             raise GenlabError(f"percentile takes energies (numbers, as energy() gives them), got "
-                              f"{type(energy).__name__} {str(energy)[:40]}") from None
+                              f"{type(energy).__name__} {str(energy)[:40]!r}") from None
         if not np.isfinite(values).all():
             raise GenlabError("percentile takes finite energies; an energy that is NaN or infinite has no percentile")
         held = self.heldout_energies()
@@ -244,7 +241,6 @@ class LoadedModel:
         (``model.sample`` gives floats in it: [0, 1] or [-1, 1]). The same ``seed`` gives the same samples on
         one device; the caller's random stream is left alone. A conditional model's samples cycle through the
         classes the run learned."""
-
         model, count = self.model.eval(), sample_count(n)
         if not model.can_sample:
             raise GenlabError(cannot_sample(self.run.model_name, model))
@@ -272,7 +268,6 @@ class LoadedModel:
         """A quadrant cvae's ``n`` completions of each image from ``observed`` quadrants (1: the lower left,
         2: the left half, 3: all but the lower right; the rest of each image is not looked at): uint8
         [n x N x H x W], the observed pixels kept. Seeded as ``sample`` is."""
-
         if not getattr(self.model, "quadrants", False):
             raise GenlabError(f"completing quadrants needs a cvae trained with --condition quadrants; "
                               f"{self.run.dir} holds a {self.run.model_name} run")
@@ -294,7 +289,6 @@ class LoadedModel:
     @torch.no_grad()
     def denoise(self, images, batch_size: int = 1000) -> np.ndarray:
         """The model's repair (reconstruction) of each image: uint8 [N x H x W] (grey) or [N x C x H x W]."""
-
         name, others = self.run.model_name, "use an ae, dae, vae or ebgan run"
         if not self.model.can_reconstruct:
             raise GenlabError(f"a {name} model has no reconstruction to repair images with; {others}")

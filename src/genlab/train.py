@@ -33,7 +33,7 @@ from genlab.data import check_run_shape, image_shape, load_dataset, resolve_data
 from genlab.data.batching import Batches, to_pixels
 from genlab.data.files import is_file_dataset
 from genlab.errors import GenlabError, Stopped, printable
-from genlab.models import MODELS, build, check_config
+from genlab.models import MODELS, build, check_config, model_class
 from genlab.models.base import per_example
 
 
@@ -172,9 +172,8 @@ def train(model_name: str | None, model_cfg=None, train_cfg: TrainConfig | None 
         changes.update({"device": device} if device is not None else {})
         train_cfg = cfgmod.from_dict(TrainConfig, {**cfgmod.to_dict(saved), **changes})
     else:
-        if not isinstance(model_name, str) or model_name not in MODELS:
-            raise GenlabError(f"unknown model {model_name!r}; choose one of: {', '.join(MODELS)}")
-        model_cfg = model_cfg if model_cfg is not None else MODELS[model_name].Config()
+        cls = model_class(model_name)  # an unknown name: one line, before anything reads it
+        model_cfg = model_cfg if model_cfg is not None else cls.Config()
         check_config(model_name, model_cfg)
         train_cfg = train_cfg if train_cfg is not None else default_train_config(model_name)
         _refuse_settings_that_do_nothing(model_cfg, train_cfg)
@@ -287,9 +286,7 @@ def _checked_callbacks(callbacks) -> tuple[Callback, ...]:
 
 def default_train_config(model_name: str) -> TrainConfig:
     """TrainConfig's defaults with the model's own (``train_defaults``) on top."""
-    if not isinstance(model_name, str) or model_name not in MODELS:
-        raise GenlabError(f"unknown model {model_name!r}; choose one of: {', '.join(MODELS)}")
-    return cfgmod.from_dict(TrainConfig, {**cfgmod.to_dict(TrainConfig()), **MODELS[model_name].train_defaults})
+    return cfgmod.from_dict(TrainConfig, {**cfgmod.to_dict(TrainConfig()), **model_class(model_name).train_defaults})
 
 
 def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: bool, ctx, callbacks) -> Path:

@@ -243,8 +243,9 @@ def _check_pace(received: int, seconds: float) -> None:
 
 def _fetch(url: str, target: Path, md5: tuple[str, str | None], timeout: float, progress: bool | None) -> Path:
     """``url`` into ``target`` through a hidden temporary file beside it, renamed into place once its MD5 is
-    right (``md5``: the file's, and its decompressed bytes' or None; see ``download_files``). The mirror's failures are ValueErrors and OSErrors (the next mirror is tried); a failure to write here
-    (a full disk, a read-only folder) is a DataError: no mirror can help with it."""
+    right (``md5``: the file's, and its decompressed bytes' or None; see ``download_files``). The mirror's
+    failures are ValueErrors and OSErrors (the next mirror is tried); a failure to write here (a full disk, a
+    read-only folder) is a DataError: no mirror can help with it."""
     try:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
         out = os.fdopen(fd, "wb", buffering=0)  # unbuffered: a full disk is met by the write that meets it

@@ -2,6 +2,7 @@
 
 import torch
 
+from genlab.errors import GenlabError
 from genlab.models.ae import AE
 from genlab.models.base import GenerativeModel, evaluating, per_example
 from genlab.models.cdcgan import CDCGAN
@@ -11,7 +12,7 @@ from genlab.models.dcgan import DCGAN
 from genlab.models.ebgan import EBGAN
 from genlab.models.vae import VAE
 
-__all__ = ["MODELS", "GenerativeModel", "build", "check_config", "evaluating", "per_example"]
+__all__ = ["MODELS", "GenerativeModel", "build", "check_config", "evaluating", "model_class", "per_example"]
 
 MODELS: dict[str, type[GenerativeModel]] = {
     "ae": AE,
@@ -24,17 +25,21 @@ MODELS: dict[str, type[GenerativeModel]] = {
 }
 
 
+def model_class(name) -> type[GenerativeModel]:
+    """The model class called ``name``; an unknown name (or no name at all) is one line listing the models."""
+    if not isinstance(name, str) or name not in MODELS:
+        raise GenlabError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
 def build(name: str, cfg=None) -> GenerativeModel:
     from genlab.config import validate
-    from genlab.errors import GenlabError
 
-    if name not in MODELS:
-        raise GenlabError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    cls = model_class(name)
     if torch.get_default_dtype() != torch.float32:  # weights and noise of another type: errors deep in PyTorch
         raise GenlabError(f"genlab's models compute in float32, and PyTorch's default dtype is "
                           f"{torch.get_default_dtype()} (torch.set_default_dtype); set it back to torch.float32 "
                           "for genlab's calls")
-    cls = MODELS[name]
     if cfg is None:
         return cls(cls.Config())
     check_config(name, cfg)
@@ -44,8 +49,6 @@ def build(name: str, cfg=None) -> GenerativeModel:
 
 def check_config(name: str, cfg) -> None:
     """Refuse, in one line, a config that is not model ``name``'s (another model's built one with its fields)."""
-    from genlab.errors import GenlabError
-
     if type(cfg) is not MODELS[name].Config:
         raise GenlabError(f"the model config of {name} is MODELS[{name!r}].Config, got {type(cfg).__name__}")
 

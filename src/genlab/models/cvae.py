@@ -32,7 +32,6 @@ import math
 import operator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -332,36 +331,27 @@ def class_labels(n: int, y: Tensor | int | None, device, learned: list[int] | No
         return classes[torch.arange(n, device=device) % len(classes)]
     if isinstance(y, torch.Generator):
         raise GenlabError("the classes come second in sample(n, y, generator): pass the generator as generator=...")
-    if isinstance(y, (bool, np.bool_)) or (isinstance(y, (Tensor, np.ndarray)) and y.dtype in (torch.bool, np.bool_)):
-        raise GenlabError(f"the classes are integers 0..9, got the truth value {y!r}")
-    if isinstance(y, (np.integer, Tensor, np.ndarray)) and np.ndim(y) == 0 and _is_integer_kind(y):
-        y = int(y)  # one class, as a NumPy or 0-d tensor integer
-    if isinstance(y, int):
-        if not 0 <= y <= 9:
-            raise GenlabError(f"a digit class is 0..9, got {y}")
-        check_learned(y, learned)
-        return torch.full((n,), y, device=device, dtype=torch.long)
-    try:
-        y = torch.as_tensor(y, device=device)
+    try:  # Python's, NumPy's and PyTorch's integers alike, one or one per sample
+        labels = torch.as_tensor(y, device=device)
     except (TypeError, ValueError, RuntimeError):
         raise GenlabError(f"the classes are integers 0..9 (one, or one per sample), got {type(y).__name__} "
                           f"{str(y)[:40]!r}") from None
-    if y.numel() and not _is_integer_kind(y):
-        raise GenlabError(f"the classes are integers 0..9, got {str(y.dtype).removeprefix('torch.')} labels")
-    y = y.long()
-    if y.shape != (n,):
-        raise GenlabError(f"expected {n} labels (or one class for all), got shape {list(y.shape)}")
-    if len(y) and (y.min() < 0 or y.max() > 9):
+    if labels.dtype == torch.bool and labels.dim() == 0:
+        raise GenlabError(f"the classes are integers 0..9, got the truth value {bool(labels)}")
+    if labels.numel() and (labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex()):
+        # a float would be truncated: 2.7 sampled class 2
+        raise GenlabError(f"the classes are integers 0..9, got {str(labels.dtype).removeprefix('torch.')} labels")
+    labels = labels.long()
+    if labels.dim() == 0:  # one class for all
+        if not 0 <= int(labels) <= 9:
+            raise GenlabError(f"a digit class is 0..9, got {int(labels)}")
+        labels = labels.expand(n).clone()
+    if labels.shape != (n,):
+        raise GenlabError(f"expected {n} labels (or one class for all), got shape {list(labels.shape)}")
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
         raise GenlabError("digit labels must be in 0..9")
-    check_learned(y, learned)
-    return y
-
-
-def _is_integer_kind(y) -> bool:
-    """Whether ``y`` (a tensor, an array or a NumPy scalar) holds integers (not truth values or floats)."""
-    if isinstance(y, Tensor):
-        return not y.dtype.is_floating_point and not y.dtype.is_complex and y.dtype != torch.bool
-    return np.issubdtype(np.asarray(y).dtype, np.integer)
+    check_learned(labels, learned)
+    return labels
 
 
 def check_learned(y: Tensor | int, learned: list[int] | None) -> None:

@@ -15,7 +15,7 @@ import sys
 import threading
 
 from genlab import __version__
-from genlab.errors import Stopped, held, one_line, one_line_errors
+from genlab.errors import BUG_STATUS, Stopped, held, one_line, one_line_errors
 
 
 def _thread_count_problem() -> str | None:
@@ -183,8 +183,10 @@ def _named_standard_output() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    status = BUG_STATUS
     try:
-        return _main(argv)
+        status = _main(argv)
+        return status
     except SystemExit as e:
         if e.code in (0, None):  # --help, --version: what they printed is flushed where a failure is one line
             status = one_line_errors(lambda: _flush_output() or 0)
@@ -194,6 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if argv is None:  # the genlab command's own process, not a caller's
             _signals_end_the_exit()
+            distributed = sys.modules.get("genlab.distributed")  # loaded only by a command that meets peers
+            if distributed is not None and distributed.threads_left_in_cpp():
+                for stream in (sys.stdout, sys.stderr):
+                    try:
+                        stream.flush()
+                    except (OSError, ValueError):  # closed or full: the status still tells
+                        pass
+                os._exit(status)
 
 
 def _signals_end_the_exit() -> None:

@@ -147,6 +147,15 @@ def _meet_by_hand(world: int, rank: int) -> dist.Store:
     return store
 
 
+_LEFT: list[threading.Thread] = []  # threads given up on by ``_in_a_thread``, perhaps still inside C++
+
+
+def threads_left_in_cpp() -> bool:
+    """Whether a thread given up on is still at work: the interpreter's exit then aborted the process ("terminate
+    called without an active exception") after genlab's last line, so the command ends at once instead."""
+    return any(thread.is_alive() for thread in _LEFT)
+
+
 def _in_a_thread(work: Callable[[], T], wait: Callable[[], None]) -> T:
     """``work()`` in a daemon thread while this one calls ``wait()`` until it is done (``wait`` sleeps a moment,
     and raises to give up: the thread is then left to end with the process)."""
@@ -158,9 +167,12 @@ def _in_a_thread(work: Callable[[], T], wait: Callable[[], None]) -> T:
         except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
             done.append((None, e))
 
-    threading.Thread(target=run, daemon=True).start()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    _LEFT.append(thread)  # until it is done: a wait that raises leaves it there
     while not done:
         wait()
+    _LEFT.remove(thread)
     result, error = done[0]
     if error is not None:
         raise error

@@ -309,6 +309,11 @@ def test_a_conditional_run_of_some_classes_samples_and_is_scored_on_those_only(t
     with torch.no_grad():
         free = torch.stack([cvae.terms(u, torch.full((8,), k), False)["loss"] for k in (1, 4)])
         assert torch.allclose(cvae.energy(u), math.log(2) - torch.logsumexp(-free, 0))
+        # Its reconstruction without a label takes the learned class of lower free energy (it took the smallest of
+        # all ten, untrained slots among them).
+        chosen = torch.tensor([1, 4])[free.argmin(0)]
+        assert torch.equal(cvae.reconstruct(u), cvae.reconstruct(u, chosen))
+        assert not torch.equal(cvae.reconstruct(u), cvae.reconstruct(u, torch.full((8,), 7)))
         # The networks too refuse to draw a class the run never learned (they drew one without a word), and cycle
         # the ones it did.
         with pytest.raises(GenlabError, match="learned the classes 0, 2, 5 only; class 4 is one it never saw"):

@@ -247,10 +247,14 @@ class CVAE(GenerativeModel):
                        for t in TASKS) / len(TASKS)
         if y is not None:
             return self.terms(x, y, sample)["loss"]
-        classes = self.learned_classes or range(10)
-        per_class = torch.stack([self.terms(x, torch.full((len(x),), k, device=x.device), sample)["loss"]
-                                 for k in classes])                                    # [K x N]
+        classes, per_class = self._free_energies(x, sample)
         return math.log(len(classes)) - torch.logsumexp(-per_class, 0)
+
+    def _free_energies(self, x: Tensor, sample: bool) -> tuple[Tensor, Tensor]:
+        """The classes the model learned (``learned_classes``; all ten by default), [K], and F(x | y) for each:
+        [K x N]. A class the run never saw has an untrained slot, so it is never among them."""
+        classes = torch.tensor(self.learned_classes or range(10), device=x.device)
+        return classes, torch.stack([self.terms(x, k.expand(len(x)), sample)["loss"] for k in classes])
 
     # -- importance weighting -------------------------------------------------------------------------------
     def log_weights(self, x: Tensor, c: Tensor, k: int) -> Tensor:
@@ -308,8 +312,8 @@ class CVAE(GenerativeModel):
         return torch.sigmoid(self.decode_logits(z, cond))
 
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Label models: the decoder's mean for the code of x given its class (``y``; default: the class of the
-        smallest free energy). Quadrant models: the completion from 2 observed quadrants at the prior's mean."""
+        """Label models: the decoder's mean for the code of x given its class (``y``; default: the learned class of
+        the smallest free energy). Quadrant models: the completion from 2 observed quadrants at the prior's mean."""
         self.check_images(x)
         if self.quadrants:
             c = torch.full((len(x),), 2, device=x.device)
@@ -317,8 +321,8 @@ class CVAE(GenerativeModel):
             mean = torch.sigmoid(self.decode_logits(self._p(cond)[0], cond))
             return torch.where(weight > 0, mean, x)
         if y is None:
-            y = torch.stack([self.terms(x, torch.full((len(x),), k, device=x.device), False)["loss"]
-                             for k in range(10)]).argmin(0)
+            classes, per_class = self._free_energies(x, sample=False)
+            y = classes[per_class.argmin(0)]
         cond, _ = self.condition(x, y)
         return torch.sigmoid(self.decode_logits(self._q(x, cond)[0], cond))
 

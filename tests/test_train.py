@@ -569,6 +569,28 @@ def test_end_of_run_figures_draw_from_their_own_random_stream(name, tmp_path):
     assert torch.equal(torch.get_rng_state(), before) and model.training
 
 
+def test_a_reconstruction_that_fails_is_not_taken_for_a_model_without_one(tmp_path):
+    # The figures asked "does it reconstruct?" by catching NotImplementedError, which PyTorch also raises for an
+    # operator a device lacks: such a failure dropped reconstructions.png without a word. A GAN has none to draw.
+    from genlab.models import build
+    from genlab.viz.callbacks import write_figures
+    from genlab.viz.metric_figures import figure_merged
+
+    class Broken(MODELS["ae"]):
+        def reconstruct(self, x):
+            raise NotImplementedError("Could not run 'aten::addmm' with arguments from the 'Meta' backend")
+
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "train/loss": 1.0}\n')
+    test_set = load_dataset("mnist-5k", "test")
+    with pytest.raises(NotImplementedError, match="aten::addmm"):
+        write_figures("ae", Broken(MODELS["ae"].Config()), test_set, tmp_path)
+    with pytest.raises(NotImplementedError, match="aten::addmm"):
+        figure_merged(Broken(MODELS["ae"].Config()), test_set.images[:4], tmp_path / "merged.png")
+    gan = build("dcgan", MODELS["dcgan"].Config())
+    assert not any(p.name == "reconstructions.png" for p in write_figures("dcgan", gan, test_set, tmp_path))
+    assert figure_merged(gan, test_set.images[:4], tmp_path / "merged.png") is None
+
+
 def test_a_last_batch_of_one_image_is_left_out_of_the_epoch(tmp_path):
     # EBGAN's MLP generator batch-normalises its batch: a last batch of one image (129 = 2 x 64 + 1) crashed it.
     run = train("ebgan", MODELS["ebgan"].Config(generator="mlp"),

@@ -142,7 +142,7 @@ class GenerativeModel(nn.Module):
         return self.loss(x, *cond)
 
     def energy(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        raise Unsupported(f"{type(self).__name__} defines no energy, so it has no anomaly score")
 
     def check_images(self, x) -> None:
         """Refuse, in one line, what ``energy`` and ``reconstruct`` cannot take: anything but a float tensor

@@ -61,19 +61,16 @@ def write_figures(model_name: str, model, test_set, run_dir: Path, n: int = 10) 
     with evaluating(model, seed=0):
         x = to_pixels(test_set.images[:n], model.pixel_range).to(model.device)
         unit = lambda t: to_unit(t, model.pixel_range)  # noqa: E731
-        try:
-            rows = [("input", unit(x))]
+        if model.can_reconstruct:
             if hasattr(model, "corrupt"):
                 corrupted = model.corrupt(x)
-                rows += [("corrupted", unit(corrupted)), ("output", unit(model.reconstruct(corrupted)))]
+                rows = [("input", unit(x)), ("corrupted", unit(corrupted)),
+                        ("output", unit(model.reconstruct(corrupted)))]
                 written.append(save_rows(fig_dir / "corrupted_inputs.png", rows,
                                          f"{model_name}: clean input, corrupted input, reconstruction"))
-                rows = [("input", unit(x))]
-            rows.append(("output", unit(model.reconstruct(x))))
+            rows = [("input", unit(x)), ("output", unit(model.reconstruct(x)))]
             written.append(save_rows(fig_dir / "reconstructions.png", rows,
                                      f"{model_name}: inputs (top) and reconstructions (bottom)"))
-        except NotImplementedError:
-            pass
         kernels = model.encoder_kernels()
         if kernels is not None and kernels.shape[-1] == 784:  # drawn as 28 x 28 pictures: MNIST-shaped models only
             written.append(kernels_figure(fig_dir / "kernels.png", kernels, f"{model_name}: encoder kernels"))

@@ -25,14 +25,13 @@ def figure_merged(model, merged_u8, path, n: int = 8) -> Path | None:
 
     Returns None (and writes nothing) for a model that does not reconstruct.
     """
+    if not model.can_reconstruct:
+        return None
     u = torch.as_tensor(_numpy(merged_u8))[:n]
     x = to_pixels(u, model.pixel_range).to(model.device)
     model.eval()
-    try:
-        with torch.no_grad():
-            y = model.reconstruct(x).float().cpu()
-    except NotImplementedError:
-        return None
+    with torch.no_grad():
+        y = model.reconstruct(x).float().cpu()
     lo, hi = (-1.0, 1.0) if model.pixel_range == "tanh" else (0.0, 1.0)
     k = len(u)
     fig, axes = subplots(2, k, figsize=(1.2 * k + 1.2, 2.6), squeeze=False)

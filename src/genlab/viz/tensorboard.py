@@ -33,11 +33,9 @@ class TensorBoardLog(Callback):
             self.writer.add_histogram("energy/test", model.energy(x).cpu(), epoch)
             if model.can_sample:
                 self.writer.add_images("samples", to_unit(model.sample(32), model.pixel_range).cpu(), epoch)
-            try:
+            if model.can_reconstruct:
                 self.writer.add_images("reconstructions", to_unit(model.reconstruct(x[:32]), model.pixel_range).cpu(),
                                        epoch)
-            except NotImplementedError:
-                pass
         self.writer.flush()
 
     def on_end(self, run: RunState) -> None:

@@ -22,7 +22,6 @@ import time
 from genlab import config as cfgmod
 from genlab.checkpoint import load_run
 from genlab.errors import one_line_errors
-from genlab.metrics.anomaly import run_dataset
 from genlab.metrics.inpainting import DROP_RATES, format_table, inpainting_table, load_dae_run
 from genlab.models.dae import DAEConfig
 from genlab.train import default_train_config, train
@@ -49,7 +48,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     run_dir = args.run or train_lecture_dae(tempfile.mkdtemp(prefix="genlab-dae-"), args.epochs)
     run = load_dae_run(run_dir) if args.run else load_run(run_dir)
-    images = run_dataset(run, "test").images
+    images = run.dataset("test").images
     images = images[:args.limit] if args.limit else images
     table = inpainting_table(run.model, images, DROP_RATES, seed=args.seed)
 

@@ -42,3 +42,6 @@ def load(run_dir, device: str = "cpu"):
     ``.complete(images, observed)``. See ``genlab.scoring``."""
     from genlab.scoring import load as _load
     return _load(run_dir, device)
+
+
+__all__ = ["ENVIRONMENT_PROBLEMS", "GenlabError", "__version__", "load"]

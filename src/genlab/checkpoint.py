@@ -569,6 +569,13 @@ class Run:
     train_cfg: Any
     counters: dict
 
+    def dataset(self, split: str = "test", download: bool = True):
+        """``split`` of the data set the run was trained on, with its options (data directory, image size, grey),
+        checked to still have the model's image shape (``genlab.data.run_dataset``)."""
+        from genlab.data import run_dataset
+
+        return run_dataset(self.train_cfg, split, download=download, shape=self.model_cfg.shape)
+
 
 def find_runs(paths, say=None) -> list[Path]:
     """Run directories named by ``paths``: each a run (it holds config.json) or a folder of runs (as

@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 
 from genlab.checkpoint import Run
-from genlab.data import run_dataset
 from genlab.data.files import is_file_dataset
 from genlab.errors import GenlabError
 from genlab.metrics import conditional, likelihood
@@ -50,7 +49,7 @@ def evaluate_run(run: Run | str | Path, split: str = "test", limit: int = 0, qua
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise GenlabError(f"limit is a whole number of images, 0 (all) or more, got {limit!r}")
     cfg = run.train_cfg
-    data = run_dataset(cfg, split, shape=run.model_cfg.shape)
+    data = run.dataset(split)
     images = data.images[:limit] if limit else data.images
     results: dict = {"model": run.model_name, "dataset": cfg.dataset, "split": split, "images": len(images),
                      # the checkpoint evaluated: genlab report uses an evaluation.json only while it is the last

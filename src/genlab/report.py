@@ -293,14 +293,14 @@ def _number(value) -> bool:
 def _mean_test_energy(run_dir: Path, device: str, limit: int) -> tuple[float, int] | None:
     """(mean energy, images) of a run's test images; None where its weights or its data are not here (a copied
     run: the table says nothing). A damaged checkpoint is said, not passed over as a blank."""
-    from genlab.data import DataError, run_dataset
+    from genlab.data import DataError
     from genlab.evaluate import mean_energy
 
     if not os.path.lexists(run_dir / checkpoint.CHECKPOINT):
         return None
     run = checkpoint.load_run(run_dir, device=device)
     try:
-        data = run_dataset(run.train_cfg, "test", shape=run.model_cfg.shape)
+        data = run.dataset("test")
     except DataError:
         return None
     images = data.images[:limit]

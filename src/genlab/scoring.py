@@ -26,7 +26,7 @@ import torch
 
 from genlab.checkpoint import CHECKPOINT, CONFIG, load_run, trained_labels
 from genlab.config import to_dict
-from genlab.data import cache_dir, run_dataset
+from genlab.data import cache_dir
 from genlab.data.batching import to_pixels, to_uint8
 from genlab.data.datasets import write_cache_file
 from genlab.data.files import MAX_ARRAY_BYTES, decode_files, image_paths, normalise_image, scan_images, stack_images
@@ -173,7 +173,7 @@ class LoadedModel:
             key = self._heldout_key()
             cached = _read_heldout(key)
             if cached is None:
-                test = run_dataset(self.run.train_cfg, "test", download=False, shape=self.shape)
+                test = self.run.dataset("test", download=False)
                 images = test.images
                 trained = self.run.train_cfg.class_list()
                 if trained:  # a run of some classes: data like its training data are those classes' images

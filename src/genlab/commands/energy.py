@@ -59,8 +59,6 @@ def command(args: argparse.Namespace) -> int:
     args.split = args.split or "test"
     if args.fpr is not None:
         raise GenlabError("--fpr applies with --images (it sets the threshold that flags new images)")
-    if args.limit < 0:
-        raise GenlabError(f"--limit must be 0 (all) or a positive number of images, got {args.limit}")
     run = load_run(args.run_dir, device=args.device)
     if args.auroc:
         from genlab.viz import metric_figures

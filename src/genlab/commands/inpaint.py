@@ -10,7 +10,6 @@ from pathlib import Path
 from genlab import config as cfgmod
 from genlab.commands.flags import DEVICE_HELP, bounded_int, seed_flag
 from genlab.errors import GenlabError
-from genlab.metrics.anomaly import run_dataset
 from genlab.metrics.inpainting import DROP_RATES, format_table, inpainting_table, load_dae_run
 
 
@@ -31,7 +30,7 @@ def add(subparsers) -> None:
 
 
 def _run_images(run, split: str, limit: int):
-    images = run_dataset(run, split).images
+    images = run.dataset(split).images
     return images[:limit] if limit else images
 
 
@@ -39,8 +38,6 @@ def command(args: argparse.Namespace) -> int:
     from genlab.evaluate import finite_or_null
     from genlab.viz.metric_figures import figure_inpainting
 
-    if args.limit < 0:
-        raise GenlabError(f"--limit must be 0 (all) or a positive number of images, got {args.limit}")
     run = load_dae_run(args.run_dir, args.device)
     if run.model_cfg.shape[0] != 1:
         raise GenlabError(f"inpaint compares the DAE with OpenCV's inpainting on grey images; {run.dir} works on "

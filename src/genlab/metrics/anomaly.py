@@ -135,21 +135,13 @@ def ood_name(in_name: str) -> str:
     return "mnist" if in_name == "fashion-mnist" else "fashion-mnist"
 
 
-def run_dataset(run, split: str = "test", name: str | None = None):
-    """``genlab.data.load_dataset`` of the run's training data set (or ``name``) and ``split``."""
-    from genlab.data import load_dataset, run_dataset
-
-    return load_dataset(name, split, run.train_cfg.data_dir) if name else \
-        run_dataset(run.train_cfg, split, shape=run.model_cfg.shape)
-
-
 def split_images(run, split: str, limit: int = 0, seed: int = 0, download: bool = True) -> torch.Tensor:
     """uint8 [N x 28 x 28] inputs for ``split``: "test" (the run's test split), "merged" (merged test digits),
     "faded" (test digits at half strength, the control for merged ones), "photos" (patches of the shipped sample photographs; 2,000, or ``limit``) or "ood" (the other data set's
     test split, downloaded when missing unless ``download`` is False); the first ``limit`` of them (0: all)."""
     if split not in SPLITS:
         raise GenlabError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    shape = tuple(getattr(run.model_cfg, "shape", (1, 28, 28)))
+    shape = tuple(run.model_cfg.shape)
     if split in ("merged", "faded", "photos", "ood") and shape != (1, 28, 28):
         raise GenlabError(f"--split {split} and --auroc use 28 x 28 grey digits, but this run works on "
                           f"{' x '.join(map(str, shape))} images; score images of your own with --images PATH")
@@ -160,7 +152,7 @@ def split_images(run, split: str, limit: int = 0, seed: int = 0, download: bool 
         from genlab.data import load_dataset
         images = load_dataset(ood_name(in_distribution_name(run)), "test", run.train_cfg.data_dir, download=download).images
     else:
-        data = run_dataset(run, "test")
+        data = run.dataset("test")
         images, labels = data.images, data.labels
         if limit:
             images, labels = images[:limit], labels[:limit]

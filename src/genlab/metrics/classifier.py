@@ -314,7 +314,9 @@ def load_classifier(directory: Path, dataset_name: str, content: str | None = No
             return None
         net = DigitCNN(meta.get("feature_dim", FEATURE_DIM))
         net.load_state_dict(load_file(str(weights)), strict=True)
-    except Exception:  # bad JSON, truncated safetensors, mismatched shapes: all mean "train again"
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError, SafetensorError):
+        # Unreadable or bad JSON, truncated safetensors, mismatched shapes: all mean "train again" (a MemoryError
+        # or a bug of genlab's is not taken for a damaged cache).
         return None
     return Classifier(net, meta)
 

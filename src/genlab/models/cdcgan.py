@@ -141,10 +141,5 @@ class CDCGAN(BCEGAN):
         """n samples [n x 1 x 28 x 28] in [-1, 1] of classes ``y`` (int [n], one class, or None for 0..9
         cycled, or the classes the run learned), from the EMA generator in evaluation mode."""
         labels = class_labels(sample_count(n), y, self.device, self.learned_classes)
-        net = self.g_ema.net if self.g_ema is not None else self.generator
-        was_training = net.training
-        net.eval()
-        try:
+        with self.sampling_net() as net:
             return self.generate(net, labels, generator)
-        finally:
-            net.train(was_training)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from genlab.config import ImageShape, opt
 from genlab.models.base import EMA
 from genlab.models.gan_common import (TwoPlayerGAN, dcgan_init, find_log, make_generator, resize,
-                                      running_stats_frozen, spread, to_64)
+                                      running_stats_frozen, spread)
 
 
 @dataclass
@@ -134,7 +134,7 @@ class DCGAN(BCEGAN):
     def _resize(self, x: Tensor) -> Tensor:
         """Real [N x C x H x W] images to the networks' size (the lecture resizes MNIST to 64 x 64)."""
         s = self.cfg.image_size
-        return to_64(x) if s == 64 and x.shape[-1] == 28 else resize(x, (s, s))
+        return resize(x, (s, s))
 
     def logit(self, x: Tensor) -> Tensor:
         """The discriminator's logit s(x), D(x) = sigmoid(s(x)). :param x: [N x 1 x 28 x 28]. :return: [N]."""

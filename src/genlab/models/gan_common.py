@@ -119,23 +119,14 @@ def make_generator(kind: str, nz: int, width: int, size: int = 28, shape: tuple[
     return net
 
 
-def to_28(x: Tensor) -> Tensor:
-    """[N x C x S x S] -> [N x C x 28 x 28] by area averaging (the inverse of the 64 x 64 models' resize)."""
-    return x if x.shape[-1] == 28 else F.interpolate(x, size=(28, 28), mode="area")
-
-
 def resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """[N x C x H x W] -> [N x C x size]: area averaging to shrink, bilinear to enlarge (28 -> 64 as ``to_64``)."""
+    """[N x C x H x W] -> [N x C x size]: area averaging to shrink, bilinear to enlarge (the lecture trains its
+    DCGAN on MNIST enlarged to 64 x 64)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
         return F.interpolate(x, size=size, mode="area")
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
-def to_64(x: Tensor) -> Tensor:
-    """[N x C x 28 x 28] -> [N x C x 64 x 64], bilinear: the lecture trains its DCGAN on MNIST resized to 64."""
-    return x if x.shape[-1] == 64 else F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
 
 
 # -- what both GANs do alike --------------------------------------------------------------------------------
@@ -192,13 +183,19 @@ class TwoPlayerGAN(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n samples [n x C x H x W] in [-1, 1] (the data's shape: 64 x 64 output is reduced to 28), from the EMA generator when
-        ``--ema`` is on. The generator runs in evaluation mode (batch-norm running statistics), so sampling
-        never changes the model."""
+        ``--ema`` is on (see ``sampling_net``)."""
+        with self.sampling_net() as net:
+            return resize(net(self.noise(sample_count(n), generator)), (self.cfg.height, self.cfg.width))
+
+    @contextmanager
+    def sampling_net(self) -> Iterator[nn.Module]:
+        """The generator samples come from (the EMA generator under ``--ema``), in evaluation mode (batch-norm
+        running statistics) while the block runs, so sampling never changes the model."""
         net = self.g_ema.net if self.g_ema is not None else self.generator
         was_training = net.training
         net.eval()
         try:
-            return resize(net(self.noise(sample_count(n), generator)), (self.cfg.height, self.cfg.width))
+            yield net
         finally:
             net.train(was_training)
 

@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 from genlab.checkpoint import CHECKPOINT, CONFIG, Run, find_runs, labels_said, load_run
-from genlab.data import run_dataset
 from genlab.data.batching import to_unit
 from genlab.distributed import resolve_device
 from genlab.errors import GenlabError
@@ -238,12 +237,11 @@ class Explorer:
     def _load(self, name: str, path: Path) -> Loaded:
         # Loaded outside inference mode: weights made inside it could never take part in a gradient (descend).
         run = load_run(path, self.device)
-        shape = tuple(getattr(run.model_cfg, "shape", (1, 28, 28)))
+        shape = tuple(run.model_cfg.shape)
         if shape != (1, 28, 28):
             raise GenlabError(f"{path}: the explorer shows models of 28 x 28 grey images, this one works on "
                               f"{' x '.join(map(str, shape))} images; score its images with genlab energy --images")
-        cfg = run.train_cfg
-        test = run_dataset(cfg, "test", download=False, shape=shape)  # the run's own options: size, grey
+        test = run.dataset("test", download=False)  # the run's own options: size, grey
         images, labels = test.images[:self.test_limit], test.labels[:self.test_limit]
         with torch.inference_mode():
             x = _to_model(images.float().div(255).unsqueeze(1).to(self.device), run.model)
@@ -407,15 +405,15 @@ class Explorer:
             cond = torch.nn.functional.one_hot(y, 10).to(z.dtype)
             if not hasattr(model, "generator"):  # cvae: the decoder's mean given the class
                 return torch.sigmoid(model.decode_logits(z, cond))
-            net = model.g_ema.net if getattr(model, "g_ema", None) is not None else model.generator
-            return net(torch.cat([z, cond], 1))
+            with model.sampling_net() as net:
+                return net(torch.cat([z, cond], 1))
         if label is not None:
             raise GenlabError(f"{type(model).__name__.lower()} is not conditional: it takes no label")
         if not hasattr(model, "generator"):
             return model.decode(z)
-        from genlab.models.gan_common import to_28
-        net = model.g_ema.net if getattr(model, "g_ema", None) is not None else model.generator
-        return to_28(net(z))
+        from genlab.models.gan_common import resize
+        with model.sampling_net() as net:
+            return resize(net(z), (28, 28))
 
     @torch.inference_mode()
     def sample(self, name: str, n: int, seed: int, label: int | None = None) -> dict:

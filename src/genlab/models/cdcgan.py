@@ -35,7 +35,7 @@ from genlab.errors import GenlabError
 from genlab.models.base import EMA, mnist_shape_only, sample_count
 from genlab.models.cvae import class_labels
 from genlab.models.dcgan import BCEGAN
-from genlab.models.gan_common import dcgan_init, make_generator, running_stats_frozen, spread
+from genlab.models.gan_common import dcgan_init, make_generator
 
 
 @dataclass
@@ -99,30 +99,12 @@ class CDCGAN(BCEGAN):
     def steps(self, x: Tensor, y: Tensor | None = None) -> Iterator[tuple[str, dict[str, Tensor]]]:
         """:param x: [N x 1 x 28 x 28] real images in [-1, 1]; :param y: their classes, int [N].
 
-        Yields ("d", terms) then ("g", terms) as DCGAN does (per-example BCE ``loss`` [N], ``d_x``, ``d_g_z1``,
-        ``d_g_z2``, ``spread_real`` / ``spread_fake``); the fakes are of the real batch's classes.
+        Yields the two players' steps as DCGAN does (``bce_steps``), on fakes of the real batch's classes judged
+        for those classes: real (x, y) against fake (G(z, y), y).
         """
         if y is None:
             raise GenlabError("cdcgan trains on labelled images; its batches need their digit labels")
-        n = x.shape[0]
-        fake = self.generate(self.generator, y)
-        ones, zeros = torch.ones(n, device=x.device), torch.zeros(n, device=x.device)
-
-        # (1) Update D on real (x, y) against fake (G(z, y), y); G's output detached. Only the real batch feeds
-        # batch norm's running statistics (see running_stats_frozen).
-        s_real = self.discriminator(x, y)
-        with running_stats_frozen(self.discriminator):
-            s_fake = self.discriminator(fake.detach(), y)
-        loss_d = (F.binary_cross_entropy_with_logits(s_real, ones, reduction="none")
-                  + F.binary_cross_entropy_with_logits(s_fake, zeros, reduction="none"))
-        yield "d", {"loss": loss_d, "d_x": torch.sigmoid(s_real).detach(), "d_g_z1": torch.sigmoid(s_fake).detach(),
-                    "spread_real": spread(x), "spread_fake": spread(fake)}
-
-        # (2) Update G: the non-saturating loss with the updated D, the same fakes and classes.
-        with running_stats_frozen(self.discriminator):
-            s_fake = self.discriminator(fake, y)
-        loss_g = F.binary_cross_entropy_with_logits(s_fake, ones, reduction="none")
-        yield "g", {"loss": loss_g, "d_g_z2": torch.sigmoid(s_fake).detach()}
+        yield from self.bce_steps(x, self.generate(self.generator, y), lambda images: self.discriminator(images, y))
 
     # -- evaluation and sampling ----------------------------------------------------------------------------
     def energy(self, x: Tensor, y: Tensor | None = None) -> Tensor:

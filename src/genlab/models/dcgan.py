@@ -15,7 +15,7 @@ a logit s(x); D(x) = sigmoid(s(x)) and the energy is -s(x): low where D believes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -113,6 +113,38 @@ class BCEGAN(TwoPlayerGAN):
                         f"--lr{smaller} or another --seed")
         return self._collapsed(logs)
 
+    def bce_steps(self, real: Tensor, fake: Tensor, score: Callable[[Tensor], Tensor]
+                  ) -> Iterator[tuple[str, dict[str, Tensor]]]:
+        """The two players' steps for ``real`` and generated ``fake`` images [N x C x H x W] in [-1, 1], where
+        ``score`` gives the discriminator's logit s(x) [N], D(x) = sigmoid(s(x)) (a conditional one's for the
+        batch's classes).
+
+        Yields ("d", terms) then ("g", terms), each with a per-example ``loss`` [N] (binary cross-entropy,
+        nats per image) and logged extras: ``d_x`` = D(x), ``d_g_z1`` = D(G(z)) before D's update, ``d_g_z2``
+        after it (the lecture's D_G_z1 / D_G_z2), and the batches' ``spread_real`` / ``spread_fake`` for the
+        collapse check.
+        """
+        n = real.shape[0]
+        ones, zeros = torch.ones(n, device=real.device), torch.zeros(n, device=real.device)
+
+        # (1) Update D: maximise log D(x) + log(1 - D(G(z))). G's output is detached: D's step must not
+        # push gradients into G.
+        # Only real batches update D's batch-norm running statistics (see running_stats_frozen).
+        s_real = score(real)
+        with running_stats_frozen(self.discriminator):
+            s_fake = score(fake.detach())
+        loss_d = (F.binary_cross_entropy_with_logits(s_real, ones, reduction="none")
+                  + F.binary_cross_entropy_with_logits(s_fake, zeros, reduction="none"))
+        yield "d", {"loss": loss_d, "d_x": torch.sigmoid(s_real).detach(), "d_g_z1": torch.sigmoid(s_fake).detach(),
+                    "spread_real": spread(real), "spread_fake": spread(fake)}
+
+        # (2) Update G: maximise log D(G(z)) with the updated D (the non-saturating loss of Goodfellow et al.
+        # 2014, Sec. 3: labels "real" for the fakes), re-using the same fakes as the lecture does.
+        with running_stats_frozen(self.discriminator):
+            s_fake = score(fake)
+        loss_g = F.binary_cross_entropy_with_logits(s_fake, ones, reduction="none")
+        yield "g", {"loss": loss_g, "d_g_z2": torch.sigmoid(s_fake).detach()}
+
 
 class DCGAN(BCEGAN):
     Config = DCGANConfig
@@ -142,35 +174,10 @@ class DCGAN(BCEGAN):
 
     # -- training -------------------------------------------------------------------------------------------
     def steps(self, x: Tensor) -> Iterator[tuple[str, dict[str, Tensor]]]:
-        """:param x: [N x 1 x 28 x 28] real images in [-1, 1].
-
-        Yields ("d", terms) then ("g", terms), each with a per-example ``loss`` [N] (binary cross-entropy,
-        nats per image) and logged extras: ``d_x`` = D(x), ``d_g_z1`` = D(G(z)) before D's update, ``d_g_z2``
-        after it (the lecture's D_G_z1 / D_G_z2), and the batches' ``spread_real`` / ``spread_fake`` for the
-        collapse check.
-        """
+        """:param x: [N x C x H x W] real images in [-1, 1], resized to the networks' size. Yields the two
+        players' steps (``bce_steps``) on fakes G(z), z ~ N(0, I)."""
         real = self._resize(x)
-        n = real.shape[0]
-        fake = self.generator(self.noise(n))
-        ones, zeros = torch.ones(n, device=real.device), torch.zeros(n, device=real.device)
-
-        # (1) Update D: maximise log D(x) + log(1 - D(G(z))). G's output is detached: D's step must not
-        # push gradients into G.
-        # Only real batches update D's batch-norm running statistics (see running_stats_frozen).
-        s_real = self.discriminator(real)
-        with running_stats_frozen(self.discriminator):
-            s_fake = self.discriminator(fake.detach())
-        loss_d = (F.binary_cross_entropy_with_logits(s_real, ones, reduction="none")
-                  + F.binary_cross_entropy_with_logits(s_fake, zeros, reduction="none"))
-        yield "d", {"loss": loss_d, "d_x": torch.sigmoid(s_real).detach(), "d_g_z1": torch.sigmoid(s_fake).detach(),
-                    "spread_real": spread(real), "spread_fake": spread(fake)}
-
-        # (2) Update G: maximise log D(G(z)) with the updated D (the non-saturating loss of Goodfellow et al.
-        # 2014, Sec. 3: labels "real" for the fakes), re-using the same fakes as the lecture does.
-        with running_stats_frozen(self.discriminator):
-            s_fake = self.discriminator(fake)
-        loss_g = F.binary_cross_entropy_with_logits(s_fake, ones, reduction="none")
-        yield "g", {"loss": loss_g, "d_g_z2": torch.sigmoid(s_fake).detach()}
+        yield from self.bce_steps(real, self.generator(self.noise(real.shape[0])), self.discriminator)
 
     # -- evaluation -----------------------------------------------------------------------------------------
     def energy(self, x: Tensor) -> Tensor:

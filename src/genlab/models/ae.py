@@ -55,6 +55,23 @@ class Reconstructor(GenerativeModel):
     def load_check_state(self, state: dict[str, int]) -> None:
         self._worse.count = state.get("worse_than_grey", 0)
 
+    def reconstruct(self, x: Tensor) -> Tensor:
+        self.check_images(x)
+        return self(x)
+
+    def energy(self, x: Tensor) -> Tensor:
+        """Reconstruction error ||x - f(x)||^2 of the input as given (a DAE's uncorrupted), summed over pixels:
+        [N]."""
+        self.check_images(x)
+        return squared_error(self(x), x)
+
+
+def mlp_autoencoder(cfg, d: int) -> tuple[nn.Module, nn.Module]:
+    """The lecture's encoder and decoder for images of ``cfg``'s shape, flattened: Linear-Tanh to a code of
+    ``d``, Linear-Tanh back to the pixels."""
+    pixels = cfg.channels * cfg.height * cfg.width
+    return nn.Sequential(nn.Linear(pixels, d), nn.Tanh()), nn.Sequential(nn.Linear(d, pixels), nn.Tanh())
+
 
 class AE(Reconstructor):
     Config = AEConfig
@@ -62,27 +79,16 @@ class AE(Reconstructor):
 
     def __init__(self, cfg: AEConfig):
         super().__init__(cfg)
-        d, pixels = cfg.latent_dim, cfg.channels * cfg.height * cfg.width
-        self.encoder = nn.Sequential(nn.Linear(pixels, d), nn.Tanh())
-        self.decoder = nn.Sequential(nn.Linear(d, pixels), nn.Tanh())
+        self.encoder, self.decoder = mlp_autoencoder(cfg, cfg.latent_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         """:param x: [N x C x H x W] in [-1, 1], flattened. :return: the reconstruction, same shape."""
         return self.decoder(self.encoder(x.flatten(1))).view_as(x)
 
-    def reconstruct(self, x: Tensor) -> Tensor:
-        self.check_images(x)
-        return self(x)
-
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         """``mse``: per-example squared error averaged over the pixels (nn.MSELoss's scale)."""
         mse = squared_error(self(x), x) / x[0].numel()
         return {"loss": mse, "mse": mse}
-
-    def energy(self, x: Tensor) -> Tensor:
-        """Reconstruction error ||x - Dec(Enc(x))||^2, summed over pixels: [N]."""
-        self.check_images(x)
-        return squared_error(self(x), x)
 
     def encoder_kernels(self) -> Tensor:
         return self.encoder[0].weight.detach()

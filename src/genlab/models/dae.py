@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from genlab import rng
 from genlab.config import ImageShape, opt
 from genlab.errors import GenlabError
-from genlab.models.ae import Reconstructor, squared_error
+from genlab.models.ae import Reconstructor, mlp_autoencoder, squared_error
 from genlab.models.base import conv_sizes_ok
 
 CORRUPTIONS = ("dropout", "gaussian", "salt-pepper")
@@ -99,25 +99,19 @@ class DAE(Reconstructor):
         super().__init__(cfg)
         self.tanh_output = cfg.arch == "mlp"  # the U-Net's output is unbounded in training (Reconstructor)
         if cfg.arch == "mlp":
-            d, pixels = cfg.latent_dim, cfg.channels * cfg.height * cfg.width
-            self.encoder = nn.Sequential(nn.Linear(pixels, d), nn.Tanh())
-            self.decoder = nn.Sequential(nn.Linear(d, pixels), nn.Tanh())
+            self.encoder, self.decoder = mlp_autoencoder(cfg, cfg.latent_dim)
         else:
             conv_sizes_ok(cfg, "dae --arch conv")
             self.net = ConvDenoiser(channels=cfg.channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        """:param x: [N x 1 x 28 x 28] in [-1, 1] (corrupted or not). :return: the denoised image."""
+        """:param x: [N x C x H x W] in [-1, 1] (corrupted or not). :return: the denoised image."""
         if self.cfg.arch == "conv":
             return self.net(x)
         return self.decoder(self.encoder(x.flatten(1))).view_as(x)
 
     def corrupt(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return corrupt(x, self.cfg, generator)
-
-    def reconstruct(self, x: Tensor) -> Tensor:
-        self.check_images(x)
-        return self(x)
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         """``loss``: per-example MSE (mean over pixels) of the clean target from a corrupted input."""
@@ -129,11 +123,6 @@ class DAE(Reconstructor):
         n = x[0].numel()
         corrupted = squared_error(self(self.corrupt(x)), x) / n
         return {"loss": corrupted, "mse_corrupted": corrupted, "mse_clean": squared_error(self(x), x) / n}
-
-    def energy(self, x: Tensor) -> Tensor:
-        """Reconstruction error of the (uncorrupted) input, summed over pixels: [N]."""
-        self.check_images(x)
-        return squared_error(self(x), x)
 
     def encoder_kernels(self) -> Tensor | None:
         return self.encoder[0].weight.detach() if self.cfg.arch == "mlp" else None

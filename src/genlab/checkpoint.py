@@ -291,9 +291,12 @@ def _meta_of(header) -> dict:
 
 METADATA_KEYS = {"counters", "optimizers", "format", "model", "settings", "crc32", "crc32_meta"}
 
-# Settings a run may change, or that change none of its numbers: left out of ``settings_of``. (The first five
-# are what ``train(resume=...)`` lets change; the rest say where the data is and what else is written.)
-FREE_SETTINGS = ("epochs", "device", "out", "cuda_graphs", "progress", "data_dir", "figures", "tensorboard")
+# What a resumed run (``train(resume=...)``) may do differently: its length, where it runs, and how (neither
+# changes what it computes beyond rounding); out: the run is where resume points.
+RESUME_MAY_CHANGE = ("epochs", "device", "out", "cuda_graphs", "progress")
+# Settings a run may change, or that change none of its numbers (where the data is, what else is written): left
+# out of ``settings_of``.
+FREE_SETTINGS = RESUME_MAY_CHANGE + ("data_dir", "figures", "tensorboard")
 SETTINGS_PARTS = ("model_config", "train_config")  # what ``settings_of`` holds, as config.json names them
 
 

@@ -69,7 +69,8 @@ class TrainConfig:
     classes: str = opt("", "train only on these labels, comma-separated (e.g. 3 or 0,1,2; empty: all); the test "
                        "split keeps every class")
     eval_limit: int = opt(0, "use only the first N test examples for the per-epoch test loss (0: all)", min=0)
-    figures: bool = opt(True, "write figures at the end of training")
+    figures: bool = opt(True, "write figures (at the end of training, and per epoch for the models that draw "
+                              "some then)")
     progress: bool = opt(True, "show progress bars (only on a terminal)")
     tensorboard: bool = opt(False, "also log scalars, image grids and energy histograms to RUN_DIR/tensorboard")
 

@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from genlab import __version__, checkpoint, config as cfgmod, distributed, graphs, rundir
+from genlab.checkpoint import RESUME_MAY_CHANGE
 from genlab.config import TrainConfig
 from genlab.data import check_run_shape, image_shape, load_dataset, resolve_dataset_name
 from genlab.data.batching import Batches, to_pixels
@@ -222,10 +223,6 @@ def train(model_name: str | None, model_cfg=None, train_cfg: TrainConfig | None 
         if workspace is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
-
-# What a resumed run may do differently: its length, where it runs, and how (neither changes what it computes
-# beyond rounding); out: the run is where resume points.
-RESUME_MAY_CHANGE = ("epochs", "device", "out", "cuda_graphs", "progress")
 
 
 def _check_resume(run_dir: Path, name: str, saved_model_cfg, saved: TrainConfig, model_name, model_cfg,

@@ -6,7 +6,8 @@ The importance-weighted bound (Burda, Grosse & Salakhutdinov 2016, eq. 8) with k
 
 equals the ELBO for k = 1, does not decrease with k and tends to log p(x); -L_5000 is the usual "test NLL".
 Here it is computed batched over samples and images with a running logsumexp, so memory stays bounded by
-``rows`` decoder outputs whatever k is. Values are per example, in nats (bits/dim divides by 784 ln 2).
+``rows`` decoder outputs whatever k is. Values are per example, in nats (bits/dim divides by the pixel count
+times ln 2: 784 ln 2 for MNIST).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def evaluate_vae(model: VAE, images_u8: Tensor, iwae_k: Sequence[int] = (1, 50, 
 
     Keys: ``loss_sampled`` (rec + beta * KL, z ~ q), ``loss_mean`` (z = mu), ``rec_sampled``, ``rec_mean``,
     ``kl``, ``neg_elbo``; ``iwae_<k>`` = -L_k for each k; ``nll`` (the tightest bound: the smallest -L_k, else
-    the -ELBO) and ``bits_per_dim`` (nll / (784 ln 2)); ``active_units``; ``kl_per_dim`` (list of d floats);
+    the -ELBO) and ``bits_per_dim`` (nll / (pixels ln 2)); ``active_units``; ``kl_per_dim`` (list of d floats);
     ``seconds_iwae_<k>`` (wall time of each bound).
 
     :param images_u8: uint8 [N x 28 x 28].

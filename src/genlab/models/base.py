@@ -173,7 +173,7 @@ class GenerativeModel(nn.Module):
         return state
 
     def encoder_kernels(self) -> Tensor | None:
-        """Rows of the first encoder layer as [K x 784] (the lecture's Figs. 4 and 6), or None."""
+        """Rows of the first encoder layer as [K x C*H*W] (the lecture's Figs. 4 and 6), or None."""
         return None
 
     @property

@@ -50,7 +50,7 @@ def dropout_mask(shape, p: float, scaled: bool = True, generator: torch.Generato
 
 
 def corrupt(x: Tensor, cfg: DAEConfig, generator: torch.Generator | None = None) -> Tensor:
-    """Corrupt [N x 1 x 28 x 28] images in [-1, 1] as ``cfg`` says."""
+    """Corrupt [N x C x H x W] images in [-1, 1] as ``cfg`` says."""
     if cfg.corruption == "dropout":
         return x * dropout_mask(x.shape, cfg.noise, not cfg.unscaled_mask, generator, x.device)
     if cfg.corruption == "gaussian":

@@ -1,13 +1,14 @@
 """DCGAN (Radford, Metz, Chintala 2016) as the lecture runs it: the PyTorch examples' dcgan on MNIST.
 
-Two sizes:
+Three sizes:
 - ``--image-size 64``: the lecture's networks exactly (MNIST resized to 64 x 64 inside the model, nz = 100,
-  ngf = ndf = 64, batch norm, N(0, 0.02) initialisation);
+  ngf = ndf = 64, batch norm, N(0, 0.02) initialisation); ``--image-size 32``: the same networks one stage
+  shorter at 32 x 32;
 - ``--image-size 28`` (default): the same networks one stage shorter (4 -> 7 -> 14 -> 28 pixels, same ngf and
   ndf), working on MNIST's own 28 x 28 pixels; about a tenth of the arithmetic per step, the practical choice
   on a CPU.
 
-Both train with the non-saturating binary cross-entropy of the lecture (labels real = 1, fake = 0; the
+All train with the non-saturating binary cross-entropy of the lecture (labels real = 1, fake = 0; the
 generator is trained with "real" labels) and Adam with lr 2e-4, betas (0.5, 0.999). The discriminator returns
 a logit s(x); D(x) = sigmoid(s(x)) and the energy is -s(x): low where D believes the image is real.
 """
@@ -169,7 +170,7 @@ class DCGAN(BCEGAN):
         return resize(x, (s, s))
 
     def logit(self, x: Tensor) -> Tensor:
-        """The discriminator's logit s(x), D(x) = sigmoid(s(x)). :param x: [N x 1 x 28 x 28]. :return: [N]."""
+        """The discriminator's logit s(x), D(x) = sigmoid(s(x)). :param x: [N x C x H x W]. :return: [N]."""
         return self.discriminator(self._resize(x))
 
     # -- training -------------------------------------------------------------------------------------------

@@ -232,11 +232,11 @@ def spread(x: Tensor) -> Tensor:
 
 
 def find_log(logs: dict[str, float], name: str) -> float | None:
-    """``logs[name]``, also when the loop prefixed the key with its player ("d/name", "d.name", "d_name")."""
+    """``logs[name]``, also when the loop prefixed the key with its player ("d/name")."""
     if name in logs:
         return logs[name]
     for key, value in logs.items():
-        if key.endswith(("/" + name, "." + name)):
+        if key.endswith("/" + name):
             return value
     return None
 

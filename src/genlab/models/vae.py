@@ -275,18 +275,18 @@ class VAE(GenerativeModel):
 
     # -- the network --------------------------------------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """:param x: [N x 1 x 28 x 28] in [0, 1]. :return: (mu, logvar) of q(z|x), each [N x d]."""
+        """:param x: [N x C x H x W] in [0, 1]. :return: (mu, logvar) of q(z|x), each [N x d]."""
         # .float(): under bf16 autocast the networks' matrix products run in bf16, but every probabilistic
         # term (KL, log-densities, log-sum-exp over draws) stays in float32. A no-op otherwise.
         mu, logvar = self._nets()[0](x).float().chunk(2, dim=1)
         return mu, logvar
 
     def decode_logits(self, z: Tensor) -> Tensor:
-        """:param z: [N x d]. :return: Bernoulli logits of p(x|z), [N x 1 x 28 x 28]."""
+        """:param z: [N x d]. :return: Bernoulli logits of p(x|z), [N x C x H x W]."""
         return self._nets()[1](z).float()
 
     def decode(self, z: Tensor) -> Tensor:
-        """:param z: [N x d]. :return: the mean of p(x|z), [N x 1 x 28 x 28] in [0, 1]."""
+        """:param z: [N x d]. :return: the mean of p(x|z), [N x C x H x W] in [0, 1]."""
         return torch.sigmoid(self.decode_logits(z))
 
     @staticmethod
@@ -296,7 +296,7 @@ class VAE(GenerativeModel):
         return mu + (0.5 * logvar).exp() * eps
 
     def binarize(self, x: Tensor) -> Tensor:
-        """Apply ``cfg.binarize`` to [N x 1 x 28 x 28] grey images in [0, 1].
+        """Apply ``cfg.binarize`` to [N x C x H x W] grey images in [0, 1].
 
         ``dynamic`` draws Bernoulli(x) afresh in training mode; in eval mode it uses the one fixed draw
         ``hashed_uniform(x) < x`` per image. Images already in {0, 1} pass through every mode unchanged.
@@ -390,7 +390,7 @@ class VAE(GenerativeModel):
     def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
         """log w = log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x) per image: [k x N].
 
-        :param x: [N x 1 x 28 x 28], already binarised. All k * N decoder passes go in one batch; the caller
+        :param x: [N x C x H x W], already binarised. All k * N decoder passes go in one batch; the caller
             bounds memory by choosing k and N (``genlab.metrics.likelihood.iwae_bound`` chunks them).
         """
         return self._log_weights(x, k, generator)[0]
@@ -419,7 +419,7 @@ class VAE(GenerativeModel):
     def iwae_loss(self, x: Tensor, k: int, dreg: bool = False) -> Tensor:
         """-L_k, the importance-weighted bound with k draws, per image: [N] nats (a training objective).
 
-        :param x: [N x 1 x 28 x 28], already binarised.
+        :param x: [N x C x H x W], already binarised.
         :param dreg: take the encoder's gradient by the doubly reparameterised estimator (Tucker, Lawson, Gu &
             Maddison 2019): same value, same decoder gradient, same expected encoder gradient, but the encoder
             gets it through z alone, weighted by the squared normalised weights, which keeps its signal as k
@@ -443,7 +443,7 @@ class VAE(GenerativeModel):
 
     # -- pictures -----------------------------------------------------------------------------------------
     def reconstruct(self, x: Tensor, sample: bool | None = None) -> Tensor:
-        """The decoder's mean image for the code of x: [N x 1 x 28 x 28] in [0, 1].
+        """The decoder's mean image for the code of x: [N x C x H x W] in [0, 1].
 
         ``sample`` None decodes z = mu in eval mode and a draw of q(z|x) in training mode.
         """

@@ -123,6 +123,21 @@ def test_bf16_autocast_keeps_the_cvaes_probabilistic_terms_float32(condition):
         assert all(t.dtype == torch.float32 for t in model.terms(x, c).values())
 
 
+@pytest.mark.parametrize("name", ["dcgan", "cdcgan"])
+def test_bf16_autocast_logs_the_discriminators_outputs_in_float32(name):
+    # D(x) and D(G(z)) were sigmoids of bfloat16 logits, which hold nothing between 0.9961 and 1: the saturation
+    # check (D(x) > 0.999) fired on a discriminator at 0.998, and the logged values were coarse.
+    from genlab.models import MODELS
+
+    model = MODELS[name](MODELS[name].Config())
+    x, y = torch.rand(8, 1, 28, 28) * 2 - 1, torch.arange(8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms = {player: t for player, t in model.steps(x, *([y] if name == "cdcgan" else []))}
+    logged = [terms["d"]["d_x"], terms["d"]["d_g_z1"], terms["g"]["d_g_z2"]]
+    assert all(t.dtype == torch.float32 for t in logged)
+    assert len(set(terms["d"]["d_x"].tolist())) == 8  # bfloat16 held these eight near 0.5 in two or three values
+
+
 def test_batches_carry_labels_with_their_images():
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1).expand(10, 28, 28).contiguous()
     labels = torch.arange(10) * 7

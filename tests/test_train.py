@@ -346,6 +346,26 @@ def test_a_peer_gone_is_told_from_a_failure_of_this_process():
     assert not distributed.is_peer_failure(ValueError("Connection closed by peer"))
 
 
+@pytest.mark.parametrize("backend", ["nccl", "gloo"])
+def test_a_failed_nccl_rank_aborts_its_group_rather_than_wait_for_peers_that_never_come(backend, monkeypatch):
+    # nccl's destroy_process_group waits for the collectives in flight: a rank that failed alone (a full disk at
+    # its checkpoint) would wait for peers blocked in a collective it never joins, before saying its error.
+    import torch.distributed as dist
+
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: backend)
+    monkeypatch.setattr(dist, "barrier", lambda **kw: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda group=None: calls.append("destroy"))
+    monkeypatch.setattr(dist.distributed_c10d, "_abort_process_group", lambda group=None: calls.append("abort"))
+    ctx = distributed.Context(rank=1, world=2)
+    distributed.teardown(ctx, finished=False)
+    assert calls == (["abort"] if backend == "nccl" else ["destroy"])
+    calls.clear()
+    distributed.teardown(ctx, finished=True)  # every rank arrived: a barrier, then the orderly way out
+    assert calls == ["barrier", "destroy"]
+
+
 @pytest.mark.slow
 def test_a_process_that_dies_leaves_the_others_one_line_and_a_checkpoint(tmp_path):
     # The survivor printed gloo's "Connection closed by peer" traceback (exit 70).
@@ -482,7 +502,7 @@ def test_a_longer_schedule_given_on_resume_is_kept_for_the_next_resume(tmp_path)
     run = train("ae", MODELS["ae"].Config(latent_dim=8), quick_config("ae", tmp_path / "r", limit=128))
     train(None, train_cfg=quick_config("ae", tmp_path / "r", limit=128, epochs=2), resume=run)
     assert checkpoint.read_configs(run)[2].epochs == 2
-    train(None, resume=run, device="cpu")
+    train(None, resume=run, device=torch.device("cpu"))  # a torch.device, as the docstring says (it was refused)
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 

@@ -241,6 +241,16 @@ def teardown(ctx: Context, finished: bool = False) -> None:
         if finished:  # nccl's barrier at this process's own GPU (else PyTorch guesses it, and warns)
             on_gpu = ctx.device.type == "cuda"
             dist.barrier(device_ids=[ctx.device.index] if on_gpu else None)
+        elif dist.get_backend() == "nccl" and hasattr(dist.distributed_c10d, "_abort_process_group"):
+            # After a failure of this rank's alone (a full disk at its checkpoint), its peers wait in a
+            # collective it will never join: nccl's shutdown (destroy_process_group) waits for the work in
+            # flight, so the error line would come after nccl's own timeout, if ever. Abort instead (PyTorch's
+            # way out of a failed nccl group; gloo's destroy returns at once).
+            try:
+                dist.distributed_c10d._abort_process_group()
+            except (RuntimeError, ValueError):  # the group is already gone: nothing left to leave
+                pass
+            return
         dist.destroy_process_group()
 
 

@@ -170,7 +170,7 @@ def train(model_name: str | None, model_cfg=None, train_cfg: TrainConfig | None 
         _check_resume(run_dir, name, saved_model_cfg, saved, model_name, model_cfg, train_cfg)
         model_name, model_cfg = name, saved_model_cfg
         changes = {k: getattr(train_cfg, k) for k in RESUME_MAY_CHANGE if k != "out"} if train_cfg is not None else {}
-        changes.update({"device": device} if device is not None else {})
+        changes.update({"device": str(device)} if device is not None else {})
         train_cfg = cfgmod.from_dict(TrainConfig, {**cfgmod.to_dict(saved), **changes})
     else:
         cls = model_class(model_name)  # an unknown name: one line, before anything reads it

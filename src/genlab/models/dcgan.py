@@ -136,7 +136,10 @@ class BCEGAN(TwoPlayerGAN):
             s_fake = score(fake.detach())
         loss_d = (F.binary_cross_entropy_with_logits(s_real, ones, reduction="none")
                   + F.binary_cross_entropy_with_logits(s_fake, zeros, reduction="none"))
-        yield "d", {"loss": loss_d, "d_x": torch.sigmoid(s_real).detach(), "d_g_z1": torch.sigmoid(s_fake).detach(),
+        # D's outputs in float32: under --precision bf16 the logits are bfloat16, which holds nothing between
+        # 0.9961 and 1 (the saturation check reads D(x) > 0.999).
+        yield "d", {"loss": loss_d, "d_x": torch.sigmoid(s_real.detach().float()),
+                    "d_g_z1": torch.sigmoid(s_fake.detach().float()),
                     "spread_real": spread(real), "spread_fake": spread(fake)}
 
         # (2) Update G: maximise log D(G(z)) with the updated D (the non-saturating loss of Goodfellow et al.
@@ -144,7 +147,7 @@ class BCEGAN(TwoPlayerGAN):
         with running_stats_frozen(self.discriminator):
             s_fake = score(fake)
         loss_g = F.binary_cross_entropy_with_logits(s_fake, ones, reduction="none")
-        yield "g", {"loss": loss_g, "d_g_z2": torch.sigmoid(s_fake).detach()}
+        yield "g", {"loss": loss_g, "d_g_z2": torch.sigmoid(s_fake.detach().float())}
 
 
 class DCGAN(BCEGAN):

@@ -63,8 +63,9 @@ class EBGANConfig(ImageShape):
 # -- the energy and the two loss terms, as functions so they can be checked against known answers ----------
 def reconstruction_energy(x_hat: Tensor, x: Tensor, mode: str) -> Tensor:
     """||x_hat - x|| per example, [N x ...] -> [N]: squared and summed over pixels ("sum"), squared and
-    averaged over pixels ("mean"), or the Euclidean norm ("norm")."""
-    sq = (x_hat - x).pow(2).flatten(1)
+    averaged over pixels ("mean"), or the Euclidean norm ("norm"). In float32 whatever autocast made of x_hat
+    (on a CPU, autocast leaves a bfloat16 difference's square and sum in bfloat16)."""
+    sq = (x_hat.float() - x.float()).pow(2).flatten(1)
     if mode == "sum":
         return sq.sum(1)
     if mode == "mean":
@@ -91,7 +92,7 @@ def pulling_away_term(codes: Tensor) -> Tensor:
     n = s.shape[0]
     if n < 2:
         return torch.zeros(n, device=codes.device)
-    cos2 = (s @ s.t()).pow(2)
+    cos2 = (s @ s.t()).float().pow(2)  # float32 from here under autocast (a CPU's keeps the square in bfloat16)
     return (cos2.sum(1) - cos2.diagonal()) / (n - 1)
 
 

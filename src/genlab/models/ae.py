@@ -65,6 +65,10 @@ class Reconstructor(GenerativeModel):
         self.check_images(x)
         return squared_error(self(x), x)
 
+    def energy_and_reconstruction(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        recon = self.reconstruct(x)
+        return squared_error(recon, x), recon
+
 
 def mlp_autoencoder(cfg, d: int) -> tuple[nn.Module, nn.Module]:
     """The lecture's encoder and decoder for images of ``cfg``'s shape, flattened: Linear-Tanh to a code of

@@ -144,6 +144,11 @@ class GenerativeModel(nn.Module):
     def energy(self, x: Tensor) -> Tensor:
         raise Unsupported(f"{type(self).__name__} defines no energy, so it has no anomaly score")
 
+    def energy_and_reconstruction(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(energy(x) [N], reconstruct(x) or None)``, from one pass where the energy is a reconstruction error
+        (autoencoders, EBGAN's discriminator, the VAE in eval mode): the same values as the two calls."""
+        return self.energy(x), (self.reconstruct(x) if self.can_reconstruct else None)
+
     def check_images(self, x) -> None:
         """Refuse, in one line, what ``energy`` and ``reconstruct`` cannot take: anything but a float tensor
         [N x C x H x W] of this model's image shape (an [N x H x W] batch was broadcast against the VAE's

@@ -222,3 +222,7 @@ class EBGAN(TwoPlayerGAN):
         """The discriminator autoencoder's output Dec(Enc(x)), same shape as x."""
         self.check_images(x)
         return self.discriminator(x)[0]
+
+    def energy_and_reconstruction(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        recon = self.reconstruct(x)
+        return reconstruction_energy(recon, x, self.cfg.energy), recon

@@ -386,6 +386,15 @@ class VAE(GenerativeModel):
         t = self.terms(self.binarize(x), sample=self.training)
         return t["rec"] + self.cfg.beta * t["kl_dim"].sum(1)
 
+    def energy_and_reconstruction(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.training:  # two draws of q(z|x), as the two calls make
+            return super().energy_and_reconstruction(x)
+        self.check_images(x)
+        xb = self.binarize(x)
+        mu, logvar = self.encode(xb)
+        logits = self.decode_logits(mu)
+        return bernoulli_nll(logits, xb) + self.cfg.beta * gaussian_kl(mu, logvar).sum(1), torch.sigmoid(logits)
+
     # -- importance weighting -----------------------------------------------------------------------------
     def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
         """log w = log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x) per image: [k x N].

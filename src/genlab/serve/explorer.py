@@ -89,30 +89,6 @@ def _seeded_normal(n: int, d: int, seed: int) -> Tensor:
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
 
 
-def energy_and_reconstruction(model, x: Tensor) -> tuple[Tensor, Tensor | None]:
-    """``(model.energy(x) [N], model.reconstruct(x) [N x 1 x 28 x 28] or None)`` from one pass where the energy
-    is a reconstruction error (autoencoders, EBGAN's discriminator, the VAE decoding z = mu): the draw
-    endpoint's work, halved. Same values as the two calls (checked in the tests); eval mode only."""
-    from genlab.models.ae import AE, squared_error
-    from genlab.models.dae import DAE
-    from genlab.models.ebgan import EBGAN, reconstruction_energy
-    from genlab.models.vae import VAE, bernoulli_nll, gaussian_kl
-
-    if isinstance(model, (AE, DAE)):
-        recon = model.reconstruct(x)
-        return squared_error(recon, x), recon
-    if isinstance(model, EBGAN):
-        recon = model.discriminator(x)[0]
-        return reconstruction_energy(recon, x, model.cfg.energy), recon
-    if isinstance(model, VAE) and not model.training:
-        xb = model.binarize(x)
-        mu, logvar = model.encode(xb)
-        logits = model.decode_logits(mu)
-        energy = bernoulli_nll(logits, xb) + model.cfg.beta * gaussian_kl(mu, logvar).sum(1)
-        return energy, torch.sigmoid(logits)
-    return model.energy(x), (model.reconstruct(x) if model.can_reconstruct else None)
-
-
 @dataclass
 class LatentMap:
     """A VAE's test means laid out in 2-D by PCA: ``xy = (mu - mean) @ axes``.
@@ -279,7 +255,7 @@ class Explorer:
                 continue
             x_unit = x_all[idx]
             x = _to_model(x_unit, m.model)
-            energy, recon = energy_and_reconstruction(m.model, x)
+            energy, recon = m.model.energy_and_reconstruction(x)  # the draw endpoint's work, halved
             energy = energy.double().cpu().numpy()
             if recon is not None:  # both images of the whole batch to uint8 at once: [B x 2 x 784]
                 recon = to_unit(recon, m.model.pixel_range)

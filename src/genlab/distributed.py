@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, first_line
 
 T = TypeVar("T")
 
@@ -129,7 +129,7 @@ def _meet_by_hand(world: int, rank: int) -> dist.Store:
     except RuntimeError as e:  # DistNetworkError, DistStoreError
         why = ("in use by another program, or not an address of this machine" if rank == 0 else
                "what answers there is not process 0 of a genlab run")
-        raise GenlabError(f"{where}: {why} ({_first_line(e)}); start every process of the run with the same "
+        raise GenlabError(f"{where}: {why} ({first_line(e)}); start every process of the run with the same "
                           "MASTER_ADDR and a free MASTER_PORT, or use torchrun") from None
     # Each process claims its own rank: a count of arrivals let a rank started twice stand in for a missing one,
     # and the group then waited inside PyTorch for ever, deaf to signals.
@@ -142,7 +142,7 @@ def _meet_by_hand(world: int, rank: int) -> dist.Store:
             missing = [r for r in range(world) if not store.check([ranks[r]])]
             wait_for(f"RANK {', '.join(map(str, missing))} of WORLD_SIZE={world}")
     except RuntimeError as e:  # DistNetworkError: process 0, which holds the store, has gone
-        raise GenlabError(f"{where}: process 0 went away while the processes met ({_first_line(e)}); start every "
+        raise GenlabError(f"{where}: process 0 went away while the processes met ({first_line(e)}); start every "
                           "process of the run again, or use torchrun") from None
     return store
 
@@ -186,11 +186,6 @@ def _answers(host: str, port: int) -> bool:
         return True
     except OSError:
         return False
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0][:200] if text else type(e).__name__)
 
 
 def launch_env() -> tuple[int, int]:

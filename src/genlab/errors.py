@@ -78,6 +78,13 @@ def one_line(text: str) -> str:
     return printable(" ".join(str(text).split()))
 
 
+def first_line(e: BaseException, most: int = 200) -> str:
+    """The first line of an exception's message (PyTorch's often run to dozens), at most ``most`` characters; its
+    type's name where it says nothing."""
+    text = str(e).strip()
+    return text.splitlines()[0][:most] if text else type(e).__name__
+
+
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no space, a quota, a file-size limit
 
 

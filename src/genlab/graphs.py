@@ -23,7 +23,7 @@ from torch import nn
 
 from genlab.config import TrainConfig
 from genlab.data.batching import to_pixels
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, first_line
 
 
 class _Loss(nn.Module):
@@ -99,7 +99,7 @@ class GraphedLoss:
                     torch.random.fork_rng(devices=[self.sample.device] if cuda else []):
                 graphed = torch.cuda.make_graphed_callables(loss, (self.sample,), allow_unused_input=True)
         except (RuntimeError, AssertionError) as e:  # a capture that failed, or a module refused
-            why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            why = first_line(e)
             if not _recovered(self.sample.device):
                 raise GenlabError(f"genlab could not record the training step as CUDA graphs ({why}), and the failed "
                                   f"recording left this process unable to draw random numbers on the GPU; train "

@@ -29,7 +29,8 @@ from genlab.config import to_dict
 from genlab.data import cache_dir
 from genlab.data.batching import to_pixels, to_uint8
 from genlab.data.datasets import write_cache_file
-from genlab.data.files import MAX_ARRAY_BYTES, decode_files, image_paths, normalise_image, scan_images, stack_images
+from genlab.data.files import (MAX_ARRAY_BYTES, decode_files, image_paths, is_file_dataset, normalise_image,
+                               scan_images, stack_images)
 from genlab.errors import GenlabError, describe_os_error
 from genlab.metrics.anomaly import energies
 from genlab.models import cannot_sample
@@ -192,7 +193,7 @@ class LoadedModel:
         stamps = []
         dataset = self.run.train_cfg.dataset
         for path in (Path(self.run.dir) / CHECKPOINT, Path(self.run.dir) / CONFIG,
-                     Path(dataset.partition(":")[2]) if dataset.startswith(("folder:", "npz:")) else None):
+                     Path(dataset.partition(":")[2]) if is_file_dataset(dataset) else None):
             if path is not None and path.exists():
                 info = path.stat()
                 stamps.append([str(path.resolve()), info.st_size, info.st_mtime_ns])

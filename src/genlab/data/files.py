@@ -37,9 +37,9 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from genlab.config import FILE_PREFIXES
 from genlab.data.idx import DataError
 
-PREFIXES = ("folder:", "npz:")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 TEST_SHARE, SPLIT_SEED = 0.1, 0
 CACHE_VERSION = "genlab-images-3"  # 2: photographs turned upright by their EXIF orientation; 3: with a digest
@@ -49,7 +49,7 @@ IMAGE_CACHE_BYTES = 2 << 30  # the decoded-image cache keeps its most recently u
 
 
 def is_file_dataset(name: str) -> bool:
-    return isinstance(name, str) and name.startswith(PREFIXES)
+    return isinstance(name, str) and name.startswith(FILE_PREFIXES)
 
 
 def expand_home(raw, what: str) -> Path:

@@ -6,8 +6,10 @@ from pathlib import Path
 
 from genlab.data.batching import to_pixels, to_unit
 from genlab.errors import GenlabError
-from genlab.models.base import evaluating
+from genlab.models.base import evaluating, per_example
 from genlab.train import Callback, RunState
+
+HISTOGRAM_IMAGES, GRID_IMAGES = 1000, 32  # test images in the energy histogram; images in each grid
 
 
 class TensorBoardLog(Callback):
@@ -28,14 +30,14 @@ class TensorBoardLog(Callback):
         for key, value in record.items():
             if isinstance(value, (int, float)) and key != "epoch":
                 self.writer.add_scalar(key, value, epoch)
+        # Batched as every evaluation is (a fixed 1000 large colour images asked for gigabytes at once).
+        self.writer.add_histogram("energy/test", per_example(model, test_images[:HISTOGRAM_IMAGES], seed=epoch), epoch)
         with evaluating(model, seed=epoch):
-            x = to_pixels(test_images[:1000], model.pixel_range).to(model.device)
-            self.writer.add_histogram("energy/test", model.energy(x).cpu(), epoch)
             if model.can_sample:
-                self.writer.add_images("samples", to_unit(model.sample(32), model.pixel_range).cpu(), epoch)
+                self.writer.add_images("samples", to_unit(model.sample(GRID_IMAGES), model.pixel_range).cpu(), epoch)
             if model.can_reconstruct:
-                self.writer.add_images("reconstructions", to_unit(model.reconstruct(x[:32]), model.pixel_range).cpu(),
-                                       epoch)
+                x = to_pixels(test_images[:GRID_IMAGES], model.pixel_range).to(model.device)
+                self.writer.add_images("reconstructions", to_unit(model.reconstruct(x), model.pixel_range).cpu(), epoch)
         self.writer.flush()
 
     def on_end(self, run: RunState) -> None:

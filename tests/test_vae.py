@@ -361,6 +361,16 @@ def test_figures(trained, data, tmp_path):
     assert vae_figures.epoch_figures(trained, 7, test_set, tmp_path) == []           # 7 is not a t-SNE epoch
 
 
+def test_a_one_dimensional_code_is_drawn_against_the_label(tmp_path):
+    # --latent-dim 1 (a valid value) crashed the run before its first step: t-SNE needs two dimensions (exit 70).
+    from genlab.data import load_dataset
+
+    test_set = load_dataset("mnist-5k", "test")
+    one_d = VAE(VAEConfig(latent_dim=1, hidden=16)).eval()
+    (path,) = vae_figures.epoch_figures(one_d, 0, test_set, tmp_path)
+    assert path.name == "tsne_epoch000.png" and path.stat().st_size > 2000
+
+
 def test_objective_switches_to_iwae_at_iwae_from_without_warmup(data):
     x = to_pixels(data[1].images[:32], "unit")
     torch.manual_seed(0)

@@ -72,21 +72,29 @@ def manifold_figure(model, path: Path, n: int = 20) -> Path:
 def tsne_figure(model, images_u8: Tensor, labels: Tensor, epoch: int, path: Path, n: int = TSNE_IMAGES,
                 seed: int = 0) -> Path:
     """t-SNE (2-D) of the encoder means of the first ``n`` images, coloured by label (tab10), as the lecture's
-    figure at epochs 0, 5 and 10. :param images_u8: uint8 [N x 28 x 28]; :param labels: int [N]."""
+    figure at epochs 0, 5 and 10; a 1-D code is drawn as it is, against the label (t-SNE needs two).
+    :param images_u8: uint8 [N x 28 x 28]; :param labels: int [N]."""
     from sklearn.manifold import TSNE
 
     x = to_pixels(images_u8[:n], "unit").to(model.device)
     mu, _ = model.encode(model.binarize(x))
     mu = mu.double().cpu().numpy()
-    emb = TSNE(n_components=2, init="pca", random_state=seed,
-               perplexity=min(30.0, max(1.0, (len(mu) - 1) / 3))).fit_transform(mu)
     y = labels[:n].cpu().numpy()
     fig, ax = subplots(figsize=(5.2, 4.6))
+    if mu.shape[1] == 1:
+        jitter = np.random.default_rng(seed).uniform(-0.3, 0.3, len(y))  # a label's points side by side
+        emb = np.stack([mu[:, 0], y + jitter], 1)
+        ax.set_xlabel("z (the encoder's mean)")
+        what = "1-D test means by label"
+    else:
+        emb = TSNE(n_components=2, init="pca", random_state=seed,
+                   perplexity=min(30.0, max(1.0, (len(mu) - 1) / 3))).fit_transform(mu)
+        ax.set_xticks([])
+        what = "t-SNE of the test means"
     points = ax.scatter(emb[:, 0], emb[:, 1], c=y, cmap="tab10", vmin=-0.5, vmax=9.5, s=6)
     fig.colorbar(points, ax=ax, ticks=np.arange(10), label="label")
-    ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(f"VAE: t-SNE of the test means, epoch {epoch} (first {len(mu)} test images)", fontsize=9)
+    ax.set_title(f"VAE: {what}, epoch {epoch} (first {len(mu)} test images)", fontsize=9)
     return save_figure(fig, path)
 
 

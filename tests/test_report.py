@@ -211,6 +211,33 @@ def test_reproduce_refuses_a_folder_it_did_not_write_or_of_another_kind_before_t
     assert (theirs / "tables.json").read_text() == "mine" and not (tmp_path / "new").exists()
 
 
+def test_reproduce_of_some_models_refuses_a_folder_where_another_stage_is_unfinished(tmp_path, capsys):
+    # reproduce --models ae dae stopped by Ctrl-C in dae's stage, then reproduce --models ae into the same --out:
+    # it wrote a report of ae alone, after which the first command (which the stop line said to run again) was
+    # refused for the report it found, and dae stayed half-trained without a word.
+    from genlab import config as cfgmod
+    from genlab.cli import main
+    from genlab.train import Callback, default_train_config, train
+
+    class StopAfterTheFirstEpoch(Callback):
+        def on_epoch(self, run, epoch, record):
+            raise KeyboardInterrupt
+
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / reproduce_mod.MARKER).write_text(json.dumps({"quick": True, "dataset": "mnist-5k"}))
+    settings = {**cfgmod.to_dict(default_train_config("dae")), "dataset": "mnist-5k", "epochs": 3, "limit": 128,
+                "eval_limit": 100, "progress": False, "figures": False, "out": str(out / "dae")}
+    with pytest.raises(KeyboardInterrupt):
+        train("dae", train_cfg=cfgmod.from_dict(cfgmod.TrainConfig, settings), callbacks=[StopAfterTheFirstEpoch()])
+    capsys.readouterr()
+    assert main(["reproduce", "--quick", "--models", "ae", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"genlab: error: --out {out} holds dae (epoch 1 of 3), left unfinished by an earlier reproduce; "
+                   "go on with it (--models ae dae) or choose another --out"]
+    assert sorted(p.name for p in out.iterdir()) == [reproduce_mod.MARKER, "dae"]  # nothing trained, nothing written
+
+
 def test_markdown_and_html_share_one_structure(tmp_path):
     png = tmp_path / "a.png"
     import matplotlib

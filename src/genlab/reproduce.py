@@ -321,6 +321,30 @@ def _check_out_folder(out: Path, kind: dict) -> None:
         raise GenlabError(f"--out {out} holds {said(saved)}, and this is {said(kind)}; choose another --out")
 
 
+def _refuse_leaving_stages_unfinished(out: Path, stages, known: list[str]) -> None:
+    """Refuse a reproduction of some models into a folder where an earlier one left another model's stage
+    unfinished (stopped by Ctrl-C): its report would leave that stage out, and the report, once written, is never
+    replaced, so the earlier command could no longer go on."""
+    asked = [s.model for s in stages]
+    left = []
+    for model in known:
+        run = out / model
+        if model in asked or not (run / checkpoint.CONFIG).is_file():
+            continue
+        try:
+            schedule = checkpoint.read_configs(run)[2].epochs
+            done = checkpoint.read_counters(run / checkpoint.CHECKPOINT)["epoch"] \
+                if (run / checkpoint.CHECKPOINT).exists() else 0
+        except GenlabError:  # a damaged stage: the command that goes on with it says so
+            done, schedule = 0, 1
+        if done < schedule:
+            left.append((model, f"{model} (epoch {done} of {schedule})"))
+    if left:
+        everything = [m for m in known if m in asked or m in dict(left)]
+        raise GenlabError(f"--out {out} holds {', '.join(said for _, said in left)}, left unfinished by an earlier "
+                          f"reproduce; go on with it (--models {' '.join(everything)}) or choose another --out")
+
+
 def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None = None,
               models: list[str] | None = None, device: str = "auto", processes: int | None = None) -> Path:
     """Train, evaluate and report every model of the lecture; return the folder holding ``report.html``.
@@ -340,6 +364,7 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
             raise GenlabError(f"--models: {what}; choose from {', '.join(known)}")
     stages = [s for s in STAGES if s.model in MODELS and (not models or s.model in models)
               and (not quick or s.quick_too or models)]
+    _refuse_leaving_stages_unfinished(out, stages, known)
     cfgmod.check_device(device)  # before the folder is made: a refusal leaves nothing behind
     if data_dir:
         resolve_data_dir(data_dir)  # a file or a blank name: refused now, not after the first stage has trained

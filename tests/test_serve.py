@@ -74,9 +74,13 @@ def test_mnist_style_centres_by_mass_not_by_box():
     np.testing.assert_allclose(out, expected, atol=1e-6)
 
 
-def test_mnist_style_refuses_a_blank_drawing():
+def test_mnist_style_refuses_a_blank_drawing_and_one_of_ink_everywhere():
     with pytest.raises(GenlabError, match="blank"):
         mnist_style(np.zeros((56, 56)))
+    # A canvas all of one faint grey, or all ink, became a solid 20 x 20 block scored as a digit.
+    for canvas in (np.full((56, 56), 1 / 255), np.ones((28, 28))):
+        with pytest.raises(GenlabError, match="ink everywhere"):
+            mnist_style(canvas)
 
 
 def test_only_the_served_address_is_a_valid_host():
@@ -315,6 +319,8 @@ def hostile_requests(server) -> list[tuple[str, bytes]]:
         ("invalid base64", post("/api/draw", json.dumps({"image": "!!!not base64!!!"}))),
         ("a blank drawing", post("/api/draw", json.dumps({"image": b64(np.zeros((56, 56)))}))),
         ("ink of 1e-40 (was scaled up into a solid block)", post("/api/draw", json.dumps({"image": [1e-40] * 784}))),
+        ("one pixel of 15 of 255, nothing to see", post("/api/draw", json.dumps({"image": [15] + [0] * 783}))),
+        ("all ink (a solid block)", post("/api/draw", json.dumps({"image": [255] * 784}))),
         ("56 x 56 without preprocessing", post("/api/draw", json.dumps({"image": image, "preprocess": False}))),
         ("preprocess not a bool", post("/api/draw", json.dumps({"image": image, "preprocess": "yes"}))),
         ("unknown model", post("/api/draw", json.dumps({"image": image, "models": ["gpt"]}))),

@@ -35,6 +35,9 @@ def mnist_style(drawing: np.ndarray) -> np.ndarray:
     if not peak > 0:
         raise GenlabError("the drawing is blank: draw a digit first")
     a = a / peak
+    if (a > INK).all():
+        raise GenlabError("the drawing is ink everywhere, with no background to tell a digit from: draw a digit on "
+                          "an empty canvas")
     rows = np.flatnonzero((a > INK).any(axis=1))
     cols = np.flatnonzero((a > INK).any(axis=0))
     crop = a[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]

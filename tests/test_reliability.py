@@ -681,16 +681,18 @@ def test_an_error_line_is_written_whole_even_unbuffered():
         and writes[0].endswith(b"\n"), (done.stdout, done.stderr)
 
 
-def test_a_signal_after_the_commands_last_line_ends_the_process_at_once():
+def test_a_signal_after_the_commands_last_line_ends_the_process_at_once_with_that_lines_status():
     # A second Ctrl-C right after the first ("genlab: interrupted") raised KeyboardInterrupt inside the exit's
-    # handlers: "Exception ignored in atexit callback" and PyTorch's traceback. A caller's main(argv) keeps its own.
-    script = ("import signal, sys\nfrom genlab.cli import main\ntry:\n    main(['--version'])\n"
+    # handlers: "Exception ignored in atexit callback" and PyTorch's traceback; a SIGTERM just after "interrupted
+    # by SIGINT" then ended the process with 143, not the line's 130. A caller's main(argv) keeps its handlers.
+    script = ("import os, signal, sys, time\nfrom genlab.cli import main\ntry:\n    main(['--version'])\n"
               "except SystemExit:\n    pass\nkept = signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
               "sys.argv = ['genlab', '--version']\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
-              "print(kept, signal.getsignal(signal.SIGINT) is signal.SIG_DFL, "
-              "signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)")
+              "print(kept, flush=True)\nprint('buffered')\n"
+              "os.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(30)\nprint('not reached')")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.stdout.splitlines()[-1] == "True True True", done.stderr
+    assert done.returncode == 0 and done.stdout.splitlines()[-2:] == ["True", "buffered"], (done.returncode,
+                                                                                          done.stdout, done.stderr)
 
 
 def test_a_bug_shows_its_traceback_and_asks_for_a_report(capsys):

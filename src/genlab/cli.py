@@ -192,10 +192,11 @@ def main(argv: list[str] | None = None) -> int:
             status = one_line_errors(lambda: _flush_output() or 0)
             if status:
                 raise SystemExit(status) from None
+        status = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
         raise
     finally:
         if argv is None:  # the genlab command's own process, not a caller's
-            _signals_end_the_exit()
+            _signals_end_the_exit(status)
             distributed = sys.modules.get("genlab.distributed")  # loaded only by a command that meets peers
             if distributed is not None and distributed.threads_left_in_cpp():
                 for stream in (sys.stdout, sys.stderr):
@@ -206,13 +207,22 @@ def main(argv: list[str] | None = None) -> int:
                 os._exit(status)
 
 
-def _signals_end_the_exit() -> None:
-    """Once the command has said its last line, Ctrl-C or SIGTERM ends the process at once: a second Ctrl-C
-    right after the first was a KeyboardInterrupt inside the interpreter's exit, shown as PyTorch's traceback."""
+def _signals_end_the_exit(status: int) -> None:
+    """Once the command has said its last line, Ctrl-C or SIGTERM ends the process at once, with the status that
+    line goes with: a second Ctrl-C right after the first was a KeyboardInterrupt inside the interpreter's exit,
+    shown as PyTorch's traceback, and a SIGTERM just after "interrupted by SIGINT" ended it with SIGTERM's 143."""
+    def end(signum, frame):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, RuntimeError):  # closed, full, or caught inside its own write
+                pass
+        os._exit(status)
+
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             if signal.getsignal(signum) is not signal.SIG_IGN:
-                signal.signal(signum, signal.SIG_DFL)
+                signal.signal(signum, end)
 
 
 def _main(argv: list[str] | None) -> int:

@@ -300,6 +300,10 @@ def hostile_requests(server) -> list[tuple[str, bytes]]:
         ("another site's Origin", (f"POST /api/draw HTTP/1.1\r\nHost: {host}\r\nOrigin: http://evil.example\r\n"
                                    "Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n"
                                    "\r\n{}").encode()),
+        ("two Origin headers, the first its own", (f"POST /api/draw HTTP/1.1\r\nHost: {host}\r\n"
+                                                   f"Origin: http://{host}\r\nOrigin: http://evil.example\r\n"
+                                                   "Content-Type: application/json\r\nContent-Length: 2\r\n"
+                                                   "Connection: close\r\n\r\n{}").encode()),
         ("a 10 MB body announced", (f"POST /api/draw HTTP/1.1\r\nHost: {host}\r\nContent-Length: 10000000\r\n"
                                     "Connection: close\r\n\r\n").encode() + b"x" * 1000),
         ("a 160 KiB chunked body", chunked),

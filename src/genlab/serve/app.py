@@ -128,14 +128,16 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers, hosts_named = {}, 0
+        headers, named = {}, {"host": 0, "origin": 0}
         for k, v in scope["headers"]:
             name = k.decode("latin-1").lower()
-            hosts_named += name == "host"
+            if name in named:
+                named[name] += 1
             headers.setdefault(name, v.decode("latin-1"))
-        if hosts_named > 1:  # which one a proxy in front read is anyone's guess (RFC 9112, 3.2)
-            return await self._refuse(send, 400, "a request names one Host header, this one named "
-                                                 f"{hosts_named}")
+        for name, count in named.items():
+            if count > 1:  # which one a proxy in front read is anyone's guess (RFC 9112, 3.2; RFC 6454, 7.3)
+                return await self._refuse(send, 400, f"a request names at most one {name.title()} header, this "
+                                                     f"one named {count}")
         host = headers.get("host", "").lower()
         if host not in self.hosts:
             return await self._refuse(send, 421, f"Host header {host[:80]!r} is not the address this server "

@@ -272,6 +272,8 @@ def test_a_config_json_naming_another_model_is_one_line(capsys, ae_run, tmp_path
      "--iwae-from 1000000 is past the run's 1 epoch, so it would never train on L_k"),
     # Said as something else: "argument MODEL: invalid choice: '0.1'", "does not exist", "Not a directory".
     (["train", "--resume", "{run}", "--lr", "0.1"], "--lr is a setting of a new run; --resume goes on"),
+    # argparse kept the last and trained it, the other passed over without a word
+    (["train", "--resume", "{run}", "--resume={run}/c", "--epochs", "5"], "--resume is given more than once"),
     (["energy", "{run}", "--images", "{run}/loop"], "a symbolic link that leads nowhere"),
     (["datasets", "--data-dir", "   "], "--data-dir is blank"),
     (["datasets", "--data-dir", "{run}/config.json"], "config.json is a file, not a folder; name the data"),

@@ -367,11 +367,15 @@ def _empty_argument(parser, args) -> str | None:
 def _refuse_new_run_flags_on_resume(parser, words: list[str]) -> None:
     """``genlab train --resume RUN --lr 0.1``: a model's flag after --resume, refused in words that say why.
     argparse, which knows such flags only after a MODEL, took 0.1 for the MODEL ("invalid choice: '0.1'")."""
-    if words[:1] != ["train"] or not any(w == "--resume" or w.startswith("--resume=") for w in words):
+    flags = words[:words.index("--")] if "--" in words else words  # after "--" every word is a value
+    resumes = sum(w == "--resume" or w.startswith("--resume=") for w in flags)
+    if words[:1] != ["train"] or not resumes:
         return
     from genlab.commands.train import RESUME_FLAGS
 
     train_parser = _command_parser(parser, argparse.Namespace(command="train", model=None))
+    if resumes > 1:  # argparse keeps the last, and the others were passed over without a word
+        train_parser.error("--resume is given more than once; name the one run to go on with")
     models = next(a for a in train_parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     if any(w in models for w in words[1:]):
         return  # a model too: the command says "not vae too"

@@ -36,7 +36,7 @@ def add(subparsers) -> None:
         add_arguments(m, cfgmod.TrainConfig, "training", defaults=default_train_config(name))
 
 
-RESUME_FLAGS = "--epochs N, --device D, --no-cuda-graphs and --no-progress"  # what --resume takes
+RESUME_FLAGS = "--epochs N, --device D, --[no-]cuda-graphs and --[no-]progress"  # what --resume takes
 
 
 def summary(cls) -> str:

@@ -293,6 +293,14 @@ def test_out_of_range_requests_are_one_line(argv, words, capsys, ae_run, tmp_pat
     assert_one_line(*cli(capsys, *[a.format(run=run) for a in argv])[:2], words)
 
 
+def test_a_run_folder_named_like_a_flag_is_told_how_to_write(capsys, ae_run, tmp_path, monkeypatch):
+    # train --out=-run makes one; "genlab evaluate -run" then said only "the following arguments are required".
+    copy_run(ae_run, tmp_path / "-run")
+    monkeypatch.chdir(tmp_path)
+    assert_one_line(*cli(capsys, "evaluate", "-run")[:2], "-run is read as a flag, though a file of that name is "
+                                                         "here: write ./-run")
+
+
 def test_evaluate_json_prints_null_for_values_that_are_not_finite(capsys, ae_run, tmp_path):
     # Finite weights so large that sums of their products overflow (inf - inf is NaN).
     run = copy_run(ae_run, tmp_path / "run")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import sys
 import typing
@@ -19,10 +20,19 @@ DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
 class Parser(argparse.ArgumentParser):
     """argparse with a one-line error (what was wrong, where to look) and exit status 2."""
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._words = list(sys.argv[1:] if args is None else args)  # for error(): the words this parser read
+        return super().parse_known_args(args, namespace)
+
     def error(self, message):
         # A value thousands of characters long (a 5,000-digit number) is shown by its ends and its length.
         message = re.sub(r"\S{80,}", lambda m: f"{m.group()[:30]}...{m.group()[-10:]} ({len(m.group())} characters)",
                          message)
+        # A run folder named -x (train --out=-x makes one) was read as a flag: "RUN_DIR is required".
+        dashed = next((w for w in getattr(self, "_words", []) if w.startswith("-") and len(w) > 1 and
+                       w not in self._option_string_actions and os.path.lexists(w)), None)
+        if dashed:
+            message += f"; {dashed} is read as a flag, though a file of that name is here: write ./{dashed}"
         sys.stderr.write(f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
         raise SystemExit(2)
 

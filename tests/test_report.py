@@ -185,6 +185,13 @@ def test_report_command_side_by_side(tmp_path, capsys):
     assert (tmp_path / "notes" / "report.md").read_text() == "my notes\n"
     (tmp_path / "report" / "report.html").unlink()
     assert main(["report", runs[0], "--out", str(tmp_path / "report")]) == 0
+    # A run without its checkpoint (copied without its weights) was shown as any other, without a word.
+    shutil.copytree(runs[0], tmp_path / "no-weights")
+    (tmp_path / "no-weights" / "checkpoint.safetensors").unlink()
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "no-weights"), "--out", str(tmp_path / "r3")]) == 0
+    assert f"note: {tmp_path / 'no-weights'} holds no checkpoint.safetensors" in capsys.readouterr().err
+    assert "It holds no checkpoint (its weights)" in (tmp_path / "r3" / "report.md").read_text()
 
 
 def test_reproduce_refuses_a_folder_it_did_not_write_or_of_another_kind_before_training(tmp_path, capsys):

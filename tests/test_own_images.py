@@ -334,6 +334,19 @@ def test_a_symlink_loop_in_a_folder_data_set_is_listed_once(tmp_path):
     assert sorted(p.name for p in list_images(tmp_path / "d")) == ["0000.png", "0001.png", "0002.png", "0003.png"]
 
 
+def test_class_folders_named_by_other_numbers_are_said_with_their_labels(tmp_path, capsys):
+    # Folders 1, 10 and 2 are the classes 0, 1 and 2 (sorted names): --classes 1 trained on "10" without a word.
+    write_folder(tmp_path / "d", blobs(30, (8, 8)), np.arange(30) % 3, ["1", "10", "2"])
+    status, lines, _ = cli(capsys, "train", "ae", "--dataset", f"folder:{tmp_path / 'd'}", "--classes", "1",
+                           "--epochs", "1", "--no-progress", "--no-figures", "--out", tmp_path / "r")
+    assert status == 0 and f"note: the classes of folder:{tmp_path / 'd'} are its folders in sorted order (0 = '1', " \
+        "1 = '10', 2 = '2'); --classes and --label take these numbers" in lines
+    write_folder(tmp_path / "e", blobs(20, (8, 8)), np.arange(20) % 2, ["0", "1"])  # named by their labels
+    status, lines, _ = cli(capsys, "train", "ae", "--dataset", f"folder:{tmp_path / 'e'}", "--epochs", "1",
+                           "--no-progress", "--no-figures", "--out", tmp_path / "s")
+    assert status == 0 and not [line for line in lines if "sorted order" in line]
+
+
 def test_a_link_to_another_class_folder_is_refused_not_relabelled(tmp_path, capsys):
     # The link made "dogs" a second path to the same folder; whichever path was listed first won, and every
     # dog was labelled a cat (exit 0).

@@ -396,6 +396,11 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
     return run_dir
 
 
+def _numbers_by_name(classes) -> bool:
+    """Whether a folder data set's class folders are named by numbers that are not their labels."""
+    return any(name.isdigit() for name in classes) and any(name != str(i) for i, name in enumerate(classes))
+
+
 def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: bool, ctx, say):
     """Load the data, build the model and its optimisers, and either restore the checkpoint or start the run
     directory. Returns (model, optimizers, counters, (train images, train labels, test images, test labels,
@@ -422,6 +427,11 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
                               f"{', '.join(map(str, absent))}; its labels are {min(present)} to {max(present)}")
         keep = torch.isin(labels, torch.tensor(wanted))
         train_images, train_labels = train_images[keep], train_labels[keep]
+    if not resuming and _numbers_by_name(train_set.classes):
+        # Folders 1, 10 and 2 are the classes 0, 1 and 2: --classes 1 trained on the folder "10" without a word.
+        shown = ", ".join(f"{i} = {name!r}" for i, name in enumerate(train_set.classes[:12]))
+        say(f"note: the classes of {dataset} are its folders in sorted order ({shown}"
+            f"{', ...' if len(train_set.classes) > 12 else ''}); --classes and --label take these numbers")
     train_images = train_images[:cfg.limit] if cfg.limit else train_images
     test_images = test_set.images[:cfg.eval_limit] if cfg.eval_limit else test_set.images
     train_labels, test_labels = train_labels[:len(train_images)], test_set.labels[:len(test_images)]

@@ -378,6 +378,22 @@ def test_damaged_image_files_are_one_line_with_the_codecs_reason_and_nothing_els
     assert capfd.readouterr().err == "still printed\n"  # standard error is back
 
 
+def test_an_animated_png_is_refused_as_a_gif_is(tmp_path):
+    # OpenCV decodes an animated PNG's first frame alone: it was scored as if that were the picture.
+    import zlib
+
+    from genlab.data.files import read_image
+
+    png = cv2.imencode(".png", blobs(1, (8, 8))[0])[1].tobytes()
+    body = b"acTL" + (3).to_bytes(4, "big") + (0).to_bytes(4, "big")
+    chunk = (8).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+    (tmp_path / "anim.png").write_bytes(png[:33] + chunk + png[33:])  # after the signature and IHDR
+    (tmp_path / "still.png").write_bytes(png)
+    with pytest.raises(GenlabError, match=re.escape("anim.png is an animated PNG (3 frames), and genlab reads one")):
+        read_image(tmp_path / "anim.png")
+    assert read_image(tmp_path / "still.png").shape == (8, 8)
+
+
 @pytest.mark.parametrize("layout,words", [
     (("train/cat", "train/dog", "val/cat", "val/dog"), "rename val/ to test/"),
     (("train/cat", "test/cat", "val/cat"), "and also val, which genlab would leave out"),

@@ -161,6 +161,10 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
         data = np.fromfile(path, np.uint8)
     except OSError as e:
         raise DataError(f"{path} cannot be read ({e.strerror or e}); fix or remove that file") from None
+    frames = _png_frames(data)
+    if frames > 1:  # OpenCV decodes the first frame alone, as if it were the picture (a GIF is refused)
+        raise DataError(f"{path} is an animated PNG ({frames} frames), and genlab reads one picture a file; save "
+                        "the frame to use as a PNG of its own")
     declared = _png_decoded_bytes(data)
     if declared > MAX_DECODED_BYTES:  # OpenCV's cap counts pixels: 16-bit RGBA is 8 bytes each, and copies follow
         raise DataError(f"{path} would decode to {declared / 2**30:.1f} GiB (its header's size, channels and depth), "
@@ -206,6 +210,22 @@ def _png_decoded_bytes(data: np.ndarray) -> int:
     depth, colour = head[24], head[25]
     channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(colour, 4)  # a palette decodes to colour
     return width * height * channels * (2 if depth == 16 and colour != 3 else 1)
+
+
+def _png_frames(data: np.ndarray, most_chunks: int = 10_000) -> int:
+    """The frames an animated PNG declares (its acTL chunk, which comes before the first IDAT); 1 for a still
+    PNG, 0 for anything else. Looks at the first ``most_chunks`` chunks at most."""
+    if data[:8].tobytes() != b"\x89PNG\r\n\x1a\n":
+        return 0
+    at = 8
+    for _ in range(most_chunks):
+        head = data[at:at + 12].tobytes()
+        if len(head) < 8 or head[4:8] == b"IDAT":
+            break
+        if head[4:8] == b"acTL" and len(head) == 12:
+            return int.from_bytes(head[8:12], "big")
+        at += 12 + int.from_bytes(head[:4], "big")  # length, type, data, CRC
+    return 1
 
 
 _CODEC_LOCK = threading.Lock()

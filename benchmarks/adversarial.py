@@ -991,6 +991,38 @@ def fourth_review_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
     ]
 
 
+def fifth_review_cases(root: Path, runs: dict[str, Path]) -> list[Case]:
+    """Found by a hostile pass (29 November, late evening): a valid flag that crashed, a reproduction that could
+    no longer go on, an animated PNG read as its first frame, a second --resume passed over."""
+    import zlib
+
+    from genlab.data.files import encode_png
+    from genlab.reproduce import MARKER
+
+    png = encode_png(load_mnist_digits()[0])
+    body = b"acTL" + (3).to_bytes(4, "big") + (0).to_bytes(4, "big")
+    (root / "anim.png").write_bytes(png[:33] + (8).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+                                    + png[33:])
+    folder = root / "unfinished-reproduction"
+    folder.mkdir()
+    (folder / MARKER).write_text(json.dumps({"quick": True, "dataset": "mnist-5k"}))
+    stage = copy_run(runs["vae"], folder / "vae")
+    config = json.loads((stage / "config.json").read_text())
+    config["train_config"]["epochs"] = 3  # stopped after its first epoch of three
+    (stage / "config.json").write_text(json.dumps(config))
+    figures = [a for a in QUICK if a != "--no-figures"]
+    return [
+        Case("flags", "train vae --latent-dim 1 with figures (was: t-SNE's traceback, exit 70)",
+             ["train", "vae", *figures, "--latent-dim", "1", "--out", str(root / "review5-v1")], expect=0),
+        Case("flags", "train --resume A --resume B (was: B trained, A passed over)",
+             ["train", "--resume", str(runs["ae"]), "--resume", str(runs["vae"]), "--epochs", "2"]),
+        Case("paths", "energy --images an animated PNG (was: scored by its first frame)",
+             ["energy", str(runs["ae"]), "--images", str(root / "anim.png")]),
+        Case("reproduce", "reproduce --models ae into a folder with vae unfinished (was: a report of ae barred "
+             "the first command for good)", ["reproduce", "--quick", "--models", "ae", "--out", str(folder)]),
+    ]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=2, help="cases run at once (default 2)")
@@ -1005,7 +1037,8 @@ def main() -> int:
         cases = (flag_cases(root, runs) + path_cases(root, runs) + config_cases(root, runs["ae"])
                  + checkpoint_cases(root, runs["ae"]) + data_cases(root) + hostile_file_cases(root, runs)
                  + user_file_cases(root, runs) + review_cases(root, runs) + second_review_cases(root, runs)
-                 + third_review_cases(root, runs) + fourth_review_cases(root, runs) + environment_cases(root))
+                 + third_review_cases(root, runs) + fourth_review_cases(root, runs) + fifth_review_cases(root, runs)
+                 + environment_cases(root))
         cases = [c for c in cases if args.only in c.name]
         scenarios = [c for c in scenario_cases() if args.only in c.name]
         state: dict = {}

@@ -6,7 +6,7 @@
 # Stages (all by default, in this order):
 #   tests       tests/test_cuda.py: SIGTERM mid-epoch then --resume equals an uninterrupted run for every model
 #               (deterministic algorithms), GPU checkpoints load on a CPU and back, seeded blocks fork the CUDA
-#               generator, no training step waits for the GPU
+#               generator, no training step waits for the GPU, every model's terms float32 under bf16 autocast
 #   commands    benchmarks/cuda_commands.py: four models (dae, vae, cvae, cdcgan) train an epoch on the GPU, then
 #               evaluate, energy, sample, inpaint, denoise, report and serve (one drawing) run on those runs with
 #               --device cuda; and

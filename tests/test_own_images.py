@@ -345,6 +345,8 @@ def test_class_folders_named_by_other_numbers_are_said_with_their_labels(tmp_pat
     status, lines, _ = cli(capsys, "train", "ae", "--dataset", f"folder:{tmp_path / 'e'}", "--epochs", "1",
                            "--no-progress", "--no-figures", "--out", tmp_path / "s")
     assert status == 0 and not [line for line in lines if "sorted order" in line]
+    from genlab.train import _numbers_by_name
+    assert not _numbers_by_name(["00", "01", "02"]) and _numbers_by_name(["1", "2"]) and not _numbers_by_name(["a"])
 
 
 def test_a_link_to_another_class_folder_is_refused_not_relabelled(tmp_path, capsys):

@@ -274,6 +274,7 @@ def test_a_config_json_naming_another_model_is_one_line(capsys, ae_run, tmp_path
     (["train", "--resume", "{run}", "--lr", "0.1"], "--lr is a setting of a new run; --resume goes on"),
     # argparse kept the last and trained it, the other passed over without a word
     (["train", "--resume", "{run}", "--resume={run}/c", "--epochs", "5"], "--resume is given more than once"),
+    (["train", "--resum", "{run}", "--resume", "{run}/c"], "--resume is given more than once"),  # abbreviated
     (["energy", "{run}", "--images", "{run}/loop"], "a symbolic link that leads nowhere"),
     (["datasets", "--data-dir", "   "], "--data-dir is blank"),
     (["datasets", "--data-dir", "{run}/config.json"], "config.json is a file, not a folder; name the data"),
@@ -299,6 +300,9 @@ def test_a_run_folder_named_like_a_flag_is_told_how_to_write(capsys, ae_run, tmp
     monkeypatch.chdir(tmp_path)
     assert_one_line(*cli(capsys, "evaluate", "-run")[:2], "-run is read as a flag, though a file of that name is "
                                                          "here: write ./-run")
+    copy_run(ae_run, tmp_path / "-1")  # a value argparse read as one (a negative number) is not said to be a flag
+    status, lines = cli(capsys, "energy", "-run", "--limit", "-1")[:2]
+    assert status == 2 and "read as a flag" not in lines[0] and "--limit" in lines[0], lines
 
 
 def test_evaluate_json_prints_null_for_values_that_are_not_finite(capsys, ae_run, tmp_path):

@@ -241,8 +241,16 @@ def test_reproduce_of_some_models_refuses_a_folder_where_another_stage_is_unfini
     assert main(["reproduce", "--quick", "--models", "ae", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"genlab: error: --out {out} holds dae (epoch 1 of 3), left unfinished by an earlier reproduce; "
-                   "go on with it (--models ae dae) or choose another --out"]
+                   "go on with --models ae dae, or choose another --out"]
     assert sorted(p.name for p in out.iterdir()) == [reproduce_mod.MARKER, "dae"]  # nothing trained, nothing written
+    # Stages of every default model: the earlier command named none; a damaged stage is said with its reason.
+    for model in ("vae", "ebgan", "dcgan"):
+        shutil.copytree(out / "dae", out / model)
+    (out / "ebgan" / "config.json").write_text("{broken")
+    assert main(["reproduce", "--quick", "--models", "ae", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds dae (epoch 1 of 3); vae (epoch 1 of 3); ebgan (damaged: " in err[0] and \
+        err[0].endswith("go on with the same command without --models, or choose another --out"), err
 
 
 def test_markdown_and_html_share_one_structure(tmp_path):

@@ -368,7 +368,8 @@ def _refuse_new_run_flags_on_resume(parser, words: list[str]) -> None:
     """``genlab train --resume RUN --lr 0.1``: a model's flag after --resume, refused in words that say why.
     argparse, which knows such flags only after a MODEL, took 0.1 for the MODEL ("invalid choice: '0.1'")."""
     flags = words[:words.index("--")] if "--" in words else words  # after "--" every word is a value
-    resumes = sum(w == "--resume" or w.startswith("--resume=") for w in flags)
+    # argparse takes --resume's unambiguous abbreviations too (--res RUN)
+    resumes = sum(len(w.split("=")[0]) > 2 and "--resume".startswith(w.split("=")[0]) for w in flags)
     if words[:1] != ["train"] or not resumes:
         return
     from genlab.commands.train import RESUME_FLAGS

@@ -179,8 +179,8 @@ def _caption(png: Path, model: str | None) -> str | None:
     epoch = re.fullmatch(r"tsne_epoch(\d+)\.png", name)
     if epoch:
         when = f"after epoch {int(epoch.group(1))}" if int(epoch.group(1)) else "before training"
-        return (f"t-SNE of the test digits' mean codes {when}, coloured by label (the lecture's second Fig. 8, "
-                "whose caption calls them samples)")
+        return (f"t-SNE of the test digits' mean codes {when}, coloured by label (a 1-D code is drawn as it is, "
+                "against the label; the lecture's second Fig. 8, whose caption calls them samples)")
     return FIGURE_CAPTIONS.get((name, model), FIGURE_CAPTIONS.get((name, None), png.stem.replace("_", " ")))
 
 

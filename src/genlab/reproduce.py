@@ -29,7 +29,7 @@ from genlab import checkpoint
 from genlab.checkpoint import load_run
 from genlab.data import load_dataset, resolve_data_dir, resolve_dataset_name
 from genlab.distributed import usable_cpus
-from genlab.errors import GenlabError, Stopped
+from genlab.errors import GenlabError, Stopped, first_line
 from genlab.models import MODELS
 from genlab.train import Interrupted, default_train_config, train
 from genlab.report import Section, check_report_folder, write_report
@@ -321,28 +321,32 @@ def _check_out_folder(out: Path, kind: dict) -> None:
         raise GenlabError(f"--out {out} holds {said(saved)}, and this is {said(kind)}; choose another --out")
 
 
-def _refuse_leaving_stages_unfinished(out: Path, stages, known: list[str]) -> None:
-    """Refuse a reproduction of some models into a folder where an earlier one left another model's stage
-    unfinished (stopped by Ctrl-C): its report would leave that stage out, and the report, once written, is never
-    replaced, so the earlier command could no longer go on."""
-    asked = [s.model for s in stages]
+def _refuse_leaving_stages_unfinished(out: Path, asked: list[str], known: list[str], quick: bool) -> None:
+    """Refuse a reproduction of some models (``asked``) into a folder where an earlier one left another model's
+    stage unfinished (stopped by Ctrl-C): its report would leave that stage out, and the report, once written,
+    is never replaced, so the earlier command could no longer go on."""
     left = []
     for model in known:
         run = out / model
-        if model in asked or not (run / checkpoint.CONFIG).is_file():
+        if model in asked or not os.path.lexists(run / checkpoint.CONFIG):
             continue
         try:
             schedule = checkpoint.read_configs(run)[2].epochs
             done = checkpoint.read_counters(run / checkpoint.CHECKPOINT)["epoch"] \
-                if (run / checkpoint.CHECKPOINT).exists() else 0
-        except GenlabError:  # a damaged stage: the command that goes on with it says so
-            done, schedule = 0, 1
+                if os.path.lexists(run / checkpoint.CHECKPOINT) else 0
+        except GenlabError as e:
+            left.append(f"{model} (damaged: {first_line(e)})")
+            continue
         if done < schedule:
-            left.append((model, f"{model} (epoch {done} of {schedule})"))
+            left.append(f"{model} (epoch {done} of {schedule})")
     if left:
-        everything = [m for m in known if m in asked or m in dict(left)]
-        raise GenlabError(f"--out {out} holds {', '.join(said for _, said in left)}, left unfinished by an earlier "
-                          f"reproduce; go on with it (--models {' '.join(everything)}) or choose another --out")
+        # The earlier command trained every stage the folder holds: the default set, or those it named.
+        present = [m for m in known if m in asked or (out / m).is_dir()]
+        default = [s.model for s in STAGES if s.model in known and (not quick or s.quick_too)]
+        again = "the same command without --models" if set(present) == set(default) else \
+            f"--models {' '.join(present)}"
+        raise GenlabError(f"--out {out} holds {'; '.join(left)}, left unfinished by an earlier reproduce; go on "
+                          f"with {again}, or choose another --out")
 
 
 def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None = None,
@@ -364,7 +368,7 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
             raise GenlabError(f"--models: {what}; choose from {', '.join(known)}")
     stages = [s for s in STAGES if s.model in MODELS and (not models or s.model in models)
               and (not quick or s.quick_too or models)]
-    _refuse_leaving_stages_unfinished(out, stages, known)
+    _refuse_leaving_stages_unfinished(out, [s.model for s in stages], known, quick)
     cfgmod.check_device(device)  # before the folder is made: a refusal leaves nothing behind
     if data_dir:
         resolve_data_dir(data_dir)  # a file or a blank name: refused now, not after the first stage has trained

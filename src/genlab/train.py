@@ -397,8 +397,10 @@ def _train(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: boo
 
 
 def _numbers_by_name(classes) -> bool:
-    """Whether a folder data set's class folders are named by numbers that are not their labels."""
-    return any(name.isdigit() for name in classes) and any(name != str(i) for i, name in enumerate(classes))
+    """Whether a folder data set's class folders are named by numbers that are not their labels (01, 02, ...
+    for the labels 1, 2, ... are)."""
+    return any(name.isdigit() for name in classes) and \
+        any(not name.isdigit() or int(name) != i for i, name in enumerate(classes))
 
 
 def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: bool, ctx, say):

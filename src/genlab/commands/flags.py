@@ -29,8 +29,10 @@ class Parser(argparse.ArgumentParser):
         message = re.sub(r"\S{80,}", lambda m: f"{m.group()[:30]}...{m.group()[-10:]} ({len(m.group())} characters)",
                          message)
         # A run folder named -x (train --out=-x makes one) was read as a flag: "RUN_DIR is required".
+        read_as_flag = ("arguments are required", "unrecognized arguments", "expected one argument")
         dashed = next((w for w in getattr(self, "_words", []) if w.startswith("-") and len(w) > 1 and
-                       w not in self._option_string_actions and os.path.lexists(w)), None)
+                       w not in self._option_string_actions and os.path.lexists(w)), None) \
+            if any(words in message for words in read_as_flag) else None
         if dashed:
             message += f"; {dashed} is read as a flag, though a file of that name is here: write ./{dashed}"
         sys.stderr.write(f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")

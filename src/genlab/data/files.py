@@ -42,7 +42,8 @@ from genlab.data.idx import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 TEST_SHARE, SPLIT_SEED = 0.1, 0
-CACHE_VERSION = "genlab-images-3"  # 2: photographs turned upright by their EXIF orientation; 3: with a digest
+# 2: photographs turned upright by their EXIF orientation; 3: with a digest; 4: animated PNGs refused
+CACHE_VERSION = "genlab-images-4"
 MAX_FILE_BYTES = 1 << 30  # the largest image file read (a 134-megapixel PNG is well below it)
 MAX_LABEL = 65_535  # class labels of npz: data sets run from 0 to this
 IMAGE_CACHE_BYTES = 2 << 30  # the decoded-image cache keeps its most recently used entries within this

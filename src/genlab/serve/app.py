@@ -67,7 +67,7 @@ MAX_BODY = 64 * 1024  # bytes; a 112 x 112 drawing as JSON is under 50 KiB
 MAX_HEAD = 64 * 1024  # bytes of a request's line and headers (browsers send under 2 KiB)
 REQUEST_SECONDS = BODY_SECONDS = 10.0  # to send a whole request (the protocol), and its body (the app, a JSON 408)
 MAX_SIDE = 112        # largest drawing side accepted
-FAINTEST_INK = 16     # of 255: a drawing whose brightest pixel is fainter shows nothing on a screen
+FAINTEST_INK = 16     # of 255 above the background: fainter ink shows nothing on a screen
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
           "style.css": "text/css; charset=utf-8"}
 # The page may talk to its own server only: no CDN, no other host, nothing inline but data: images.
@@ -266,8 +266,12 @@ def _drawing(d: dict, preprocess: bool) -> np.ndarray:
     if side * side != a.size or not 28 <= side <= MAX_SIDE or (not preprocess and side != 28):
         want = "784 (28 x 28, with preprocess false)" if not preprocess else f"S x S with S from 28 to {MAX_SIDE}"
         raise ApiError(400, f"'image' has {a.size} pixels; expected {want}")
-    if a.size and a.max() < FAINTEST_INK:  # ink nobody sees (1/255, 1e-40) was scaled up into a solid block
-        raise ApiError(400, f"the drawing is blank (its brightest pixel is {a.max():.3g} of 255): draw a digit first")
+    # A drawing's background is its darkest level: ink that barely stands out of it (1/255, 1e-40; a canvas of one
+    # grey) was scaled up into a solid block. A 28 x 28 image taken as it is needs only some ink.
+    contrast = float(a.max() - a.min()) if a.size else 0.0
+    if contrast < (FAINTEST_INK if preprocess else 0.5):
+        raise ApiError(400, f"the drawing is blank (its ink stands {contrast:.3g} of 255 above its background): draw "
+                            "a digit first")
     a = (a.astype(np.float32) / 255).reshape(side, side)
     try:
         a = mnist_style(a) if preprocess else a

@@ -23,7 +23,7 @@ INK = 0.05  # a pixel counts as ink above this fraction of the drawing's brighte
 
 
 def mnist_style(drawing: np.ndarray) -> np.ndarray:
-    """:param drawing: [H x W] float, 0 = background, larger = ink (any positive scale).
+    """:param drawing: [H x W] float, darkest = background, larger = ink (any positive scale).
     :return: [28 x 28] float32 in [0, 1], the ink scaled into a 20-pixel box and centred by its centre of mass.
 
     Raises GenlabError for a blank drawing (nothing to centre).
@@ -31,13 +31,13 @@ def mnist_style(drawing: np.ndarray) -> np.ndarray:
     a = np.asarray(drawing, dtype=np.float32)
     if a.ndim != 2 or min(a.shape) < 1:
         raise GenlabError(f"a drawing is a 2-D array, got shape {list(a.shape)}")
-    peak = float(a.max()) if a.size else 0.0
+    # The background is the drawing's darkest level (black on the explorer's pad; a scan's paper is grey): a
+    # canvas of one grey, or of ink everywhere, has nothing on it to centre.
+    a = a - a.min()
+    peak = float(a.max())
     if not peak > 0:
         raise GenlabError("the drawing is blank: draw a digit first")
     a = a / peak
-    if (a > INK).all():
-        raise GenlabError("the drawing is ink everywhere, with no background to tell a digit from: draw a digit on "
-                          "an empty canvas")
     rows = np.flatnonzero((a > INK).any(axis=1))
     cols = np.flatnonzero((a > INK).any(axis=0))
     crop = a[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]

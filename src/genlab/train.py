@@ -405,8 +405,39 @@ def _numbers_by_name(classes) -> bool:
 
 def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: bool, ctx, say):
     """Load the data, build the model and its optimisers, and either restore the checkpoint or start the run
-    directory. Returns (model, optimizers, counters, (train images, train labels, test images, test labels,
-    test set))."""
+    directory. Returns (model, optimizers, counters, settings, (train images, train labels, test images, test
+    labels, test set))."""
+    dataset, model_cfg, train_set, test_set, data = _training_data(model_name, model_cfg, cfg, resuming, ctx)
+    train_images = data[0]
+
+    # What each checkpoint records of the run's settings, as config.json keeps them (the data set resolved)
+    settings = checkpoint.settings_of(model_cfg, dataclasses.replace(cfg, dataset=dataset))
+    _seed(ctx, cfg.seed)  # the same initial weights on every rank
+    model = build(model_name, model_cfg).to(ctx.device)
+    optimizers = {p: make_optimizer(cfg, model.player_parameters(p), model.optimizer_options(p))
+                  for p in model.players}
+    _seed(ctx, cfg.seed * 1000 + 1 + ctx.rank)  # per-rank noise (corruption, sampling)
+
+    if resuming:
+        per_epoch = len(Batches(train_images, cfg.batch_size, world=ctx.world))
+        counters = _restore(run_dir, model_name, model, optimizers, settings, cfg, per_epoch, ctx, say)
+    else:
+        counters = {"epoch": 0, "batch": 0, "step": 0, "sums": {}, "count": 0, "seconds": 0.0}
+        if ctx.is_main:
+            _start_run_dir(run_dir, model_name, model_cfg, cfg, dataset, train_set.classes, ctx.world)
+            if _numbers_by_name(train_set.classes):
+                # Folders 1, 10 and 2 are the classes 0, 1 and 2: --classes 1 trained on "10" without a word.
+                shown = ", ".join(f"{i} = {name!r}" for i, name in enumerate(train_set.classes[:12]))
+                say(f"note: the classes of {dataset} are its folders in sorted order ({shown}"
+                    f"{', ...' if len(train_set.classes) > 12 else ''}); --classes and --label take these numbers")
+            say(f"training {model_name} on {dataset} ({len(train_images)} images) -> {run_dir}")
+    return model, optimizers, counters, settings, (*data, test_set)
+
+
+def _training_data(model_name, model_cfg, cfg: TrainConfig, resuming: bool, ctx):
+    """The data set's resolved name, the model config fitted to its images, its train and test sets, and the
+    (train images, train labels, test images, test labels) a run uses: its --classes, --limit and --eval-limit
+    applied. Settings the data cannot take are one GenlabError."""
     dataset = resolve_dataset_name(cfg.dataset, cfg.data_dir)
     sizes_its_networks = hasattr(model_cfg, "image_size")  # dcgan: --image-size is also its networks' size
     if cfg.image_size not in (0, 28) and not is_file_dataset(dataset) and not sizes_its_networks and not resuming:
@@ -429,11 +460,6 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
                               f"{', '.join(map(str, absent))}; its labels are {min(present)} to {max(present)}")
         keep = torch.isin(labels, torch.tensor(wanted))
         train_images, train_labels = train_images[keep], train_labels[keep]
-    if not resuming and _numbers_by_name(train_set.classes):
-        # Folders 1, 10 and 2 are the classes 0, 1 and 2: --classes 1 trained on the folder "10" without a word.
-        shown = ", ".join(f"{i} = {name!r}" for i, name in enumerate(train_set.classes[:12]))
-        say(f"note: the classes of {dataset} are its folders in sorted order ({shown}"
-            f"{', ...' if len(train_set.classes) > 12 else ''}); --classes and --label take these numbers")
     train_images = train_images[:cfg.limit] if cfg.limit else train_images
     test_images = test_set.images[:cfg.eval_limit] if cfg.eval_limit else test_set.images
     train_labels, test_labels = train_labels[:len(train_images)], test_set.labels[:len(test_images)]
@@ -447,71 +473,68 @@ def _prepare(model_name, model_cfg, cfg: TrainConfig, run_dir: Path, resuming: b
     if cfg.lr_schedule == "cosine" and cfg.lr_final > cfg.lr and not resuming:
         raise GenlabError(f"--lr-final {cfg.lr_final:g} is above --lr {cfg.lr:g}; the cosine schedule decays from "
                           "--lr down to --lr-final")
+    return dataset, model_cfg, train_set, test_set, (train_images, train_labels, test_images, test_labels)
 
-    # What each checkpoint records of the run's settings, as config.json keeps them (the data set resolved)
-    settings = checkpoint.settings_of(model_cfg, dataclasses.replace(cfg, dataset=dataset))
-    _seed(ctx, cfg.seed)  # the same initial weights on every rank
-    model = build(model_name, model_cfg).to(ctx.device)
-    optimizers = {p: make_optimizer(cfg, model.player_parameters(p), model.optimizer_options(p))
-                  for p in model.players}
-    _seed(ctx, cfg.seed * 1000 + 1 + ctx.rank)  # per-rank noise (corruption, sampling)
 
-    counters = {"epoch": 0, "batch": 0, "step": 0, "sums": {}, "count": 0, "seconds": 0.0}
-    if resuming:
-        if not os.path.lexists(run_dir / checkpoint.CHECKPOINT):
-            metrics = run_dir / rundir.METRICS
-            if metrics.is_file() and metrics.stat().st_size:
-                raise GenlabError(f"{run_dir} has no {checkpoint.CHECKPOINT}, though its {rundir.METRICS} logs "
-                                  "epochs: the checkpoint was removed; restore it, or train anew with another --out")
-            raise GenlabError(f"{run_dir} stopped before its first epoch ended, so it has no checkpoint to resume; "
-                              f"start it again: genlab train {model_name} ... --out {run_dir}")
-        ckpt = checkpoint.load(run_dir / checkpoint.CHECKPOINT)
-        checkpoint.check(ckpt, model, optimizers, ctx.world, where=run_dir / checkpoint.CHECKPOINT, settings=settings,
-                         epochs=cfg.epochs)
-        if ckpt.counters["epoch"] > cfg.epochs:
-            raise GenlabError(f"{run_dir} has already trained {ckpt.counters['epoch']} epochs; --epochs must be "
-                              f"at least that, got {cfg.epochs}")
-        model.load_state_dict(ckpt.model_state)
-        for name, opt in optimizers.items():
-            opt.load_state_dict(ckpt.optimizer_states[name])
-        torch.set_rng_state(ckpt.rng_states[ctx.rank])
-        if ctx.device.type == "cuda" and ckpt.cuda_rng_states:
-            torch.cuda.set_rng_state(ckpt.cuda_rng_states[ctx.rank], ctx.device)
-        elif (ctx.device.type == "cuda") != bool(ckpt.cuda_rng_states):
-            trained = "a GPU" if ckpt.cuda_rng_states else "a CPU"
-            say(f"note: {run_dir} was trained on {trained} and resumes on {ctx.device.type}; its random stream "
-                "continues differently, so the result will not equal an uninterrupted run bit for bit")
-        counters = ckpt.counters
-        per_epoch = len(Batches(train_images, cfg.batch_size, world=ctx.world))
-        if counters["batch"] > per_epoch or (counters["count"] == 0) != (not counters["sums"]):
-            raise GenlabError(f"{run_dir / checkpoint.CHECKPOINT} stopped at batch {counters['batch']} of an epoch "
-                              f"of {per_epoch}, with {counters['count']} step(s) summed: the file is damaged or the "
-                              "data set changed; retrain, or restore the file")
-        model.load_check_state(counters.get("checks", {}))
-        if ctx.is_main:
-            dropped = rundir.recover_metrics(run_dir, counters)
-            if dropped:
-                say(f"note: {dropped} line{'s' if dropped > 1 else ''} of {run_dir / rundir.METRICS} past the "
-                    f"checkpoint's epoch {counters['epoch']} (or cut short) dropped; the epochs they logged are "
-                    "trained again")
-            _record_schedule(run_dir, cfg.epochs)
-        if counters["epoch"] >= cfg.epochs:
-            say(f"{run_dir} has already trained its {cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''}: nothing to do "
-                "(--epochs N trains it longer)")
-        else:
-            say(f"resuming {run_dir} at epoch {counters['epoch'] + 1}, batch {counters['batch']}")
-    elif ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _check_fresh(run_dir)
-        cfgmod.write_json(run_dir / checkpoint.CONFIG, {
-            "model": model_name, "model_config": cfgmod.to_dict(model_cfg),
-            "image_shape": {"channels": model_cfg.channels, "height": model_cfg.height, "width": model_cfg.width},
-            "classes": list(train_set.classes),
-            "train_config": {**cfgmod.to_dict(cfg), "dataset": dataset}, "genlab_version": __version__,
-            "world_size": ctx.world})
-        (run_dir / rundir.METRICS).write_text("")  # a run that never ended an epoch may have left one
-        say(f"training {model_name} on {dataset} ({len(train_images)} images) -> {run_dir}")
-    return model, optimizers, counters, settings, (train_images, train_labels, test_images, test_labels, test_set)
+def _restore(run_dir: Path, model_name, model, optimizers, settings: str, cfg: TrainConfig, per_epoch: int, ctx,
+             say) -> dict:
+    """Load ``run_dir``'s checkpoint into the model, its optimisers and the random state, after checking it
+    against them and the run's settings; bring metrics.jsonl in line with it. Returns its counters."""
+    if not os.path.lexists(run_dir / checkpoint.CHECKPOINT):
+        metrics = run_dir / rundir.METRICS
+        if metrics.is_file() and metrics.stat().st_size:
+            raise GenlabError(f"{run_dir} has no {checkpoint.CHECKPOINT}, though its {rundir.METRICS} logs "
+                              "epochs: the checkpoint was removed; restore it, or train anew with another --out")
+        raise GenlabError(f"{run_dir} stopped before its first epoch ended, so it has no checkpoint to resume; "
+                          f"start it again: genlab train {model_name} ... --out {run_dir}")
+    ckpt = checkpoint.load(run_dir / checkpoint.CHECKPOINT)
+    checkpoint.check(ckpt, model, optimizers, ctx.world, where=run_dir / checkpoint.CHECKPOINT, settings=settings,
+                     epochs=cfg.epochs)
+    if ckpt.counters["epoch"] > cfg.epochs:
+        raise GenlabError(f"{run_dir} has already trained {ckpt.counters['epoch']} epochs; --epochs must be "
+                          f"at least that, got {cfg.epochs}")
+    model.load_state_dict(ckpt.model_state)
+    for name, opt in optimizers.items():
+        opt.load_state_dict(ckpt.optimizer_states[name])
+    torch.set_rng_state(ckpt.rng_states[ctx.rank])
+    if ctx.device.type == "cuda" and ckpt.cuda_rng_states:
+        torch.cuda.set_rng_state(ckpt.cuda_rng_states[ctx.rank], ctx.device)
+    elif (ctx.device.type == "cuda") != bool(ckpt.cuda_rng_states):
+        trained = "a GPU" if ckpt.cuda_rng_states else "a CPU"
+        say(f"note: {run_dir} was trained on {trained} and resumes on {ctx.device.type}; its random stream "
+            "continues differently, so the result will not equal an uninterrupted run bit for bit")
+    counters = ckpt.counters
+    if counters["batch"] > per_epoch or (counters["count"] == 0) != (not counters["sums"]):
+        raise GenlabError(f"{run_dir / checkpoint.CHECKPOINT} stopped at batch {counters['batch']} of an epoch "
+                          f"of {per_epoch}, with {counters['count']} step(s) summed: the file is damaged or the "
+                          "data set changed; retrain, or restore the file")
+    model.load_check_state(counters.get("checks", {}))
+    if ctx.is_main:
+        dropped = rundir.recover_metrics(run_dir, counters)
+        if dropped:
+            say(f"note: {dropped} line{'s' if dropped > 1 else ''} of {run_dir / rundir.METRICS} past the "
+                f"checkpoint's epoch {counters['epoch']} (or cut short) dropped; the epochs they logged are "
+                "trained again")
+        _record_schedule(run_dir, cfg.epochs)
+    if counters["epoch"] >= cfg.epochs:
+        say(f"{run_dir} has already trained its {cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''}: nothing to do "
+            "(--epochs N trains it longer)")
+    else:
+        say(f"resuming {run_dir} at epoch {counters['epoch'] + 1}, batch {counters['batch']}")
+    return counters
+
+
+def _start_run_dir(run_dir: Path, model_name, model_cfg, cfg: TrainConfig, dataset: str, classes, world: int):
+    """A new run's folder: its config.json (enough to rebuild the model) and an empty metrics.jsonl."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_fresh(run_dir)
+    cfgmod.write_json(run_dir / checkpoint.CONFIG, {
+        "model": model_name, "model_config": cfgmod.to_dict(model_cfg),
+        "image_shape": {"channels": model_cfg.channels, "height": model_cfg.height, "width": model_cfg.width},
+        "classes": list(classes),
+        "train_config": {**cfgmod.to_dict(cfg), "dataset": dataset}, "genlab_version": __version__,
+        "world_size": world})
+    (run_dir / rundir.METRICS).write_text("")  # a run that never ended an epoch may have left one
 
 
 def _same_dataset(train_cfg: TrainConfig, saved: str) -> bool:

@@ -333,6 +333,39 @@ if __name__ == "__main__":
 """
 
 
+WORKER_WHOSE_MAIN_PROCESS_IS_GONE = """
+import multiprocessing, sys, time
+from genlab import reproduce
+
+def worker(stopping, main):
+    reproduce._start_worker(stopping, main)
+    time.sleep(60)  # a stage training on with nobody to report to
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("spawn")
+    stopping, gone = context.Event(), context.Process(target=time.sleep, args=(0,))
+    gone.start()
+    gone.join()  # a main process that died before the worker began: its pid is nobody's parent now
+    started = time.monotonic()
+    child = context.Process(target=worker, args=(stopping, gone.pid))
+    child.start()
+    child.join(30)
+    print(child.exitcode, stopping.is_set(), round(time.monotonic() - started))
+"""
+
+
+def test_a_worker_whose_main_process_died_before_it_began_stops(tmp_path):
+    # Killed in its first seconds (kill -9), the main process was gone before its workers read their parent's
+    # pid: they watched init's instead, and trained every stage to the end with nobody to report to.
+    script = tmp_path / "orphan.py"
+    script.write_text(WORKER_WHOSE_MAIN_PROCESS_IS_GONE)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+                                                                              os.environ.get("PYTHONPATH", "")])})
+    code, stopped, seconds = result.stdout.split()
+    assert code == "143" and stopped == "True" and int(seconds) < 15, result.stdout + result.stderr[-2000:]
+
+
 def test_a_worker_stopped_between_stages_leaves_no_lock_behind(tmp_path):
     # Killed outright by SIGTERM, an idle worker left a semaphore to the resource tracker, which printed
     # "There appear to be 1 leaked semaphore objects" after reproduce's one line (a CI run caught it).

@@ -188,11 +188,12 @@ def _train_stage(name: str, model_cfg, train_cfg, resume: bool) -> None:
 
 
 _stopping = None  # in a worker process: the event the main process sets when the reproduction stops
+_training = threading.Event()  # in a worker process: set while a stage trains
 
 
-def _start_worker(stopping) -> None:
-    """A worker process's set-up: keep the stop event, and stop this worker too if the main process dies
-    without telling it (kill -9), rather than train on with nobody to report to."""
+def _start_worker(stopping, main: int | None = None) -> None:
+    """A worker process's set-up: keep the stop event, and stop this worker too if the main process (``main``,
+    its pid) dies without telling it (kill -9), rather than train on with nobody to report to."""
     global _stopping
     _stopping = stopping
     # SIGTERM to a worker between stages (the main process stops them all) ends it through Python's own exit,
@@ -202,7 +203,9 @@ def _start_worker(stopping) -> None:
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # a closed terminal hangs up every process of it
         signal.signal(signal.SIGHUP, _exit_unless_exiting)
     tqdm.monitor_interval = 0  # no bar is shown in a worker, and no thread is wanted to watch one
-    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    # The main process's pid as it gave it: this worker's own parent, read here, is already init's where the main
+    # process died while the worker started (killed in the first seconds, the workers trained on to the end).
+    threading.Thread(target=_stop_when_orphaned, args=(main or os.getppid(),), daemon=True).start()
 
 
 def _exit_unless_exiting(signum, frame) -> None:
@@ -217,8 +220,12 @@ def _stop_when_orphaned(parent: int, poll_s: float = 1.0, grace_s: float = 30.0)
         time.sleep(poll_s)
     _stopping.set()  # no stage starts any more, here or in the other workers
     os.kill(os.getpid(), signal.SIGTERM)  # a training stage saves its checkpoint and stops at its next step
-    time.sleep(grace_s)
-    os._exit(128 + signal.SIGTERM)  # still here: blocked on the queue to the dead main process
+    # Then leave: with nobody to report to, the worker would wait on the queue to the dead main process.
+    deadline = time.monotonic() + grace_s
+    time.sleep(0.1)  # the signal's handler runs in the main thread
+    while _training.is_set() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os._exit(128 + signal.SIGTERM)
 
 
 def _train_one_thread(name: str, model_cfg, train_cfg, resume: bool) -> float | None:
@@ -231,8 +238,12 @@ def _train_one_thread(name: str, model_cfg, train_cfg, resume: bool) -> float | 
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     # Line-buffered: the log shows each epoch as it ends, and a worker killed outright loses none of it.
-    with open(run_dir / "train.log", "a" if resume else "w", buffering=1) as log, contextlib.redirect_stderr(log):
-        _train_stage(name, model_cfg, replace(train_cfg, progress=False), resume)
+    _training.set()
+    try:
+        with open(run_dir / "train.log", "a" if resume else "w", buffering=1) as log, contextlib.redirect_stderr(log):
+            _train_stage(name, model_cfg, replace(train_cfg, progress=False), resume)
+    finally:
+        _training.clear()  # its checkpoint is written
     return time.perf_counter() - started
 
 
@@ -245,7 +256,8 @@ def _train_in_processes(jobs, workers: int, done) -> dict[str, float]:
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no state forked from this one
     _quiet_resource_tracker()
     others, stopping = set(multiprocessing.active_children()), context.Event()
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(stopping,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                             initargs=(stopping, os.getpid())) as pool:
         futures = {pool.submit(_train_one_thread, *job): job[0] for job in reversed(jobs)}
         try:
             for future in as_completed(futures):

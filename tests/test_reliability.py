@@ -986,6 +986,10 @@ def test_a_second_writer_is_refused(ae_run, tmp_path):
         with pytest.raises(GenlabError, match="in use"):
             train("ae", MODELS["ae"].Config(latent_dim=8), quick_config(run))
     train(None, None, quick_config(run, epochs=3), resume=run)  # the lock went with its holder
+    # A run in its first second has no config.json yet: its --resume was told "is this a genlab run directory?".
+    with rundir.claim(tmp_path / "starting"):
+        with pytest.raises(GenlabError, match=f"in use by another genlab process \\(pid {os.getpid()}\\)"):
+            train(None, resume=tmp_path / "starting")
 
 
 @pytest.mark.parametrize("env,words", [

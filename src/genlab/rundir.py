@@ -72,10 +72,7 @@ def claim(run_dir: Path, owner: bool = True) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            who = f" (pid {holder})" if holder.isdigit() else ""
-            raise GenlabError(f"{run_dir} is in use by another genlab process{who}; wait for it to finish or "
-                              "choose another --out") from None
+            raise GenlabError(_in_use(run_dir, fd)) from None
         try:  # the pid only makes the refusal above more helpful; a full disk must not stop the run here
             if _holds_a_pid_or_nothing(fd):
                 os.ftruncate(fd, 0)
@@ -94,6 +91,29 @@ def claim(run_dir: Path, owner: bool = True) -> Iterator[None]:
     finally:
         _claimed.pop(str(run_dir), None)
         os.close(fd)  # releases the lock
+
+
+def _in_use(run_dir: Path, fd: int) -> str:
+    holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    who = f" (pid {holder})" if holder.isdigit() else ""
+    return f"{run_dir} is in use by another genlab process{who}; wait for it to finish or choose another --out"
+
+
+def refuse_if_in_use(run_dir: Path) -> None:
+    """The refusal ``claim`` would give, said before anything reads the folder: a run being started there has
+    no config.json yet, and its absence was said as "is this a genlab run directory?"."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return  # no lock file (or none genlab can use): claim says what is wrong, if anything
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise GenlabError(_in_use(Path(run_dir), fd)) from None
+    finally:
+        os.close(fd)  # a shared lock taken here goes with it
 
 
 def check_still_claimed(run_dir: Path) -> None:

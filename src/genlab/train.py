@@ -166,6 +166,7 @@ def train(model_name: str | None, model_cfg=None, train_cfg: TrainConfig | None 
         if not isinstance(resume, (str, os.PathLike)) or not str(resume):
             raise GenlabError(f"resume is the path of the run directory to continue, got {resume!r}")
         run_dir = Path(resume)
+        rundir.refuse_if_in_use(run_dir)  # a run just started there has no config.json yet
         name, saved_model_cfg, saved = checkpoint.read_configs(run_dir)
         _check_resume(run_dir, name, saved_model_cfg, saved, model_name, model_cfg, train_cfg)
         model_name, model_cfg = name, saved_model_cfg

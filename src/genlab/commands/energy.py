@@ -111,6 +111,11 @@ def score_images(args: argparse.Namespace) -> int:
     energy = model._energies(model.images_from_files(paths))
     percentile, threshold = model.percentile(energy), model.threshold(fpr)
     flags = energy > threshold
+    held = len(model.heldout_energies())
+    if 0 < fpr and fpr * held < 1:  # a one-class run of mnist-5k holds 50: --fpr 0.01 meant "above all 50"
+        print(f"note: the threshold rests on {held} held-out images, too few to set a false-positive rate of "
+              f"{fpr:g}: it is the highest of their energies, which about 1 in {held + 1} images like them exceed",
+              file=sys.stderr)
     if args.out or not args.json:
         table = io.StringIO(newline="")
         writer = csv.writer(table)

@@ -333,6 +333,16 @@ if __name__ == "__main__":
 """
 
 
+def _run_script(tmp_path, text: str) -> subprocess.CompletedProcess:
+    """``text`` run as a script of its own (the spawned workers import it as their __main__), genlab's src/ first
+    on its path."""
+    script = tmp_path / "script.py"
+    script.write_text(text)
+    source = str(Path(__file__).resolve().parents[1] / "src")
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])})
+
+
 WORKER_WHOSE_MAIN_PROCESS_IS_GONE = """
 import multiprocessing, sys, time
 from genlab import reproduce
@@ -357,11 +367,7 @@ if __name__ == "__main__":
 def test_a_worker_whose_main_process_died_before_it_began_stops(tmp_path):
     # Killed in its first seconds (kill -9), the main process was gone before its workers read their parent's
     # pid: they watched init's instead, and trained every stage to the end with nobody to report to.
-    script = tmp_path / "orphan.py"
-    script.write_text(WORKER_WHOSE_MAIN_PROCESS_IS_GONE)
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
-                                                                              os.environ.get("PYTHONPATH", "")])})
+    result = _run_script(tmp_path, WORKER_WHOSE_MAIN_PROCESS_IS_GONE)
     code, stopped, seconds = result.stdout.split()
     assert code == "143" and stopped == "True" and int(seconds) < 15, result.stdout + result.stderr[-2000:]
 
@@ -369,11 +375,7 @@ def test_a_worker_whose_main_process_died_before_it_began_stops(tmp_path):
 def test_a_worker_stopped_between_stages_leaves_no_lock_behind(tmp_path):
     # Killed outright by SIGTERM, an idle worker left a semaphore to the resource tracker, which printed
     # "There appear to be 1 leaked semaphore objects" after reproduce's one line (a CI run caught it).
-    script = tmp_path / "workers.py"
-    script.write_text(WORKER_STOPPED_BETWEEN_STAGES)
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
-                                                                              os.environ.get("PYTHONPATH", "")])})
+    result = _run_script(tmp_path, WORKER_STOPPED_BETWEEN_STAGES)
     assert result.returncode == 0 and "leaked" not in result.stderr, result.stderr[-2000:]
 
 

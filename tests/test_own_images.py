@@ -633,7 +633,7 @@ def test_denoise_writes_pngs(rgb_runs, tmp_path, capsys):
     status, err, _ = cli(capsys, "denoise", runs["dae"], "--images", *files, "--out", tmp_path / "out")
     assert status == 0, err
     # A dropout DAE (the lecture's) says how it takes missing pixels: black holes came back unrepaired, unsaid.
-    assert err == ["note: this DAE trained on dropout, which leaves a dropped pixel mid-grey (128 of 255): it "
+    assert err == ["note: this DAE trained on dropout, which leaves a dropped value mid-grey (128 of 255): it "
                    "repairs pixels missing as 128, and takes black ones for background (train with --corruption "
                    "salt-pepper to repair black and white specks)"]
     for f in files:

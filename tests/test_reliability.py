@@ -986,6 +986,16 @@ def test_a_second_writer_is_refused(ae_run, tmp_path):
         with pytest.raises(GenlabError, match="in use"):
             train("ae", MODELS["ae"].Config(latent_dim=8), quick_config(run))
     train(None, None, quick_config(run, epochs=3), resume=run)  # the lock went with its holder
+    # A look at the lock (refuse_if_in_use holds it shared for a moment) does not turn a run away.
+    import fcntl
+    import threading
+    (tmp_path / "looked").mkdir()
+    (tmp_path / "looked" / rundir.LOCK).write_text("")
+    fd = os.open(tmp_path / "looked" / rundir.LOCK, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    threading.Timer(0.05, os.close, (fd,)).start()
+    with rundir.claim(tmp_path / "looked"):
+        pass
     # A run in its first second has no config.json yet: its --resume was told "is this a genlab run directory?".
     with rundir.claim(tmp_path / "starting"):
         with pytest.raises(GenlabError, match=f"in use by another genlab process \\(pid {os.getpid()}\\)"):

@@ -219,32 +219,34 @@ def _stop_when_orphaned(parent: int, poll_s: float = 1.0, grace_s: float = 30.0)
     while os.getppid() == parent:
         time.sleep(poll_s)
     _stopping.set()  # no stage starts any more, here or in the other workers
-    os.kill(os.getpid(), signal.SIGTERM)  # a training stage saves its checkpoint and stops at its next step
-    # Then leave: with nobody to report to, the worker would wait on the queue to the dead main process.
-    deadline = time.monotonic() + grace_s
-    time.sleep(0.1)  # the signal's handler runs in the main thread
-    while _training.is_set() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    if _training.is_set():  # (set before a stage looks at _stopping: one of the two sees the other's flag)
+        os.kill(os.getpid(), signal.SIGTERM)  # the stage saves its checkpoint and stops at its next step
+        deadline = time.monotonic() + grace_s
+        time.sleep(0.1)  # the signal's handler runs in the main thread
+        while _training.is_set() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    # Then leave at once: with nobody to report to, the worker would wait on the queue to the dead main process
+    # (and a signal to a worker still starting was reported as its initializer's failure, with a traceback).
     os._exit(128 + signal.SIGTERM)
 
 
 def _train_one_thread(name: str, model_cfg, train_cfg, resume: bool) -> float | None:
     """A worker process: train one stage on one thread, its log in ``RUN_DIR/train.log``; the seconds it took,
     or None for a stage that was already queued here when the reproduction stopped (it does not start)."""
-    if _stopping is not None and _stopping.is_set():
-        return None
-    torch.set_num_threads(1)
-    run_dir = Path(train_cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    # Line-buffered: the log shows each epoch as it ends, and a worker killed outright loses none of it.
-    _training.set()
+    _training.set()  # before _stopping is read (see _stop_when_orphaned)
     try:
+        if _stopping is not None and _stopping.is_set():
+            return None
+        torch.set_num_threads(1)
+        run_dir = Path(train_cfg.out)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        # Line-buffered: the log shows each epoch as it ends, and a worker killed outright loses none of it.
         with open(run_dir / "train.log", "a" if resume else "w", buffering=1) as log, contextlib.redirect_stderr(log):
             _train_stage(name, model_cfg, replace(train_cfg, progress=False), resume)
+        return time.perf_counter() - started
     finally:
         _training.clear()  # its checkpoint is written
-    return time.perf_counter() - started
 
 
 def _train_in_processes(jobs, workers: int, done) -> dict[str, float]:

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import stat
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -69,10 +70,7 @@ def claim(run_dir: Path, owner: bool = True) -> Iterator[None]:
         raise GenlabError(f"{run_dir / LOCK} is not a regular file, not genlab's lock file; remove it or train into "
                           "another folder (--out)")
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise GenlabError(_in_use(run_dir, fd)) from None
+        _lock(fd, run_dir)
         try:  # the pid only makes the refusal above more helpful; a full disk must not stop the run here
             if _holds_a_pid_or_nothing(fd):
                 os.ftruncate(fd, 0)
@@ -91,6 +89,20 @@ def claim(run_dir: Path, owner: bool = True) -> Iterator[None]:
     finally:
         _claimed.pop(str(run_dir), None)
         os.close(fd)  # releases the lock
+
+
+def _lock(fd: int, run_dir: Path, patience_s: float = 0.2) -> None:
+    """Take the run's lock, or say who holds it. A lock held for a moment (``refuse_if_in_use`` looking) is
+    waited for, briefly."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise GenlabError(_in_use(run_dir, fd)) from None
+            time.sleep(0.01)
 
 
 def _in_use(run_dir: Path, fd: int) -> str:

@@ -85,7 +85,7 @@ def command(args) -> int:
     if model.run.model_name == "dae" and cfg.corruption == "dropout":
         # Black holes in digits came back unrepaired (13.2 dB before and after), mid-grey ones repaired (9.3 to
         # 20.0 dB; benchmarks/denoise_holes.py): the dropout it trained on leaves a dropped pixel at 0 in [-1, 1].
-        print("note: this DAE trained on dropout, which leaves a dropped pixel mid-grey (128 of 255): it repairs "
+        print("note: this DAE trained on dropout, which leaves a dropped value mid-grey (128 of 255): it repairs "
               "pixels missing as 128, and takes black ones for background (train with --corruption salt-pepper "
               "to repair black and white specks)", file=sys.stderr)
     print(f"wrote {n} repair{'s' if n != 1 else ''} and {n} side-by-side pair{'s' if n != 1 else ''} (input | repair) "

@@ -333,6 +333,22 @@ if __name__ == "__main__":
 """
 
 
+def test_a_finished_stage_without_its_end_figures_gets_them(tmp_path, capsys):
+    # Killed (kill -9) while a stage drew its end-of-run figures, the next reproduction reused the stage as
+    # finished, and its figures stayed missing for good.
+    from genlab.cli import main
+
+    out = tmp_path / "rep"
+    assert main(["reproduce", "--quick", "--models", "ae", "--out", str(out)]) == 0
+    drawn = sorted(p.name for p in (out / "ae" / "figures").iterdir())
+    shutil.rmtree(out / "ae" / "figures")
+    (out / "report.html").unlink()
+    capsys.readouterr()
+    assert main(["reproduce", "--quick", "--models", "ae", "--out", str(out)]) == 0
+    assert "ae: drawing the end-of-run figures its training did not finish" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "ae" / "figures").iterdir()) == drawn and "loss_curves.png" in drawn
+
+
 def _run_script(tmp_path, text: str) -> subprocess.CompletedProcess:
     """``text`` run as a script of its own (the spawned workers import it as their __main__), genlab's src/ first
     on its path."""

@@ -34,6 +34,7 @@ from genlab.models import MODELS
 from genlab.train import Interrupted, default_train_config, train
 from genlab.report import Section, check_report_folder, write_report
 from genlab.viz import metric_figures, training_callbacks
+from genlab.viz.callbacks import write_figures
 
 
 @dataclass
@@ -436,6 +437,11 @@ def reproduce(out: Path | None = None, quick: bool = False, data_dir: str | None
     if classifier is not None:
         classifier.finish()  # cached now: evaluation and sample quality load it
     runs = {stage.model: load_run(out / stage.model, device) for stage in stages}
+    for name, run in runs.items():
+        if not (run.dir / "figures" / "loss_curves.png").exists():  # drawn last, at the end of its training
+            # A stage stopped (kill -9) while it drew its end-of-run figures has them all the same.
+            _log(f"{name}: drawing the end-of-run figures its training did not finish")
+            write_figures(name, run.model, run.dataset("test"), run.dir)
 
     test = load_dataset(dataset, "test", data_dir)
     limit = 1000 if quick else 0

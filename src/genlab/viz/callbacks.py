@@ -74,11 +74,12 @@ def write_figures(model_name: str, model, test_set, run_dir: Path, n: int = 10) 
         kernels = model.encoder_kernels()
         if kernels is not None and kernels.shape[-1] == 784:  # drawn as 28 x 28 pictures: MNIST-shaped models only
             written.append(kernels_figure(fig_dir / "kernels.png", kernels, f"{model_name}: encoder kernels"))
+        for name in model.figure_sets:
+            written += FIGURE_SETS[name][0](model, test_set, fig_dir)
+        # Last: its presence says the end-of-run figures are whole (genlab reproduce draws them where it is not).
         curves = loss_curves(fig_dir / "loss_curves.png", Path(run_dir) / "metrics.jsonl")
         if curves:
             written.append(curves)
-        for name in model.figure_sets:
-            written += FIGURE_SETS[name][0](model, test_set, fig_dir)
     return written
 
 

@@ -199,30 +199,27 @@ def main(argv: list[str] | None = None) -> int:
             _signals_end_the_exit(status)
             distributed = sys.modules.get("genlab.distributed")  # loaded only by a command that meets peers
             if distributed is not None and distributed.threads_left_in_cpp():
-                for stream in (sys.stdout, sys.stderr):
-                    try:
-                        stream.flush()
-                    except (OSError, ValueError):  # closed or full: the status still tells
-                        pass
-                os._exit(status)
+                _flush_and_exit(status)
+
+
+def _flush_and_exit(status: int) -> None:
+    """End the process at once with ``status``, what it printed flushed first (where it can be)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, RuntimeError):  # closed, full, or caught inside its own write
+            pass
+    os._exit(status)
 
 
 def _signals_end_the_exit(status: int) -> None:
     """Once the command has said its last line, Ctrl-C or SIGTERM ends the process at once, with the status that
     line goes with: a second Ctrl-C right after the first was a KeyboardInterrupt inside the interpreter's exit,
     shown as PyTorch's traceback, and a SIGTERM just after "interrupted by SIGINT" ended it with SIGTERM's 143."""
-    def end(signum, frame):
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError, RuntimeError):  # closed, full, or caught inside its own write
-                pass
-        os._exit(status)
-
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             if signal.getsignal(signum) is not signal.SIG_IGN:
-                signal.signal(signum, end)
+                signal.signal(signum, lambda _signum, _frame: _flush_and_exit(status))
 
 
 def _main(argv: list[str] | None) -> int:

@@ -187,13 +187,17 @@ def _caption(png: Path, model: str | None) -> str | None:
 NO_CHECKPOINT = "It holds no checkpoint (its weights), so its energies are not measured here"
 
 
-def run_section(run_dir: Path, title: str | None = None, section_id: str | None = None) -> Section:
-    """A section for one run directory: its final metrics, evaluation, figures and config."""
+def run_section(run_dir: Path, title: str | None = None, section_id: str | None = None, say=None) -> Section:
+    """A section for one run directory: its final metrics, evaluation, figures and config; ``say``: where a note
+    of a run without its checkpoint goes."""
     run_dir = Path(run_dir)
     config = _run_config(run_dir)
     section = Section(section_id or _anchor(run_dir.name), title or f"{config.get('model', '?')}: {run_dir.name}")
     if not os.path.lexists(run_dir / checkpoint.CHECKPOINT):
         section.text(f"{NO_CHECKPOINT}: what follows is from its training log and files alone.")
+        if say is not None:
+            say(f"note: {run_dir} holds no {checkpoint.CHECKPOINT} (a copy without its weights, or a run that "
+                "never finished an epoch): the report shows its training log alone")
     lines = _metrics(run_dir)
     if lines:
         last = lines[-1]
@@ -341,8 +345,5 @@ def report_runs(run_dirs: list[Path], out_dir: Path, device: str = "auto", say=N
         while anchor in ids:
             anchor, k = f"{_anchor(d.name)}-{k}", k + 1
         ids.add(anchor)
-        sections.append(run_section(d, f"{_run_config(d).get('model', '?')}: {d}", anchor))
-        if say is not None and not os.path.lexists(d / checkpoint.CHECKPOINT):
-            say(f"note: {d} holds no {checkpoint.CHECKPOINT} (a copy without its weights, or a run that never "
-                "finished an epoch): the report shows its training log alone")
+        sections.append(run_section(d, f"{_run_config(d).get('model', '?')}: {d}", anchor, say))
     return write_report(out_dir, REPORT_TITLE, sections)

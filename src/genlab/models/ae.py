@@ -62,8 +62,7 @@ class Reconstructor(GenerativeModel):
     def energy(self, x: Tensor) -> Tensor:
         """Reconstruction error ||x - f(x)||^2 of the input as given (a DAE's uncorrupted), summed over pixels:
         [N]."""
-        self.check_images(x)
-        return squared_error(self(x), x)
+        return self.energy_and_reconstruction(x)[0]
 
     def energy_and_reconstruction(self, x: Tensor) -> tuple[Tensor, Tensor]:
         recon = self.reconstruct(x)
